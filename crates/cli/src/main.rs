@@ -1,0 +1,54 @@
+//! The `autodidact` command-line tool.
+
+mod bench;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "autodidact",
+    version,
+    about = "A self-improvement engine for language models"
+)]
+struct Cli {
+    /// Worker threads for the model's kernels (default: every available core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure training and sampling throughput of the native model's presets on this machine.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let threads = match cli.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the worker thread pool")?;
+    match cli.command {
+        Command::Bench(args) => bench::run(&args, threads),
+    }
+}

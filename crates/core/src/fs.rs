@@ -1,0 +1,67 @@
+//! Crash-safe file writes.
+//!
+//! A file is written to a temporary name beside its destination, synced, and
+//! renamed over the destination; the directory is then synced so the rename
+//! itself survives a power loss. A reader therefore sees either the old file or
+//! the complete new one, never a torn write.
+
+use crate::{Error, Result};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+        // Persist the rename. Opening a directory for sync is not supported everywhere; ignore that case.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_existing_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn missing_directory_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no/such/dir/a.json");
+        let err = write_atomic(&p, b"x").unwrap_err().to_string();
+        assert!(err.contains("no/such/dir"), "{err}");
+    }
+}

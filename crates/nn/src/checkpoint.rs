@@ -1,0 +1,366 @@
+//! Checkpoints in the Hugging Face `LlamaForCausalLM` layout.
+//!
+//! A checkpoint directory holds
+//! - `model.safetensors`: float32 tensors under Hugging Face names
+//!   (`model.layers.0.self_attn.q_proj.weight`, ...), metadata `format = pt` and
+//!   `autodidact_format_version`;
+//! - `config.json`: a `LlamaForCausalLM` config (plus `autodidact_format_version`);
+//! - `tokenizer.json`, when a tokenizer is saved with the model;
+//! - `optimizer.safetensors`, when optimizer state is saved: AdamW's moments
+//!   under `<tensor name>.exp_avg` / `.exp_avg_sq` and the step count in the metadata.
+//!
+//! `transformers` loads the first three unchanged. Loading validates every
+//! tensor's name, dtype and shape and reports the first mismatch by name.
+//! A save writes a sibling temporary directory and renames it into place, so a
+//! crash leaves either the old checkpoint or the new one.
+
+use crate::config::TransformerConfig;
+use crate::model::Transformer;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::{Error, Result};
+use autodidact_core::fs::write_atomic;
+use autodidact_core::CharTokenizer;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Version of the files this build writes and reads. Bump on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const VERSION_KEY: &str = "autodidact_format_version";
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub model: Transformer,
+    pub tokenizer: Option<CharTokenizer>,
+}
+
+fn to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn serialize(
+    tensors: Vec<(String, Vec<usize>, &[u8])>,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView)> = tensors
+        .into_iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape, bytes)
+                .map(|v| (name, v))
+                .map_err(|e| Error::checkpoint(path, format!("building tensor view: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::checkpoint(path, format!("serializing: {e}")))
+}
+
+fn format_metadata() -> HashMap<String, String> {
+    HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+    ])
+}
+
+/// Writes `model` (and optionally its tokenizer and optimizer state) to `dir`, replacing any
+/// checkpoint already there.
+pub fn save(
+    dir: &Path,
+    model: &Transformer,
+    tokenizer: Option<&CharTokenizer>,
+    optimizer: Option<&AdamW>,
+) -> Result<()> {
+    if let Some(tok) = tokenizer {
+        if tok.vocab_size() != model.config().vocab_size {
+            return Err(Error::invalid(
+                "checkpoint",
+                format!(
+                    "tokenizer has {} tokens but the model's vocab_size is {}",
+                    tok.vocab_size(),
+                    model.config().vocab_size
+                ),
+            ));
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| autodidact_core::Error::io("creating directory", &parent, e))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .map_err(|e| autodidact_core::Error::io("removing stale", &tmp, e))?;
+    }
+    std::fs::create_dir(&tmp)
+        .map_err(|e| autodidact_core::Error::io("creating directory", &tmp, e))?;
+    let result = write_files(&tmp, model, tokenizer, optimizer).and_then(|()| {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::rename(dir, &old)
+                .map_err(|e| autodidact_core::Error::io("moving aside", dir, e))?;
+        }
+        std::fs::rename(&tmp, dir)
+            .map_err(|e| autodidact_core::Error::io("renaming into place", dir, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .map_err(|e| autodidact_core::Error::io("removing", &old, e))?;
+        }
+        if let Ok(d) = std::fs::File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_files(
+    dir: &Path,
+    model: &Transformer,
+    tokenizer: Option<&CharTokenizer>,
+    optimizer: Option<&AdamW>,
+) -> Result<()> {
+    let layout = model.layout();
+    let bytes = to_bytes(model.params());
+    let path = dir.join(MODEL_FILE);
+    let tensors = layout
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.shape.clone(),
+                &bytes[t.offset * 4..(t.offset + t.len()) * 4],
+            )
+        })
+        .collect();
+    write_atomic(&path, &serialize(tensors, format_metadata(), &path)?)?;
+
+    let special = tokenizer.map(|t| (t.bos_id(), t.eos_id(), t.pad_id()));
+    let config = serde_json::to_string_pretty(&model.config().to_hf_json(special))
+        .map_err(|e| Error::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
+    write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
+
+    if let Some(tok) = tokenizer {
+        tok.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    if let Some(opt) = optimizer {
+        let path = dir.join(OPTIMIZER_FILE);
+        let (m, v) = (to_bytes(&opt.m), to_bytes(&opt.v));
+        let mut tensors = Vec::new();
+        for t in &layout.tensors {
+            let r = t.offset * 4..(t.offset + t.len()) * 4;
+            tensors.push((
+                format!("{}.exp_avg", t.name),
+                t.shape.clone(),
+                &m[r.clone()],
+            ));
+            tensors.push((format!("{}.exp_avg_sq", t.name), t.shape.clone(), &v[r]));
+        }
+        let mut meta = format_metadata();
+        meta.insert("step".into(), opt.step.to_string());
+        meta.insert(
+            "adamw".into(),
+            serde_json::to_string(opt.config())
+                .map_err(|e| Error::checkpoint(&path, e.to_string()))?,
+        );
+        write_atomic(&path, &serialize(tensors, meta, &path)?)?;
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| autodidact_core::Error::io("reading", path, e).into())
+}
+
+/// Checks the safetensors metadata's format version, when there is one. Files written by
+/// other tools (e.g. `transformers`) carry none and are accepted.
+fn check_version(st_bytes: &[u8], path: &Path, required: bool) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(st_bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    match meta.get(VERSION_KEY) {
+        Some(v) if v == &FORMAT_VERSION.to_string() => {}
+        Some(v) => {
+            return Err(Error::FormatVersion {
+                path: path.into(),
+                found: v.clone(),
+                supported: FORMAT_VERSION,
+                hint: "it was written by a different autodidact release; use that release or re-export the checkpoint",
+            })
+        }
+        None if required => {
+            return Err(Error::FormatVersion {
+                path: path.into(),
+                found: "none".into(),
+                supported: FORMAT_VERSION,
+                hint: "this file was not written by autodidact",
+            })
+        }
+        None => {}
+    }
+    Ok(meta)
+}
+
+/// Reads tensor `name` into `dst`, checking dtype and shape.
+fn read_tensor(
+    st: &SafeTensors,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    dst: &mut [f32],
+    hint: &str,
+) -> Result<()> {
+    let view = st.tensor(name).map_err(|_| Error::TensorMissing {
+        path: path.into(),
+        name: name.into(),
+        expected: shape.to_vec(),
+        hint: hint.into(),
+    })?;
+    if view.dtype() != Dtype::F32 {
+        return Err(Error::TensorDtype {
+            path: path.into(),
+            name: name.into(),
+            found: format!("{:?}", view.dtype()),
+        });
+    }
+    if view.shape() != shape {
+        return Err(Error::TensorShape {
+            path: path.into(),
+            name: name.into(),
+            found: view.shape().to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
+        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
+}
+
+/// Reads the model config of the checkpoint in `dir`.
+pub fn load_config(dir: &Path) -> Result<TransformerConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&path, format!("invalid JSON: {e}")))?;
+    TransformerConfig::from_hf_json(&json, &path.display().to_string())
+}
+
+/// Loads the model (and tokenizer, if present) of the checkpoint in `dir`.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let config = load_config(dir)?;
+    let path = dir.join(MODEL_FILE);
+    let bytes = read(&path)?;
+    check_version(&bytes, &path, false)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
+    let layout = crate::params::Layout::new(&config);
+    let mut params = vec![0.0f32; layout.total];
+    for t in &layout.tensors {
+        let hint = if t.name == "lm_head.weight" {
+            "; if the output projection shares the embedding, set \"tie_word_embeddings\": true in config.json"
+        } else {
+            ""
+        };
+        read_tensor(&st, &path, &t.name, &t.shape, &mut params[t.range()], hint)?;
+    }
+    let mut extra: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|n| {
+            !layout.tensors.iter().any(|t| t.name == *n) && !n.ends_with("rotary_emb.inv_freq")
+        })
+        .collect();
+    if !extra.is_empty() {
+        extra.sort();
+        let hint = if extra.contains(&"lm_head.weight") {
+            " (config.json sets tie_word_embeddings: true, so no lm_head.weight is expected)"
+        } else {
+            ""
+        };
+        return Err(Error::checkpoint(
+            &path,
+            format!(
+                "unexpected tensors {extra:?} for a {}-layer Llama model{hint}",
+                config.num_layers
+            ),
+        ));
+    }
+    let tok_path = dir.join(TOKENIZER_FILE);
+    let tokenizer = if tok_path.exists() {
+        let tok = CharTokenizer::load(&tok_path)?;
+        if tok.vocab_size() != config.vocab_size {
+            return Err(Error::checkpoint(
+                &tok_path,
+                format!(
+                    "has {} tokens but config.json says vocab_size {}",
+                    tok.vocab_size(),
+                    config.vocab_size
+                ),
+            ));
+        }
+        Some(tok)
+    } else {
+        None
+    };
+    Ok(Checkpoint {
+        model: Transformer::from_parts(config, params)?,
+        tokenizer,
+    })
+}
+
+/// Loads the optimizer state saved beside `model` in `dir` into a fresh AdamW with `config`,
+/// or returns `None` when the checkpoint has no optimizer state.
+pub fn load_optimizer(
+    dir: &Path,
+    model: &Transformer,
+    config: &AdamWConfig,
+) -> Result<Option<AdamW>> {
+    let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = read(&path)?;
+    let meta = check_version(&bytes, &path, true)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
+    let mut opt = config.build(model)?;
+    opt.step = meta
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    for t in &model.layout().tensors {
+        read_tensor(
+            &st,
+            &path,
+            &format!("{}.exp_avg", t.name),
+            &t.shape,
+            &mut opt.m[t.range()],
+            "",
+        )?;
+        read_tensor(
+            &st,
+            &path,
+            &format!("{}.exp_avg_sq", t.name),
+            &t.shape,
+            &mut opt.v[t.range()],
+            "",
+        )?;
+    }
+    Ok(Some(opt))
+}

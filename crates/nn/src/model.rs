@@ -1,0 +1,805 @@
+//! The Llama-style decoder: parameters, the training forward pass with its
+//! activation cache, and the hand-written backward pass.
+//!
+//! Sequences are packed: the rows of a padded batch are laid end to end without
+//! their padding, so every per-token operation (norms, projections, MLP, output
+//! head) runs on exactly the real tokens, and attention runs per (row, head)
+//! over that row's span. Shapes below use N for packed tokens, C for
+//! `hidden_size`, F for `intermediate_size`, V for `vocab_size`, H heads of D
+//! dimensions, L layers.
+//!
+//! The backward pass takes per-token weights `w_t` and optional entropy
+//! coefficients `c_t` and accumulates the gradient of
+//! `loss = −Σ_t w_t·log p(y_t) − Σ_t c_t·H_t` (H_t the entropy of position t's
+//! next-token distribution) into a [`Gradients`] buffer. Every objective of
+//! DESIGN.md ("Objectives are token weights") reduces to this form.
+
+use crate::batch::TokenBatch;
+use crate::config::TransformerConfig;
+use crate::kernels::{self, Rope, SendPtr, View};
+use crate::params::Layout;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// Rows per parallel task for row-wise kernels.
+const ROWS_PER_TASK: usize = 64;
+
+/// A Llama-style decoder with its parameters in one flat buffer (see [`Layout`]).
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    pub(crate) config: TransformerConfig,
+    pub(crate) layout: Layout,
+    pub(crate) params: Vec<f32>,
+    pub(crate) rope: Rope,
+}
+
+impl TransformerConfig {
+    /// A freshly initialized model (see [`Layout::init`]); `seed` fixes every weight.
+    pub fn build(&self, seed: u64) -> Result<Transformer> {
+        self.validate()?;
+        let layout = Layout::new(self);
+        let params = layout.init(self, seed);
+        Transformer::from_parts(self.clone(), params)
+    }
+}
+
+impl Transformer {
+    pub(crate) fn from_parts(config: TransformerConfig, params: Vec<f32>) -> Result<Self> {
+        config.validate()?;
+        let layout = Layout::new(&config);
+        if params.len() != layout.total {
+            return Err(Error::invalid(
+                "parameters",
+                format!("{} values, the config needs {}", params.len(), layout.total),
+            ));
+        }
+        let rope = Rope::new(config.head_dim(), config.context_length, config.rope_theta);
+        Ok(Self {
+            config,
+            layout,
+            params,
+            rope,
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn num_params(&self) -> usize {
+        self.params.len()
+    }
+    /// The flat parameter buffer (offsets in [`Transformer::layout`]).
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    /// The values of the tensor with Hugging Face name `name`.
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        self.layout
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| &self.params[t.range()])
+    }
+
+    pub(crate) fn check_tokens(&self, what: &'static str, tokens: &[u32]) -> Result<()> {
+        let v = self.config.vocab_size;
+        match tokens.iter().position(|&t| t as usize >= v) {
+            Some(i) => Err(Error::invalid(
+                what,
+                format!(
+                    "token id {} at index {i} is outside the vocabulary (size {v})",
+                    tokens[i]
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Gradients, laid out like the parameters.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    pub data: Vec<f32>,
+}
+
+impl Gradients {
+    pub fn new(model: &Transformer) -> Self {
+        Self {
+            data: vec![0.0; model.num_params()],
+        }
+    }
+    pub fn zero(&mut self) {
+        self.data.fill(0.0);
+    }
+    /// The L2 norm over all parameters.
+    pub fn global_norm(&self) -> f32 {
+        let s: f64 = self
+            .data
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+            .sum();
+        s.sqrt() as f32
+    }
+    /// Scales the gradients so their global norm is at most `max_norm`; returns the norm before clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f32) -> f32 {
+        let norm = self.global_norm();
+        if norm > max_norm && norm.is_finite() {
+            let s = max_norm / (norm + 1e-6);
+            self.data.iter_mut().for_each(|g| *g *= s);
+        }
+        norm
+    }
+    /// Multiplies every gradient by `s` (e.g. 1/micro-batches after accumulation).
+    pub fn scale(&mut self, s: f32) {
+        self.data.iter_mut().for_each(|g| *g *= s);
+    }
+}
+
+/// What [`Transformer::forward`] returns beyond per-token log-probs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    /// Return each position's entropy of the next-token distribution.
+    pub entropy: bool,
+    /// Return the full logits, `(batch, seq_len, vocab)`.
+    pub logits: bool,
+}
+
+/// Per-position outputs in the batch's padded `(batch, seq_len)` layout; padding positions hold 0.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    /// `log p(target_t | inputs_≤t)`.
+    pub logprobs: Vec<f32>,
+    pub entropy: Option<Vec<f32>>,
+    pub logits: Option<Vec<f32>>,
+}
+
+/// Buffers of the forward pass kept for backward, plus backward scratch. Reused across
+/// calls: buffers only grow, so a training loop allocates once.
+#[derive(Default, Debug)]
+pub struct Activations {
+    // The cached pass.
+    valid: bool,
+    n: usize,
+    batch: usize,
+    seq_len: usize,
+    /// (packed start, length) of each row.
+    rows: Vec<(usize, usize)>,
+    /// Offset of each row's attention probabilities within one layer's block, and the block size.
+    prob_offsets: Vec<usize>,
+    prob_block: usize,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    positions: Vec<u32>,
+    /// Residual stream entering each norm: slot 2l (attention), 2l+1 (MLP), 2L (final). ((2L+1), N, C)
+    resid: Vec<f32>,
+    /// 1/rms per norm slot and token. ((2L+1), N)
+    rstd: Vec<f32>,
+    /// Normalized activations per slot. ((2L+1), N, C)
+    normed: Vec<f32>,
+    /// Rotated q, k and v per layer. (L, N, 3C)
+    qkv: Vec<f32>,
+    /// Attention probabilities per layer, row-major per (row, head). (L, Σ_b H·n_b²)
+    probs: Vec<f32>,
+    /// Attention output before o_proj. (L, N, C)
+    att: Vec<f32>,
+    /// Gate and up projections. (L, N, 2F)
+    gu: Vec<f32>,
+    /// silu(gate)·up. (L, N, F)
+    act: Vec<f32>,
+    /// Log-softmax of the logits. (N, V)
+    logp: Vec<f32>,
+    /// Entropy per token. (N)
+    entropy: Vec<f32>,
+    // Backward scratch.
+    dx: Vec<f32>,
+    dh: Vec<f32>,
+    dqkv: Vec<f32>,
+    datt: Vec<f32>,
+    dgu: Vec<f32>,
+    dact: Vec<f32>,
+    dlogits: Vec<f32>,
+    dprobs: Vec<f32>,
+}
+
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+impl Activations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held by the buffers.
+    pub fn allocated_bytes(&self) -> usize {
+        let f = [
+            &self.resid,
+            &self.rstd,
+            &self.normed,
+            &self.qkv,
+            &self.probs,
+            &self.att,
+            &self.gu,
+            &self.act,
+            &self.logp,
+            &self.entropy,
+            &self.dx,
+            &self.dh,
+            &self.dqkv,
+            &self.datt,
+            &self.dgu,
+            &self.dact,
+            &self.dlogits,
+            &self.dprobs,
+        ];
+        f.iter().map(|b| b.capacity() * 4).sum()
+    }
+}
+
+/// `(row b, head h)` attention tasks.
+fn head_tasks(rows: usize, heads: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
+    (0..rows * heads)
+        .into_par_iter()
+        .map(move |i| (i / heads, i % heads))
+}
+
+impl Transformer {
+    /// Runs the model over `batch`, returning per-token log-probs of the targets (and, on request,
+    /// entropies and logits), and caches the activations in `act` for [`Transformer::backward`].
+    pub fn forward(
+        &self,
+        batch: &TokenBatch,
+        opts: ForwardOptions,
+        act: &mut Activations,
+    ) -> Result<ForwardOutput> {
+        let cfg = &self.config;
+        if batch.seq_len > cfg.context_length {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "seq_len {} exceeds the model's context_length {}",
+                    batch.seq_len, cfg.context_length
+                ),
+            ));
+        }
+        self.check_tokens("batch inputs", &batch.inputs)?;
+        self.check_tokens("batch targets", &batch.targets)?;
+        let (c, f, v, h, d, nl) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+            cfg.num_heads,
+            cfg.head_dim(),
+            cfg.num_layers,
+        );
+        let t = batch.seq_len;
+
+        // Pack.
+        act.valid = false;
+        act.batch = batch.batch_size();
+        act.seq_len = t;
+        act.rows.clear();
+        act.prob_offsets.clear();
+        act.tokens.clear();
+        act.targets.clear();
+        act.positions.clear();
+        let mut start = 0;
+        let mut prob_off = 0;
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            act.rows.push((start, len));
+            act.prob_offsets.push(prob_off);
+            prob_off += h * len * len;
+            start += len;
+            act.tokens
+                .extend_from_slice(&batch.inputs[b * t..b * t + len]);
+            act.targets
+                .extend_from_slice(&batch.targets[b * t..b * t + len]);
+            act.positions.extend((0..len).map(|p| p as u32));
+        }
+        let n = start;
+        act.n = n;
+        act.prob_block = prob_off;
+        let slots = 2 * nl + 1;
+        grow(&mut act.resid, slots * n * c);
+        grow(&mut act.rstd, slots * n);
+        grow(&mut act.normed, slots * n * c);
+        grow(&mut act.qkv, nl * n * 3 * c);
+        grow(&mut act.probs, nl * prob_off);
+        grow(&mut act.att, nl * n * c);
+        grow(&mut act.gu, nl * n * 2 * f);
+        grow(&mut act.act, nl * n * f);
+        grow(&mut act.logp, n * v);
+        grow(&mut act.entropy, n);
+
+        let p = &self.params;
+        let lay = &self.layout;
+        // Embedding. (N, C)
+        {
+            let emb = &p[lay.embed..lay.embed + v * c];
+            let x0 = &mut act.resid[..n * c];
+            for (row, &tok) in x0.chunks_exact_mut(c).zip(&act.tokens) {
+                row.copy_from_slice(&emb[tok as usize * c..(tok as usize + 1) * c]);
+            }
+        }
+
+        for (l, lo) in lay.layers.iter().enumerate() {
+            // --- attention block ---
+            let s = 2 * l;
+            let (resid_prev, resid_rest) = act.resid.split_at_mut((s + 1) * n * c);
+            let xin = &resid_prev[s * n * c..];
+            let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
+            let rstd = &mut act.rstd[s * n..(s + 1) * n];
+            norm_rows(
+                normed,
+                rstd,
+                xin,
+                &p[lo.attn_norm..lo.attn_norm + c],
+                cfg.rms_norm_eps,
+            );
+            let qkv = &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
+            kernels::linear(qkv, normed, &p[lo.wqkv..lo.wqkv + 3 * c * c], n, c, 3 * c);
+            // Rotate q and k. (N, 3C)
+            qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+                .zip(act.positions.par_chunks(ROWS_PER_TASK))
+                .for_each(|(rows, pos)| {
+                    for (row, &ps) in rows.chunks_exact_mut(3 * c).zip(pos) {
+                        self.rope.apply(&mut row[..2 * c], ps as usize, false);
+                    }
+                });
+            let att = &mut act.att[l * n * c..(l + 1) * n * c];
+            let probs = &mut act.probs[l * prob_off..(l + 1) * prob_off];
+            {
+                let (qkv_ptr, att_ptr, probs_ptr) = (
+                    SendPtr(qkv.as_mut_ptr()),
+                    SendPtr(att.as_mut_ptr()),
+                    SendPtr(probs.as_mut_ptr()),
+                );
+                let rows = &act.rows;
+                let offs = &act.prob_offsets;
+                head_tasks(rows.len(), h).for_each(|(b, hh)| {
+                    let (st, len) = rows[b];
+                    // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
+                    // region of `att` (its row × its head's columns) and of `probs`.
+                    unsafe {
+                        let base = qkv_ptr.ptr().add(st * 3 * c + hh * d) as *const f32;
+                        let pr = std::slice::from_raw_parts_mut(
+                            probs_ptr.ptr().add(offs[b] + hh * len * len),
+                            len * len,
+                        );
+                        kernels::attention_head(
+                            View::at(base, 3 * c),
+                            View::at(base.add(c), 3 * c),
+                            View::at(base.add(2 * c), 3 * c),
+                            att_ptr.ptr().add(st * c + hh * d),
+                            c,
+                            pr,
+                            len,
+                            len,
+                            0,
+                            d,
+                        );
+                    }
+                });
+            }
+            // x_mid = x_in + att · Woᵀ
+            let xmid = &mut resid_rest[..n * c];
+            xmid.copy_from_slice(xin);
+            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c);
+
+            // --- MLP block ---
+            let s = 2 * l + 1;
+            let (resid_prev, resid_rest) = act.resid.split_at_mut((s + 1) * n * c);
+            let xin = &resid_prev[s * n * c..];
+            let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
+            let rstd = &mut act.rstd[s * n..(s + 1) * n];
+            norm_rows(
+                normed,
+                rstd,
+                xin,
+                &p[lo.mlp_norm..lo.mlp_norm + c],
+                cfg.rms_norm_eps,
+            );
+            let gu = &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
+            kernels::linear(gu, normed, &p[lo.wgu..lo.wgu + 2 * f * c], n, c, 2 * f);
+            let a = &mut act.act[l * n * f..(l + 1) * n * f];
+            a.par_chunks_mut(ROWS_PER_TASK * f)
+                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
+                .for_each(|(a, gu)| kernels::swiglu(a, gu, f));
+            let xout = &mut resid_rest[..n * c];
+            xout.copy_from_slice(xin);
+            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c);
+        }
+
+        // Final norm and output head. (N, V)
+        let s = 2 * nl;
+        let xin = &act.resid[s * n * c..(s + 1) * n * c];
+        let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
+        norm_rows(
+            normed,
+            &mut act.rstd[s * n..(s + 1) * n],
+            xin,
+            &p[lay.final_norm..lay.final_norm + c],
+            cfg.rms_norm_eps,
+        );
+        let logp = &mut act.logp[..n * v];
+        kernels::linear(logp, normed, &p[lay.lm_head..lay.lm_head + v * c], n, c, v);
+
+        let mut logits_out = opts.logits.then(|| vec![0.0f32; act.batch * t * v]);
+        if let Some(out) = logits_out.as_mut() {
+            for (b, &(st, len)) in act.rows.iter().enumerate() {
+                out[b * t * v..(b * t + len) * v].copy_from_slice(&logp[st * v..(st + len) * v]);
+            }
+        }
+        let entropy = &mut act.entropy[..n];
+        logp.par_chunks_mut(ROWS_PER_TASK * v)
+            .zip(entropy.par_chunks_mut(ROWS_PER_TASK))
+            .for_each(|(z, e)| {
+                for (row, e) in z.chunks_exact_mut(v).zip(e) {
+                    *e = kernels::log_softmax_row(row);
+                }
+            });
+
+        let mut logprobs = vec![0.0f32; act.batch * t];
+        let mut ent_out = opts.entropy.then(|| vec![0.0f32; act.batch * t]);
+        for (b, &(st, len)) in act.rows.iter().enumerate() {
+            for i in 0..len {
+                let tok = st + i;
+                logprobs[b * t + i] = logp[tok * v + act.targets[tok] as usize];
+                if let Some(e) = ent_out.as_mut() {
+                    e[b * t + i] = entropy[tok];
+                }
+            }
+        }
+        act.valid = true;
+        Ok(ForwardOutput {
+            logprobs,
+            entropy: ent_out,
+            logits: logits_out,
+        })
+    }
+
+    /// Accumulates into `grads` the gradient of `−Σ_t weights_t·log p(y_t) − Σ_t entropy_coef_t·H_t`
+    /// over the batch cached in `act` by the last [`Transformer::forward`]. `weights` and
+    /// `entropy_coef` use the batch's padded `(batch, seq_len)` layout; padding entries are ignored.
+    pub fn backward(
+        &self,
+        act: &mut Activations,
+        weights: &[f32],
+        entropy_coef: Option<&[f32]>,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        if !act.valid {
+            return Err(Error::NoForwardCache);
+        }
+        let padded = act.batch * act.seq_len;
+        if weights.len() != padded {
+            return Err(Error::invalid(
+                "token weights",
+                format!(
+                    "{} values, expected batch × seq_len = {padded}",
+                    weights.len()
+                ),
+            ));
+        }
+        if let Some(ec) = entropy_coef {
+            if ec.len() != padded {
+                return Err(Error::invalid(
+                    "entropy coefficients",
+                    format!("{} values, expected batch × seq_len = {padded}", ec.len()),
+                ));
+            }
+        }
+        if grads.data.len() != self.params.len() {
+            return Err(Error::invalid(
+                "gradients",
+                format!(
+                    "{} values, the model has {} parameters",
+                    grads.data.len(),
+                    self.params.len()
+                ),
+            ));
+        }
+        let cfg = &self.config;
+        let (c, f, v, h, d, nl) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+            cfg.num_heads,
+            cfg.head_dim(),
+            cfg.num_layers,
+        );
+        let (n, t) = (act.n, act.seq_len);
+        let prob_off = act.prob_block;
+        grow(&mut act.dx, n * c);
+        grow(&mut act.dh, n * c);
+        grow(&mut act.dqkv, n * 3 * c);
+        grow(&mut act.datt, n * c);
+        grow(&mut act.dgu, n * 2 * f);
+        grow(&mut act.dact, n * f);
+        grow(&mut act.dlogits, n * v);
+        grow(&mut act.dprobs, prob_off);
+
+        // Per packed token: (weight, entropy coefficient).
+        let mut wc = Vec::with_capacity(n);
+        for (b, &(_, len)) in act.rows.iter().enumerate() {
+            for i in 0..len {
+                let w = weights[b * t + i];
+                let e = entropy_coef.map_or(0.0, |ec| ec[b * t + i]);
+                if !w.is_finite() || !e.is_finite() {
+                    return Err(Error::invalid(
+                        "token weights",
+                        format!("row {b}, position {i}: weight {w}, entropy coefficient {e}; both must be finite"),
+                    ));
+                }
+                wc.push((w, e));
+            }
+        }
+
+        // d loss / d logits = w (p − onehot(y)) + c p (log p + H).  (N, V)
+        {
+            let dl = &mut act.dlogits[..n * v];
+            let logp = &act.logp[..n * v];
+            let (targets, entropy) = (&act.targets, &act.entropy);
+            dl.par_chunks_mut(ROWS_PER_TASK * v)
+                .enumerate()
+                .for_each(|(chunk, dl)| {
+                    for (r, row) in dl.chunks_exact_mut(v).enumerate() {
+                        let tok = chunk * ROWS_PER_TASK + r;
+                        let (w, ec) = wc[tok];
+                        let lp = &logp[tok * v..(tok + 1) * v];
+                        let hh = entropy[tok];
+                        for (g, &l) in row.iter_mut().zip(lp) {
+                            let pj = kernels::exp(l);
+                            *g = w * pj + ec * pj * (l + hh);
+                        }
+                        row[targets[tok] as usize] -= w;
+                    }
+                });
+        }
+
+        let p = &self.params;
+        let lay = &self.layout;
+        let g = &mut grads.data;
+        // Output head and final norm.
+        let s = 2 * nl;
+        let normed = &act.normed[s * n * c..(s + 1) * n * c];
+        let dl = &act.dlogits[..n * v];
+        kernels::linear_backward_weight(
+            &mut g[lay.lm_head..lay.lm_head + v * c],
+            dl,
+            normed,
+            n,
+            c,
+            v,
+        );
+        kernels::linear_backward_input(
+            &mut act.dh[..n * c],
+            dl,
+            &p[lay.lm_head..lay.lm_head + v * c],
+            n,
+            c,
+            v,
+            false,
+        );
+        norm_rows_backward(
+            &mut act.dx[..n * c],
+            &mut g[lay.final_norm..lay.final_norm + c],
+            &act.dh[..n * c],
+            &act.resid[s * n * c..(s + 1) * n * c],
+            &act.rstd[s * n..(s + 1) * n],
+            &p[lay.final_norm..lay.final_norm + c],
+            false,
+        );
+
+        for (l, lo) in lay.layers.iter().enumerate().rev() {
+            // --- MLP block --- dx holds d loss / d x_out.
+            let s = 2 * l + 1;
+            let dx = &mut act.dx[..n * c];
+            let a = &act.act[l * n * f..(l + 1) * n * f];
+            let dact = &mut act.dact[..n * f];
+            kernels::linear_backward_weight(&mut g[lo.wdown..lo.wdown + c * f], dx, a, n, f, c);
+            kernels::linear_backward_input(
+                dact,
+                dx,
+                &p[lo.wdown..lo.wdown + c * f],
+                n,
+                f,
+                c,
+                false,
+            );
+            let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
+            let dgu = &mut act.dgu[..n * 2 * f];
+            dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
+                .zip(dact.par_chunks(ROWS_PER_TASK * f))
+                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
+                .for_each(|((dgu, da), gu)| kernels::swiglu_backward(dgu, da, gu, f));
+            let normed = &act.normed[s * n * c..(s + 1) * n * c];
+            kernels::linear_backward_weight(
+                &mut g[lo.wgu..lo.wgu + 2 * f * c],
+                dgu,
+                normed,
+                n,
+                c,
+                2 * f,
+            );
+            let dh = &mut act.dh[..n * c];
+            kernels::linear_backward_input(
+                dh,
+                dgu,
+                &p[lo.wgu..lo.wgu + 2 * f * c],
+                n,
+                c,
+                2 * f,
+                false,
+            );
+            norm_rows_backward(
+                dx,
+                &mut g[lo.mlp_norm..lo.mlp_norm + c],
+                dh,
+                &act.resid[s * n * c..(s + 1) * n * c],
+                &act.rstd[s * n..(s + 1) * n],
+                &p[lo.mlp_norm..lo.mlp_norm + c],
+                true,
+            );
+
+            // --- attention block --- dx holds d loss / d x_mid.
+            let s = 2 * l;
+            let att = &act.att[l * n * c..(l + 1) * n * c];
+            let datt = &mut act.datt[..n * c];
+            kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c);
+            kernels::linear_backward_input(datt, dx, &p[lo.wo..lo.wo + c * c], n, c, c, false);
+            let qkv = &act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
+            let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
+            let dqkv = &mut act.dqkv[..n * 3 * c];
+            {
+                let (dqkv_ptr, dprobs_ptr) =
+                    (SendPtr(dqkv.as_mut_ptr()), SendPtr(act.dprobs.as_mut_ptr()));
+                let rows = &act.rows;
+                let offs = &act.prob_offsets;
+                let datt = &*datt;
+                head_tasks(rows.len(), h).for_each(|(b, hh)| {
+                    let (st, len) = rows[b];
+                    let po = offs[b] + hh * len * len;
+                    // SAFETY: each task reads its own row/head slices and writes disjoint columns of dqkv
+                    // and its own block of the scratch.
+                    unsafe {
+                        let base = qkv.as_ptr().add(st * 3 * c + hh * d);
+                        let dbase = dqkv_ptr.ptr().add(st * 3 * c + hh * d);
+                        let scratch =
+                            std::slice::from_raw_parts_mut(dprobs_ptr.ptr().add(po), len * len);
+                        kernels::attention_head_backward(
+                            View::at(base, 3 * c),
+                            View::at(base.add(c), 3 * c),
+                            View::at(base.add(2 * c), 3 * c),
+                            &probs[po..po + len * len],
+                            View::at(datt.as_ptr().add(st * c + hh * d), c),
+                            dbase,
+                            dbase.add(c),
+                            dbase.add(2 * c),
+                            3 * c,
+                            scratch,
+                            len,
+                            d,
+                        );
+                    }
+                });
+            }
+            // Undo the rotation on dq and dk.
+            dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+                .zip(act.positions.par_chunks(ROWS_PER_TASK))
+                .for_each(|(rows, pos)| {
+                    for (row, &ps) in rows.chunks_exact_mut(3 * c).zip(pos) {
+                        self.rope.apply(&mut row[..2 * c], ps as usize, true);
+                    }
+                });
+            let normed = &act.normed[s * n * c..(s + 1) * n * c];
+            kernels::linear_backward_weight(
+                &mut g[lo.wqkv..lo.wqkv + 3 * c * c],
+                dqkv,
+                normed,
+                n,
+                c,
+                3 * c,
+            );
+            let dh = &mut act.dh[..n * c];
+            kernels::linear_backward_input(
+                dh,
+                dqkv,
+                &p[lo.wqkv..lo.wqkv + 3 * c * c],
+                n,
+                c,
+                3 * c,
+                false,
+            );
+            norm_rows_backward(
+                dx,
+                &mut g[lo.attn_norm..lo.attn_norm + c],
+                dh,
+                &act.resid[s * n * c..(s + 1) * n * c],
+                &act.rstd[s * n..(s + 1) * n],
+                &p[lo.attn_norm..lo.attn_norm + c],
+                true,
+            );
+        }
+
+        // Embedding: scatter-add dx into the rows of the used tokens.
+        let ge = &mut g[lay.embed..lay.embed + v * c];
+        for (row, &tok) in act.dx[..n * c].chunks_exact(c).zip(&act.tokens) {
+            for (gi, di) in ge[tok as usize * c..(tok as usize + 1) * c]
+                .iter_mut()
+                .zip(row)
+            {
+                *gi += di;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `y += x · wᵀ` (the residual add fused into the GEMM).
+pub(crate) fn add_linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) {
+    assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
+    unsafe {
+        kernels::gemm(
+            n,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            out,
+            true,
+            View::rows(x, inp),
+            View::rows(w, inp).t(),
+            1.0,
+            true,
+        )
+    }
+}
+
+/// Row-parallel RMSNorm.
+pub(crate) fn norm_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let c = w.len();
+    y.par_chunks_mut(ROWS_PER_TASK * c)
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(ROWS_PER_TASK * c))
+        .for_each(|((y, r), x)| kernels::rmsnorm(y, r, x, w, eps));
+}
+
+/// Row-parallel RMSNorm backward; the weight gradient is reduced over tasks.
+fn norm_rows_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+    accumulate: bool,
+) {
+    let c = w.len();
+    let rows = 4 * ROWS_PER_TASK;
+    let partial = dx
+        .par_chunks_mut(rows * c)
+        .zip(dy.par_chunks(rows * c))
+        .zip(x.par_chunks(rows * c))
+        .zip(rstd.par_chunks(rows))
+        .map(|(((dx, dy), x), r)| {
+            let mut dwp = vec![0.0f32; c];
+            kernels::rmsnorm_backward(dx, &mut dwp, dy, x, r, w, accumulate);
+            dwp
+        })
+        .reduce(
+            || vec![0.0f32; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+}

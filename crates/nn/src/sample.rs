@@ -1,0 +1,532 @@
+//! Batched sampling with a KV cache.
+//!
+//! Prompts are prefilled together (packed, as in training), then every step
+//! feeds one token per unfinished row. Rows finish independently (stop token,
+//! `max_new_tokens`, or a full context) and drop out of later steps. Each row
+//! draws from its own generator seeded by the caller, so a row's sample does not
+//! depend on which other rows share its batch.
+//!
+//! Token choice ([`pick`]) applies temperature, then top-k, then top-p (the order
+//! of Hugging Face's `generate`); temperature 0 is greedy (argmax, lowest id on
+//! ties). The log-prob recorded for each sampled token is under the policy
+//! itself — the log-softmax of the raw logits, as the trainer's forward pass
+//! computes it — not under the tempered or truncated sampling distribution.
+
+use crate::kernels::{self, SendPtr, View};
+use crate::model::{add_linear, norm_rows, Transformer};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How tokens are chosen and when a row stops.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Softmax temperature; 0 means greedy decoding.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens before sampling; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Most tokens generated per row.
+    pub max_new_tokens: usize,
+    /// Tokens that end a row (the stop token is included in the output).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl SamplingConfig {
+    pub fn greedy(max_new_tokens: usize, stop_tokens: Vec<u32>) -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens,
+            stop_tokens,
+        }
+    }
+
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        let bad = |field: &'static str, value: String, expected: &str| {
+            Err(Error::Config {
+                field,
+                value,
+                expected: expected.into(),
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                self.temperature.to_string(),
+                "must be a finite number ≥ 0 (0 is greedy)",
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(
+                "top_p",
+                self.top_p.to_string(),
+                "must be in (0, 1] (1 disables it)",
+            );
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "0".into(), "must be at least 1");
+        }
+        if let Some(t) = self.stop_tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return bad(
+                "stop_tokens",
+                t.to_string(),
+                &format!("must be token ids below the vocabulary size {vocab_size}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why a row stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It produced a stop token.
+    Stop,
+    /// It reached `max_new_tokens`.
+    Length,
+    /// It filled the model's context window.
+    ContextFull,
+}
+
+/// One row's completion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Generated tokens (after the prompt), including a final stop token.
+    pub tokens: Vec<u32>,
+    /// `log p(token)` under the policy (raw logits, temperature 1) for each generated token.
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+/// Chooses the next token from one row of logits.
+pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
+    if cfg.temperature == 0.0 {
+        let mut best = 0;
+        for (i, &z) in logits.iter().enumerate() {
+            if z > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let inv_t = 1.0 / cfg.temperature;
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let truncate = (cfg.top_k > 0 && cfg.top_k < logits.len()) || cfg.top_p < 1.0;
+    let u = rng.uniform();
+    if !truncate {
+        let total: f32 = logits.iter().map(|&z| kernels::exp((z - m) * inv_t)).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for (i, &z) in logits.iter().enumerate() {
+            acc += kernels::exp((z - m) * inv_t);
+            if acc > target {
+                return i as u32;
+            }
+        }
+        return (logits.len() - 1) as u32;
+    }
+    // Most likely first; ties by lower id, so the order is fully determined.
+    let mut probs: Vec<(f32, u32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &z)| (kernels::exp((z - m) * inv_t), i as u32))
+        .collect();
+    probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    if cfg.top_k > 0 {
+        probs.truncate(cfg.top_k);
+    }
+    if cfg.top_p < 1.0 {
+        let total: f32 = probs.iter().map(|p| p.0).sum();
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p.0 / total;
+            if acc >= cfg.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+    }
+    let total: f32 = probs.iter().map(|p| p.0).sum();
+    let target = u * total;
+    let mut acc = 0.0;
+    for p in &probs {
+        acc += p.0;
+        if acc > target {
+            return p.1;
+        }
+    }
+    probs[probs.len() - 1].1
+}
+
+/// Keys and values of every layer for each row: `(L, rows, context, C)` each.
+struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: usize,
+    ctx: usize,
+    c: usize,
+}
+
+impl KvCache {
+    fn offset(&self, layer: usize, row: usize, pos: usize) -> usize {
+        ((layer * self.rows + row) * self.ctx + pos) * self.c
+    }
+}
+
+/// A run of new tokens for one cache row: positions `start..start + len`.
+#[derive(Clone, Copy)]
+struct Segment {
+    row: usize,
+    start: usize,
+    len: usize,
+}
+
+/// Reused buffers of the cached forward pass.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    probs: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    last: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+impl Transformer {
+    /// Samples a completion for each prompt. `seeds[i]` seeds row i's generator.
+    pub fn sample(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<Sample>> {
+        let mc = &self.config;
+        cfg.validate(mc.vocab_size)?;
+        if seeds.len() != prompts.len() {
+            return Err(Error::invalid(
+                "sampling request",
+                format!(
+                    "{} prompts but {} seeds; give one seed per prompt",
+                    prompts.len(),
+                    seeds.len()
+                ),
+            ));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() || p.len() >= mc.context_length {
+                return Err(Error::invalid(
+                    "prompt",
+                    format!(
+                        "prompt {i} has {} tokens; it needs 1..{} (context_length {} leaves room for one new token)",
+                        p.len(),
+                        mc.context_length - 1,
+                        mc.context_length
+                    ),
+                ));
+            }
+            self.check_tokens("prompt", p)?;
+        }
+        let rows = prompts.len();
+        let (c, nl) = (mc.hidden_size, mc.num_layers);
+        let mut cache = KvCache {
+            k: vec![0.0; nl * rows * mc.context_length * c],
+            v: vec![0.0; nl * rows * mc.context_length * c],
+            rows,
+            ctx: mc.context_length,
+            c,
+        };
+        let mut scratch = Scratch::default();
+        let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
+        let mut out: Vec<Sample> = (0..rows)
+            .map(|_| Sample {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                finish: FinishReason::Length,
+            })
+            .collect();
+
+        let mut segs: Vec<Segment> = prompts
+            .iter()
+            .enumerate()
+            .map(|(row, p)| Segment {
+                row,
+                start: 0,
+                len: p.len(),
+            })
+            .collect();
+        let mut tokens: Vec<u32> = prompts.concat();
+        let v = mc.vocab_size;
+        let mut logp_row = vec![0.0f32; v];
+        while !segs.is_empty() {
+            self.forward_cached(&segs, &tokens, &mut cache, &mut scratch);
+            let mut next_segs = Vec::with_capacity(segs.len());
+            tokens.clear();
+            for (si, seg) in segs.iter().enumerate() {
+                let logits = &scratch.logits[si * v..(si + 1) * v];
+                let tok = pick(logits, cfg, &mut rngs[seg.row]);
+                logp_row.copy_from_slice(logits);
+                kernels::log_softmax_row(&mut logp_row);
+                let o = &mut out[seg.row];
+                o.tokens.push(tok);
+                o.logprobs.push(logp_row[tok as usize]);
+                let pos = seg.start + seg.len; // position the new token would occupy
+                if cfg.stop_tokens.contains(&tok) {
+                    o.finish = FinishReason::Stop;
+                } else if o.tokens.len() >= cfg.max_new_tokens {
+                    o.finish = FinishReason::Length;
+                } else if pos >= mc.context_length {
+                    o.finish = FinishReason::ContextFull;
+                } else {
+                    next_segs.push(Segment {
+                        row: seg.row,
+                        start: pos,
+                        len: 1,
+                    });
+                    tokens.push(tok);
+                }
+            }
+            segs = next_segs;
+        }
+        Ok(out)
+    }
+
+    /// Runs the new tokens of `segs` through the model, appending their keys and values to
+    /// `cache`, and leaves the logits of each segment's last token in `scratch.logits` (S, V).
+    fn forward_cached(
+        &self,
+        segs: &[Segment],
+        tokens: &[u32],
+        cache: &mut KvCache,
+        s: &mut Scratch,
+    ) {
+        let mc = &self.config;
+        let (c, f, v, h, d) = (
+            mc.hidden_size,
+            mc.intermediate_size,
+            mc.vocab_size,
+            mc.num_heads,
+            mc.head_dim(),
+        );
+        let m = tokens.len();
+        let p = &self.params;
+        let lay = &self.layout;
+        grow(&mut s.x, m * c);
+        grow(&mut s.normed, m * c);
+        grow(&mut s.rstd, m);
+        grow(&mut s.qkv, m * 3 * c);
+        grow(&mut s.att, m * c);
+        grow(&mut s.gu, m * 2 * f);
+        grow(&mut s.act, m * f);
+        // Per segment: first packed token and offset of its probability block.
+        let mut seg_tok = Vec::with_capacity(segs.len());
+        let mut seg_prob = Vec::with_capacity(segs.len());
+        let (mut tok0, mut prob0) = (0, 0);
+        for seg in segs {
+            seg_tok.push(tok0);
+            seg_prob.push(prob0);
+            tok0 += seg.len;
+            prob0 += h * seg.len * (seg.start + seg.len);
+        }
+        grow(&mut s.probs, prob0);
+        let positions: Vec<usize> = segs
+            .iter()
+            .flat_map(|sg| sg.start..sg.start + sg.len)
+            .collect();
+
+        let emb = &p[lay.embed..lay.embed + v * c];
+        for (row, &t) in s.x[..m * c].chunks_exact_mut(c).zip(tokens) {
+            row.copy_from_slice(&emb[t as usize * c..(t as usize + 1) * c]);
+        }
+        for (l, lo) in lay.layers.iter().enumerate() {
+            let x = &mut s.x[..m * c];
+            norm_rows(
+                &mut s.normed[..m * c],
+                &mut s.rstd[..m],
+                x,
+                &p[lo.attn_norm..lo.attn_norm + c],
+                mc.rms_norm_eps,
+            );
+            let qkv = &mut s.qkv[..m * 3 * c];
+            kernels::linear(
+                qkv,
+                &s.normed[..m * c],
+                &p[lo.wqkv..lo.wqkv + 3 * c * c],
+                m,
+                c,
+                3 * c,
+            );
+            for (row, &pos) in qkv.chunks_exact_mut(3 * c).zip(&positions) {
+                self.rope.apply(&mut row[..2 * c], pos, false);
+            }
+            for (si, seg) in segs.iter().enumerate() {
+                for i in 0..seg.len {
+                    let src = &qkv[(seg_tok[si] + i) * 3 * c..(seg_tok[si] + i + 1) * 3 * c];
+                    let o = cache.offset(l, seg.row, seg.start + i);
+                    cache.k[o..o + c].copy_from_slice(&src[c..2 * c]);
+                    cache.v[o..o + c].copy_from_slice(&src[2 * c..]);
+                }
+            }
+            {
+                let (att_ptr, probs_ptr) =
+                    (SendPtr(s.att.as_mut_ptr()), SendPtr(s.probs.as_mut_ptr()));
+                let qkv = &*qkv;
+                let cache = &*cache;
+                (0..segs.len() * h).into_par_iter().for_each(|task| {
+                    let (si, hh) = (task / h, task % h);
+                    let seg = segs[si];
+                    let n_kv = seg.start + seg.len;
+                    // SAFETY: each (segment, head) task writes its own rows × head columns of `att`
+                    // and its own block of `probs`; the cache is only read here.
+                    unsafe {
+                        let probs = std::slice::from_raw_parts_mut(
+                            probs_ptr.ptr().add(seg_prob[si] + hh * seg.len * n_kv),
+                            seg.len * n_kv,
+                        );
+                        let kv0 = cache.offset(l, seg.row, 0) + hh * d;
+                        kernels::attention_head(
+                            View::at(qkv.as_ptr().add(seg_tok[si] * 3 * c + hh * d), 3 * c),
+                            View::at(cache.k.as_ptr().add(kv0), c),
+                            View::at(cache.v.as_ptr().add(kv0), c),
+                            att_ptr.ptr().add(seg_tok[si] * c + hh * d),
+                            c,
+                            probs,
+                            seg.len,
+                            n_kv,
+                            seg.start,
+                            d,
+                        );
+                    }
+                });
+            }
+            add_linear(x, &s.att[..m * c], &p[lo.wo..lo.wo + c * c], m, c, c);
+            norm_rows(
+                &mut s.normed[..m * c],
+                &mut s.rstd[..m],
+                x,
+                &p[lo.mlp_norm..lo.mlp_norm + c],
+                mc.rms_norm_eps,
+            );
+            let gu = &mut s.gu[..m * 2 * f];
+            kernels::linear(
+                gu,
+                &s.normed[..m * c],
+                &p[lo.wgu..lo.wgu + 2 * f * c],
+                m,
+                c,
+                2 * f,
+            );
+            kernels::swiglu(&mut s.act[..m * f], gu, f);
+            add_linear(x, &s.act[..m * f], &p[lo.wdown..lo.wdown + c * f], m, f, c);
+        }
+        // Last token of each segment → final norm → logits. (S, V)
+        let ns = segs.len();
+        grow(&mut s.last, ns * c);
+        for (si, seg) in segs.iter().enumerate() {
+            let t = seg_tok[si] + seg.len - 1;
+            s.last[si * c..(si + 1) * c].copy_from_slice(&s.x[t * c..(t + 1) * c]);
+        }
+        norm_rows(
+            &mut s.normed[..ns * c],
+            &mut s.rstd[..ns],
+            &s.last[..ns * c],
+            &p[lay.final_norm..lay.final_norm + c],
+            mc.rms_norm_eps,
+        );
+        grow(&mut s.logits, ns * v);
+        kernels::linear(
+            &mut s.logits[..ns * v],
+            &s.normed[..ns * c],
+            &p[lay.lm_head..lay.lm_head + v * c],
+            ns,
+            c,
+            v,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(t: f32, k: usize, p: f32) -> SamplingConfig {
+        SamplingConfig {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            max_new_tokens: 1,
+            stop_tokens: vec![],
+        }
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_lowest_id_on_ties() {
+        let mut r = Rng::new(1);
+        assert_eq!(pick(&[0.0, 3.0, 3.0, -1.0], &cfg(0.0, 0, 1.0), &mut r), 1);
+    }
+
+    #[test]
+    fn frequencies_follow_the_truncated_distribution() {
+        // p ∝ exp(logits) = [0.1, 0.2, 0.3, 0.4]
+        let logits: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
+        let count = |c: SamplingConfig| {
+            let mut r = Rng::new(9);
+            let mut n = [0usize; 4];
+            for _ in 0..40_000 {
+                n[pick(&logits, &c, &mut r) as usize] += 1;
+            }
+            n.map(|x| x as f64 / 40_000.0)
+        };
+        let full = count(cfg(1.0, 0, 1.0));
+        for (f, want) in full.iter().zip([0.1, 0.2, 0.3, 0.4]) {
+            assert!((f - want).abs() < 0.01, "{full:?}");
+        }
+        // top-k 2 keeps {3, 2}: 0.4/0.7, 0.3/0.7
+        let k2 = count(cfg(1.0, 2, 1.0));
+        assert_eq!(k2[0] + k2[1], 0.0);
+        assert!((k2[3] - 4.0 / 7.0).abs() < 0.01, "{k2:?}");
+        // top-p 0.65 keeps {3, 2} (0.4 + 0.3 ≥ 0.65)
+        let p = count(cfg(1.0, 0, 0.65));
+        assert_eq!(p[0] + p[1], 0.0);
+        // temperature 0.5 squares the odds: p ∝ [1, 4, 9, 16] / 30
+        let t = count(cfg(0.5, 0, 1.0));
+        assert!((t[3] - 16.0 / 30.0).abs() < 0.01, "{t:?}");
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        let mut c = cfg(1.0, 0, 1.0);
+        c.top_p = 0.0;
+        assert!(c.validate(4).unwrap_err().to_string().contains("top_p"));
+        let mut c = cfg(-1.0, 0, 1.0);
+        assert!(c
+            .validate(4)
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
+        c = cfg(1.0, 0, 1.0);
+        c.stop_tokens = vec![4];
+        assert!(c
+            .validate(4)
+            .unwrap_err()
+            .to_string()
+            .contains("stop_tokens"));
+    }
+}
