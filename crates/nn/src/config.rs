@@ -118,14 +118,14 @@ impl TransformerConfig {
         if self.vocab_size > u32::MAX as usize {
             return err("vocab_size", self.vocab_size.to_string(), "must fit in u32");
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return err(
                 "num_heads",
                 self.num_heads.to_string(),
                 &format!("must divide hidden_size ({})", self.hidden_size),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return err(
                 "num_heads",
                 self.num_heads.to_string(),

@@ -292,7 +292,7 @@ impl Transformer {
                     o.finish = FinishReason::Stop;
                 } else if o.tokens.len() >= cfg.max_new_tokens {
                     o.finish = FinishReason::Length;
-                } else if pos >= mc.context_length {
+                } else if pos + 1 >= mc.context_length {
                     o.finish = FinishReason::ContextFull;
                 } else {
                     next_segs.push(Segment {

@@ -175,7 +175,7 @@ fn rows_are_independent_of_their_batch() {
     for (b, s) in seqs.iter().enumerate() {
         let one = model
             .forward(
-                &TokenBatch::from_sequences(&[s.clone()]).unwrap(),
+                &TokenBatch::from_sequences(std::slice::from_ref(s)).unwrap(),
                 ForwardOptions::default(),
                 &mut act,
             )

@@ -1,0 +1,271 @@
+//! Checkpoint round trips (weights, tokenizer, optimizer state) and the errors for bad files.
+
+use autodidact_core::CharTokenizer;
+use autodidact_nn::checkpoint::{self, MODEL_FILE};
+use autodidact_nn::{
+    Activations, AdamWConfig, ForwardOptions, Gradients, TokenBatch, Transformer, TransformerConfig,
+};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn setup() -> (Transformer, CharTokenizer) {
+    let tok = CharTokenizer::new("0123456789+=").unwrap();
+    let mut cfg = TransformerConfig::tiny(tok.vocab_size());
+    cfg.num_layers = 2;
+    (cfg.build(9).unwrap(), tok)
+}
+
+fn train_step(m: &mut Transformer, opt: &mut autodidact_nn::AdamW, tok: &CharTokenizer) {
+    let seqs = vec![
+        tok.encode_with_bos("12+34=46").unwrap(),
+        tok.encode_with_bos("9+9=18").unwrap(),
+    ];
+    let b = TokenBatch::from_sequences(&seqs).unwrap();
+    let mut act = Activations::new();
+    let mut g = Gradients::new(m);
+    m.forward(&b, ForwardOptions::default(), &mut act).unwrap();
+    let w = vec![0.1; b.batch_size() * b.seq_len()];
+    m.backward(&mut act, &w, None, &mut g).unwrap();
+    opt.step(m.params_mut(), &g.data, 1e-2).unwrap();
+}
+
+#[test]
+fn round_trip_resumes_training_exactly() {
+    let (mut m, tok) = setup();
+    let cfg = AdamWConfig::default();
+    let mut opt = cfg.build(&m).unwrap();
+    train_step(&mut m, &mut opt, &tok);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("r0001");
+    checkpoint::save(&ck, &m, Some(&tok), Some(&opt)).unwrap();
+
+    let loaded = checkpoint::load(&ck).unwrap();
+    assert_eq!(loaded.model.params(), m.params());
+    assert_eq!(loaded.model.config(), m.config());
+    assert_eq!(
+        loaded.tokenizer.as_ref().unwrap().alphabet(),
+        tok.alphabet()
+    );
+    let mut m2 = loaded.model;
+    let mut opt2 = checkpoint::load_optimizer(&ck, &m2, &cfg)
+        .unwrap()
+        .expect("optimizer state saved");
+    assert_eq!(opt2.steps_taken(), 1);
+
+    // One more step on each: identical, so the moments and step count came back.
+    train_step(&mut m, &mut opt, &tok);
+    train_step(&mut m2, &mut opt2, &tok);
+    assert_eq!(m.params(), m2.params());
+
+    // Saving again over the same directory replaces it and leaves no temporary directory.
+    checkpoint::save(&ck, &m, Some(&tok), None).unwrap();
+    assert!(checkpoint::load_optimizer(&ck, &m, &cfg).unwrap().is_none());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("r0001")]);
+}
+
+/// Rewrites `model.safetensors` in `dir` through `edit`, which sees (name, dtype, shape, bytes).
+fn rewrite(
+    dir: &Path,
+    meta: Option<HashMap<String, String>>,
+    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+) {
+    let path = dir.join(MODEL_FILE);
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let meta = meta.or_else(|| {
+        SafeTensors::read_metadata(&bytes)
+            .unwrap()
+            .1
+            .metadata()
+            .clone()
+    });
+    std::fs::write(&path, safetensors::serialize(views, meta).unwrap()).unwrap();
+}
+
+fn saved() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (m, tok) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    checkpoint::save(&ck, &m, Some(&tok), None).unwrap();
+    (dir, ck)
+}
+
+fn load_err(ck: &Path) -> String {
+    checkpoint::load(ck).unwrap_err().to_string()
+}
+
+const Q0: &str = "model.layers.0.self_attn.q_proj.weight";
+
+#[test]
+fn wrong_shape_names_the_tensor_and_expected_shape() {
+    let (_d, ck) = saved();
+    rewrite(&ck, None, |ts| {
+        let t = ts.iter_mut().find(|t| t.0 == Q0).unwrap();
+        t.2 = vec![32, 128];
+    });
+    let e = load_err(&ck);
+    assert!(
+        e.contains(Q0) && e.contains("[32, 128]") && e.contains("expected [64, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_dtype_names_the_tensor() {
+    let (_d, ck) = saved();
+    rewrite(&ck, None, |ts| {
+        let t = ts.iter_mut().find(|t| t.0 == Q0).unwrap();
+        t.1 = Dtype::F16;
+        t.3.truncate(t.3.len() / 2);
+    });
+    let e = load_err(&ck);
+    assert!(
+        e.contains(Q0) && e.contains("F16") && e.contains("expected F32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_and_unexpected_tensors_are_named() {
+    let (_d, ck) = saved();
+    rewrite(&ck, None, |ts| ts.retain(|t| t.0 != Q0));
+    let e = load_err(&ck);
+    assert!(e.contains(Q0) && e.contains("missing"), "{e}");
+
+    let (_d, ck) = saved();
+    rewrite(&ck, None, |ts| {
+        let extra = ts[0].clone();
+        ts.push(("lm_head.weight".into(), extra.1, extra.2, extra.3));
+    });
+    let e = load_err(&ck);
+    assert!(
+        e.contains("lm_head.weight") && e.contains("tie_word_embeddings"),
+        "{e}"
+    );
+}
+
+#[test]
+fn newer_format_version_fails_with_a_hint() {
+    let (_d, ck) = saved();
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("autodidact_format_version".to_string(), "2".to_string()),
+    ]);
+    rewrite(&ck, Some(meta), |_| {});
+    let e = load_err(&ck);
+    assert!(
+        e.contains("format version 2") && e.contains("reads version 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_config_json_names_the_file_and_field() {
+    let (_d, ck) = saved();
+    let path = ck.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"");
+    std::fs::write(&path, text).unwrap();
+    let e = load_err(&ck);
+    assert!(e.contains("hidden_act") && e.contains("config.json"), "{e}");
+
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = load_err(&ck);
+    assert!(
+        e.contains("config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_weights_file_is_an_error_not_a_panic() {
+    let (_d, ck) = saved();
+    let path = ck.join(MODEL_FILE);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&ck);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+/// `transformers` reads a checkpoint written here and computes the same logits.
+///
+/// The reference logits below were printed by `reference/check_hf_load.py` (transformers 5.24.0,
+/// torch 2.15.0) on the checkpoint this test writes; to regenerate:
+///   AUTODIDACT_HF_CHECK_DIR=/tmp/hf_check cargo test -p autodidact-nn --test checkpoint transformers
+///   python crates/nn/tests/reference/check_hf_load.py /tmp/hf_check
+#[test]
+fn transformers_reads_our_checkpoint() {
+    let tok = CharTokenizer::new("0123456789+=").unwrap();
+    let cfg = TransformerConfig {
+        vocab_size: tok.vocab_size(),
+        hidden_size: 16,
+        num_layers: 2,
+        num_heads: 2,
+        intermediate_size: 24,
+        context_length: 16,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        tie_embeddings: true,
+        initializer_range: 0.3,
+    };
+    let model = cfg.build(2024).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = match std::env::var_os("AUTODIDACT_HF_CHECK_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => dir.path().join("ck"),
+    };
+    checkpoint::save(&ck, &model, Some(&tok), None).unwrap();
+    let loaded = checkpoint::load(&ck).unwrap();
+    let tok = loaded.tokenizer.unwrap();
+    let ids = tok.encode_with_bos("12+34=46").unwrap();
+    assert_eq!(
+        ids, HF_IDS,
+        "tokenizer.json encodes as transformers' PreTrainedTokenizerFast does"
+    );
+    let n = ids.len();
+    let batch = TokenBatch::new(ids, vec![0; n], vec![n], n).unwrap();
+    let mut act = Activations::new();
+    let out = loaded
+        .model
+        .forward(
+            &batch,
+            ForwardOptions {
+                entropy: false,
+                logits: true,
+            },
+            &mut act,
+        )
+        .unwrap();
+    let logits = out.logits.unwrap();
+    if std::env::var_os("AUTODIDACT_HF_CHECK_DIR").is_some() {
+        println!("ours: {logits:?}");
+    }
+    let scale = HF_LOGITS.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = logits
+        .iter()
+        .zip(HF_LOGITS)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert_eq!(logits.len(), HF_LOGITS.len());
+    assert!(
+        err <= 1e-5 * scale,
+        "max |ours − transformers| = {err:.2e} (scale {scale:.2})"
+    );
+}
+
+include!("reference/hf_load_values.rs");

@@ -1,0 +1,206 @@
+//! KV-cache sampling against full recomputation, row independence, and stopping rules.
+
+use autodidact_nn::sample::pick;
+use autodidact_nn::{
+    Activations, FinishReason, ForwardOptions, Rng, Sample, SamplingConfig, TokenBatch,
+    Transformer, TransformerConfig,
+};
+
+fn model() -> Transformer {
+    let cfg = TransformerConfig {
+        vocab_size: 13,
+        hidden_size: 32,
+        num_layers: 2,
+        num_heads: 4,
+        intermediate_size: 48,
+        context_length: 24,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        tie_embeddings: false,
+        // Large enough that the next-token distributions are far from uniform.
+        initializer_range: 0.3,
+    };
+    cfg.build(42).unwrap()
+}
+
+fn prompts(n: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            (0..1 + rng.below(6) as usize)
+                .map(|_| rng.below(13) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Sampling without a cache: the whole sequence is re-run through the training forward pass
+/// for every new token, and the same token picker and per-row generator are used.
+fn sample_by_recomputation(
+    m: &Transformer,
+    prompt: &[u32],
+    seed: u64,
+    cfg: &SamplingConfig,
+) -> Sample {
+    let v = m.config().vocab_size;
+    let mut rng = Rng::new(seed);
+    let mut seq = prompt.to_vec();
+    let mut act = Activations::new();
+    let mut out = Sample {
+        tokens: vec![],
+        logprobs: vec![],
+        finish: FinishReason::Length,
+    };
+    loop {
+        let n = seq.len();
+        // Inputs are the whole sequence; targets are unused here.
+        let batch = TokenBatch::new(seq.clone(), vec![0; n], vec![n], n).unwrap();
+        let f = m
+            .forward(
+                &batch,
+                ForwardOptions {
+                    entropy: false,
+                    logits: true,
+                },
+                &mut act,
+            )
+            .unwrap();
+        let logits = &f.logits.unwrap()[(n - 1) * v..n * v];
+        let tok = pick(logits, cfg, &mut rng);
+        let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = mx + logits.iter().map(|z| (z - mx).exp()).sum::<f32>().ln();
+        out.tokens.push(tok);
+        out.logprobs.push(logits[tok as usize] - lse);
+        seq.push(tok);
+        if cfg.stop_tokens.contains(&tok) {
+            out.finish = FinishReason::Stop;
+            return out;
+        }
+        if out.tokens.len() >= cfg.max_new_tokens {
+            return out;
+        }
+        if seq.len() >= m.config().context_length {
+            out.finish = FinishReason::ContextFull;
+            return out;
+        }
+    }
+}
+
+fn configs() -> Vec<SamplingConfig> {
+    let base = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 30,
+        stop_tokens: vec![2],
+    };
+    vec![
+        SamplingConfig {
+            temperature: 0.0,
+            ..base.clone()
+        },
+        base.clone(),
+        SamplingConfig {
+            temperature: 0.7,
+            top_k: 5,
+            ..base.clone()
+        },
+        SamplingConfig {
+            temperature: 1.3,
+            top_p: 0.8,
+            max_new_tokens: 7,
+            ..base.clone()
+        },
+    ]
+}
+
+#[test]
+fn kv_cache_sampling_equals_full_recomputation() {
+    let m = model();
+    for cfg in configs() {
+        for batch_size in [1, 3, 8] {
+            let ps = prompts(batch_size, batch_size as u64);
+            let seeds: Vec<u64> = (0..batch_size as u64).map(|i| 1000 + i).collect();
+            let cached = m.sample(&ps, &seeds, &cfg).unwrap();
+            let mut finishes = vec![];
+            for (i, (p, s)) in ps.iter().zip(&cached).enumerate() {
+                let want = sample_by_recomputation(&m, p, seeds[i], &cfg);
+                assert_eq!(s.tokens, want.tokens, "row {i} of {batch_size}, {cfg:?}");
+                assert_eq!(s.finish, want.finish);
+                for (a, b) in s.logprobs.iter().zip(&want.logprobs) {
+                    assert!((a - b).abs() < 1e-4, "logprob {a} vs {b}");
+                }
+                finishes.push(s.finish);
+            }
+            println!(
+                "batch {batch_size}, T={}: finishes {finishes:?}",
+                cfg.temperature
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rows_sample_does_not_depend_on_its_batch() {
+    let m = model();
+    let cfg = &configs()[1];
+    let ps = prompts(6, 77);
+    let seeds: Vec<u64> = (0..6).map(|i| 500 + i).collect();
+    let together = m.sample(&ps, &seeds, cfg).unwrap();
+    for i in 0..6 {
+        let alone = m.sample(&ps[i..i + 1], &seeds[i..i + 1], cfg).unwrap();
+        assert_eq!(alone[0].tokens, together[i].tokens, "row {i}");
+    }
+    // And a different neighbour order does not change it either.
+    let rev_p: Vec<_> = ps.iter().rev().cloned().collect();
+    let rev_s: Vec<_> = seeds.iter().rev().copied().collect();
+    let reversed = m.sample(&rev_p, &rev_s, cfg).unwrap();
+    for i in 0..6 {
+        assert_eq!(reversed[5 - i].tokens, together[i].tokens);
+    }
+}
+
+#[test]
+fn rows_finish_independently() {
+    let m = model();
+    let v = m.config().vocab_size as u32;
+    // Every token stops: each row stops after one token.
+    let all_stop = SamplingConfig {
+        stop_tokens: (0..v).collect(),
+        ..configs()[1].clone()
+    };
+    let out = m.sample(&prompts(4, 1), &[1, 2, 3, 4], &all_stop).unwrap();
+    assert!(out
+        .iter()
+        .all(|s| s.tokens.len() == 1 && s.finish == FinishReason::Stop));
+    // No stop tokens: rows run to max_new_tokens or to the end of the context.
+    let cfg = SamplingConfig {
+        stop_tokens: vec![],
+        max_new_tokens: 20,
+        ..configs()[1].clone()
+    };
+    let ps = vec![vec![1u32], vec![1u32; 10]];
+    let out = m.sample(&ps, &[5, 6], &cfg).unwrap();
+    assert_eq!(
+        (out[0].tokens.len(), out[0].finish),
+        (20, FinishReason::Length)
+    );
+    assert_eq!(
+        (out[1].tokens.len(), out[1].finish),
+        (14, FinishReason::ContextFull)
+    );
+}
+
+#[test]
+fn bad_requests_are_rejected_with_the_reason() {
+    let m = model();
+    let cfg = &configs()[0];
+    let e = m.sample(&[vec![]], &[0], cfg).unwrap_err().to_string();
+    assert!(e.contains("prompt 0 has 0 tokens"), "{e}");
+    let e = m.sample(&[vec![1; 24]], &[0], cfg).unwrap_err().to_string();
+    assert!(e.contains("context_length 24"), "{e}");
+    let e = m.sample(&[vec![99]], &[0], cfg).unwrap_err().to_string();
+    assert!(e.contains("token id 99"), "{e}");
+    let e = m.sample(&[vec![1]], &[], cfg).unwrap_err().to_string();
+    assert!(e.contains("one seed per prompt"), "{e}");
+}

@@ -1,0 +1,122 @@
+//! Logits, loss and every parameter gradient of a fixed checkpoint against PyTorch
+//! (transformers' `LlamaForCausalLM`), tied and untied. The fixtures and reference values
+//! come from `reference/make_reference.py` (run by hand; torch 2.15.0, transformers 5.24.0):
+//! the checkpoints are as `save_pretrained` wrote them, so this also tests reading a
+//! transformers-written `config.json` (rope under `rope_parameters`) and safetensors file.
+//!
+//! Tolerance: per tensor, max |ours − torch| ≤ 1e-4 · max |torch|.
+
+use autodidact_nn::checkpoint;
+use autodidact_nn::{Activations, ForwardOptions, Gradients, TokenBatch};
+use safetensors::tensor::{Dtype, SafeTensors};
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    fn f32(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference has no {name}"));
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+    fn i64(&self, name: &str) -> Vec<i64> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+}
+
+fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: length");
+    let scale = theirs.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = ours
+        .iter()
+        .zip(theirs)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let rel = err / scale.max(1e-12);
+    println!("{what:48} max |ref| {scale:.3e}  max |diff| {err:.2e}  rel {rel:.2e}");
+    assert!(scale > 0.0, "{what}: reference is all zeros");
+    assert!(rel <= 1e-4, "{what}: relative error {rel:.2e} > 1e-4");
+}
+
+fn check(name: &str) {
+    let dir = fixture(name);
+    let ck = checkpoint::load(&dir).unwrap();
+    let model = ck.model;
+    let r = Reference {
+        bytes: std::fs::read(dir.join("reference.safetensors")).unwrap(),
+    };
+    let lengths: Vec<usize> = r.i64("lengths").iter().map(|&l| l as usize).collect();
+    let t = *lengths.iter().max().unwrap();
+    let to_u32 = |v: Vec<i64>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
+    let batch = TokenBatch::new(
+        to_u32(r.i64("inputs")),
+        to_u32(r.i64("targets")),
+        lengths,
+        t,
+    )
+    .unwrap();
+    let mut act = Activations::new();
+    let out = model
+        .forward(
+            &batch,
+            ForwardOptions {
+                entropy: true,
+                logits: true,
+            },
+            &mut act,
+        )
+        .unwrap();
+    assert_close("logits", out.logits.as_ref().unwrap(), &r.f32("logits"));
+    assert_close("logprobs", &out.logprobs, &r.f32("logprobs"));
+    assert_close("entropy", out.entropy.as_ref().unwrap(), &r.f32("entropy"));
+
+    let (w, c) = (r.f32("weights"), r.f32("entropy_coefs"));
+    let ent = out.entropy.unwrap();
+    let mut loss = 0.0f64;
+    for (b, &len) in batch.lengths().iter().enumerate() {
+        for i in 0..len {
+            let k = b * t + i;
+            loss -= w[k] as f64 * out.logprobs[k] as f64 + c[k] as f64 * ent[k] as f64;
+        }
+    }
+    assert_close("loss", &[loss as f32], &r.f32("loss"));
+
+    let mut grads = Gradients::new(&model);
+    model.backward(&mut act, &w, Some(&c), &mut grads).unwrap();
+    for tensor in &model.layout().tensors {
+        assert_close(
+            &format!("grad {}", tensor.name),
+            &grads.data[tensor.range()],
+            &r.f32(&format!("grad.{}", tensor.name)),
+        );
+    }
+}
+
+#[test]
+fn matches_pytorch_tied() {
+    check("torch_ref_tied");
+}
+
+#[test]
+fn matches_pytorch_untied() {
+    check("torch_ref_untied");
+}
