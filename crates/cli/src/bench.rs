@@ -9,8 +9,8 @@
 
 use anyhow::{bail, Context, Result};
 use autodidact_nn::{
-    Activations, AdamWConfig, ForwardOptions, Gradients, LrSchedule, Rng, SamplingConfig,
-    TokenBatch, TransformerConfig,
+    Activations, AdamWConfig, ForwardOptions, Gradients, LrSchedule, Rng, SampleWorkspace,
+    SamplingConfig, TokenBatch, TransformerConfig,
 };
 use serde::Serialize;
 use std::time::Instant;
@@ -163,13 +163,14 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     };
     let prompts = vec![vec![1u32]; b];
     let seeds: Vec<u64> = (0..b as u64).collect();
-    model.sample(&prompts, &seeds, &sampling)?; // warm-up
+    let mut ws = SampleWorkspace::new();
+    model.sample_with(&prompts, &seeds, &sampling, &mut ws)?; // warm-up
     let reps = 3;
     let start = Instant::now();
     let mut new_tokens = 0;
     for _ in 0..reps {
         new_tokens += model
-            .sample(&prompts, &seeds, &sampling)?
+            .sample_with(&prompts, &seeds, &sampling, &mut ws)?
             .iter()
             .map(|s| s.tokens.len())
             .sum::<usize>();

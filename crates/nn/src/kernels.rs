@@ -97,8 +97,17 @@ pub(crate) unsafe fn gemm(
     );
 }
 
-/// `y (n, out) = x (n, inp) · wᵀ`, with `w` stored `(out, inp)` as in `nn.Linear`.
-pub(crate) fn linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) {
+/// `y (n, out) = x (n, inp) · wᵀ`, with `w` stored `(out, inp)` as in `nn.Linear`; `par` lets
+/// the GEMM use the thread pool.
+pub(crate) fn linear(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+    par: bool,
+) {
     assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
     unsafe {
         gemm(
@@ -111,7 +120,7 @@ pub(crate) fn linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, inp: usize, 
             View::rows(x, inp),
             View::rows(w, inp).t(),
             1.0,
-            true,
+            par,
         )
     }
 }
@@ -169,6 +178,36 @@ pub(crate) fn linear_backward_weight(
     }
 }
 
+/// Defines a kernel compiled twice, for the baseline target and with AVX2 + FMA, and
+/// picks the variant at run time (the check is a cached CPUID bit). Bodies are plain
+/// loops over slices; with AVX2 enabled LLVM vectorizes them 8 wide. Reductions are
+/// written with explicit 8-lane accumulators ([`sum`], [`dot`]), so both variants
+/// round identically.
+macro_rules! simd_kernel {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the running CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -196,66 +235,112 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// RMSNorm of each row: `y = x · rstd · w` with `rstd = 1/sqrt(mean(x²) + eps)`, saved per row.
-pub(crate) fn rmsnorm(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let c = w.len();
-    for ((yr, r), xr) in y
-        .chunks_exact_mut(c)
-        .zip(rstd.iter_mut())
-        .zip(x.chunks_exact(c))
-    {
-        let ms = sum_sq(xr) / c as f32;
-        let rs = 1.0 / (ms + eps).sqrt();
-        *r = rs;
-        for ((yi, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
-            *yi = xi * rs * wi;
-        }
-    }
+/// Combines 8 lane accumulators in a fixed order.
+#[inline(always)]
+fn fold8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
-/// Backward of [`rmsnorm`]: `dx (+)= ∂/∂x`, `dw += ∂/∂w` given `dy`.
-pub(crate) fn rmsnorm_backward(
-    dx: &mut [f32],
-    dw: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    rstd: &[f32],
-    w: &[f32],
-    accumulate: bool,
-) {
-    let c = w.len();
-    for (((dxr, dyr), xr), &r) in dx
-        .chunks_exact_mut(c)
-        .zip(dy.chunks_exact(c))
-        .zip(x.chunks_exact(c))
-        .zip(rstd)
-    {
-        // dot = Σ dy·w·x
-        let mut dot = 0.0;
-        for ((dyi, wi), xi) in dyr.iter().zip(w).zip(xr) {
-            dot += dyi * wi * xi;
-        }
-        let k = dot * r * r * r / c as f32;
-        for (((dxi, dyi), wi), xi) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
-            let g = r * dyi * wi - k * xi;
-            *dxi = if accumulate { *dxi + g } else { g };
-        }
-        for ((dwi, dyi), xi) in dw.iter_mut().zip(dyr).zip(xr) {
-            *dwi += dyi * xi * r;
-        }
-    }
-}
-
-fn sum_sq(x: &[f32]) -> f32 {
+/// Σ x, in 8 lanes.
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for i in 0..8 {
-            acc[i] += ch[i] * ch[i];
+    let ch = x.chunks_exact(8);
+    let tail: f32 = ch.remainder().iter().sum();
+    for c in ch {
+        for l in 0..8 {
+            acc[l] += c[l];
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>()
+    fold8(acc) + tail
+}
+
+/// Σ a·b, in 8 lanes.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    fold8(acc) + tail
+}
+
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let ch = x.chunks_exact(8);
+    let tail = ch
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in ch {
+        for l in 0..8 {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+simd_kernel! {
+    /// RMSNorm of each row: `y = x · rstd · w` with `rstd = 1/sqrt(mean(x²) + eps)`, saved per row.
+    pub(crate) fn rmsnorm(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let c = w.len();
+        for ((yr, r), xr) in y.chunks_exact_mut(c).zip(rstd.iter_mut()).zip(x.chunks_exact(c)) {
+            let rs = 1.0 / (dot(xr, xr) / c as f32 + eps).sqrt();
+            *r = rs;
+            for ((yi, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
+                *yi = xi * rs * wi;
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// Backward of [`rmsnorm`]: `dx (+)= ∂/∂x`, `dw += ∂/∂w` given `dy`; `tmp` holds `C` floats.
+    pub(crate) fn rmsnorm_backward(
+        dx: &mut [f32],
+        dw: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        rstd: &[f32],
+        w: &[f32],
+        tmp: &mut [f32],
+        accumulate: bool,
+    ) {
+        let c = w.len();
+        let tmp = &mut tmp[..c];
+        for (((dxr, dyr), xr), &r) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(rstd) {
+            // tmp = dy·w ; k = r³/C · Σ dy·w·x
+            for ((t, dyi), wi) in tmp.iter_mut().zip(dyr).zip(w) {
+                *t = dyi * wi;
+            }
+            let k = dot(tmp, xr) * r * r * r / c as f32;
+            if accumulate {
+                for ((dxi, ti), xi) in dxr.iter_mut().zip(tmp.iter()).zip(xr) {
+                    *dxi += r * ti - k * xi;
+                }
+            } else {
+                for ((dxi, ti), xi) in dxr.iter_mut().zip(tmp.iter()).zip(xr) {
+                    *dxi = r * ti - k * xi;
+                }
+            }
+            for ((dwi, dyi), xi) in dw.iter_mut().zip(dyr).zip(xr) {
+                *dwi += dyi * xi * r;
+            }
+        }
+    }
 }
 
 /// Cos/sin tables of rotary positions: `(context, head_dim/2)` each, Hugging Face's
@@ -284,21 +369,43 @@ impl Rope {
         Rope { half, cos, sin }
     }
 
-    /// Rotates every head of `x` (`heads · 2·half` values) to position `pos`; `inverse` applies the transpose
-    /// (the backward pass).
-    #[inline]
-    pub fn apply(&self, x: &mut [f32], pos: usize, inverse: bool) {
-        let h = self.half;
-        let cos = &self.cos[pos * h..(pos + 1) * h];
-        let sin = &self.sin[pos * h..(pos + 1) * h];
-        for head in x.chunks_exact_mut(2 * h) {
-            let (a, b) = head.split_at_mut(h);
-            for i in 0..h {
-                let (x0, x1, c, s) = (a[i], b[i], cos[i], sin[i]);
-                if inverse {
-                    a[i] = x0 * c + x1 * s;
-                    b[i] = x1 * c - x0 * s;
-                } else {
+    /// Rotates the first `width` values (whole heads) of each row of `rows` (row stride
+    /// `stride`) to the row's position; `inverse` applies the transpose (the backward pass).
+    pub fn apply_rows(
+        &self,
+        rows: &mut [f32],
+        stride: usize,
+        width: usize,
+        positions: &[u32],
+        inverse: bool,
+    ) {
+        rope_rows(
+            rows, stride, width, positions, &self.cos, &self.sin, self.half, inverse,
+        );
+    }
+}
+
+simd_kernel! {
+    fn rope_rows(
+        rows: &mut [f32],
+        stride: usize,
+        width: usize,
+        positions: &[u32],
+        cos: &[f32],
+        sin: &[f32],
+        h: usize,
+        inverse: bool,
+    ) {
+        // A rotation by −θ is the transpose of the rotation by θ.
+        let sign = if inverse { -1.0f32 } else { 1.0 };
+        for (row, &pos) in rows.chunks_mut(stride).zip(positions) {
+            let pos = pos as usize;
+            let cos = &cos[pos * h..(pos + 1) * h];
+            let sin = &sin[pos * h..(pos + 1) * h];
+            for head in row[..width].chunks_exact_mut(2 * h) {
+                let (a, b) = head.split_at_mut(h);
+                for i in 0..h {
+                    let (x0, x1, c, s) = (a[i], b[i], cos[i], sign * sin[i]);
                     a[i] = x0 * c - x1 * s;
                     b[i] = x1 * c + x0 * s;
                 }
@@ -307,63 +414,219 @@ impl Rope {
     }
 }
 
-/// SwiGLU: `a = silu(g) · u` for rows laid out as `[g (F) | u (F)]`.
-pub(crate) fn swiglu(a: &mut [f32], gu: &[f32], f: usize) {
-    for (ar, gur) in a.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
-        let (g, u) = gur.split_at(f);
-        for i in 0..f {
-            ar[i] = g[i] * sigmoid(g[i]) * u[i];
+simd_kernel! {
+    /// SwiGLU: `a = silu(g) · u` for rows laid out as `[g (F) | u (F)]`.
+    pub(crate) fn swiglu(a: &mut [f32], gu: &[f32], f: usize) {
+        for (ar, gur) in a.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
+            let (g, u) = gur.split_at(f);
+            for ((ai, gi), ui) in ar.iter_mut().zip(g).zip(u) {
+                *ai = gi * sigmoid(*gi) * ui;
+            }
         }
     }
 }
 
-/// Backward of [`swiglu`]: writes `dgu = [dg | du]` from `da`.
-pub(crate) fn swiglu_backward(dgu: &mut [f32], da: &[f32], gu: &[f32], f: usize) {
-    for ((dr, dar), gur) in dgu
-        .chunks_exact_mut(2 * f)
-        .zip(da.chunks_exact(f))
-        .zip(gu.chunks_exact(2 * f))
-    {
-        let (g, u) = gur.split_at(f);
-        let (dg, du) = dr.split_at_mut(f);
-        for i in 0..f {
-            let s = sigmoid(g[i]);
-            let silu = g[i] * s;
-            du[i] = dar[i] * silu;
-            dg[i] = dar[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+simd_kernel! {
+    /// Backward of [`swiglu`]: writes `dgu = [dg | du]` from `da`.
+    pub(crate) fn swiglu_backward(dgu: &mut [f32], da: &[f32], gu: &[f32], f: usize) {
+        for ((dr, dar), gur) in dgu.chunks_exact_mut(2 * f).zip(da.chunks_exact(f)).zip(gu.chunks_exact(2 * f)) {
+            let (g, u) = gur.split_at(f);
+            let (dg, du) = dr.split_at_mut(f);
+            for ((((dgi, dui), &a), &gi), &ui) in dg.iter_mut().zip(du.iter_mut()).zip(dar).zip(g).zip(u) {
+                let s = sigmoid(gi);
+                *dui = a * gi * s;
+                *dgi = a * ui * s * (1.0 + gi * (1.0 - s));
+            }
         }
     }
 }
 
-/// In-place log-softmax of one row; returns its entropy `−Σ p log p`.
-pub(crate) fn log_softmax_row(z: &mut [f32]) -> f32 {
-    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0.0f32;
-    for v in z.iter() {
-        s += exp(v - m);
+simd_kernel! {
+    /// In-place log-softmax of each row of `z` (rows of `v`); writes each row's entropy `−Σ p log p`.
+    pub(crate) fn log_softmax_rows(z: &mut [f32], v: usize, entropy: &mut [f32]) {
+        for (row, e) in z.chunks_exact_mut(v).zip(entropy.iter_mut()) {
+            let m = max(row);
+            let mut acc = [0.0f32; 8];
+            let ch = row.chunks_exact(8);
+            let tail: f32 = ch.remainder().iter().map(|&x| exp(x - m)).sum();
+            for c in ch {
+                for l in 0..8 {
+                    acc[l] += exp(c[l] - m);
+                }
+            }
+            let lse = m + (fold8(acc) + tail).ln();
+            let mut acc = [0.0f32; 8];
+            let mut ch = row.chunks_exact_mut(8);
+            for c in &mut ch {
+                for l in 0..8 {
+                    c[l] -= lse;
+                    acc[l] -= exp(c[l]) * c[l];
+                }
+            }
+            let mut tail = 0.0;
+            for x in ch.into_remainder() {
+                *x -= lse;
+                tail -= exp(*x) * *x;
+            }
+            *e = fold8(acc) + tail;
+        }
     }
-    let lse = m + s.ln();
-    let mut ent = 0.0;
-    for v in z.iter_mut() {
-        *v -= lse;
-        ent -= exp(*v) * *v;
-    }
-    ent
 }
 
-/// Softmax in place over the first `valid` entries of `row`, zeroing the rest (the causal mask).
-#[inline]
-pub(crate) fn masked_softmax_row(row: &mut [f32], valid: usize) {
-    let (live, dead) = row.split_at_mut(valid);
-    let m = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0.0;
-    for v in live.iter_mut() {
-        *v = exp(*v - m);
-        s += *v;
+simd_kernel! {
+    /// Gradient of `−w·log p(y) − c·H` with respect to the logits, per row:
+    /// `w (p − onehot(y)) + c p (log p + H)`, from the saved log-softmax `logp` and entropy.
+    pub(crate) fn logits_backward(
+        dl: &mut [f32],
+        logp: &[f32],
+        v: usize,
+        weights: &[(f32, f32)],
+        targets: &[u32],
+        entropy: &[f32],
+    ) {
+        for (((row, lp), &(w, c)), (&y, &h)) in
+            dl.chunks_exact_mut(v).zip(logp.chunks_exact(v)).zip(weights).zip(targets.iter().zip(entropy))
+        {
+            for (g, &l) in row.iter_mut().zip(lp) {
+                let p = exp(l);
+                *g = w * p + c * p * (l + h);
+            }
+            row[y as usize] -= w;
+        }
     }
-    let inv = 1.0 / s;
-    live.iter_mut().for_each(|v| *v *= inv);
-    dead.fill(0.0);
+}
+
+simd_kernel! {
+    /// Causal softmax in place over `n_q` rows of `n_kv` scores: row i keeps its first
+    /// `offset + i + 1` entries and zeroes the rest.
+    pub(crate) fn causal_softmax(probs: &mut [f32], n_q: usize, n_kv: usize, offset: usize) {
+        for (i, row) in probs.chunks_exact_mut(n_kv).take(n_q).enumerate() {
+            let (live, dead) = row.split_at_mut((offset + i + 1).min(n_kv));
+            let m = max(live);
+            for x in live.iter_mut() {
+                *x = exp(*x - m);
+            }
+            let inv = 1.0 / sum(live);
+            for x in live.iter_mut() {
+                *x *= inv;
+            }
+            dead.fill(0.0);
+        }
+    }
+}
+
+simd_kernel! {
+    /// Softmax backward for causal rows: `ds = p ∘ (dp − Σ p∘dp)` in place of `dp` (n × n).
+    pub(crate) fn causal_softmax_backward(dp: &mut [f32], probs: &[f32], n: usize) {
+        for (i, (dr, pr)) in dp.chunks_exact_mut(n).zip(probs.chunks_exact(n)).enumerate() {
+            let (live, dead) = dr.split_at_mut(i + 1);
+            let pl = &pr[..i + 1];
+            let d = dot(pl, live);
+            for (x, &p) in live.iter_mut().zip(pl) {
+                *x = p * (*x - d);
+            }
+            dead.fill(0.0);
+        }
+    }
+}
+
+simd_kernel! {
+    /// One AdamW update of a slice (see `optim.rs` for the formula).
+    pub(crate) fn adamw_update(
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        decay: &[bool],
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        shrink: f32,
+        step_size: f32,
+        bc2_sqrt: f32,
+    ) {
+        for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()).min(decay.len()) {
+            let pi = if decay[i] { p[i] * shrink } else { p[i] };
+            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+            p[i] = pi - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+        }
+    }
+}
+
+simd_kernel! {
+    /// Causal attention of a few new tokens of one sequence against its KV cache, all heads,
+    /// with plain loops: at decode time (one query per row) the setup cost of a GEMM call
+    /// exceeds the work.
+    ///
+    /// Row i of `q` (stride `q_ld`, first `heads·d` values) sits at position `offset + i` and
+    /// attends to cached positions `0..=offset + i`. `k_t` holds the keys transposed,
+    /// `(heads·d, ctx)`; `v` the values by position, `(ctx, heads·d)`; `ctx` is a multiple of 8
+    /// (scores are computed 8 positions at a time, in registers). Writes row i of `out`
+    /// (stride `heads·d`). `scores` holds at least `ctx` floats.
+    pub(crate) fn attention_cached(
+        q: &[f32],
+        q_ld: usize,
+        k_t: &[f32],
+        v: &[f32],
+        ctx: usize,
+        out: &mut [f32],
+        scores: &mut [f32],
+        n_q: usize,
+        offset: usize,
+        heads: usize,
+        d: usize,
+    ) {
+        let c = heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        for i in 0..n_q {
+            let n_kv = offset + i + 1;
+            let qr = &q[i * q_ld..i * q_ld + c];
+            let orow = &mut out[i * c..(i + 1) * c];
+            for h in 0..heads {
+                // 32 positions at a time (four independent 8-lane chains), then 8 at a time.
+                let n8 = n_kv.div_ceil(8) * 8;
+                let n32 = n8 / 32 * 32;
+                let (wide, narrow) = scores[..n8].split_at_mut(n32);
+                for (jb, sc) in wide.chunks_exact_mut(32).enumerate() {
+                    let mut acc = [0.0f32; 32];
+                    for e in h * d..(h + 1) * d {
+                        let qe = qr[e];
+                        let kk = &k_t[e * ctx + jb * 32..e * ctx + jb * 32 + 32];
+                        for l in 0..32 {
+                            acc[l] += qe * kk[l];
+                        }
+                    }
+                    for l in 0..32 {
+                        sc[l] = acc[l] * scale;
+                    }
+                }
+                for (jb, sc) in narrow.chunks_exact_mut(8).enumerate() {
+                    let j0 = n32 + jb * 8;
+                    let mut acc = [0.0f32; 8];
+                    for e in h * d..(h + 1) * d {
+                        let qe = qr[e];
+                        let kk = &k_t[e * ctx + j0..e * ctx + j0 + 8];
+                        for l in 0..8 {
+                            acc[l] += qe * kk[l];
+                        }
+                    }
+                    for l in 0..8 {
+                        sc[l] = acc[l] * scale;
+                    }
+                }
+                let s = &mut scores[..n_kv];
+                causal_softmax(s, 1, n_kv, n_kv - 1);
+                let oh = &mut orow[h * d..(h + 1) * d];
+                oh.fill(0.0);
+                for (j, &p) in s.iter().enumerate() {
+                    for (o, &x) in oh.iter_mut().zip(&v[j * c + h * d..j * c + (h + 1) * d]) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One (sequence, head) of causal attention.
@@ -401,9 +664,7 @@ pub(crate) unsafe fn attention_head(
         scale,
         false,
     );
-    for (i, row) in probs.chunks_exact_mut(n_kv).take(n_q).enumerate() {
-        masked_softmax_row(row, (offset + i + 1).min(n_kv));
-    }
+    causal_softmax(probs, n_q, n_kv, offset);
     gemm(
         n_q,
         head_dim,
@@ -456,15 +717,7 @@ pub(crate) unsafe fn attention_head_backward(
         false,
     );
     // dS = P ∘ (dP − rowsum(P ∘ dP)); masked entries have P = 0 and so dS = 0.
-    for i in 0..n {
-        let pr = &probs[i * n..i * n + i + 1];
-        let dr = &mut scratch[i * n..(i + 1) * n];
-        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-        for j in 0..=i {
-            dr[j] = pr[j] * (dr[j] - dot);
-        }
-        dr[i + 1..].fill(0.0);
-    }
+    causal_softmax_backward(&mut scratch[..n * n], &probs[..n * n], n);
     let ds = View::rows(scratch, n);
     // dQ = scale · dS K ; dK = scale · dSᵀ Q
     gemm(n, head_dim, n, dq, d_ld, false, ds, k, scale, false);
@@ -508,7 +761,7 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let bt = [1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
         let mut y = [0.0; 4];
-        linear(&mut y, &a, &bt, 2, 3, 2);
+        linear(&mut y, &a, &bt, 2, 3, 2, false);
         assert_eq!(y, [-2.0, 4.0, -2.0, 13.0]);
         let mut dw = [0.0; 6];
         linear_backward_weight(&mut dw, &y, &a, 2, 3, 2);
@@ -521,9 +774,9 @@ mod tests {
         let rope = Rope::new(8, 16, 10_000.0);
         let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.37 - 2.0).collect();
         let mut x = orig.clone();
-        rope.apply(&mut x, 11, false);
+        rope.apply_rows(&mut x, 16, 16, &[11], false);
         assert!(x.iter().zip(&orig).any(|(a, b)| (a - b).abs() > 1e-3));
-        rope.apply(&mut x, 11, true);
+        rope.apply_rows(&mut x, 16, 16, &[11], true);
         for (a, b) in x.iter().zip(&orig) {
             assert!((a - b).abs() < 1e-5);
         }

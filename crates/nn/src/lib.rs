@@ -34,7 +34,7 @@ pub use model::{Activations, ForwardOptions, ForwardOutput, Gradients, Transform
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use params::Layout;
 pub use rng::Rng;
-pub use sample::{FinishReason, Sample, SamplingConfig};
+pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig};
 
 /// Measurements used by `autodidact bench`.
 pub mod bench {
@@ -48,7 +48,7 @@ pub mod bench {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let start = std::time::Instant::now();
-            crate::kernels::linear(&mut c, &a, &b, n, n, n);
+            crate::kernels::linear(&mut c, &a, &b, n, n, n, true);
             best = best.min(start.elapsed().as_secs_f64());
         }
         2.0 * (n * n * n) as f64 / best

@@ -343,17 +343,22 @@ impl Transformer {
                 xin,
                 &p[lo.attn_norm..lo.attn_norm + c],
                 cfg.rms_norm_eps,
+                true,
             );
             let qkv = &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
-            kernels::linear(qkv, normed, &p[lo.wqkv..lo.wqkv + 3 * c * c], n, c, 3 * c);
+            kernels::linear(
+                qkv,
+                normed,
+                &p[lo.wqkv..lo.wqkv + 3 * c * c],
+                n,
+                c,
+                3 * c,
+                true,
+            );
             // Rotate q and k. (N, 3C)
             qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
                 .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| {
-                    for (row, &ps) in rows.chunks_exact_mut(3 * c).zip(pos) {
-                        self.rope.apply(&mut row[..2 * c], ps as usize, false);
-                    }
-                });
+                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, false));
             let att = &mut act.att[l * n * c..(l + 1) * n * c];
             let probs = &mut act.probs[l * prob_off..(l + 1) * prob_off];
             {
@@ -392,7 +397,7 @@ impl Transformer {
             // x_mid = x_in + att · Woᵀ
             let xmid = &mut resid_rest[..n * c];
             xmid.copy_from_slice(xin);
-            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c);
+            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, true);
 
             // --- MLP block ---
             let s = 2 * l + 1;
@@ -406,16 +411,25 @@ impl Transformer {
                 xin,
                 &p[lo.mlp_norm..lo.mlp_norm + c],
                 cfg.rms_norm_eps,
+                true,
             );
             let gu = &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
-            kernels::linear(gu, normed, &p[lo.wgu..lo.wgu + 2 * f * c], n, c, 2 * f);
+            kernels::linear(
+                gu,
+                normed,
+                &p[lo.wgu..lo.wgu + 2 * f * c],
+                n,
+                c,
+                2 * f,
+                true,
+            );
             let a = &mut act.act[l * n * f..(l + 1) * n * f];
             a.par_chunks_mut(ROWS_PER_TASK * f)
                 .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
                 .for_each(|(a, gu)| kernels::swiglu(a, gu, f));
             let xout = &mut resid_rest[..n * c];
             xout.copy_from_slice(xin);
-            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c);
+            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, true);
         }
 
         // Final norm and output head. (N, V)
@@ -428,9 +442,18 @@ impl Transformer {
             xin,
             &p[lay.final_norm..lay.final_norm + c],
             cfg.rms_norm_eps,
+            true,
         );
         let logp = &mut act.logp[..n * v];
-        kernels::linear(logp, normed, &p[lay.lm_head..lay.lm_head + v * c], n, c, v);
+        kernels::linear(
+            logp,
+            normed,
+            &p[lay.lm_head..lay.lm_head + v * c],
+            n,
+            c,
+            v,
+            true,
+        );
 
         let mut logits_out = opts.logits.then(|| vec![0.0f32; act.batch * t * v]);
         if let Some(out) = logits_out.as_mut() {
@@ -441,11 +464,7 @@ impl Transformer {
         let entropy = &mut act.entropy[..n];
         logp.par_chunks_mut(ROWS_PER_TASK * v)
             .zip(entropy.par_chunks_mut(ROWS_PER_TASK))
-            .for_each(|(z, e)| {
-                for (row, e) in z.chunks_exact_mut(v).zip(e) {
-                    *e = kernels::log_softmax_row(row);
-                }
-            });
+            .for_each(|(z, e)| kernels::log_softmax_rows(z, v, e));
 
         let mut logprobs = vec![0.0f32; act.batch * t];
         let mut ent_out = opts.entropy.then(|| vec![0.0f32; act.batch * t]);
@@ -547,22 +566,16 @@ impl Transformer {
         {
             let dl = &mut act.dlogits[..n * v];
             let logp = &act.logp[..n * v];
-            let (targets, entropy) = (&act.targets, &act.entropy);
+            let (targets, entropy) = (&act.targets[..n], &act.entropy[..n]);
             dl.par_chunks_mut(ROWS_PER_TASK * v)
-                .enumerate()
-                .for_each(|(chunk, dl)| {
-                    for (r, row) in dl.chunks_exact_mut(v).enumerate() {
-                        let tok = chunk * ROWS_PER_TASK + r;
-                        let (w, ec) = wc[tok];
-                        let lp = &logp[tok * v..(tok + 1) * v];
-                        let hh = entropy[tok];
-                        for (g, &l) in row.iter_mut().zip(lp) {
-                            let pj = kernels::exp(l);
-                            *g = w * pj + ec * pj * (l + hh);
-                        }
-                        row[targets[tok] as usize] -= w;
-                    }
-                });
+                .zip(logp.par_chunks(ROWS_PER_TASK * v))
+                .zip(wc.par_chunks(ROWS_PER_TASK))
+                .zip(
+                    targets
+                        .par_chunks(ROWS_PER_TASK)
+                        .zip(entropy.par_chunks(ROWS_PER_TASK)),
+                )
+                .for_each(|(((dl, lp), wc), (y, h))| kernels::logits_backward(dl, lp, v, wc, y, h));
         }
 
         let p = &self.params;
@@ -695,11 +708,7 @@ impl Transformer {
             // Undo the rotation on dq and dk.
             dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
                 .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| {
-                    for (row, &ps) in rows.chunks_exact_mut(3 * c).zip(pos) {
-                        self.rope.apply(&mut row[..2 * c], ps as usize, true);
-                    }
-                });
+                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
             let normed = &act.normed[s * n * c..(s + 1) * n * c];
             kernels::linear_backward_weight(
                 &mut g[lo.wqkv..lo.wqkv + 3 * c * c],
@@ -745,7 +754,15 @@ impl Transformer {
 }
 
 /// `y += x · wᵀ` (the residual add fused into the GEMM).
-pub(crate) fn add_linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) {
+pub(crate) fn add_linear(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+    par: bool,
+) {
     assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
     unsafe {
         kernels::gemm(
@@ -758,14 +775,24 @@ pub(crate) fn add_linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, inp: usi
             View::rows(x, inp),
             View::rows(w, inp).t(),
             1.0,
-            true,
+            par,
         )
     }
 }
 
-/// Row-parallel RMSNorm.
-pub(crate) fn norm_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+/// RMSNorm over rows, split across the thread pool when `par`.
+pub(crate) fn norm_rows(
+    y: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    par: bool,
+) {
     let c = w.len();
+    if !par {
+        return kernels::rmsnorm(y, rstd, x, w, eps);
+    }
     y.par_chunks_mut(ROWS_PER_TASK * c)
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(ROWS_PER_TASK * c))
@@ -790,8 +817,10 @@ fn norm_rows_backward(
         .zip(x.par_chunks(rows * c))
         .zip(rstd.par_chunks(rows))
         .map(|(((dx, dy), x), r)| {
-            let mut dwp = vec![0.0f32; c];
-            kernels::rmsnorm_backward(dx, &mut dwp, dy, x, r, w, accumulate);
+            let mut dwp = vec![0.0f32; 2 * c];
+            let (dw, tmp) = dwp.split_at_mut(c);
+            kernels::rmsnorm_backward(dx, dw, dy, x, r, w, tmp, accumulate);
+            dwp.truncate(c);
             dwp
         })
         .reduce(

@@ -136,14 +136,9 @@ impl AdamW {
             .zip(self.v.par_chunks_mut(CHUNK))
             .zip(self.decay.par_chunks(CHUNK))
             .for_each(|((((p, g), m), v), dec)| {
-                for i in 0..p.len() {
-                    if dec[i] {
-                        p[i] *= shrink;
-                    }
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                    p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
-                }
+                crate::kernels::adamw_update(
+                    p, g, m, v, dec, b1, b2, eps, shrink, step_size, bc2_sqrt,
+                )
             });
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! itself — the log-softmax of the raw logits, as the trainer's forward pass
 //! computes it — not under the tempered or truncated sampling distribution.
 
-use crate::kernels::{self, SendPtr, View};
+use crate::kernels;
 use crate::model::{add_linear, norm_rows, Transformer};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -166,7 +166,11 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     probs[probs.len() - 1].1
 }
 
-/// Keys and values of every layer for each row: `(L, rows, context, C)` each.
+/// Keys and values of every layer for each row, `ctx · C` values per (layer, row), with `ctx`
+/// the context length rounded up to a multiple of 8. Values are stored by position, `(ctx, C)`;
+/// keys transposed, `(C, ctx)`, so that the scores of one query against all cached keys are
+/// contiguous multiply-adds over positions.
+#[derive(Default)]
 struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -176,8 +180,9 @@ struct KvCache {
 }
 
 impl KvCache {
-    fn offset(&self, layer: usize, row: usize, pos: usize) -> usize {
-        ((layer * self.rows + row) * self.ctx + pos) * self.c
+    /// Start of the (layer, row) block.
+    fn offset(&self, layer: usize, row: usize) -> usize {
+        (layer * self.rows + row) * self.ctx * self.c
     }
 }
 
@@ -210,6 +215,26 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// The KV caches and scratch buffers of [`Transformer::sample_with`], one per shard of rows.
+/// Keeping one across calls avoids re-allocating (and page-faulting in) the cache for every
+/// batch; buffers only grow.
+#[derive(Default)]
+pub struct SampleWorkspace {
+    shards: Vec<Shard>,
+}
+
+#[derive(Default)]
+struct Shard {
+    cache: KvCache,
+    scratch: Scratch,
+}
+
+impl SampleWorkspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 impl Transformer {
     /// Samples a completion for each prompt. `seeds[i]` seeds row i's generator.
     pub fn sample(
@@ -217,6 +242,17 @@ impl Transformer {
         prompts: &[Vec<u32>],
         seeds: &[u64],
         cfg: &SamplingConfig,
+    ) -> Result<Vec<Sample>> {
+        self.sample_with(prompts, seeds, cfg, &mut SampleWorkspace::new())
+    }
+
+    /// [`Transformer::sample`] with caller-owned buffers, for repeated sampling.
+    pub fn sample_with(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfg: &SamplingConfig,
+        ws: &mut SampleWorkspace,
     ) -> Result<Vec<Sample>> {
         let mc = &self.config;
         cfg.validate(mc.vocab_size)?;
@@ -245,15 +281,45 @@ impl Transformer {
             self.check_tokens("prompt", p)?;
         }
         let rows = prompts.len();
+        // With enough rows, each thread runs the whole decode loop for its own shard of rows
+        // with single-threaded kernels, so the many small steps need no synchronization. Rows
+        // are independent, so sharding does not change what a row samples.
+        let threads = rayon::current_num_threads();
+        let shards = if rows >= 2 * threads { threads } else { 1 };
+        if ws.shards.len() < shards {
+            ws.shards.resize_with(shards, Shard::default);
+        }
+        let bounds: Vec<usize> = (0..=shards).map(|i| i * rows / shards).collect();
+        let parts: Vec<Vec<Sample>> = ws.shards[..shards]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, shard)| {
+                let r = bounds[i]..bounds[i + 1];
+                self.sample_rows(&prompts[r.clone()], &seeds[r], cfg, shard, shards == 1)
+            })
+            .collect();
+        Ok(parts.concat())
+    }
+
+    /// The decode loop for validated prompts; `par` lets kernels use the thread pool.
+    fn sample_rows(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfg: &SamplingConfig,
+        ws: &mut Shard,
+        par: bool,
+    ) -> Vec<Sample> {
+        let mc = &self.config;
+        let rows = prompts.len();
         let (c, nl) = (mc.hidden_size, mc.num_layers);
-        let mut cache = KvCache {
-            k: vec![0.0; nl * rows * mc.context_length * c],
-            v: vec![0.0; nl * rows * mc.context_length * c],
-            rows,
-            ctx: mc.context_length,
-            c,
-        };
-        let mut scratch = Scratch::default();
+        let ctx = mc.context_length.div_ceil(8) * 8;
+        // Stale values beyond a row's length are never read as keys: scores are computed for
+        // padded blocks of positions but only the first `n_kv` enter the softmax.
+        let Shard { cache, scratch } = ws;
+        grow(&mut cache.k, nl * rows * ctx * c);
+        grow(&mut cache.v, nl * rows * ctx * c);
+        (cache.rows, cache.ctx, cache.c) = (rows, ctx, c);
         let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
         let mut out: Vec<Sample> = (0..rows)
             .map(|_| Sample {
@@ -276,14 +342,14 @@ impl Transformer {
         let v = mc.vocab_size;
         let mut logp_row = vec![0.0f32; v];
         while !segs.is_empty() {
-            self.forward_cached(&segs, &tokens, &mut cache, &mut scratch);
+            self.forward_cached(&segs, &tokens, cache, scratch, par);
             let mut next_segs = Vec::with_capacity(segs.len());
             tokens.clear();
             for (si, seg) in segs.iter().enumerate() {
                 let logits = &scratch.logits[si * v..(si + 1) * v];
                 let tok = pick(logits, cfg, &mut rngs[seg.row]);
                 logp_row.copy_from_slice(logits);
-                kernels::log_softmax_row(&mut logp_row);
+                kernels::log_softmax_rows(&mut logp_row, v, &mut [0.0]);
                 let o = &mut out[seg.row];
                 o.tokens.push(tok);
                 o.logprobs.push(logp_row[tok as usize]);
@@ -305,7 +371,7 @@ impl Transformer {
             }
             segs = next_segs;
         }
-        Ok(out)
+        out
     }
 
     /// Runs the new tokens of `segs` through the model, appending their keys and values to
@@ -316,6 +382,7 @@ impl Transformer {
         tokens: &[u32],
         cache: &mut KvCache,
         s: &mut Scratch,
+        par: bool,
     ) {
         let mc = &self.config;
         let (c, f, v, h, d) = (
@@ -335,20 +402,17 @@ impl Transformer {
         grow(&mut s.att, m * c);
         grow(&mut s.gu, m * 2 * f);
         grow(&mut s.act, m * f);
-        // Per segment: first packed token and offset of its probability block.
+        // First packed token of each segment.
         let mut seg_tok = Vec::with_capacity(segs.len());
-        let mut seg_prob = Vec::with_capacity(segs.len());
-        let (mut tok0, mut prob0) = (0, 0);
+        let mut tok0 = 0;
         for seg in segs {
             seg_tok.push(tok0);
-            seg_prob.push(prob0);
             tok0 += seg.len;
-            prob0 += h * seg.len * (seg.start + seg.len);
         }
-        grow(&mut s.probs, prob0);
-        let positions: Vec<usize> = segs
+        grow(&mut s.probs, segs.len() * cache.ctx);
+        let positions: Vec<u32> = segs
             .iter()
-            .flat_map(|sg| sg.start..sg.start + sg.len)
+            .flat_map(|sg| sg.start as u32..(sg.start + sg.len) as u32)
             .collect();
 
         let emb = &p[lay.embed..lay.embed + v * c];
@@ -363,6 +427,7 @@ impl Transformer {
                 x,
                 &p[lo.attn_norm..lo.attn_norm + c],
                 mc.rms_norm_eps,
+                par,
             );
             let qkv = &mut s.qkv[..m * 3 * c];
             kernels::linear(
@@ -372,57 +437,67 @@ impl Transformer {
                 m,
                 c,
                 3 * c,
+                par,
             );
-            for (row, &pos) in qkv.chunks_exact_mut(3 * c).zip(&positions) {
-                self.rope.apply(&mut row[..2 * c], pos, false);
-            }
+            self.rope.apply_rows(qkv, 3 * c, 2 * c, &positions, false);
             for (si, seg) in segs.iter().enumerate() {
                 for i in 0..seg.len {
                     let src = &qkv[(seg_tok[si] + i) * 3 * c..(seg_tok[si] + i + 1) * 3 * c];
-                    let o = cache.offset(l, seg.row, seg.start + i);
-                    cache.k[o..o + c].copy_from_slice(&src[c..2 * c]);
-                    cache.v[o..o + c].copy_from_slice(&src[2 * c..]);
+                    let (o, pos, ctx) = (cache.offset(l, seg.row), seg.start + i, cache.ctx);
+                    // Key dimension e (head e / D, index e % D) goes to row e of the (C, ctx) block.
+                    for (e, &kv) in src[c..2 * c].iter().enumerate() {
+                        cache.k[o + e * ctx + pos] = kv;
+                    }
+                    cache.v[o + pos * c..o + (pos + 1) * c].copy_from_slice(&src[2 * c..]);
                 }
             }
             {
-                let (att_ptr, probs_ptr) =
-                    (SendPtr(s.att.as_mut_ptr()), SendPtr(s.probs.as_mut_ptr()));
+                let kv_len = cache.ctx * c;
+                let (k_all, v_all) = (&cache.k, &cache.v);
                 let qkv = &*qkv;
-                let cache = &*cache;
-                (0..segs.len() * h).into_par_iter().for_each(|task| {
-                    let (si, hh) = (task / h, task % h);
-                    let seg = segs[si];
-                    let n_kv = seg.start + seg.len;
-                    // SAFETY: each (segment, head) task writes its own rows × head columns of `att`
-                    // and its own block of `probs`; the cache is only read here.
-                    unsafe {
-                        let probs = std::slice::from_raw_parts_mut(
-                            probs_ptr.ptr().add(seg_prob[si] + hh * seg.len * n_kv),
-                            seg.len * n_kv,
-                        );
-                        let kv0 = cache.offset(l, seg.row, 0) + hh * d;
-                        kernels::attention_head(
-                            View::at(qkv.as_ptr().add(seg_tok[si] * 3 * c + hh * d), 3 * c),
-                            View::at(cache.k.as_ptr().add(kv0), c),
-                            View::at(cache.v.as_ptr().add(kv0), c),
-                            att_ptr.ptr().add(seg_tok[si] * c + hh * d),
-                            c,
-                            probs,
+                let att = &mut s.att[..m * c];
+                // One task per segment; each owns its rows of `att` and its slice of `scores`.
+                let mut tasks: Vec<(&Segment, &mut [f32], &mut [f32])> =
+                    Vec::with_capacity(segs.len());
+                let (mut att_rest, mut score_rest) = (att, &mut s.probs[..segs.len() * cache.ctx]);
+                for seg in segs {
+                    let (a, ar) = std::mem::take(&mut att_rest).split_at_mut(seg.len * c);
+                    let (sc, sr) = std::mem::take(&mut score_rest).split_at_mut(cache.ctx);
+                    tasks.push((seg, a, sc));
+                    att_rest = ar;
+                    score_rest = sr;
+                }
+                let run =
+                    |((seg, out, scores), &t0): ((&Segment, &mut [f32], &mut [f32]), &usize)| {
+                        let kv0 = cache.offset(l, seg.row);
+                        kernels::attention_cached(
+                            &qkv[t0 * 3 * c..(t0 + seg.len) * 3 * c],
+                            3 * c,
+                            &k_all[kv0..kv0 + kv_len],
+                            &v_all[kv0..kv0 + kv_len],
+                            cache.ctx,
+                            out,
+                            scores,
                             seg.len,
-                            n_kv,
                             seg.start,
+                            h,
                             d,
                         );
-                    }
-                });
+                    };
+                if par {
+                    tasks.into_par_iter().zip(seg_tok.par_iter()).for_each(run);
+                } else {
+                    tasks.into_iter().zip(seg_tok.iter()).for_each(run);
+                }
             }
-            add_linear(x, &s.att[..m * c], &p[lo.wo..lo.wo + c * c], m, c, c);
+            add_linear(x, &s.att[..m * c], &p[lo.wo..lo.wo + c * c], m, c, c, par);
             norm_rows(
                 &mut s.normed[..m * c],
                 &mut s.rstd[..m],
                 x,
                 &p[lo.mlp_norm..lo.mlp_norm + c],
                 mc.rms_norm_eps,
+                par,
             );
             let gu = &mut s.gu[..m * 2 * f];
             kernels::linear(
@@ -432,9 +507,18 @@ impl Transformer {
                 m,
                 c,
                 2 * f,
+                par,
             );
             kernels::swiglu(&mut s.act[..m * f], gu, f);
-            add_linear(x, &s.act[..m * f], &p[lo.wdown..lo.wdown + c * f], m, f, c);
+            add_linear(
+                x,
+                &s.act[..m * f],
+                &p[lo.wdown..lo.wdown + c * f],
+                m,
+                f,
+                c,
+                par,
+            );
         }
         // Last token of each segment → final norm → logits. (S, V)
         let ns = segs.len();
@@ -449,6 +533,7 @@ impl Transformer {
             &s.last[..ns * c],
             &p[lay.final_norm..lay.final_norm + c],
             mc.rms_norm_eps,
+            par,
         );
         grow(&mut s.logits, ns * v);
         kernels::linear(
@@ -458,6 +543,7 @@ impl Transformer {
             ns,
             c,
             v,
+            par,
         );
     }
 }
