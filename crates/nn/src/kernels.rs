@@ -126,6 +126,7 @@ pub(crate) fn linear(
 }
 
 /// `dx (n, inp) (+)= dy (n, out) · w (out, inp)`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_backward_input(
     dx: &mut [f32],
     dy: &[f32],
@@ -134,6 +135,7 @@ pub(crate) fn linear_backward_input(
     inp: usize,
     out: usize,
     accumulate: bool,
+    par: bool,
 ) {
     assert!(dx.len() >= n * inp && dy.len() >= n * out && w.len() >= out * inp);
     unsafe {
@@ -147,7 +149,7 @@ pub(crate) fn linear_backward_input(
             View::rows(dy, out),
             View::rows(w, inp),
             1.0,
-            true,
+            par,
         )
     }
 }
@@ -160,6 +162,7 @@ pub(crate) fn linear_backward_weight(
     n: usize,
     inp: usize,
     out: usize,
+    par: bool,
 ) {
     assert!(dw.len() >= out * inp && dy.len() >= n * out && x.len() >= n * inp);
     unsafe {
@@ -173,7 +176,7 @@ pub(crate) fn linear_backward_weight(
             View::rows(dy, out).t(),
             View::rows(x, inp),
             1.0,
-            true,
+            par,
         )
     }
 }
@@ -764,7 +767,7 @@ mod tests {
         linear(&mut y, &a, &bt, 2, 3, 2, false);
         assert_eq!(y, [-2.0, 4.0, -2.0, 13.0]);
         let mut dw = [0.0; 6];
-        linear_backward_weight(&mut dw, &y, &a, 2, 3, 2);
+        linear_backward_weight(&mut dw, &y, &a, 2, 3, 2, false);
         // dw = yᵀ a
         assert_eq!(dw, [-10.0, -14.0, -18.0, 56.0, 73.0, 90.0]);
     }

@@ -159,12 +159,28 @@ pub struct ForwardOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-/// Buffers of the forward pass kept for backward, plus backward scratch. Reused across
-/// calls: buffers only grow, so a training loop allocates once.
+/// Activations of the last forward pass, kept for backward, plus backward scratch. Reused
+/// across calls: buffers only grow, so a training loop allocates once.
+///
+/// A batch with at least two rows per worker thread is split into contiguous shards of rows
+/// with about equal token counts, one per thread; each shard runs its whole forward and
+/// backward pass with single-threaded kernels and its own gradient buffer, and the buffers are
+/// summed at the end. Small batches run as one shard with multi-threaded kernels.
 #[derive(Default, Debug)]
 pub struct Activations {
-    // The cached pass.
     valid: bool,
+    batch: usize,
+    seq_len: usize,
+    /// Row boundaries of the shards.
+    bounds: Vec<usize>,
+    shards: Vec<Shard>,
+    /// Gradient buffers of shards 1.. (shard 0 accumulates into the caller's buffer).
+    shard_grads: Vec<Vec<f32>>,
+}
+
+/// One shard's cached pass and scratch.
+#[derive(Default, Debug)]
+struct Shard {
     n: usize,
     batch: usize,
     seq_len: usize,
@@ -220,6 +236,20 @@ impl Activations {
 
     /// Bytes held by the buffers.
     pub fn allocated_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(Shard::allocated_bytes)
+            .sum::<usize>()
+            + self
+                .shard_grads
+                .iter()
+                .map(|g| g.capacity() * 4)
+                .sum::<usize>()
+    }
+}
+
+impl Shard {
+    fn allocated_bytes(&self) -> usize {
         let f = [
             &self.resid,
             &self.rstd,
@@ -244,11 +274,14 @@ impl Activations {
     }
 }
 
-/// `(row b, head h)` attention tasks.
-fn head_tasks(rows: usize, heads: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
-    (0..rows * heads)
-        .into_par_iter()
-        .map(move |i| (i / heads, i % heads))
+/// Runs `f(row, head)` for every attention task, on the thread pool when `par`.
+fn for_each_head(rows: usize, heads: usize, par: bool, f: impl Fn((usize, usize)) + Sync + Send) {
+    let task = move |i: usize| (i / heads, i % heads);
+    if par {
+        (0..rows * heads).into_par_iter().map(task).for_each(f);
+    } else {
+        (0..rows * heads).map(task).for_each(f);
+    }
 }
 
 impl Transformer {
@@ -272,6 +305,166 @@ impl Transformer {
         }
         self.check_tokens("batch inputs", &batch.inputs)?;
         self.check_tokens("batch targets", &batch.targets)?;
+        act.valid = false;
+        act.batch = batch.batch_size();
+        act.seq_len = batch.seq_len;
+        // Shards of contiguous rows with about equal token counts.
+        let threads = rayon::current_num_threads();
+        let shards = if act.batch >= 2 * threads { threads } else { 1 };
+        let total = batch.num_tokens();
+        act.bounds.clear();
+        act.bounds.push(0);
+        let mut acc = 0;
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            acc += len;
+            let k = act.bounds.len();
+            if k < shards && acc * shards >= k * total && b + 1 < act.batch {
+                act.bounds.push(b + 1);
+            }
+        }
+        act.bounds.push(act.batch);
+        let n_shards = act.bounds.len() - 1;
+        if act.shards.len() < n_shards {
+            act.shards.resize_with(n_shards, Shard::default);
+        }
+        let par = n_shards == 1;
+        let bounds = &act.bounds;
+        let outs: Vec<ForwardOutput> = act.shards[..n_shards]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, shard)| self.forward_shard(batch, bounds[i]..bounds[i + 1], opts, shard, par))
+            .collect();
+        act.valid = true;
+        // Shards hold contiguous rows, so their padded outputs concatenate in order.
+        let join = |parts: Vec<Vec<f32>>| parts.concat();
+        let mut logprobs = Vec::with_capacity(outs.len());
+        let (mut entropy, mut logits) = (Vec::new(), Vec::new());
+        for o in outs {
+            logprobs.push(o.logprobs);
+            entropy.extend(o.entropy);
+            logits.extend(o.logits);
+        }
+        Ok(ForwardOutput {
+            logprobs: join(logprobs),
+            entropy: opts.entropy.then(|| join(entropy)),
+            logits: opts.logits.then(|| join(logits)),
+        })
+    }
+
+    /// Accumulates into `grads` the gradient of `−Σ_t weights_t·log p(y_t) − Σ_t entropy_coef_t·H_t`
+    /// over the batch cached in `act` by the last [`Transformer::forward`]. `weights` and
+    /// `entropy_coef` use the batch's padded `(batch, seq_len)` layout; padding entries are ignored.
+    pub fn backward(
+        &self,
+        act: &mut Activations,
+        weights: &[f32],
+        entropy_coef: Option<&[f32]>,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        if !act.valid {
+            return Err(Error::NoForwardCache);
+        }
+        let t = act.seq_len;
+        let padded = act.batch * t;
+        for (what, values) in [
+            ("token weights", Some(weights)),
+            ("entropy coefficients", entropy_coef),
+        ] {
+            let Some(values) = values else { continue };
+            if values.len() != padded {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "{} values, expected batch × seq_len = {padded}",
+                        values.len()
+                    ),
+                ));
+            }
+            let lengths = act
+                .shards
+                .iter()
+                .take(act.bounds.len() - 1)
+                .flat_map(|s| s.rows.iter().map(|r| r.1));
+            for (b, len) in lengths.enumerate() {
+                if let Some(i) = values[b * t..b * t + len]
+                    .iter()
+                    .position(|x| !x.is_finite())
+                {
+                    return Err(Error::invalid(
+                        what,
+                        format!("row {b}, position {i}: {} is not finite", values[b * t + i]),
+                    ));
+                }
+            }
+        }
+        if grads.data.len() != self.params.len() {
+            return Err(Error::invalid(
+                "gradients",
+                format!(
+                    "{} values, the model has {} parameters",
+                    grads.data.len(),
+                    self.params.len()
+                ),
+            ));
+        }
+        let n_shards = act.bounds.len() - 1;
+        let np = self.params.len();
+        if act.shard_grads.len() < n_shards - 1 {
+            act.shard_grads.resize_with(n_shards - 1, Vec::new);
+        }
+        for g in &mut act.shard_grads[..n_shards - 1] {
+            g.clear();
+            g.resize(np, 0.0);
+        }
+        let par = n_shards == 1;
+        let bounds = &act.bounds;
+        let mut targets: Vec<&mut [f32]> = vec![&mut grads.data[..]];
+        targets.extend(
+            act.shard_grads[..n_shards - 1]
+                .iter_mut()
+                .map(|g| &mut g[..]),
+        );
+        act.shards[..n_shards]
+            .par_iter_mut()
+            .zip(targets)
+            .enumerate()
+            .for_each(|(i, (shard, g))| {
+                let rows = bounds[i] * t..bounds[i + 1] * t;
+                self.backward_shard(
+                    shard,
+                    &weights[rows.clone()],
+                    entropy_coef.map(|e| &e[rows]),
+                    g,
+                    par,
+                );
+            });
+        // Sum the other shards' gradients into the caller's buffer.
+        if n_shards > 1 {
+            let others = &act.shard_grads[..n_shards - 1];
+            grads
+                .data
+                .par_chunks_mut(1 << 14)
+                .enumerate()
+                .for_each(|(k, dst)| {
+                    let r = k * (1 << 14)..k * (1 << 14) + dst.len();
+                    for o in others {
+                        dst.iter_mut().zip(&o[r.clone()]).for_each(|(a, b)| *a += b);
+                    }
+                });
+        }
+        Ok(())
+    }
+
+    /// Forward pass of rows `rows` of `batch` into shard `act`; outputs cover those rows only.
+    fn forward_shard(
+        &self,
+        batch: &TokenBatch,
+        rows: std::ops::Range<usize>,
+        opts: ForwardOptions,
+        act: &mut Shard,
+        par: bool,
+    ) -> ForwardOutput {
+        let cfg = &self.config;
         let (c, f, v, h, d, nl) = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -283,8 +476,7 @@ impl Transformer {
         let t = batch.seq_len;
 
         // Pack.
-        act.valid = false;
-        act.batch = batch.batch_size();
+        act.batch = rows.len();
         act.seq_len = t;
         act.rows.clear();
         act.prob_offsets.clear();
@@ -293,7 +485,8 @@ impl Transformer {
         act.positions.clear();
         let mut start = 0;
         let mut prob_off = 0;
-        for (b, &len) in batch.lengths.iter().enumerate() {
+        for b in rows {
+            let len = batch.lengths[b];
             act.rows.push((start, len));
             act.prob_offsets.push(prob_off);
             prob_off += h * len * len;
@@ -343,7 +536,7 @@ impl Transformer {
                 xin,
                 &p[lo.attn_norm..lo.attn_norm + c],
                 cfg.rms_norm_eps,
-                true,
+                par,
             );
             let qkv = &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
             kernels::linear(
@@ -353,12 +546,17 @@ impl Transformer {
                 n,
                 c,
                 3 * c,
-                true,
+                par,
             );
             // Rotate q and k. (N, 3C)
-            qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
-                .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, false));
+            if par {
+                qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+                    .zip(act.positions.par_chunks(ROWS_PER_TASK))
+                    .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, false));
+            } else {
+                self.rope
+                    .apply_rows(qkv, 3 * c, 2 * c, &act.positions, false);
+            }
             let att = &mut act.att[l * n * c..(l + 1) * n * c];
             let probs = &mut act.probs[l * prob_off..(l + 1) * prob_off];
             {
@@ -369,7 +567,7 @@ impl Transformer {
                 );
                 let rows = &act.rows;
                 let offs = &act.prob_offsets;
-                head_tasks(rows.len(), h).for_each(|(b, hh)| {
+                for_each_head(rows.len(), h, par, |(b, hh)| {
                     let (st, len) = rows[b];
                     // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
                     // region of `att` (its row × its head's columns) and of `probs`.
@@ -397,7 +595,7 @@ impl Transformer {
             // x_mid = x_in + att · Woᵀ
             let xmid = &mut resid_rest[..n * c];
             xmid.copy_from_slice(xin);
-            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, true);
+            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, par);
 
             // --- MLP block ---
             let s = 2 * l + 1;
@@ -411,25 +609,21 @@ impl Transformer {
                 xin,
                 &p[lo.mlp_norm..lo.mlp_norm + c],
                 cfg.rms_norm_eps,
-                true,
+                par,
             );
             let gu = &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
-            kernels::linear(
-                gu,
-                normed,
-                &p[lo.wgu..lo.wgu + 2 * f * c],
-                n,
-                c,
-                2 * f,
-                true,
-            );
+            kernels::linear(gu, normed, &p[lo.wgu..lo.wgu + 2 * f * c], n, c, 2 * f, par);
             let a = &mut act.act[l * n * f..(l + 1) * n * f];
-            a.par_chunks_mut(ROWS_PER_TASK * f)
-                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
-                .for_each(|(a, gu)| kernels::swiglu(a, gu, f));
+            if par {
+                a.par_chunks_mut(ROWS_PER_TASK * f)
+                    .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
+                    .for_each(|(a, gu)| kernels::swiglu(a, gu, f));
+            } else {
+                kernels::swiglu(a, gu, f);
+            }
             let xout = &mut resid_rest[..n * c];
             xout.copy_from_slice(xin);
-            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, true);
+            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, par);
         }
 
         // Final norm and output head. (N, V)
@@ -442,7 +636,7 @@ impl Transformer {
             xin,
             &p[lay.final_norm..lay.final_norm + c],
             cfg.rms_norm_eps,
-            true,
+            par,
         );
         let logp = &mut act.logp[..n * v];
         kernels::linear(
@@ -452,7 +646,7 @@ impl Transformer {
             n,
             c,
             v,
-            true,
+            par,
         );
 
         let mut logits_out = opts.logits.then(|| vec![0.0f32; act.batch * t * v]);
@@ -462,9 +656,13 @@ impl Transformer {
             }
         }
         let entropy = &mut act.entropy[..n];
-        logp.par_chunks_mut(ROWS_PER_TASK * v)
-            .zip(entropy.par_chunks_mut(ROWS_PER_TASK))
-            .for_each(|(z, e)| kernels::log_softmax_rows(z, v, e));
+        if par {
+            logp.par_chunks_mut(ROWS_PER_TASK * v)
+                .zip(entropy.par_chunks_mut(ROWS_PER_TASK))
+                .for_each(|(z, e)| kernels::log_softmax_rows(z, v, e));
+        } else {
+            kernels::log_softmax_rows(logp, v, entropy);
+        }
 
         let mut logprobs = vec![0.0f32; act.batch * t];
         let mut ent_out = opts.entropy.then(|| vec![0.0f32; act.batch * t]);
@@ -477,55 +675,23 @@ impl Transformer {
                 }
             }
         }
-        act.valid = true;
-        Ok(ForwardOutput {
+        ForwardOutput {
             logprobs,
             entropy: ent_out,
             logits: logits_out,
-        })
+        }
     }
 
-    /// Accumulates into `grads` the gradient of `−Σ_t weights_t·log p(y_t) − Σ_t entropy_coef_t·H_t`
-    /// over the batch cached in `act` by the last [`Transformer::forward`]. `weights` and
-    /// `entropy_coef` use the batch's padded `(batch, seq_len)` layout; padding entries are ignored.
-    pub fn backward(
+    /// Backward pass of shard `act`: `weights` and `entropy_coef` cover its rows (padded
+    /// layout), gradients accumulate into `g`.
+    fn backward_shard(
         &self,
-        act: &mut Activations,
+        act: &mut Shard,
         weights: &[f32],
         entropy_coef: Option<&[f32]>,
-        grads: &mut Gradients,
-    ) -> Result<()> {
-        if !act.valid {
-            return Err(Error::NoForwardCache);
-        }
-        let padded = act.batch * act.seq_len;
-        if weights.len() != padded {
-            return Err(Error::invalid(
-                "token weights",
-                format!(
-                    "{} values, expected batch × seq_len = {padded}",
-                    weights.len()
-                ),
-            ));
-        }
-        if let Some(ec) = entropy_coef {
-            if ec.len() != padded {
-                return Err(Error::invalid(
-                    "entropy coefficients",
-                    format!("{} values, expected batch × seq_len = {padded}", ec.len()),
-                ));
-            }
-        }
-        if grads.data.len() != self.params.len() {
-            return Err(Error::invalid(
-                "gradients",
-                format!(
-                    "{} values, the model has {} parameters",
-                    grads.data.len(),
-                    self.params.len()
-                ),
-            ));
-        }
+        g: &mut [f32],
+        par: bool,
+    ) {
         let cfg = &self.config;
         let (c, f, v, h, d, nl) = (
             cfg.hidden_size,
@@ -550,15 +716,10 @@ impl Transformer {
         let mut wc = Vec::with_capacity(n);
         for (b, &(_, len)) in act.rows.iter().enumerate() {
             for i in 0..len {
-                let w = weights[b * t + i];
-                let e = entropy_coef.map_or(0.0, |ec| ec[b * t + i]);
-                if !w.is_finite() || !e.is_finite() {
-                    return Err(Error::invalid(
-                        "token weights",
-                        format!("row {b}, position {i}: weight {w}, entropy coefficient {e}; both must be finite"),
-                    ));
-                }
-                wc.push((w, e));
+                wc.push((
+                    weights[b * t + i],
+                    entropy_coef.map_or(0.0, |ec| ec[b * t + i]),
+                ));
             }
         }
 
@@ -567,20 +728,25 @@ impl Transformer {
             let dl = &mut act.dlogits[..n * v];
             let logp = &act.logp[..n * v];
             let (targets, entropy) = (&act.targets[..n], &act.entropy[..n]);
-            dl.par_chunks_mut(ROWS_PER_TASK * v)
-                .zip(logp.par_chunks(ROWS_PER_TASK * v))
-                .zip(wc.par_chunks(ROWS_PER_TASK))
-                .zip(
-                    targets
-                        .par_chunks(ROWS_PER_TASK)
-                        .zip(entropy.par_chunks(ROWS_PER_TASK)),
-                )
-                .for_each(|(((dl, lp), wc), (y, h))| kernels::logits_backward(dl, lp, v, wc, y, h));
+            if !par {
+                kernels::logits_backward(dl, logp, v, &wc, targets, entropy);
+            } else {
+                dl.par_chunks_mut(ROWS_PER_TASK * v)
+                    .zip(logp.par_chunks(ROWS_PER_TASK * v))
+                    .zip(wc.par_chunks(ROWS_PER_TASK))
+                    .zip(
+                        targets
+                            .par_chunks(ROWS_PER_TASK)
+                            .zip(entropy.par_chunks(ROWS_PER_TASK)),
+                    )
+                    .for_each(|(((dl, lp), wc), (y, h))| {
+                        kernels::logits_backward(dl, lp, v, wc, y, h)
+                    });
+            }
         }
 
         let p = &self.params;
         let lay = &self.layout;
-        let g = &mut grads.data;
         // Output head and final norm.
         let s = 2 * nl;
         let normed = &act.normed[s * n * c..(s + 1) * n * c];
@@ -592,6 +758,7 @@ impl Transformer {
             n,
             c,
             v,
+            par,
         );
         kernels::linear_backward_input(
             &mut act.dh[..n * c],
@@ -601,6 +768,7 @@ impl Transformer {
             c,
             v,
             false,
+            par,
         );
         norm_rows_backward(
             &mut act.dx[..n * c],
@@ -610,6 +778,7 @@ impl Transformer {
             &act.rstd[s * n..(s + 1) * n],
             &p[lay.final_norm..lay.final_norm + c],
             false,
+            par,
         );
 
         for (l, lo) in lay.layers.iter().enumerate().rev() {
@@ -618,7 +787,15 @@ impl Transformer {
             let dx = &mut act.dx[..n * c];
             let a = &act.act[l * n * f..(l + 1) * n * f];
             let dact = &mut act.dact[..n * f];
-            kernels::linear_backward_weight(&mut g[lo.wdown..lo.wdown + c * f], dx, a, n, f, c);
+            kernels::linear_backward_weight(
+                &mut g[lo.wdown..lo.wdown + c * f],
+                dx,
+                a,
+                n,
+                f,
+                c,
+                par,
+            );
             kernels::linear_backward_input(
                 dact,
                 dx,
@@ -627,13 +804,18 @@ impl Transformer {
                 f,
                 c,
                 false,
+                par,
             );
             let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
             let dgu = &mut act.dgu[..n * 2 * f];
-            dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
-                .zip(dact.par_chunks(ROWS_PER_TASK * f))
-                .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
-                .for_each(|((dgu, da), gu)| kernels::swiglu_backward(dgu, da, gu, f));
+            if par {
+                dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
+                    .zip(dact.par_chunks(ROWS_PER_TASK * f))
+                    .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
+                    .for_each(|((dgu, da), gu)| kernels::swiglu_backward(dgu, da, gu, f));
+            } else {
+                kernels::swiglu_backward(dgu, dact, gu, f);
+            }
             let normed = &act.normed[s * n * c..(s + 1) * n * c];
             kernels::linear_backward_weight(
                 &mut g[lo.wgu..lo.wgu + 2 * f * c],
@@ -642,6 +824,7 @@ impl Transformer {
                 n,
                 c,
                 2 * f,
+                par,
             );
             let dh = &mut act.dh[..n * c];
             kernels::linear_backward_input(
@@ -652,6 +835,7 @@ impl Transformer {
                 c,
                 2 * f,
                 false,
+                par,
             );
             norm_rows_backward(
                 dx,
@@ -661,14 +845,15 @@ impl Transformer {
                 &act.rstd[s * n..(s + 1) * n],
                 &p[lo.mlp_norm..lo.mlp_norm + c],
                 true,
+                par,
             );
 
             // --- attention block --- dx holds d loss / d x_mid.
             let s = 2 * l;
             let att = &act.att[l * n * c..(l + 1) * n * c];
             let datt = &mut act.datt[..n * c];
-            kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c);
-            kernels::linear_backward_input(datt, dx, &p[lo.wo..lo.wo + c * c], n, c, c, false);
+            kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c, par);
+            kernels::linear_backward_input(datt, dx, &p[lo.wo..lo.wo + c * c], n, c, c, false, par);
             let qkv = &act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
             let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
             let dqkv = &mut act.dqkv[..n * 3 * c];
@@ -678,7 +863,7 @@ impl Transformer {
                 let rows = &act.rows;
                 let offs = &act.prob_offsets;
                 let datt = &*datt;
-                head_tasks(rows.len(), h).for_each(|(b, hh)| {
+                for_each_head(rows.len(), h, par, |(b, hh)| {
                     let (st, len) = rows[b];
                     let po = offs[b] + hh * len * len;
                     // SAFETY: each task reads its own row/head slices and writes disjoint columns of dqkv
@@ -706,9 +891,14 @@ impl Transformer {
                 });
             }
             // Undo the rotation on dq and dk.
-            dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
-                .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
+            if par {
+                dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+                    .zip(act.positions.par_chunks(ROWS_PER_TASK))
+                    .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
+            } else {
+                self.rope
+                    .apply_rows(dqkv, 3 * c, 2 * c, &act.positions, true);
+            }
             let normed = &act.normed[s * n * c..(s + 1) * n * c];
             kernels::linear_backward_weight(
                 &mut g[lo.wqkv..lo.wqkv + 3 * c * c],
@@ -717,6 +907,7 @@ impl Transformer {
                 n,
                 c,
                 3 * c,
+                par,
             );
             let dh = &mut act.dh[..n * c];
             kernels::linear_backward_input(
@@ -727,6 +918,7 @@ impl Transformer {
                 c,
                 3 * c,
                 false,
+                par,
             );
             norm_rows_backward(
                 dx,
@@ -736,6 +928,7 @@ impl Transformer {
                 &act.rstd[s * n..(s + 1) * n],
                 &p[lo.attn_norm..lo.attn_norm + c],
                 true,
+                par,
             );
         }
 
@@ -749,7 +942,6 @@ impl Transformer {
                 *gi += di;
             }
         }
-        Ok(())
     }
 }
 
@@ -799,7 +991,9 @@ pub(crate) fn norm_rows(
         .for_each(|((y, r), x)| kernels::rmsnorm(y, r, x, w, eps));
 }
 
-/// Row-parallel RMSNorm backward; the weight gradient is reduced over tasks.
+/// RMSNorm backward over rows; on the thread pool when `par`, with the weight gradient
+/// reduced over tasks.
+#[allow(clippy::too_many_arguments)]
 fn norm_rows_backward(
     dx: &mut [f32],
     dw: &mut [f32],
@@ -808,8 +1002,13 @@ fn norm_rows_backward(
     rstd: &[f32],
     w: &[f32],
     accumulate: bool,
+    par: bool,
 ) {
     let c = w.len();
+    if !par {
+        let mut tmp = vec![0.0f32; c];
+        return kernels::rmsnorm_backward(dx, dw, dy, x, rstd, w, &mut tmp, accumulate);
+    }
     let rows = 4 * ROWS_PER_TASK;
     let partial = dx
         .par_chunks_mut(rows * c)

@@ -205,3 +205,63 @@ fn backward_without_forward_is_an_error() {
         .to_string();
     assert!(e.contains("without a cached forward"), "{e}");
 }
+
+/// Regression for the sharded path: with enough rows, a batch is split across worker threads
+/// (single-threaded kernels per shard, per-shard gradient buffers summed). Outputs and gradients
+/// must equal those of one shard with multi-threaded kernels (to float rounding).
+#[test]
+fn sharded_batch_matches_single_shard() {
+    let cfg = tiny_config(false);
+    let model = cfg.build(4).unwrap();
+    let mut rng = Rng::new(21);
+    let seqs: Vec<Vec<u32>> = (0..9)
+        .map(|_| {
+            (0..2 + rng.below(7) as usize)
+                .map(|_| rng.below(7) as u32)
+                .collect()
+        })
+        .collect();
+    let b = TokenBatch::from_sequences(&seqs).unwrap();
+    let n = b.batch_size() * b.seq_len();
+    let w: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
+    let c: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut act = Activations::new();
+            let mut g = Gradients::new(&model);
+            let opts = ForwardOptions {
+                entropy: true,
+                logits: true,
+            };
+            let out = model.forward(&b, opts, &mut act).unwrap();
+            model.backward(&mut act, &w, Some(&c), &mut g).unwrap();
+            // Accumulation into a non-zero buffer must add, not overwrite.
+            model.backward(&mut act, &w, Some(&c), &mut g).unwrap();
+            (out, g)
+        })
+    };
+    let (one, g_one) = run(1); // one thread: one shard
+    let (four, g_four) = run(4); // 9 rows ≥ 2 × 4 threads: four shards
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{what}: {x} vs {y}");
+        }
+    };
+    close(&four.logprobs, &one.logprobs, "logprobs");
+    close(
+        four.logits.as_ref().unwrap(),
+        one.logits.as_ref().unwrap(),
+        "logits",
+    );
+    close(
+        four.entropy.as_ref().unwrap(),
+        one.entropy.as_ref().unwrap(),
+        "entropy",
+    );
+    close(&g_four.data, &g_one.data, "gradients");
+}
