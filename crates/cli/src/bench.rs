@@ -176,6 +176,8 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
             .sum::<usize>();
     }
     let sample_tps = new_tokens as f64 / start.elapsed().as_secs_f64();
+    // Read before the GEMM measurement, whose 2048² matrices would dominate a tiny model's peak.
+    let peak_rss = peak_rss_bytes();
 
     Ok(Report {
         preset: preset.to_string(),
@@ -190,7 +192,7 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
         sample_new_tokens: new_tokens / reps,
         sample_tokens_per_s: sample_tps,
         gemm_peak_flops_per_s: autodidact_nn::bench::gemm_peak_flops(),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: peak_rss,
     })
 }
 

@@ -38,7 +38,7 @@ pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig};
 
 /// Measurements used by `autodidact bench`.
 pub mod bench {
-    /// Best of three f32 GEMMs of 2048³ on the current thread pool, in FLOP/s: the
+    /// Best of five f32 GEMMs of 2048³ on the current thread pool, in FLOP/s: the
     /// machine's practical matrix-multiply peak, against which model throughput is read.
     pub fn gemm_peak_flops() -> f64 {
         let n = 2048;
@@ -46,7 +46,7 @@ pub mod bench {
         let b = vec![0.5f32; n * n];
         let mut c = vec![0.0f32; n * n];
         let mut best = f64::MAX;
-        for _ in 0..3 {
+        for _ in 0..5 {
             let start = std::time::Instant::now();
             crate::kernels::linear(&mut c, &a, &b, n, n, n, true);
             best = best.min(start.elapsed().as_secs_f64());
