@@ -57,7 +57,7 @@ pub enum Error {
     },
 
     /// `backward` was called without a matching `forward`.
-    #[error("backward called without a cached forward pass: call `forward` with the batch first (each forward allows one backward)")]
+    #[error("backward called without a cached forward pass: call `forward` with the batch first")]
     NoForwardCache,
 
     #[error(transparent)]

@@ -4,7 +4,7 @@
 //! nothing here allocates per call except the small per-task scratch of
 //! attention backward.
 
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 
 /// A strided read-only matrix view: element (i, j) is at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
@@ -74,20 +74,24 @@ pub(crate) unsafe fn gemm(
     } else {
         Parallelism::None
     };
-    gemm::gemm(
-        m,
+    // The microkernels want a column-major destination, and ours is row-major: compute the
+    // transpose, dstᵀ (n×m, column-major) = bᵀ·aᵀ, as the `gemm` crate's front end does.
+    // Arguments: m, n, k, dst, dst col stride, dst row stride, read dst, lhs (col, row stride),
+    // rhs (col, row stride), alpha (dst scale), beta (product scale), conjugations, threads.
+    gemm_f32::gemm::f32::get_gemm_fn()(
         n,
+        m,
         k,
         dst,
-        1,
         ld as isize,
+        1,
         accumulate,
-        a.ptr,
-        a.cs,
-        a.rs,
         b.ptr,
-        b.cs,
         b.rs,
+        b.cs,
+        a.ptr,
+        a.rs,
+        a.cs,
         1.0,
         scale,
         false,
