@@ -101,8 +101,10 @@ pub(crate) unsafe fn gemm(
     );
 }
 
-/// `y (n, out) = x (n, inp) · wᵀ`, with `w` stored `(out, inp)` as in `nn.Linear`; `par` lets
-/// the GEMM use the thread pool.
+/// `y (n, out) (+)= x (n, inp) · wᵀ`, with `w` stored `(out, inp)` as in `nn.Linear`;
+/// `accumulate` adds to `y` (a residual connection fused into the GEMM); `par` lets the GEMM
+/// use the thread pool.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     y: &mut [f32],
     x: &[f32],
@@ -110,6 +112,7 @@ pub(crate) fn linear(
     n: usize,
     inp: usize,
     out: usize,
+    accumulate: bool,
     par: bool,
 ) {
     assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
@@ -120,7 +123,7 @@ pub(crate) fn linear(
             inp,
             y.as_mut_ptr(),
             out,
-            false,
+            accumulate,
             View::rows(x, inp),
             View::rows(w, inp).t(),
             1.0,
@@ -768,7 +771,7 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let bt = [1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
         let mut y = [0.0; 4];
-        linear(&mut y, &a, &bt, 2, 3, 2, false);
+        linear(&mut y, &a, &bt, 2, 3, 2, false, false);
         assert_eq!(y, [-2.0, 4.0, -2.0, 13.0]);
         let mut dw = [0.0; 6];
         linear_backward_weight(&mut dw, &y, &a, 2, 3, 2, false);

@@ -546,6 +546,7 @@ impl Transformer {
                 n,
                 c,
                 3 * c,
+                false,
                 par,
             );
             // Rotate q and k. (N, 3C)
@@ -595,7 +596,7 @@ impl Transformer {
             // x_mid = x_in + att · Woᵀ
             let xmid = &mut resid_rest[..n * c];
             xmid.copy_from_slice(xin);
-            add_linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, par);
+            kernels::linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, true, par);
 
             // --- MLP block ---
             let s = 2 * l + 1;
@@ -612,7 +613,16 @@ impl Transformer {
                 par,
             );
             let gu = &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
-            kernels::linear(gu, normed, &p[lo.wgu..lo.wgu + 2 * f * c], n, c, 2 * f, par);
+            kernels::linear(
+                gu,
+                normed,
+                &p[lo.wgu..lo.wgu + 2 * f * c],
+                n,
+                c,
+                2 * f,
+                false,
+                par,
+            );
             let a = &mut act.act[l * n * f..(l + 1) * n * f];
             if par {
                 a.par_chunks_mut(ROWS_PER_TASK * f)
@@ -623,7 +633,7 @@ impl Transformer {
             }
             let xout = &mut resid_rest[..n * c];
             xout.copy_from_slice(xin);
-            add_linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, par);
+            kernels::linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, true, par);
         }
 
         // Final norm and output head. (N, V)
@@ -646,6 +656,7 @@ impl Transformer {
             n,
             c,
             v,
+            false,
             par,
         );
 
@@ -749,34 +760,15 @@ impl Transformer {
         let lay = &self.layout;
         // Output head and final norm.
         let s = 2 * nl;
-        let normed = &act.normed[s * n * c..(s + 1) * n * c];
-        let dl = &act.dlogits[..n * v];
-        kernels::linear_backward_weight(
-            &mut g[lay.lm_head..lay.lm_head + v * c],
-            dl,
-            normed,
-            n,
-            c,
+        act.norm_linear_backward(
+            Upstream::Logits,
+            s,
+            p,
+            g,
+            lay.lm_head,
             v,
-            par,
-        );
-        kernels::linear_backward_input(
-            &mut act.dh[..n * c],
-            dl,
-            &p[lay.lm_head..lay.lm_head + v * c],
-            n,
+            lay.final_norm,
             c,
-            v,
-            false,
-            par,
-        );
-        norm_rows_backward(
-            &mut act.dx[..n * c],
-            &mut g[lay.final_norm..lay.final_norm + c],
-            &act.dh[..n * c],
-            &act.resid[s * n * c..(s + 1) * n * c],
-            &act.rstd[s * n..(s + 1) * n],
-            &p[lay.final_norm..lay.final_norm + c],
             false,
             par,
         );
@@ -816,40 +808,22 @@ impl Transformer {
             } else {
                 kernels::swiglu_backward(dgu, dact, gu, f);
             }
-            let normed = &act.normed[s * n * c..(s + 1) * n * c];
-            kernels::linear_backward_weight(
-                &mut g[lo.wgu..lo.wgu + 2 * f * c],
-                dgu,
-                normed,
-                n,
-                c,
+            act.norm_linear_backward(
+                Upstream::GateUp,
+                s,
+                p,
+                g,
+                lo.wgu,
                 2 * f,
-                par,
-            );
-            let dh = &mut act.dh[..n * c];
-            kernels::linear_backward_input(
-                dh,
-                dgu,
-                &p[lo.wgu..lo.wgu + 2 * f * c],
-                n,
+                lo.mlp_norm,
                 c,
-                2 * f,
-                false,
-                par,
-            );
-            norm_rows_backward(
-                dx,
-                &mut g[lo.mlp_norm..lo.mlp_norm + c],
-                dh,
-                &act.resid[s * n * c..(s + 1) * n * c],
-                &act.rstd[s * n..(s + 1) * n],
-                &p[lo.mlp_norm..lo.mlp_norm + c],
                 true,
                 par,
             );
 
             // --- attention block --- dx holds d loss / d x_mid.
             let s = 2 * l;
+            let dx = &act.dx[..n * c];
             let att = &act.att[l * n * c..(l + 1) * n * c];
             let datt = &mut act.datt[..n * c];
             kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c, par);
@@ -899,34 +873,15 @@ impl Transformer {
                 self.rope
                     .apply_rows(dqkv, 3 * c, 2 * c, &act.positions, true);
             }
-            let normed = &act.normed[s * n * c..(s + 1) * n * c];
-            kernels::linear_backward_weight(
-                &mut g[lo.wqkv..lo.wqkv + 3 * c * c],
-                dqkv,
-                normed,
-                n,
-                c,
+            act.norm_linear_backward(
+                Upstream::Qkv,
+                s,
+                p,
+                g,
+                lo.wqkv,
                 3 * c,
-                par,
-            );
-            let dh = &mut act.dh[..n * c];
-            kernels::linear_backward_input(
-                dh,
-                dqkv,
-                &p[lo.wqkv..lo.wqkv + 3 * c * c],
-                n,
+                lo.attn_norm,
                 c,
-                3 * c,
-                false,
-                par,
-            );
-            norm_rows_backward(
-                dx,
-                &mut g[lo.attn_norm..lo.attn_norm + c],
-                dh,
-                &act.resid[s * n * c..(s + 1) * n * c],
-                &act.rstd[s * n..(s + 1) * n],
-                &p[lo.attn_norm..lo.attn_norm + c],
                 true,
                 par,
             );
@@ -945,30 +900,55 @@ impl Transformer {
     }
 }
 
-/// `y += x · wᵀ` (the residual add fused into the GEMM).
-pub(crate) fn add_linear(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    inp: usize,
-    out: usize,
-    par: bool,
-) {
-    assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
-    unsafe {
-        kernels::gemm(
-            n,
-            out,
-            inp,
-            y.as_mut_ptr(),
-            out,
-            true,
-            View::rows(x, inp),
-            View::rows(w, inp).t(),
-            1.0,
+/// Which shard buffer holds the gradient flowing into a norm → linear pair.
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// d loss / d logits, into the output head.
+    Logits,
+    /// d loss / d [gate | up], into the MLP's first projection.
+    GateUp,
+    /// d loss / d [q | k | v], into the attention projections.
+    Qkv,
+}
+
+impl Shard {
+    /// Backward through `y = rmsnorm(x) · Wᵀ` for norm slot `slot`: with `dy` from `upstream`
+    /// (N, out), accumulates `dW` (at `w_off`, shape (out, C)) and the norm gain's gradient
+    /// (at `norm_off`) into `g`, and writes — or with `accumulate` adds — d loss / d x into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear_backward(
+        &mut self,
+        upstream: Upstream,
+        slot: usize,
+        p: &[f32],
+        g: &mut [f32],
+        w_off: usize,
+        out: usize,
+        norm_off: usize,
+        c: usize,
+        accumulate: bool,
+        par: bool,
+    ) {
+        let n = self.n;
+        let dy = match upstream {
+            Upstream::Logits => &self.dlogits[..n * out],
+            Upstream::GateUp => &self.dgu[..n * out],
+            Upstream::Qkv => &self.dqkv[..n * out],
+        };
+        let normed = &self.normed[slot * n * c..(slot + 1) * n * c];
+        let w = &p[w_off..w_off + out * c];
+        kernels::linear_backward_weight(&mut g[w_off..w_off + out * c], dy, normed, n, c, out, par);
+        kernels::linear_backward_input(&mut self.dh[..n * c], dy, w, n, c, out, false, par);
+        norm_rows_backward(
+            &mut self.dx[..n * c],
+            &mut g[norm_off..norm_off + c],
+            &self.dh[..n * c],
+            &self.resid[slot * n * c..(slot + 1) * n * c],
+            &self.rstd[slot * n..(slot + 1) * n],
+            &p[norm_off..norm_off + c],
+            accumulate,
             par,
-        )
+        );
     }
 }
 

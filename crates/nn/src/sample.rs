@@ -13,7 +13,7 @@
 //! computes it — not under the tempered or truncated sampling distribution.
 
 use crate::kernels;
-use crate::model::{add_linear, norm_rows, Transformer};
+use crate::model::{norm_rows, Transformer};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -437,6 +437,7 @@ impl Transformer {
                 m,
                 c,
                 3 * c,
+                false,
                 par,
             );
             self.rope.apply_rows(qkv, 3 * c, 2 * c, &positions, false);
@@ -490,7 +491,16 @@ impl Transformer {
                     tasks.into_iter().zip(seg_tok.iter()).for_each(run);
                 }
             }
-            add_linear(x, &s.att[..m * c], &p[lo.wo..lo.wo + c * c], m, c, c, par);
+            kernels::linear(
+                x,
+                &s.att[..m * c],
+                &p[lo.wo..lo.wo + c * c],
+                m,
+                c,
+                c,
+                true,
+                par,
+            );
             norm_rows(
                 &mut s.normed[..m * c],
                 &mut s.rstd[..m],
@@ -507,16 +517,18 @@ impl Transformer {
                 m,
                 c,
                 2 * f,
+                false,
                 par,
             );
             kernels::swiglu(&mut s.act[..m * f], gu, f);
-            add_linear(
+            kernels::linear(
                 x,
                 &s.act[..m * f],
                 &p[lo.wdown..lo.wdown + c * f],
                 m,
                 f,
                 c,
+                true,
                 par,
             );
         }
@@ -543,6 +555,7 @@ impl Transformer {
             ns,
             c,
             v,
+            false,
             par,
         );
     }
