@@ -208,6 +208,8 @@ struct Shard {
     gu: Vec<f32>,
     /// silu(gate)·up. (L, N, F)
     act: Vec<f32>,
+    /// σ(gate), saved for the SwiGLU backward. (L, N, F)
+    sig: Vec<f32>,
     /// Log-softmax of the logits. (N, V)
     logp: Vec<f32>,
     /// Entropy per token. (N)
@@ -259,6 +261,7 @@ impl Shard {
             &self.att,
             &self.gu,
             &self.act,
+            &self.sig,
             &self.logp,
             &self.entropy,
             &self.dx,
@@ -509,6 +512,7 @@ impl Transformer {
         grow(&mut act.att, nl * n * c);
         grow(&mut act.gu, nl * n * 2 * f);
         grow(&mut act.act, nl * n * f);
+        grow(&mut act.sig, nl * n * f);
         grow(&mut act.logp, n * v);
         grow(&mut act.entropy, n);
 
@@ -586,8 +590,6 @@ impl Transformer {
                             c,
                             pr,
                             len,
-                            len,
-                            0,
                             d,
                         );
                     }
@@ -624,12 +626,14 @@ impl Transformer {
                 par,
             );
             let a = &mut act.act[l * n * f..(l + 1) * n * f];
+            let sig = &mut act.sig[l * n * f..(l + 1) * n * f];
             if par {
                 a.par_chunks_mut(ROWS_PER_TASK * f)
+                    .zip(sig.par_chunks_mut(ROWS_PER_TASK * f))
                     .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
-                    .for_each(|(a, gu)| kernels::swiglu(a, gu, f));
+                    .for_each(|((a, sig), gu)| kernels::swiglu_train(a, sig, gu, f));
             } else {
-                kernels::swiglu(a, gu, f);
+                kernels::swiglu_train(a, sig, gu, f);
             }
             let xout = &mut resid_rest[..n * c];
             xout.copy_from_slice(xin);
@@ -799,14 +803,20 @@ impl Transformer {
                 par,
             );
             let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
+            let sig = &act.sig[l * n * f..(l + 1) * n * f];
             let dgu = &mut act.dgu[..n * 2 * f];
             if par {
                 dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
                     .zip(dact.par_chunks(ROWS_PER_TASK * f))
-                    .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
-                    .for_each(|((dgu, da), gu)| kernels::swiglu_backward(dgu, da, gu, f));
+                    .zip(
+                        gu.par_chunks(ROWS_PER_TASK * 2 * f)
+                            .zip(sig.par_chunks(ROWS_PER_TASK * f)),
+                    )
+                    .for_each(|((dgu, da), (gu, sig))| {
+                        kernels::swiglu_backward(dgu, da, gu, sig, f)
+                    });
             } else {
-                kernels::swiglu_backward(dgu, dact, gu, f);
+                kernels::swiglu_backward(dgu, dact, gu, sig, f);
             }
             act.norm_linear_backward(
                 Upstream::GateUp,
