@@ -6,7 +6,8 @@ scaled_dot_product_attention, tied embeddings, no biases), same presets, same in
 scheme (N(0, 0.02²) for matrices and the embedding, ones for norms), same training step
 (mean next-token cross-entropy on random tokens, AdamW lr 1e-3 with weight decay 0.01 on
 matrices only, global-norm clipping at 1.0), same sampling workload (one-token prompts,
-temperature 1, KV cache, until the context is full). Prints the same figures as
+temperature 1, KV cache, until the context is full), timed the same way (median step time after
+3 warm-up steps, median of 5 sampling batches after one warm-up). Prints the same figures as
 `autodidact bench`, one JSON object per preset with --json.
 
 Usage: python bench/torch_reference.py [--preset small] [--threads 2] [--json]
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import time
 
 import torch
@@ -116,16 +118,18 @@ def measure(preset, args):
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
     )
     warmup = 3
+    step_s = []
     for step in range(warmup + args.steps):
-        if step == warmup:
-            start = time.perf_counter()
+        start = time.perf_counter()
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, args.vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    train_tps = args.steps * b * t / (time.perf_counter() - start)
+        if step >= warmup:
+            step_s.append(time.perf_counter() - start)
+    train_tps = b * t / statistics.median(step_s)
 
     @torch.inference_mode()
     def sample():
@@ -140,10 +144,12 @@ def measure(preset, args):
         return b * len(out)
 
     sample()  # warm-up
-    reps = 3
-    s = time.perf_counter()
-    n = sum(sample() for _ in range(reps))
-    sample_tps = n / (time.perf_counter() - s)
+    rep_s = []
+    for _ in range(5):
+        s = time.perf_counter()
+        n = sample()
+        rep_s.append(time.perf_counter() - s)
+    sample_tps = n / statistics.median(rep_s)
     # Read before the GEMM measurement, as autodidact bench does.
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
@@ -156,7 +162,7 @@ def measure(preset, args):
         "train_tokens_per_s": train_tps,
         "train_flops_per_s": 6 * params * train_tps,
         "final_loss": loss.item(),
-        "sample_new_tokens": n // reps,
+        "sample_new_tokens": n,
         "sample_tokens_per_s": sample_tps,
         "gemm_peak_flops_per_s": gemm_peak(),
         "peak_rss_bytes": peak_rss,

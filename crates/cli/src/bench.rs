@@ -1,5 +1,8 @@
 //! `autodidact bench`: training and sampling throughput of the native model.
 //!
+//! Throughput is computed from the median time of a training step (after three warm-up
+//! steps) and of a sampling batch (after one warm-up batch), so a transient slowdown of a
+//! shared machine does not decide the figure.
 //! Each preset is measured in its own process (the binary re-runs itself with
 //! `--preset`), so peak RSS is that preset's alone. Training runs next-token SFT
 //! on random tokens (batch × context, AdamW, clipping, as a real step), sampling
@@ -137,20 +140,20 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     let sched = LrSchedule::constant(1e-3);
     let warmup = 3;
     let mut loss = 0.0;
-    let mut start = Instant::now();
+    let mut step_s = Vec::with_capacity(args.steps);
     for step in 0..warmup + args.steps {
-        if step == warmup {
-            start = Instant::now();
-        }
+        let start = Instant::now();
         let out = model.forward(&batch, ForwardOptions::default(), &mut act)?;
         loss = -out.logprobs.iter().map(|&l| l as f64).sum::<f64>() / batch.num_tokens() as f64;
         grads.zero();
         model.backward(&mut act, &weights, None, &mut grads)?;
         grads.clip_global_norm(1.0);
         opt.step(model.params_mut(), &grads.data, sched.lr_at(step as u64))?;
+        if step >= warmup {
+            step_s.push(start.elapsed().as_secs_f64());
+        }
     }
-    let train_s = start.elapsed().as_secs_f64();
-    let train_tps = (args.steps * b * t) as f64 / train_s;
+    let train_tps = (b * t) as f64 / median(&mut step_s);
     drop(act);
 
     // Sampling: one-token prompts, fill the context.
@@ -165,17 +168,16 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     let seeds: Vec<u64> = (0..b as u64).collect();
     let mut ws = SampleWorkspace::new();
     model.sample_with(&prompts, &seeds, &sampling, &mut ws)?; // warm-up
-    let reps = 3;
-    let start = Instant::now();
+    let reps = 5;
+    let mut rep_s = Vec::with_capacity(reps);
     let mut new_tokens = 0;
     for _ in 0..reps {
-        new_tokens += model
-            .sample_with(&prompts, &seeds, &sampling, &mut ws)?
-            .iter()
-            .map(|s| s.tokens.len())
-            .sum::<usize>();
+        let start = Instant::now();
+        let out = model.sample_with(&prompts, &seeds, &sampling, &mut ws)?;
+        rep_s.push(start.elapsed().as_secs_f64());
+        new_tokens = out.iter().map(|s| s.tokens.len()).sum::<usize>();
     }
-    let sample_tps = new_tokens as f64 / start.elapsed().as_secs_f64();
+    let sample_tps = new_tokens as f64 / median(&mut rep_s);
     // Read before the GEMM measurement, whose 2048² matrices would dominate a tiny model's peak.
     let peak_rss = peak_rss_bytes();
 
@@ -189,11 +191,22 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
         train_tokens_per_s: train_tps,
         train_flops_per_s: 6.0 * model.num_params() as f64 * train_tps,
         final_loss: loss,
-        sample_new_tokens: new_tokens / reps,
+        sample_new_tokens: new_tokens,
         sample_tokens_per_s: sample_tps,
         gemm_peak_flops_per_s: autodidact_nn::bench::gemm_peak_flops(),
         peak_rss_bytes: peak_rss,
     })
+}
+
+/// Median of the timings (robust to the transient slowdowns of a shared machine).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    }
 }
 
 /// High-water mark of resident memory (Linux `VmHWM`), if the platform reports it.
