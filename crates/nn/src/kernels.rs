@@ -655,10 +655,40 @@ simd_kernel! {
                 }
                 let s = &mut scores[..n_kv];
                 causal_softmax(s, 1, n_kv, n_kv - 1);
+                // O = Σ_j p_j v_j, 8 dimensions at a time so the accumulators stay in registers
+                // (two chains, even and odd positions, to hide the add latency).
                 let oh = &mut orow[h * d..(h + 1) * d];
-                oh.fill(0.0);
+                let mut chunks = oh.chunks_exact_mut(8);
+                for (ci, oc) in (&mut chunks).enumerate() {
+                    let lo = h * d + ci * 8;
+                    let (mut a0, mut a1) = ([0.0f32; 8], [0.0f32; 8]);
+                    let mut pairs = s.chunks_exact(2);
+                    let mut j = 0;
+                    for pj in &mut pairs {
+                        let v0 = &v[j * c + lo..j * c + lo + 8];
+                        let v1 = &v[(j + 1) * c + lo..(j + 1) * c + lo + 8];
+                        for l in 0..8 {
+                            a0[l] += pj[0] * v0[l];
+                            a1[l] += pj[1] * v1[l];
+                        }
+                        j += 2;
+                    }
+                    if let [p_last] = pairs.remainder() {
+                        let vl = &v[j * c + lo..j * c + lo + 8];
+                        for l in 0..8 {
+                            a0[l] += p_last * vl[l];
+                        }
+                    }
+                    for l in 0..8 {
+                        oc[l] = a0[l] + a1[l];
+                    }
+                }
+                // Head dimensions beyond a multiple of 8.
+                let rest = chunks.into_remainder();
+                let (lo, w) = (h * d + d / 8 * 8, rest.len());
+                rest.fill(0.0);
                 for (j, &p) in s.iter().enumerate() {
-                    for (o, &x) in oh.iter_mut().zip(&v[j * c + h * d..j * c + (h + 1) * d]) {
+                    for (o, &x) in rest.iter_mut().zip(&v[j * c + lo..j * c + lo + w]) {
                         *o += p * x;
                     }
                 }

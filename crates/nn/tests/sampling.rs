@@ -7,11 +7,17 @@ use autodidact_nn::{
 };
 
 fn model() -> Transformer {
+    model_with(32, 4)
+}
+
+/// `hidden / heads` is the head dimension: 8 exercises the 8-lane path of decode attention,
+/// 12 its remainder path too.
+fn model_with(hidden: usize, heads: usize) -> Transformer {
     let cfg = TransformerConfig {
         vocab_size: 13,
-        hidden_size: 32,
+        hidden_size: hidden,
         num_layers: 2,
-        num_heads: 4,
+        num_heads: heads,
         intermediate_size: 48,
         context_length: 24,
         rope_theta: 10_000.0,
@@ -116,7 +122,12 @@ fn configs() -> Vec<SamplingConfig> {
 
 #[test]
 fn kv_cache_sampling_equals_full_recomputation() {
-    let m = model();
+    for m in [model_with(32, 4), model_with(24, 2)] {
+        check_cache_against_recomputation(&m);
+    }
+}
+
+fn check_cache_against_recomputation(m: &Transformer) {
     for cfg in configs() {
         for batch_size in [1, 3, 8] {
             let ps = prompts(batch_size, batch_size as u64);
@@ -124,7 +135,7 @@ fn kv_cache_sampling_equals_full_recomputation() {
             let cached = m.sample(&ps, &seeds, &cfg).unwrap();
             let mut finishes = vec![];
             for (i, (p, s)) in ps.iter().zip(&cached).enumerate() {
-                let want = sample_by_recomputation(&m, p, seeds[i], &cfg);
+                let want = sample_by_recomputation(m, p, seeds[i], &cfg);
                 assert_eq!(s.tokens, want.tokens, "row {i} of {batch_size}, {cfg:?}");
                 assert_eq!(s.finish, want.finish);
                 for (a, b) in s.logprobs.iter().zip(&want.logprobs) {
