@@ -6,6 +6,13 @@
 
 use gemm_common::Parallelism;
 
+/// Grows `buf` to at least `len` values (never shrinks), so reused buffers allocate once.
+pub(crate) fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
 /// A strided read-only matrix view: element (i, j) is at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct View {

@@ -12,7 +12,7 @@
 //! itself — the log-softmax of the raw logits, as the trainer's forward pass
 //! computes it — not under the tempered or truncated sampling distribution.
 
-use crate::kernels;
+use crate::kernels::{self, grow};
 use crate::model::{norm_rows, Transformer};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -207,12 +207,6 @@ struct Scratch {
     act: Vec<f32>,
     last: Vec<f32>,
     logits: Vec<f32>,
-}
-
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
 }
 
 /// The KV caches and scratch buffers of [`Transformer::sample_with`], one per shard of rows.

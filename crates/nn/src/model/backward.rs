@@ -1,0 +1,418 @@
+//! The backward pass: from per-token weights (and entropy coefficients) to parameter
+//! gradients, shard by shard, mirroring `forward_shard` in reverse.
+
+use super::{for_each_head, Activations, Gradients, Shard, Transformer, ROWS_PER_TASK};
+use crate::kernels::{self, grow, SendPtr, View};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+impl Transformer {
+    /// Accumulates into `grads` the gradient of `−Σ_t weights_t·log p(y_t) − Σ_t entropy_coef_t·H_t`
+    /// over the batch cached in `act` by the last [`Transformer::forward`]. `weights` and
+    /// `entropy_coef` use the batch's padded `(batch, seq_len)` layout; padding entries are ignored.
+    pub fn backward(
+        &self,
+        act: &mut Activations,
+        weights: &[f32],
+        entropy_coef: Option<&[f32]>,
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        if !act.valid {
+            return Err(Error::NoForwardCache);
+        }
+        let t = act.seq_len;
+        let padded = act.batch * t;
+        for (what, values) in [
+            ("token weights", Some(weights)),
+            ("entropy coefficients", entropy_coef),
+        ] {
+            let Some(values) = values else { continue };
+            if values.len() != padded {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "{} values, expected batch × seq_len = {padded}",
+                        values.len()
+                    ),
+                ));
+            }
+            let lengths = act
+                .shards
+                .iter()
+                .take(act.bounds.len() - 1)
+                .flat_map(|s| s.rows.iter().map(|r| r.1));
+            for (b, len) in lengths.enumerate() {
+                if let Some(i) = values[b * t..b * t + len]
+                    .iter()
+                    .position(|x| !x.is_finite())
+                {
+                    return Err(Error::invalid(
+                        what,
+                        format!("row {b}, position {i}: {} is not finite", values[b * t + i]),
+                    ));
+                }
+            }
+        }
+        if grads.data.len() != self.params.len() {
+            return Err(Error::invalid(
+                "gradients",
+                format!(
+                    "{} values, the model has {} parameters",
+                    grads.data.len(),
+                    self.params.len()
+                ),
+            ));
+        }
+        let n_shards = act.bounds.len() - 1;
+        let np = self.params.len();
+        if act.shard_grads.len() < n_shards - 1 {
+            act.shard_grads.resize_with(n_shards - 1, Vec::new);
+        }
+        for g in &mut act.shard_grads[..n_shards - 1] {
+            g.clear();
+            g.resize(np, 0.0);
+        }
+        let par = n_shards == 1;
+        let bounds = &act.bounds;
+        let mut targets: Vec<&mut [f32]> = vec![&mut grads.data[..]];
+        targets.extend(
+            act.shard_grads[..n_shards - 1]
+                .iter_mut()
+                .map(|g| &mut g[..]),
+        );
+        act.shards[..n_shards]
+            .par_iter_mut()
+            .zip(targets)
+            .enumerate()
+            .for_each(|(i, (shard, g))| {
+                let rows = bounds[i] * t..bounds[i + 1] * t;
+                self.backward_shard(
+                    shard,
+                    &weights[rows.clone()],
+                    entropy_coef.map(|e| &e[rows]),
+                    g,
+                    par,
+                );
+            });
+        // Sum the other shards' gradients into the caller's buffer.
+        if n_shards > 1 {
+            let others = &act.shard_grads[..n_shards - 1];
+            grads
+                .data
+                .par_chunks_mut(1 << 14)
+                .enumerate()
+                .for_each(|(k, dst)| {
+                    let r = k * (1 << 14)..k * (1 << 14) + dst.len();
+                    for o in others {
+                        dst.iter_mut().zip(&o[r.clone()]).for_each(|(a, b)| *a += b);
+                    }
+                });
+        }
+        Ok(())
+    }
+
+    /// Backward pass of shard `act`: `weights` and `entropy_coef` cover its rows (padded
+    /// layout), gradients accumulate into `g`.
+    fn backward_shard(
+        &self,
+        act: &mut Shard,
+        weights: &[f32],
+        entropy_coef: Option<&[f32]>,
+        g: &mut [f32],
+        par: bool,
+    ) {
+        let cfg = &self.config;
+        let (c, f, v, h, d, nl) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+            cfg.num_heads,
+            cfg.head_dim(),
+            cfg.num_layers,
+        );
+        let (n, t) = (act.n, act.seq_len);
+        let prob_off = act.prob_block;
+        grow(&mut act.dx, n * c);
+        grow(&mut act.dh, n * c);
+        grow(&mut act.dqkv, n * 3 * c);
+        grow(&mut act.datt, n * c);
+        grow(&mut act.dgu, n * 2 * f);
+        grow(&mut act.dact, n * f);
+        grow(&mut act.dlogits, n * v);
+        grow(&mut act.dprobs, prob_off);
+
+        // Per packed token: (weight, entropy coefficient).
+        let mut wc = Vec::with_capacity(n);
+        for (b, &(_, len)) in act.rows.iter().enumerate() {
+            for i in 0..len {
+                wc.push((
+                    weights[b * t + i],
+                    entropy_coef.map_or(0.0, |ec| ec[b * t + i]),
+                ));
+            }
+        }
+
+        // d loss / d logits = w (p − onehot(y)) + c p (log p + H).  (N, V)
+        {
+            let dl = &mut act.dlogits[..n * v];
+            let logp = &act.logp[..n * v];
+            let (targets, entropy) = (&act.targets[..n], &act.entropy[..n]);
+            if !par {
+                kernels::logits_backward(dl, logp, v, &wc, targets, entropy);
+            } else {
+                dl.par_chunks_mut(ROWS_PER_TASK * v)
+                    .zip(logp.par_chunks(ROWS_PER_TASK * v))
+                    .zip(wc.par_chunks(ROWS_PER_TASK))
+                    .zip(
+                        targets
+                            .par_chunks(ROWS_PER_TASK)
+                            .zip(entropy.par_chunks(ROWS_PER_TASK)),
+                    )
+                    .for_each(|(((dl, lp), wc), (y, h))| {
+                        kernels::logits_backward(dl, lp, v, wc, y, h)
+                    });
+            }
+        }
+
+        let p = &self.params;
+        let lay = &self.layout;
+        // Output head and final norm.
+        let s = 2 * nl;
+        act.norm_linear_backward(
+            Upstream::Logits,
+            s,
+            p,
+            g,
+            lay.lm_head,
+            v,
+            lay.final_norm,
+            c,
+            false,
+            par,
+        );
+
+        for (l, lo) in lay.layers.iter().enumerate().rev() {
+            // --- MLP block --- dx holds d loss / d x_out.
+            let s = 2 * l + 1;
+            let dx = &mut act.dx[..n * c];
+            let a = &act.act[l * n * f..(l + 1) * n * f];
+            let dact = &mut act.dact[..n * f];
+            kernels::linear_backward_weight(
+                &mut g[lo.wdown..lo.wdown + c * f],
+                dx,
+                a,
+                n,
+                f,
+                c,
+                par,
+            );
+            kernels::linear_backward_input(
+                dact,
+                dx,
+                &p[lo.wdown..lo.wdown + c * f],
+                n,
+                f,
+                c,
+                false,
+                par,
+            );
+            let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
+            let sig = &act.sig[l * n * f..(l + 1) * n * f];
+            let dgu = &mut act.dgu[..n * 2 * f];
+            if par {
+                dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
+                    .zip(dact.par_chunks(ROWS_PER_TASK * f))
+                    .zip(
+                        gu.par_chunks(ROWS_PER_TASK * 2 * f)
+                            .zip(sig.par_chunks(ROWS_PER_TASK * f)),
+                    )
+                    .for_each(|((dgu, da), (gu, sig))| {
+                        kernels::swiglu_backward(dgu, da, gu, sig, f)
+                    });
+            } else {
+                kernels::swiglu_backward(dgu, dact, gu, sig, f);
+            }
+            act.norm_linear_backward(
+                Upstream::GateUp,
+                s,
+                p,
+                g,
+                lo.wgu,
+                2 * f,
+                lo.mlp_norm,
+                c,
+                true,
+                par,
+            );
+
+            // --- attention block --- dx holds d loss / d x_mid.
+            let s = 2 * l;
+            let dx = &act.dx[..n * c];
+            let att = &act.att[l * n * c..(l + 1) * n * c];
+            let datt = &mut act.datt[..n * c];
+            kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c, par);
+            kernels::linear_backward_input(datt, dx, &p[lo.wo..lo.wo + c * c], n, c, c, false, par);
+            let qkv = &act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
+            let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
+            let dqkv = &mut act.dqkv[..n * 3 * c];
+            {
+                let (dqkv_ptr, dprobs_ptr) =
+                    (SendPtr(dqkv.as_mut_ptr()), SendPtr(act.dprobs.as_mut_ptr()));
+                let rows = &act.rows;
+                let offs = &act.prob_offsets;
+                let datt = &*datt;
+                for_each_head(rows.len(), h, par, |(b, hh)| {
+                    let (st, len) = rows[b];
+                    let po = offs[b] + hh * len * len;
+                    // SAFETY: each task reads its own row/head slices and writes disjoint columns of dqkv
+                    // and its own block of the scratch.
+                    unsafe {
+                        let base = qkv.as_ptr().add(st * 3 * c + hh * d);
+                        let dbase = dqkv_ptr.ptr().add(st * 3 * c + hh * d);
+                        let scratch =
+                            std::slice::from_raw_parts_mut(dprobs_ptr.ptr().add(po), len * len);
+                        kernels::attention_head_backward(
+                            View::at(base, 3 * c),
+                            View::at(base.add(c), 3 * c),
+                            View::at(base.add(2 * c), 3 * c),
+                            &probs[po..po + len * len],
+                            View::at(datt.as_ptr().add(st * c + hh * d), c),
+                            dbase,
+                            dbase.add(c),
+                            dbase.add(2 * c),
+                            3 * c,
+                            scratch,
+                            len,
+                            d,
+                        );
+                    }
+                });
+            }
+            // Undo the rotation on dq and dk.
+            if par {
+                dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+                    .zip(act.positions.par_chunks(ROWS_PER_TASK))
+                    .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
+            } else {
+                self.rope
+                    .apply_rows(dqkv, 3 * c, 2 * c, &act.positions, true);
+            }
+            act.norm_linear_backward(
+                Upstream::Qkv,
+                s,
+                p,
+                g,
+                lo.wqkv,
+                3 * c,
+                lo.attn_norm,
+                c,
+                true,
+                par,
+            );
+        }
+
+        // Embedding: scatter-add dx into the rows of the used tokens.
+        let ge = &mut g[lay.embed..lay.embed + v * c];
+        for (row, &tok) in act.dx[..n * c].chunks_exact(c).zip(&act.tokens) {
+            for (gi, di) in ge[tok as usize * c..(tok as usize + 1) * c]
+                .iter_mut()
+                .zip(row)
+            {
+                *gi += di;
+            }
+        }
+    }
+}
+
+/// Which shard buffer holds the gradient flowing into a norm → linear pair.
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// d loss / d logits, into the output head.
+    Logits,
+    /// d loss / d [gate | up], into the MLP's first projection.
+    GateUp,
+    /// d loss / d [q | k | v], into the attention projections.
+    Qkv,
+}
+
+impl Shard {
+    /// Backward through `y = rmsnorm(x) · Wᵀ` for norm slot `slot`: with `dy` from `upstream`
+    /// (N, out), accumulates `dW` (at `w_off`, shape (out, C)) and the norm gain's gradient
+    /// (at `norm_off`) into `g`, and writes — or with `accumulate` adds — d loss / d x into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear_backward(
+        &mut self,
+        upstream: Upstream,
+        slot: usize,
+        p: &[f32],
+        g: &mut [f32],
+        w_off: usize,
+        out: usize,
+        norm_off: usize,
+        c: usize,
+        accumulate: bool,
+        par: bool,
+    ) {
+        let n = self.n;
+        let dy = match upstream {
+            Upstream::Logits => &self.dlogits[..n * out],
+            Upstream::GateUp => &self.dgu[..n * out],
+            Upstream::Qkv => &self.dqkv[..n * out],
+        };
+        let normed = &self.normed[slot * n * c..(slot + 1) * n * c];
+        let w = &p[w_off..w_off + out * c];
+        kernels::linear_backward_weight(&mut g[w_off..w_off + out * c], dy, normed, n, c, out, par);
+        kernels::linear_backward_input(&mut self.dh[..n * c], dy, w, n, c, out, false, par);
+        norm_rows_backward(
+            &mut self.dx[..n * c],
+            &mut g[norm_off..norm_off + c],
+            &self.dh[..n * c],
+            &self.resid[slot * n * c..(slot + 1) * n * c],
+            &self.rstd[slot * n..(slot + 1) * n],
+            &p[norm_off..norm_off + c],
+            accumulate,
+            par,
+        );
+    }
+}
+
+/// RMSNorm backward over rows; on the thread pool when `par`, with the weight gradient
+/// reduced over tasks.
+#[allow(clippy::too_many_arguments)]
+fn norm_rows_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+    accumulate: bool,
+    par: bool,
+) {
+    let c = w.len();
+    if !par {
+        let mut tmp = vec![0.0f32; c];
+        return kernels::rmsnorm_backward(dx, dw, dy, x, rstd, w, &mut tmp, accumulate);
+    }
+    let rows = 4 * ROWS_PER_TASK;
+    let partial = dx
+        .par_chunks_mut(rows * c)
+        .zip(dy.par_chunks(rows * c))
+        .zip(x.par_chunks(rows * c))
+        .zip(rstd.par_chunks(rows))
+        .map(|(((dx, dy), x), r)| {
+            let mut dwp = vec![0.0f32; 2 * c];
+            let (dw, tmp) = dwp.split_at_mut(c);
+            kernels::rmsnorm_backward(dx, dw, dy, x, r, w, tmp, accumulate);
+            dwp.truncate(c);
+            dwp
+        })
+        .reduce(
+            || vec![0.0f32; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+}
