@@ -176,6 +176,8 @@ pub struct ForwardOutput {
 #[derive(Default, Debug)]
 pub struct Activations {
     valid: bool,
+    /// Config of the model whose pass is cached; backward checks it is called on the same shape.
+    config: Option<TransformerConfig>,
     batch: usize,
     seq_len: usize,
     /// Row boundaries of the shards.
@@ -339,6 +341,9 @@ impl Transformer {
             .map(|(i, shard)| self.forward_shard(batch, bounds[i]..bounds[i + 1], opts, shard, par))
             .collect();
         act.valid = true;
+        if act.config.as_ref() != Some(cfg) {
+            act.config = Some(cfg.clone());
+        }
         // Shards hold contiguous rows, so their padded outputs concatenate in order.
         let join = |parts: Vec<Vec<f32>>| parts.concat();
         let mut logprobs = Vec::with_capacity(outs.len());

@@ -195,6 +195,24 @@ fn rows_are_independent_of_their_batch() {
 }
 
 #[test]
+fn backward_on_another_model_shape_is_an_error() {
+    let a = tiny_config(true).build(0).unwrap();
+    let mut cfg = tiny_config(true);
+    cfg.hidden_size = 16;
+    let b = cfg.build(0).unwrap();
+    let batch = TokenBatch::from_sequences(&[vec![1u32, 2, 3]]).unwrap();
+    let mut act = Activations::new();
+    a.forward(&batch, ForwardOptions::default(), &mut act)
+        .unwrap();
+    let mut g = Gradients::new(&b);
+    let e = b
+        .backward(&mut act, &[1.0, 1.0], None, &mut g)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different config"), "{e}");
+}
+
+#[test]
 fn backward_without_forward_is_an_error() {
     let model = tiny_config(true).build(0).unwrap();
     let mut act = Activations::new();

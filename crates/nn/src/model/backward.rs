@@ -20,6 +20,12 @@ impl Transformer {
         if !act.valid {
             return Err(Error::NoForwardCache);
         }
+        if act.config.as_ref() != Some(&self.config) {
+            return Err(Error::invalid(
+                "activations",
+                "were cached by a forward pass of a model with a different config; call backward on the model that ran forward",
+            ));
+        }
         let t = act.seq_len;
         let padded = act.batch * t;
         for (what, values) in [
