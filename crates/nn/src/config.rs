@@ -81,11 +81,11 @@ impl TransformerConfig {
             "tiny" => Ok(Self::tiny(vocab_size)),
             "small" => Ok(Self::small(vocab_size)),
             "base" => Ok(Self::base(vocab_size)),
-            other => Err(Error::Config {
-                field: "preset",
-                value: format!("{other:?}"),
-                expected: format!("one of {}", Self::PRESETS.join(", ")),
-            }),
+            other => Err(Error::config(
+                "preset",
+                format!("{other:?}"),
+                format!("one of {}", Self::PRESETS.join(", ")),
+            )),
         }
     }
 
@@ -95,13 +95,6 @@ impl TransformerConfig {
 
     /// Checks every field; called by everything that builds a model from a config.
     pub fn validate(&self) -> Result<()> {
-        let err = |field, value: String, expected: &str| {
-            Err(Error::Config {
-                field,
-                value,
-                expected: expected.into(),
-            })
-        };
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -112,49 +105,53 @@ impl TransformerConfig {
         ];
         for (field, v) in positive {
             if v == 0 {
-                return err(field, "0".into(), "must be at least 1");
+                return Err(Error::config(field, 0, "must be at least 1"));
             }
         }
         if self.vocab_size > u32::MAX as usize {
-            return err("vocab_size", self.vocab_size.to_string(), "must fit in u32");
+            return Err(Error::config(
+                "vocab_size",
+                self.vocab_size,
+                "must fit in u32",
+            ));
         }
         if !self.hidden_size.is_multiple_of(self.num_heads) {
-            return err(
+            return Err(Error::config(
                 "num_heads",
-                self.num_heads.to_string(),
-                &format!("must divide hidden_size ({})", self.hidden_size),
-            );
+                self.num_heads,
+                format!("must divide hidden_size ({})", self.hidden_size),
+            ));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return err(
+            return Err(Error::config(
                 "num_heads",
-                self.num_heads.to_string(),
-                &format!(
+                self.num_heads,
+                format!(
                     "must leave an even head dimension for rotary positions (hidden_size / num_heads = {})",
                     self.head_dim()
                 ),
-            );
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            return err(
+            return Err(Error::config(
                 "rope_theta",
-                self.rope_theta.to_string(),
+                self.rope_theta,
                 "must be a finite number above 1",
-            );
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return err(
+            return Err(Error::config(
                 "rms_norm_eps",
-                self.rms_norm_eps.to_string(),
+                self.rms_norm_eps,
                 "must be a finite number above 0",
-            );
+            ));
         }
         if !(self.initializer_range.is_finite() && self.initializer_range > 0.0) {
-            return err(
+            return Err(Error::config(
                 "initializer_range",
-                self.initializer_range.to_string(),
+                self.initializer_range,
                 "must be a finite number above 0",
-            );
+            ));
         }
         Ok(())
     }
@@ -203,10 +200,8 @@ impl TransformerConfig {
     /// Reads a Hugging Face Llama `config.json`, rejecting features this model does not implement.
     /// `source` names the file in errors.
     pub fn from_hf_json(v: &serde_json::Value, source: &str) -> Result<Self> {
-        let bad = |field: &'static str, value: String, expected: &str| Error::Config {
-            field,
-            value: format!("{value} (in {source})"),
-            expected: expected.into(),
+        let bad = |field: &'static str, value: String, expected: &str| {
+            Error::config(field, format!("{value} (in {source})"), expected)
         };
         let usize_field = |key: &'static str| -> Result<usize> {
             match v.get(key) {

@@ -71,6 +71,18 @@ impl Error {
             message: message.into(),
         }
     }
+    /// An [`Error::Config`]: `field` has `value`, which is not `expected`.
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            field,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),

@@ -305,6 +305,21 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     fold8(acc) + tail
 }
 
+/// `log Σ exp(z)`, stably (max subtracted), in 8 lanes.
+#[inline(always)]
+pub(crate) fn log_sum_exp(z: &[f32]) -> f32 {
+    let m = max(z);
+    let mut acc = [0.0f32; 8];
+    let ch = z.chunks_exact(8);
+    let tail: f32 = ch.remainder().iter().map(|&x| exp(x - m)).sum();
+    for c in ch {
+        for l in 0..8 {
+            acc[l] += exp(c[l] - m);
+        }
+    }
+    m + (fold8(acc) + tail).ln()
+}
+
 #[inline(always)]
 fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
@@ -489,16 +504,7 @@ simd_kernel! {
     /// In-place log-softmax of each row of `z` (rows of `v`); writes each row's entropy `−Σ p log p`.
     pub(crate) fn log_softmax_rows(z: &mut [f32], v: usize, entropy: &mut [f32]) {
         for (row, e) in z.chunks_exact_mut(v).zip(entropy.iter_mut()) {
-            let m = max(row);
-            let mut acc = [0.0f32; 8];
-            let ch = row.chunks_exact(8);
-            let tail: f32 = ch.remainder().iter().map(|&x| exp(x - m)).sum();
-            for c in ch {
-                for l in 0..8 {
-                    acc[l] += exp(c[l] - m);
-                }
-            }
-            let lse = m + (fold8(acc) + tail).ln();
+            let lse = log_sum_exp(row);
             let mut acc = [0.0f32; 8];
             let mut ch = row.chunks_exact_mut(8);
             for c in &mut ch {

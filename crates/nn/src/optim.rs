@@ -39,27 +39,24 @@ impl Default for AdamWConfig {
 
 impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, v: f32, expected: &str| {
-            Err(Error::Config {
-                field,
-                value: v.to_string(),
-                expected: expected.into(),
-            })
-        };
         for (field, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return bad(field, b, "must be in [0, 1)");
+                return Err(Error::config(field, b, "must be in [0, 1)"));
             }
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return bad("eps", self.eps, "must be a finite number above 0");
+            return Err(Error::config(
+                "eps",
+                self.eps,
+                "must be a finite number above 0",
+            ));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(
+            return Err(Error::config(
                 "weight_decay",
                 self.weight_decay,
                 "must be a finite number ≥ 0",
-            );
+            ));
         }
         Ok(())
     }
@@ -170,33 +167,26 @@ impl LrSchedule {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, value: String, expected: &str| {
-            Err(Error::Config {
-                field,
-                value,
-                expected: expected.into(),
-            })
-        };
         if !(self.peak_lr.is_finite() && self.peak_lr > 0.0) {
-            return bad(
+            return Err(Error::config(
                 "peak_lr",
-                self.peak_lr.to_string(),
+                self.peak_lr,
                 "must be a finite number above 0",
-            );
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(
+            return Err(Error::config(
                 "min_lr_ratio",
-                self.min_lr_ratio.to_string(),
+                self.min_lr_ratio,
                 "must be in [0, 1]",
-            );
+            ));
         }
         if self.total_steps < self.warmup_steps {
-            return bad(
+            return Err(Error::config(
                 "total_steps",
-                self.total_steps.to_string(),
-                &format!("must be at least warmup_steps ({})", self.warmup_steps),
-            );
+                self.total_steps,
+                format!("must be at least warmup_steps ({})", self.warmup_steps),
+            ));
         }
         Ok(())
     }

@@ -47,36 +47,29 @@ impl SamplingConfig {
     }
 
     pub fn validate(&self, vocab_size: usize) -> Result<()> {
-        let bad = |field: &'static str, value: String, expected: &str| {
-            Err(Error::Config {
-                field,
-                value,
-                expected: expected.into(),
-            })
-        };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(
+            return Err(Error::config(
                 "temperature",
-                self.temperature.to_string(),
+                self.temperature,
                 "must be a finite number ≥ 0 (0 is greedy)",
-            );
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(
+            return Err(Error::config(
                 "top_p",
-                self.top_p.to_string(),
+                self.top_p,
                 "must be in (0, 1] (1 disables it)",
-            );
+            ));
         }
         if self.max_new_tokens == 0 {
-            return bad("max_new_tokens", "0".into(), "must be at least 1");
+            return Err(Error::config("max_new_tokens", 0, "must be at least 1"));
         }
         if let Some(t) = self.stop_tokens.iter().find(|&&t| t as usize >= vocab_size) {
-            return bad(
+            return Err(Error::config(
                 "stop_tokens",
-                t.to_string(),
-                &format!("must be token ids below the vocabulary size {vocab_size}"),
-            );
+                t,
+                format!("must be token ids below the vocabulary size {vocab_size}"),
+            ));
         }
         Ok(())
     }
@@ -334,7 +327,6 @@ impl Transformer {
             .collect();
         let mut tokens: Vec<u32> = prompts.concat();
         let v = mc.vocab_size;
-        let mut logp_row = vec![0.0f32; v];
         while !segs.is_empty() {
             self.forward_cached(&segs, &tokens, cache, scratch, par);
             let mut next_segs = Vec::with_capacity(segs.len());
@@ -342,11 +334,10 @@ impl Transformer {
             for (si, seg) in segs.iter().enumerate() {
                 let logits = &scratch.logits[si * v..(si + 1) * v];
                 let tok = pick(logits, cfg, &mut rngs[seg.row]);
-                logp_row.copy_from_slice(logits);
-                kernels::log_softmax_rows(&mut logp_row, v, &mut [0.0]);
                 let o = &mut out[seg.row];
                 o.tokens.push(tok);
-                o.logprobs.push(logp_row[tok as usize]);
+                o.logprobs
+                    .push(logits[tok as usize] - kernels::log_sum_exp(logits));
                 let pos = seg.start + seg.len; // position the new token would occupy
                 if cfg.stop_tokens.contains(&tok) {
                     o.finish = FinishReason::Stop;
