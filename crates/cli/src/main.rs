@@ -1,6 +1,9 @@
 //! The `autodidact` command-line tool.
 
 mod bench;
+mod progress;
+mod run;
+mod tools;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -21,6 +24,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a self-improvement loop (default: the built-in demo, expert iteration on addition).
+    Run(run::RunArgs),
+    /// Continue an interrupted run from its last completed stage.
+    Resume(run::ResumeArgs),
+    /// Evaluate a checkpoint on a built-in task's held-out split.
+    Eval(tools::EvalArgs),
+    /// Sample completions of a prompt from a checkpoint.
+    Sample(tools::SampleArgs),
+    /// List the built-in tasks with an example problem, trace and answer.
+    Tasks,
     /// Measure training and sampling throughput of the native model's presets on this machine.
     Bench(bench::BenchArgs),
 }
@@ -49,6 +62,11 @@ fn run() -> Result<()> {
         .build_global()
         .context("starting the worker thread pool")?;
     match cli.command {
+        Command::Run(args) => run::run(&args, threads),
+        Command::Resume(args) => run::resume(&args, threads),
+        Command::Eval(args) => tools::eval(&args),
+        Command::Sample(args) => tools::sample(&args),
+        Command::Tasks => tools::tasks(),
         Command::Bench(args) => bench::run(&args, threads),
     }
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Errors raised by the core crate. Each variant names the input that was wrong
-/// and, where it helps, what would have been valid.
+/// Errors raised by the core crate and through its traits. Each variant names the input that
+/// was wrong and, where it helps, what would have been valid.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation on a file failed.
@@ -33,6 +33,18 @@ pub enum Error {
     /// A token id is outside the vocabulary.
     #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
     UnknownId { id: u32, vocab_size: usize },
+
+    /// A setting or request is impossible; `what` names it.
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+
+    /// A policy backend failed (the source says how).
+    #[error("{backend} policy")]
+    Policy {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -41,6 +53,13 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
         }
     }
 }

@@ -1,12 +1,20 @@
 //! Domain types, traits and errors shared by every autodidact crate.
 //!
 //! This is the bottom of the workspace: it depends on no other autodidact crate.
-//! So far it holds the error type, atomic file writes and the character-level
-//! tokenizer used by the built-in tasks and the native model.
+//! It holds the nouns of DESIGN.md ([`Problem`], [`Verdict`], [`Completion`],
+//! [`Group`]), the interfaces stages are written against ([`Task`], [`Policy`],
+//! [`TrainablePolicy`]), the error type, crash-safe file writes and the
+//! character-level tokenizer used by the built-in tasks and the native model.
 
 pub mod error;
+pub mod rng;
 pub mod fs;
 pub mod tokenizer;
+pub mod traits;
+pub mod types;
 
 pub use error::{Error, Result};
+pub use rng::Rng;
 pub use tokenizer::CharTokenizer;
+pub use traits::{OptimizerSettings, Policy, Split, Task, TrainablePolicy};
+pub use types::{Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict};

@@ -24,7 +24,8 @@ pub(crate) mod kernels;
 pub mod model;
 pub mod optim;
 pub mod params;
-pub mod rng;
+pub mod policy;
+pub use autodidact_core::rng;
 pub mod sample;
 
 pub use batch::TokenBatch;
@@ -33,6 +34,7 @@ pub use error::{Error, Result};
 pub use model::{Activations, ForwardOptions, ForwardOutput, Gradients, Transformer};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use params::Layout;
+pub use policy::NativePolicy;
 pub use rng::Rng;
 pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig};
 

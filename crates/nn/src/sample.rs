@@ -75,17 +75,7 @@ impl SamplingConfig {
     }
 }
 
-/// Why a row stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// It produced a stop token.
-    Stop,
-    /// It reached `max_new_tokens`.
-    Length,
-    /// It filled the model's context window.
-    ContextFull,
-}
+pub use autodidact_core::FinishReason;
 
 /// One row's completion.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,91 @@
+//! The interfaces stages are written against: tasks, policies, trainable policies.
+
+use crate::types::{Completion, Example, Problem, SamplingParams, Verdict};
+use crate::Result;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Which side of a task's fixed train / held-out partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Eval,
+}
+
+/// A source of problems with a verifier.
+pub trait Task: Send + Sync {
+    /// Short name (`"addition"`).
+    fn name(&self) -> &str;
+
+    /// Every character a prompt, hinted prompt or solution of this task can contain (the
+    /// vocabulary of a character-level model trained on it).
+    fn alphabet(&self) -> String;
+
+    /// Upper bounds on the characters of a prompt (hinted prompts included) and of a
+    /// reference solution: what the model's context must hold.
+    fn max_chars(&self) -> (usize, usize);
+
+    /// `count` distinct problems of `split`, deterministic for `seed`. The two splits are
+    /// disjoint by construction, whatever the seeds.
+    fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>>;
+
+    /// Judges a completion: parses the answer out of arbitrary text.
+    fn verify(&self, problem: &Problem, completion: &str) -> Verdict;
+
+    /// The prompt with the reference answer given as a hint (STaR's rationalization), if the
+    /// task supports it.
+    fn hinted_prompt(&self, problem: &Problem) -> Option<String>;
+}
+
+/// Something that samples and scores text.
+pub trait Policy {
+    /// One completion per prompt; `seeds[i]` seeds row i, so a row's sample does not depend
+    /// on the other rows.
+    fn sample(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+    ) -> Result<Vec<Completion>>;
+
+    /// Per-token log-probs of each example's completion (followed by the stop token) given
+    /// its prompt.
+    fn logprobs(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>>;
+
+    /// Largest prompt + completion length in tokens the policy accepts.
+    fn context_length(&self) -> usize;
+}
+
+/// Optimizer settings a trainer passes to a [`TrainablePolicy`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// A policy that also trains, in the three steps of DESIGN.md's "Objectives are token
+/// weights": [`TrainablePolicy::forward`] returns per-token log-probs, an objective turns them
+/// into weights, [`TrainablePolicy::backward`] accumulates the gradient of `−Σ w·log p`.
+pub trait TrainablePolicy: Policy {
+    /// Starts a fresh optimizer (moments at zero) and clears accumulated gradients.
+    fn reset_optimizer(&mut self, settings: &OptimizerSettings) -> Result<()>;
+
+    /// Forward pass over a micro-batch; returns, per example, the log-probs of its completion
+    /// tokens followed by the stop token, and keeps what backward needs.
+    fn forward(&mut self, batch: &[Example]) -> Result<Vec<Vec<f32>>>;
+
+    /// Accumulates the gradient of `−Σ w_t log p_t` for the last forward pass; `weights` has
+    /// the shape forward returned.
+    fn backward(&mut self, weights: &[Vec<f32>]) -> Result<()>;
+
+    /// Clips the accumulated gradient to `max_grad_norm` (0: no clipping), applies one
+    /// optimizer update at learning rate `lr`, clears the gradient; returns the norm before
+    /// clipping.
+    fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
+
+    /// Writes the weights (and what is needed to load them) to `dir`, atomically.
+    fn save(&self, dir: &Path) -> Result<()>;
+}

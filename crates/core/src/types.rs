@@ -1,0 +1,137 @@
+//! The domain nouns of DESIGN.md: problems, verdicts, completions, groups.
+
+use serde::{Deserialize, Serialize};
+
+/// One problem from a [`crate::Task`] split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Stable identifier, unique within its task (`"addition:347+285"`).
+    pub id: String,
+    /// What the policy is given.
+    pub prompt: String,
+    /// The reference answer, when the task knows it (hidden from self-training stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// A reference completion (worked trace and answer) for supervised stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solution: Option<String>,
+}
+
+/// How a verifier judged a completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grade {
+    Correct,
+    Incorrect,
+    /// No answer could be parsed, or the verifier failed.
+    Ungradable,
+}
+
+/// A verifier's judgement of one completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub grade: Grade,
+    /// Score in [0, 1] (1 for correct, 0 otherwise for exact-match tasks).
+    pub score: f32,
+    /// The answer parsed from the completion, normalized (what votes compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+impl Verdict {
+    pub fn correct(answer: String) -> Self {
+        Self {
+            grade: Grade::Correct,
+            score: 1.0,
+            answer: Some(answer),
+        }
+    }
+    pub fn incorrect(answer: String) -> Self {
+        Self {
+            grade: Grade::Incorrect,
+            score: 0.0,
+            answer: Some(answer),
+        }
+    }
+    pub fn ungradable() -> Self {
+        Self {
+            grade: Grade::Ungradable,
+            score: 0.0,
+            answer: None,
+        }
+    }
+    pub fn is_correct(&self) -> bool {
+        self.grade == Grade::Correct
+    }
+}
+
+/// Why a generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It produced a stop token.
+    Stop,
+    /// It reached `max_new_tokens`.
+    Length,
+    /// It filled the model's context window.
+    ContextFull,
+}
+
+/// One sampled completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The generated text, without the stop token.
+    pub text: String,
+    /// Generated token ids, including a final stop token.
+    pub tokens: Vec<u32>,
+    /// `log p(token)` under the sampling policy (temperature 1) for each generated token.
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+/// All completions sampled for one problem in one round, with their verdicts and rewards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub problem: Problem,
+    pub completions: Vec<Completion>,
+    pub verdicts: Vec<Verdict>,
+    pub rewards: Vec<f32>,
+}
+
+/// How tokens are drawn (backend-independent; each policy maps it onto its sampler).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    #[serde(default)]
+    pub top_k: usize,
+    /// Nucleus sampling mass; 1 keeps all.
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// Most tokens generated per completion (including the stop token).
+    pub max_new_tokens: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens,
+        }
+    }
+}
+
+/// A prompt and a completion to train on or score.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Example {
+    pub prompt: String,
+    pub completion: String,
+}

@@ -1,0 +1,475 @@
+//! The run configuration: TOML read with serde, unknown keys rejected, `--set` overrides,
+//! then checked and resolved into a [`RunPlan`] before anything runs.
+
+use crate::{Error, Result};
+use autodidact_core::{CharTokenizer, SamplingParams, Task};
+use autodidact_nn::TransformerConfig;
+use autodidact_objectives::SftNormalization;
+use autodidact_tasks::TaskConfig;
+use serde::{Deserialize, Serialize};
+
+/// The built-in demo: expert iteration on 3-digit addition with the tiny model.
+pub const DEMO_CONFIG: &str = include_str!("../../../examples/star-addition.toml");
+
+/// Which recipe runs the rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipe {
+    /// Expert iteration: sample, keep verified-correct completions, SFT (STaR, ReST-EM).
+    Star,
+}
+
+/// A run's whole configuration (the file `config.toml` of a run directory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub recipe: Recipe,
+    /// Seeds every random choice of the run (initial weights, problem draws, samples, batches).
+    #[serde(default)]
+    pub seed: u64,
+    pub task: TaskConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub seed_stage: SeedStageConfig,
+    #[serde(default)]
+    pub star: StarConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// The native model trained from scratch (`[model]`); the vocabulary comes from the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A named size: tiny, small or base.
+    pub preset: String,
+    /// Overrides of the preset (absent: the preset's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_layers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_heads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            hidden_size: None,
+            num_layers: None,
+            num_heads: None,
+            intermediate_size: None,
+            context_length: None,
+        }
+    }
+}
+
+/// How a stage trains: optimizer, schedule, batches (`[seed_stage.train]`, `[star.train]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps; with `epochs` set instead, steps = ceil(epochs × examples / batch_size);
+    /// with neither, one epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    /// Sequences per optimizer step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Cosine decay floor as a fraction of `lr`.
+    pub min_lr_ratio: f32,
+    /// AdamW decoupled weight decay (matrices and embeddings only).
+    pub weight_decay: f32,
+    /// Global gradient-norm clip; 0 disables it.
+    pub max_grad_norm: f32,
+    /// Token-mean or sequence-mean negative log-likelihood.
+    pub normalization: SftNormalization,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            epochs: None,
+            batch_size: 32,
+            lr: 1e-3,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            normalization: SftNormalization::Token,
+        }
+    }
+}
+
+/// Supervised warm start of M0 on a small labeled set (`[seed_stage]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedStageConfig {
+    /// Labeled training problems (drawn from the train split, disjoint from the unlabeled ones).
+    pub labeled: usize,
+    /// Every `eval_every` steps, log held-out greedy pass@1 (the seed-only curve); 0: never.
+    pub eval_every: u64,
+    pub train: TrainConfig,
+}
+
+impl Default for SeedStageConfig {
+    fn default() -> Self {
+        Self {
+            labeled: 64,
+            eval_every: 0,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Where each round's training starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartFrom {
+    /// From M0 every round (ReST-EM, the original STaR).
+    Seed,
+    /// From the previous round's model.
+    Previous,
+}
+
+/// Expert iteration (`[star]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StarConfig {
+    /// Self-training rounds after the seed stage (0: seed stage only).
+    pub rounds: u32,
+    /// Unlabeled training problems sampled every round.
+    pub problems: usize,
+    /// Completions sampled per problem (k).
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Keep at most this many distinct correct completions per problem; 0 keeps all.
+    pub max_per_problem: usize,
+    /// For problems with no correct sample, sample again with the answer as a hint and keep
+    /// one correct trace (trained without the hint).
+    pub rationalize: bool,
+    pub restart_from: RestartFrom,
+    pub train: TrainConfig,
+}
+
+impl Default for StarConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 3,
+            problems: 1000,
+            samples: 4,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_per_problem: 0,
+            rationalize: false,
+            restart_from: RestartFrom::Previous,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Held-out evaluation after every round (`[eval]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Held-out problems.
+    pub problems: usize,
+    /// Completions sampled per problem for pass@k and maj@k (n ≥ k).
+    pub samples: usize,
+    /// The k of pass@k and maj@k.
+    pub k: usize,
+    /// Sampling temperature for pass@k and maj@k (pass@1 is greedy).
+    pub temperature: f32,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            problems: 200,
+            samples: 8,
+            k: 8,
+            temperature: 1.0,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Parses TOML `text` (from `origin`, for messages) and applies `key=value` overrides.
+    pub fn parse(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::config(origin, one_line(&e.to_string())))?;
+        for set in sets {
+            apply_set(&mut table, set)?;
+        }
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." { origin.to_string() } else { path };
+            Error::config(key, one_line(&e.inner().to_string()))
+        })
+    }
+
+    /// The configuration as TOML, every default filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunConfig always serializes")
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Applies `section.key=value`; the value is read as TOML (`4`, `0.5`, `true`, `"x"`), and as
+/// a plain string when it is not valid TOML (`restart_from=seed`).
+pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+    let (path, raw) = set.split_once('=').ok_or_else(|| {
+        Error::config(set, "an override must look like section.key=value")
+    })?;
+    let path = path.trim();
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config(path, "an override key must look like section.key"));
+    }
+    let mut t = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| {
+            Error::config(path, format!("`{part}` is a value, not a section"))
+        })?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// A checked configuration and what it builds.
+pub struct RunPlan {
+    pub config: RunConfig,
+    pub task: Box<dyn Task>,
+    pub tokenizer: CharTokenizer,
+    pub model: TransformerConfig,
+    /// Longest completion a sample may have (the task's longest solution and the stop token).
+    pub max_new_tokens: usize,
+}
+
+fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
+    match (t.steps, t.epochs) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                format!("{key}.steps"),
+                "set exactly one of `steps` and `epochs`",
+            ))
+        }
+        (Some(0), _) => return Err(Error::config(format!("{key}.steps"), "must be at least 1")),
+        (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
+            return Err(Error::config(format!("{key}.epochs"), format!("{e} must be a number above 0")))
+        }
+        _ => {}
+    }
+    if t.batch_size == 0 {
+        return Err(Error::config(format!("{key}.batch_size"), "must be at least 1"));
+    }
+    let schedule = autodidact_nn::LrSchedule {
+        peak_lr: t.lr,
+        warmup_steps: 0,
+        total_steps: 1,
+        min_lr_ratio: t.min_lr_ratio,
+    };
+    schedule
+        .validate()
+        .map_err(|e| Error::config(format!("{key}.{}", nn_field(&e)), e.to_string()))?;
+    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+        return Err(Error::config(format!("{key}.weight_decay"), "must be a finite number ≥ 0"));
+    }
+    if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+        return Err(Error::config(format!("{key}.max_grad_norm"), "must be a finite number ≥ 0 (0 disables clipping)"));
+    }
+    Ok(())
+}
+
+/// The config field an nn validation error names, mapped to this file's key names.
+fn nn_field(e: &autodidact_nn::Error) -> &'static str {
+    match e {
+        autodidact_nn::Error::Config { field: "peak_lr", .. } => "lr",
+        autodidact_nn::Error::Config { field, .. } => field,
+        _ => "?",
+    }
+}
+
+fn check_temperature(key: &str, t: f32) -> Result<()> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(key, format!("{t} must be a finite number ≥ 0 (0 is greedy)")))
+    }
+}
+
+impl RunConfig {
+    /// Checks every setting and builds the task, tokenizer and model shape.
+    pub fn plan(&self) -> Result<RunPlan> {
+        let task = self.task.build().map_err(|e| match e {
+            autodidact_core::Error::Invalid { what, message } => Error::config(what, message),
+            other => other.into(),
+        })?;
+        let tokenizer = CharTokenizer::new(&task.alphabet())?;
+        let m = &self.model;
+        let mut model = TransformerConfig::from_preset(&m.preset, tokenizer.vocab_size()).map_err(|e| {
+            Error::config("model.preset", e.to_string())
+        })?;
+        for (field, value) in [
+            (&mut model.hidden_size, m.hidden_size),
+            (&mut model.num_layers, m.num_layers),
+            (&mut model.num_heads, m.num_heads),
+            (&mut model.intermediate_size, m.intermediate_size),
+            (&mut model.context_length, m.context_length),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        model
+            .validate()
+            .map_err(|e| Error::config(format!("model.{}", nn_field(&e)), e.to_string()))?;
+        let (max_prompt, max_solution) = task.max_chars();
+        // <bos> prompt solution <eos>, of which the model reads all but the last token.
+        let needed = max_prompt + max_solution + 1;
+        if model.context_length < needed {
+            return Err(Error::config(
+                "model.context_length",
+                format!(
+                    "{} is too short for {} with these settings: prompts and solutions need up to {needed} tokens; set it to at least {needed}",
+                    model.context_length,
+                    task.name()
+                ),
+            ));
+        }
+        let s = &self.seed_stage;
+        if s.labeled == 0 {
+            return Err(Error::config("seed_stage.labeled", "must be at least 1"));
+        }
+        check_train("seed_stage.train", &s.train)?;
+        let st = &self.star;
+        if st.problems == 0 {
+            return Err(Error::config("star.problems", "must be at least 1"));
+        }
+        if st.samples == 0 {
+            return Err(Error::config("star.samples", "k must be at least 1"));
+        }
+        check_temperature("star.temperature", st.temperature)?;
+        if !(st.top_p > 0.0 && st.top_p <= 1.0) {
+            return Err(Error::config("star.top_p", format!("{} must be in (0, 1]", st.top_p)));
+        }
+        check_train("star.train", &st.train)?;
+        let e = &self.eval;
+        if e.problems == 0 {
+            return Err(Error::config("eval.problems", "must be at least 1"));
+        }
+        if e.k == 0 {
+            return Err(Error::config("eval.k", "must be at least 1"));
+        }
+        if e.samples < e.k {
+            return Err(Error::config(
+                "eval.samples",
+                format!("{} is below eval.k = {}; pass@k needs at least k samples per problem", e.samples, e.k),
+            ));
+        }
+        check_temperature("eval.temperature", e.temperature)?;
+        Ok(RunPlan {
+            config: self.clone(),
+            task,
+            tokenizer,
+            model,
+            max_new_tokens: max_solution + 1,
+        })
+    }
+}
+
+impl RunPlan {
+    pub fn sampling(&self, temperature: f32, top_p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(sets: &[&str]) -> Result<RunPlan> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        RunConfig::parse(DEMO_CONFIG, "demo", &sets)?.plan()
+    }
+
+    fn err(sets: &[&str]) -> String {
+        match parse(sets) {
+            Ok(_) => panic!("{sets:?} should fail"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn demo_config_plans_and_round_trips() {
+        let plan = parse(&[]).unwrap();
+        let text = plan.config.to_toml();
+        let again = RunConfig::parse(&text, "resolved", &[]).unwrap();
+        assert_eq!(again, plan.config);
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let plan = parse(&["star.samples=2", "star.restart_from=seed", "task.digits=2", "eval.temperature=0.5"]).unwrap();
+        assert_eq!(plan.config.star.samples, 2);
+        assert_eq!(plan.config.star.restart_from, RestartFrom::Seed);
+        assert_eq!(plan.config.eval.temperature, 0.5);
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["star.sample=2"], "config key `star`: unknown field `sample`"),
+            (&["star.samples=four"], "config key `star.samples`: invalid type: string \"four\""),
+            (&["star.samples=0"], "config key `star.samples`: k must be at least 1"),
+            (&["star.temperature=-1"], "config key `star.temperature`"),
+            (&["model.context_length=16"], "config key `model.context_length`: 16 is too short for addition"),
+            (&["eval.samples=2"], "config key `eval.samples`: 2 is below eval.k"),
+            (&["task.digits=0"], "config key `task.digits`"),
+            (&["task.name=subtraction"], "unknown variant `subtraction`"),
+            (&["model.preset=huge"], "config key `model.preset`"),
+            (&["star.restart_from=never"], "config key `star.restart_from`: unknown variant `never`"),
+            (&["star.train.lr=0"], "config key `star.train.lr`"),
+            (&["star.train.steps=10"], "config key `star.train.steps`: set exactly one"),
+            (&["nonsense"], "section.key=value"),
+        ];
+        for (sets, want) in cases {
+            let e = err(sets);
+            assert!(e.contains(want), "{sets:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = RunConfig::parse("recipe = \"star\"\n[task\n", "x.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config key `x.toml`"), "{e}");
+    }
+}

@@ -1,0 +1,48 @@
+//! The error type of `autodidact-engine`.
+
+use std::path::PathBuf;
+
+/// Errors of the engine. Each names the input that was wrong and what would be valid.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration key is unknown, mistyped or impossible.
+    #[error("config key `{key}`: {message}")]
+    Config { key: String, message: String },
+
+    /// A run directory cannot be created, resumed, or read.
+    #[error("run directory {path}: {message}")]
+    Run { path: PathBuf, message: String },
+
+    /// A file of a run is not what its stage wrote.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+
+    #[error(transparent)]
+    Core(#[from] autodidact_core::Error),
+
+    #[error(transparent)]
+    Nn(#[from] autodidact_nn::Error),
+}
+
+impl Error {
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+    pub fn run(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Run {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

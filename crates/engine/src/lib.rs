@@ -1,0 +1,22 @@
+//! The autodidact engine: recipes, sampling orchestration, curation, training stages,
+//! evaluation and the run directory.
+//!
+//! A run is a fixed sequence of stages ([`run::stages`]): the seed stage trains M0 on a
+//! small labeled set; each round then samples completions of unlabeled problems, keeps what
+//! the verifier accepts ([`star`]), fine-tunes, and evaluates on the held-out split. Every
+//! stage writes its outputs to the run directory ([`store`]) before the journal records it.
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod progress;
+pub mod run;
+pub mod sampling;
+pub mod star;
+pub mod store;
+pub mod train;
+
+pub use config::{RunConfig, RunPlan, DEMO_CONFIG};
+pub use error::{Error, Result};
+pub use progress::{Observer, Silent};
+pub use run::{RoundRow, Run};

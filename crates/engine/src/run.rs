@@ -1,0 +1,508 @@
+//! A run: its stages in order, each journaled, resumable after a crash.
+//!
+//! Stages read their inputs from the run directory (the parent checkpoint, the curated set)
+//! and write their outputs there before the journal records them, so an interrupted run
+//! replays the stage it was in from the same inputs and, for a fixed seed and thread count,
+//! ends with the same numbers as an uninterrupted one.
+
+use crate::config::{RestartFrom, RunConfig, RunPlan};
+use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSettings};
+use crate::progress::{Observer, Silent};
+use crate::sampling::{derive_seed, sample_groups, sample_prompts};
+use crate::star::{curate, rationalized, Counts};
+use crate::store::{sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION};
+use crate::train::{fit_sft, steps_for, TrainStats};
+use crate::{Error, Result};
+use autodidact_core::{Example, Group, Problem, Split, TrainablePolicy};
+use autodidact_nn::NativePolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// One stage of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Supervised warm start of M0 (round 0).
+    Seed,
+    /// Sample, verify and curate (round ≥ 1).
+    Sample(u32),
+    /// Fine-tune on the curated set (round ≥ 1).
+    Train(u32),
+    /// Evaluate the round's model on the held-out split.
+    Eval(u32),
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Seed => "seed",
+            Stage::Sample(_) => "sample",
+            Stage::Train(_) => "train",
+            Stage::Eval(_) => "eval",
+        }
+    }
+    pub fn round(&self) -> u32 {
+        match *self {
+            Stage::Seed => 0,
+            Stage::Sample(r) | Stage::Train(r) | Stage::Eval(r) => r,
+        }
+    }
+}
+
+/// Every stage of a run with `rounds` rounds, in order.
+pub fn stages(rounds: u32) -> Vec<Stage> {
+    let mut s = vec![Stage::Seed, Stage::Eval(0)];
+    for r in 1..=rounds {
+        s.extend([Stage::Sample(r), Stage::Train(r), Stage::Eval(r)]);
+    }
+    s
+}
+
+/// `rounds/rNNNN/manifest.json`: a round's lineage, settings, counts and file hashes. Each
+/// stage adds its part.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub round: u32,
+    pub recipe: String,
+    /// The checkpoint that sampled this round's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_checkpoint: Option<String>,
+    /// The checkpoint this round's training started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<Counts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Value>,
+    /// SHA-256 of each file the round wrote, by path relative to the run directory.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// A line of `samples.jsonl`.
+#[derive(Serialize, Deserialize)]
+struct SampleRecord<'a> {
+    problem_id: &'a str,
+    prompt: &'a str,
+    completion: &'a str,
+    grade: autodidact_core::Grade,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'a str>,
+    reward: f32,
+    finish: autodidact_core::FinishReason,
+    /// Sampled from the hinted prompt (rationalization).
+    hinted: bool,
+}
+
+/// The problems of a run, drawn from the task by the run seed.
+struct Problems {
+    labeled: Vec<Problem>,
+    unlabeled: Vec<Problem>,
+    eval: Vec<Problem>,
+}
+
+/// A run in progress.
+pub struct Run {
+    dir: RunDir,
+    info: RunInfo,
+    plan: RunPlan,
+    problems: Problems,
+}
+
+/// One row of the end-of-run table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundRow {
+    pub round: u32,
+    pub pass_at_1: f64,
+    pub pass_at_k: f64,
+    pub maj_at_k: f64,
+    pub kept: Option<u64>,
+    pub distinct: Option<u64>,
+}
+
+impl Run {
+    /// Creates the run directory `out` for `plan` (refusing one that holds anything).
+    pub fn create(plan: RunPlan, out: &Path, threads: usize) -> Result<Self> {
+        let info = RunInfo {
+            format_version: RUN_FORMAT_VERSION,
+            autodidact_version: env!("CARGO_PKG_VERSION").into(),
+            seed: plan.config.seed,
+            threads,
+            status: RunStatus::Running,
+        };
+        let problems = draw(&plan)?;
+        let dir = RunDir::create(out, &plan.config.to_toml(), &info)?;
+        Ok(Self {
+            dir,
+            info,
+            plan,
+            problems,
+        })
+    }
+
+    /// Opens the run in `root` to continue it from its last completed stage.
+    pub fn open(root: &Path, threads: usize, obs: &mut dyn Observer) -> Result<Self> {
+        let (dir, info) = RunDir::open(root)?;
+        let path = dir.path(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
+        let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan()?;
+        if info.threads != threads {
+            obs.note(&format!(
+                "this run started with {} threads and continues with {threads}: its numbers may differ slightly from an uninterrupted run (pass --threads {} to match)",
+                info.threads, info.threads
+            ));
+        }
+        let problems = draw(&plan)?;
+        Ok(Self {
+            dir,
+            info,
+            plan,
+            problems,
+        })
+    }
+
+    pub fn dir(&self) -> &RunDir {
+        &self.dir
+    }
+
+    pub fn plan(&self) -> &RunPlan {
+        &self.plan
+    }
+
+    /// Runs every stage not yet journaled; returns the per-round table.
+    pub fn execute(&mut self, obs: &mut dyn Observer) -> Result<Vec<RoundRow>> {
+        let all = stages(self.plan.config.star.rounds);
+        let done = self.dir.journal()?;
+        if done.len() > all.len() {
+            return Err(Error::run(self.dir.root(), format!("its journal records {} stages but its config has only {}", done.len(), all.len())));
+        }
+        for (entry, stage) in done.iter().zip(&all) {
+            if entry.stage != stage.name() || entry.round != stage.round() {
+                return Err(Error::run(
+                    self.dir.root(),
+                    format!("its journal records stage {} of round {} where its config expects {} of round {}", entry.stage, entry.round, stage.name(), stage.round()),
+                ));
+            }
+        }
+        self.dir.truncate_metrics(done.last().map_or(0, |e| e.metrics_bytes))?;
+        if !done.is_empty() && done.len() < all.len() {
+            let last = &done[done.len() - 1];
+            obs.note(&format!("resuming after stage {} of round {}", last.stage, last.round));
+        }
+        for &stage in &all[done.len()..] {
+            let start = Instant::now();
+            match stage {
+                Stage::Seed => self.seed_stage(obs)?,
+                Stage::Sample(r) => self.sample_stage(r, obs)?,
+                Stage::Train(r) => self.train_stage(r, obs)?,
+                Stage::Eval(r) => self.eval_stage(r, obs)?,
+            }
+            self.dir.append_journal(&JournalEntry {
+                stage: stage.name().into(),
+                round: stage.round(),
+                seconds: start.elapsed().as_secs_f64(),
+                metrics_bytes: self.dir.metrics_bytes()?,
+            })?;
+        }
+        if self.info.status != RunStatus::Complete {
+            self.dir.set_status(&mut self.info, RunStatus::Complete)?;
+        }
+        self.table()
+    }
+
+    /// The per-round table, read back from `metrics.jsonl`.
+    pub fn table(&self) -> Result<Vec<RoundRow>> {
+        Ok(self
+            .dir
+            .metrics()?
+            .iter()
+            .filter_map(|m| {
+                Some(RoundRow {
+                    round: m.get("round")?.as_u64()? as u32,
+                    pass_at_1: m.get("eval/pass@1")?.as_f64()?,
+                    pass_at_k: m.get("eval/pass@k")?.as_f64()?,
+                    maj_at_k: m.get("eval/maj@k")?.as_f64()?,
+                    kept: m.get("star/kept").and_then(Value::as_u64),
+                    distinct: m.get("star/distinct").and_then(Value::as_u64),
+                })
+            })
+            .collect())
+    }
+
+    fn seed(&self, round: u32, stage: &str) -> u64 {
+        derive_seed(self.plan.config.seed, round, stage, 0)
+    }
+
+    fn load_policy(&self, round: u32) -> Result<NativePolicy> {
+        Ok(NativePolicy::load(&self.dir.path(&RunDir::checkpoint_dir(round)))?)
+    }
+
+    fn manifest(&self, round: u32) -> Result<Manifest> {
+        let rel = format!("{}/manifest.json", RunDir::round_dir(round));
+        if self.dir.path(&rel).exists() {
+            self.dir.read_json(&rel)
+        } else {
+            Ok(Manifest {
+                round,
+                recipe: "star".into(),
+                ..Default::default()
+            })
+        }
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        self.dir.write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), m)
+    }
+
+    fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
+        m.files.insert(rel.to_string(), sha256_file(&self.dir.path(rel))?);
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, policy: &NativePolicy, round: u32, m: &mut Manifest) -> Result<()> {
+        let rel = RunDir::checkpoint_dir(round);
+        policy.save(&self.dir.path(&rel))?;
+        self.hash_into(m, &format!("{rel}/{}", autodidact_nn::checkpoint::MODEL_FILE))
+    }
+
+    /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
+    fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.plan.config;
+        let model = self.plan.model.build(self.seed(0, "init"))?;
+        let mut policy = NativePolicy::new(model, self.plan.tokenizer.clone())?;
+        let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
+        if cfg.star.rationalize {
+            // Hinted copies teach the hint format that rationalization prompts with.
+            let hinted: Vec<Example> = self
+                .problems
+                .labeled
+                .iter()
+                .filter_map(|p| {
+                    Some(Example {
+                        prompt: self.plan.task.hinted_prompt(p)?,
+                        completion: p.solution.clone()?,
+                    })
+                })
+                .collect();
+            examples.extend(hinted);
+        }
+        let rd = RunDir::round_dir(0);
+        let train_rel = format!("{rd}/train.jsonl");
+        self.dir.write_jsonl(&train_rel, &examples)?;
+        let train = &cfg.seed_stage.train;
+        let steps = steps_for(train, examples.len());
+        let every = cfg.seed_stage.eval_every;
+        let (dir, task, eval, max_new) = (&self.dir, &*self.plan.task, &self.problems.eval, self.plan.max_new_tokens);
+        obs.stage_started("seed", steps);
+        let stats = fit_sft(&mut policy, &examples, train, self.seed(0, "seed"), obs, &mut |step, loss, p| {
+            if every > 0 && (step % every == 0 || step == steps) {
+                let acc = first_accuracy(&greedy_groups(p, task, eval, max_new, &mut Silent)?);
+                dir.append_metrics(&json!({"seed/step": step, "seed/loss": loss, "seed/eval_pass@1": acc}))?;
+            }
+            Ok(())
+        })?;
+        obs.stage_finished(&format!(
+            "seed: {} labeled examples, {} steps, loss {:.3} → {:.3}",
+            examples.len(),
+            stats.steps,
+            stats.first_loss,
+            stats.last_loss
+        ));
+        let mut m = self.manifest(0)?;
+        m.settings = Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model}));
+        m.train = Some(stats);
+        self.hash_into(&mut m, &train_rel)?;
+        self.save_checkpoint(&policy, 0, &mut m)?;
+        self.write_manifest(&m)
+    }
+
+    /// Sample k completions per unlabeled problem, verify, keep the correct ones.
+    fn sample_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.plan.config.star;
+        let mut policy = self.load_policy(round - 1)?;
+        let task = &*self.plan.task;
+        let params = self.plan.sampling(cfg.temperature, cfg.top_p);
+        obs.stage_started(&format!("r{round} sample"), self.problems.unlabeled.len() as u64);
+        let groups = sample_groups(&mut policy, task, &self.problems.unlabeled, cfg.samples, &params, self.seed(round, "sample"), obs)?;
+        let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
+        let mut hinted_groups = Vec::new();
+        if cfg.rationalize {
+            let unsolved: Vec<Problem> = groups
+                .iter()
+                .filter(|g| !g.verdicts.iter().any(|v| v.is_correct()))
+                .map(|g| g.problem.clone())
+                .collect();
+            let prompts: Vec<String> = unsolved
+                .iter()
+                .map(|p| task.hinted_prompt(p).unwrap_or_else(|| p.prompt.clone()))
+                .collect();
+            obs.stage_started(&format!("r{round} rationalize"), unsolved.len() as u64);
+            hinted_groups = sample_prompts(&mut policy, task, &unsolved, &prompts, cfg.samples, &params, self.seed(round, "rationalize"), obs)?;
+            let extra = rationalized(&hinted_groups);
+            counts.rationalized = extra.len();
+            counts.kept += extra.len();
+            examples.extend(extra);
+        }
+        let rd = RunDir::round_dir(round);
+        let records: Vec<SampleRecord> = records(&groups, false)
+            .chain(records(&hinted_groups, true))
+            .collect();
+        self.dir.write_jsonl(&format!("{rd}/samples.jsonl"), &records)?;
+        self.dir.write_jsonl(&format!("{rd}/train.jsonl"), &examples)?;
+        obs.stage_finished(&format!(
+            "r{round} sample: {} sampled, {} correct, {} problems solved, {} kept ({} distinct, {} rationalized)",
+            counts.sampled, counts.correct, counts.solved, counts.kept, counts.distinct, counts.rationalized
+        ));
+        let mut m = self.manifest(round)?;
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.settings = Some(json!({"star": cfg}));
+        m.counts = Some(counts);
+        self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
+        self.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
+        self.write_manifest(&m)
+    }
+
+    /// Fine-tune on the round's curated set.
+    fn train_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.plan.config.star;
+        let init = match cfg.restart_from {
+            RestartFrom::Seed => 0,
+            RestartFrom::Previous => round - 1,
+        };
+        let mut policy = self.load_policy(init)?;
+        let examples: Vec<Example> = self.dir.read_jsonl(&format!("{}/train.jsonl", RunDir::round_dir(round)))?;
+        let stats = if examples.is_empty() {
+            obs.note(&format!("round {round}: no correct samples to train on; its model is its initial checkpoint"));
+            TrainStats::default()
+        } else {
+            obs.stage_started(&format!("r{round} train"), steps_for(&cfg.train, examples.len()));
+            let stats = fit_sft(&mut policy, &examples, &cfg.train, self.seed(round, "train"), obs, &mut |_, _, _| Ok(()))?;
+            obs.stage_finished(&format!(
+                "r{round} train: {} examples, {} steps, loss {:.3} → {:.3}",
+                stats.examples, stats.steps, stats.first_loss, stats.last_loss
+            ));
+            stats
+        };
+        let mut m = self.manifest(round)?;
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
+        m.train = Some(stats);
+        self.save_checkpoint(&policy, round, &mut m)?;
+        self.write_manifest(&m)
+    }
+
+    /// Held-out evaluation of the round's model; appends the round's metrics line.
+    fn eval_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let e = &self.plan.config.eval;
+        let mut policy = self.load_policy(round)?;
+        let settings = EvalSettings {
+            samples: e.samples,
+            k: e.k,
+            temperature: e.temperature,
+            max_new_tokens: self.plan.max_new_tokens,
+            // The same seed every round: rounds are compared on the same random draws.
+            seed: self.seed(0, "eval"),
+        };
+        obs.stage_started(&format!("r{round} eval"), 2 * self.problems.eval.len() as u64);
+        let report = evaluate(&mut policy, &*self.plan.task, &self.problems.eval, &settings, obs)?;
+        obs.stage_finished(&format!(
+            "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
+            report.pass_at_1,
+            report.pass_at_k,
+            report.maj_at_k,
+            k = report.k
+        ));
+        let rel = format!("{}/eval.json", RunDir::round_dir(round));
+        self.dir.write_json(&rel, &report)?;
+        let mut m = self.manifest(round)?;
+        m.eval = Some(summary(&report));
+        self.hash_into(&mut m, &rel)?;
+        self.write_manifest(&m)?;
+        let mut line = json!({
+            "round": round,
+            "eval/pass@1": report.pass_at_1,
+            "eval/pass@k": report.pass_at_k,
+            "eval/maj@k": report.maj_at_k,
+            "eval/k": report.k,
+            "eval/mean_sample_accuracy": report.mean_sample_accuracy,
+        });
+        let obj = line.as_object_mut().expect("an object");
+        if let Some(c) = &m.counts {
+            for (k, v) in [
+                ("sampled", c.sampled),
+                ("correct", c.correct),
+                ("solved", c.solved),
+                ("distinct", c.distinct),
+                ("kept", c.kept),
+                ("rationalized", c.rationalized),
+            ] {
+                obj.insert(format!("star/{k}"), json!(v));
+            }
+        }
+        if let Some(t) = &m.train {
+            obj.insert("train/steps".into(), json!(t.steps));
+            obj.insert("train/tokens".into(), json!(t.tokens));
+            obj.insert("train/first_loss".into(), json!(t.first_loss));
+            obj.insert("train/last_loss".into(), json!(t.last_loss));
+        }
+        self.dir.append_metrics(&line)
+    }
+}
+
+fn summary(r: &EvalReport) -> Value {
+    json!({
+        "problems": r.problems, "samples": r.samples, "k": r.k, "temperature": r.temperature,
+        "pass@1": r.pass_at_1, "pass@k": r.pass_at_k, "maj@k": r.maj_at_k,
+    })
+}
+
+fn demonstration(p: &Problem) -> Example {
+    Example {
+        prompt: p.prompt.clone(),
+        completion: p.solution.clone().unwrap_or_default(),
+    }
+}
+
+fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
+    groups.iter().flat_map(move |g| {
+        g.completions.iter().zip(&g.verdicts).zip(&g.rewards).map(move |((c, v), &r)| SampleRecord {
+            problem_id: &g.problem.id,
+            prompt: &g.problem.prompt,
+            completion: &c.text,
+            grade: v.grade,
+            answer: v.answer.as_deref(),
+            reward: r,
+            finish: c.finish,
+            hinted,
+        })
+    })
+}
+
+/// Labeled, unlabeled and held-out problems for the run's seed.
+fn draw(plan: &RunPlan) -> Result<Problems> {
+    let c = &plan.config;
+    let seed = derive_seed(c.seed, 0, "problems", 0);
+    let mut train = plan
+        .task
+        .problems(Split::Train, c.seed_stage.labeled + c.star.problems, seed)
+        .map_err(|e| Error::config("star.problems", format!("with seed_stage.labeled: {e}")))?;
+    let unlabeled = train.split_off(c.seed_stage.labeled);
+    let eval = plan
+        .task
+        .problems(Split::Eval, c.eval.problems, seed)
+        .map_err(|e| Error::config("eval.problems", e.to_string()))?;
+    if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
+        return Err(Error::config("seed_stage.labeled", format!("problem {} has no reference solution to learn from", p.id)));
+    }
+    Ok(Problems {
+        labeled: train,
+        unlabeled,
+        eval,
+    })
+}

@@ -1,0 +1,149 @@
+//! Fitting a [`TrainablePolicy`] to a set of demonstrations with the SFT objective.
+
+use crate::config::TrainConfig;
+use crate::progress::Observer;
+use crate::{Error, Result};
+use autodidact_core::{Example, OptimizerSettings, Rng, TrainablePolicy};
+use autodidact_nn::LrSchedule;
+use autodidact_objectives::{sft, BatchShape};
+use serde::{Deserialize, Serialize};
+
+/// What a training stage did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainStats {
+    pub examples: usize,
+    pub steps: u64,
+    pub tokens: u64,
+    /// Mean loss over the first and the last tenth of the steps.
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+/// Optimizer steps for `examples` demonstrations.
+pub fn steps_for(cfg: &TrainConfig, examples: usize) -> u64 {
+    match (cfg.steps, cfg.epochs) {
+        (Some(s), _) => s,
+        (None, e) => ((e.unwrap_or(1.0) * examples as f64) / cfg.batch_size as f64).ceil().max(1.0) as u64,
+    }
+}
+
+/// Example indices in training order: a fresh permutation per epoch, seeded by (seed, epoch).
+struct Order {
+    n: usize,
+    seed: u64,
+    epoch: u64,
+    perm: Vec<usize>,
+    pos: usize,
+}
+
+impl Order {
+    fn new(n: usize, seed: u64) -> Self {
+        Self {
+            n,
+            seed,
+            epoch: 0,
+            perm: Vec::new(),
+            pos: 0,
+        }
+    }
+    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        (0..size)
+            .map(|_| {
+                if self.pos == self.perm.len() {
+                    let mut rng = Rng::derived(self.seed, self.epoch);
+                    self.perm = (0..self.n).collect();
+                    for i in (1..self.n).rev() {
+                        self.perm.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    self.epoch += 1;
+                    self.pos = 0;
+                }
+                self.pos += 1;
+                self.perm[self.pos - 1]
+            })
+            .collect()
+    }
+}
+
+/// Trains on `examples` with a fresh optimizer; `after_step(step, loss, policy)` runs after
+/// every update (the seed stage evaluates there).
+pub fn fit_sft(
+    policy: &mut dyn TrainablePolicy,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    seed: u64,
+    obs: &mut dyn Observer,
+    after_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
+) -> Result<TrainStats> {
+    if examples.is_empty() {
+        return Err(Error::config("training set", "is empty: there is nothing to train on"));
+    }
+    policy.reset_optimizer(&OptimizerSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    })?;
+    let steps = steps_for(cfg, examples.len());
+    let schedule = LrSchedule {
+        peak_lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps.min(steps),
+        total_steps: steps,
+        min_lr_ratio: cfg.min_lr_ratio,
+    };
+    let mut order = Order::new(examples.len(), seed);
+    let batch = cfg.batch_size.min(examples.len());
+    let tenth = (steps / 10).max(1);
+    let mut stats = TrainStats {
+        examples: examples.len(),
+        steps,
+        ..Default::default()
+    };
+    for step in 0..steps {
+        let items: Vec<Example> = order
+            .next_batch(batch)
+            .into_iter()
+            .map(|i| examples[i].clone())
+            .collect();
+        let lp = policy.forward(&items)?;
+        let out = sft(&lp, BatchShape::of(&lp), cfg.normalization);
+        policy.backward(&out.weights)?;
+        policy.step(schedule.lr_at(step), cfg.max_grad_norm)?;
+        stats.tokens += lp.iter().map(|r| r.len() as u64).sum::<u64>();
+        if step < tenth {
+            stats.first_loss += out.loss / tenth as f64;
+        }
+        if step >= steps - tenth {
+            stats.last_loss += out.loss / tenth as f64;
+        }
+        obs.stage_progress(step + 1, stats.tokens);
+        after_step(step + 1, out.loss, policy)?;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_visits_every_example_once_per_epoch() {
+        let mut o = Order::new(10, 3);
+        let mut first: Vec<usize> = (0..5).flat_map(|_| o.next_batch(2)).collect();
+        first.sort();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+        let again: Vec<usize> = (0..5).flat_map(|_| Order::new(10, 3).next_batch(2)).take(2).collect();
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn steps_follow_epochs() {
+        let cfg = TrainConfig {
+            epochs: Some(2.0),
+            batch_size: 32,
+            ..TrainConfig::default()
+        };
+        assert_eq!(steps_for(&cfg, 100), 7);
+        assert_eq!(steps_for(&cfg, 1), 1);
+    }
+}

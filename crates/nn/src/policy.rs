@@ -1,0 +1,335 @@
+//! The native transformer as a [`TrainablePolicy`]: text in, text and log-probs out.
+//!
+//! A sequence is `<bos> prompt completion <eos>`, one token per character. Log-probs and
+//! weights cover the completion's tokens and the final `<eos>` (so the model learns to
+//! stop); prompt positions get no gradient.
+
+use crate::checkpoint;
+use crate::model::{Activations, ForwardOptions, Gradients, Transformer};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::sample::{SampleWorkspace, SamplingConfig};
+use crate::{Error, TokenBatch};
+use autodidact_core::{
+    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams,
+    TrainablePolicy,
+};
+use std::path::Path;
+
+/// A [`Transformer`] with its tokenizer, training buffers and sampling workspace.
+pub struct NativePolicy {
+    model: Transformer,
+    tokenizer: CharTokenizer,
+    act: Activations,
+    grads: Gradients,
+    optimizer: Option<AdamW>,
+    workspace: SampleWorkspace,
+    /// Per row of the last forward pass: (first target index of the completion, its length).
+    last: Option<(Vec<(usize, usize)>, usize)>,
+}
+
+fn to_core(e: Error) -> autodidact_core::Error {
+    match e {
+        Error::Core(c) => c,
+        other => autodidact_core::Error::Policy {
+            backend: "native",
+            source: Box::new(other),
+        },
+    }
+}
+
+impl NativePolicy {
+    pub fn new(model: Transformer, tokenizer: CharTokenizer) -> crate::Result<Self> {
+        if tokenizer.vocab_size() != model.config().vocab_size {
+            return Err(Error::invalid(
+                "policy",
+                format!(
+                    "tokenizer has {} tokens but the model's vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    model.config().vocab_size
+                ),
+            ));
+        }
+        let grads = Gradients::new(&model);
+        Ok(Self {
+            model,
+            tokenizer,
+            act: Activations::new(),
+            grads,
+            optimizer: None,
+            workspace: SampleWorkspace::new(),
+            last: None,
+        })
+    }
+
+    /// Loads a checkpoint directory written by [`TrainablePolicy::save`] (it must hold a
+    /// `tokenizer.json`).
+    pub fn load(dir: &Path) -> crate::Result<Self> {
+        let ck = checkpoint::load(dir)?;
+        let tokenizer = ck.tokenizer.ok_or_else(|| {
+            Error::checkpoint(
+                dir.join(checkpoint::TOKENIZER_FILE),
+                "missing: a policy checkpoint needs its tokenizer",
+            )
+        })?;
+        Self::new(ck.model, tokenizer)
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &CharTokenizer {
+        &self.tokenizer
+    }
+
+    /// `<bos> prompt completion <eos>` and the length of `<bos> prompt`.
+    fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
+        let mut ids = self.tokenizer.encode_with_bos(&ex.prompt)?;
+        let prompt_len = ids.len();
+        ids.extend(self.tokenizer.encode(&ex.completion)?);
+        ids.push(self.tokenizer.eos_id());
+        let ctx = self.model.config().context_length;
+        if ids.len() - 1 > ctx {
+            return Err(Error::invalid(
+                "example",
+                format!(
+                    "{:?} + {:?} is {} tokens with <bos>/<eos>; the model's context_length is {ctx}",
+                    ex.prompt,
+                    ex.completion,
+                    ids.len()
+                ),
+            ));
+        }
+        Ok((ids, prompt_len))
+    }
+
+    fn forward_examples(&mut self, batch: &[Example]) -> crate::Result<Vec<Vec<f32>>> {
+        self.last = None;
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut spans = Vec::with_capacity(batch.len());
+        for ex in batch {
+            let (ids, prompt_len) = self.encode(ex)?;
+            // Targets are ids[1..]; the completion starts at target index prompt_len − 1.
+            spans.push((prompt_len - 1, ids.len() - prompt_len));
+            seqs.push(ids);
+        }
+        let tb = TokenBatch::from_sequences(&seqs)?;
+        let seq_len = tb.seq_len();
+        let out = self
+            .model
+            .forward(&tb, ForwardOptions::default(), &mut self.act)?;
+        let lp = spans
+            .iter()
+            .enumerate()
+            .map(|(b, &(start, len))| {
+                out.logprobs[b * seq_len + start..b * seq_len + start + len].to_vec()
+            })
+            .collect();
+        self.last = Some((spans, seq_len));
+        Ok(lp)
+    }
+
+    fn backward_weights(&mut self, weights: &[Vec<f32>]) -> crate::Result<()> {
+        let (spans, seq_len) = self.last.take().ok_or(Error::NoForwardCache)?;
+        if weights.len() != spans.len() {
+            return Err(Error::invalid(
+                "weights",
+                format!(
+                    "{} rows for a forward pass of {} examples",
+                    weights.len(),
+                    spans.len()
+                ),
+            ));
+        }
+        let mut padded = vec![0.0f32; spans.len() * seq_len];
+        for (b, (&(start, len), w)) in spans.iter().zip(weights).enumerate() {
+            if w.len() != len {
+                return Err(Error::invalid(
+                    "weights",
+                    format!("row {b} has {} weights for {len} completion tokens", w.len()),
+                ));
+            }
+            padded[b * seq_len + start..b * seq_len + start + len].copy_from_slice(w);
+        }
+        self.model
+            .backward(&mut self.act, &padded, None, &mut self.grads)
+    }
+}
+
+impl Policy for NativePolicy {
+    fn sample(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+    ) -> autodidact_core::Result<Vec<Completion>> {
+        let encoded = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode_with_bos(p))
+            .collect::<autodidact_core::Result<Vec<_>>>()?;
+        let cfg = SamplingConfig {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            max_new_tokens: params.max_new_tokens,
+            stop_tokens: vec![self.tokenizer.eos_id()],
+        };
+        let samples = self
+            .model
+            .sample_with(&encoded, seeds, &cfg, &mut self.workspace)
+            .map_err(to_core)?;
+        samples
+            .into_iter()
+            .map(|s| {
+                let text = self.tokenizer.decode(&s.tokens)?;
+                Ok(Completion {
+                    text,
+                    tokens: s.tokens,
+                    logprobs: s.logprobs,
+                    finish: s.finish,
+                })
+            })
+            .collect()
+    }
+
+    fn logprobs(&mut self, examples: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {
+        let lp = self.forward_examples(examples).map_err(to_core)?;
+        self.last = None;
+        Ok(lp)
+    }
+
+    fn context_length(&self) -> usize {
+        self.model.config().context_length
+    }
+}
+
+impl TrainablePolicy for NativePolicy {
+    fn reset_optimizer(&mut self, s: &OptimizerSettings) -> autodidact_core::Result<()> {
+        let cfg = AdamWConfig {
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+        };
+        self.optimizer = Some(cfg.build(&self.model).map_err(to_core)?);
+        self.grads.zero();
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {
+        self.forward_examples(batch).map_err(to_core)
+    }
+
+    fn backward(&mut self, weights: &[Vec<f32>]) -> autodidact_core::Result<()> {
+        self.backward_weights(weights).map_err(to_core)
+    }
+
+    fn step(&mut self, lr: f32, max_grad_norm: f32) -> autodidact_core::Result<f32> {
+        let opt = self.optimizer.as_mut().ok_or_else(|| {
+            autodidact_core::Error::invalid(
+                "training step",
+                "no optimizer: call reset_optimizer before the first step",
+            )
+        })?;
+        let norm = if max_grad_norm > 0.0 {
+            self.grads.clip_global_norm(max_grad_norm)
+        } else {
+            self.grads.global_norm()
+        };
+        opt.step(self.model.params_mut(), &self.grads.data, lr)
+            .map_err(to_core)?;
+        self.grads.zero();
+        Ok(norm)
+    }
+
+    fn save(&self, dir: &Path) -> autodidact_core::Result<()> {
+        checkpoint::save(dir, &self.model, Some(&self.tokenizer), None).map_err(to_core)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TransformerConfig;
+
+    fn policy() -> NativePolicy {
+        let tok = CharTokenizer::new("0123456789+=#").unwrap();
+        let mut cfg = TransformerConfig::tiny(tok.vocab_size());
+        cfg.context_length = 24;
+        NativePolicy::new(cfg.build(3).unwrap(), tok).unwrap()
+    }
+
+    #[test]
+    fn logprobs_cover_completion_and_stop_token() {
+        let mut p = policy();
+        let ex = [
+            Example {
+                prompt: "1+2=".into(),
+                completion: "3#3".into(),
+            },
+            Example {
+                prompt: "10+20=".into(),
+                completion: "30".into(),
+            },
+        ];
+        let lp = p.logprobs(&ex).unwrap();
+        assert_eq!(lp[0].len(), 4);
+        assert_eq!(lp[1].len(), 3);
+        assert!(lp.iter().flatten().all(|&x| x < 0.0 && x.is_finite()));
+        // The same example alone gives the same log-probs (rows do not interact).
+        let alone = p.logprobs(&ex[1..]).unwrap();
+        for (a, b) in alone[0].iter().zip(&lp[1]) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn training_raises_the_completion_logprob() {
+        let mut p = policy();
+        let ex = [Example {
+            prompt: "1+2=".into(),
+            completion: "3".into(),
+        }];
+        p.reset_optimizer(&OptimizerSettings {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        })
+        .unwrap();
+        let before: f32 = p.logprobs(&ex).unwrap()[0].iter().sum();
+        for _ in 0..20 {
+            let lp = p.forward(&ex).unwrap();
+            let w: Vec<Vec<f32>> = lp.iter().map(|r| vec![1.0; r.len()]).collect();
+            p.backward(&w).unwrap();
+            p.step(1e-2, 1.0).unwrap();
+        }
+        let after: f32 = p.logprobs(&ex).unwrap()[0].iter().sum();
+        assert!(after > before + 1.0, "{before} -> {after}");
+        // Backward without a forward pass is an error, not a panic.
+        assert!(p.backward(&[vec![1.0; 2]]).is_err());
+    }
+
+    #[test]
+    fn sampled_text_round_trips_and_stops() {
+        let mut p = policy();
+        let out = p
+            .sample(
+                &["1+2=".to_string(), "3+4=".to_string()],
+                &[1, 2],
+                &SamplingParams {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    max_new_tokens: 8,
+                },
+            )
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        for c in &out {
+            assert_eq!(c.tokens.len(), c.logprobs.len());
+            assert!(c.tokens.len() <= 8);
+        }
+        assert!(p.sample(&["1+a".to_string()], &[1], &SamplingParams::greedy(4)).is_err());
+    }
+}

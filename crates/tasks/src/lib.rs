@@ -1,0 +1,195 @@
+//! Built-in verifiable tasks.
+//!
+//! Every task writes a short worked trace (a scratchpad) before its answer, and the answer
+//! follows the last `#` of a completion: `347+285=` → `7+5+0=12;4+8+1=13;3+2+1=06#632`.
+//! Verifiers parse the answer out of arbitrary text and return
+//! [`Grade::Ungradable`](autodidact_core::Grade) when there is none.
+//!
+//! Splits are fixed by a hash of the problem's canonical key ([`split_of`]): about one
+//! problem in five is held out, whatever seed or count a caller asks for, so train and eval
+//! problems can never overlap.
+
+mod addition;
+mod answer;
+mod countdown;
+mod multiplication;
+
+pub use addition::{Addition, AdditionConfig};
+pub use countdown::{Countdown, CountdownConfig};
+pub use multiplication::{Multiplication, MultiplicationConfig};
+
+use autodidact_core::{Error, Problem, Result, Rng, Split, Task};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Which built-in task, with its settings (`[task]` in a run configuration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum TaskConfig {
+    Addition(AdditionConfig),
+    Multiplication(MultiplicationConfig),
+    Countdown(CountdownConfig),
+}
+
+impl TaskConfig {
+    /// Checks the settings and builds the task.
+    pub fn build(&self) -> Result<Box<dyn Task>> {
+        Ok(match self {
+            TaskConfig::Addition(c) => Box::new(c.build()?),
+            TaskConfig::Multiplication(c) => Box::new(c.build()?),
+            TaskConfig::Countdown(c) => Box::new(c.build()?),
+        })
+    }
+
+    /// Every built-in task with its default settings, for `autodidact tasks`.
+    pub fn catalog() -> Vec<TaskConfig> {
+        vec![
+            TaskConfig::Addition(AdditionConfig::default()),
+            TaskConfig::Multiplication(MultiplicationConfig::default()),
+            TaskConfig::Countdown(CountdownConfig::default()),
+        ]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskConfig::Addition(_) => "addition",
+            TaskConfig::Multiplication(_) => "multiplication",
+            TaskConfig::Countdown(_) => "countdown",
+        }
+    }
+
+    /// One-line description of the task and its difficulty knobs.
+    pub fn describe(&self) -> String {
+        match self {
+            TaskConfig::Addition(c) => format!(
+                "a + b with operands of up to `digits` = {} digits; the trace adds column by column from the right, writing each carry",
+                c.digits
+            ),
+            TaskConfig::Multiplication(c) => format!(
+                "a × b, a of up to `digits` = {} digits, b of up to `multiplier_digits` = {}; the trace writes each partial product",
+                c.digits, c.multiplier_digits
+            ),
+            TaskConfig::Countdown(c) => format!(
+                "reach a target with + − × ÷ from `numbers` = {} numbers in 1..=`max_number` = {} (each at most once, targets up to `max_target` = {}); the trace writes each step, the answer is an expression checked in exact rationals",
+                c.numbers, c.max_number, c.max_target
+            ),
+        }
+    }
+}
+
+/// Share of problem keys held out for evaluation, in thousandths.
+pub const EVAL_PERMILLE: u64 = 200;
+
+/// The split a problem belongs to, from a hash of its canonical key (FNV-1a, then a
+/// SplitMix64 finalizer so neighbouring keys spread evenly).
+pub fn split_of(key: &str) -> Split {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 31;
+    if h % 1000 < EVAL_PERMILLE {
+        Split::Eval
+    } else {
+        Split::Train
+    }
+}
+
+/// Draws `count` distinct problems of `split` from `draw` (which returns a canonical key and
+/// the problem), deterministically for `seed`. Fails when the split is too small to hold
+/// `count` distinct problems.
+pub(crate) fn draw_problems(
+    task: &str,
+    split: Split,
+    count: usize,
+    seed: u64,
+    mut draw: impl FnMut(&mut Rng) -> (String, Problem),
+) -> Result<Vec<Problem>> {
+    let stream = match split {
+        Split::Train => 0,
+        Split::Eval => 1,
+    };
+    let mut rng = Rng::derived(seed, stream);
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(count);
+    let max_attempts = 200 * count as u64 + 10_000;
+    let mut attempts = 0;
+    while out.len() < count {
+        attempts += 1;
+        if attempts > max_attempts {
+            return Err(Error::invalid(
+                format!("{task} problems"),
+                format!(
+                    "found only {} distinct {split:?} problems in {max_attempts} draws but {count} were asked for; ask for fewer or raise the difficulty",
+                    out.len()
+                ),
+            ));
+        }
+        let (key, problem) = draw(&mut rng);
+        if split_of(&key) == split && seen.insert(key) {
+            out.push(problem);
+        }
+    }
+    Ok(out)
+}
+
+/// A configuration error naming the task setting.
+pub(crate) fn bad_setting(task: &str, key: &str, value: impl std::fmt::Display, valid: &str) -> Error {
+    Error::invalid(format!("task.{key}"), format!("{value} is invalid for {task}: {valid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_disjoint_deterministic_and_about_one_in_five() {
+        for cfg in TaskConfig::catalog() {
+            let task = cfg.build().unwrap();
+            let train = task.problems(Split::Train, 400, 7).unwrap();
+            let eval = task.problems(Split::Eval, 100, 7).unwrap();
+            let again = task.problems(Split::Train, 400, 7).unwrap();
+            assert_eq!(train, again, "{}", task.name());
+            let other_seed = task.problems(Split::Eval, 100, 8).unwrap();
+            let ids: HashSet<_> = train.iter().map(|p| &p.id).collect();
+            assert!(eval.iter().chain(&other_seed).all(|p| !ids.contains(&p.id)));
+            assert_eq!(ids.len(), 400, "train problems are distinct");
+            // Each problem's reference solution verifies, and so does its answer alone.
+            for p in train.iter().chain(&eval) {
+                let sol = p.solution.as_ref().unwrap();
+                assert!(task.verify(p, sol).is_correct(), "{p:?}");
+                let (max_prompt, max_sol) = task.max_chars();
+                assert!(p.prompt.chars().count() <= max_prompt, "{p:?}");
+                assert!(sol.chars().count() <= max_sol, "{p:?}");
+                let hinted = task.hinted_prompt(p).unwrap();
+                assert!(hinted.chars().count() <= max_prompt, "{hinted}");
+                let alphabet = task.alphabet();
+                for text in [&p.prompt, sol, &hinted] {
+                    assert!(text.chars().all(|c| alphabet.contains(c)), "{text}");
+                }
+            }
+        }
+        let keys = (0..10_000).map(|i| format!("k{i}"));
+        let held = keys.filter(|k| split_of(k) == Split::Eval).count();
+        assert!((1800..2200).contains(&held), "{held}");
+    }
+
+    #[test]
+    fn too_small_a_split_is_a_clear_error() {
+        let task = AdditionConfig { digits: 1 }.build().unwrap();
+        let err = task.problems(Split::Eval, 90, 0).unwrap_err().to_string();
+        assert!(err.contains("ask for fewer"), "{err}");
+    }
+
+    #[test]
+    fn config_parses_by_name_and_rejects_unknown_keys() {
+        let ok: TaskConfig = toml::from_str("name = \"addition\"\ndigits = 4").unwrap();
+        assert_eq!(ok, TaskConfig::Addition(AdditionConfig { digits: 4 }));
+        let err = toml::from_str::<TaskConfig>("name = \"addition\"\ndigit = 4").unwrap_err();
+        assert!(err.to_string().contains("unknown field `digit`"), "{err}");
+        assert!(toml::from_str::<TaskConfig>("name = \"subtraction\"").is_err());
+    }
+}
