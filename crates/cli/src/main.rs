@@ -40,10 +40,9 @@ enum Command {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e}");
-        for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
-        }
+        // The whole chain on one line: what failed, then why.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
         std::process::exit(1);
     }
 }

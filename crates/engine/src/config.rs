@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn bad_input_names_the_key() {
         let cases: &[(&[&str], &str)] = &[
-            (&["star.sample=2"], "config key `star`: unknown field `sample`"),
+            (&["star.sample=2"], "config key `star.sample`: unknown field `sample`"),
             (&["star.samples=four"], "config key `star.samples`: invalid type: string \"four\""),
             (&["star.samples=0"], "config key `star.samples`: k must be at least 1"),
             (&["star.temperature=-1"], "config key `star.temperature`"),

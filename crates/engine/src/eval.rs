@@ -141,6 +141,9 @@ mod tests {
     use super::*;
 
     fn binom(n: u64, k: u64) -> f64 {
+        if k > n {
+            return 0.0;
+        }
         (0..k).map(|i| (n - i) as f64 / (i + 1) as f64).product()
     }
 

@@ -56,8 +56,32 @@ fn serialize(
                 .map_err(|e| Error::checkpoint(path, format!("building tensor view: {e}")))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::checkpoint(path, format!("serializing: {e}")))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::checkpoint(path, format!("serializing: {e}")))?;
+    Ok(canonical_header(bytes))
+}
+
+/// Rewrites the JSON header with its keys sorted. `safetensors` writes the `__metadata__`
+/// map in `HashMap` order, which changes from process to process; sorted, the same weights
+/// always give the same bytes (and the same hash in a run's manifest). The canonical JSON
+/// has the same length, so the header keeps its size and alignment padding.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return bytes;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let canonical = serde_json::to_vec(&value).expect("a parsed header serializes");
+    if canonical.len() <= len {
+        let dst = &mut bytes[8..8 + len];
+        dst[..canonical.len()].copy_from_slice(&canonical);
+        dst[canonical.len()..].fill(b' ');
+    }
+    bytes
 }
 
 fn format_metadata() -> HashMap<String, String> {

@@ -124,14 +124,15 @@ impl Gradients {
     pub fn zero(&mut self) {
         self.data.fill(0.0);
     }
-    /// The L2 norm over all parameters.
+    /// The L2 norm over all parameters. Chunk sums are added in a fixed order (a rayon
+    /// `sum` would associate them differently from run to run), so the result is reproducible.
     pub fn global_norm(&self) -> f32 {
-        let s: f64 = self
+        let partial: Vec<f64> = self
             .data
             .par_chunks(1 << 14)
             .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
-            .sum();
-        s.sqrt() as f32
+            .collect();
+        partial.iter().sum::<f64>().sqrt() as f32
     }
     /// Scales the gradients so their global norm is at most `max_norm`; returns the norm before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f32) -> f32 {

@@ -401,7 +401,9 @@ fn norm_rows_backward(
         return kernels::rmsnorm_backward(dx, dw, dy, x, rstd, w, &mut tmp, accumulate);
     }
     let rows = 4 * ROWS_PER_TASK;
-    let partial = dx
+    // Per-block partial gains, summed in block order: a rayon `reduce` would associate them
+    // differently from run to run and break reproducibility.
+    let partials: Vec<Vec<f32>> = dx
         .par_chunks_mut(rows * c)
         .zip(dy.par_chunks(rows * c))
         .zip(x.par_chunks(rows * c))
@@ -413,12 +415,8 @@ fn norm_rows_backward(
             dwp.truncate(c);
             dwp
         })
-        .reduce(
-            || vec![0.0f32; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+        .collect();
+    for partial in &partials {
+        dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    }
 }

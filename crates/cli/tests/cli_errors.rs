@@ -1,0 +1,120 @@
+//! Bad input fails fast with one clear line naming the problem, and damages nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
+
+/// Runs the binary, expects failure, returns stderr (which must be one line).
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line:\n{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn bad_config_settings_name_the_key() {
+    let cases = [
+        ("star.sample=3", "config key `star.sample`: unknown field `sample`"),
+        ("star.samples=three", "config key `star.samples`: invalid type"),
+        ("star.samples=0", "config key `star.samples`: k must be at least 1"),
+        ("eval.temperature=-0.5", "config key `eval.temperature`"),
+        ("model.context_length=20", "config key `model.context_length`: 20 is too short"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (set, want) in cases {
+        let out = tmp.path().join("never");
+        let err = fails(&["run", "--out", out.to_str().unwrap(), "--set", set]);
+        assert!(err.contains(want), "{set}: {err}");
+        assert!(!out.exists(), "{set}: a failed start must not create the run directory");
+    }
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "recipe = \"star\"\n[task]\nname = \"addition\"\ndigits = \"3\"\n").unwrap();
+    let err = fails(&["run", cfg.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert!(err.contains("config key `task`") || err.contains("config key `task.digits`"), "{err}");
+    let err = fails(&["run", tmp.path().join("missing.toml").to_str().unwrap()]);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+fn tiny_run(out: &Path) {
+    let status = Command::new(BIN)
+        .args(["run", "--quiet", "--out", out.to_str().unwrap()])
+        .args(["--set", "task.digits=1", "--set", "seed_stage.labeled=8", "--set", "seed_stage.train.steps=5"])
+        .args(["--set", "seed_stage.eval_every=0", "--set", "star.rounds=0", "--set", "star.problems=4"])
+        .args(["--set", "eval.problems=4", "--set", "eval.samples=2", "--set", "eval.k=2"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_existing_run_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_run(&run);
+    let before = snapshot(&run);
+    let err = fails(&["run", "--out", run.to_str().unwrap()]);
+    assert!(err.contains("already holds a run"), "{err}");
+    assert_eq!(snapshot(&run), before);
+    let err = fails(&["resume", tmp.path().to_str().unwrap()]);
+    assert!(err.contains("not an autodidact run"), "{err}");
+}
+
+#[test]
+fn missing_or_corrupt_checkpoints_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_run(&run);
+    let ck = run.join("checkpoints/r0000");
+    let eval = |dir: &Path| fails(&["eval", "--checkpoint", dir.to_str().unwrap(), "--task", "addition", "--set", "digits=1", "--problems", "4"]);
+    let err = eval(&tmp.path().join("nope"));
+    assert!(err.contains("nope") && err.contains("config.json"), "{err}");
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(ck.join(f), bad.join(f)).unwrap();
+    }
+    std::fs::write(bad.join("model.safetensors"), b"not a safetensors file").unwrap();
+    let err = eval(&bad);
+    assert!(err.contains("model.safetensors"), "{err}");
+    // A truncated checkpoint of the run itself: resuming a run whose next stage needs it fails
+    // and names the file.
+    let bytes = std::fs::read(ck.join("model.safetensors")).unwrap();
+    std::fs::write(bad.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = eval(&bad);
+    assert!(err.contains("model.safetensors"), "{err}");
+    // The intact checkpoint evaluates.
+    let out = Command::new(BIN)
+        .args(["eval", "--checkpoint", ck.to_str().unwrap(), "--task", "addition", "--set", "digits=1", "--problems", "4", "--samples", "2", "--k", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pass@1"));
+    let out = Command::new(BIN)
+        .args(["sample", "--checkpoint", ck.to_str().unwrap(), "--prompt", "3+4=", "-n", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = fails(&["sample", "--checkpoint", ck.to_str().unwrap(), "--prompt", "3+x="]);
+    assert!(err.contains("'x'"), "{err}");
+}
