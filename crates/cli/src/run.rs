@@ -32,7 +32,8 @@ pub struct ResumeArgs {
 pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
     let (text, origin) = match &args.config {
         Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?,
             path.display().to_string(),
         ),
         None => (DEMO_CONFIG.to_string(), "built-in demo config".to_string()),
@@ -109,5 +110,10 @@ fn utc_stamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }

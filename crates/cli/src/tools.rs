@@ -9,7 +9,7 @@ use autodidact_engine::Silent;
 use autodidact_nn::NativePolicy;
 use autodidact_tasks::TaskConfig;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -71,13 +71,16 @@ fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
         .with_context(|| format!("task `{name}` with settings {sets:?} (see `autodidact tasks`)"))
 }
 
-fn load(dir: &PathBuf) -> Result<NativePolicy> {
+fn load(dir: &Path) -> Result<NativePolicy> {
     NativePolicy::load(dir).with_context(|| format!("loading checkpoint {}", dir.display()))
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
     if a.k == 0 || a.samples < a.k {
-        bail!("--k must be at least 1 and at most --samples ({} given)", a.samples);
+        bail!(
+            "--k must be at least 1 and at most --samples ({} given)",
+            a.samples
+        );
     }
     if !(a.temperature.is_finite() && a.temperature >= 0.0) {
         bail!("--temperature must be a finite number ≥ 0");
@@ -113,9 +116,14 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
     let mut policy = load(&a.checkpoint)?;
-    let room = policy.context_length().saturating_sub(a.prompt.chars().count() + 1);
+    let room = policy
+        .context_length()
+        .saturating_sub(a.prompt.chars().count() + 1);
     if room == 0 {
-        bail!("the prompt does not fit the checkpoint's context of {} tokens", policy.context_length());
+        bail!(
+            "the prompt does not fit the checkpoint's context of {} tokens",
+            policy.context_length()
+        );
     }
     let params = SamplingParams {
         temperature: a.temperature,
@@ -127,7 +135,10 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     let seeds: Vec<u64> = (0..a.n as u64).map(|i| a.seed.wrapping_add(i)).collect();
     for (i, c) in policy.sample(&prompts, &seeds, &params)?.iter().enumerate() {
         let lp: f32 = c.logprobs.iter().sum();
-        println!("[{i}] {}{}    (log p {lp:.2}, {:?})", a.prompt, c.text, c.finish);
+        println!(
+            "[{i}] {}{}    (log p {lp:.2}, {:?})",
+            a.prompt, c.text, c.finish
+        );
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ fn fails(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(!out.status.success(), "{args:?} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line:\n{err}"
+    );
     assert!(err.starts_with("error: "), "{err}");
     err
 }
@@ -18,23 +22,50 @@ fn fails(args: &[&str]) -> String {
 #[test]
 fn bad_config_settings_name_the_key() {
     let cases = [
-        ("star.sample=3", "config key `star.sample`: unknown field `sample`"),
-        ("star.samples=three", "config key `star.samples`: invalid type"),
-        ("star.samples=0", "config key `star.samples`: k must be at least 1"),
+        (
+            "star.sample=3",
+            "config key `star.sample`: unknown field `sample`",
+        ),
+        (
+            "star.samples=three",
+            "config key `star.samples`: invalid type",
+        ),
+        (
+            "star.samples=0",
+            "config key `star.samples`: k must be at least 1",
+        ),
         ("eval.temperature=-0.5", "config key `eval.temperature`"),
-        ("model.context_length=20", "config key `model.context_length`: 20 is too short"),
+        (
+            "model.context_length=20",
+            "config key `model.context_length`: 20 is too short",
+        ),
     ];
     let tmp = tempfile::tempdir().unwrap();
     for (set, want) in cases {
         let out = tmp.path().join("never");
         let err = fails(&["run", "--out", out.to_str().unwrap(), "--set", set]);
         assert!(err.contains(want), "{set}: {err}");
-        assert!(!out.exists(), "{set}: a failed start must not create the run directory");
+        assert!(
+            !out.exists(),
+            "{set}: a failed start must not create the run directory"
+        );
     }
     let cfg = tmp.path().join("bad.toml");
-    std::fs::write(&cfg, "recipe = \"star\"\n[task]\nname = \"addition\"\ndigits = \"3\"\n").unwrap();
-    let err = fails(&["run", cfg.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
-    assert!(err.contains("config key `task`") || err.contains("config key `task.digits`"), "{err}");
+    std::fs::write(
+        &cfg,
+        "recipe = \"star\"\n[task]\nname = \"addition\"\ndigits = \"3\"\n",
+    )
+    .unwrap();
+    let err = fails(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("config key `task`") || err.contains("config key `task.digits`"),
+        "{err}"
+    );
     let err = fails(&["run", tmp.path().join("missing.toml").to_str().unwrap()]);
     assert!(err.contains("missing.toml"), "{err}");
 }
@@ -42,12 +73,37 @@ fn bad_config_settings_name_the_key() {
 fn tiny_run(out: &Path) {
     let status = Command::new(BIN)
         .args(["run", "--quiet", "--out", out.to_str().unwrap()])
-        .args(["--set", "task.digits=1", "--set", "seed_stage.labeled=8", "--set", "seed_stage.train.steps=5"])
-        .args(["--set", "seed_stage.eval_every=0", "--set", "star.rounds=0", "--set", "star.problems=4"])
-        .args(["--set", "eval.problems=4", "--set", "eval.samples=2", "--set", "eval.k=2"])
+        .args([
+            "--set",
+            "task.digits=1",
+            "--set",
+            "seed_stage.labeled=8",
+            "--set",
+            "seed_stage.train.steps=5",
+        ])
+        .args([
+            "--set",
+            "seed_stage.eval_every=0",
+            "--set",
+            "star.rounds=0",
+            "--set",
+            "star.problems=4",
+        ])
+        .args([
+            "--set",
+            "eval.problems=4",
+            "--set",
+            "eval.samples=2",
+            "--set",
+            "eval.k=2",
+        ])
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -86,7 +142,19 @@ fn missing_or_corrupt_checkpoints_are_named() {
     let run = tmp.path().join("run");
     tiny_run(&run);
     let ck = run.join("checkpoints/r0000");
-    let eval = |dir: &Path| fails(&["eval", "--checkpoint", dir.to_str().unwrap(), "--task", "addition", "--set", "digits=1", "--problems", "4"]);
+    let eval = |dir: &Path| {
+        fails(&[
+            "eval",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "--task",
+            "addition",
+            "--set",
+            "digits=1",
+            "--problems",
+            "4",
+        ])
+    };
     let err = eval(&tmp.path().join("nope"));
     assert!(err.contains("nope") && err.contains("config.json"), "{err}");
     let bad = tmp.path().join("bad");
@@ -105,16 +173,52 @@ fn missing_or_corrupt_checkpoints_are_named() {
     assert!(err.contains("model.safetensors"), "{err}");
     // The intact checkpoint evaluates.
     let out = Command::new(BIN)
-        .args(["eval", "--checkpoint", ck.to_str().unwrap(), "--task", "addition", "--set", "digits=1", "--problems", "4", "--samples", "2", "--k", "2"])
+        .args([
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--task",
+            "addition",
+            "--set",
+            "digits=1",
+            "--problems",
+            "4",
+            "--samples",
+            "2",
+            "--k",
+            "2",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("pass@1"));
     let out = Command::new(BIN)
-        .args(["sample", "--checkpoint", ck.to_str().unwrap(), "--prompt", "3+4=", "-n", "2"])
+        .args([
+            "sample",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--prompt",
+            "3+4=",
+            "-n",
+            "2",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = fails(&["sample", "--checkpoint", ck.to_str().unwrap(), "--prompt", "3+x="]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = fails(&[
+        "sample",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--prompt",
+        "3+x=",
+    ]);
     assert!(err.contains("'x'"), "{err}");
 }

@@ -66,7 +66,11 @@ fn run_and_kill(args: &[String], dir: &Path, after_stages: usize, delay: Duratio
 
 fn finish(args: &[&str]) {
     let out = command(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn outcome(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -87,6 +91,23 @@ fn outcome(dir: &Path) -> Vec<(String, Vec<u8>)> {
             (f, bytes)
         })
         .collect()
+}
+
+/// Hidden temporary files or directories anywhere in the run.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                found.push(p.display().to_string());
+            } else if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -115,12 +136,20 @@ fn kill_9_then_resume_matches_an_uninterrupted_run() {
             let args = if i == 0 { &start } else { &resume };
             killed += run_and_kill(args, &dir, after, Duration::from_millis(ms)) as usize;
         }
-        assert!(killed >= 3, "plan {n}: only {killed} kills landed before the run ended");
+        assert!(
+            killed >= 3,
+            "plan {n}: only {killed} kills landed before the run ended"
+        );
         finish(&resume.iter().map(String::as_str).collect::<Vec<_>>());
         let got = outcome(&dir);
         for ((f, a), (_, b)) in want.iter().zip(&got) {
             assert!(a == b, "plan {n}: {f} differs from the uninterrupted run");
         }
         assert_eq!(journal_lines(&dir), stages);
+        assert_eq!(
+            leftovers(&dir),
+            Vec::<String>::new(),
+            "plan {n}: temporary files left behind"
+        );
     }
 }

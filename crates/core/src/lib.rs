@@ -7,8 +7,8 @@
 //! character-level tokenizer used by the built-in tasks and the native model.
 
 pub mod error;
-pub mod rng;
 pub mod fs;
+pub mod rng;
 pub mod tokenizer;
 pub mod traits;
 pub mod types;
@@ -17,4 +17,6 @@ pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tokenizer::CharTokenizer;
 pub use traits::{OptimizerSettings, Policy, Split, Task, TrainablePolicy};
-pub use types::{Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict};
+pub use types::{
+    Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict,
+};

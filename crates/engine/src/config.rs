@@ -217,7 +217,11 @@ impl RunConfig {
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." { origin.to_string() } else { path };
+            let key = if path == "." {
+                origin.to_string()
+            } else {
+                path
+            };
             Error::config(key, one_line(&e.inner().to_string()))
         })
     }
@@ -235,9 +239,9 @@ fn one_line(s: &str) -> String {
 /// Applies `section.key=value`; the value is read as TOML (`4`, `0.5`, `true`, `"x"`), and as
 /// a plain string when it is not valid TOML (`restart_from=seed`).
 pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
-    let (path, raw) = set.split_once('=').ok_or_else(|| {
-        Error::config(set, "an override must look like section.key=value")
-    })?;
+    let (path, raw) = set
+        .split_once('=')
+        .ok_or_else(|| Error::config(set, "an override must look like section.key=value"))?;
     let path = path.trim();
     let raw = raw.trim();
     let value = format!("v = {raw}")
@@ -247,16 +251,19 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let parts: Vec<&str> = path.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::config(path, "an override key must look like section.key"));
+        return Err(Error::config(
+            path,
+            "an override key must look like section.key",
+        ));
     }
     let mut t = table;
     for part in &parts[..parts.len() - 1] {
         let entry = t
             .entry(part.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry.as_table_mut().ok_or_else(|| {
-            Error::config(path, format!("`{part}` is a value, not a section"))
-        })?;
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(path, format!("`{part}` is a value, not a section")))?;
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -282,12 +289,18 @@ fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
         }
         (Some(0), _) => return Err(Error::config(format!("{key}.steps"), "must be at least 1")),
         (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
-            return Err(Error::config(format!("{key}.epochs"), format!("{e} must be a number above 0")))
+            return Err(Error::config(
+                format!("{key}.epochs"),
+                format!("{e} must be a number above 0"),
+            ))
         }
         _ => {}
     }
     if t.batch_size == 0 {
-        return Err(Error::config(format!("{key}.batch_size"), "must be at least 1"));
+        return Err(Error::config(
+            format!("{key}.batch_size"),
+            "must be at least 1",
+        ));
     }
     let schedule = autodidact_nn::LrSchedule {
         peak_lr: t.lr,
@@ -299,10 +312,16 @@ fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
         .validate()
         .map_err(|e| Error::config(format!("{key}.{}", nn_field(&e)), e.to_string()))?;
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        return Err(Error::config(format!("{key}.weight_decay"), "must be a finite number ≥ 0"));
+        return Err(Error::config(
+            format!("{key}.weight_decay"),
+            "must be a finite number ≥ 0",
+        ));
     }
     if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
-        return Err(Error::config(format!("{key}.max_grad_norm"), "must be a finite number ≥ 0 (0 disables clipping)"));
+        return Err(Error::config(
+            format!("{key}.max_grad_norm"),
+            "must be a finite number ≥ 0 (0 disables clipping)",
+        ));
     }
     Ok(())
 }
@@ -310,7 +329,9 @@ fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
 /// The config field an nn validation error names, mapped to this file's key names.
 fn nn_field(e: &autodidact_nn::Error) -> &'static str {
     match e {
-        autodidact_nn::Error::Config { field: "peak_lr", .. } => "lr",
+        autodidact_nn::Error::Config {
+            field: "peak_lr", ..
+        } => "lr",
         autodidact_nn::Error::Config { field, .. } => field,
         _ => "?",
     }
@@ -320,7 +341,10 @@ fn check_temperature(key: &str, t: f32) -> Result<()> {
     if t.is_finite() && t >= 0.0 {
         Ok(())
     } else {
-        Err(Error::config(key, format!("{t} must be a finite number ≥ 0 (0 is greedy)")))
+        Err(Error::config(
+            key,
+            format!("{t} must be a finite number ≥ 0 (0 is greedy)"),
+        ))
     }
 }
 
@@ -333,9 +357,8 @@ impl RunConfig {
         })?;
         let tokenizer = CharTokenizer::new(&task.alphabet())?;
         let m = &self.model;
-        let mut model = TransformerConfig::from_preset(&m.preset, tokenizer.vocab_size()).map_err(|e| {
-            Error::config("model.preset", e.to_string())
-        })?;
+        let mut model = TransformerConfig::from_preset(&m.preset, tokenizer.vocab_size())
+            .map_err(|e| Error::config("model.preset", e.to_string()))?;
         for (field, value) in [
             (&mut model.hidden_size, m.hidden_size),
             (&mut model.num_layers, m.num_layers),
@@ -377,7 +400,10 @@ impl RunConfig {
         }
         check_temperature("star.temperature", st.temperature)?;
         if !(st.top_p > 0.0 && st.top_p <= 1.0) {
-            return Err(Error::config("star.top_p", format!("{} must be in (0, 1]", st.top_p)));
+            return Err(Error::config(
+                "star.top_p",
+                format!("{} must be in (0, 1]", st.top_p),
+            ));
         }
         check_train("star.train", &st.train)?;
         let e = &self.eval;
@@ -390,7 +416,10 @@ impl RunConfig {
         if e.samples < e.k {
             return Err(Error::config(
                 "eval.samples",
-                format!("{} is below eval.k = {}; pass@k needs at least k samples per problem", e.samples, e.k),
+                format!(
+                    "{} is below eval.k = {}; pass@k needs at least k samples per problem",
+                    e.samples, e.k
+                ),
             ));
         }
         check_temperature("eval.temperature", e.temperature)?;
@@ -441,7 +470,13 @@ mod tests {
 
     #[test]
     fn overrides_apply_with_types() {
-        let plan = parse(&["star.samples=2", "star.restart_from=seed", "task.digits=2", "eval.temperature=0.5"]).unwrap();
+        let plan = parse(&[
+            "star.samples=2",
+            "star.restart_from=seed",
+            "task.digits=2",
+            "eval.temperature=0.5",
+        ])
+        .unwrap();
         assert_eq!(plan.config.star.samples, 2);
         assert_eq!(plan.config.star.restart_from, RestartFrom::Seed);
         assert_eq!(plan.config.eval.temperature, 0.5);
@@ -450,18 +485,39 @@ mod tests {
     #[test]
     fn bad_input_names_the_key() {
         let cases: &[(&[&str], &str)] = &[
-            (&["star.sample=2"], "config key `star.sample`: unknown field `sample`"),
-            (&["star.samples=four"], "config key `star.samples`: invalid type: string \"four\""),
-            (&["star.samples=0"], "config key `star.samples`: k must be at least 1"),
+            (
+                &["star.sample=2"],
+                "config key `star.sample`: unknown field `sample`",
+            ),
+            (
+                &["star.samples=four"],
+                "config key `star.samples`: invalid type: string \"four\"",
+            ),
+            (
+                &["star.samples=0"],
+                "config key `star.samples`: k must be at least 1",
+            ),
             (&["star.temperature=-1"], "config key `star.temperature`"),
-            (&["model.context_length=16"], "config key `model.context_length`: 16 is too short for addition"),
-            (&["eval.samples=2"], "config key `eval.samples`: 2 is below eval.k"),
+            (
+                &["model.context_length=16"],
+                "config key `model.context_length`: 16 is too short for addition",
+            ),
+            (
+                &["eval.samples=2"],
+                "config key `eval.samples`: 2 is below eval.k",
+            ),
             (&["task.digits=0"], "config key `task.digits`"),
             (&["task.name=subtraction"], "unknown variant `subtraction`"),
             (&["model.preset=huge"], "config key `model.preset`"),
-            (&["star.restart_from=never"], "config key `star.restart_from`: unknown variant `never`"),
+            (
+                &["star.restart_from=never"],
+                "config key `star.restart_from`: unknown variant `never`",
+            ),
             (&["star.train.lr=0"], "config key `star.train.lr`"),
-            (&["star.train.steps=10"], "config key `star.train.steps`: set exactly one"),
+            (
+                &["star.train.steps=10"],
+                "config key `star.train.steps`: set exactly one",
+            ),
             (&["nonsense"], "section.key=value"),
         ];
         for (sets, want) in cases {
@@ -469,7 +525,9 @@ mod tests {
             assert!(e.contains(want), "{sets:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
-        let e = RunConfig::parse("recipe = \"star\"\n[task\n", "x.toml", &[]).unwrap_err().to_string();
+        let e = RunConfig::parse("recipe = \"star\"\n[task\n", "x.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("config key `x.toml`"), "{e}");
     }
 }

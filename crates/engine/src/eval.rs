@@ -11,11 +11,16 @@ use std::collections::HashMap;
 /// k completions drawn without replacement from n samples, c of them correct, is correct:
 /// `1 − C(n−c, k) / C(n, k)`, computed as `1 − Π_{i=n−c+1}^{n} (1 − k/i)` for stability.
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
-    assert!(k <= n && c <= n, "pass@k needs k ≤ n and c ≤ n (n={n}, c={c}, k={k})");
+    assert!(
+        k <= n && c <= n,
+        "pass@k needs k ≤ n and c ≤ n (n={n}, c={c}, k={k})"
+    );
     if n - c < k {
         return 1.0;
     }
-    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
+    1.0 - ((n - c + 1)..=n)
+        .map(|i| 1.0 - k as f64 / i as f64)
+        .product::<f64>()
 }
 
 /// The most frequent parsed answer among `answers` (unparsed ones do not vote); ties go to
@@ -79,7 +84,15 @@ pub fn greedy_groups(
     max_new_tokens: usize,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Group>> {
-    sample_groups(policy, task, problems, 1, &SamplingParams::greedy(max_new_tokens), 0, obs)
+    sample_groups(
+        policy,
+        task,
+        problems,
+        1,
+        &SamplingParams::greedy(max_new_tokens),
+        0,
+        obs,
+    )
 }
 
 /// Fraction of groups whose first completion is correct.
@@ -154,13 +167,19 @@ mod tests {
                 for k in 1..=n {
                     let closed = 1.0 - binom((n - c) as u64, k as u64) / binom(n as u64, k as u64);
                     let got = pass_at_k(n, c, k);
-                    assert!((got - closed).abs() < 1e-12, "n={n} c={c} k={k}: {got} vs {closed}");
+                    assert!(
+                        (got - closed).abs() < 1e-12,
+                        "n={n} c={c} k={k}: {got} vs {closed}"
+                    );
                 }
             }
         }
         assert_eq!(pass_at_k(10, 0, 5), 0.0);
         assert_eq!(pass_at_k(10, 6, 5), 1.0);
-        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12, "pass@1 is the fraction correct");
+        assert!(
+            (pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12,
+            "pass@1 is the fraction correct"
+        );
         // Large n stays finite where the binomials overflow f64.
         let big = pass_at_k(2000, 3, 1000);
         assert!((big - (1.0 - 0.5f64.powi(3))).abs() < 1e-3, "{big}");
@@ -169,7 +188,10 @@ mod tests {
     #[test]
     fn majority_counts_parsed_answers_and_breaks_ties_by_first_seen() {
         assert_eq!(majority([Some("1"), Some("2"), Some("2")]), Some(1));
-        assert_eq!(majority([Some("1"), Some("2"), Some("2"), Some("1")]), Some(0));
+        assert_eq!(
+            majority([Some("1"), Some("2"), Some("2"), Some("1")]),
+            Some(0)
+        );
         assert_eq!(majority([None, None, Some("3")]), Some(2));
         assert_eq!(majority([None, None]), None);
         assert_eq!(majority(Vec::<Option<&str>>::new()), None);

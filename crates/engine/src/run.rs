@@ -10,7 +10,9 @@ use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSetti
 use crate::progress::{Observer, Silent};
 use crate::sampling::{derive_seed, sample_groups, sample_prompts};
 use crate::star::{curate, rationalized, Counts};
-use crate::store::{sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION};
+use crate::store::{
+    sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION,
+};
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Problem, Split, TrainablePolicy};
@@ -149,6 +151,7 @@ impl Run {
     /// Opens the run in `root` to continue it from its last completed stage.
     pub fn open(root: &Path, threads: usize, obs: &mut dyn Observer) -> Result<Self> {
         let (dir, info) = RunDir::open(root)?;
+        dir.remove_leftovers()?;
         let path = dir.path(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
@@ -181,7 +184,14 @@ impl Run {
         let all = stages(self.plan.config.star.rounds);
         let done = self.dir.journal()?;
         if done.len() > all.len() {
-            return Err(Error::run(self.dir.root(), format!("its journal records {} stages but its config has only {}", done.len(), all.len())));
+            return Err(Error::run(
+                self.dir.root(),
+                format!(
+                    "its journal records {} stages but its config has only {}",
+                    done.len(),
+                    all.len()
+                ),
+            ));
         }
         for (entry, stage) in done.iter().zip(&all) {
             if entry.stage != stage.name() || entry.round != stage.round() {
@@ -191,10 +201,14 @@ impl Run {
                 ));
             }
         }
-        self.dir.truncate_metrics(done.last().map_or(0, |e| e.metrics_bytes))?;
+        self.dir
+            .truncate_metrics(done.last().map_or(0, |e| e.metrics_bytes))?;
         if !done.is_empty() && done.len() < all.len() {
             let last = &done[done.len() - 1];
-            obs.note(&format!("resuming after stage {} of round {}", last.stage, last.round));
+            obs.note(&format!(
+                "resuming after stage {} of round {}",
+                last.stage, last.round
+            ));
         }
         for &stage in &all[done.len()..] {
             let start = Instant::now();
@@ -241,7 +255,9 @@ impl Run {
     }
 
     fn load_policy(&self, round: u32) -> Result<NativePolicy> {
-        Ok(NativePolicy::load(&self.dir.path(&RunDir::checkpoint_dir(round)))?)
+        Ok(NativePolicy::load(
+            &self.dir.path(&RunDir::checkpoint_dir(round)),
+        )?)
     }
 
     fn manifest(&self, round: u32) -> Result<Manifest> {
@@ -258,18 +274,23 @@ impl Run {
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        self.dir.write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), m)
+        self.dir
+            .write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), m)
     }
 
     fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
-        m.files.insert(rel.to_string(), sha256_file(&self.dir.path(rel))?);
+        m.files
+            .insert(rel.to_string(), sha256_file(&self.dir.path(rel))?);
         Ok(())
     }
 
     fn save_checkpoint(&self, policy: &NativePolicy, round: u32, m: &mut Manifest) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
         policy.save(&self.dir.path(&rel))?;
-        self.hash_into(m, &format!("{rel}/{}", autodidact_nn::checkpoint::MODEL_FILE))
+        self.hash_into(
+            m,
+            &format!("{rel}/{}", autodidact_nn::checkpoint::MODEL_FILE),
+        )
     }
 
     /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
@@ -299,15 +320,29 @@ impl Run {
         let train = &cfg.seed_stage.train;
         let steps = steps_for(train, examples.len());
         let every = cfg.seed_stage.eval_every;
-        let (dir, task, eval, max_new) = (&self.dir, &*self.plan.task, &self.problems.eval, self.plan.max_new_tokens);
+        let (dir, task, eval, max_new) = (
+            &self.dir,
+            &*self.plan.task,
+            &self.problems.eval,
+            self.plan.max_new_tokens,
+        );
         obs.stage_started("seed", steps);
-        let stats = fit_sft(&mut policy, &examples, train, self.seed(0, "seed"), obs, &mut |step, loss, p| {
-            if every > 0 && (step % every == 0 || step == steps) {
-                let acc = first_accuracy(&greedy_groups(p, task, eval, max_new, &mut Silent)?);
-                dir.append_metrics(&json!({"seed/step": step, "seed/loss": loss, "seed/eval_pass@1": acc}))?;
-            }
-            Ok(())
-        })?;
+        let stats = fit_sft(
+            &mut policy,
+            &examples,
+            train,
+            self.seed(0, "seed"),
+            obs,
+            &mut |step, loss, p| {
+                if every > 0 && (step % every == 0 || step == steps) {
+                    let acc = first_accuracy(&greedy_groups(p, task, eval, max_new, &mut Silent)?);
+                    dir.append_metrics(
+                        &json!({"seed/step": step, "seed/loss": loss, "seed/eval_pass@1": acc}),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
         obs.stage_finished(&format!(
             "seed: {} labeled examples, {} steps, loss {:.3} → {:.3}",
             examples.len(),
@@ -329,8 +364,19 @@ impl Run {
         let mut policy = self.load_policy(round - 1)?;
         let task = &*self.plan.task;
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
-        obs.stage_started(&format!("r{round} sample"), self.problems.unlabeled.len() as u64);
-        let groups = sample_groups(&mut policy, task, &self.problems.unlabeled, cfg.samples, &params, self.seed(round, "sample"), obs)?;
+        obs.stage_started(
+            &format!("r{round} sample"),
+            self.problems.unlabeled.len() as u64,
+        );
+        let groups = sample_groups(
+            &mut policy,
+            task,
+            &self.problems.unlabeled,
+            cfg.samples,
+            &params,
+            self.seed(round, "sample"),
+            obs,
+        )?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
         let mut hinted_groups = Vec::new();
         if cfg.rationalize {
@@ -344,7 +390,16 @@ impl Run {
                 .map(|p| task.hinted_prompt(p).unwrap_or_else(|| p.prompt.clone()))
                 .collect();
             obs.stage_started(&format!("r{round} rationalize"), unsolved.len() as u64);
-            hinted_groups = sample_prompts(&mut policy, task, &unsolved, &prompts, cfg.samples, &params, self.seed(round, "rationalize"), obs)?;
+            hinted_groups = sample_prompts(
+                &mut policy,
+                task,
+                &unsolved,
+                &prompts,
+                cfg.samples,
+                &params,
+                self.seed(round, "rationalize"),
+                obs,
+            )?;
             let extra = rationalized(&hinted_groups);
             counts.rationalized = extra.len();
             counts.kept += extra.len();
@@ -354,8 +409,10 @@ impl Run {
         let records: Vec<SampleRecord> = records(&groups, false)
             .chain(records(&hinted_groups, true))
             .collect();
-        self.dir.write_jsonl(&format!("{rd}/samples.jsonl"), &records)?;
-        self.dir.write_jsonl(&format!("{rd}/train.jsonl"), &examples)?;
+        self.dir
+            .write_jsonl(&format!("{rd}/samples.jsonl"), &records)?;
+        self.dir
+            .write_jsonl(&format!("{rd}/train.jsonl"), &examples)?;
         obs.stage_finished(&format!(
             "r{round} sample: {} sampled, {} correct, {} problems solved, {} kept ({} distinct, {} rationalized)",
             counts.sampled, counts.correct, counts.solved, counts.kept, counts.distinct, counts.rationalized
@@ -377,13 +434,25 @@ impl Run {
             RestartFrom::Previous => round - 1,
         };
         let mut policy = self.load_policy(init)?;
-        let examples: Vec<Example> = self.dir.read_jsonl(&format!("{}/train.jsonl", RunDir::round_dir(round)))?;
+        let examples: Vec<Example> = self
+            .dir
+            .read_jsonl(&format!("{}/train.jsonl", RunDir::round_dir(round)))?;
         let stats = if examples.is_empty() {
             obs.note(&format!("round {round}: no correct samples to train on; its model is its initial checkpoint"));
             TrainStats::default()
         } else {
-            obs.stage_started(&format!("r{round} train"), steps_for(&cfg.train, examples.len()));
-            let stats = fit_sft(&mut policy, &examples, &cfg.train, self.seed(round, "train"), obs, &mut |_, _, _| Ok(()))?;
+            obs.stage_started(
+                &format!("r{round} train"),
+                steps_for(&cfg.train, examples.len()),
+            );
+            let stats = fit_sft(
+                &mut policy,
+                &examples,
+                &cfg.train,
+                self.seed(round, "train"),
+                obs,
+                &mut |_, _, _| Ok(()),
+            )?;
             obs.stage_finished(&format!(
                 "r{round} train: {} examples, {} steps, loss {:.3} → {:.3}",
                 stats.examples, stats.steps, stats.first_loss, stats.last_loss
@@ -409,8 +478,17 @@ impl Run {
             // The same seed every round: rounds are compared on the same random draws.
             seed: self.seed(0, "eval"),
         };
-        obs.stage_started(&format!("r{round} eval"), 2 * self.problems.eval.len() as u64);
-        let report = evaluate(&mut policy, &*self.plan.task, &self.problems.eval, &settings, obs)?;
+        obs.stage_started(
+            &format!("r{round} eval"),
+            2 * self.problems.eval.len() as u64,
+        );
+        let report = evaluate(
+            &mut policy,
+            &*self.plan.task,
+            &self.problems.eval,
+            &settings,
+            obs,
+        )?;
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
             report.pass_at_1,
@@ -471,16 +549,20 @@ fn demonstration(p: &Problem) -> Example {
 
 fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
     groups.iter().flat_map(move |g| {
-        g.completions.iter().zip(&g.verdicts).zip(&g.rewards).map(move |((c, v), &r)| SampleRecord {
-            problem_id: &g.problem.id,
-            prompt: &g.problem.prompt,
-            completion: &c.text,
-            grade: v.grade,
-            answer: v.answer.as_deref(),
-            reward: r,
-            finish: c.finish,
-            hinted,
-        })
+        g.completions
+            .iter()
+            .zip(&g.verdicts)
+            .zip(&g.rewards)
+            .map(move |((c, v), &r)| SampleRecord {
+                problem_id: &g.problem.id,
+                prompt: &g.problem.prompt,
+                completion: &c.text,
+                grade: v.grade,
+                answer: v.answer.as_deref(),
+                reward: r,
+                finish: c.finish,
+                hinted,
+            })
     })
 }
 
@@ -498,7 +580,10 @@ fn draw(plan: &RunPlan) -> Result<Problems> {
         .problems(Split::Eval, c.eval.problems, seed)
         .map_err(|e| Error::config("eval.problems", e.to_string()))?;
     if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
-        return Err(Error::config("seed_stage.labeled", format!("problem {} has no reference solution to learn from", p.id)));
+        return Err(Error::config(
+            "seed_stage.labeled",
+            format!("problem {} has no reference solution to learn from", p.id),
+        ));
     }
     Ok(Problems {
         labeled: train,

@@ -36,7 +36,16 @@ pub fn sample_groups(
     seed: u64,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Group>> {
-    sample_prompts(policy, task, problems, &prompts_of(problems), k, params, seed, obs)
+    sample_prompts(
+        policy,
+        task,
+        problems,
+        &prompts_of(problems),
+        k,
+        params,
+        seed,
+        obs,
+    )
 }
 
 fn prompts_of(problems: &[Problem]) -> Vec<String> {

@@ -105,7 +105,13 @@ mod tests {
                 .collect(),
             verdicts: outs
                 .iter()
-                .map(|&(t, ok)| if ok { Verdict::correct(t.into()) } else { Verdict::incorrect(t.into()) })
+                .map(|&(t, ok)| {
+                    if ok {
+                        Verdict::correct(t.into())
+                    } else {
+                        Verdict::incorrect(t.into())
+                    }
+                })
                 .collect(),
             rewards: outs.iter().map(|&(_, ok)| ok as u8 as f32).collect(),
         }
@@ -121,9 +127,22 @@ mod tests {
         let (kept, c) = curate(&groups, 0);
         assert_eq!(
             c,
-            Counts { sampled: 7, correct: 4, solved: 2, distinct: 3, kept: 3, rationalized: 0 }
+            Counts {
+                sampled: 7,
+                correct: 4,
+                solved: 2,
+                distinct: 3,
+                kept: 3,
+                rationalized: 0
+            }
         );
-        assert_eq!(kept[0], Example { prompt: "a=".into(), completion: "x".into() });
+        assert_eq!(
+            kept[0],
+            Example {
+                prompt: "a=".into(),
+                completion: "x".into()
+            }
+        );
         let (kept, c) = curate(&groups, 1);
         assert_eq!((kept.len(), c.distinct, c.kept), (2, 3, 2));
         let r = rationalized(&groups);

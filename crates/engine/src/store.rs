@@ -69,7 +69,8 @@ fn append_synced(path: &Path, line: &str) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(io("opening", path))?;
-    f.write_all(line.as_bytes()).map_err(io("appending to", path))?;
+    f.write_all(line.as_bytes())
+        .map_err(io("appending to", path))?;
     f.sync_all().map_err(io("syncing", path))
 }
 
@@ -160,6 +161,35 @@ impl RunDir {
         Ok((dir, info))
     }
 
+    /// Removes what a killed process left half-written: temporary files and directories
+    /// (`.NAME.tmp-PID`, `.NAME.old-PID`) beside the run's files. Returns how many.
+    pub fn remove_leftovers(&self) -> Result<usize> {
+        let mut removed = 0;
+        let mut dirs = vec![self.root.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).map_err(io("reading", &d))? {
+                let path = entry.map_err(io("reading", &d))?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let leftover =
+                    name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
+                if leftover {
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(&path).map_err(io("removing", &path))?;
+                    } else {
+                        std::fs::remove_file(&path).map_err(io("removing", &path))?;
+                    }
+                    removed += 1;
+                } else if path.is_dir() {
+                    dirs.push(path);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -204,7 +234,8 @@ impl RunDir {
     pub fn read_json<T: DeserializeOwned>(&self, rel: &str) -> Result<T> {
         let path = self.path(rel);
         let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("is not what autodidact wrote: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("is not what autodidact wrote: {e}")))
     }
 
     pub fn read_jsonl<T: DeserializeOwned>(&self, rel: &str) -> Result<Vec<T>> {
@@ -214,7 +245,10 @@ impl RunDir {
             .enumerate()
             .map(|(i, l)| {
                 serde_json::from_str(l).map_err(|e| {
-                    Error::file(&path, format!("line {} is not what autodidact wrote: {e}", i + 1))
+                    Error::file(
+                        &path,
+                        format!("line {} is not what autodidact wrote: {e}", i + 1),
+                    )
                 })
             })
             .collect()
@@ -253,13 +287,19 @@ impl RunDir {
 
     pub fn metrics_bytes(&self) -> Result<u64> {
         let path = self.path(METRICS_FILE);
-        Ok(std::fs::metadata(&path).map_err(io("reading", &path))?.len())
+        Ok(std::fs::metadata(&path)
+            .map_err(io("reading", &path))?
+            .len())
     }
 
     /// Cuts `metrics.jsonl` back to `len` bytes (what the last journaled stage left).
     pub fn truncate_metrics(&self, len: u64) -> Result<()> {
         let path = self.path(METRICS_FILE);
-        if std::fs::metadata(&path).map_err(io("reading", &path))?.len() < len {
+        if std::fs::metadata(&path)
+            .map_err(io("reading", &path))?
+            .len()
+            < len
+        {
             return Err(Error::file(&path, format!("is shorter than the {len} bytes the journal records: it was modified or truncated")));
         }
         truncate(&path, len)
@@ -276,7 +316,10 @@ impl RunDir {
 }
 
 fn truncate(path: &Path, len: u64) -> Result<()> {
-    let f = OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))?;
     f.set_len(len).map_err(io("truncating", path))?;
     f.sync_all().map_err(io("syncing", path))
 }
@@ -301,12 +344,16 @@ mod tests {
         let root = tmp.path().join("run");
         RunDir::create(&root, "a = 1", &info()).unwrap();
         let before = std::fs::read(root.join(CONFIG_FILE)).unwrap();
-        let err = RunDir::create(&root, "b = 2", &info()).unwrap_err().to_string();
+        let err = RunDir::create(&root, "b = 2", &info())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already holds a run"), "{err}");
         assert_eq!(std::fs::read(root.join(CONFIG_FILE)).unwrap(), before);
         std::fs::create_dir(tmp.path().join("other")).unwrap();
         std::fs::write(tmp.path().join("other/x"), "x").unwrap();
-        let err = RunDir::create(&tmp.path().join("other"), "", &info()).unwrap_err().to_string();
+        let err = RunDir::create(&tmp.path().join("other"), "", &info())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not empty"), "{err}");
         std::fs::create_dir(tmp.path().join("empty")).unwrap();
         RunDir::create(&tmp.path().join("empty"), "", &info()).unwrap();

@@ -23,7 +23,9 @@ pub struct TrainStats {
 pub fn steps_for(cfg: &TrainConfig, examples: usize) -> u64 {
     match (cfg.steps, cfg.epochs) {
         (Some(s), _) => s,
-        (None, e) => ((e.unwrap_or(1.0) * examples as f64) / cfg.batch_size as f64).ceil().max(1.0) as u64,
+        (None, e) => ((e.unwrap_or(1.0) * examples as f64) / cfg.batch_size as f64)
+            .ceil()
+            .max(1.0) as u64,
     }
 }
 
@@ -76,7 +78,10 @@ pub fn fit_sft(
     after_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
 ) -> Result<TrainStats> {
     if examples.is_empty() {
-        return Err(Error::config("training set", "is empty: there is nothing to train on"));
+        return Err(Error::config(
+            "training set",
+            "is empty: there is nothing to train on",
+        ));
     }
     policy.reset_optimizer(&OptimizerSettings {
         beta1: 0.9,
@@ -132,7 +137,10 @@ mod tests {
         let mut first: Vec<usize> = (0..5).flat_map(|_| o.next_batch(2)).collect();
         first.sort();
         assert_eq!(first, (0..10).collect::<Vec<_>>());
-        let again: Vec<usize> = (0..5).flat_map(|_| Order::new(10, 3).next_batch(2)).take(2).collect();
+        let again: Vec<usize> = (0..5)
+            .flat_map(|_| Order::new(10, 3).next_batch(2))
+            .take(2)
+            .collect();
         assert_eq!(again.len(), 2);
     }
 

@@ -23,7 +23,10 @@ pub const SMALL: &[&str] = &[
 
 fn small_run(out: &Path, extra: &[&str]) -> Run {
     let sets: Vec<String> = SMALL.iter().chain(extra).map(|s| s.to_string()).collect();
-    let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets).unwrap().plan().unwrap();
+    let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
+        .unwrap()
+        .plan()
+        .unwrap();
     Run::create(plan, out, rayon::current_num_threads()).unwrap()
 }
 
@@ -88,8 +91,12 @@ fn same_seed_same_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    small_run(&a, &["star.rounds=1"]).execute(&mut Silent).unwrap();
-    small_run(&b, &["star.rounds=1"]).execute(&mut Silent).unwrap();
+    small_run(&a, &["star.rounds=1"])
+        .execute(&mut Silent)
+        .unwrap();
+    small_run(&b, &["star.rounds=1"])
+        .execute(&mut Silent)
+        .unwrap();
     let read = |p: &Path| std::fs::read(p.join("metrics.jsonl")).unwrap();
     assert_eq!(read(&a), read(&b));
     let ck = |p: &Path| sha256_file(&p.join("checkpoints/r0001/model.safetensors")).unwrap();

@@ -66,7 +66,10 @@ fn serialize(
 /// always give the same bytes (and the same hash in a run's manifest). The canonical JSON
 /// has the same length, so the header keeps its size and alignment padding.
 fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
-    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize) else {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    else {
         return bytes;
     };
     let Some(header) = bytes.get(8..8 + len) else {

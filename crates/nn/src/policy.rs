@@ -10,8 +10,7 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::sample::{SampleWorkspace, SamplingConfig};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams,
-    TrainablePolicy,
+    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams, TrainablePolicy,
 };
 use std::path::Path;
 
@@ -146,7 +145,10 @@ impl NativePolicy {
             if w.len() != len {
                 return Err(Error::invalid(
                     "weights",
-                    format!("row {b} has {} weights for {len} completion tokens", w.len()),
+                    format!(
+                        "row {b} has {} weights for {len} completion tokens",
+                        w.len()
+                    ),
                 ));
             }
             padded[b * seq_len + start..b * seq_len + start + len].copy_from_slice(w);
@@ -330,6 +332,8 @@ mod tests {
             assert_eq!(c.tokens.len(), c.logprobs.len());
             assert!(c.tokens.len() <= 8);
         }
-        assert!(p.sample(&["1+a".to_string()], &[1], &SamplingParams::greedy(4)).is_err());
+        assert!(p
+            .sample(&["1+a".to_string()], &[1], &SamplingParams::greedy(4))
+            .is_err());
     }
 }

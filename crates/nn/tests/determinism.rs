@@ -1,7 +1,10 @@
 //! Training and sampling are bit-for-bit reproducible for a fixed thread count: resumed runs
 //! depend on it (issue 3).
 
-use autodidact_nn::{Activations, AdamWConfig, ForwardOptions, Gradients, Rng, SamplingConfig, TokenBatch, TransformerConfig};
+use autodidact_nn::{
+    Activations, AdamWConfig, ForwardOptions, Gradients, Rng, SamplingConfig, TokenBatch,
+    TransformerConfig,
+};
 
 fn train(batch: usize, steps: usize) -> Vec<f32> {
     let mut model = TransformerConfig::tiny(20).build(1).unwrap();
@@ -11,10 +14,16 @@ fn train(batch: usize, steps: usize) -> Vec<f32> {
     let mut rng = Rng::new(5);
     for _ in 0..steps {
         let seqs: Vec<Vec<u32>> = (0..batch)
-            .map(|_| (0..10 + rng.below(30) as usize).map(|_| rng.below(20) as u32).collect())
+            .map(|_| {
+                (0..10 + rng.below(30) as usize)
+                    .map(|_| rng.below(20) as u32)
+                    .collect()
+            })
             .collect();
         let tb = TokenBatch::from_sequences(&seqs).unwrap();
-        let out = model.forward(&tb, ForwardOptions::default(), &mut act).unwrap();
+        let out = model
+            .forward(&tb, ForwardOptions::default(), &mut act)
+            .unwrap();
         let w = vec![1.0 / tb.num_tokens() as f32; out.logprobs.len()];
         model.backward(&mut act, &w, None, &mut grads).unwrap();
         grads.clip_global_norm(0.5);
@@ -30,8 +39,15 @@ fn training_is_bitwise_reproducible() {
         let a = train(batch, 6);
         for _ in 0..3 {
             let b = train(batch, 6);
-            let diff = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-            assert_eq!(diff, 0, "batch {batch}: {diff} parameters differ between identical runs");
+            let diff = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                diff, 0,
+                "batch {batch}: {diff} parameters differ between identical runs"
+            );
         }
     }
 }

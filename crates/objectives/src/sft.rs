@@ -50,7 +50,11 @@ mod tests {
         let out = sft(&lp, BatchShape::of(&lp), SftNormalization::Token);
         // (0.5 + 1 + 2 + 0.25 + 3 + 0.1) / 6
         assert!((out.loss - 6.85 / 6.0).abs() < 1e-9, "{}", out.loss);
-        assert!(out.weights.iter().flatten().all(|&w| (w - 1.0 / 6.0).abs() < 1e-7));
+        assert!(out
+            .weights
+            .iter()
+            .flatten()
+            .all(|&w| (w - 1.0 / 6.0).abs() < 1e-7));
     }
 
     #[test]
@@ -78,7 +82,10 @@ mod tests {
                     down[s][t] -= h;
                     let g = (sft(&up, shape, norm).loss - sft(&down, shape, norm).loss)
                         / (2.0 * h as f64);
-                    assert!((-g - out.weights[s][t] as f64).abs() < 1e-4, "{norm:?} {s} {t}");
+                    assert!(
+                        (-g - out.weights[s][t] as f64).abs() < 1e-4,
+                        "{norm:?} {s} {t}"
+                    );
                 }
             }
         }

@@ -22,9 +22,16 @@ impl Default for AdditionConfig {
 impl AdditionConfig {
     pub fn build(&self) -> Result<Addition> {
         if !(1..=30).contains(&self.digits) {
-            return Err(bad_setting("addition", "digits", self.digits, "must be in 1..=30"));
+            return Err(bad_setting(
+                "addition",
+                "digits",
+                self.digits,
+                "must be in 1..=30",
+            ));
         }
-        Ok(Addition { digits: self.digits })
+        Ok(Addition {
+            digits: self.digits,
+        })
     }
 }
 
@@ -129,8 +136,14 @@ mod tests {
 
     #[test]
     fn solution_writes_every_carry() {
-        assert_eq!(Addition::solution(347, 285), "7+5+0=12;4+8+1=13;3+2+1=06#632");
-        assert_eq!(Addition::solution(999, 1), "9+1+0=10;9+0+1=10;9+0+1=10#1000");
+        assert_eq!(
+            Addition::solution(347, 285),
+            "7+5+0=12;4+8+1=13;3+2+1=06#632"
+        );
+        assert_eq!(
+            Addition::solution(999, 1),
+            "9+1+0=10;9+0+1=10;9+0+1=10#1000"
+        );
         assert_eq!(Addition::solution(0, 0), "0+0+0=00#0");
     }
 
@@ -155,7 +168,13 @@ mod tests {
 
     #[test]
     fn bad_digits_is_a_clear_error() {
-        let err = AdditionConfig { digits: 0 }.build().unwrap_err().to_string();
-        assert!(err.contains("task.digits") && err.contains("1..=30"), "{err}");
+        let err = AdditionConfig { digits: 0 }
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("task.digits") && err.contains("1..=30"),
+            "{err}"
+        );
     }
 }

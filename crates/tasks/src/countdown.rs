@@ -35,13 +35,28 @@ impl Default for CountdownConfig {
 impl CountdownConfig {
     pub fn build(&self) -> Result<Countdown> {
         if !(2..=6).contains(&self.numbers) {
-            return Err(bad_setting("countdown", "numbers", self.numbers, "must be in 2..=6"));
+            return Err(bad_setting(
+                "countdown",
+                "numbers",
+                self.numbers,
+                "must be in 2..=6",
+            ));
         }
         if !(2..=1000).contains(&self.max_number) {
-            return Err(bad_setting("countdown", "max_number", self.max_number, "must be in 2..=1000"));
+            return Err(bad_setting(
+                "countdown",
+                "max_number",
+                self.max_number,
+                "must be in 2..=1000",
+            ));
         }
         if !(1..=1_000_000).contains(&self.max_target) {
-            return Err(bad_setting("countdown", "max_target", self.max_target, "must be in 1..=1000000"));
+            return Err(bad_setting(
+                "countdown",
+                "max_target",
+                self.max_target,
+                "must be in 1..=1000000",
+            ));
         }
         Ok(Countdown { cfg: self.clone() })
     }
@@ -83,7 +98,7 @@ impl Countdown {
             if value * n <= max && n > 1 && value > 1 {
                 ops.push('*');
             }
-            if n > 1 && value % n == 0 {
+            if n > 1 && value.is_multiple_of(n) {
                 ops.push('/');
             }
             let op = ops[rng.below(ops.len() as u64) as usize];
@@ -139,7 +154,11 @@ impl Task for Countdown {
     }
     fn max_chars(&self) -> (usize, usize) {
         let c = &self.cfg;
-        let (n, dn, dt) = (c.numbers, digits(c.max_number as u64), digits(c.max_target as u64));
+        let (n, dn, dt) = (
+            c.numbers,
+            digits(c.max_number as u64),
+            digits(c.max_target as u64),
+        );
         // Intermediate values never exceed max(max_target, max_number) + max_number.
         let dv = digits(c.max_target.max(c.max_number) as u64 + c.max_number as u64);
         // Expression: n numbers, n − 1 operators, at most 2 parentheses per operator.
@@ -229,8 +248,14 @@ impl Rational {
     fn apply(self, op: char, o: Self) -> Option<Self> {
         let (a, b, c, d) = (self.num, self.den, o.num, o.den);
         match op {
-            '+' => Self::new(a.checked_mul(d)?.checked_add(c.checked_mul(b)?)?, b.checked_mul(d)?),
-            '-' => Self::new(a.checked_mul(d)?.checked_sub(c.checked_mul(b)?)?, b.checked_mul(d)?),
+            '+' => Self::new(
+                a.checked_mul(d)?.checked_add(c.checked_mul(b)?)?,
+                b.checked_mul(d)?,
+            ),
+            '-' => Self::new(
+                a.checked_mul(d)?.checked_sub(c.checked_mul(b)?)?,
+                b.checked_mul(d)?,
+            ),
             '*' => Self::new(a.checked_mul(c)?, b.checked_mul(d)?),
             _ => Self::new(a.checked_mul(d)?, b.checked_mul(c)?),
         }
@@ -326,7 +351,10 @@ fn parse(text: &str) -> Option<Expr> {
         }
         fn expr(&mut self, ops: [char; 2], next: fn(&mut P) -> Option<Expr>) -> Option<Expr> {
             let mut lhs = next(self)?;
-            while let Some(Tok::Op(op)) = self.peek().filter(|t| matches!(t, Tok::Op(o) if ops.contains(o))) {
+            while let Some(Tok::Op(op)) = self
+                .peek()
+                .filter(|t| matches!(t, Tok::Op(o) if ops.contains(o)))
+            {
                 self.pos += 1;
                 lhs = Expr::Bin(op, Box::new(lhs), Box::new(next(self)?));
             }
@@ -385,7 +413,13 @@ mod tests {
 
     #[test]
     fn verifier_on_tricky_outputs() {
-        let task = CountdownConfig { numbers: 4, max_number: 100, max_target: 1000 }.build().unwrap();
+        let task = CountdownConfig {
+            numbers: 4,
+            max_number: 100,
+            max_target: 1000,
+        }
+        .build()
+        .unwrap();
         let p = problem(&[3, 7, 25, 50], 165);
         let grade = |s: &str| task.verify(&p, s).grade;
         assert_eq!(grade("#25*7-10"), Grade::Incorrect, "10 is not given");
@@ -395,11 +429,22 @@ mod tests {
         let q = problem(&[3, 7, 25, 50], 182);
         let g = |s: &str| task.verify(&q, s).grade;
         assert_eq!(g("#3*50+7+25"), Grade::Correct);
-        assert_eq!(g("steps 3*50=150;150+7=157;157+25=182#3 * 50 + 7 + 25"), Grade::Correct);
+        assert_eq!(
+            g("steps 3*50=150;150+7=157;157+25=182#3 * 50 + 7 + 25"),
+            Grade::Correct
+        );
         assert_eq!(g("#3×50+7+25"), Grade::Correct);
         assert_eq!(g("#182"), Grade::Incorrect, "182 is not a given number");
-        assert_eq!(g("#3*50+7+25 = 182"), Grade::Ungradable, "trailing text after the expression");
-        assert_eq!(g("#3*50+7+25\nthat is it"), Grade::Correct, "only the answer line counts");
+        assert_eq!(
+            g("#3*50+7+25 = 182"),
+            Grade::Ungradable,
+            "trailing text after the expression"
+        );
+        assert_eq!(
+            g("#3*50+7+25\nthat is it"),
+            Grade::Correct,
+            "only the answer line counts"
+        );
         assert_eq!(g("#3*(50+7"), Grade::Ungradable);
         assert_eq!(g("#-3+185"), Grade::Ungradable);
         assert_eq!(g("#3**50"), Grade::Ungradable);
@@ -407,14 +452,21 @@ mod tests {
         assert_eq!(g("3*50+7+25"), Grade::Ungradable, "no answer marker");
         assert_eq!(g("#3*50+7+25 é"), Grade::Ungradable);
         assert_eq!(g("#99999999999999999999999999999*0+182"), Grade::Incorrect);
-        assert_eq!(g(&format!("#{}3{}", "(".repeat(10_000), ")".repeat(10_000))), Grade::Ungradable);
+        assert_eq!(
+            g(&format!("#{}3{}", "(".repeat(10_000), ")".repeat(10_000))),
+            Grade::Ungradable
+        );
         // Fractions in the middle are fine; division by zero is not.
         let r = problem(&[1, 3, 4, 6], 24);
         assert_eq!(task.verify(&r, "#6/(1-3/4)").grade, Grade::Correct);
         assert_eq!(task.verify(&r, "#6/(3-3)").grade, Grade::Incorrect);
         assert_eq!(task.verify(&r, "#6/(4-4)").grade, Grade::Incorrect);
         assert_eq!(task.verify(&r, "#4/(1-1)").grade, Grade::Incorrect);
-        assert_eq!(task.verify(&r, "#6/(4-1-3)*1").grade, Grade::Incorrect, "division by zero");
+        assert_eq!(
+            task.verify(&r, "#6/(4-1-3)*1").grade,
+            Grade::Incorrect,
+            "division by zero"
+        );
     }
 
     #[test]
@@ -431,7 +483,10 @@ mod tests {
     fn generated_expressions_match_their_traces() {
         let task = CountdownConfig::default().build().unwrap();
         for p in task.problems(Split::Train, 300, 1).unwrap() {
-            assert!(task.verify(&p, p.solution.as_ref().unwrap()).is_correct(), "{p:?}");
+            assert!(
+                task.verify(&p, p.solution.as_ref().unwrap()).is_correct(),
+                "{p:?}"
+            );
         }
     }
 }

@@ -137,8 +137,16 @@ pub(crate) fn draw_problems(
 }
 
 /// A configuration error naming the task setting.
-pub(crate) fn bad_setting(task: &str, key: &str, value: impl std::fmt::Display, valid: &str) -> Error {
-    Error::invalid(format!("task.{key}"), format!("{value} is invalid for {task}: {valid}"))
+pub(crate) fn bad_setting(
+    task: &str,
+    key: &str,
+    value: impl std::fmt::Display,
+    valid: &str,
+) -> Error {
+    Error::invalid(
+        format!("task.{key}"),
+        format!("{value} is invalid for {task}: {valid}"),
+    )
 }
 
 #[cfg(test)]

@@ -27,7 +27,12 @@ impl Default for MultiplicationConfig {
 impl MultiplicationConfig {
     pub fn build(&self) -> Result<Multiplication> {
         if !(1..=12).contains(&self.digits) {
-            return Err(bad_setting("multiplication", "digits", self.digits, "must be in 1..=12"));
+            return Err(bad_setting(
+                "multiplication",
+                "digits",
+                self.digits,
+                "must be in 1..=12",
+            ));
         }
         if !(1..=6).contains(&self.multiplier_digits) {
             return Err(bad_setting(
@@ -111,7 +116,10 @@ mod tests {
 
     #[test]
     fn solution_writes_partial_products() {
-        assert_eq!(Multiplication::solution(347, 28), "347*8=2776;347*20=6940#9716");
+        assert_eq!(
+            Multiplication::solution(347, 28),
+            "347*8=2776;347*20=6940#9716"
+        );
         assert_eq!(Multiplication::solution(12, 3), "12*3=36#36");
         assert_eq!(Multiplication::solution(5, 0), "5*0=0#0");
     }
@@ -131,7 +139,10 @@ mod tests {
 
     #[test]
     fn bad_settings_are_clear_errors() {
-        let bad = MultiplicationConfig { digits: 2, multiplier_digits: 9 };
+        let bad = MultiplicationConfig {
+            digits: 2,
+            multiplier_digits: 9,
+        };
         let err = bad.build().unwrap_err().to_string();
         assert!(err.contains("task.multiplier_digits"), "{err}");
     }
