@@ -222,3 +222,15 @@ fn missing_or_corrupt_checkpoints_are_named() {
     ]);
     assert!(err.contains("'x'"), "{err}");
 }
+
+#[test]
+fn tasks_lists_every_builtin_task_with_an_example() {
+    let out = Command::new(BIN).arg("tasks").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in ["addition", "multiplication", "countdown"] {
+        assert!(text.contains(name), "{text}");
+    }
+    assert_eq!(text.matches("solution:").count(), 3);
+    assert_eq!(text.matches("answer:").count(), 3);
+}

@@ -38,6 +38,29 @@ pub fn majority<'a>(answers: impl IntoIterator<Item = Option<&'a str>>) -> Optio
         .map(|(_, first)| first)
 }
 
+/// Reports progress shifted by what earlier passes of the same stage did.
+struct Offset<'a> {
+    inner: &'a mut dyn Observer,
+    done: u64,
+    tokens: u64,
+}
+
+impl Observer for Offset<'_> {
+    fn stage_started(&mut self, stage: &str, total: u64) {
+        self.inner.stage_started(stage, total)
+    }
+    fn stage_progress(&mut self, done: u64, tokens: u64) {
+        self.inner
+            .stage_progress(self.done + done, self.tokens + tokens)
+    }
+    fn stage_finished(&mut self, summary: &str) {
+        self.inner.stage_finished(summary)
+    }
+    fn note(&mut self, line: &str) {
+        self.inner.note(line)
+    }
+}
+
 /// Per-problem outcome of an evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProblemEval {
@@ -116,7 +139,18 @@ pub fn evaluate(
         top_p: 1.0,
         max_new_tokens: s.max_new_tokens,
     };
-    let sampled = sample_groups(policy, task, problems, s.samples, &params, s.seed, obs)?;
+    // The sampled pass continues the stage's progress where the greedy pass ended.
+    let mut rest = Offset {
+        inner: obs,
+        done: problems.len() as u64,
+        tokens: greedy
+            .iter()
+            .map(|g| g.completions[0].tokens.len() as u64)
+            .sum(),
+    };
+    let sampled = sample_groups(
+        policy, task, problems, s.samples, &params, s.seed, &mut rest,
+    )?;
     let mut details = Vec::with_capacity(problems.len());
     let (mut pass_k, mut maj, mut acc) = (0.0, 0.0, 0.0);
     for (g, smp) in greedy.iter().zip(&sampled) {

@@ -134,14 +134,19 @@ mod tests {
     #[test]
     fn order_visits_every_example_once_per_epoch() {
         let mut o = Order::new(10, 3);
-        let mut first: Vec<usize> = (0..5).flat_map(|_| o.next_batch(2)).collect();
-        first.sort();
-        assert_eq!(first, (0..10).collect::<Vec<_>>());
-        let again: Vec<usize> = (0..5)
-            .flat_map(|_| Order::new(10, 3).next_batch(2))
-            .take(2)
-            .collect();
-        assert_eq!(again.len(), 2);
+        let first: Vec<usize> = (0..5).flat_map(|_| o.next_batch(2)).collect();
+        let second: Vec<usize> = (0..5).flat_map(|_| o.next_batch(2)).collect();
+        for epoch in [&first, &second] {
+            let mut sorted = epoch.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        }
+        assert_ne!(first, second, "each epoch is shuffled anew");
+        // Batches cross epoch boundaries, and the order depends only on the seed.
+        let mut again = Order::new(10, 3);
+        let crossing: Vec<usize> = (0..3).flat_map(|_| again.next_batch(4)).collect();
+        assert_eq!(crossing[..10], first[..]);
+        assert_eq!(crossing[10..], second[..2]);
     }
 
     #[test]

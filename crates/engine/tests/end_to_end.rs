@@ -87,18 +87,19 @@ fn short_run_writes_the_documented_layout() {
 }
 
 #[test]
-fn same_seed_same_numbers() {
+fn same_seed_same_numbers_and_rest_em_restarts_from_m0() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    small_run(&a, &["star.rounds=1"])
-        .execute(&mut Silent)
-        .unwrap();
-    small_run(&b, &["star.rounds=1"])
-        .execute(&mut Silent)
-        .unwrap();
+    let sets = ["star.rounds=2", "star.restart_from=seed"];
+    small_run(&a, &sets).execute(&mut Silent).unwrap();
+    small_run(&b, &sets).execute(&mut Silent).unwrap();
+    let dir = RunDir::open(&a).unwrap().0;
+    let m: Manifest = dir.read_json("rounds/r0002/manifest.json").unwrap();
+    assert_eq!(m.parent_checkpoint.as_deref(), Some("checkpoints/r0001"));
+    assert_eq!(m.init_checkpoint.as_deref(), Some("checkpoints/r0000"));
     let read = |p: &Path| std::fs::read(p.join("metrics.jsonl")).unwrap();
     assert_eq!(read(&a), read(&b));
-    let ck = |p: &Path| sha256_file(&p.join("checkpoints/r0001/model.safetensors")).unwrap();
+    let ck = |p: &Path| sha256_file(&p.join("checkpoints/r0002/model.safetensors")).unwrap();
     assert_eq!(ck(&a), ck(&b));
 }
