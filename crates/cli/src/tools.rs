@@ -76,6 +76,9 @@ fn load(dir: &Path) -> Result<NativePolicy> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
+    if a.problems == 0 {
+        bail!("--problems must be at least 1");
+    }
     if a.k == 0 || a.samples < a.k {
         bail!(
             "--k must be at least 1 and at most --samples ({} given)",
