@@ -9,8 +9,15 @@
 //! Losses of a batch split into micro-batches add up: each call is told the shape of the
 //! whole optimizer batch ([`BatchShape`]) and normalizes by it.
 
+pub mod advantages;
+pub mod pg;
 pub mod sft;
 
+pub use advantages::{advantages, AdvantageEstimator, Advantages, RewardScaling};
+pub use pg::{
+    kl_penalized_rewards, policy_gradient, KlEstimator, LossAggregation, PgInputs, PgOutput,
+    PgSettings, PgStats,
+};
 pub use sft::{sft, SftNormalization};
 
 /// Size of the optimizer batch a micro-batch belongs to.
@@ -20,6 +27,9 @@ pub struct BatchShape {
     pub sequences: usize,
     /// Trained tokens in the whole batch.
     pub tokens: usize,
+    /// Longest completion of the batch, in tokens (or the configured maximum: Dr. GRPO's
+    /// constant normalizer).
+    pub max_len: usize,
 }
 
 impl BatchShape {
@@ -28,6 +38,7 @@ impl BatchShape {
         Self {
             sequences: rows.len(),
             tokens: rows.iter().map(|r| r.as_ref().len()).sum(),
+            max_len: rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0),
         }
     }
 }
