@@ -43,7 +43,7 @@ pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
         Some(p) => p.clone(),
         None => PathBuf::from("runs").join(format!(
             "{}-{}-{}",
-            "star",
+            plan.config.recipe.name(),
             plan.config.task.name(),
             utc_stamp()
         )),

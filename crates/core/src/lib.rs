@@ -16,7 +16,7 @@ pub mod types;
 pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tokenizer::CharTokenizer;
-pub use traits::{OptimizerSettings, Policy, Split, Task, TrainablePolicy};
+pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, TrainablePolicy};
 pub use types::{
     Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict,
 };

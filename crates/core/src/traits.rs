@@ -57,6 +57,13 @@ pub trait Policy {
     fn context_length(&self) -> usize;
 }
 
+/// Per-token outputs of [`TrainablePolicy::forward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenScores {
+    pub logprobs: Vec<Vec<f32>>,
+    pub entropies: Option<Vec<Vec<f32>>>,
+}
+
 /// Optimizer settings a trainer passes to a [`TrainablePolicy`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerSettings {
@@ -74,12 +81,14 @@ pub trait TrainablePolicy: Policy {
     fn reset_optimizer(&mut self, settings: &OptimizerSettings) -> Result<()>;
 
     /// Forward pass over a micro-batch; returns, per example, the log-probs of its completion
-    /// tokens followed by the stop token, and keeps what backward needs.
-    fn forward(&mut self, batch: &[Example]) -> Result<Vec<Vec<f32>>>;
+    /// tokens (see [`Example`]) and, with `entropy`, the entropy of the policy's next-token
+    /// distribution at each of them; keeps what backward needs.
+    fn forward(&mut self, batch: &[Example], entropy: bool) -> Result<TokenScores>;
 
-    /// Accumulates the gradient of `−Σ w_t log p_t` for the last forward pass; `weights` has
-    /// the shape forward returned.
-    fn backward(&mut self, weights: &[Vec<f32>]) -> Result<()>;
+    /// Accumulates the gradient of `−Σ w_t log p_t − Σ c_t H_t` for the last forward pass;
+    /// `weights` (and `entropy_coefs`, which needs a forward pass with entropies) have the
+    /// shape forward returned.
+    fn backward(&mut self, weights: &[Vec<f32>], entropy_coefs: Option<&[Vec<f32>]>) -> Result<()>;
 
     /// Clips the accumulated gradient to `max_grad_norm` (0: no clipping), applies one
     /// optimizer update at learning rate `lr`, clears the gradient; returns the norm before

@@ -130,8 +130,25 @@ impl SamplingParams {
 }
 
 /// A prompt and a completion to train on or score.
+///
+/// By default the completion is tokenized and followed by the stop token (a demonstration
+/// should end). With `completion_tokens`, exactly those tokens are scored — a sampled
+/// completion as it was generated, cut off or not (policy-gradient training).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Example {
     pub prompt: String,
     pub completion: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<Vec<u32>>,
+}
+
+impl Example {
+    /// A demonstration: `completion` followed by the stop token.
+    pub fn new(prompt: impl Into<String>, completion: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            completion: completion.into(),
+            completion_tokens: None,
+        }
+    }
 }

@@ -4,7 +4,9 @@
 use crate::{Error, Result};
 use autodidact_core::{CharTokenizer, SamplingParams, Task};
 use autodidact_nn::TransformerConfig;
-use autodidact_objectives::SftNormalization;
+use autodidact_objectives::{
+    AdvantageEstimator, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
+};
 use autodidact_tasks::TaskConfig;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,154 @@ pub const DEMO_CONFIG: &str = include_str!("../../../examples/star-addition.toml
 pub enum Recipe {
     /// Expert iteration: sample, keep verified-correct completions, SFT (STaR, ReST-EM).
     Star,
+    /// Policy gradient with group-normalized advantages (`[rl]`).
+    Grpo,
+    /// Policy gradient with leave-one-out baselines (`[rl]`).
+    Rloo,
+    /// Policy gradient with a batch-mean baseline (`[rl]`).
+    Reinforce,
+}
+
+impl Recipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Star => "star",
+            Recipe::Grpo => "grpo",
+            Recipe::Rloo => "rloo",
+            Recipe::Reinforce => "reinforce",
+        }
+    }
+    /// The advantage estimator of a policy-gradient recipe.
+    pub fn estimator(self) -> Option<AdvantageEstimator> {
+        match self {
+            Recipe::Star => None,
+            Recipe::Grpo => Some(AdvantageEstimator::Grpo),
+            Recipe::Rloo => Some(AdvantageEstimator::Rloo),
+            Recipe::Reinforce => Some(AdvantageEstimator::Reinforce),
+        }
+    }
+}
+
+/// Where the KL penalty goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlMode {
+    /// A term `β·k_t` of the loss (TRL, verl's `use_kl_loss`).
+    #[default]
+    Loss,
+    /// Subtracted from each completion's reward, `r − β Σ_t k_t` (OpenRLHF, classic RLHF).
+    Reward,
+}
+
+/// Which checkpoint is the KL reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// M0, the seed stage's model.
+    #[default]
+    Seed,
+    /// The previous round's model.
+    Previous,
+}
+
+/// Reward of a completion: `correct · verifier score + format · [an answer was parsed] −
+/// length_penalty · tokens / max_new_tokens`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardWeights {
+    pub correct: f32,
+    pub format: f32,
+    pub length_penalty: f32,
+}
+
+impl Default for RewardWeights {
+    fn default() -> Self {
+        Self {
+            correct: 1.0,
+            format: 0.0,
+            length_penalty: 0.0,
+        }
+    }
+}
+
+/// Online policy gradient (`[rl]`, for recipes grpo, rloo, reinforce). Defaults are TRL's
+/// `GRPOConfig` where it has the setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlConfig {
+    /// Rounds after the seed stage; each ends with a checkpoint and an evaluation.
+    pub rounds: u32,
+    /// Rollout steps per round.
+    pub steps_per_round: u32,
+    /// Unlabeled training problems the prompts are drawn from.
+    pub problems: usize,
+    /// Prompts per rollout step.
+    pub prompts_per_step: usize,
+    /// Completions per prompt (G, TRL's `num_generations`).
+    pub group_size: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Optimizer steps per rollout batch (μ), with the sampling log-probs as the old policy.
+    pub num_iterations: u32,
+    /// Optimizer steps per pass over a rollout batch: the batch is shuffled and split into this
+    /// many minibatches (TRL's `steps_per_generation`); 1 is one step on the whole batch.
+    pub minibatches: u32,
+    /// Sequences per forward/backward pass (memory only; it does not change the update).
+    pub micro_batch_size: usize,
+    pub lr: f32,
+    pub warmup_steps: u64,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    /// GRPO's std division: group, batch or none (`grpo` only).
+    pub scale_rewards: RewardScaling,
+    /// Lower clip range ε_low of the ratio.
+    pub epsilon_low: f32,
+    /// Upper clip range ε_high (DAPO's clip-higher when above ε_low).
+    pub epsilon_high: f32,
+    pub loss_aggregation: LossAggregation,
+    /// KL coefficient β; 0 loads no reference model.
+    pub beta: f32,
+    pub kl_estimator: KlEstimator,
+    pub kl_mode: KlMode,
+    pub reference: Reference,
+    /// Entropy bonus coefficient.
+    pub entropy_coef: f32,
+    /// Leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling,
+    /// without resampling).
+    pub drop_zero_std: bool,
+    pub rewards: RewardWeights,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 10,
+            steps_per_round: 10,
+            problems: 2000,
+            prompts_per_step: 32,
+            group_size: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+            num_iterations: 1,
+            minibatches: 1,
+            micro_batch_size: 256,
+            lr: 1e-3,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            scale_rewards: RewardScaling::Group,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            loss_aggregation: LossAggregation::Token,
+            beta: 0.0,
+            kl_estimator: KlEstimator::K3,
+            kl_mode: KlMode::Loss,
+            reference: Reference::Seed,
+            entropy_coef: 0.0,
+            drop_zero_std: false,
+            rewards: RewardWeights::default(),
+        }
+    }
 }
 
 /// A run's whole configuration (the file `config.toml` of a run directory).
@@ -34,6 +184,8 @@ pub struct RunConfig {
     pub seed_stage: SeedStageConfig,
     #[serde(default)]
     pub star: StarConfig,
+    #[serde(default)]
+    pub rl: RlConfig,
     #[serde(default)]
     pub eval: EvalConfig,
 }
@@ -226,6 +378,14 @@ impl RunConfig {
         })
     }
 
+    /// Rounds after the seed stage, from the recipe's section.
+    pub fn rounds(&self) -> u32 {
+        match self.recipe {
+            Recipe::Star => self.star.rounds,
+            _ => self.rl.rounds,
+        }
+    }
+
     /// The configuration as TOML, every default filled in.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
@@ -337,6 +497,99 @@ fn nn_field(e: &autodidact_nn::Error) -> &'static str {
     }
 }
 
+fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
+    let positive = |key: &str, v: usize| {
+        if v == 0 {
+            Err(Error::config(format!("rl.{key}"), "must be at least 1"))
+        } else {
+            Ok(())
+        }
+    };
+    positive("steps_per_round", r.steps_per_round as usize)?;
+    positive("problems", r.problems)?;
+    positive("prompts_per_step", r.prompts_per_step)?;
+    positive("num_iterations", r.num_iterations as usize)?;
+    positive("minibatches", r.minibatches as usize)?;
+    positive("micro_batch_size", r.micro_batch_size)?;
+    let group_method = matches!(recipe, Recipe::Grpo | Recipe::Rloo);
+    if group_method && r.group_size < 2 {
+        return Err(Error::config(
+            "rl.group_size",
+            format!(
+                "{} is too small: {} compares completions within a group, so it needs at least 2",
+                r.group_size,
+                recipe.name()
+            ),
+        ));
+    }
+    positive("group_size", r.group_size)?;
+    check_temperature("rl.temperature", r.temperature)?;
+    if !(r.top_p > 0.0 && r.top_p <= 1.0) {
+        return Err(Error::config(
+            "rl.top_p",
+            format!("{} must be in (0, 1]", r.top_p),
+        ));
+    }
+    for (key, e) in [
+        ("epsilon_low", r.epsilon_low),
+        ("epsilon_high", r.epsilon_high),
+    ] {
+        if !(e > 0.0 && e < 1.0) {
+            return Err(Error::config(
+                format!("rl.{key}"),
+                format!("{e} must be in (0, 1)"),
+            ));
+        }
+    }
+    if !(r.beta >= 0.0 && r.beta.is_finite()) {
+        return Err(Error::config(
+            "rl.beta",
+            format!(
+                "{} must be a finite number ≥ 0 (0 disables the KL term)",
+                r.beta
+            ),
+        ));
+    }
+    if !(r.entropy_coef >= 0.0 && r.entropy_coef.is_finite()) {
+        return Err(Error::config(
+            "rl.entropy_coef",
+            format!("{} must be a finite number ≥ 0", r.entropy_coef),
+        ));
+    }
+    if !(r.lr > 0.0 && r.lr.is_finite()) {
+        return Err(Error::config(
+            "rl.lr",
+            format!("{} must be a finite number above 0", r.lr),
+        ));
+    }
+    if !(r.weight_decay >= 0.0 && r.weight_decay.is_finite()) {
+        return Err(Error::config(
+            "rl.weight_decay",
+            "must be a finite number ≥ 0",
+        ));
+    }
+    if !(r.max_grad_norm >= 0.0 && r.max_grad_norm.is_finite()) {
+        return Err(Error::config(
+            "rl.max_grad_norm",
+            "must be a finite number ≥ 0 (0 disables clipping)",
+        ));
+    }
+    let w = &r.rewards;
+    for (key, v) in [
+        ("correct", w.correct),
+        ("format", w.format),
+        ("length_penalty", w.length_penalty),
+    ] {
+        if !v.is_finite() {
+            return Err(Error::config(
+                format!("rl.rewards.{key}"),
+                format!("{v} must be a finite number"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_temperature(key: &str, t: f32) -> Result<()> {
     if t.is_finite() && t >= 0.0 {
         Ok(())
@@ -392,7 +645,7 @@ impl RunConfig {
         }
         check_train("seed_stage.train", &s.train)?;
         let st = &self.star;
-        if st.problems == 0 {
+        if self.recipe == Recipe::Star && st.problems == 0 {
             return Err(Error::config("star.problems", "must be at least 1"));
         }
         if st.samples == 0 {
@@ -406,6 +659,9 @@ impl RunConfig {
             ));
         }
         check_train("star.train", &st.train)?;
+        if self.recipe.estimator().is_some() {
+            check_rl(self.recipe, &self.rl)?;
+        }
         let e = &self.eval;
         if e.problems == 0 {
             return Err(Error::config("eval.problems", "must be at least 1"));
@@ -458,6 +714,43 @@ mod tests {
             Ok(_) => panic!("{sets:?} should fail"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn bad_rl_settings_fail_at_start_up() {
+        let grpo = include_str!("../../../examples/grpo-addition.toml");
+        let err = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            match RunConfig::parse(grpo, "grpo", &sets).and_then(|c| c.plan()) {
+                Ok(_) => panic!("{sets:?} should fail"),
+                Err(e) => e.to_string(),
+            }
+        };
+        RunConfig::parse(grpo, "grpo", &[]).unwrap().plan().unwrap();
+        let cases: &[(&[&str], &str)] = &[
+            (&["rl.beta=-0.1"], "config key `rl.beta`: -0.1 must be a finite number ≥ 0"),
+            (&["rl.epsilon_low=0"], "config key `rl.epsilon_low`: 0 must be in (0, 1)"),
+            (&["rl.epsilon_high=1.5"], "config key `rl.epsilon_high`: 1.5 must be in (0, 1)"),
+            (&["rl.group_size=1"], "config key `rl.group_size`: 1 is too small: grpo compares"),
+            (&["recipe=rloo", "rl.group_size=1"], "rloo compares completions within a group"),
+            (&["rl.loss_aggregation=mean"], "config key `rl.loss_aggregation`: unknown variant `mean`, expected one of `token`, `sequence`, `constant`"),
+            (&["rl.kl_estimator=k4"], "unknown variant `k4`"),
+            (&["rl.scale_rewards=std"], "unknown variant `std`"),
+            (&["rl.prompts_per_step=0"], "config key `rl.prompts_per_step`: must be at least 1"),
+        ];
+        for (sets, want) in cases {
+            let e = err(sets);
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+        // REINFORCE has no groups: one sample per prompt is fine.
+        let sets = vec![
+            "recipe=reinforce".to_string(),
+            "rl.group_size=1".to_string(),
+        ];
+        RunConfig::parse(grpo, "grpo", &sets)
+            .unwrap()
+            .plan()
+            .unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod progress;
+pub mod rl;
 pub mod run;
 pub mod sampling;
 pub mod star;

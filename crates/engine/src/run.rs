@@ -5,9 +5,10 @@
 //! replays the stage it was in from the same inputs and, for a fixed seed and thread count,
 //! ends with the same numbers as an uninterrupted one.
 
-use crate::config::{RestartFrom, RunConfig, RunPlan};
+use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
 use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::progress::{Observer, Silent};
+use crate::rl::{rl_round, RlContext};
 use crate::sampling::{derive_seed, sample_groups, sample_prompts};
 use crate::star::{curate, rationalized, Counts};
 use crate::store::{
@@ -32,6 +33,8 @@ pub enum Stage {
     Sample(u32),
     /// Fine-tune on the curated set (round ≥ 1).
     Train(u32),
+    /// Policy-gradient steps on fresh rollouts (round ≥ 1, recipes grpo / rloo / reinforce).
+    Rl(u32),
     /// Evaluate the round's model on the held-out split.
     Eval(u32),
 }
@@ -42,22 +45,26 @@ impl Stage {
             Stage::Seed => "seed",
             Stage::Sample(_) => "sample",
             Stage::Train(_) => "train",
+            Stage::Rl(_) => "rl",
             Stage::Eval(_) => "eval",
         }
     }
     pub fn round(&self) -> u32 {
         match *self {
             Stage::Seed => 0,
-            Stage::Sample(r) | Stage::Train(r) | Stage::Eval(r) => r,
+            Stage::Sample(r) | Stage::Train(r) | Stage::Rl(r) | Stage::Eval(r) => r,
         }
     }
 }
 
-/// Every stage of a run with `rounds` rounds, in order.
-pub fn stages(rounds: u32) -> Vec<Stage> {
+/// Every stage of a run of `recipe` with `rounds` rounds, in order.
+pub fn stages(recipe: Recipe, rounds: u32) -> Vec<Stage> {
     let mut s = vec![Stage::Seed, Stage::Eval(0)];
     for r in 1..=rounds {
-        s.extend([Stage::Sample(r), Stage::Train(r), Stage::Eval(r)]);
+        match recipe {
+            Recipe::Star => s.extend([Stage::Sample(r), Stage::Train(r), Stage::Eval(r)]),
+            _ => s.extend([Stage::Rl(r), Stage::Eval(r)]),
+        }
     }
     s
 }
@@ -80,6 +87,9 @@ pub struct Manifest {
     pub counts: Option<Counts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainStats>,
+    /// Round metrics of the training stage (policy-gradient recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<Value>,
     /// SHA-256 of each file the round wrote, by path relative to the run directory.
@@ -181,7 +191,7 @@ impl Run {
 
     /// Runs every stage not yet journaled; returns the per-round table.
     pub fn execute(&mut self, obs: &mut dyn Observer) -> Result<Vec<RoundRow>> {
-        let all = stages(self.plan.config.star.rounds);
+        let all = stages(self.plan.config.recipe, self.plan.config.rounds());
         let done = self.dir.journal()?;
         if done.len() > all.len() {
             return Err(Error::run(
@@ -216,6 +226,7 @@ impl Run {
                 Stage::Seed => self.seed_stage(obs)?,
                 Stage::Sample(r) => self.sample_stage(r, obs)?,
                 Stage::Train(r) => self.train_stage(r, obs)?,
+                Stage::Rl(r) => self.rl_stage(r, obs)?,
                 Stage::Eval(r) => self.eval_stage(r, obs)?,
             }
             self.dir.append_journal(&JournalEntry {
@@ -267,7 +278,7 @@ impl Run {
         } else {
             Ok(Manifest {
                 round,
-                recipe: "star".into(),
+                recipe: self.plan.config.recipe.name().into(),
                 ..Default::default()
             })
         }
@@ -299,17 +310,17 @@ impl Run {
         let model = self.plan.model.build(self.seed(0, "init"))?;
         let mut policy = NativePolicy::new(model, self.plan.tokenizer.clone())?;
         let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
-        if cfg.star.rationalize {
+        if cfg.recipe == Recipe::Star && cfg.star.rationalize {
             // Hinted copies teach the hint format that rationalization prompts with.
             let hinted: Vec<Example> = self
                 .problems
                 .labeled
                 .iter()
                 .filter_map(|p| {
-                    Some(Example {
-                        prompt: self.plan.task.hinted_prompt(p)?,
-                        completion: p.solution.clone()?,
-                    })
+                    Some(Example::new(
+                        self.plan.task.hinted_prompt(p)?,
+                        p.solution.clone()?,
+                    ))
                 })
                 .collect();
             examples.extend(hinted);
@@ -466,6 +477,70 @@ impl Run {
         self.write_manifest(&m)
     }
 
+    /// A round of policy-gradient steps on fresh rollouts.
+    fn rl_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.plan.config.rl;
+        let mut policy = self.load_policy(round - 1)?;
+        let ref_round = match cfg.reference {
+            Reference::Seed => 0,
+            Reference::Previous => round - 1,
+        };
+        let mut reference = if cfg.beta > 0.0 {
+            Some(self.load_policy(ref_round)?)
+        } else {
+            None
+        };
+        let cx = RlContext {
+            task: &*self.plan.task,
+            pool: &self.problems.unlabeled,
+            estimator: self
+                .plan
+                .config
+                .recipe
+                .estimator()
+                .expect("a policy-gradient recipe"),
+            max_new_tokens: self.plan.max_new_tokens,
+            seed: self.plan.config.seed,
+            round,
+        };
+        obs.stage_started(
+            &format!("r{round} {}", self.plan.config.recipe.name()),
+            cfg.steps_per_round as u64,
+        );
+        let out = rl_round(
+            &mut policy,
+            reference
+                .as_mut()
+                .map(|r| r as &mut dyn autodidact_core::Policy),
+            cfg,
+            &cx,
+            obs,
+        )?;
+        let get = |k: &str| out.metrics.get(k).copied().unwrap_or(f64::NAN);
+        obs.stage_finished(&format!(
+            "r{round} {}: {} steps, reward {:.3}, zero-std groups {:.2}, entropy {:.3}, clip {:.3}",
+            self.plan.config.recipe.name(),
+            cfg.steps_per_round,
+            get("reward"),
+            get("frac_reward_zero_std"),
+            get("entropy"),
+            get("clip_ratio/region_mean"),
+        ));
+        let rd = RunDir::round_dir(round);
+        self.dir
+            .write_jsonl(&format!("{rd}/samples.jsonl"), &out.records)?;
+        let mut m = self.manifest(round)?;
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.settings = Some(
+            json!({"rl": cfg, "reference_checkpoint": (cfg.beta > 0.0).then(|| RunDir::checkpoint_dir(ref_round))}),
+        );
+        m.metrics = Some(out.metrics);
+        self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
+        self.save_checkpoint(&policy, round, &mut m)?;
+        self.write_manifest(&m)
+    }
+
     /// Held-out evaluation of the round's model; appends the round's metrics line.
     fn eval_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let e = &self.plan.config.eval;
@@ -523,6 +598,9 @@ impl Run {
                 obj.insert(format!("star/{k}"), json!(v));
             }
         }
+        for (k, v) in m.metrics.iter().flatten() {
+            obj.insert(k.clone(), json!(v));
+        }
         if let Some(t) = &m.train {
             obj.insert("train/steps".into(), json!(t.steps));
             obj.insert("train/tokens".into(), json!(t.tokens));
@@ -541,10 +619,7 @@ fn summary(r: &EvalReport) -> Value {
 }
 
 fn demonstration(p: &Problem) -> Example {
-    Example {
-        prompt: p.prompt.clone(),
-        completion: p.solution.clone().unwrap_or_default(),
-    }
+    Example::new(p.prompt.clone(), p.solution.clone().unwrap_or_default())
 }
 
 fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
@@ -570,10 +645,16 @@ fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<
 fn draw(plan: &RunPlan) -> Result<Problems> {
     let c = &plan.config;
     let seed = derive_seed(c.seed, 0, "problems", 0);
+    let (pool, key) = match c.recipe {
+        Recipe::Star => (c.star.problems, "star.problems"),
+        _ => (c.rl.problems, "rl.problems"),
+    };
+    // The labeled problems come first, so every recipe with the same seed stage gets the same
+    // labeled set (and the same M0) whatever its pool size.
     let mut train = plan
         .task
-        .problems(Split::Train, c.seed_stage.labeled + c.star.problems, seed)
-        .map_err(|e| Error::config("star.problems", format!("with seed_stage.labeled: {e}")))?;
+        .problems(Split::Train, c.seed_stage.labeled + pool, seed)
+        .map_err(|e| Error::config(key, format!("with seed_stage.labeled: {e}")))?;
     let unlabeled = train.split_off(c.seed_stage.labeled);
     let eval = plan
         .task

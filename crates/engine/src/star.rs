@@ -54,10 +54,7 @@ pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts
             counts.distinct += 1;
             if max_per_problem == 0 || kept_here < max_per_problem {
                 kept_here += 1;
-                kept.push(Example {
-                    prompt: g.problem.prompt.clone(),
-                    completion: c.text.clone(),
-                });
+                kept.push(Example::new(g.problem.prompt.clone(), c.text.clone()));
             }
         }
         counts.solved += (!seen.is_empty()) as usize;
@@ -73,10 +70,10 @@ pub fn rationalized(groups: &[Group]) -> Vec<Example> {
         .iter()
         .filter_map(|g| {
             let i = g.verdicts.iter().position(|v| v.is_correct())?;
-            Some(Example {
-                prompt: g.problem.prompt.clone(),
-                completion: g.completions[i].text.clone(),
-            })
+            Some(Example::new(
+                g.problem.prompt.clone(),
+                g.completions[i].text.clone(),
+            ))
         })
         .collect()
 }
@@ -136,13 +133,7 @@ mod tests {
                 rationalized: 0
             }
         );
-        assert_eq!(
-            kept[0],
-            Example {
-                prompt: "a=".into(),
-                completion: "x".into()
-            }
-        );
+        assert_eq!(kept[0], Example::new("a=", "x"));
         let (kept, c) = curate(&groups, 1);
         assert_eq!((kept.len(), c.distinct, c.kept), (2, 3, 2));
         let r = rationalized(&groups);

@@ -30,7 +30,7 @@ pub fn steps_for(cfg: &TrainConfig, examples: usize) -> u64 {
 }
 
 /// Example indices in training order: a fresh permutation per epoch, seeded by (seed, epoch).
-struct Order {
+pub(crate) struct Order {
     n: usize,
     seed: u64,
     epoch: u64,
@@ -39,7 +39,7 @@ struct Order {
 }
 
 impl Order {
-    fn new(n: usize, seed: u64) -> Self {
+    pub(crate) fn new(n: usize, seed: u64) -> Self {
         Self {
             n,
             seed,
@@ -48,7 +48,7 @@ impl Order {
             pos: 0,
         }
     }
-    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+    pub(crate) fn next_batch(&mut self, size: usize) -> Vec<usize> {
         (0..size)
             .map(|_| {
                 if self.pos == self.perm.len() {
@@ -110,9 +110,9 @@ pub fn fit_sft(
             .into_iter()
             .map(|i| examples[i].clone())
             .collect();
-        let lp = policy.forward(&items)?;
+        let lp = policy.forward(&items, false)?.logprobs;
         let out = sft(&lp, BatchShape::of(&lp), cfg.normalization);
-        policy.backward(&out.weights)?;
+        policy.backward(&out.weights, None)?;
         policy.step(schedule.lr_at(step), cfg.max_grad_norm)?;
         stats.tokens += lp.iter().map(|r| r.len() as u64).sum::<u64>();
         if step < tenth {

@@ -103,3 +103,63 @@ fn same_seed_same_numbers_and_rest_em_restarts_from_m0() {
     let ck = |p: &Path| sha256_file(&p.join("checkpoints/r0002/model.safetensors")).unwrap();
     assert_eq!(ck(&a), ck(&b));
 }
+
+#[test]
+fn short_grpo_run_logs_trl_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("grpo");
+    let sets = [
+        "recipe=grpo",
+        "rl.rounds=2",
+        "rl.steps_per_round=2",
+        "rl.problems=64",
+        "rl.prompts_per_step=8",
+        "rl.group_size=4",
+        "rl.beta=0.05",
+        "rl.entropy_coef=0.01",
+        "rl.minibatches=2",
+        "rl.reference=previous",
+    ];
+    let rows = small_run(&root, &sets).execute(&mut Silent).unwrap();
+    assert_eq!(rows.len(), 3);
+    let dir = RunDir::open(&root).unwrap().0;
+    let line = dir
+        .metrics()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.get("round") == Some(&2.into()))
+        .unwrap();
+    for key in [
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "pg/loss",
+        "pg/grad_norm",
+        "pg/advantage_mean",
+        "eval/pass@1",
+    ] {
+        let v = line
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("{key} missing in {line}"));
+        assert!(v.is_finite(), "{key} = {v}");
+    }
+    // Group advantages are centred, and with β > 0 the policy has moved away from the reference.
+    assert!(line["pg/advantage_mean"].as_f64().unwrap().abs() < 1e-5);
+    assert!(line["kl"].as_f64().unwrap() >= 0.0);
+    let m: Manifest = dir.read_json("rounds/r0002/manifest.json").unwrap();
+    assert_eq!(m.recipe, "grpo");
+    assert_eq!(
+        m.settings.unwrap()["reference_checkpoint"],
+        "checkpoints/r0001"
+    );
+    let samples = std::fs::read_to_string(root.join("rounds/r0001/samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 2 * 8 * 4);
+}

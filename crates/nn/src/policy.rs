@@ -10,7 +10,8 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::sample::{SampleWorkspace, SamplingConfig};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams, TrainablePolicy,
+    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams, TokenScores,
+    TrainablePolicy,
 };
 use std::path::Path;
 
@@ -81,12 +82,34 @@ impl NativePolicy {
         &self.tokenizer
     }
 
-    /// `<bos> prompt completion <eos>` and the length of `<bos> prompt`.
+    /// `<bos> prompt completion <eos>` (or `<bos> prompt completion_tokens`) and the length
+    /// of `<bos> prompt`.
     fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode_with_bos(&ex.prompt)?;
         let prompt_len = ids.len();
-        ids.extend(self.tokenizer.encode(&ex.completion)?);
-        ids.push(self.tokenizer.eos_id());
+        match &ex.completion_tokens {
+            Some(tokens) => {
+                let vocab = self.tokenizer.vocab_size();
+                if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(autodidact_core::Error::UnknownId {
+                        id,
+                        vocab_size: vocab,
+                    }
+                    .into());
+                }
+                if tokens.is_empty() {
+                    return Err(Error::invalid(
+                        "example",
+                        format!("completion of {:?} has no tokens", ex.prompt),
+                    ));
+                }
+                ids.extend(tokens);
+            }
+            None => {
+                ids.extend(self.tokenizer.encode(&ex.completion)?);
+                ids.push(self.tokenizer.eos_id());
+            }
+        }
         let ctx = self.model.config().context_length;
         if ids.len() - 1 > ctx {
             return Err(Error::invalid(
@@ -102,7 +125,7 @@ impl NativePolicy {
         Ok((ids, prompt_len))
     }
 
-    fn forward_examples(&mut self, batch: &[Example]) -> crate::Result<Vec<Vec<f32>>> {
+    fn forward_examples(&mut self, batch: &[Example], entropy: bool) -> crate::Result<TokenScores> {
         self.last = None;
         let mut seqs = Vec::with_capacity(batch.len());
         let mut spans = Vec::with_capacity(batch.len());
@@ -114,47 +137,63 @@ impl NativePolicy {
         }
         let tb = TokenBatch::from_sequences(&seqs)?;
         let seq_len = tb.seq_len();
-        let out = self
-            .model
-            .forward(&tb, ForwardOptions::default(), &mut self.act)?;
-        let lp = spans
-            .iter()
-            .enumerate()
-            .map(|(b, &(start, len))| {
-                out.logprobs[b * seq_len + start..b * seq_len + start + len].to_vec()
-            })
-            .collect();
+        let opts = ForwardOptions {
+            entropy,
+            logits: false,
+        };
+        let out = self.model.forward(&tb, opts, &mut self.act)?;
+        let rows = |v: &[f32]| -> Vec<Vec<f32>> {
+            spans
+                .iter()
+                .enumerate()
+                .map(|(b, &(start, len))| {
+                    v[b * seq_len + start..b * seq_len + start + len].to_vec()
+                })
+                .collect()
+        };
+        let scores = TokenScores {
+            logprobs: rows(&out.logprobs),
+            entropies: out.entropy.as_deref().map(rows),
+        };
         self.last = Some((spans, seq_len));
-        Ok(lp)
+        Ok(scores)
     }
 
-    fn backward_weights(&mut self, weights: &[Vec<f32>]) -> crate::Result<()> {
+    fn backward_weights(
+        &mut self,
+        weights: &[Vec<f32>],
+        entropy_coefs: Option<&[Vec<f32>]>,
+    ) -> crate::Result<()> {
         let (spans, seq_len) = self.last.take().ok_or(Error::NoForwardCache)?;
-        if weights.len() != spans.len() {
-            return Err(Error::invalid(
-                "weights",
-                format!(
-                    "{} rows for a forward pass of {} examples",
-                    weights.len(),
-                    spans.len()
-                ),
-            ));
-        }
-        let mut padded = vec![0.0f32; spans.len() * seq_len];
-        for (b, (&(start, len), w)) in spans.iter().zip(weights).enumerate() {
-            if w.len() != len {
+        let pad = |what: &'static str, rows: &[Vec<f32>]| -> crate::Result<Vec<f32>> {
+            if rows.len() != spans.len() {
                 return Err(Error::invalid(
-                    "weights",
+                    what,
                     format!(
-                        "row {b} has {} weights for {len} completion tokens",
-                        w.len()
+                        "{} rows for a forward pass of {} examples",
+                        rows.len(),
+                        spans.len()
                     ),
                 ));
             }
-            padded[b * seq_len + start..b * seq_len + start + len].copy_from_slice(w);
-        }
+            let mut padded = vec![0.0f32; spans.len() * seq_len];
+            for (b, (&(start, len), w)) in spans.iter().zip(rows).enumerate() {
+                if w.len() != len {
+                    return Err(Error::invalid(
+                        what,
+                        format!("row {b} has {} values for {len} completion tokens", w.len()),
+                    ));
+                }
+                padded[b * seq_len + start..b * seq_len + start + len].copy_from_slice(w);
+            }
+            Ok(padded)
+        };
+        let w = pad("weights", weights)?;
+        let c = entropy_coefs
+            .map(|e| pad("entropy coefficients", e))
+            .transpose()?;
         self.model
-            .backward(&mut self.act, &padded, None, &mut self.grads)
+            .backward(&mut self.act, &w, c.as_deref(), &mut self.grads)
     }
 }
 
@@ -195,9 +234,9 @@ impl Policy for NativePolicy {
     }
 
     fn logprobs(&mut self, examples: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {
-        let lp = self.forward_examples(examples).map_err(to_core)?;
+        let scores = self.forward_examples(examples, false).map_err(to_core)?;
         self.last = None;
-        Ok(lp)
+        Ok(scores.logprobs)
     }
 
     fn context_length(&self) -> usize {
@@ -218,12 +257,21 @@ impl TrainablePolicy for NativePolicy {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {
-        self.forward_examples(batch).map_err(to_core)
+    fn forward(
+        &mut self,
+        batch: &[Example],
+        entropy: bool,
+    ) -> autodidact_core::Result<TokenScores> {
+        self.forward_examples(batch, entropy).map_err(to_core)
     }
 
-    fn backward(&mut self, weights: &[Vec<f32>]) -> autodidact_core::Result<()> {
-        self.backward_weights(weights).map_err(to_core)
+    fn backward(
+        &mut self,
+        weights: &[Vec<f32>],
+        entropy_coefs: Option<&[Vec<f32>]>,
+    ) -> autodidact_core::Result<()> {
+        self.backward_weights(weights, entropy_coefs)
+            .map_err(to_core)
     }
 
     fn step(&mut self, lr: f32, max_grad_norm: f32) -> autodidact_core::Result<f32> {
@@ -264,16 +312,7 @@ mod tests {
     #[test]
     fn logprobs_cover_completion_and_stop_token() {
         let mut p = policy();
-        let ex = [
-            Example {
-                prompt: "1+2=".into(),
-                completion: "3#3".into(),
-            },
-            Example {
-                prompt: "10+20=".into(),
-                completion: "30".into(),
-            },
-        ];
+        let ex = [Example::new("1+2=", "3#3"), Example::new("10+20=", "30")];
         let lp = p.logprobs(&ex).unwrap();
         assert_eq!(lp[0].len(), 4);
         assert_eq!(lp[1].len(), 3);
@@ -288,10 +327,7 @@ mod tests {
     #[test]
     fn training_raises_the_completion_logprob() {
         let mut p = policy();
-        let ex = [Example {
-            prompt: "1+2=".into(),
-            completion: "3".into(),
-        }];
+        let ex = [Example::new("1+2=", "3")];
         p.reset_optimizer(&OptimizerSettings {
             beta1: 0.9,
             beta2: 0.999,
@@ -301,15 +337,56 @@ mod tests {
         .unwrap();
         let before: f32 = p.logprobs(&ex).unwrap()[0].iter().sum();
         for _ in 0..20 {
-            let lp = p.forward(&ex).unwrap();
+            let lp = p.forward(&ex, false).unwrap().logprobs;
             let w: Vec<Vec<f32>> = lp.iter().map(|r| vec![1.0; r.len()]).collect();
-            p.backward(&w).unwrap();
+            p.backward(&w, None).unwrap();
             p.step(1e-2, 1.0).unwrap();
         }
         let after: f32 = p.logprobs(&ex).unwrap()[0].iter().sum();
         assert!(after > before + 1.0, "{before} -> {after}");
         // Backward without a forward pass is an error, not a panic.
-        assert!(p.backward(&[vec![1.0; 2]]).is_err());
+        assert!(p.backward(&[vec![1.0; 2]], None).is_err());
+    }
+
+    #[test]
+    fn sampled_tokens_score_as_they_were_sampled() {
+        // Policy-gradient ratios start at exactly 1 only if the trainer scores the sampled
+        // tokens (not a re-tokenization of their text) as the sampler did.
+        let mut p = policy();
+        let prompts = vec!["1+2=".to_string(), "10+2=".to_string()];
+        let out = p
+            .sample(
+                &prompts,
+                &[4, 5],
+                &SamplingParams {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    max_new_tokens: 6,
+                },
+            )
+            .unwrap();
+        let ex: Vec<Example> = prompts
+            .iter()
+            .zip(&out)
+            .map(|(pr, c)| Example {
+                prompt: pr.clone(),
+                completion: c.text.clone(),
+                completion_tokens: Some(c.tokens.clone()),
+            })
+            .collect();
+        let scores = p.forward(&ex, true).unwrap();
+        for (c, lp) in out.iter().zip(&scores.logprobs) {
+            assert_eq!(lp.len(), c.tokens.len());
+            for (a, b) in lp.iter().zip(&c.logprobs) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+        let h = scores.entropies.unwrap();
+        assert!(h.iter().flatten().all(|&x| x > 0.0 && x.is_finite()));
+        // Entropy coefficients go through backward.
+        let w: Vec<Vec<f32>> = scores.logprobs.iter().map(|r| vec![0.1; r.len()]).collect();
+        p.backward(&w, Some(&w)).unwrap();
     }
 
     #[test]
