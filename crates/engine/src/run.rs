@@ -411,6 +411,11 @@ impl Run {
                 self.seed(round, "rationalize"),
                 obs,
             )?;
+            counts.sampled_tokens += hinted_groups
+                .iter()
+                .flat_map(|g| &g.completions)
+                .map(|c| c.tokens.len())
+                .sum::<usize>();
             let extra = rationalized(&hinted_groups);
             counts.rationalized = extra.len();
             counts.kept += extra.len();
@@ -597,6 +602,7 @@ impl Run {
             ] {
                 obj.insert(format!("star/{k}"), json!(v));
             }
+            obj.insert("rollout/sampled_tokens".into(), json!(c.sampled_tokens));
         }
         for (k, v) in m.metrics.iter().flatten() {
             obj.insert(k.clone(), json!(v));

@@ -32,6 +32,9 @@ pub struct Counts {
     pub kept: usize,
     /// Problems without a correct sample that rationalization solved.
     pub rationalized: usize,
+    /// Tokens generated (every completion, rationalization included).
+    #[serde(default)]
+    pub sampled_tokens: usize,
 }
 
 /// Keeps the distinct verified-correct completions of each group (at most `max_per_problem`
@@ -41,6 +44,7 @@ pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts
     let mut kept = Vec::new();
     for g in groups {
         counts.sampled += g.completions.len();
+        counts.sampled_tokens += g.completions.iter().map(|c| c.tokens.len()).sum::<usize>();
         let mut seen = HashSet::new();
         let mut kept_here = 0;
         for (c, v) in g.completions.iter().zip(&g.verdicts) {
@@ -130,7 +134,8 @@ mod tests {
                 solved: 2,
                 distinct: 3,
                 kept: 3,
-                rationalized: 0
+                rationalized: 0,
+                sampled_tokens: 0,
             }
         );
         assert_eq!(kept[0], Example::new("a=", "x"));

@@ -207,13 +207,9 @@ pub fn kl_penalized_rewards(
 mod tests {
     use super::*;
 
-    fn data() -> (
-        Vec<Vec<f32>>,
-        Vec<Vec<f32>>,
-        Vec<Vec<f32>>,
-        Vec<Vec<f32>>,
-        Vec<f32>,
-    ) {
+    type Rows = Vec<Vec<f32>>;
+
+    fn data() -> (Rows, Rows, Rows, Rows, Vec<f32>) {
         let lp = vec![vec![-0.5, -1.2, -0.1], vec![-2.0], vec![-0.7, -0.3]];
         let old = vec![vec![-0.9, -1.0, -0.1], vec![-1.2], vec![-0.75, -0.9]];
         let rf = vec![vec![-0.4, -1.5, -0.3], vec![-1.8], vec![-0.9, -0.2]];
