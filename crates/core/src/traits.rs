@@ -95,6 +95,11 @@ pub trait TrainablePolicy: Policy {
     /// clipping.
     fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
 
-    /// Writes the weights (and what is needed to load them) to `dir`, atomically.
+    /// Writes the weights (and what is needed to load them, and the optimizer state when
+    /// there is one) to `dir`, atomically.
     fn save(&self, dir: &Path) -> Result<()>;
+
+    /// Restores the optimizer state saved beside the checkpoint in `dir`, with `settings`;
+    /// returns false (and changes nothing) when `dir` holds none.
+    fn restore_optimizer(&mut self, dir: &Path, settings: &OptimizerSettings) -> Result<bool>;
 }

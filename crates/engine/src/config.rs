@@ -131,6 +131,9 @@ pub struct RlConfig {
     pub reference: Reference,
     /// Entropy bonus coefficient.
     pub entropy_coef: f32,
+    /// Continue AdamW (moments and step count, saved with each round's checkpoint) from one
+    /// RL round to the next, as a single TRL run does; false restarts it every round.
+    pub keep_optimizer: bool,
     /// Leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling,
     /// without resampling).
     pub drop_zero_std: bool,
@@ -163,6 +166,7 @@ impl Default for RlConfig {
             kl_mode: KlMode::Loss,
             reference: Reference::Seed,
             entropy_coef: 0.0,
+            keep_optimizer: true,
             drop_zero_std: false,
             rewards: RewardWeights::default(),
         }

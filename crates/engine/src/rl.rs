@@ -59,6 +59,19 @@ pub struct RlContext<'a> {
     pub max_new_tokens: usize,
     pub seed: u64,
     pub round: u32,
+    /// The checkpoint of the previous RL round, whose optimizer state `keep_optimizer`
+    /// continues (`None` in round 1: M0's optimizer belongs to the seed stage).
+    pub previous_checkpoint: Option<&'a std::path::Path>,
+}
+
+/// AdamW settings of RL updates (betas and eps are PyTorch's defaults).
+pub fn optimizer_settings(cfg: &RlConfig) -> OptimizerSettings {
+    OptimizerSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    }
 }
 
 /// The reward of one completion.
@@ -84,17 +97,27 @@ pub fn rl_round(
     cx: &RlContext,
     obs: &mut dyn Observer,
 ) -> Result<RlRound> {
-    policy.reset_optimizer(&OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    })?;
     let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
+    // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
+    // checkpoint), and the schedule counts updates across rounds; otherwise both restart.
+    let settings_opt = optimizer_settings(cfg);
+    let kept = cfg.keep_optimizer
+        && match cx.previous_checkpoint {
+            Some(dir) => policy.restore_optimizer(dir, &settings_opt)?,
+            None => false,
+        };
+    if !kept {
+        policy.reset_optimizer(&settings_opt)?;
+    }
+    let mut update = if kept {
+        (cx.round as u64 - 1) * updates
+    } else {
+        0
+    };
     let schedule = LrSchedule {
         peak_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(updates),
-        total_steps: updates.max(1),
+        warmup_steps: cfg.warmup_steps.min(update + updates),
+        total_steps: (update + updates).max(1),
         min_lr_ratio: 1.0,
     };
     let settings = PgSettings {
@@ -126,7 +149,6 @@ pub fn rl_round(
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let mut add = |k: &str, v: f64| *sums.entry(k.to_string()).or_insert(0.0) += v;
     let mut sampled_tokens = 0u64;
-    let mut update = 0u64;
     for step in 0..cfg.steps_per_round {
         let prompts: Vec<Problem> = order
             .next_batch(batch)

@@ -495,7 +495,9 @@ impl Run {
         } else {
             None
         };
+        let previous = self.dir.path(&RunDir::checkpoint_dir(round - 1));
         let cx = RlContext {
+            previous_checkpoint: (round > 1).then_some(previous.as_path()),
             task: &*self.plan.task,
             pool: &self.problems.unlabeled,
             estimator: self

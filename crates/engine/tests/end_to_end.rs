@@ -160,6 +160,10 @@ fn short_grpo_run_logs_trl_metrics() {
         m.settings.unwrap()["reference_checkpoint"],
         "checkpoints/r0001"
     );
+    // AdamW state travels with the checkpoints, for keep_optimizer.
+    assert!(root
+        .join("checkpoints/r0002/optimizer.safetensors")
+        .is_file());
     let samples = std::fs::read_to_string(root.join("rounds/r0001/samples.jsonl")).unwrap();
     assert_eq!(samples.lines().count(), 2 * 8 * 4);
 }

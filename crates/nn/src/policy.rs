@@ -27,6 +27,15 @@ pub struct NativePolicy {
     last: Option<(Vec<(usize, usize)>, usize)>,
 }
 
+fn adamw(s: &OptimizerSettings) -> AdamWConfig {
+    AdamWConfig {
+        beta1: s.beta1,
+        beta2: s.beta2,
+        eps: s.eps,
+        weight_decay: s.weight_decay,
+    }
+}
+
 fn to_core(e: Error) -> autodidact_core::Error {
     match e {
         Error::Core(c) => c,
@@ -246,15 +255,24 @@ impl Policy for NativePolicy {
 
 impl TrainablePolicy for NativePolicy {
     fn reset_optimizer(&mut self, s: &OptimizerSettings) -> autodidact_core::Result<()> {
-        let cfg = AdamWConfig {
-            beta1: s.beta1,
-            beta2: s.beta2,
-            eps: s.eps,
-            weight_decay: s.weight_decay,
-        };
-        self.optimizer = Some(cfg.build(&self.model).map_err(to_core)?);
+        self.optimizer = Some(adamw(s).build(&self.model).map_err(to_core)?);
         self.grads.zero();
         Ok(())
+    }
+
+    fn restore_optimizer(
+        &mut self,
+        dir: &Path,
+        s: &OptimizerSettings,
+    ) -> autodidact_core::Result<bool> {
+        match checkpoint::load_optimizer(dir, &self.model, &adamw(s)).map_err(to_core)? {
+            Some(opt) => {
+                self.optimizer = Some(opt);
+                self.grads.zero();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn forward(
@@ -293,7 +311,13 @@ impl TrainablePolicy for NativePolicy {
     }
 
     fn save(&self, dir: &Path) -> autodidact_core::Result<()> {
-        checkpoint::save(dir, &self.model, Some(&self.tokenizer), None).map_err(to_core)
+        checkpoint::save(
+            dir,
+            &self.model,
+            Some(&self.tokenizer),
+            self.optimizer.as_ref(),
+        )
+        .map_err(to_core)
     }
 }
 
