@@ -114,7 +114,11 @@ pub struct RlConfig {
     /// Sequences per forward/backward pass (memory only; it does not change the update).
     pub micro_batch_size: usize,
     pub lr: f32,
+    /// Linear warm-up updates at the start of the run.
     pub warmup_steps: u64,
+    /// Cosine decay of the learning rate over the run's updates down to `min_lr_ratio · lr`
+    /// (1: constant).
+    pub min_lr_ratio: f32,
     pub weight_decay: f32,
     pub max_grad_norm: f32,
     /// GRPO's std division: group, batch or none (`grpo` only).
@@ -155,6 +159,7 @@ impl Default for RlConfig {
             micro_batch_size: 256,
             lr: 1e-3,
             warmup_steps: 0,
+            min_lr_ratio: 1.0,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             scale_rewards: RewardScaling::Group,
@@ -564,6 +569,12 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
         return Err(Error::config(
             "rl.lr",
             format!("{} must be a finite number above 0", r.lr),
+        ));
+    }
+    if !(0.0..=1.0).contains(&r.min_lr_ratio) {
+        return Err(Error::config(
+            "rl.min_lr_ratio",
+            format!("{} must be in [0, 1]", r.min_lr_ratio),
         ));
     }
     if !(r.weight_decay >= 0.0 && r.weight_decay.is_finite()) {

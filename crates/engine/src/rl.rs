@@ -109,16 +109,15 @@ pub fn rl_round(
     if !kept {
         policy.reset_optimizer(&settings_opt)?;
     }
-    let mut update = if kept {
-        (cx.round as u64 - 1) * updates
-    } else {
-        0
-    };
+    // The schedule spans the whole run: warm-up at its start, cosine decay to
+    // `min_lr_ratio · lr` at its end.
+    let mut update = (cx.round as u64 - 1) * updates;
+    let total = cfg.rounds.max(cx.round) as u64 * updates;
     let schedule = LrSchedule {
         peak_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(update + updates),
-        total_steps: (update + updates).max(1),
-        min_lr_ratio: 1.0,
+        warmup_steps: cfg.warmup_steps.min(total),
+        total_steps: total.max(1),
+        min_lr_ratio: cfg.min_lr_ratio,
     };
     let settings = PgSettings {
         epsilon_low: cfg.epsilon_low,
