@@ -76,19 +76,30 @@ fn finish(run: &Run, rows: &[RoundRow]) {
     println!("  checkpoints/    model.safetensors, config.json, tokenizer.json per round");
 }
 
-/// The end-of-run table, in Markdown so it can be pasted into a README.
+/// The end-of-run table, in Markdown so it can be pasted into a README. Expert iteration
+/// shows what it kept; policy-gradient recipes show their mean training reward.
 pub fn table(rows: &[RoundRow], k: usize) -> String {
-    let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} | kept | distinct correct |\n|---:|---:|---:|---:|---:|---:|\n");
+    let rl = rows.iter().any(|r| r.reward.is_some());
+    let tail = if rl {
+        "| train reward |\n"
+    } else {
+        "| kept | distinct correct |\n"
+    };
+    let sep = if rl { "---:|\n" } else { "---:|---:|\n" };
+    let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} {tail}|---:|---:|---:|---:|{sep}");
     let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
     for r in rows {
+        let extra = if rl {
+            r.reward.map_or("–".to_string(), |v| format!("{v:.3}"))
+        } else {
+            format!("{} | {}", opt(r.kept), opt(r.distinct))
+        };
         s += &format!(
-            "| {} | {:.1}% | {:.1}% | {:.1}% | {} | {} |\n",
+            "| {} | {:.1}% | {:.1}% | {:.1}% | {extra} |\n",
             r.round,
             100.0 * r.pass_at_1,
             100.0 * r.pass_at_k,
             100.0 * r.maj_at_k,
-            opt(r.kept),
-            opt(r.distinct)
         );
     }
     s.trim_end().to_string()

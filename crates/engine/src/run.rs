@@ -136,6 +136,8 @@ pub struct RoundRow {
     pub maj_at_k: f64,
     pub kept: Option<u64>,
     pub distinct: Option<u64>,
+    /// Mean training reward of the round (policy-gradient recipes).
+    pub reward: Option<f64>,
 }
 
 impl Run {
@@ -256,6 +258,7 @@ impl Run {
                     maj_at_k: m.get("eval/maj@k")?.as_f64()?,
                     kept: m.get("star/kept").and_then(Value::as_u64),
                     distinct: m.get("star/distinct").and_then(Value::as_u64),
+                    reward: m.get("reward").and_then(Value::as_f64),
                 })
             })
             .collect())
