@@ -99,7 +99,7 @@ pub fn rl_round(
 ) -> Result<RlRound> {
     let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
     // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
-    // checkpoint), and the schedule counts updates across rounds; otherwise both restart.
+    // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run.
     let settings_opt = optimizer_settings(cfg);
     let kept = cfg.keep_optimizer
         && match cx.previous_checkpoint {
@@ -109,8 +109,7 @@ pub fn rl_round(
     if !kept {
         policy.reset_optimizer(&settings_opt)?;
     }
-    // The schedule spans the whole run: warm-up at its start, cosine decay to
-    // `min_lr_ratio · lr` at its end.
+    // Warm-up at the run's start, cosine decay to `min_lr_ratio · lr` at its end.
     let mut update = (cx.round as u64 - 1) * updates;
     let total = cfg.rounds.max(cx.round) as u64 * updates;
     let schedule = LrSchedule {
@@ -200,9 +199,10 @@ pub fn rl_round(
             }
         }
         let adv = advantages(&rewards, g, cx.estimator, cfg.scale_rewards);
-        let keep: Vec<usize> = (0..completions.len())
-            .filter(|&i| !(cfg.drop_zero_std && adv.zero_std[i / g]))
+        let dropped: Vec<bool> = (0..completions.len())
+            .map(|i| cfg.drop_zero_std && adv.zero_std[i / g])
             .collect();
+        let keep: Vec<usize> = (0..completions.len()).filter(|&i| !dropped[i]).collect();
         // Metrics of the rollout.
         let (rm, _) = mean_std(&rewards);
         add("reward", rm);
@@ -244,7 +244,7 @@ pub fn rl_round(
                 reward: rewards[i],
                 advantage: adv.values[i],
                 finish: c.finish,
-                dropped: !keep.contains(&i),
+                dropped: dropped[i],
             });
         }
         // Optimizer updates on the kept completions: `num_iterations` passes, each split into
