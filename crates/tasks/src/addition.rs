@@ -11,11 +11,17 @@ use serde::{Deserialize, Serialize};
 pub struct AdditionConfig {
     /// Operands are drawn uniformly from 0 ..= 10^digits − 1 (1..=30).
     pub digits: usize,
+    /// Also require the trace to be the correct worked solution: a right answer reached
+    /// through a wrong column is `incorrect` (default: only the final answer is checked).
+    pub check_trace: bool,
 }
 
 impl Default for AdditionConfig {
     fn default() -> Self {
-        Self { digits: 3 }
+        Self {
+            digits: 3,
+            check_trace: false,
+        }
     }
 }
 
@@ -31,6 +37,7 @@ impl AdditionConfig {
         }
         Ok(Addition {
             digits: self.digits,
+            check_trace: self.check_trace,
         })
     }
 }
@@ -39,6 +46,7 @@ impl AdditionConfig {
 #[derive(Clone, Debug)]
 pub struct Addition {
     digits: usize,
+    check_trace: bool,
 }
 
 /// Digits of `n`, least significant first.
@@ -110,7 +118,17 @@ impl Task for Addition {
         })
     }
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
-        verify_integer(problem, completion)
+        let verdict = verify_integer(problem, completion);
+        if !(self.check_trace && verdict.is_correct()) {
+            return verdict;
+        }
+        // The text before the answer marker must be the worked solution's trace.
+        let trace = |s: &str| s.rfind('#').map(|i| s[..i].trim().to_string());
+        match problem.solution.as_deref().and_then(trace) {
+            Some(reference) if trace(completion).as_deref() == Some(reference.as_str()) => verdict,
+            Some(_) => Verdict::incorrect(verdict.answer.unwrap_or_default()),
+            None => Verdict::ungradable(),
+        }
     }
     fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
         Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
@@ -167,11 +185,46 @@ mod tests {
     }
 
     #[test]
+    fn check_trace_rejects_right_answers_reached_by_wrong_steps() {
+        let (_, p) = Addition::problem(491, 583);
+        let strict = AdditionConfig {
+            digits: 3,
+            check_trace: true,
+        }
+        .build()
+        .unwrap();
+        let loose = AdditionConfig::default().build().unwrap();
+        let lucky = "1+3+0=04;9+8+0=16;4+5+1=10#1074"; // 9+8 is 17
+        assert_eq!(loose.verify(&p, lucky).grade, Grade::Correct);
+        let v = strict.verify(&p, lucky);
+        assert_eq!(
+            (v.grade, v.answer.as_deref()),
+            (Grade::Incorrect, Some("1074"))
+        );
+        let right = p.solution.clone().unwrap();
+        assert_eq!(strict.verify(&p, &right).grade, Grade::Correct);
+        assert_eq!(
+            strict.verify(&p, &format!("  {right}")).grade,
+            Grade::Correct
+        );
+        assert_eq!(
+            strict.verify(&p, "#1074").grade,
+            Grade::Incorrect,
+            "no trace at all"
+        );
+        assert_eq!(strict.verify(&p, "#1075").grade, Grade::Incorrect);
+        assert_eq!(strict.verify(&p, "nothing").grade, Grade::Ungradable);
+    }
+
+    #[test]
     fn bad_digits_is_a_clear_error() {
-        let err = AdditionConfig { digits: 0 }
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = AdditionConfig {
+            digits: 0,
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("task.digits") && err.contains("1..=30"),
             "{err}"

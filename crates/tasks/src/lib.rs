@@ -62,8 +62,8 @@ impl TaskConfig {
     pub fn describe(&self) -> String {
         match self {
             TaskConfig::Addition(c) => format!(
-                "a + b with operands of up to `digits` = {} digits; the trace adds column by column from the right, writing each carry",
-                c.digits
+                "a + b with operands of up to `digits` = {} digits; the trace adds column by column from the right, writing each carry (`check_trace` = {}: also require a correct trace)",
+                c.digits, c.check_trace
             ),
             TaskConfig::Multiplication(c) => format!(
                 "a × b, a of up to `digits` = {} digits, b of up to `multiplier_digits` = {}; the trace writes each partial product",
@@ -187,7 +187,12 @@ mod tests {
 
     #[test]
     fn too_small_a_split_is_a_clear_error() {
-        let task = AdditionConfig { digits: 1 }.build().unwrap();
+        let task = AdditionConfig {
+            digits: 1,
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
         let err = task.problems(Split::Eval, 90, 0).unwrap_err().to_string();
         assert!(err.contains("ask for fewer"), "{err}");
     }
@@ -195,7 +200,13 @@ mod tests {
     #[test]
     fn config_parses_by_name_and_rejects_unknown_keys() {
         let ok: TaskConfig = toml::from_str("name = \"addition\"\ndigits = 4").unwrap();
-        assert_eq!(ok, TaskConfig::Addition(AdditionConfig { digits: 4 }));
+        assert_eq!(
+            ok,
+            TaskConfig::Addition(AdditionConfig {
+                digits: 4,
+                check_trace: false
+            })
+        );
         let err = toml::from_str::<TaskConfig>("name = \"addition\"\ndigit = 4").unwrap_err();
         assert!(err.to_string().contains("unknown field `digit`"), "{err}");
         assert!(toml::from_str::<TaskConfig>("name = \"subtraction\"").is_err());
