@@ -19,6 +19,17 @@ fn fails(args: &[&str]) -> String {
     err
 }
 
+/// Runs the binary, expects success, returns stdout.
+fn succeeds(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn bad_config_settings_name_the_key() {
     let cases = [
@@ -71,39 +82,21 @@ fn bad_config_settings_name_the_key() {
 }
 
 fn tiny_run(out: &Path) {
-    let status = Command::new(BIN)
-        .args(["run", "--quiet", "--out", out.to_str().unwrap()])
-        .args([
-            "--set",
-            "task.digits=1",
-            "--set",
-            "seed_stage.labeled=8",
-            "--set",
-            "seed_stage.train.steps=5",
-        ])
-        .args([
-            "--set",
-            "seed_stage.eval_every=0",
-            "--set",
-            "star.rounds=0",
-            "--set",
-            "star.problems=4",
-        ])
-        .args([
-            "--set",
-            "eval.problems=4",
-            "--set",
-            "eval.samples=2",
-            "--set",
-            "eval.k=2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let mut args = vec!["run", "--quiet", "--out", out.to_str().unwrap()];
+    for set in [
+        "task.digits=1",
+        "seed_stage.labeled=8",
+        "seed_stage.train.steps=5",
+        "seed_stage.eval_every=0",
+        "star.rounds=0",
+        "star.problems=4",
+        "eval.problems=4",
+        "eval.samples=2",
+        "eval.k=2",
+    ] {
+        args.extend(["--set", set]);
+    }
+    succeeds(&args);
 }
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -165,54 +158,37 @@ fn missing_or_corrupt_checkpoints_are_named() {
     std::fs::write(bad.join("model.safetensors"), b"not a safetensors file").unwrap();
     let err = eval(&bad);
     assert!(err.contains("model.safetensors"), "{err}");
-    // A truncated checkpoint of the run itself: resuming a run whose next stage needs it fails
-    // and names the file.
+    // A checkpoint cut short (a copy of the run's, half its bytes) fails and names the file.
     let bytes = std::fs::read(ck.join("model.safetensors")).unwrap();
     std::fs::write(bad.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = eval(&bad);
     assert!(err.contains("model.safetensors"), "{err}");
-    // The intact checkpoint evaluates.
-    let out = Command::new(BIN)
-        .args([
-            "eval",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--task",
-            "addition",
-            "--set",
-            "digits=1",
-            "--problems",
-            "4",
-            "--samples",
-            "2",
-            "--k",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pass@1"));
-    let out = Command::new(BIN)
-        .args([
-            "sample",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--prompt",
-            "3+4=",
-            "-n",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The intact checkpoint evaluates and samples.
+    let out = succeeds(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--task",
+        "addition",
+        "--set",
+        "digits=1",
+        "--problems",
+        "4",
+        "--samples",
+        "2",
+        "--k",
+        "2",
+    ]);
+    assert!(out.contains("pass@1"));
+    succeeds(&[
+        "sample",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--prompt",
+        "3+4=",
+        "-n",
+        "2",
+    ]);
     let err = fails(&[
         "sample",
         "--checkpoint",
@@ -225,9 +201,7 @@ fn missing_or_corrupt_checkpoints_are_named() {
 
 #[test]
 fn tasks_lists_every_builtin_task_with_an_example() {
-    let out = Command::new(BIN).arg("tasks").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = succeeds(&["tasks"]);
     for name in ["addition", "multiplication", "countdown"] {
         assert!(text.contains(name), "{text}");
     }

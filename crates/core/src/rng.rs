@@ -6,6 +6,17 @@
 //! releases). SplitMix64 expands a seed into the state of xoshiro256**, which
 //! produces the stream; uniforms take the top 24 bits (exact in f32).
 
+/// 64-bit FNV-1a of `bytes`: a stable hash (across platforms, versions and runs) for keying
+/// seeds and splits by item.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// xoshiro256** seeded through SplitMix64.
 #[derive(Clone, Debug)]
 pub struct Rng {

@@ -471,28 +471,44 @@ fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
             "must be at least 1",
         ));
     }
+    check_optimizer(key, t.lr, t.min_lr_ratio, t.weight_decay, t.max_grad_norm)
+}
+
+/// Learning rate, decay floor, weight decay and clipping of a training section `key`.
+fn check_optimizer(
+    key: &str,
+    lr: f32,
+    min_lr_ratio: f32,
+    weight_decay: f32,
+    max_grad_norm: f32,
+) -> Result<()> {
     let schedule = autodidact_nn::LrSchedule {
-        peak_lr: t.lr,
+        peak_lr: lr,
         warmup_steps: 0,
         total_steps: 1,
-        min_lr_ratio: t.min_lr_ratio,
+        min_lr_ratio,
     };
     schedule
         .validate()
         .map_err(|e| Error::config(format!("{key}.{}", nn_field(&e)), e.to_string()))?;
-    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        return Err(Error::config(
-            format!("{key}.weight_decay"),
-            "must be a finite number ≥ 0",
-        ));
+    non_negative(format!("{key}.weight_decay"), weight_decay, "")?;
+    non_negative(
+        format!("{key}.max_grad_norm"),
+        max_grad_norm,
+        " (0 disables clipping)",
+    )
+}
+
+/// Fails unless `v` is a finite number ≥ 0; `note` says what 0 means, if anything.
+fn non_negative(key: impl Into<String>, v: f32, note: &str) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(
+            key,
+            format!("{v} must be a finite number ≥ 0{note}"),
+        ))
     }
-    if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
-        return Err(Error::config(
-            format!("{key}.max_grad_norm"),
-            "must be a finite number ≥ 0 (0 disables clipping)",
-        ));
-    }
-    Ok(())
 }
 
 /// The config field an nn validation error names, mapped to this file's key names.
@@ -550,45 +566,9 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
             ));
         }
     }
-    if !(r.beta >= 0.0 && r.beta.is_finite()) {
-        return Err(Error::config(
-            "rl.beta",
-            format!(
-                "{} must be a finite number ≥ 0 (0 disables the KL term)",
-                r.beta
-            ),
-        ));
-    }
-    if !(r.entropy_coef >= 0.0 && r.entropy_coef.is_finite()) {
-        return Err(Error::config(
-            "rl.entropy_coef",
-            format!("{} must be a finite number ≥ 0", r.entropy_coef),
-        ));
-    }
-    if !(r.lr > 0.0 && r.lr.is_finite()) {
-        return Err(Error::config(
-            "rl.lr",
-            format!("{} must be a finite number above 0", r.lr),
-        ));
-    }
-    if !(0.0..=1.0).contains(&r.min_lr_ratio) {
-        return Err(Error::config(
-            "rl.min_lr_ratio",
-            format!("{} must be in [0, 1]", r.min_lr_ratio),
-        ));
-    }
-    if !(r.weight_decay >= 0.0 && r.weight_decay.is_finite()) {
-        return Err(Error::config(
-            "rl.weight_decay",
-            "must be a finite number ≥ 0",
-        ));
-    }
-    if !(r.max_grad_norm >= 0.0 && r.max_grad_norm.is_finite()) {
-        return Err(Error::config(
-            "rl.max_grad_norm",
-            "must be a finite number ≥ 0 (0 disables clipping)",
-        ));
-    }
+    non_negative("rl.beta", r.beta, " (0 disables the KL term)")?;
+    non_negative("rl.entropy_coef", r.entropy_coef, "")?;
+    check_optimizer("rl", r.lr, r.min_lr_ratio, r.weight_decay, r.max_grad_norm)?;
     let w = &r.rewards;
     for (key, v) in [
         ("correct", w.correct),
@@ -606,14 +586,7 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
 }
 
 fn check_temperature(key: &str, t: f32) -> Result<()> {
-    if t.is_finite() && t >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::config(
-            key,
-            format!("{t} must be a finite number ≥ 0 (0 is greedy)"),
-        ))
-    }
+    non_negative(key, t, " (0 is greedy)")
 }
 
 impl RunConfig {

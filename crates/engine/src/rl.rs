@@ -24,7 +24,7 @@ use autodidact_core::{
 };
 use autodidact_nn::LrSchedule;
 use autodidact_objectives::{
-    advantages, kl_penalized_rewards, policy_gradient, AdvantageEstimator, BatchShape, PgInputs,
+    advantages, fold_kl, policy_gradient, sequence_kl, AdvantageEstimator, BatchShape, PgInputs,
     PgSettings, PgStats,
 };
 use serde::Serialize;
@@ -56,7 +56,8 @@ pub struct RlContext<'a> {
     pub task: &'a dyn Task,
     pub pool: &'a [Problem],
     pub estimator: AdvantageEstimator,
-    pub max_new_tokens: usize,
+    /// Rollout sampling (temperature and top-p from `[rl]`, the task's length limit).
+    pub sampling: SamplingParams,
     pub seed: u64,
     pub round: u32,
     /// The checkpoint of the previous RL round, whose optimizer state `keep_optimizer`
@@ -130,12 +131,6 @@ pub fn rl_round(
         kl_estimator: cfg.kl_estimator,
         entropy_coef: cfg.entropy_coef,
     };
-    let params = SamplingParams {
-        temperature: cfg.temperature,
-        top_k: 0,
-        top_p: cfg.top_p,
-        max_new_tokens: cx.max_new_tokens,
-    };
     // Prompts: consecutive batches of a per-epoch permutation of the pool, continued across
     // rounds (round r starts where round r − 1 ended).
     let mut order = Order::new(cx.pool.len(), derive_seed(cx.seed, 0, "rl-prompts", 0));
@@ -159,7 +154,7 @@ pub fn rl_round(
             cx.task,
             &prompts,
             cfg.group_size,
-            &params,
+            &cx.sampling,
             seed,
             &mut crate::Silent,
         )?;
@@ -175,7 +170,15 @@ pub fn rl_round(
             .collect();
         let mut rewards: Vec<f32> = completions
             .iter()
-            .map(|(_, c, v)| reward(cfg, v.grade, v.score, c.tokens.len(), cx.max_new_tokens))
+            .map(|(_, c, v)| {
+                reward(
+                    cfg,
+                    v.grade,
+                    v.score,
+                    c.tokens.len(),
+                    cx.sampling.max_new_tokens,
+                )
+            })
             .collect();
         let examples: Vec<Example> = completions
             .iter()
@@ -193,10 +196,16 @@ pub fn rl_round(
             Some(r) if cfg.beta > 0.0 => Some(r.logprobs(&examples)?),
             _ => None,
         };
-        if cfg.kl_mode == KlMode::Reward {
-            if let Some(refs) = &refs {
-                rewards = kl_penalized_rewards(&rewards, &old, refs, cfg.beta, cfg.kl_estimator);
+        // KL of each sampled completion to the reference, for the reward (kl_mode = reward) and
+        // its metric; with kl_mode = loss the metric comes from the loss instead.
+        let reward_kl = match &refs {
+            Some(refs) if cfg.kl_mode == KlMode::Reward => {
+                Some(sequence_kl(&old, refs, cfg.kl_estimator))
             }
+            _ => None,
+        };
+        if let Some(kl) = &reward_kl {
+            rewards = fold_kl(&rewards, kl, cfg.beta);
         }
         let adv = advantages(&rewards, g, cx.estimator, cfg.scale_rewards);
         let dropped: Vec<bool> = (0..completions.len())
@@ -282,7 +291,7 @@ pub fn rl_round(
                 let ref_k = refs.as_deref().map(rows);
                 let adv_k: Vec<f32> = idx.iter().map(|&i| adv.values[i]).collect();
                 let mut shape = BatchShape::of(&old_k);
-                shape.max_len = cx.max_new_tokens;
+                shape.max_len = cx.sampling.max_new_tokens;
                 for start in (0..ex.len()).step_by(cfg.micro_batch_size) {
                     let r = start..(start + cfg.micro_batch_size).min(ex.len());
                     let scores = policy.forward(&ex[r.clone()], true)?;
@@ -315,18 +324,9 @@ pub fn rl_round(
         add("pg/grad_norm", grad_norm);
         add("entropy", stats.entropy / tokens);
         if cfg.beta > 0.0 {
-            let kl = match (&refs, cfg.kl_mode) {
-                (_, KlMode::Loss) => stats.kl / tokens,
-                (Some(refs), KlMode::Reward) => {
-                    let n: usize = old.iter().map(Vec::len).sum();
-                    old.iter()
-                        .zip(refs)
-                        .flat_map(|(o, r)| o.iter().zip(r))
-                        .map(|(&o, &r)| cfg.kl_estimator.value_and_slope(o as f64 - r as f64).0)
-                        .sum::<f64>()
-                        / n.max(1) as f64
-                }
-                _ => 0.0,
+            let kl = match &reward_kl {
+                Some(kl) => kl.iter().sum::<f64>() / lens.iter().sum::<f32>().max(1.0) as f64,
+                None => stats.kl / tokens,
             };
             add("kl", kl);
         }

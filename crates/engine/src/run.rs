@@ -509,7 +509,7 @@ impl Run {
                 .recipe
                 .estimator()
                 .expect("a policy-gradient recipe"),
-            max_new_tokens: self.plan.max_new_tokens,
+            sampling: self.plan.sampling(cfg.temperature, cfg.top_p),
             seed: self.plan.config.seed,
             round,
         };

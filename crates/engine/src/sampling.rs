@@ -2,25 +2,19 @@
 
 use crate::progress::Observer;
 use crate::Result;
+use autodidact_core::rng::fnv1a;
 use autodidact_core::{Group, Policy, Problem, Rng, SamplingParams, Task};
 
 /// Rows per call to the policy (progress is reported between calls).
 const CHUNK_ROWS: usize = 512;
 
-/// FNV-1a of a string: stable across platforms and versions, for keying seeds by item.
-pub fn stable_hash(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The seed of one random choice of a run: (run seed, round, stage, item) mixed, so that no
 /// choice depends on the order others were made in.
 pub fn derive_seed(seed: u64, round: u32, stage: &str, item: u64) -> u64 {
-    let mut rng = Rng::derived(seed ^ stable_hash(stage), ((round as u64) << 40) ^ item);
+    let mut rng = Rng::derived(
+        seed ^ fnv1a(stage.as_bytes()),
+        ((round as u64) << 40) ^ item,
+    );
     rng.next_u64()
 }
 
@@ -82,7 +76,7 @@ pub fn sample_prompts(
         let chunk_prompts: Vec<String> = chunk.iter().map(|&(i, _)| prompts[i].clone()).collect();
         let seeds: Vec<u64> = chunk
             .iter()
-            .map(|&(i, j)| Rng::derived(seed ^ stable_hash(&problems[i].id), j).next_u64())
+            .map(|&(i, j)| Rng::derived(seed ^ fnv1a(problems[i].id.as_bytes()), j).next_u64())
             .collect();
         let completions = policy.sample(&chunk_prompts, &seeds, params)?;
         for (&(i, _), c) in chunk.iter().zip(completions) {

@@ -21,6 +21,22 @@ pub const SMALL: &[&str] = &[
     "eval.k=2",
 ];
 
+/// A short GRPO run on top of [`SMALL`]: 2 rounds of 2 steps of 8 prompts × 4 completions.
+const SMALL_GRPO: &[&str] = &[
+    "recipe=grpo",
+    "rl.rounds=2",
+    "rl.steps_per_round=2",
+    "rl.problems=64",
+    "rl.prompts_per_step=8",
+    "rl.group_size=4",
+    "rl.minibatches=2",
+];
+
+fn small_grpo_run(out: &Path, extra: &[&str]) -> Run {
+    let sets: Vec<&str> = SMALL_GRPO.iter().chain(extra).copied().collect();
+    small_run(out, &sets)
+}
+
 fn small_run(out: &Path, extra: &[&str]) -> Run {
     let sets: Vec<String> = SMALL.iter().chain(extra).map(|s| s.to_string()).collect();
     let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
@@ -109,18 +125,11 @@ fn short_grpo_run_logs_trl_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("grpo");
     let sets = [
-        "recipe=grpo",
-        "rl.rounds=2",
-        "rl.steps_per_round=2",
-        "rl.problems=64",
-        "rl.prompts_per_step=8",
-        "rl.group_size=4",
         "rl.beta=0.05",
         "rl.entropy_coef=0.01",
-        "rl.minibatches=2",
         "rl.reference=previous",
     ];
-    let rows = small_run(&root, &sets).execute(&mut Silent).unwrap();
+    let rows = small_grpo_run(&root, &sets).execute(&mut Silent).unwrap();
     assert_eq!(rows.len(), 3);
     let dir = RunDir::open(&root).unwrap().0;
     let line = dir
@@ -173,19 +182,10 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
     // Round 2 continues round 1's AdamW state from its checkpoint; replaying round 2 after a
     // crash must give the same numbers as running straight through.
     let tmp = tempfile::tempdir().unwrap();
-    let sets = [
-        "recipe=grpo",
-        "rl.rounds=2",
-        "rl.steps_per_round=2",
-        "rl.problems=64",
-        "rl.prompts_per_step=8",
-        "rl.group_size=4",
-        "rl.minibatches=2",
-    ];
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    small_run(&a, &sets).execute(&mut Silent).unwrap();
-    small_run(&b, &sets).execute(&mut Silent).unwrap();
+    small_grpo_run(&a, &[]).execute(&mut Silent).unwrap();
+    small_grpo_run(&b, &[]).execute(&mut Silent).unwrap();
     // Crash of b during round 2: the journal ends after round 1's rl stage.
     let journal = std::fs::read_to_string(b.join("journal.jsonl")).unwrap();
     let kept: String = journal.lines().take(3).map(|l| format!("{l}\n")).collect();

@@ -94,6 +94,25 @@ fn format_metadata() -> HashMap<String, String> {
     ])
 }
 
+/// Fails unless `tokenizer` has exactly the model's vocabulary size; `what` names the caller.
+pub(crate) fn check_vocab(
+    what: &'static str,
+    model: &Transformer,
+    tokenizer: &CharTokenizer,
+) -> Result<()> {
+    if tokenizer.vocab_size() != model.config().vocab_size {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "tokenizer has {} tokens but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `model` (and optionally its tokenizer and optimizer state) to `dir`, replacing any
 /// checkpoint already there.
 pub fn save(
@@ -103,16 +122,7 @@ pub fn save(
     optimizer: Option<&AdamW>,
 ) -> Result<()> {
     if let Some(tok) = tokenizer {
-        if tok.vocab_size() != model.config().vocab_size {
-            return Err(Error::invalid(
-                "checkpoint",
-                format!(
-                    "tokenizer has {} tokens but the model's vocab_size is {}",
-                    tok.vocab_size(),
-                    model.config().vocab_size
-                ),
-            ));
-        }
+        check_vocab("checkpoint", model, tok)?;
     }
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -48,16 +48,7 @@ fn to_core(e: Error) -> autodidact_core::Error {
 
 impl NativePolicy {
     pub fn new(model: Transformer, tokenizer: CharTokenizer) -> crate::Result<Self> {
-        if tokenizer.vocab_size() != model.config().vocab_size {
-            return Err(Error::invalid(
-                "policy",
-                format!(
-                    "tokenizer has {} tokens but the model's vocab_size is {}",
-                    tokenizer.vocab_size(),
-                    model.config().vocab_size
-                ),
-            ));
-        }
+        checkpoint::check_vocab("policy", &model, &tokenizer)?;
         let grads = Gradients::new(&model);
         Ok(Self {
             model,

@@ -15,8 +15,8 @@ pub mod sft;
 
 pub use advantages::{advantages, AdvantageEstimator, Advantages, RewardScaling};
 pub use pg::{
-    kl_penalized_rewards, policy_gradient, KlEstimator, LossAggregation, PgInputs, PgOutput,
-    PgSettings, PgStats,
+    fold_kl, kl_penalized_rewards, policy_gradient, sequence_kl, KlEstimator, LossAggregation,
+    PgInputs, PgOutput, PgSettings, PgStats,
 };
 pub use sft::{sft, SftNormalization};
 

@@ -189,16 +189,36 @@ pub fn kl_penalized_rewards(
     beta: f32,
     estimator: KlEstimator,
 ) -> Vec<f32> {
+    fold_kl(
+        rewards,
+        &sequence_kl(logprobs, ref_logprobs, estimator),
+        beta,
+    )
+}
+
+/// `r_i − β·kl_i` for per-sequence KL estimates `kl` (from [`sequence_kl`]).
+pub fn fold_kl(rewards: &[f32], kl: &[f64], beta: f32) -> Vec<f32> {
     rewards
         .iter()
-        .zip(logprobs.iter().zip(ref_logprobs))
-        .map(|(&r, (lp, rp))| {
-            let kl: f64 = lp
-                .iter()
+        .zip(kl)
+        .map(|(&r, &k)| (r as f64 - beta as f64 * k) as f32)
+        .collect()
+}
+
+/// `Σ_t k_t` per sequence: the KL estimate of each completion against the reference.
+pub fn sequence_kl(
+    logprobs: &[Vec<f32>],
+    ref_logprobs: &[Vec<f32>],
+    estimator: KlEstimator,
+) -> Vec<f64> {
+    logprobs
+        .iter()
+        .zip(ref_logprobs)
+        .map(|(lp, rp)| {
+            lp.iter()
                 .zip(rp)
                 .map(|(&l, &q)| estimator.value_and_slope(l as f64 - q as f64).0)
-                .sum();
-            (r as f64 - beta as f64 * kl) as f32
+                .sum()
         })
         .collect()
 }

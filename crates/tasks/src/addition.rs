@@ -1,7 +1,7 @@
 //! `a + b`, traced column by column from the right with carries.
 
 use crate::answer::integer_answer;
-use crate::{bad_setting, draw_problems};
+use crate::{check_range, draw_problems};
 use autodidact_core::{Problem, Result, Rng, Split, Task, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -27,14 +27,7 @@ impl Default for AdditionConfig {
 
 impl AdditionConfig {
     pub fn build(&self) -> Result<Addition> {
-        if !(1..=30).contains(&self.digits) {
-            return Err(bad_setting(
-                "addition",
-                "digits",
-                self.digits,
-                "must be in 1..=30",
-            ));
-        }
+        check_range("addition", "digits", self.digits, 1..=30)?;
         Ok(Addition {
             digits: self.digits,
             check_trace: self.check_trace,

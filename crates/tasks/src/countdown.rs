@@ -6,7 +6,7 @@
 //! a number not given (or more often than given), divides by zero, or misses the target.
 
 use crate::answer::after_marker;
-use crate::{bad_setting, draw_problems};
+use crate::{check_range, draw_problems};
 use autodidact_core::{Problem, Result, Rng, Split, Task, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -34,30 +34,9 @@ impl Default for CountdownConfig {
 
 impl CountdownConfig {
     pub fn build(&self) -> Result<Countdown> {
-        if !(2..=6).contains(&self.numbers) {
-            return Err(bad_setting(
-                "countdown",
-                "numbers",
-                self.numbers,
-                "must be in 2..=6",
-            ));
-        }
-        if !(2..=1000).contains(&self.max_number) {
-            return Err(bad_setting(
-                "countdown",
-                "max_number",
-                self.max_number,
-                "must be in 2..=1000",
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.max_target) {
-            return Err(bad_setting(
-                "countdown",
-                "max_target",
-                self.max_target,
-                "must be in 1..=1000000",
-            ));
-        }
+        check_range("countdown", "numbers", self.numbers, 2..=6)?;
+        check_range("countdown", "max_number", self.max_number, 2..=1000)?;
+        check_range("countdown", "max_target", self.max_target, 1..=1_000_000)?;
         Ok(Countdown { cfg: self.clone() })
     }
 }

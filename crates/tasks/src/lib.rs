@@ -83,11 +83,7 @@ pub const EVAL_PERMILLE: u64 = 200;
 /// The split a problem belongs to, from a hash of its canonical key (FNV-1a, then a
 /// SplitMix64 finalizer so neighbouring keys spread evenly).
 pub fn split_of(key: &str) -> Split {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = autodidact_core::rng::fnv1a(key.as_bytes());
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     h ^= h >> 31;
@@ -136,17 +132,27 @@ pub(crate) fn draw_problems(
     Ok(out)
 }
 
-/// A configuration error naming the task setting.
-pub(crate) fn bad_setting(
+/// Fails, naming the task setting, unless `value` lies in `valid`.
+pub(crate) fn check_range<T>(
     task: &str,
     key: &str,
-    value: impl std::fmt::Display,
-    valid: &str,
-) -> Error {
-    Error::invalid(
+    value: T,
+    valid: std::ops::RangeInclusive<T>,
+) -> Result<()>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if valid.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::invalid(
         format!("task.{key}"),
-        format!("{value} is invalid for {task}: {valid}"),
-    )
+        format!(
+            "{value} is invalid for {task}: must be in {}..={}",
+            valid.start(),
+            valid.end()
+        ),
+    ))
 }
 
 #[cfg(test)]

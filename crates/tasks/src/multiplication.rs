@@ -1,7 +1,7 @@
 //! `a × b` with small operands, traced by partial products.
 
 use crate::addition::{digits_le, draw_operand, verify_integer};
-use crate::{bad_setting, draw_problems};
+use crate::{check_range, draw_problems};
 use autodidact_core::{Problem, Result, Split, Task, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -26,22 +26,13 @@ impl Default for MultiplicationConfig {
 
 impl MultiplicationConfig {
     pub fn build(&self) -> Result<Multiplication> {
-        if !(1..=12).contains(&self.digits) {
-            return Err(bad_setting(
-                "multiplication",
-                "digits",
-                self.digits,
-                "must be in 1..=12",
-            ));
-        }
-        if !(1..=6).contains(&self.multiplier_digits) {
-            return Err(bad_setting(
-                "multiplication",
-                "multiplier_digits",
-                self.multiplier_digits,
-                "must be in 1..=6",
-            ));
-        }
+        check_range("multiplication", "digits", self.digits, 1..=12)?;
+        check_range(
+            "multiplication",
+            "multiplier_digits",
+            self.multiplier_digits,
+            1..=6,
+        )?;
         Ok(Multiplication {
             digits: self.digits,
             multiplier_digits: self.multiplier_digits,
