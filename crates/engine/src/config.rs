@@ -23,7 +23,7 @@ pub enum Recipe {
     Grpo,
     /// Policy gradient with leave-one-out baselines (`[rl]`).
     Rloo,
-    /// Policy gradient with a batch-mean baseline (`[rl]`).
+    /// Policy gradient with a batch-mean baseline, or none (`[rl] baseline`).
     Reinforce,
 }
 
@@ -36,15 +36,30 @@ impl Recipe {
             Recipe::Reinforce => "reinforce",
         }
     }
-    /// The advantage estimator of a policy-gradient recipe.
-    pub fn estimator(self) -> Option<AdvantageEstimator> {
+    /// The advantage estimator of a policy-gradient recipe (`None` for `star`).
+    pub fn estimator(self, rl: &RlConfig) -> Option<AdvantageEstimator> {
         match self {
             Recipe::Star => None,
             Recipe::Grpo => Some(AdvantageEstimator::Grpo),
             Recipe::Rloo => Some(AdvantageEstimator::Rloo),
-            Recipe::Reinforce => Some(AdvantageEstimator::Reinforce),
+            Recipe::Reinforce => Some(match rl.baseline {
+                Baseline::BatchMean => AdvantageEstimator::Reinforce,
+                Baseline::None => AdvantageEstimator::Raw,
+            }),
         }
     }
+}
+
+/// What `reinforce` subtracts from each reward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The mean reward of the step's whole batch.
+    #[default]
+    BatchMean,
+    /// Nothing: the advantage is the reward (with 0/1 rewards, expert iteration written as a
+    /// policy gradient: only correct completions get a gradient, all of them).
+    None,
 }
 
 /// Where the KL penalty goes.
@@ -123,6 +138,8 @@ pub struct RlConfig {
     pub max_grad_norm: f32,
     /// GRPO's std division: group, batch or none (`grpo` only).
     pub scale_rewards: RewardScaling,
+    /// REINFORCE's baseline: batch_mean or none (`reinforce` only).
+    pub baseline: Baseline,
     /// Lower clip range ε_low of the ratio.
     pub epsilon_low: f32,
     /// Upper clip range ε_high (DAPO's clip-higher when above ε_low).
@@ -163,6 +180,7 @@ impl Default for RlConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             scale_rewards: RewardScaling::Group,
+            baseline: Baseline::BatchMean,
             epsilon_low: 0.2,
             epsilon_high: 0.2,
             loss_aggregation: LossAggregation::Token,
@@ -548,6 +566,15 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
         ));
     }
     positive("group_size", r.group_size)?;
+    if recipe != Recipe::Reinforce && r.baseline != Baseline::BatchMean {
+        return Err(Error::config(
+            "rl.baseline",
+            format!(
+                "applies to the reinforce recipe only; {} uses its own group baseline (remove the key)",
+                recipe.name()
+            ),
+        ));
+    }
     check_temperature("rl.temperature", r.temperature)?;
     if !(r.top_p > 0.0 && r.top_p <= 1.0) {
         return Err(Error::config(
@@ -647,7 +674,7 @@ impl RunConfig {
             ));
         }
         check_train("star.train", &st.train)?;
-        if self.recipe.estimator().is_some() {
+        if self.recipe.estimator(&self.rl).is_some() {
             check_rl(self.recipe, &self.rl)?;
         }
         let e = &self.eval;
@@ -725,15 +752,18 @@ mod tests {
             (&["rl.kl_estimator=k4"], "unknown variant `k4`"),
             (&["rl.scale_rewards=std"], "unknown variant `std`"),
             (&["rl.prompts_per_step=0"], "config key `rl.prompts_per_step`: must be at least 1"),
+            (&["rl.baseline=none"], "config key `rl.baseline`: applies to the reinforce recipe only"),
+            (&["recipe=reinforce", "rl.baseline=mean"], "unknown variant `mean`, expected `batch_mean` or `none`"),
         ];
         for (sets, want) in cases {
             let e = err(sets);
             assert!(e.contains(want), "{sets:?}: {e}");
         }
-        // REINFORCE has no groups: one sample per prompt is fine.
+        // REINFORCE has no groups: one sample per prompt is fine, with or without a baseline.
         let sets = vec![
             "recipe=reinforce".to_string(),
             "rl.group_size=1".to_string(),
+            "rl.baseline=none".to_string(),
         ];
         RunConfig::parse(grpo, "grpo", &sets)
             .unwrap()

@@ -2,14 +2,16 @@
 //!
 //! Each step samples G completions for each of P prompts of the unlabeled pool, scores them
 //! (verifier score, plus an optional format reward and length penalty), turns rewards into
-//! advantages ([`autodidact_objectives::advantages`]), and takes `num_iterations` optimizer
-//! steps on the clipped surrogate ([`autodidact_objectives::policy_gradient`]) with the
+//! advantages ([`autodidact_objectives::advantages`]), and makes `num_iterations` passes of
+//! updates on the clipped surrogate ([`autodidact_objectives::policy_gradient`]) with the
 //! sampling log-probs as the old policy. How this differs from TRL's `GRPOTrainer`:
-//! - one optimizer step per iteration over the whole rollout batch (TRL splits a generation
-//!   batch into `steps_per_generation` minibatches); micro-batches only bound memory;
+//! - each pass over a rollout batch is split into `minibatches` optimizer steps over a fresh
+//!   shuffle (TRL's `steps_per_generation`); micro-batches only bound memory;
 //! - log-probs are those of the untempered policy; with `temperature ≠ 1` the samples are
 //!   off-policy for them (TRL scores under the tempered distribution);
-//! - AdamW starts fresh each round (a round is the unit a run resumes from);
+//! - AdamW's state travels with each round's checkpoint (`keep_optimizer`, default), so a
+//!   resumed run continues it; `keep_optimizer = false` restarts it every round;
+//! - zero-spread groups can be dropped (`drop_zero_std`) but are not re-sampled (DAPO refills);
 //! - the KL estimator is selectable (k1, k2, k3; TRL: k3 only) and can be folded into the
 //!   reward instead (`kl_mode = "reward"`, OpenRLHF's placement).
 

@@ -507,7 +507,7 @@ impl Run {
                 .plan
                 .config
                 .recipe
-                .estimator()
+                .estimator(cfg)
                 .expect("a policy-gradient recipe"),
             sampling: self.plan.sampling(cfg.temperature, cfg.top_p),
             seed: self.plan.config.seed,

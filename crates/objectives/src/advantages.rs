@@ -6,6 +6,7 @@
 //! | estimator | advantage of completion i of group g |
 //! | --- | --- |
 //! | `reinforce` | `r_i − mean(r over the whole batch)` (REINFORCE with a batch-mean baseline) |
+//! | `raw` | `r_i` (REINFORCE without a baseline; with 0/1 rewards, expert iteration as a policy gradient) |
 //! | `rloo` | `r_i − mean(r_j, j ≠ i in g)` = `G/(G−1) · (r_i − mean_g)` (Ahmadian et al. 2024) |
 //! | `grpo` | `(r_i − mean_g) / (std + 1e-4)`, std Bessel-corrected: of the group (`scale_rewards = group`, TRL's default), of the whole batch (`batch`), or no division (`none`) |
 //! | `dr_grpo` | `r_i − mean_g` (Dr. GRPO: no std division; same as `grpo` with `none`) |
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum AdvantageEstimator {
     Reinforce,
+    Raw,
     Rloo,
     Grpo,
     DrGrpo,
@@ -77,6 +79,7 @@ pub fn advantages(
         for &ri in group {
             let a = match estimator {
                 AdvantageEstimator::Reinforce => ri - batch_mean,
+                AdvantageEstimator::Raw => ri,
                 AdvantageEstimator::Rloo if group.len() > 1 => {
                     (ri - m) * group.len() as f64 / (group.len() - 1) as f64
                 }
@@ -92,4 +95,28 @@ pub fn advantages(
         }
     }
     Advantages { values, zero_std }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_is_the_reward_and_reinforce_subtracts_the_batch_mean() {
+        let r = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0];
+        let raw = advantages(&r, 3, AdvantageEstimator::Raw, RewardScaling::Group);
+        assert_eq!(raw.values, r.to_vec());
+        // Neither group has zero spread: (1, 0, 0) and (0, 1, 1).
+        assert_eq!(raw.zero_std, vec![false, false]);
+        let re = advantages(&r, 3, AdvantageEstimator::Reinforce, RewardScaling::Group);
+        assert_eq!(re.values, vec![0.5, -0.5, -0.5, -0.5, 0.5, 0.5]);
+        let same = advantages(
+            &[1.0, 1.0],
+            2,
+            AdvantageEstimator::Raw,
+            RewardScaling::Group,
+        );
+        assert_eq!(same.values, vec![1.0, 1.0]);
+        assert_eq!(same.zero_std, vec![true]);
+    }
 }
