@@ -1,7 +1,7 @@
 //! Training objectives as per-token weights (DESIGN.md, "Objectives are token weights").
 //!
 //! An objective is a pure function of per-token log-probs (and, for later objectives,
-//! reference log-probs and rewards) that returns its loss, its metrics and a weight `w_t`
+//! reference log-probs, rewards and preference pairs) that returns its loss, its metrics and a weight `w_t`
 //! per token such that the trainer's backward pass of `−Σ w_t log p_t` gives the loss's
 //! gradient: `w_t = −∂loss/∂log p_t`. There are no tensors here, so every objective is
 //! tested on plain arrays against its formula and by finite differences.
@@ -10,10 +10,12 @@
 //! whole optimizer batch ([`BatchShape`]) and normalizes by it.
 
 pub mod advantages;
+pub mod dpo;
 pub mod pg;
 pub mod sft;
 
 pub use advantages::{advantages, AdvantageEstimator, Advantages, RewardScaling};
+pub use dpo::{dpo, DpoInputs, DpoLoss, DpoOutput, DpoSettings, DpoStats};
 pub use pg::{
     fold_kl, kl_penalized_rewards, policy_gradient, sequence_kl, KlEstimator, LossAggregation,
     PgInputs, PgOutput, PgSettings, PgStats,
