@@ -5,7 +5,7 @@ use crate::{Error, Result};
 use autodidact_core::{CharTokenizer, SamplingParams, Task};
 use autodidact_nn::TransformerConfig;
 use autodidact_objectives::{
-    AdvantageEstimator, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
+    AdvantageEstimator, DpoLoss, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
 };
 use autodidact_tasks::TaskConfig;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,17 @@ pub enum Recipe {
     Rloo,
     /// Policy gradient with a batch-mean baseline, or none (`[rl] baseline`).
     Reinforce,
+    /// DPO on pairs of a verifier-correct (chosen) and a verifier-incorrect (rejected)
+    /// completion: the labeled upper bound of the preference recipes (`[pref]`).
+    DpoVerified,
+    /// Self-Consistency Preference Optimization: the most-voted answer's completion against
+    /// the least-voted one's, weighted by the vote margin; no labels (`[pref]`).
+    Scpo,
+    /// SPIN: the gold demonstration against the model's own generation (`[pref]`).
+    Spin,
+    /// Self-Rewarding: the model judges its own samples; best against worst by judged score
+    /// (`[pref]`, `[judge]`).
+    SelfRewarding,
 }
 
 impl Recipe {
@@ -34,12 +45,27 @@ impl Recipe {
             Recipe::Grpo => "grpo",
             Recipe::Rloo => "rloo",
             Recipe::Reinforce => "reinforce",
+            Recipe::DpoVerified => "dpo-verified",
+            Recipe::Scpo => "scpo",
+            Recipe::Spin => "spin",
+            Recipe::SelfRewarding => "self-rewarding",
         }
+    }
+    /// Whether the recipe trains on preference pairs (`[pref]`).
+    pub fn is_preference(self) -> bool {
+        matches!(
+            self,
+            Recipe::DpoVerified | Recipe::Scpo | Recipe::Spin | Recipe::SelfRewarding
+        )
     }
     /// The advantage estimator of a policy-gradient recipe (`None` for `star`).
     pub fn estimator(self, rl: &RlConfig) -> Option<AdvantageEstimator> {
         match self {
-            Recipe::Star => None,
+            Recipe::Star
+            | Recipe::DpoVerified
+            | Recipe::Scpo
+            | Recipe::Spin
+            | Recipe::SelfRewarding => None,
             Recipe::Grpo => Some(AdvantageEstimator::Grpo),
             Recipe::Rloo => Some(AdvantageEstimator::Rloo),
             Recipe::Reinforce => Some(match rl.baseline {
@@ -214,6 +240,10 @@ pub struct RunConfig {
     #[serde(default)]
     pub rl: RlConfig,
     #[serde(default)]
+    pub pref: PrefConfig,
+    #[serde(default)]
+    pub judge: JudgeConfig,
+    #[serde(default)]
     pub eval: EvalConfig,
 }
 
@@ -359,6 +389,94 @@ impl Default for StarConfig {
     }
 }
 
+/// Preference-optimization rounds (`[pref]`): recipes `dpo-verified`, `scpo`, `spin`,
+/// `self-rewarding`. Each round samples `samples` completions per problem with the previous
+/// round's model, builds pairs, and trains the DPO-family loss against the reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefConfig {
+    pub rounds: u32,
+    /// Training problems sampled every round (unlabeled, except for `spin`, which pairs each
+    /// with its gold demonstration).
+    pub problems: usize,
+    /// Completions sampled per problem (k; the voters of `scpo`).
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Most pairs built from one problem's group.
+    pub pairs_per_problem: usize,
+    /// `scpo`: keep a pair only when its chosen answer has at least this share of the votes.
+    pub min_vote_share: f32,
+    /// `scpo`: weight each pair by its vote margin (V⁺ − V⁻)/k (ScPO's weighted loss).
+    pub weight_by_margin: bool,
+    /// `self-rewarding`: pair best and worst only when their judged scores differ by at least
+    /// this much.
+    pub judge_margin: f32,
+    pub loss: DpoLoss,
+    /// β of the DPO-family loss.
+    pub beta: f32,
+    /// ε of `sigmoid` (cDPO) and `robust`.
+    pub label_smoothing: f32,
+    /// Weight α of an NLL term on the chosen completions (token mean over the batch), added
+    /// to the pairwise loss: Iterative RPO's and ScPO's loss; TRL's `loss_type = [<loss>,
+    /// "sft"]` with `loss_weights = [1, α]`. 0: the pairwise loss alone.
+    pub sft_coef: f32,
+    /// The reference model: M0 or the previous round's (iterative DPO).
+    pub reference: Reference,
+    /// Optimizer and schedule; `batch_size` counts pairs.
+    pub train: TrainConfig,
+}
+
+impl Default for PrefConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 3,
+            problems: 1000,
+            samples: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+            pairs_per_problem: 1,
+            min_vote_share: 0.0,
+            weight_by_margin: true,
+            judge_margin: 0.5,
+            loss: DpoLoss::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            sft_coef: 0.0,
+            reference: Reference::Previous,
+            train: TrainConfig {
+                lr: 1e-4,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+/// The self-judge (`[judge]`, recipe `self-rewarding`): the policy reads
+/// `?<prompt><completion>>` and its probability of `Y` against `N` is the score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// Judge examples per labeled problem in the seed stage: its gold solution (`Y`) and
+    /// this many corrupted copies, labeled by the verifier.
+    pub seed_negatives: usize,
+    /// Every round, the judge also trains (SFT, mixed into each DPO step) on the current
+    /// model's own samples of the labeled problems, labeled by the verifier.
+    pub samples_per_labeled: usize,
+    /// Weight of the judge SFT loss beside the DPO loss.
+    pub coef: f32,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        Self {
+            seed_negatives: 2,
+            samples_per_labeled: 4,
+            coef: 1.0,
+        }
+    }
+}
+
 /// Held-out evaluation after every round (`[eval]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -409,6 +527,7 @@ impl RunConfig {
     pub fn rounds(&self) -> u32 {
         match self.recipe {
             Recipe::Star => self.star.rounds,
+            r if r.is_preference() => self.pref.rounds,
             _ => self.rl.rounds,
         }
     }
@@ -576,12 +695,7 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
         ));
     }
     check_temperature("rl.temperature", r.temperature)?;
-    if !(r.top_p > 0.0 && r.top_p <= 1.0) {
-        return Err(Error::config(
-            "rl.top_p",
-            format!("{} must be in (0, 1]", r.top_p),
-        ));
-    }
+    check_top_p("rl.top_p", r.top_p)?;
     for (key, e) in [
         ("epsilon_low", r.epsilon_low),
         ("epsilon_high", r.epsilon_high),
@@ -616,6 +730,63 @@ fn check_temperature(key: &str, t: f32) -> Result<()> {
     non_negative(key, t, " (0 is greedy)")
 }
 
+fn check_top_p(key: &str, p: f32) -> Result<()> {
+    if p > 0.0 && p <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::config(key, format!("{p} must be in (0, 1]")))
+    }
+}
+
+fn check_fraction(key: &str, v: f32) -> Result<()> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(key, format!("{v} must be in [0, 1]")))
+    }
+}
+
+fn check_pref(recipe: Recipe, p: &PrefConfig) -> Result<()> {
+    if p.problems == 0 {
+        return Err(Error::config("pref.problems", "must be at least 1"));
+    }
+    let least = if recipe == Recipe::Spin { 1 } else { 2 };
+    if p.samples < least {
+        return Err(Error::config(
+            "pref.samples",
+            format!(
+                "{} is too small: {} pairs completions of one group, so it needs at least {least}",
+                p.samples,
+                recipe.name()
+            ),
+        ));
+    }
+    if p.pairs_per_problem == 0 {
+        return Err(Error::config(
+            "pref.pairs_per_problem",
+            "must be at least 1",
+        ));
+    }
+    check_temperature("pref.temperature", p.temperature)?;
+    check_top_p("pref.top_p", p.top_p)?;
+    check_fraction("pref.min_vote_share", p.min_vote_share)?;
+    check_fraction("pref.judge_margin", p.judge_margin)?;
+    if !(p.beta.is_finite() && p.beta > 0.0) {
+        return Err(Error::config(
+            "pref.beta",
+            format!("{} must be a finite number > 0", p.beta),
+        ));
+    }
+    if !(0.0..0.5).contains(&p.label_smoothing) {
+        return Err(Error::config(
+            "pref.label_smoothing",
+            format!("{} must be in [0, 0.5)", p.label_smoothing),
+        ));
+    }
+    non_negative("pref.sft_coef", p.sft_coef, " (0: no NLL term)")?;
+    check_train("pref.train", &p.train)
+}
+
 impl RunConfig {
     /// Checks every setting and builds the task, tokenizer and model shape.
     pub fn plan(&self) -> Result<RunPlan> {
@@ -623,7 +794,23 @@ impl RunConfig {
             autodidact_core::Error::Invalid { what, message } => Error::config(what, message),
             other => other.into(),
         })?;
-        let tokenizer = CharTokenizer::new(&task.alphabet())?;
+        let mut alphabet = task.alphabet();
+        if self.recipe == Recipe::SelfRewarding {
+            // The judge format's characters join the vocabulary (M0 learns to judge).
+            for c in crate::judge::JUDGE_CHARS.chars() {
+                if alphabet.contains(c) {
+                    return Err(Error::config(
+                        "recipe",
+                        format!(
+                            "self-rewarding's judge format uses {c:?}, which the task {} already uses",
+                            task.name()
+                        ),
+                    ));
+                }
+                alphabet.push(c);
+            }
+        }
+        let tokenizer = CharTokenizer::new(&alphabet)?;
         let m = &self.model;
         let mut model = TransformerConfig::from_preset(&m.preset, tokenizer.vocab_size())
             .map_err(|e| Error::config("model.preset", e.to_string()))?;
@@ -642,8 +829,16 @@ impl RunConfig {
             .validate()
             .map_err(|e| Error::config(format!("model.{}", nn_field(&e)), e.to_string()))?;
         let (max_prompt, max_solution) = task.max_chars();
-        // <bos> prompt solution <eos>, of which the model reads all but the last token.
-        let needed = max_prompt + max_solution + 1;
+        // <bos> prompt solution <eos>, of which the model reads all but the last token; a judge
+        // sequence adds its markers and verdict.
+        let needed = max_prompt
+            + max_solution
+            + 1
+            + if self.recipe == Recipe::SelfRewarding {
+                crate::judge::EXTRA_TOKENS
+            } else {
+                0
+            };
         if model.context_length < needed {
             return Err(Error::config(
                 "model.context_length",
@@ -667,15 +862,16 @@ impl RunConfig {
             return Err(Error::config("star.samples", "k must be at least 1"));
         }
         check_temperature("star.temperature", st.temperature)?;
-        if !(st.top_p > 0.0 && st.top_p <= 1.0) {
-            return Err(Error::config(
-                "star.top_p",
-                format!("{} must be in (0, 1]", st.top_p),
-            ));
-        }
+        check_top_p("star.top_p", st.top_p)?;
         check_train("star.train", &st.train)?;
         if self.recipe.estimator(&self.rl).is_some() {
             check_rl(self.recipe, &self.rl)?;
+        }
+        if self.recipe.is_preference() {
+            check_pref(self.recipe, &self.pref)?;
+        }
+        if self.recipe == Recipe::SelfRewarding {
+            non_negative("judge.coef", self.judge.coef, "")?;
         }
         let e = &self.eval;
         if e.problems == 0 {

@@ -9,6 +9,9 @@
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod judge;
+pub mod pairs;
+pub mod pref;
 pub mod progress;
 pub mod rl;
 pub mod run;

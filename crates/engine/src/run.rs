@@ -7,6 +7,9 @@
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
 use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSettings};
+use crate::judge::{judge_example, judge_scores, seed_judge_examples, JudgeStats};
+use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
+use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
 use crate::rl::{rl_round, RlContext};
 use crate::sampling::{derive_seed, sample_groups, sample_prompts};
@@ -60,10 +63,14 @@ impl Stage {
 /// Every stage of a run of `recipe` with `rounds` rounds, in order.
 pub fn stages(recipe: Recipe, rounds: u32) -> Vec<Stage> {
     let mut s = vec![Stage::Seed, Stage::Eval(0)];
-    for r in 1..=rounds {
+    for round in 1..=rounds {
         match recipe {
-            Recipe::Star => s.extend([Stage::Sample(r), Stage::Train(r), Stage::Eval(r)]),
-            _ => s.extend([Stage::Rl(r), Stage::Eval(r)]),
+            r if r == Recipe::Star || r.is_preference() => s.extend([
+                Stage::Sample(round),
+                Stage::Train(round),
+                Stage::Eval(round),
+            ]),
+            _ => s.extend([Stage::Rl(round), Stage::Eval(round)]),
         }
     }
     s
@@ -287,9 +294,15 @@ impl Run {
         }
     }
 
+    /// Writes the round's manifest; a metric that is undefined for the round (NaN, which JSON
+    /// cannot hold) is left out.
     fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let mut m = m.clone();
+        if let Some(metrics) = &mut m.metrics {
+            metrics.retain(|_, v| v.is_finite());
+        }
         self.dir
-            .write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), m)
+            .write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), &m)
     }
 
     fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
@@ -327,6 +340,14 @@ impl Run {
                 })
                 .collect();
             examples.extend(hinted);
+        }
+        if cfg.recipe == Recipe::SelfRewarding {
+            examples.extend(seed_judge_examples(
+                &*self.plan.task,
+                &self.problems.labeled,
+                cfg.judge.seed_negatives,
+                self.seed(0, "judge"),
+            )?);
         }
         let rd = RunDir::round_dir(0);
         let train_rel = format!("{rd}/train.jsonl");
@@ -374,6 +395,9 @@ impl Run {
 
     /// Sample k completions per unlabeled problem, verify, keep the correct ones.
     fn sample_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        if self.plan.config.recipe.is_preference() {
+            return self.pairs_stage(round, obs);
+        }
         let cfg = &self.plan.config.star;
         let mut policy = self.load_policy(round - 1)?;
         let task = &*self.plan.task;
@@ -445,8 +469,222 @@ impl Run {
         self.write_manifest(&m)
     }
 
+    /// Sample k completions per problem, score them with the recipe's reward source, and
+    /// build preference pairs; record the gold truth beside the proxy.
+    fn pairs_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let c = &self.plan.config;
+        let cfg = &c.pref;
+        let mut policy = self.load_policy(round - 1)?;
+        let task = &*self.plan.task;
+        let params = self.plan.sampling(cfg.temperature, cfg.top_p);
+        obs.stage_started(
+            &format!("r{round} sample"),
+            self.problems.unlabeled.len() as u64,
+        );
+        let mut groups = sample_groups(
+            &mut policy,
+            task,
+            &self.problems.unlabeled,
+            cfg.samples,
+            &params,
+            self.seed(round, "sample"),
+            obs,
+        )?;
+        let mut metrics = BTreeMap::new();
+        let scores = if c.recipe == Recipe::SelfRewarding {
+            let items: Vec<(&str, &str)> = groups
+                .iter()
+                .flat_map(|g| {
+                    g.completions
+                        .iter()
+                        .map(|x| (g.problem.prompt.as_str(), x.text.as_str()))
+                })
+                .collect();
+            obs.stage_started(&format!("r{round} judge"), 1);
+            let flat = judge_scores(&mut policy, &self.plan.tokenizer, &items)?;
+            let truth: Vec<bool> = groups
+                .iter()
+                .flat_map(|g| g.verdicts.iter().map(|v| v.is_correct()))
+                .collect();
+            let js = JudgeStats::of(&flat, &truth);
+            for (k, v) in [
+                ("judge/accuracy", js.accuracy()),
+                ("judge/precision", js.precision()),
+                ("judge/recall", js.recall()),
+                ("judge/mean_score", js.mean_score),
+            ] {
+                // Precision with nothing judged correct (or recall with nothing correct) is
+                // undefined: left out rather than written as NaN.
+                if v.is_finite() {
+                    metrics.insert(k.to_string(), v);
+                }
+            }
+            let k = cfg.samples;
+            Some(flat.chunks(k).map(|s| s.to_vec()).collect::<Vec<_>>())
+        } else {
+            None
+        };
+        let (pairs, counts, proxy) = build_pairs(c.recipe, cfg, &groups, scores.as_deref());
+        if let Some(proxy) = &proxy {
+            for (g, p) in groups.iter_mut().zip(proxy) {
+                g.rewards = p.clone();
+            }
+        }
+        metrics.extend(truth_metrics(&groups, proxy.as_deref(), &pairs, &counts));
+        if c.recipe == Recipe::Scpo {
+            let (mut decided, mut right, mut share) = (0usize, 0usize, 0.0f64);
+            for g in &groups {
+                if let Some(i) = majority_index(g) {
+                    decided += 1;
+                    right += g.verdicts[i].is_correct() as usize;
+                    share += vote_shares(g)[i] as f64;
+                }
+            }
+            metrics.insert(
+                "vote/majority_accuracy".into(),
+                right as f64 / decided.max(1) as f64,
+            );
+            metrics.insert("vote/top_share".into(), share / decided.max(1) as f64);
+            metrics.insert(
+                "vote/decided_fraction".into(),
+                decided as f64 / groups.len().max(1) as f64,
+            );
+        }
+        let sampled_tokens: usize = groups
+            .iter()
+            .flat_map(|g| &g.completions)
+            .map(|x| x.tokens.len())
+            .sum();
+        metrics.insert("rollout/sampled_tokens".into(), sampled_tokens as f64);
+        let rd = RunDir::round_dir(round);
+        // Judge examples for this round: the current model's samples of the labeled problems,
+        // labeled by the verifier.
+        if c.recipe == Recipe::SelfRewarding && c.judge.samples_per_labeled > 0 {
+            let labeled = sample_groups(
+                &mut policy,
+                task,
+                &self.problems.labeled,
+                c.judge.samples_per_labeled,
+                &params,
+                self.seed(round, "judge-samples"),
+                &mut Silent,
+            )?;
+            let mut seen = std::collections::HashSet::new();
+            let judge: Vec<Example> = labeled
+                .iter()
+                .flat_map(|g| {
+                    g.completions.iter().zip(&g.verdicts).map(move |(x, v)| {
+                        (g.problem.prompt.as_str(), x.text.as_str(), v.is_correct())
+                    })
+                })
+                .filter(|(p, t, _)| seen.insert((*p, *t)))
+                .map(|(p, t, ok)| judge_example(p, t, ok))
+                .collect();
+            self.dir.write_jsonl(&format!("{rd}/judge.jsonl"), &judge)?;
+        }
+        self.dir.write_jsonl(
+            &format!("{rd}/samples.jsonl"),
+            &records(&groups, false).collect::<Vec<_>>(),
+        )?;
+        self.dir.write_jsonl(&format!("{rd}/train.jsonl"), &pairs)?;
+        obs.stage_finished(&format!(
+            "r{round} pairs: {} pairs from {} problems ({} without a pair), chosen correct {:.2}, rejected correct {:.2}",
+            counts.pairs,
+            counts.groups,
+            counts.groups_without_pair(),
+            metrics["pairs/chosen_gold_accuracy"],
+            metrics["pairs/rejected_gold_accuracy"],
+        ));
+        let mut m = self.manifest(round)?;
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.settings = Some(
+            json!({"pref": cfg, "judge": (c.recipe == Recipe::SelfRewarding).then_some(&c.judge)}),
+        );
+        m.metrics = Some(metrics);
+        self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
+        self.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
+        if self.dir.path(&format!("{rd}/judge.jsonl")).exists() {
+            self.hash_into(&mut m, &format!("{rd}/judge.jsonl"))?;
+        }
+        self.write_manifest(&m)
+    }
+
+    /// DPO-family training on the round's pairs, from the previous round's model.
+    fn pref_train_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let c = &self.plan.config;
+        let cfg = &c.pref;
+        let rd = RunDir::round_dir(round);
+        let pairs: Vec<Pair> = self.dir.read_jsonl(&format!("{rd}/train.jsonl"))?;
+        let judge_rel = format!("{rd}/judge.jsonl");
+        let judge: Vec<Example> = if self.dir.path(&judge_rel).exists() {
+            self.dir.read_jsonl(&judge_rel)?
+        } else {
+            Vec::new()
+        };
+        let mut policy = self.load_policy(round - 1)?;
+        let ref_round = match cfg.reference {
+            Reference::Seed => 0,
+            Reference::Previous => round - 1,
+        };
+        let mut m = self.manifest(round)?;
+        let mut metrics = m.metrics.take().unwrap_or_default();
+        let stats = if pairs.is_empty() {
+            obs.note(&format!(
+                "round {round}: no preference pairs to train on; its model is its initial checkpoint"
+            ));
+            TrainStats::default()
+        } else {
+            let refs = if ref_round == round - 1 {
+                reference_logps(&mut policy, &pairs)?
+            } else {
+                reference_logps(&mut self.load_policy(ref_round)?, &pairs)?
+            };
+            obs.stage_started(
+                &format!("r{round} {}", cfg.loss.name()),
+                steps_for(&cfg.train, pairs.len()),
+            );
+            let fit = fit_dpo(
+                &mut policy,
+                &pairs,
+                &refs,
+                &judge,
+                c.judge.coef,
+                cfg,
+                self.seed(round, "train"),
+                obs,
+            )?;
+            obs.stage_finished(&format!(
+                "r{round} {}: {} pairs, {} steps, loss {:.3} → {:.3}, reward accuracy {:.2}",
+                cfg.loss.name(),
+                pairs.len(),
+                fit.stats.steps,
+                fit.stats.first_loss,
+                fit.stats.last_loss,
+                fit.metrics["rewards/accuracies"],
+            ));
+            metrics.extend(fit.metrics);
+            fit.stats
+        };
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.settings
+            .get_or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("settings are an object")
+            .insert(
+                "reference_checkpoint".into(),
+                json!(RunDir::checkpoint_dir(ref_round)),
+            );
+        m.metrics = Some(metrics);
+        m.train = Some(stats);
+        self.save_checkpoint(&policy, round, &mut m)?;
+        self.write_manifest(&m)
+    }
+
     /// Fine-tune on the round's curated set.
     fn train_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        if self.plan.config.recipe.is_preference() {
+            return self.pref_train_stage(round, obs);
+        }
         let cfg = &self.plan.config.star;
         let init = match cfg.restart_from {
             RestartFrom::Seed => 0,
@@ -658,6 +896,7 @@ fn draw(plan: &RunPlan) -> Result<Problems> {
     let seed = derive_seed(c.seed, 0, "problems", 0);
     let (pool, key) = match c.recipe {
         Recipe::Star => (c.star.problems, "star.problems"),
+        r if r.is_preference() => (c.pref.problems, "pref.problems"),
         _ => (c.rl.problems, "rl.problems"),
     };
     // The labeled problems come first, so every recipe with the same seed stage gets the same
