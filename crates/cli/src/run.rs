@@ -76,31 +76,46 @@ fn finish(run: &Run, rows: &[RoundRow]) {
     println!("  checkpoints/    model.safetensors, config.json, tokenizer.json per round");
 }
 
-/// The end-of-run table, in Markdown so it can be pasted into a README. Expert iteration
-/// shows what it kept; policy-gradient recipes show their mean training reward.
+/// The end-of-run table, in Markdown so it can be pasted into a README. Beside the held-out
+/// metrics, each recipe shows what its rounds produced: expert iteration what it kept,
+/// policy-gradient recipes their mean training reward, preference recipes their pairs and how
+/// often the chosen side was correct (and the self-judge's accuracy).
 pub fn table(rows: &[RoundRow], k: usize) -> String {
-    let rl = rows.iter().any(|r| r.reward.is_some());
-    let tail = if rl {
-        "| train reward |\n"
-    } else {
-        "| kept | distinct correct |\n"
-    };
-    let sep = if rl { "---:|\n" } else { "---:|---:|\n" };
-    let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} {tail}|---:|---:|---:|---:|{sep}");
-    let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+    type Column = (&'static str, fn(&RoundRow) -> Option<String>);
+    let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v));
+    let columns: [Column; 6] = [
+        ("kept", |r| r.kept.map(|v| v.to_string())),
+        ("distinct correct", |r| r.distinct.map(|v| v.to_string())),
+        ("train reward", |r| r.reward.map(|v| format!("{v:.3}"))),
+        ("pairs", |r| r.pairs.map(|v| v.to_string())),
+        ("chosen correct", |r| {
+            r.chosen_correct.map(|v| format!("{:.1}%", 100.0 * v))
+        }),
+        ("judge accuracy", |r| {
+            r.judge_accuracy.map(|v| format!("{:.1}%", 100.0 * v))
+        }),
+    ];
+    let used: Vec<&Column> = columns
+        .iter()
+        .filter(|(_, f)| rows.iter().any(|r| f(r).is_some()))
+        .collect();
+    let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} |");
+    for (h, _) in &used {
+        s += &format!(" {h} |");
+    }
+    s += &format!("\n|---:|---:|---:|---:|{}\n", "---:|".repeat(used.len()));
     for r in rows {
-        let extra = if rl {
-            r.reward.map_or("–".to_string(), |v| format!("{v:.3}"))
-        } else {
-            format!("{} | {}", opt(r.kept), opt(r.distinct))
-        };
         s += &format!(
-            "| {} | {:.1}% | {:.1}% | {:.1}% | {extra} |\n",
+            "| {} | {} | {} | {} |",
             r.round,
-            100.0 * r.pass_at_1,
-            100.0 * r.pass_at_k,
-            100.0 * r.maj_at_k,
+            pct(Some(r.pass_at_1)).unwrap_or_default(),
+            pct(Some(r.pass_at_k)).unwrap_or_default(),
+            pct(Some(r.maj_at_k)).unwrap_or_default(),
         );
+        for (_, f) in &used {
+            s += &format!(" {} |", f(r).unwrap_or_else(|| "–".into()));
+        }
+        s += "\n";
     }
     s.trim_end().to_string()
 }
@@ -127,4 +142,53 @@ fn utc_stamp() -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(round: u32) -> RoundRow {
+        RoundRow {
+            round,
+            pass_at_1: 0.25,
+            pass_at_k: 0.5,
+            maj_at_k: 0.125,
+            kept: None,
+            distinct: None,
+            reward: None,
+            pairs: None,
+            chosen_correct: None,
+            judge_accuracy: None,
+        }
+    }
+
+    #[test]
+    fn table_shows_the_columns_the_recipe_produced() {
+        let star = [
+            row(0),
+            RoundRow {
+                kept: Some(10),
+                distinct: Some(12),
+                ..row(1)
+            },
+        ];
+        assert_eq!(
+            table(&star, 8),
+            "| round | pass@1 | pass@8 | maj@8 | kept | distinct correct |\n\
+             |---:|---:|---:|---:|---:|---:|\n\
+             | 0 | 25.0% | 50.0% | 12.5% | – | – |\n\
+             | 1 | 25.0% | 50.0% | 12.5% | 10 | 12 |"
+        );
+        let judged = [RoundRow {
+            pairs: Some(7),
+            chosen_correct: Some(0.5),
+            judge_accuracy: Some(0.75),
+            ..row(1)
+        }];
+        assert_eq!(
+            table(&judged, 4).lines().nth(2).unwrap(),
+            "| 1 | 25.0% | 50.0% | 12.5% | 7 | 50.0% | 75.0% |"
+        );
+    }
 }

@@ -12,8 +12,9 @@
 //! policy makes now).
 
 use crate::{Error, Result};
-use autodidact_core::{CharTokenizer, Example, Policy, Problem, Rng, Task};
+use autodidact_core::{CharTokenizer, Example, Group, Policy, Problem, Rng, Task};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 /// Characters of the judge format, added to the vocabulary of `self-rewarding` runs.
 pub const JUDGE_CHARS: &str = "?>YN";
@@ -115,6 +116,43 @@ pub fn seed_judge_examples(
     Ok(out)
 }
 
+/// A round's judge examples: the current model's distinct samples of the labeled problems
+/// (`groups`) and fresh corrupted copies of their gold solutions, every verdict from the
+/// verifier, balanced between `Y` and `N` by keeping a seeded random subset of the larger
+/// side (the model's samples of problems it was trained on are mostly correct, and a judge
+/// trained on them alone learns to answer `Y`).
+pub fn round_judge_examples(
+    task: &dyn Task,
+    groups: &[Group],
+    negatives: usize,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    let labeled: Vec<Problem> = groups.iter().map(|g| g.problem.clone()).collect();
+    let mut all = seed_judge_examples(task, &labeled, negatives, seed)?;
+    for g in groups {
+        for (c, v) in g.completions.iter().zip(&g.verdicts) {
+            all.push(judge_example(&g.problem.prompt, &c.text, v.is_correct()));
+        }
+    }
+    let mut seen = HashSet::new();
+    all.retain(|e| seen.insert((e.prompt.clone(), e.completion.clone())));
+    let (mut yes, mut no): (Vec<Example>, Vec<Example>) = all
+        .into_iter()
+        .partition(|e| e.completion == YES.to_string());
+    let mut rng = Rng::derived(seed, u64::MAX);
+    let n = yes.len().min(no.len());
+    for side in [&mut yes, &mut no] {
+        // Partial Fisher–Yates: a uniform subset of n, in a seeded order.
+        for i in 0..n {
+            let j = i + rng.below((side.len() - i) as u64) as usize;
+            side.swap(i, j);
+        }
+        side.truncate(n);
+    }
+    yes.extend(no);
+    Ok(yes)
+}
+
 /// The judge's agreement with the verifier at threshold 0.5 (`judge/*` metrics).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JudgeStats {
@@ -173,6 +211,39 @@ mod tests {
             assert!(diff[0].1.is_ascii_digit());
         }
         assert_eq!(corrupt("+=;#", &mut rng), None);
+    }
+
+    #[test]
+    fn round_examples_are_balanced() {
+        let task = autodidact_tasks::TaskConfig::Addition(Default::default())
+            .build()
+            .unwrap();
+        let problems = task.problems(autodidact_core::Split::Train, 6, 1).unwrap();
+        // Groups whose samples are all the gold solution: many Y, N only from corruptions.
+        let groups: Vec<Group> = problems
+            .iter()
+            .map(|p| {
+                let gold = p.solution.clone().unwrap();
+                Group {
+                    problem: p.clone(),
+                    completions: vec![autodidact_core::Completion {
+                        text: gold.clone(),
+                        tokens: vec![],
+                        logprobs: vec![],
+                        finish: autodidact_core::FinishReason::Stop,
+                    }],
+                    verdicts: vec![task.verify(p, &gold)],
+                    rewards: vec![1.0],
+                }
+            })
+            .collect();
+        let ex = round_judge_examples(&*task, &groups, 3, 7).unwrap();
+        let yes = ex.iter().filter(|e| e.completion == "Y").count();
+        assert_eq!(2 * yes, ex.len());
+        assert!((1..=6).contains(&yes), "{yes}");
+        assert!(ex
+            .iter()
+            .all(|e| e.prompt.starts_with('?') && e.prompt.ends_with('>')));
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! evaluation and the run directory.
 //!
 //! A run is a fixed sequence of stages ([`run::stages`]): the seed stage trains M0 on a
-//! small labeled set; each round then samples completions of unlabeled problems, keeps what
-//! the verifier accepts ([`star`]), fine-tunes, and evaluates on the held-out split. Every
-//! stage writes its outputs to the run directory ([`store`]) before the journal records it.
+//! small labeled set; each round then samples completions of unlabeled problems and learns
+//! from them — keeping what the verifier accepts and fine-tuning ([`star`]), taking
+//! policy-gradient steps on verifier rewards ([`rl`]), or building preference pairs from the
+//! verifier, a vote, the model's own judgment or demonstrations and training the DPO family
+//! ([`pairs`], [`judge`], [`pref`]) — and evaluates on the held-out split. Every stage writes
+//! its outputs to the run directory ([`store`]) before the journal records it.
 
 pub mod config;
 pub mod error;

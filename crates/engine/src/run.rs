@@ -7,7 +7,7 @@
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
 use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSettings};
-use crate::judge::{judge_example, judge_scores, seed_judge_examples, JudgeStats};
+use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
 use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
 use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
@@ -145,6 +145,11 @@ pub struct RoundRow {
     pub distinct: Option<u64>,
     /// Mean training reward of the round (policy-gradient recipes).
     pub reward: Option<f64>,
+    /// Preference pairs built, and the gold accuracy of their chosen side (preference recipes).
+    pub pairs: Option<u64>,
+    pub chosen_correct: Option<f64>,
+    /// The self-judge's accuracy against the verifier (`self-rewarding`).
+    pub judge_accuracy: Option<f64>,
 }
 
 impl Run {
@@ -266,6 +271,12 @@ impl Run {
                     kept: m.get("star/kept").and_then(Value::as_u64),
                     distinct: m.get("star/distinct").and_then(Value::as_u64),
                     reward: m.get("reward").and_then(Value::as_f64),
+                    pairs: m
+                        .get("pairs/count")
+                        .and_then(Value::as_f64)
+                        .map(|v| v as u64),
+                    chosen_correct: m.get("pairs/chosen_gold_accuracy").and_then(Value::as_f64),
+                    judge_accuracy: m.get("judge/accuracy").and_then(Value::as_f64),
                 })
             })
             .collect())
@@ -557,8 +568,8 @@ impl Run {
             .sum();
         metrics.insert("rollout/sampled_tokens".into(), sampled_tokens as f64);
         let rd = RunDir::round_dir(round);
-        // Judge examples for this round: the current model's samples of the labeled problems,
-        // labeled by the verifier.
+        // Judge examples for this round: the current model's samples of the labeled problems
+        // and fresh corruptions of their solutions, labeled by the verifier, balanced.
         if c.recipe == Recipe::SelfRewarding && c.judge.samples_per_labeled > 0 {
             let labeled = sample_groups(
                 &mut policy,
@@ -569,17 +580,13 @@ impl Run {
                 self.seed(round, "judge-samples"),
                 &mut Silent,
             )?;
-            let mut seen = std::collections::HashSet::new();
-            let judge: Vec<Example> = labeled
-                .iter()
-                .flat_map(|g| {
-                    g.completions.iter().zip(&g.verdicts).map(move |(x, v)| {
-                        (g.problem.prompt.as_str(), x.text.as_str(), v.is_correct())
-                    })
-                })
-                .filter(|(p, t, _)| seen.insert((*p, *t)))
-                .map(|(p, t, ok)| judge_example(p, t, ok))
-                .collect();
+            let judge = round_judge_examples(
+                task,
+                &labeled,
+                c.judge.seed_negatives,
+                self.seed(round, "judge"),
+            )?;
+            metrics.insert("judge/train_examples".into(), judge.len() as f64);
             self.dir.write_jsonl(&format!("{rd}/judge.jsonl"), &judge)?;
         }
         self.dir.write_jsonl(
