@@ -14,10 +14,9 @@
 use crate::config::{PrefConfig, Recipe};
 use crate::pairs::{judged_pairs, spin_pairs, verified_pairs, vote_pairs, Pair, PairCounts};
 use crate::progress::Observer;
-use crate::train::{steps_for, Order, TrainStats};
+use crate::train::{start_training, Order, TrainStats};
 use crate::Result;
-use autodidact_core::{Example, Group, OptimizerSettings, Policy, TrainablePolicy};
-use autodidact_nn::LrSchedule;
+use autodidact_core::{Example, Group, Policy, TrainablePolicy};
 use autodidact_objectives::{
     dpo, sft, BatchShape, DpoInputs, DpoSettings, DpoStats, SftNormalization,
 };
@@ -103,19 +102,7 @@ pub fn fit_dpo(
     obs: &mut dyn Observer,
 ) -> Result<DpoFit> {
     let t = &cfg.train;
-    policy.reset_optimizer(&OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: t.weight_decay,
-    })?;
-    let steps = steps_for(t, pairs.len());
-    let schedule = LrSchedule {
-        peak_lr: t.lr,
-        warmup_steps: t.warmup_steps.min(steps),
-        total_steps: steps,
-        min_lr_ratio: t.min_lr_ratio,
-    };
+    let (steps, schedule) = start_training(policy, t, pairs.len())?;
     let settings = DpoSettings {
         loss: cfg.loss,
         beta: cfg.beta,

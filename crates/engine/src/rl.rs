@@ -18,11 +18,10 @@
 use crate::config::{KlMode, RlConfig};
 use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
-use crate::train::Order;
+use crate::train::{adamw_settings, Order};
 use crate::Result;
 use autodidact_core::{
-    Example, FinishReason, Grade, Group, OptimizerSettings, Policy, Problem, SamplingParams, Task,
-    TrainablePolicy,
+    Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, TrainablePolicy,
 };
 use autodidact_nn::LrSchedule;
 use autodidact_objectives::{
@@ -67,16 +66,6 @@ pub struct RlContext<'a> {
     pub previous_checkpoint: Option<&'a std::path::Path>,
 }
 
-/// AdamW settings of RL updates (betas and eps are PyTorch's defaults).
-pub fn optimizer_settings(cfg: &RlConfig) -> OptimizerSettings {
-    OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    }
-}
-
 /// The reward of one completion.
 fn reward(cfg: &RlConfig, grade: Grade, score: f32, tokens: usize, max_new: usize) -> f32 {
     let w = &cfg.rewards;
@@ -103,7 +92,7 @@ pub fn rl_round(
     let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
     // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
     // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run.
-    let settings_opt = optimizer_settings(cfg);
+    let settings_opt = adamw_settings(cfg.weight_decay);
     let kept = cfg.keep_optimizer
         && match cx.previous_checkpoint {
             Some(dir) => policy.restore_optimizer(dir, &settings_opt)?,

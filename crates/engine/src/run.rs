@@ -404,6 +404,30 @@ impl Run {
         self.write_manifest(&m)
     }
 
+    /// The round's `k` graded samples of every unlabeled problem.
+    fn sample_pool(
+        &self,
+        policy: &mut NativePolicy,
+        round: u32,
+        k: usize,
+        params: &autodidact_core::SamplingParams,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Group>> {
+        obs.stage_started(
+            &format!("r{round} sample"),
+            self.problems.unlabeled.len() as u64,
+        );
+        sample_groups(
+            policy,
+            &*self.plan.task,
+            &self.problems.unlabeled,
+            k,
+            params,
+            self.seed(round, "sample"),
+            obs,
+        )
+    }
+
     /// Sample k completions per unlabeled problem, verify, keep the correct ones.
     fn sample_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
         if self.plan.config.recipe.is_preference() {
@@ -413,19 +437,7 @@ impl Run {
         let mut policy = self.load_policy(round - 1)?;
         let task = &*self.plan.task;
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
-        obs.stage_started(
-            &format!("r{round} sample"),
-            self.problems.unlabeled.len() as u64,
-        );
-        let groups = sample_groups(
-            &mut policy,
-            task,
-            &self.problems.unlabeled,
-            cfg.samples,
-            &params,
-            self.seed(round, "sample"),
-            obs,
-        )?;
+        let groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
         let mut hinted_groups = Vec::new();
         if cfg.rationalize {
@@ -488,19 +500,7 @@ impl Run {
         let mut policy = self.load_policy(round - 1)?;
         let task = &*self.plan.task;
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
-        obs.stage_started(
-            &format!("r{round} sample"),
-            self.problems.unlabeled.len() as u64,
-        );
-        let mut groups = sample_groups(
-            &mut policy,
-            task,
-            &self.problems.unlabeled,
-            cfg.samples,
-            &params,
-            self.seed(round, "sample"),
-            obs,
-        )?;
+        let mut groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
         let scores = if c.recipe == Recipe::SelfRewarding {
             let items: Vec<(&str, &str)> = groups
@@ -511,8 +511,9 @@ impl Run {
                         .map(|x| (g.problem.prompt.as_str(), x.text.as_str()))
                 })
                 .collect();
-            obs.stage_started(&format!("r{round} judge"), 1);
+            obs.stage_started(&format!("r{round} judge"), items.len() as u64);
             let flat = judge_scores(&mut policy, &self.plan.tokenizer, &items)?;
+            obs.stage_progress(items.len() as u64, 0);
             let truth: Vec<bool> = groups
                 .iter()
                 .flat_map(|g| g.verdicts.iter().map(|v| v.is_correct()))

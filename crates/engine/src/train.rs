@@ -67,6 +67,34 @@ impl Order {
     }
 }
 
+/// AdamW settings of a training stage (betas and eps are PyTorch's defaults).
+pub fn adamw_settings(weight_decay: f32) -> OptimizerSettings {
+    OptimizerSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+    }
+}
+
+/// Gives `policy` a fresh optimizer for a stage that trains on `items` examples (or pairs);
+/// returns the stage's step count and learning-rate schedule.
+pub(crate) fn start_training(
+    policy: &mut dyn TrainablePolicy,
+    cfg: &TrainConfig,
+    items: usize,
+) -> Result<(u64, LrSchedule)> {
+    policy.reset_optimizer(&adamw_settings(cfg.weight_decay))?;
+    let steps = steps_for(cfg, items);
+    let schedule = LrSchedule {
+        peak_lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps.min(steps),
+        total_steps: steps,
+        min_lr_ratio: cfg.min_lr_ratio,
+    };
+    Ok((steps, schedule))
+}
+
 /// Trains on `examples` with a fresh optimizer; `after_step(step, loss, policy)` runs after
 /// every update (the seed stage evaluates there).
 pub fn fit_sft(
@@ -83,19 +111,7 @@ pub fn fit_sft(
             "is empty: there is nothing to train on",
         ));
     }
-    policy.reset_optimizer(&OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    })?;
-    let steps = steps_for(cfg, examples.len());
-    let schedule = LrSchedule {
-        peak_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(steps),
-        total_steps: steps,
-        min_lr_ratio: cfg.min_lr_ratio,
-    };
+    let (steps, schedule) = start_training(policy, cfg, examples.len())?;
     let mut order = Order::new(examples.len(), seed);
     let batch = cfg.batch_size.min(examples.len());
     let tenth = (steps / 10).max(1);

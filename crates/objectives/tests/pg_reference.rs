@@ -8,28 +8,12 @@ use autodidact_objectives::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{close, vec1, vec2};
+
 fn fixture() -> Value {
     let text = include_str!("fixtures/pg_reference.json");
     serde_json::from_str(text).unwrap()
-}
-
-fn vec1(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn vec2(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array().unwrap().iter().map(vec1).collect()
-}
-
-fn close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-        "{what}: {a} vs reference {b}"
-    );
 }
 
 #[test]
