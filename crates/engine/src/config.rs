@@ -245,6 +245,8 @@ pub struct RunConfig {
     pub judge: JudgeConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
 }
 
 /// The native model trained from scratch (`[model]`); the vocabulary comes from the task.
@@ -473,6 +475,27 @@ impl Default for JudgeConfig {
             seed_negatives: 2,
             samples_per_labeled: 4,
             coef: 1.0,
+        }
+    }
+}
+
+/// The per-round monitors (`[monitor]`, `crate::monitor`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// n* of B-STaR's balance score: the number of distinct correct samples per problem at
+    /// which exploration counts as sufficient.
+    pub n_star: usize,
+    /// Held-out problems whose evaluation samples the drift monitors score (KL to M0 and to
+    /// the previous round, token entropy); 0 turns drift off.
+    pub drift_problems: usize,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            n_star: 4,
+            drift_problems: 64,
         }
     }
 }
@@ -890,6 +913,9 @@ impl RunConfig {
             ));
         }
         check_temperature("eval.temperature", e.temperature)?;
+        if self.monitor.n_star == 0 {
+            return Err(Error::config("monitor.n_star", "must be at least 1"));
+        }
         Ok(RunPlan {
             config: self.clone(),
             task,

@@ -132,6 +132,17 @@ pub fn evaluate(
     s: &EvalSettings,
     obs: &mut dyn Observer,
 ) -> Result<EvalReport> {
+    Ok(evaluate_with_samples(policy, task, problems, s, obs)?.0)
+}
+
+/// [`evaluate`], also returning the sampled groups (for the drift monitors).
+pub fn evaluate_with_samples(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    problems: &[Problem],
+    s: &EvalSettings,
+    obs: &mut dyn Observer,
+) -> Result<(EvalReport, Vec<Group>)> {
     let greedy = greedy_groups(policy, task, problems, s.max_new_tokens, obs)?;
     let params = SamplingParams {
         temperature: s.temperature,
@@ -170,7 +181,7 @@ pub fn evaluate(
         });
     }
     let n = problems.len().max(1) as f64;
-    Ok(EvalReport {
+    let report = EvalReport {
         problems: problems.len(),
         samples: s.samples,
         k: s.k,
@@ -180,7 +191,8 @@ pub fn evaluate(
         maj_at_k: maj / n,
         mean_sample_accuracy: acc / n,
         details,
-    })
+    };
+    Ok((report, sampled))
 }
 
 #[cfg(test)]

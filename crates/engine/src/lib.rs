@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod judge;
+pub mod monitor;
 pub mod pairs;
 pub mod pref;
 pub mod progress;

@@ -6,20 +6,21 @@
 //! ends with the same numbers as an uninterrupted one.
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
-use crate::eval::{evaluate, first_accuracy, greedy_groups, EvalReport, EvalSettings};
+use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
+use crate::monitor::{kl_k3, round_monitors, RoundSignal};
 use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
 use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
 use crate::rl::{rl_round, RlContext};
 use crate::sampling::{derive_seed, sample_groups, sample_prompts};
-use crate::star::{curate, rationalized, Counts};
+use crate::star::{curate, kept_mask, rationalized, Counts};
 use crate::store::{
     sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION,
 };
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
-use autodidact_core::{Example, Group, Problem, Split, TrainablePolicy};
+use autodidact_core::{Example, Group, Policy, Problem, Split, TrainablePolicy};
 use autodidact_nn::NativePolicy;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -439,6 +440,19 @@ impl Run {
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
         let groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
+        let rewards: Vec<Vec<f32>> = groups.iter().map(|g| g.rewards.clone()).collect();
+        let selected: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|g| kept_mask(g, cfg.max_per_problem))
+            .collect();
+        let monitors = round_monitors(
+            &groups,
+            &RoundSignal {
+                rewards: &rewards,
+                selected: &selected,
+            },
+            self.plan.config.monitor.n_star,
+        );
         let mut hinted_groups = Vec::new();
         if cfg.rationalize {
             let unsolved: Vec<Problem> = groups
@@ -487,6 +501,7 @@ impl Run {
         m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
         m.settings = Some(json!({"star": cfg}));
         m.counts = Some(counts);
+        m.metrics = Some(monitors);
         self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
         self.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
         self.write_manifest(&m)
@@ -543,6 +558,28 @@ impl Run {
             }
         }
         metrics.extend(truth_metrics(&groups, proxy.as_deref(), &pairs, &counts));
+        let chosen: std::collections::HashSet<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.problem_id.as_str(), p.chosen.as_str()))
+            .collect();
+        let selected: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|g| {
+                g.completions
+                    .iter()
+                    .map(|x| chosen.contains(&(g.problem.id.as_str(), x.text.as_str())))
+                    .collect()
+            })
+            .collect();
+        let rewards: Vec<Vec<f32>> = groups.iter().map(|g| g.rewards.clone()).collect();
+        metrics.extend(round_monitors(
+            &groups,
+            &RoundSignal {
+                rewards: &rewards,
+                selected: &selected,
+            },
+            c.monitor.n_star,
+        ));
         if c.recipe == Recipe::Scpo {
             let (mut decided, mut right, mut share) = (0usize, 0usize, 0.0f64);
             for g in &groups {
@@ -758,6 +795,7 @@ impl Run {
             sampling: self.plan.sampling(cfg.temperature, cfg.top_p),
             seed: self.plan.config.seed,
             round,
+            n_star: self.plan.config.monitor.n_star,
         };
         obs.stage_started(
             &format!("r{round} {}", self.plan.config.recipe.name()),
@@ -797,6 +835,63 @@ impl Run {
         self.write_manifest(&m)
     }
 
+    /// `drift/*` of the round's model on its evaluation samples of the first
+    /// `monitor.drift_problems` held-out problems: KL to M0 and to the previous round (k3,
+    /// summed over each completion's tokens, see [`crate::monitor::kl_k3`]), mean completion
+    /// length and mean token entropy.
+    fn drift(
+        &self,
+        round: u32,
+        policy: &mut NativePolicy,
+        sampled: &[Group],
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut m = BTreeMap::new();
+        let n = self.plan.config.monitor.drift_problems.min(sampled.len());
+        if n == 0 {
+            return Ok(m);
+        }
+        let examples: Vec<Example> = sampled[..n]
+            .iter()
+            .flat_map(|g| {
+                g.completions.iter().map(|c| Example {
+                    prompt: g.problem.prompt.clone(),
+                    completion: c.text.clone(),
+                    completion_tokens: Some(c.tokens.clone()),
+                })
+            })
+            .collect();
+        let (mut own, mut tokens, mut entropy) = (Vec::new(), 0usize, 0.0f64);
+        for chunk in examples.chunks(256) {
+            let scores = policy.forward(chunk, true)?;
+            for row in scores.entropies.iter().flatten() {
+                tokens += row.len();
+                entropy += row.iter().map(|&h| h as f64).sum::<f64>();
+            }
+            own.extend(scores.logprobs);
+        }
+        m.insert(
+            "drift/mean_length".into(),
+            tokens as f64 / examples.len() as f64,
+        );
+        m.insert("drift/token_entropy".into(), entropy / tokens.max(1) as f64);
+        let mut kl_to = |key: &str, r: u32| -> Result<()> {
+            let mut reference = self.load_policy(r)?;
+            let mut ratios = Vec::with_capacity(examples.len());
+            for (chunk, mine) in examples.chunks(256).zip(own.chunks(256)) {
+                for (theirs, mine) in reference.logprobs(chunk)?.iter().zip(mine) {
+                    ratios.push(theirs.iter().zip(mine).map(|(a, b)| a - b).collect());
+                }
+            }
+            m.insert(key.into(), kl_k3(&ratios));
+            Ok(())
+        };
+        if round > 0 {
+            kl_to("drift/kl_to_seed", 0)?;
+            kl_to("drift/kl_to_previous", round - 1)?;
+        }
+        Ok(m)
+    }
+
     /// Held-out evaluation of the round's model; appends the round's metrics line.
     fn eval_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let e = &self.plan.config.eval;
@@ -813,13 +908,14 @@ impl Run {
             &format!("r{round} eval"),
             2 * self.problems.eval.len() as u64,
         );
-        let report = evaluate(
+        let (report, sampled) = evaluate_with_samples(
             &mut policy,
             &*self.plan.task,
             &self.problems.eval,
             &settings,
             obs,
         )?;
+        let drift = self.drift(round, &mut policy, &sampled)?;
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
             report.pass_at_1,
@@ -831,6 +927,12 @@ impl Run {
         self.dir.write_json(&rel, &report)?;
         let mut m = self.manifest(round)?;
         m.eval = Some(summary(&report));
+        let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
+        metrics.extend(drift);
+        metrics.insert(
+            "gap/maj_minus_pass1".into(),
+            report.maj_at_k - report.pass_at_1,
+        );
         self.hash_into(&mut m, &rel)?;
         self.write_manifest(&m)?;
         let mut line = json!({

@@ -37,6 +37,24 @@ pub struct Counts {
     pub sampled_tokens: usize,
 }
 
+/// Which completions of `g` curation keeps: the verified-correct ones, first occurrence of
+/// each text, at most `max_per_problem` (0: all), in sampling order.
+pub fn kept_mask(g: &Group, max_per_problem: usize) -> Vec<bool> {
+    let mut seen = HashSet::new();
+    let mut kept = 0;
+    g.completions
+        .iter()
+        .zip(&g.verdicts)
+        .map(|(c, v)| {
+            let keep = v.is_correct()
+                && seen.insert(c.text.as_str())
+                && (max_per_problem == 0 || kept < max_per_problem);
+            kept += keep as usize;
+            keep
+        })
+        .collect()
+}
+
 /// Keeps the distinct verified-correct completions of each group (at most `max_per_problem`
 /// per problem, 0 for all), in sampling order. Returns the examples and the counts.
 pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts) {
@@ -45,23 +63,22 @@ pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts
     for g in groups {
         counts.sampled += g.completions.len();
         counts.sampled_tokens += g.completions.iter().map(|c| c.tokens.len()).sum::<usize>();
-        let mut seen = HashSet::new();
-        let mut kept_here = 0;
-        for (c, v) in g.completions.iter().zip(&g.verdicts) {
-            if !v.is_correct() {
-                continue;
-            }
-            counts.correct += 1;
-            if !seen.insert(c.text.as_str()) {
-                continue;
-            }
-            counts.distinct += 1;
-            if max_per_problem == 0 || kept_here < max_per_problem {
-                kept_here += 1;
+        let correct: Vec<&str> = g
+            .completions
+            .iter()
+            .zip(&g.verdicts)
+            .filter(|(_, v)| v.is_correct())
+            .map(|(c, _)| c.text.as_str())
+            .collect();
+        counts.correct += correct.len();
+        let distinct: HashSet<&str> = correct.into_iter().collect();
+        counts.distinct += distinct.len();
+        counts.solved += (!distinct.is_empty()) as usize;
+        for (c, keep) in g.completions.iter().zip(kept_mask(g, max_per_problem)) {
+            if keep {
                 kept.push(Example::new(g.problem.prompt.clone(), c.text.clone()));
             }
         }
-        counts.solved += (!seen.is_empty()) as usize;
     }
     counts.kept = kept.len();
     (kept, counts)

@@ -94,6 +94,40 @@ fn short_run_writes_the_documented_layout() {
             let v = m[key].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
+        // Monitors: drift on the held-out samples every round, the training-sample
+        // monitors from round 1 (the seed stage samples nothing).
+        let round = m["round"].as_u64().unwrap();
+        let mut keys = vec![
+            "drift/mean_length",
+            "drift/token_entropy",
+            "gap/maj_minus_pass1",
+        ];
+        if round > 0 {
+            keys.extend([
+                "drift/kl_to_seed",
+                "drift/kl_to_previous",
+                "explore/pass@1",
+                "explore/pass@2",
+                "explore/distinct_correct_traces",
+                "explore/answer_entropy",
+                "explore/distinct_3grams",
+                "gap/best_of_n",
+            ]);
+        }
+        for key in keys {
+            let v = m.get(key).and_then(|v| v.as_f64());
+            assert!(
+                v.is_some_and(f64::is_finite),
+                "round {round}: {key} = {v:?}"
+            );
+        }
+        if round > 0 {
+            assert!(m["drift/kl_to_seed"].as_f64().unwrap() >= 0.0);
+            // Star selects verified-correct samples: its curation never picks a wrong one.
+            if let Some(p) = m.get("exploit/precision") {
+                assert_eq!(p.as_f64().unwrap(), 1.0);
+            }
+        }
     }
     // The run is complete; resuming it changes nothing.
     let before = std::fs::read(root.join("metrics.jsonl")).unwrap();
@@ -153,6 +187,9 @@ fn short_grpo_run_logs_trl_metrics() {
         "pg/grad_norm",
         "pg/advantage_mean",
         "eval/pass@1",
+        "explore/pass@4",
+        "gap/best_of_n",
+        "drift/kl_to_previous",
     ] {
         let v = line
             .get(key)
