@@ -2,6 +2,7 @@
 
 mod bench;
 mod progress;
+mod report;
 mod run;
 mod tools;
 
@@ -36,6 +37,10 @@ enum Command {
     Tasks,
     /// Measure training and sampling throughput of the native model's presets on this machine.
     Bench(bench::BenchArgs),
+    /// Write RUN_DIR/report.html: curves, lineage, samples and configuration of a run.
+    Report(report::ReportArgs),
+    /// Write one HTML page overlaying the curves of several runs.
+    Compare(report::CompareArgs),
 }
 
 fn main() {
@@ -67,5 +72,7 @@ fn run() -> Result<()> {
         Command::Sample(args) => tools::sample(&args),
         Command::Tasks => tools::tasks(),
         Command::Bench(args) => bench::run(&args, threads),
+        Command::Report(args) => report::report(&args),
+        Command::Compare(args) => report::compare(&args),
     }
 }

@@ -67,8 +67,14 @@ pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
 fn finish(run: &Run, rows: &[RoundRow]) {
     let k = run.plan().config.eval.k;
     println!("{}", table(rows, k));
+    if let Ok(data) = autodidact_engine::report::RunData::load(run.dir().root()) {
+        for line in autodidact_engine::report::text_summary(&data) {
+            println!("{line}");
+        }
+    }
     let root = run.dir().root().display();
     println!("run directory: {root}");
+    println!("  report.html     curves, lineage, samples and configuration (open in a browser)");
     println!("  config.toml     the resolved configuration");
     println!("  metrics.jsonl   one line per round (and the seed-only curve)");
     println!("  journal.jsonl   completed stages with their durations");

@@ -208,3 +208,43 @@ fn tasks_lists_every_builtin_task_with_an_example() {
     assert_eq!(text.matches("solution:").count(), 3);
     assert_eq!(text.matches("answer:").count(), 3);
 }
+
+#[test]
+fn report_and_compare_write_self_contained_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tiny_run(&a);
+    tiny_run(&b);
+    // A run writes its report at the end; `report` rewrites it.
+    let page = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<svg"));
+    assert!(
+        !page.contains("<script") && !page.contains("http"),
+        "self-contained"
+    );
+    std::fs::remove_file(a.join("report.html")).unwrap();
+    let out = succeeds(&["report", a.to_str().unwrap()]);
+    assert!(out.trim_end().ends_with("report.html"), "{out}");
+    assert!(a.join("report.html").is_file());
+    let cmp = tmp.path().join("cmp.html");
+    succeeds(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    let page = std::fs::read_to_string(&cmp).unwrap();
+    assert_eq!(page.matches("class=\"legend\"").count(), 1);
+    // Bad input names what is wrong.
+    let err = fails(&["report", tmp.path().to_str().unwrap()]);
+    assert!(err.contains("not an autodidact run"), "{err}");
+    let err = fails(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("is a directory"), "{err}");
+}

@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod pairs;
 pub mod pref;
 pub mod progress;
+pub mod report;
 pub mod rl;
 pub mod run;
 pub mod sampling;

@@ -254,6 +254,9 @@ impl Run {
         if self.info.status != RunStatus::Complete {
             self.dir.set_status(&mut self.info, RunStatus::Complete)?;
         }
+        // The run is complete and journaled whatever happens here; `autodidact report`
+        // rewrites the page.
+        crate::report::write_report(self.dir.root())?;
         self.table()
     }
 

@@ -1,0 +1,556 @@
+//! `report.html`: one self-contained page per run (or per comparison of runs) — the
+//! configuration, per-round curves of every metric family as inline SVG, the lineage of
+//! rounds, and a sample browser. No script, no network, no external file: it opens from disk
+//! in any browser and survives being mailed around.
+
+use crate::run::Manifest;
+use crate::store::{RunDir, CONFIG_FILE};
+use crate::Result;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::path::Path;
+
+/// The file a run's report is written to.
+pub const REPORT_FILE: &str = "report.html";
+/// Problems per round shown in the sample browser, and completions per problem.
+const BROWSE_PROBLEMS: usize = 12;
+const BROWSE_COMPLETIONS: usize = 8;
+/// Series colours (colour-blind-safe, Okabe–Ito).
+const COLOURS: [&str; 8] = [
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+];
+
+/// What a report reads from one run directory.
+pub struct RunData {
+    pub name: String,
+    pub config: String,
+    /// The per-round lines of `metrics.jsonl`, in round order.
+    pub rounds: Vec<BTreeMap<String, f64>>,
+    /// The seed-only curve: (step, held-out pass@1).
+    pub seed_curve: Vec<(f64, f64)>,
+    pub manifests: Vec<Manifest>,
+    /// Stage durations from the journal: (stage, round, seconds).
+    pub stages: Vec<(String, u32, f64)>,
+    dir: RunDir,
+}
+
+impl RunData {
+    /// Reads what the report needs from the run in `root`.
+    pub fn load(root: &Path) -> Result<Self> {
+        let (dir, _) = RunDir::open(root)?;
+        let config_path = dir.path(CONFIG_FILE);
+        let config = std::fs::read_to_string(&config_path)
+            .map_err(|e| autodidact_core::Error::io("reading", &config_path, e))?;
+        let mut rounds = Vec::new();
+        let mut seed_curve = Vec::new();
+        for line in dir.metrics()? {
+            let Some(obj) = line.as_object() else {
+                continue;
+            };
+            if let (Some(s), Some(p)) = (
+                obj.get("seed/step").and_then(Value::as_f64),
+                obj.get("seed/eval_pass@1").and_then(Value::as_f64),
+            ) {
+                seed_curve.push((s, p));
+            }
+            if obj.contains_key("round") {
+                rounds.push(
+                    obj.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect(),
+                );
+            }
+        }
+        let mut manifests = Vec::new();
+        for r in 0..rounds.len() as u32 {
+            let rel = format!("{}/manifest.json", RunDir::round_dir(r));
+            if dir.path(&rel).exists() {
+                manifests.push(dir.read_json(&rel)?);
+            }
+        }
+        let stages = dir
+            .journal()?
+            .into_iter()
+            .map(|e| (e.stage, e.round, e.seconds))
+            .collect();
+        let name = root.file_name().map_or_else(
+            || root.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        Ok(Self {
+            name,
+            config,
+            rounds,
+            seed_curve,
+            manifests,
+            stages,
+            dir,
+        })
+    }
+
+    fn recipe(&self) -> String {
+        self.manifests
+            .first()
+            .map_or_else(|| "?".into(), |m| m.recipe.clone())
+    }
+}
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A small line chart of one metric: one series per run, x = round (or step).
+pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h, l, r, t, b) = (260.0, 150.0, 44.0, 10.0, 22.0, 24.0);
+    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    let mut s = format!(
+        r#"<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><text x="{l}" y="14" class="ct">{t}</text>"#,
+        t = escape(title)
+    );
+    if points.is_empty() {
+        s.push_str("</svg>");
+        return s;
+    }
+    let fold = |f: fn(f64, f64) -> f64, init: f64, x: fn(&(f64, f64)) -> f64| {
+        points.iter().map(x).fold(init, f)
+    };
+    let (x0, x1) = (
+        fold(f64::min, f64::INFINITY, |p| p.0),
+        fold(f64::max, f64::NEG_INFINITY, |p| p.0),
+    );
+    let (mut y0, mut y1) = (
+        fold(f64::min, f64::INFINITY, |p| p.1),
+        fold(f64::max, f64::NEG_INFINITY, |p| p.1),
+    );
+    if y1 - y0 < 1e-12 {
+        y0 -= 0.5_f64.max(y0.abs() * 0.1);
+        y1 += 0.5_f64.max(y1.abs() * 0.1);
+    }
+    let px = |x: f64| l + (w - l - r) * if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 };
+    let py = |y: f64| t + (h - t - b) * (1.0 - (y - y0) / (y1 - y0));
+    let _ = write!(
+        s,
+        r#"<line x1="{l}" y1="{yb}" x2="{xr}" y2="{yb}" class="ax"/><line x1="{l}" y1="{t}" x2="{l}" y2="{yb}" class="ax"/><text x="{lx}" y="{ty}" class="tk" text-anchor="end">{top}</text><text x="{lx}" y="{yb}" class="tk" text-anchor="end">{bot}</text><text x="{l}" y="{xy}" class="tk">{xa}</text><text x="{xr}" y="{xy}" class="tk" text-anchor="end">{xb}</text>"#,
+        yb = h - b,
+        xr = w - r,
+        lx = l - 3.0,
+        ty = t + 8.0,
+        xy = h - 8.0,
+        top = fmt_num(y1),
+        bot = fmt_num(y0),
+        xa = fmt_num(x0),
+        xb = fmt_num(x1),
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{}"><title>{}</title></polyline>"#,
+            path.join(" "),
+            escape(name)
+        );
+        for &(x, y) in pts {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{c}"><title>{}: {} = {}</title></circle>"#,
+                px(x),
+                py(y),
+                escape(name),
+                fmt_num(x),
+                fmt_num(y)
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v.abs() >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if v == v.trunc() {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The family a metric key belongs to, for grouping charts.
+fn family(key: &str) -> &str {
+    match key.split_once('/') {
+        Some((f, _)) => f,
+        None => "rl",
+    }
+}
+
+const FAMILY_ORDER: [&str; 14] = [
+    "eval", "explore", "exploit", "gap", "drift", "proxy", "gold", "pairs", "vote", "judge",
+    "rewards", "rl", "pg", "train",
+];
+
+/// Charts of every metric the runs logged per round, grouped by family.
+fn charts(runs: &[RunData]) -> String {
+    let keys: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|r| r.rounds.iter().flat_map(|m| m.keys().map(String::as_str)))
+        .filter(|k| *k != "round" && *k != "eval/k" && !k.starts_with("pairs/no_pair/"))
+        .collect();
+    // Families in a fixed reading order (unknown ones last, alphabetically).
+    let mut families: BTreeMap<(usize, &str), Vec<&str>> = BTreeMap::new();
+    for k in keys {
+        let f = family(k);
+        let rank = FAMILY_ORDER
+            .iter()
+            .position(|x| *x == f)
+            .unwrap_or(FAMILY_ORDER.len());
+        families.entry((rank, f)).or_default().push(k);
+    }
+    let mut out = String::new();
+    for ((_, name), keys) in &families {
+        let _ = write!(out, "<h3>{}</h3><div class=\"grid\">", escape(name));
+        for k in keys {
+            let series: Vec<(String, Vec<(f64, f64)>)> = runs
+                .iter()
+                .map(|r| {
+                    let pts = r
+                        .rounds
+                        .iter()
+                        .filter_map(|m| Some((*m.get("round")?, *m.get(*k)?)))
+                        .collect();
+                    (r.name.clone(), pts)
+                })
+                .collect();
+            out.push_str(&svg_chart(k, &series));
+        }
+        out.push_str("</div>");
+    }
+    if runs.iter().any(|r| !r.seed_curve.is_empty()) {
+        out.push_str("<h3>seed stage</h3><div class=\"grid\">");
+        let series: Vec<_> = runs
+            .iter()
+            .map(|r| (r.name.clone(), r.seed_curve.clone()))
+            .collect();
+        out.push_str(&svg_chart("seed/eval_pass@1 by step", &series));
+        out.push_str("</div>");
+    }
+    out
+}
+
+fn legend(runs: &[RunData]) -> String {
+    let mut s = String::from("<p class=\"legend\">");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = write!(
+            s,
+            r#"<span><i style="background:{}"></i>{} ({})</span>"#,
+            COLOURS[i % COLOURS.len()],
+            escape(&r.name),
+            escape(&r.recipe())
+        );
+    }
+    s.push_str("</p>");
+    s
+}
+
+/// The per-round lineage: which checkpoint sampled, which one training started from, what
+/// the round kept, and how long its stages took.
+fn lineage(run: &RunData) -> String {
+    let mut s = String::from(
+        "<table><tr><th>round</th><th>sampled by</th><th>trained from</th><th>pass@1</th><th>seconds</th><th>files</th></tr>",
+    );
+    for m in &run.manifests {
+        let secs: f64 = run
+            .stages
+            .iter()
+            .filter(|(_, r, _)| *r == m.round)
+            .map(|(_, _, s)| s)
+            .sum();
+        let pass = run
+            .rounds
+            .iter()
+            .find(|x| x.get("round") == Some(&(m.round as f64)))
+            .and_then(|x| x.get("eval/pass@1"))
+            .map_or("–".into(), |p| format!("{:.1}%", 100.0 * p));
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{pass}</td><td>{secs:.1}</td><td>{}</td></tr>",
+            m.round,
+            escape(m.parent_checkpoint.as_deref().unwrap_or("–")),
+            escape(m.init_checkpoint.as_deref().unwrap_or("–")),
+            m.files
+                .keys()
+                .map(|f| escape(f))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// A browser of the first problems of each round's `samples.jsonl`.
+fn samples(run: &RunData) -> Result<String> {
+    let mut s = String::new();
+    for m in run.manifests.iter().filter(|m| m.round > 0) {
+        let rel = format!("{}/samples.jsonl", RunDir::round_dir(m.round));
+        if !run.dir.path(&rel).exists() {
+            continue;
+        }
+        let rows: Vec<Value> = run.dir.read_jsonl(&rel)?;
+        let mut order: Vec<&str> = Vec::new();
+        let mut by: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        for row in &rows {
+            let id = row["problem_id"].as_str().unwrap_or("?");
+            if !by.contains_key(id) {
+                if order.len() == BROWSE_PROBLEMS {
+                    continue;
+                }
+                order.push(id);
+            }
+            by.entry(id).or_default().push(row);
+        }
+        let _ = write!(
+            s,
+            "<details><summary>round {} — {} samples (first {} problems)</summary>",
+            m.round,
+            rows.len(),
+            order.len()
+        );
+        for id in order {
+            let items = &by[id];
+            let prompt = items[0]["prompt"].as_str().unwrap_or("");
+            let _ = write!(
+                s,
+                "<div class=\"prob\"><b>{}</b> <code>{}</code><table>",
+                escape(id),
+                escape(prompt)
+            );
+            for row in items.iter().take(BROWSE_COMPLETIONS) {
+                let grade = row["grade"].as_str().unwrap_or("?");
+                let num = |k: &str| row.get(k).and_then(Value::as_f64).map(fmt_num);
+                let _ = write!(
+                    s,
+                    "<tr class=\"{grade}\"><td><code>{}</code></td><td>{grade}</td><td>reward {}</td><td>{}</td></tr>",
+                    escape(row["completion"].as_str().unwrap_or("")),
+                    num("reward").unwrap_or_else(|| "–".into()),
+                    num("advantage").map_or(String::new(), |a| format!("advantage {a}")),
+                );
+            }
+            s.push_str("</table></div>");
+        }
+        s.push_str("</details>");
+    }
+    Ok(s)
+}
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}\
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px;margin:14px 0 4px}\
+.grid{display:flex;flex-wrap:wrap;gap:8px}.chart{background:#fafafa;border:1px solid #e4e4e4}\
+.ct{font-size:11px;font-weight:600}.tk{font-size:9px;fill:#555}.ax{stroke:#999;stroke-width:1}\
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 6px;font-size:12px;vertical-align:top}\
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.legend span{margin-right:14px}\
+.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
+tr.correct td{background:#eaf7ea}tr.incorrect td{background:#fbeaea}tr.ungradable td{background:#f3f3f3}\
+.prob{margin:8px 0}summary{cursor:pointer;font-weight:600;margin:6px 0}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
+        escape(title)
+    )
+}
+
+/// The report of one run.
+pub fn render(run: &RunData) -> Result<String> {
+    let mut b = format!(
+        "<h1>autodidact run {} ({})</h1>",
+        escape(&run.name),
+        escape(&run.recipe())
+    );
+    b.push_str(&table_of_rounds(run));
+    b.push_str("<h2>Curves by round</h2>");
+    b.push_str(&charts(std::slice::from_ref(run)));
+    b.push_str("<h2>Lineage</h2>");
+    b.push_str(&lineage(run));
+    b.push_str("<h2>Samples</h2>");
+    b.push_str(&samples(run)?);
+    let _ = write!(
+        b,
+        "<h2>Configuration</h2><pre>{}</pre>",
+        escape(&run.config)
+    );
+    Ok(page(&format!("autodidact — {}", run.name), &b))
+}
+
+/// One page overlaying several runs.
+pub fn render_compare(runs: &[RunData]) -> String {
+    let mut b = String::from("<h1>autodidact: comparison</h1>");
+    b.push_str(&legend(runs));
+    for r in runs {
+        let _ = write!(b, "<h3>{}</h3>", escape(&r.name));
+        b.push_str(&table_of_rounds(r));
+    }
+    b.push_str("<h2>Curves by round</h2>");
+    b.push_str(&charts(runs));
+    b.push_str("<h2>Configurations</h2>");
+    for r in runs {
+        let _ = write!(
+            b,
+            "<details><summary>{}</summary><pre>{}</pre></details>",
+            escape(&r.name),
+            escape(&r.config)
+        );
+    }
+    page("autodidact — comparison", &b)
+}
+
+fn table_of_rounds(run: &RunData) -> String {
+    let mut s =
+        String::from("<table><tr><th>round</th><th>pass@1</th><th>pass@k</th><th>maj@k</th></tr>");
+    for m in &run.rounds {
+        let pct = |k: &str| {
+            m.get(k)
+                .map_or("–".into(), |v| format!("{:.1}%", 100.0 * v))
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            fmt_num(*m.get("round").unwrap_or(&f64::NAN)),
+            pct("eval/pass@1"),
+            pct("eval/pass@k"),
+            pct("eval/maj@k")
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// The plain-text summary printed at the end of a run: each monitor family's key readings,
+/// first round → last round (families the run did not log are left out).
+pub fn text_summary(run: &RunData) -> Vec<String> {
+    const LINES: [(&str, &[(&str, &str)]); 5] = [
+        (
+            "exploration",
+            &[
+                ("pass@1", "explore/pass@1"),
+                ("answer entropy", "explore/answer_entropy"),
+                ("distinct correct traces", "explore/distinct_correct_traces"),
+            ],
+        ),
+        (
+            "exploitation",
+            &[
+                ("precision", "exploit/precision"),
+                ("recall", "exploit/recall"),
+                ("AUROC", "exploit/auroc"),
+                ("balance", "exploit/balance_score"),
+            ],
+        ),
+        (
+            "gap",
+            &[
+                ("best-of-n", "gap/best_of_n"),
+                ("maj@k − pass@1", "gap/maj_minus_pass1"),
+            ],
+        ),
+        (
+            "drift",
+            &[
+                ("KL to M0", "drift/kl_to_seed"),
+                ("token entropy", "drift/token_entropy"),
+                ("length", "drift/mean_length"),
+            ],
+        ),
+        (
+            "proxy vs gold",
+            &[
+                ("proxy reward", "proxy/reward"),
+                ("gold reward", "gold/reward"),
+                ("judge accuracy", "judge/accuracy"),
+            ],
+        ),
+    ];
+    let rounds: Vec<&BTreeMap<String, f64>> = run
+        .rounds
+        .iter()
+        .filter(|m| m.get("round").is_some_and(|&r| r > 0.0))
+        .collect();
+    let (Some(first), Some(last)) = (rounds.first(), rounds.last()) else {
+        return Vec::new();
+    };
+    let mut out = vec![format!(
+        "monitors, round {} → {}:",
+        fmt_num(first["round"]),
+        fmt_num(last["round"])
+    )];
+    for (family, items) in LINES {
+        let parts: Vec<String> = items
+            .iter()
+            .filter_map(|(label, key)| {
+                let a = first.get(*key)?;
+                let b = last.get(*key)?;
+                Some(format!("{label} {} → {}", fmt_num(*a), fmt_num(*b)))
+            })
+            .collect();
+        if !parts.is_empty() {
+            out.push(format!("  {family:<13} {}", parts.join("   ")));
+        }
+    }
+    out
+}
+
+/// Writes `report.html` into the run directory `root`; returns its path.
+pub fn write_report(root: &Path) -> Result<std::path::PathBuf> {
+    let run = RunData::load(root)?;
+    let html = render(&run)?;
+    let path = root.join(REPORT_FILE);
+    autodidact_core::fs::write_atomic(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_charts() {
+        assert_eq!(escape("<a&'\">"), "&lt;a&amp;&#39;&quot;&gt;");
+        let svg = svg_chart(
+            "eval/pass@1",
+            &[("run <1>".into(), vec![(0.0, 0.25), (1.0, 0.5), (2.0, 0.75)])],
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains("run &lt;1&gt;"));
+        // Endpoints map to the plot corners: x from 44 to 250, y from 126 (low) to 22 (high).
+        assert!(
+            svg.contains("44.0,126.0") && svg.contains("250.0,22.0"),
+            "{svg}"
+        );
+        // A flat series and an empty chart still draw.
+        assert!(
+            svg_chart("flat", &[("a".into(), vec![(0.0, 1.0), (1.0, 1.0)])]).contains("<polyline")
+        );
+        assert_eq!(svg_chart("none", &[]).matches("<polyline").count(), 0);
+    }
+}
