@@ -1,6 +1,7 @@
 //! The run configuration: TOML read with serde, unknown keys rejected, `--set` overrides,
 //! then checked and resolved into a [`RunPlan`] before anything runs.
 
+use crate::controller::{AlarmAction, AlarmConfig, AlarmKind};
 use crate::{Error, Result};
 use autodidact_core::{CharTokenizer, SamplingParams, Task};
 use autodidact_nn::TransformerConfig;
@@ -247,6 +248,8 @@ pub struct RunConfig {
     pub eval: EvalConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
 }
 
 /// The native model trained from scratch (`[model]`); the vocabulary comes from the task.
@@ -496,6 +499,43 @@ impl Default for MonitorConfig {
         Self {
             n_star: 4,
             drift_problems: 64,
+        }
+    }
+}
+
+/// The controller (`[controller]`, `crate::controller`): alarms, early stopping and B-STaR
+/// balancing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// B-STaR balancing (recipe `star`): sample each round at the temperature of
+    /// `temperatures` whose balance score is highest on `probe_problems` pool problems.
+    pub balance: bool,
+    pub temperatures: Vec<f32>,
+    pub probe_problems: usize,
+    /// Stop when held-out pass@1 has not improved on its best for this many rounds (0: never).
+    pub patience: u32,
+    /// `[[controller.alarms]]`: kind, threshold, action (warn, stop, rollback).
+    pub alarms: Vec<AlarmConfig>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        let warn = |kind, threshold| AlarmConfig {
+            kind,
+            threshold,
+            action: AlarmAction::Warn,
+        };
+        Self {
+            balance: false,
+            temperatures: vec![0.6, 0.8, 1.0, 1.2, 1.5],
+            probe_problems: 200,
+            patience: 0,
+            alarms: vec![
+                warn(AlarmKind::ProxyGoldDivergence, 0.1),
+                warn(AlarmKind::ExplorationCollapse, 0.05),
+                warn(AlarmKind::EntropyCollapse, 0.005),
+            ],
         }
     }
 }
@@ -915,6 +955,35 @@ impl RunConfig {
         check_temperature("eval.temperature", e.temperature)?;
         if self.monitor.n_star == 0 {
             return Err(Error::config("monitor.n_star", "must be at least 1"));
+        }
+        let ctl = &self.controller;
+        if ctl.balance {
+            if self.recipe != Recipe::Star {
+                return Err(Error::config(
+                    "controller.balance",
+                    format!(
+                        "B-STaR balancing steers the star recipe's sampling, not {}",
+                        self.recipe.name()
+                    ),
+                ));
+            }
+            if ctl.temperatures.is_empty() || ctl.probe_problems == 0 {
+                return Err(Error::config(
+                    "controller.balance",
+                    "needs at least one temperature and one probe problem",
+                ));
+            }
+            for (i, &t) in ctl.temperatures.iter().enumerate() {
+                check_temperature(&format!("controller.temperatures[{i}]"), t)?;
+            }
+        }
+        for (i, a) in ctl.alarms.iter().enumerate() {
+            if !a.threshold.is_finite() {
+                return Err(Error::config(
+                    format!("controller.alarms[{i}].threshold"),
+                    format!("{} must be a finite number", a.threshold),
+                ));
+            }
         }
         Ok(RunPlan {
             config: self.clone(),

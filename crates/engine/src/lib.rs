@@ -10,6 +10,7 @@
 //! its outputs to the run directory ([`store`]) before the journal records it.
 
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod eval;
 pub mod judge;

@@ -308,6 +308,53 @@ fn lineage(run: &RunData) -> String {
     s
 }
 
+/// What the controller chose and decided each round: temperature (B-STaR balancing), the
+/// alarms that fired, stops and rollbacks.
+fn controller(run: &RunData) -> String {
+    let rows: Vec<String> = run
+        .manifests
+        .iter()
+        .filter_map(|m| {
+            let d = m.controller.as_ref()?;
+            let alarms: Vec<String> = d
+                .alarms
+                .iter()
+                .map(|a| format!("{} ({:?})", escape(&a.message), a.action))
+                .collect();
+            let mut decision = Vec::new();
+            if let Some(s) = &d.stop {
+                decision.push(format!("stop: {}", escape(s)));
+            }
+            if let Some(p) = d.next_parent {
+                decision.push(format!("next round starts from round {p}"));
+            }
+            let temp = d.temperature.map_or("–".into(), |t| {
+                let probe: Vec<String> = d
+                    .probe
+                    .iter()
+                    .map(|(t, b)| format!("{t}: {b:.3}"))
+                    .collect();
+                format!("{t} (balance {})", probe.join(", "))
+            });
+            (d.temperature.is_some() || !alarms.is_empty() || !decision.is_empty()).then(|| {
+                format!(
+                    "<tr><td>{}</td><td>{temp}</td><td class=\"alarm\">{}</td><td>{}</td></tr>",
+                    m.round,
+                    alarms.join("<br>"),
+                    decision.join("<br>")
+                )
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return "<p>No alarm fired; no setting was changed.</p>".into();
+    }
+    format!(
+        "<table><tr><th>round</th><th>temperature</th><th>alarms</th><th>decision</th></tr>{}</table>",
+        rows.concat()
+    )
+}
+
 /// A browser of the first problems of each round's `samples.jsonl`.
 fn samples(run: &RunData) -> Result<String> {
     let mut s = String::new();
@@ -371,7 +418,7 @@ table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.legend span{margin-right:14px}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
 tr.correct td{background:#eaf7ea}tr.incorrect td{background:#fbeaea}tr.ungradable td{background:#f3f3f3}\
-.prob{margin:8px 0}summary{cursor:pointer;font-weight:600;margin:6px 0}";
+.prob{margin:8px 0}td.alarm{color:#b00}summary{cursor:pointer;font-weight:600;margin:6px 0}";
 
 fn page(title: &str, body: &str) -> String {
     format!(
@@ -390,6 +437,8 @@ pub fn render(run: &RunData) -> Result<String> {
     b.push_str(&table_of_rounds(run));
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(std::slice::from_ref(run)));
+    b.push_str("<h2>Controller</h2>");
+    b.push_str(&controller(run));
     b.push_str("<h2>Lineage</h2>");
     b.push_str(&lineage(run));
     b.push_str("<h2>Samples</h2>");

@@ -6,9 +6,10 @@
 //! ends with the same numbers as an uninterrupted one.
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
+use crate::controller::{decide, Decision};
 use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
-use crate::monitor::{kl_k3, round_monitors, RoundSignal};
+use crate::monitor::{balance_score, kl_k3, round_monitors, RoundSignal};
 use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
 use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
@@ -100,6 +101,10 @@ pub struct Manifest {
     pub metrics: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<Value>,
+    /// What the controller chose for this round (temperature) and decided after it (alarms,
+    /// stop, rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Decision>,
     /// SHA-256 of each file the round wrote, by path relative to the run directory.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -235,7 +240,18 @@ impl Run {
                 last.stage, last.round
             ));
         }
+        let mut status = RunStatus::Complete;
         for &stage in &all[done.len()..] {
+            // A round starts only if the controller did not stop the run after the last one
+            // (checked here rather than after the eval stage, so a resumed run stops too).
+            if matches!(stage, Stage::Sample(_) | Stage::Rl(_)) {
+                let before = stage.round() - 1;
+                if let Some(reason) = self.decision(before)?.stop {
+                    obs.note(&format!("stopped after round {before}: {reason}"));
+                    status = RunStatus::Stopped;
+                    break;
+                }
+            }
             let start = Instant::now();
             match stage {
                 Stage::Seed => self.seed_stage(obs)?,
@@ -251,8 +267,8 @@ impl Run {
                 metrics_bytes: self.dir.metrics_bytes()?,
             })?;
         }
-        if self.info.status != RunStatus::Complete {
-            self.dir.set_status(&mut self.info, RunStatus::Complete)?;
+        if self.info.status != status {
+            self.dir.set_status(&mut self.info, status)?;
         }
         // The run is complete and journaled whatever happens here; `autodidact report`
         // rewrites the page.
@@ -294,6 +310,18 @@ impl Run {
         Ok(NativePolicy::load(
             &self.dir.path(&RunDir::checkpoint_dir(round)),
         )?)
+    }
+
+    /// The controller's decision recorded with `round` (empty if none).
+    fn decision(&self, round: u32) -> Result<Decision> {
+        Ok(self.manifest(round)?.controller.unwrap_or_default())
+    }
+
+    /// The round whose model round `round` starts from: the previous one, unless the
+    /// controller rolled back after it.
+    fn parent(&self, round: u32) -> Result<u32> {
+        let before = round - 1;
+        Ok(self.decision(before)?.next_parent.unwrap_or(before))
     }
 
     fn manifest(&self, round: u32) -> Result<Manifest> {
@@ -408,6 +436,63 @@ impl Run {
         self.write_manifest(&m)
     }
 
+    /// B-STaR balancing: samples the first `controller.probe_problems` pool problems at each
+    /// of `controller.temperatures` (the same seeds for each, so temperatures are compared on
+    /// common random numbers) and returns the temperature with the highest balance score
+    /// (the first of equals), with every probed score.
+    fn balance_temperature(
+        &self,
+        policy: &mut NativePolicy,
+        round: u32,
+        obs: &mut dyn Observer,
+    ) -> Result<Decision> {
+        let (ctl, st) = (&self.plan.config.controller, &self.plan.config.star);
+        let pool = &self.problems.unlabeled;
+        let probe = &pool[..ctl.probe_problems.min(pool.len())];
+        obs.stage_started(
+            &format!("r{round} balance"),
+            (probe.len() * ctl.temperatures.len()) as u64,
+        );
+        let mut scores = Vec::new();
+        for (i, &t) in ctl.temperatures.iter().enumerate() {
+            let groups = sample_groups(
+                policy,
+                &*self.plan.task,
+                probe,
+                st.samples,
+                &self.plan.sampling(t, st.top_p),
+                self.seed(round, "probe"),
+                &mut Silent,
+            )?;
+            let selected: Vec<Vec<bool>> = groups
+                .iter()
+                .map(|g| kept_mask(g, st.max_per_problem))
+                .collect();
+            let score = balance_score(&groups, &selected, self.plan.config.monitor.n_star);
+            scores.push((t, score.unwrap_or(0.0)));
+            obs.stage_progress(((i + 1) * probe.len()) as u64, 0);
+        }
+        let best = scores
+            .iter()
+            .copied()
+            .reduce(|a, b| if b.1 > a.1 { b } else { a })
+            .map(|(t, _)| t);
+        obs.stage_finished(&format!(
+            "r{round} balance: temperature {} ({})",
+            best.map_or("–".into(), |t| t.to_string()),
+            scores
+                .iter()
+                .map(|(t, b)| format!("{t}: {b:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(Decision {
+            temperature: best,
+            probe: scores,
+            ..Decision::default()
+        })
+    }
+
     /// The round's `k` graded samples of every unlabeled problem.
     fn sample_pool(
         &self,
@@ -434,13 +519,25 @@ impl Run {
 
     /// Sample k completions per unlabeled problem, verify, keep the correct ones.
     fn sample_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = self.parent(round)?;
         if self.plan.config.recipe.is_preference() {
             return self.pairs_stage(round, obs);
         }
         let cfg = &self.plan.config.star;
-        let mut policy = self.load_policy(round - 1)?;
+        let mut policy = self.load_policy(parent)?;
         let task = &*self.plan.task;
-        let params = self.plan.sampling(cfg.temperature, cfg.top_p);
+        let balance = self
+            .plan
+            .config
+            .controller
+            .balance
+            .then(|| self.balance_temperature(&mut policy, round, obs))
+            .transpose()?;
+        let temperature = balance
+            .as_ref()
+            .and_then(|d| d.temperature)
+            .unwrap_or(cfg.temperature);
+        let params = self.plan.sampling(temperature, cfg.top_p);
         let groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
         let rewards: Vec<Vec<f32>> = groups.iter().map(|g| g.rewards.clone()).collect();
@@ -501,10 +598,11 @@ impl Run {
             counts.sampled, counts.correct, counts.solved, counts.kept, counts.distinct, counts.rationalized
         ));
         let mut m = self.manifest(round)?;
-        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings = Some(json!({"star": cfg}));
         m.counts = Some(counts);
         m.metrics = Some(monitors);
+        m.controller = balance;
         self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
         self.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
         self.write_manifest(&m)
@@ -513,9 +611,10 @@ impl Run {
     /// Sample k completions per problem, score them with the recipe's reward source, and
     /// build preference pairs; record the gold truth beside the proxy.
     fn pairs_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = self.parent(round)?;
         let c = &self.plan.config;
         let cfg = &c.pref;
-        let mut policy = self.load_policy(round - 1)?;
+        let mut policy = self.load_policy(parent)?;
         let task = &*self.plan.task;
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
         let mut groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
@@ -644,7 +743,7 @@ impl Run {
             metrics["pairs/rejected_gold_accuracy"],
         ));
         let mut m = self.manifest(round)?;
-        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings = Some(
             json!({"pref": cfg, "judge": (c.recipe == Recipe::SelfRewarding).then_some(&c.judge)}),
         );
@@ -659,6 +758,7 @@ impl Run {
 
     /// DPO-family training on the round's pairs, from the previous round's model.
     fn pref_train_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = self.parent(round)?;
         let c = &self.plan.config;
         let cfg = &c.pref;
         let rd = RunDir::round_dir(round);
@@ -669,10 +769,10 @@ impl Run {
         } else {
             Vec::new()
         };
-        let mut policy = self.load_policy(round - 1)?;
+        let mut policy = self.load_policy(parent)?;
         let ref_round = match cfg.reference {
             Reference::Seed => 0,
-            Reference::Previous => round - 1,
+            Reference::Previous => parent,
         };
         let mut m = self.manifest(round)?;
         let mut metrics = m.metrics.take().unwrap_or_default();
@@ -682,7 +782,7 @@ impl Run {
             ));
             TrainStats::default()
         } else {
-            let refs = if ref_round == round - 1 {
+            let refs = if ref_round == parent {
                 reference_logps(&mut policy, &pairs)?
             } else {
                 reference_logps(&mut self.load_policy(ref_round)?, &pairs)?
@@ -713,7 +813,7 @@ impl Run {
             metrics.extend(fit.metrics);
             fit.stats
         };
-        m.init_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings
             .get_or_insert_with(|| json!({}))
             .as_object_mut()
@@ -730,13 +830,14 @@ impl Run {
 
     /// Fine-tune on the round's curated set.
     fn train_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = self.parent(round)?;
         if self.plan.config.recipe.is_preference() {
             return self.pref_train_stage(round, obs);
         }
         let cfg = &self.plan.config.star;
         let init = match cfg.restart_from {
             RestartFrom::Seed => 0,
-            RestartFrom::Previous => round - 1,
+            RestartFrom::Previous => parent,
         };
         let mut policy = self.load_policy(init)?;
         let examples: Vec<Example> = self
@@ -773,20 +874,21 @@ impl Run {
 
     /// A round of policy-gradient steps on fresh rollouts.
     fn rl_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = self.parent(round)?;
         let cfg = &self.plan.config.rl;
-        let mut policy = self.load_policy(round - 1)?;
+        let mut policy = self.load_policy(parent)?;
         let ref_round = match cfg.reference {
             Reference::Seed => 0,
-            Reference::Previous => round - 1,
+            Reference::Previous => parent,
         };
         let mut reference = if cfg.beta > 0.0 {
             Some(self.load_policy(ref_round)?)
         } else {
             None
         };
-        let previous = self.dir.path(&RunDir::checkpoint_dir(round - 1));
+        let previous = self.dir.path(&RunDir::checkpoint_dir(parent));
         let cx = RlContext {
-            previous_checkpoint: (round > 1).then_some(previous.as_path()),
+            previous_checkpoint: (parent > 0).then_some(previous.as_path()),
             task: &*self.plan.task,
             pool: &self.problems.unlabeled,
             estimator: self
@@ -827,8 +929,8 @@ impl Run {
         self.dir
             .write_jsonl(&format!("{rd}/samples.jsonl"), &out.records)?;
         let mut m = self.manifest(round)?;
-        m.parent_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
-        m.init_checkpoint = Some(RunDir::checkpoint_dir(round - 1));
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings = Some(
             json!({"rl": cfg, "reference_checkpoint": (cfg.beta > 0.0).then(|| RunDir::checkpoint_dir(ref_round))}),
         );
@@ -890,7 +992,7 @@ impl Run {
         };
         if round > 0 {
             kl_to("drift/kl_to_seed", 0)?;
-            kl_to("drift/kl_to_previous", round - 1)?;
+            kl_to("drift/kl_to_previous", self.parent(round)?)?;
         }
         Ok(m)
     }
@@ -937,7 +1039,6 @@ impl Run {
             report.maj_at_k - report.pass_at_1,
         );
         self.hash_into(&mut m, &rel)?;
-        self.write_manifest(&m)?;
         let mut line = json!({
             "round": round,
             "eval/pass@1": report.pass_at_1,
@@ -960,7 +1061,7 @@ impl Run {
             }
             obj.insert("rollout/sampled_tokens".into(), json!(c.sampled_tokens));
         }
-        for (k, v) in m.metrics.iter().flatten() {
+        for (k, v) in m.metrics.iter().flatten().filter(|(_, v)| v.is_finite()) {
             obj.insert(k.clone(), json!(v));
         }
         if let Some(t) = &m.train {
@@ -969,8 +1070,53 @@ impl Run {
             obj.insert("train/first_loss".into(), json!(t.first_loss));
             obj.insert("train/last_loss".into(), json!(t.last_loss));
         }
+        if let Some(t) = m.controller.as_ref().and_then(|c| c.temperature) {
+            obj.insert("controller/temperature".into(), json!(t));
+        }
+        // The controller reads every round so far, this one included, and decides.
+        if round > 0 {
+            let mut history: Vec<BTreeMap<String, f64>> = self
+                .dir
+                .metrics()?
+                .iter()
+                .filter(|l| l.get("round").is_some())
+                .map(numbers)
+                .collect();
+            history.push(numbers(&line));
+            let ctl = &self.plan.config.controller;
+            let d = decide(&history, &ctl.alarms, ctl.patience);
+            for a in &d.alarms {
+                obs.note(&format!(
+                    "round {round}: alarm {} (action: {:?})",
+                    a.message, a.action
+                ));
+            }
+            if let Some(p) = d.next_parent {
+                obs.note(&format!(
+                    "round {}: starts from round {p}, the best so far (rollback)",
+                    round + 1
+                ));
+            }
+            line.as_object_mut()
+                .expect("an object")
+                .insert("controller/alarms".into(), json!(d.alarms.len()));
+            let c = m.controller.get_or_insert_with(Decision::default);
+            c.alarms = d.alarms;
+            c.stop = d.stop;
+            c.next_parent = d.next_parent;
+        }
+        self.write_manifest(&m)?;
         self.dir.append_metrics(&line)
     }
+}
+
+/// The numeric fields of a metrics line.
+fn numbers(line: &Value) -> BTreeMap<String, f64> {
+    line.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect()
 }
 
 fn summary(r: &EvalReport) -> Value {

@@ -29,6 +29,9 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub enum RunStatus {
     Running,
     Complete,
+    /// Ended early by the controller (a `stop` alarm or early stopping; the last round's
+    /// manifest says why).
+    Stopped,
 }
 
 /// `run.json`.
