@@ -470,6 +470,10 @@ pub struct JudgeConfig {
     pub samples_per_labeled: usize,
     /// Weight of the judge SFT loss beside the DPO loss.
     pub coef: f32,
+    /// A diagnostic that injects a known bias: the reward becomes
+    /// `(1 − w)·judged score + w·length/max_length`, so longer completions win pairs whatever
+    /// their correctness (0: off). For testing the proxy–gold alarms, not for training.
+    pub length_weight: f32,
 }
 
 impl Default for JudgeConfig {
@@ -478,6 +482,7 @@ impl Default for JudgeConfig {
             seed_negatives: 2,
             samples_per_labeled: 4,
             coef: 1.0,
+            length_weight: 0.0,
         }
     }
 }
@@ -935,6 +940,7 @@ impl RunConfig {
         }
         if self.recipe == Recipe::SelfRewarding {
             non_negative("judge.coef", self.judge.coef, "")?;
+            check_fraction("judge.length_weight", self.judge.length_weight)?;
         }
         let e = &self.eval;
         if e.problems == 0 {

@@ -6,7 +6,7 @@
 //! ends with the same numbers as an uninterrupted one.
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
-use crate::controller::{decide, Decision};
+use crate::controller::{alarm_value, decide, AlarmKind, Decision};
 use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
 use crate::monitor::{balance_score, kl_k3, round_monitors, RoundSignal};
@@ -648,6 +648,17 @@ impl Run {
                     metrics.insert(k.to_string(), v);
                 }
             }
+            // The injected length bias (a diagnostic, `judge.length_weight`).
+            let w = c.judge.length_weight;
+            let max_len = self.plan.max_new_tokens.max(1) as f32;
+            let lengths = groups
+                .iter()
+                .flat_map(|g| g.completions.iter().map(|x| x.tokens.len() as f32));
+            let flat: Vec<f32> = flat
+                .iter()
+                .zip(lengths)
+                .map(|(&s, len)| (1.0 - w) * s + w * len / max_len)
+                .collect();
             let k = cfg.samples;
             Some(flat.chunks(k).map(|s| s.to_vec()).collect::<Vec<_>>())
         } else {
@@ -1083,6 +1094,12 @@ impl Run {
                 .map(numbers)
                 .collect();
             history.push(numbers(&line));
+            if let Some(v) = alarm_value(AlarmKind::ProxyGoldDivergence, &history) {
+                // The proxy–gold divergence as a series of its own.
+                line.as_object_mut()
+                    .expect("an object")
+                    .insert("proxy/divergence".into(), json!(v));
+            }
             let ctl = &self.plan.config.controller;
             let d = decide(&history, &ctl.alarms, ctl.patience);
             for a in &d.alarms {
