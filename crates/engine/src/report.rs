@@ -178,6 +178,18 @@ pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
             );
         }
     }
+    if series.len() > 1 {
+        for (i, (name, _)) in series.iter().enumerate().take(6) {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" class="tk" text-anchor="end" style="fill:{}">{}</text>"#,
+                w - r - 2.0,
+                t + 9.0 + 10.0 * i as f64,
+                COLOURS[i % COLOURS.len()],
+                escape(name)
+            );
+        }
+    }
     s.push_str("</svg>");
     s
 }
@@ -227,21 +239,36 @@ fn charts(runs: &[RunData]) -> String {
         families.entry((rank, f)).or_default().push(k);
     }
     let mut out = String::new();
+    // The proxy reward and the gold reward in one chart: where they part is reward hacking.
+    let series = |r: &RunData, k: &str| -> Vec<(f64, f64)> {
+        r.rounds
+            .iter()
+            .filter_map(|m| Some((*m.get("round")?, *m.get(k)?)))
+            .collect()
+    };
+    let both: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .filter(|r| !series(r, "proxy/reward").is_empty())
+        .flat_map(|r| {
+            [
+                (format!("{} proxy", r.name), series(r, "proxy/reward")),
+                (format!("{} gold", r.name), series(r, "gold/reward")),
+            ]
+        })
+        .collect();
+    if !both.is_empty() {
+        out.push_str("<h3>proxy vs gold reward</h3><div class=\"grid\">");
+        out.push_str(&svg_chart("proxy/reward and gold/reward", &both));
+        out.push_str("</div>");
+    }
     for ((_, name), keys) in &families {
         let _ = write!(out, "<h3>{}</h3><div class=\"grid\">", escape(name));
         for k in keys {
-            let series: Vec<(String, Vec<(f64, f64)>)> = runs
+            let per_run: Vec<(String, Vec<(f64, f64)>)> = runs
                 .iter()
-                .map(|r| {
-                    let pts = r
-                        .rounds
-                        .iter()
-                        .filter_map(|m| Some((*m.get("round")?, *m.get(*k)?)))
-                        .collect();
-                    (r.name.clone(), pts)
-                })
+                .map(|r| (r.name.clone(), series(r, k)))
                 .collect();
-            out.push_str(&svg_chart(k, &series));
+            out.push_str(&svg_chart(k, &per_run));
         }
         out.push_str("</div>");
     }
