@@ -592,6 +592,39 @@ pub fn text_summary(run: &RunData) -> Vec<String> {
             out.push(format!("  {family:<13} {}", parts.join("   ")));
         }
     }
+    // What the controller did: alarms by kind with their rounds, stops and rollbacks.
+    let mut fired: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut acts = Vec::new();
+    for m in &run.manifests {
+        let Some(d) = &m.controller else { continue };
+        for a in &d.alarms {
+            fired
+                .entry(a.kind.name())
+                .or_default()
+                .push(m.round.to_string());
+        }
+        if let Some(t) = d.temperature {
+            acts.push(format!("round {} sampled at T = {t}", m.round));
+        }
+        if let Some(p) = d.next_parent {
+            acts.push(format!("round {} rolled back to round {p}", m.round + 1));
+        }
+        if let Some(s) = &d.stop {
+            acts.push(format!("stopped after round {}: {s}", m.round));
+        }
+    }
+    let alarms: Vec<String> = fired
+        .iter()
+        .map(|(k, rounds)| format!("{k} (rounds {})", rounds.join(", ")))
+        .collect();
+    if !alarms.is_empty() || !acts.is_empty() {
+        let mut parts = Vec::new();
+        if !alarms.is_empty() {
+            parts.push(format!("alarms: {}", alarms.join("; ")));
+        }
+        parts.extend(acts);
+        out.push(format!("  {:<13} {}", "controller", parts.join("; ")));
+    }
     out
 }
 
