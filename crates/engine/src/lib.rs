@@ -24,6 +24,8 @@ pub mod run;
 pub mod sampling;
 pub mod star;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 pub mod train;
 
 pub use config::{RunConfig, RunPlan, DEMO_CONFIG};

@@ -255,36 +255,7 @@ pub fn kl_k3(log_ratio_ref: &[Vec<f32>]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autodidact_core::{Completion, FinishReason, Problem, Verdict};
-
-    fn group(items: &[(&str, Option<&str>, bool)]) -> Group {
-        Group {
-            problem: Problem {
-                id: "p".into(),
-                prompt: "p=".into(),
-                answer: None,
-                solution: None,
-            },
-            completions: items
-                .iter()
-                .map(|(t, _, _)| Completion {
-                    text: t.to_string(),
-                    tokens: vec![],
-                    logprobs: vec![],
-                    finish: FinishReason::Stop,
-                })
-                .collect(),
-            verdicts: items
-                .iter()
-                .map(|(_, a, ok)| match (a, ok) {
-                    (Some(a), true) => Verdict::correct(a.to_string()),
-                    (Some(a), false) => Verdict::incorrect(a.to_string()),
-                    (None, _) => Verdict::ungradable(),
-                })
-                .collect(),
-            rewards: vec![0.0; items.len()],
-        }
-    }
+    use crate::testutil::group;
 
     #[test]
     fn auroc_in_closed_form() {
@@ -318,12 +289,15 @@ mod tests {
     #[test]
     fn exploration_of_a_known_group() {
         // 4 samples: two correct traces of the same answer, one wrong answer, one unparsed.
-        let g = group(&[
-            ("x#7", Some("7"), true),
-            ("y#7", Some("7"), true),
-            ("z#8", Some("8"), false),
-            ("?", None, false),
-        ]);
+        let g = group(
+            "p",
+            &[
+                ("x#7", Some("7"), true),
+                ("y#7", Some("7"), true),
+                ("z#8", Some("8"), false),
+                ("?", None, false),
+            ],
+        );
         let m = exploration(std::slice::from_ref(&g));
         assert_eq!(m["explore/pass@1"], 0.5);
         // 1 − C(2,2)/C(4,2) = 1 − 1/6.
@@ -338,12 +312,15 @@ mod tests {
 
     #[test]
     fn exploitation_and_balance_in_closed_form() {
-        let g = group(&[
-            ("a#1", Some("1"), true),
-            ("a#1", Some("1"), true),
-            ("b#2", Some("2"), false),
-            ("c#1", Some("1"), true),
-        ]);
+        let g = group(
+            "p",
+            &[
+                ("a#1", Some("1"), true),
+                ("a#1", Some("1"), true),
+                ("b#2", Some("2"), false),
+                ("c#1", Some("1"), true),
+            ],
+        );
         // Select the first three: 2 correct (1 distinct correct text) + 1 incorrect selected,
         // 1 correct left out.
         let rewards = vec![vec![0.9, 0.9, 0.6, 0.2]];

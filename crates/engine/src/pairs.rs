@@ -324,37 +324,7 @@ pub fn truth_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autodidact_core::{Completion, FinishReason, Problem, Verdict};
-
-    /// A group from (text, answer, correct) triples.
-    fn group(id: &str, items: &[(&str, Option<&str>, bool)]) -> Group {
-        Group {
-            problem: Problem {
-                id: id.into(),
-                prompt: format!("{id}="),
-                answer: None,
-                solution: Some("gold".into()),
-            },
-            completions: items
-                .iter()
-                .map(|(t, _, _)| Completion {
-                    text: t.to_string(),
-                    tokens: vec![],
-                    logprobs: vec![],
-                    finish: FinishReason::Stop,
-                })
-                .collect(),
-            verdicts: items
-                .iter()
-                .map(|(_, a, c)| match (a, c) {
-                    (Some(a), true) => Verdict::correct(a.to_string()),
-                    (Some(a), false) => Verdict::incorrect(a.to_string()),
-                    (None, _) => Verdict::ungradable(),
-                })
-                .collect(),
-            rewards: vec![0.0; items.len()],
-        }
-    }
+    use crate::testutil::group;
 
     #[test]
     fn votes_pick_majority_over_minority_with_margin_weight() {

@@ -2,10 +2,12 @@
 //! stopped), a `rollback` alarm restarts the next round from the best one, and B-STaR
 //! balancing records the temperature it chose.
 
-use autodidact_engine::run::Manifest;
 use autodidact_engine::store::{RunDir, RunStatus};
 use autodidact_engine::{Run, RunConfig, Silent, DEMO_CONFIG};
+use common::manifest;
 use std::path::Path;
+
+mod common;
 
 const SMALL: &[&str] = &[
     "task.digits=2",
@@ -21,20 +23,7 @@ const SMALL: &[&str] = &[
 ];
 
 fn run(out: &Path, extra: &[&str]) -> Run {
-    let sets: Vec<String> = SMALL.iter().chain(extra).map(|s| s.to_string()).collect();
-    let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
-        .unwrap()
-        .plan()
-        .unwrap();
-    Run::create(plan, out, rayon::current_num_threads()).unwrap()
-}
-
-fn manifest(out: &Path, round: u32) -> Manifest {
-    RunDir::open(out)
-        .unwrap()
-        .0
-        .read_json(&format!("{}/manifest.json", RunDir::round_dir(round)))
-        .unwrap()
+    common::start(out, SMALL, extra)
 }
 
 #[test]

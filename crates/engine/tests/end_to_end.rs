@@ -3,8 +3,10 @@
 
 use autodidact_engine::run::Manifest;
 use autodidact_engine::store::{sha256_file, RunDir};
-use autodidact_engine::{Run, RunConfig, Silent, DEMO_CONFIG};
+use autodidact_engine::{Run, Silent};
 use std::path::Path;
+
+mod common;
 
 /// Settings that make the demo a few seconds long.
 pub const SMALL: &[&str] = &[
@@ -38,12 +40,7 @@ fn small_grpo_run(out: &Path, extra: &[&str]) -> Run {
 }
 
 fn small_run(out: &Path, extra: &[&str]) -> Run {
-    let sets: Vec<String> = SMALL.iter().chain(extra).map(|s| s.to_string()).collect();
-    let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
-        .unwrap()
-        .plan()
-        .unwrap();
-    Run::create(plan, out, rayon::current_num_threads()).unwrap()
+    common::start(out, SMALL, extra)
 }
 
 #[test]

@@ -4,8 +4,10 @@
 use autodidact_engine::pairs::Pair;
 use autodidact_engine::run::Manifest;
 use autodidact_engine::store::RunDir;
-use autodidact_engine::{Run, RunConfig, Silent, DEMO_CONFIG};
+use autodidact_engine::{Run, Silent};
 use std::path::Path;
+
+mod common;
 
 /// A few seconds per recipe: 2-digit addition, 2 rounds of 48 problems × 4 samples.
 const SMALL: &[&str] = &[
@@ -25,26 +27,12 @@ const SMALL: &[&str] = &[
 ];
 
 fn run(out: &Path, recipe: &str, extra: &[&str]) -> (Run, Vec<Manifest>) {
-    let sets: Vec<String> = SMALL
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .chain([format!("recipe={recipe}")])
-        .collect();
-    let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
-        .unwrap()
-        .plan()
-        .unwrap();
-    let mut run = Run::create(plan, out, rayon::current_num_threads()).unwrap();
+    let recipe = format!("recipe={recipe}");
+    let extra: Vec<&str> = extra.iter().copied().chain([recipe.as_str()]).collect();
+    let mut run = common::start(out, SMALL, &extra);
     let rows = run.execute(&mut Silent).unwrap();
     assert_eq!(rows.len(), 3, "{recipe}");
-    let dir = RunDir::open(out).unwrap().0;
-    let manifests = (1..=2u32)
-        .map(|r| {
-            dir.read_json(&format!("{}/manifest.json", RunDir::round_dir(r)))
-                .unwrap()
-        })
-        .collect();
+    let manifests = (1..=2u32).map(|r| common::manifest(out, r)).collect();
     (run, manifests)
 }
 
