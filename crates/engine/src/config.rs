@@ -179,6 +179,11 @@ pub struct RlConfig {
     pub reference: Reference,
     /// Entropy bonus coefficient.
     pub entropy_coef: f32,
+    /// Weight of an NLL term on every verifier-correct completion of the rollout (token mean
+    /// per minibatch), zero-spread groups included: an anchor on already-solved problems,
+    /// which group-centred advantages ignore (like PPO-ptx's pretraining term or IRPO's NLL).
+    /// 0: pure policy gradient.
+    pub sft_coef: f32,
     /// Continue AdamW (moments and step count, saved with each round's checkpoint) from one
     /// RL round to the next, as a single TRL run does; false restarts it every round.
     pub keep_optimizer: bool,
@@ -216,6 +221,7 @@ impl Default for RlConfig {
             kl_mode: KlMode::Loss,
             reference: Reference::Seed,
             entropy_coef: 0.0,
+            sft_coef: 0.0,
             keep_optimizer: true,
             drop_zero_std: false,
             rewards: RewardWeights::default(),
@@ -777,6 +783,7 @@ fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
     }
     non_negative("rl.beta", r.beta, " (0 disables the KL term)")?;
     non_negative("rl.entropy_coef", r.entropy_coef, "")?;
+    non_negative("rl.sft_coef", r.sft_coef, " (0: no NLL term)")?;
     check_optimizer("rl", r.lr, r.min_lr_ratio, r.weight_decay, r.max_grad_norm)?;
     let w = &r.rewards;
     for (key, v) in [

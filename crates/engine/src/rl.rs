@@ -26,8 +26,8 @@ use autodidact_core::{
 };
 use autodidact_nn::LrSchedule;
 use autodidact_objectives::{
-    advantages, fold_kl, policy_gradient, sequence_kl, AdvantageEstimator, BatchShape, PgInputs,
-    PgSettings, PgStats,
+    advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, BatchShape,
+    PgInputs, PgSettings, PgStats, SftNormalization,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -262,7 +262,7 @@ pub fn rl_round(
         // Optimizer updates on the kept completions: `num_iterations` passes, each split into
         // `minibatches` optimizer steps over a fresh shuffle (TRL's `steps_per_generation`).
         let mut stats = PgStats::default();
-        let (mut loss, mut grad_norm) = (0.0, 0.0);
+        let (mut loss, mut grad_norm, mut sft_loss) = (0.0, 0.0, 0.0);
         let updates_per_step = (cfg.num_iterations * cfg.minibatches) as f64;
         for it in 0..cfg.num_iterations {
             let mut perm = Order::new(
@@ -279,17 +279,56 @@ pub fn rl_round(
                 .into_iter()
                 .map(|j| keep[j])
                 .collect();
-            let parts = (cfg.minibatches as usize).min(shuffled.len().max(1));
+            // With `sft_coef`, every verifier-correct completion of the rollout (its zero-spread
+            // groups included) is also shuffled into the minibatches for an NLL term.
+            let anchors: Vec<usize> = if cfg.sft_coef > 0.0 {
+                let correct: Vec<usize> = (0..completions.len())
+                    .filter(|&i| completions[i].2.is_correct())
+                    .collect();
+                let mut o = Order::new(
+                    correct.len(),
+                    derive_seed(
+                        cx.seed,
+                        cx.round,
+                        "anchor",
+                        ((step as u64) << 16) | it as u64,
+                    ),
+                );
+                o.next_batch(correct.len())
+                    .into_iter()
+                    .map(|j| correct[j])
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let parts = (cfg.minibatches as usize).min(shuffled.len().max(anchors.len()).max(1));
             for part in 0..parts {
-                let idx =
-                    &shuffled[part * shuffled.len() / parts..(part + 1) * shuffled.len() / parts];
-                if idx.is_empty() {
+                let slice = |v: &[usize]| -> Vec<usize> {
+                    v[part * v.len() / parts..(part + 1) * v.len() / parts].to_vec()
+                };
+                let (idx, anchor) = (slice(&shuffled), slice(&anchors));
+                if idx.is_empty() && anchor.is_empty() {
                     continue;
+                }
+                if !anchor.is_empty() {
+                    let ex: Vec<Example> = anchor.iter().map(|&i| examples[i].clone()).collect();
+                    let lp = policy.forward(&ex, false)?.logprobs;
+                    let nll = sft(&lp, BatchShape::of(&lp), SftNormalization::Token);
+                    let w: Vec<Vec<f32>> = nll
+                        .weights
+                        .iter()
+                        .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
+                        .collect();
+                    policy.backward(&w, None)?;
+                    if it == 0 {
+                        sft_loss += nll.loss / parts as f64;
+                    }
                 }
                 let rows = |v: &[Vec<f32>]| -> Vec<Vec<f32>> {
                     idx.iter().map(|&i| v[i].clone()).collect()
                 };
                 let ex: Vec<Example> = idx.iter().map(|&i| examples[i].clone()).collect();
+                let idx = &idx[..];
                 let old_k = rows(&old);
                 let ref_k = refs.as_deref().map(rows);
                 let adv_k: Vec<f32> = idx.iter().map(|&i| adv.values[i]).collect();
@@ -324,6 +363,9 @@ pub fn rl_round(
         }
         let tokens = stats.tokens.max(1) as f64;
         add("pg/loss", loss);
+        if cfg.sft_coef > 0.0 {
+            add("pg/sft_loss", sft_loss);
+        }
         add("pg/grad_norm", grad_norm);
         add("entropy", stats.entropy / tokens);
         if cfg.beta > 0.0 {

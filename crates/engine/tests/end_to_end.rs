@@ -159,6 +159,7 @@ fn short_grpo_run_logs_trl_metrics() {
         "rl.beta=0.05",
         "rl.entropy_coef=0.01",
         "rl.reference=previous",
+        "rl.sft_coef=0.5",
     ];
     let rows = small_grpo_run(&root, &sets).execute(&mut Silent).unwrap();
     assert_eq!(rows.len(), 3);
@@ -185,6 +186,7 @@ fn short_grpo_run_logs_trl_metrics() {
         "pg/advantage_mean",
         "eval/pass@1",
         "explore/pass@4",
+        "pg/sft_loss",
         "gap/best_of_n",
         "drift/kl_to_previous",
     ] {
