@@ -1,0 +1,520 @@
+//! A run: its stages in order, each journaled, resumable after a crash.
+//!
+//! Stages read their inputs from the run directory (the parent checkpoint, the curated set)
+//! and write their outputs there before the journal records them, so an interrupted run
+//! replays the stage it was in from the same inputs and, for a fixed seed and thread count,
+//! ends with the same numbers as an uninterrupted one.
+//!
+//! This module holds the run itself (creation, resumption, the stage loop, the lineage
+//! helpers and the seed stage); the stages of each recipe family are `impl Run` blocks in
+//! `star.rs` (sample / train), `pref.rs` (pairs / DPO), `rl.rs` and `eval.rs` (evaluation,
+//! drift and the controller's decision).
+
+use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
+use crate::controller::{alarm_value, decide, AlarmKind, Decision};
+use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
+use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
+use crate::monitor::{balance_score, kl_k3, round_monitors, RoundSignal};
+use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
+use crate::pref::{build_pairs, fit_dpo, reference_logps};
+use crate::progress::{Observer, Silent};
+use crate::rl::{rl_round, RlContext};
+use crate::sampling::{derive_seed, sample_groups, sample_prompts};
+use crate::star::{curate, kept_mask, rationalized, Counts};
+use crate::store::{
+    sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION,
+};
+use crate::train::{fit_sft, steps_for, TrainStats};
+use crate::{Error, Result};
+use autodidact_core::{Example, Group, Policy, Problem, Split, TrainablePolicy};
+use autodidact_nn::NativePolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+mod eval;
+mod pref;
+mod rl;
+mod star;
+
+/// One stage of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Supervised warm start of M0 (round 0).
+    Seed,
+    /// Sample, verify and curate (round ≥ 1).
+    Sample(u32),
+    /// Fine-tune on the curated set (round ≥ 1).
+    Train(u32),
+    /// Policy-gradient steps on fresh rollouts (round ≥ 1, recipes grpo / rloo / reinforce).
+    Rl(u32),
+    /// Evaluate the round's model on the held-out split.
+    Eval(u32),
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Seed => "seed",
+            Stage::Sample(_) => "sample",
+            Stage::Train(_) => "train",
+            Stage::Rl(_) => "rl",
+            Stage::Eval(_) => "eval",
+        }
+    }
+    pub fn round(&self) -> u32 {
+        match *self {
+            Stage::Seed => 0,
+            Stage::Sample(r) | Stage::Train(r) | Stage::Rl(r) | Stage::Eval(r) => r,
+        }
+    }
+}
+
+/// Every stage of a run of `recipe` with `rounds` rounds, in order.
+pub fn stages(recipe: Recipe, rounds: u32) -> Vec<Stage> {
+    let mut s = vec![Stage::Seed, Stage::Eval(0)];
+    for round in 1..=rounds {
+        match recipe {
+            r if r == Recipe::Star || r.is_preference() => s.extend([
+                Stage::Sample(round),
+                Stage::Train(round),
+                Stage::Eval(round),
+            ]),
+            _ => s.extend([Stage::Rl(round), Stage::Eval(round)]),
+        }
+    }
+    s
+}
+
+/// `rounds/rNNNN/manifest.json`: a round's lineage, settings, counts and file hashes. Each
+/// stage adds its part.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub round: u32,
+    pub recipe: String,
+    /// The checkpoint that sampled this round's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_checkpoint: Option<String>,
+    /// The checkpoint this round's training started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<Counts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainStats>,
+    /// Round metrics of the training stage (policy-gradient recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<BTreeMap<String, f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Value>,
+    /// What the controller chose for this round (temperature) and decided after it (alarms,
+    /// stop, rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Decision>,
+    /// SHA-256 of each file the round wrote, by path relative to the run directory.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// A line of `samples.jsonl`.
+#[derive(Serialize, Deserialize)]
+struct SampleRecord<'a> {
+    problem_id: &'a str,
+    prompt: &'a str,
+    completion: &'a str,
+    grade: autodidact_core::Grade,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'a str>,
+    reward: f32,
+    finish: autodidact_core::FinishReason,
+    /// Sampled from the hinted prompt (rationalization).
+    hinted: bool,
+}
+
+/// The problems of a run, drawn from the task by the run seed.
+struct Problems {
+    labeled: Vec<Problem>,
+    unlabeled: Vec<Problem>,
+    eval: Vec<Problem>,
+}
+
+/// A run in progress.
+pub struct Run {
+    dir: RunDir,
+    info: RunInfo,
+    plan: RunPlan,
+    problems: Problems,
+}
+
+/// One row of the end-of-run table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundRow {
+    pub round: u32,
+    pub pass_at_1: f64,
+    pub pass_at_k: f64,
+    pub maj_at_k: f64,
+    pub kept: Option<u64>,
+    pub distinct: Option<u64>,
+    /// Mean training reward of the round (policy-gradient recipes).
+    pub reward: Option<f64>,
+    /// Preference pairs built, and the gold accuracy of their chosen side (preference recipes).
+    pub pairs: Option<u64>,
+    pub chosen_correct: Option<f64>,
+    /// The self-judge's accuracy against the verifier (`self-rewarding`).
+    pub judge_accuracy: Option<f64>,
+}
+
+impl Run {
+    /// Creates the run directory `out` for `plan` (refusing one that holds anything).
+    pub fn create(plan: RunPlan, out: &Path, threads: usize) -> Result<Self> {
+        let info = RunInfo {
+            format_version: RUN_FORMAT_VERSION,
+            autodidact_version: env!("CARGO_PKG_VERSION").into(),
+            seed: plan.config.seed,
+            threads,
+            status: RunStatus::Running,
+        };
+        let problems = draw(&plan)?;
+        let dir = RunDir::create(out, &plan.config.to_toml(), &info)?;
+        Ok(Self {
+            dir,
+            info,
+            plan,
+            problems,
+        })
+    }
+
+    /// Opens the run in `root` to continue it from its last completed stage.
+    pub fn open(root: &Path, threads: usize, obs: &mut dyn Observer) -> Result<Self> {
+        let (dir, info) = RunDir::open(root)?;
+        dir.remove_leftovers()?;
+        let path = dir.path(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
+        let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan()?;
+        if info.threads != threads {
+            obs.note(&format!(
+                "this run started with {} threads and continues with {threads}: its numbers may differ slightly from an uninterrupted run (pass --threads {} to match)",
+                info.threads, info.threads
+            ));
+        }
+        let problems = draw(&plan)?;
+        Ok(Self {
+            dir,
+            info,
+            plan,
+            problems,
+        })
+    }
+
+    pub fn dir(&self) -> &RunDir {
+        &self.dir
+    }
+
+    pub fn plan(&self) -> &RunPlan {
+        &self.plan
+    }
+
+    /// Runs every stage not yet journaled; returns the per-round table.
+    pub fn execute(&mut self, obs: &mut dyn Observer) -> Result<Vec<RoundRow>> {
+        let all = stages(self.plan.config.recipe, self.plan.config.rounds());
+        let done = self.dir.journal()?;
+        if done.len() > all.len() {
+            return Err(Error::run(
+                self.dir.root(),
+                format!(
+                    "its journal records {} stages but its config has only {}",
+                    done.len(),
+                    all.len()
+                ),
+            ));
+        }
+        for (entry, stage) in done.iter().zip(&all) {
+            if entry.stage != stage.name() || entry.round != stage.round() {
+                return Err(Error::run(
+                    self.dir.root(),
+                    format!("its journal records stage {} of round {} where its config expects {} of round {}", entry.stage, entry.round, stage.name(), stage.round()),
+                ));
+            }
+        }
+        self.dir
+            .truncate_metrics(done.last().map_or(0, |e| e.metrics_bytes))?;
+        if !done.is_empty() && done.len() < all.len() {
+            let last = &done[done.len() - 1];
+            obs.note(&format!(
+                "resuming after stage {} of round {}",
+                last.stage, last.round
+            ));
+        }
+        let mut status = RunStatus::Complete;
+        for &stage in &all[done.len()..] {
+            // A round starts only if the controller did not stop the run after the last one
+            // (checked here rather than after the eval stage, so a resumed run stops too).
+            if matches!(stage, Stage::Sample(_) | Stage::Rl(_)) {
+                let before = stage.round() - 1;
+                if let Some(reason) = self.decision(before)?.stop {
+                    obs.note(&format!("stopped after round {before}: {reason}"));
+                    status = RunStatus::Stopped;
+                    break;
+                }
+            }
+            let start = Instant::now();
+            match stage {
+                Stage::Seed => self.seed_stage(obs)?,
+                Stage::Sample(r) => self.sample_stage(r, obs)?,
+                Stage::Train(r) => self.train_stage(r, obs)?,
+                Stage::Rl(r) => self.rl_stage(r, obs)?,
+                Stage::Eval(r) => self.eval_stage(r, obs)?,
+            }
+            self.dir.append_journal(&JournalEntry {
+                stage: stage.name().into(),
+                round: stage.round(),
+                seconds: start.elapsed().as_secs_f64(),
+                metrics_bytes: self.dir.metrics_bytes()?,
+            })?;
+        }
+        if self.info.status != status {
+            self.dir.set_status(&mut self.info, status)?;
+        }
+        // The run is complete and journaled whatever happens here; `autodidact report`
+        // rewrites the page.
+        crate::report::write_report(self.dir.root())?;
+        self.table()
+    }
+
+    /// The per-round table, read back from `metrics.jsonl`.
+    pub fn table(&self) -> Result<Vec<RoundRow>> {
+        Ok(self
+            .dir
+            .metrics()?
+            .iter()
+            .filter_map(|m| {
+                Some(RoundRow {
+                    round: m.get("round")?.as_u64()? as u32,
+                    pass_at_1: m.get("eval/pass@1")?.as_f64()?,
+                    pass_at_k: m.get("eval/pass@k")?.as_f64()?,
+                    maj_at_k: m.get("eval/maj@k")?.as_f64()?,
+                    kept: m.get("star/kept").and_then(Value::as_u64),
+                    distinct: m.get("star/distinct").and_then(Value::as_u64),
+                    reward: m.get("reward").and_then(Value::as_f64),
+                    pairs: m
+                        .get("pairs/count")
+                        .and_then(Value::as_f64)
+                        .map(|v| v as u64),
+                    chosen_correct: m.get("pairs/chosen_gold_accuracy").and_then(Value::as_f64),
+                    judge_accuracy: m.get("judge/accuracy").and_then(Value::as_f64),
+                })
+            })
+            .collect())
+    }
+
+    fn seed(&self, round: u32, stage: &str) -> u64 {
+        derive_seed(self.plan.config.seed, round, stage, 0)
+    }
+
+    fn load_policy(&self, round: u32) -> Result<NativePolicy> {
+        Ok(NativePolicy::load(
+            &self.dir.path(&RunDir::checkpoint_dir(round)),
+        )?)
+    }
+
+    /// The controller's decision recorded with `round` (empty if none).
+    fn decision(&self, round: u32) -> Result<Decision> {
+        Ok(self.manifest(round)?.controller.unwrap_or_default())
+    }
+
+    /// The round whose model round `round` starts from: the previous one, unless the
+    /// controller rolled back after it.
+    fn parent(&self, round: u32) -> Result<u32> {
+        let before = round - 1;
+        Ok(self.decision(before)?.next_parent.unwrap_or(before))
+    }
+
+    fn manifest(&self, round: u32) -> Result<Manifest> {
+        let rel = format!("{}/manifest.json", RunDir::round_dir(round));
+        if self.dir.path(&rel).exists() {
+            self.dir.read_json(&rel)
+        } else {
+            Ok(Manifest {
+                round,
+                recipe: self.plan.config.recipe.name().into(),
+                ..Default::default()
+            })
+        }
+    }
+
+    /// Writes the round's manifest; a metric that is undefined for the round (NaN, which JSON
+    /// cannot hold) is left out.
+    fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let mut m = m.clone();
+        if let Some(metrics) = &mut m.metrics {
+            metrics.retain(|_, v| v.is_finite());
+        }
+        self.dir
+            .write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), &m)
+    }
+
+    fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
+        m.files
+            .insert(rel.to_string(), sha256_file(&self.dir.path(rel))?);
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, policy: &NativePolicy, round: u32, m: &mut Manifest) -> Result<()> {
+        let rel = RunDir::checkpoint_dir(round);
+        policy.save(&self.dir.path(&rel))?;
+        self.hash_into(
+            m,
+            &format!("{rel}/{}", autodidact_nn::checkpoint::MODEL_FILE),
+        )
+    }
+
+    /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
+    fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.plan.config;
+        let model = self.plan.model.build(self.seed(0, "init"))?;
+        let mut policy = NativePolicy::new(model, self.plan.tokenizer.clone())?;
+        let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
+        if cfg.recipe == Recipe::Star && cfg.star.rationalize {
+            // Hinted copies teach the hint format that rationalization prompts with.
+            let hinted: Vec<Example> = self
+                .problems
+                .labeled
+                .iter()
+                .filter_map(|p| {
+                    Some(Example::new(
+                        self.plan.task.hinted_prompt(p)?,
+                        p.solution.clone()?,
+                    ))
+                })
+                .collect();
+            examples.extend(hinted);
+        }
+        if cfg.recipe == Recipe::SelfRewarding {
+            examples.extend(seed_judge_examples(
+                &*self.plan.task,
+                &self.problems.labeled,
+                cfg.judge.seed_negatives,
+                self.seed(0, "judge"),
+            )?);
+        }
+        let rd = RunDir::round_dir(0);
+        let train_rel = format!("{rd}/train.jsonl");
+        self.dir.write_jsonl(&train_rel, &examples)?;
+        let train = &cfg.seed_stage.train;
+        let steps = steps_for(train, examples.len());
+        let every = cfg.seed_stage.eval_every;
+        let (dir, task, eval, max_new) = (
+            &self.dir,
+            &*self.plan.task,
+            &self.problems.eval,
+            self.plan.max_new_tokens,
+        );
+        obs.stage_started("seed", steps);
+        let stats = fit_sft(
+            &mut policy,
+            &examples,
+            train,
+            self.seed(0, "seed"),
+            obs,
+            &mut |step, loss, p| {
+                if every > 0 && (step % every == 0 || step == steps) {
+                    let acc = first_accuracy(&greedy_groups(p, task, eval, max_new, &mut Silent)?);
+                    dir.append_metrics(
+                        &json!({"seed/step": step, "seed/loss": loss, "seed/eval_pass@1": acc}),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
+        obs.stage_finished(&format!(
+            "seed: {} labeled examples, {} steps, loss {:.3} → {:.3}",
+            examples.len(),
+            stats.steps,
+            stats.first_loss,
+            stats.last_loss
+        ));
+        let mut m = self.manifest(0)?;
+        m.settings = Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model}));
+        m.train = Some(stats);
+        self.hash_into(&mut m, &train_rel)?;
+        self.save_checkpoint(&policy, 0, &mut m)?;
+        self.write_manifest(&m)
+    }
+}
+
+/// The numeric fields of a metrics line.
+fn numbers(line: &Value) -> BTreeMap<String, f64> {
+    line.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect()
+}
+
+fn summary(r: &EvalReport) -> Value {
+    json!({
+        "problems": r.problems, "samples": r.samples, "k": r.k, "temperature": r.temperature,
+        "pass@1": r.pass_at_1, "pass@k": r.pass_at_k, "maj@k": r.maj_at_k,
+    })
+}
+
+fn demonstration(p: &Problem) -> Example {
+    Example::new(p.prompt.clone(), p.solution.clone().unwrap_or_default())
+}
+
+fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
+    groups.iter().flat_map(move |g| {
+        g.completions
+            .iter()
+            .zip(&g.verdicts)
+            .zip(&g.rewards)
+            .map(move |((c, v), &r)| SampleRecord {
+                problem_id: &g.problem.id,
+                prompt: &g.problem.prompt,
+                completion: &c.text,
+                grade: v.grade,
+                answer: v.answer.as_deref(),
+                reward: r,
+                finish: c.finish,
+                hinted,
+            })
+    })
+}
+
+/// Labeled, unlabeled and held-out problems for the run's seed.
+fn draw(plan: &RunPlan) -> Result<Problems> {
+    let c = &plan.config;
+    let seed = derive_seed(c.seed, 0, "problems", 0);
+    let (pool, key) = match c.recipe {
+        Recipe::Star => (c.star.problems, "star.problems"),
+        r if r.is_preference() => (c.pref.problems, "pref.problems"),
+        _ => (c.rl.problems, "rl.problems"),
+    };
+    // The labeled problems come first, so every recipe with the same seed stage gets the same
+    // labeled set (and the same M0) whatever its pool size.
+    let mut train = plan
+        .task
+        .problems(Split::Train, c.seed_stage.labeled + pool, seed)
+        .map_err(|e| Error::config(key, format!("with seed_stage.labeled: {e}")))?;
+    let unlabeled = train.split_off(c.seed_stage.labeled);
+    let eval = plan
+        .task
+        .problems(Split::Eval, c.eval.problems, seed)
+        .map_err(|e| Error::config("eval.problems", e.to_string()))?;
+    if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
+        return Err(Error::config(
+            "seed_stage.labeled",
+            format!("problem {} has no reference solution to learn from", p.id),
+        ));
+    }
+    Ok(Problems {
+        labeled: train,
+        unlabeled,
+        eval,
+    })
+}
