@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 pub struct RolloutRecord {
     pub step: u32,
     pub problem_id: String,
+    pub prompt: String,
     pub completion: String,
     pub grade: Grade,
     pub reward: f32,
@@ -251,6 +252,7 @@ pub fn rl_round(
             records.push(RolloutRecord {
                 step,
                 problem_id: gr.problem.id.clone(),
+                prompt: gr.problem.prompt.clone(),
                 completion: c.text.clone(),
                 grade: v.grade,
                 reward: rewards[i],
