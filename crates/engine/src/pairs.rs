@@ -254,6 +254,29 @@ pub fn spin_pairs(groups: &[Group], per_problem: usize) -> (Vec<Pair>, PairCount
     (pairs, counts)
 }
 
+/// `vote/*`: how often the unique majority answer is correct by the gold verifier
+/// (`majority_accuracy`), its mean vote share (`top_share`), and the fraction of groups with a
+/// unique majority (`decided_fraction`).
+pub fn vote_metrics(groups: &[Group]) -> BTreeMap<String, f64> {
+    let (mut decided, mut right, mut share) = (0usize, 0usize, 0.0f64);
+    for g in groups {
+        if let Some(i) = majority_index(g) {
+            decided += 1;
+            right += g.verdicts[i].is_correct() as usize;
+            share += vote_shares(g)[i] as f64;
+        }
+    }
+    let d = decided.max(1) as f64;
+    BTreeMap::from([
+        ("vote/majority_accuracy".to_string(), right as f64 / d),
+        ("vote/top_share".to_string(), share / d),
+        (
+            "vote/decided_fraction".to_string(),
+            decided as f64 / groups.len().max(1) as f64,
+        ),
+    ])
+}
+
 /// Gold-truth metrics of a round's pairs (`pairs/*`), the gold reward of its samples
 /// (`gold/reward`) and, when the recipe has a proxy reward, the proxy beside it (`proxy/*`).
 pub fn truth_metrics(
@@ -372,6 +395,25 @@ mod tests {
         assert_eq!(counts.no_pair["unanimous"], 1);
         assert_eq!(counts.no_pair["tied_top"], 1);
         assert_eq!(counts.no_pair["no_answers"], 1);
+    }
+
+    #[test]
+    fn vote_metrics_in_closed_form() {
+        // Majority right (2 of 3 for 1), majority wrong (2 of 2 for 9), tied (no majority).
+        let right = group(
+            "r",
+            &[
+                ("a#1", Some("1"), true),
+                ("b#1", Some("1"), true),
+                ("c#2", Some("2"), false),
+            ],
+        );
+        let wrong = group("w", &[("a#9", Some("9"), false), ("b#9", Some("9"), false)]);
+        let tied = group("t", &[("a#1", Some("1"), true), ("b#2", Some("2"), false)]);
+        let m = vote_metrics(&[right, wrong, tied]);
+        assert_eq!(m["vote/majority_accuracy"], 0.5);
+        assert!((m["vote/top_share"] - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-6);
+        assert!((m["vote/decided_fraction"] - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

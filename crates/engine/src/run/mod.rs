@@ -15,7 +15,7 @@ use crate::controller::{alarm_value, decide, AlarmKind, Decision};
 use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
 use crate::monitor::{balance_score, kl_k3, round_monitors, RoundSignal};
-use crate::pairs::{majority_index, truth_metrics, vote_shares, Pair};
+use crate::pairs::{truth_metrics, vote_metrics, Pair};
 use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
 use crate::rl::{rl_round, RlContext};

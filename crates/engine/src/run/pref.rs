@@ -16,47 +16,7 @@ impl Run {
         let mut groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
         let scores = if c.recipe == Recipe::SelfRewarding {
-            let items: Vec<(&str, &str)> = groups
-                .iter()
-                .flat_map(|g| {
-                    g.completions
-                        .iter()
-                        .map(|x| (g.problem.prompt.as_str(), x.text.as_str()))
-                })
-                .collect();
-            obs.stage_started(&format!("r{round} judge"), items.len() as u64);
-            let flat = judge_scores(&mut policy, &self.plan.tokenizer, &items)?;
-            obs.stage_progress(items.len() as u64, 0);
-            let truth: Vec<bool> = groups
-                .iter()
-                .flat_map(|g| g.verdicts.iter().map(|v| v.is_correct()))
-                .collect();
-            let js = JudgeStats::of(&flat, &truth);
-            for (k, v) in [
-                ("judge/accuracy", js.accuracy()),
-                ("judge/precision", js.precision()),
-                ("judge/recall", js.recall()),
-                ("judge/mean_score", js.mean_score),
-            ] {
-                // Precision with nothing judged correct (or recall with nothing correct) is
-                // undefined: left out rather than written as NaN.
-                if v.is_finite() {
-                    metrics.insert(k.to_string(), v);
-                }
-            }
-            // The injected length bias (a diagnostic, `judge.length_weight`).
-            let w = c.judge.length_weight;
-            let max_len = self.plan.max_new_tokens.max(1) as f32;
-            let lengths = groups
-                .iter()
-                .flat_map(|g| g.completions.iter().map(|x| x.tokens.len() as f32));
-            let flat: Vec<f32> = flat
-                .iter()
-                .zip(lengths)
-                .map(|(&s, len)| (1.0 - w) * s + w * len / max_len)
-                .collect();
-            let k = cfg.samples;
-            Some(flat.chunks(k).map(|s| s.to_vec()).collect::<Vec<_>>())
+            Some(self.self_judge(&mut policy, round, &groups, &mut metrics, obs)?)
         } else {
             None
         };
@@ -90,23 +50,7 @@ impl Run {
             c.monitor.n_star,
         ));
         if c.recipe == Recipe::Scpo {
-            let (mut decided, mut right, mut share) = (0usize, 0usize, 0.0f64);
-            for g in &groups {
-                if let Some(i) = majority_index(g) {
-                    decided += 1;
-                    right += g.verdicts[i].is_correct() as usize;
-                    share += vote_shares(g)[i] as f64;
-                }
-            }
-            metrics.insert(
-                "vote/majority_accuracy".into(),
-                right as f64 / decided.max(1) as f64,
-            );
-            metrics.insert("vote/top_share".into(), share / decided.max(1) as f64);
-            metrics.insert(
-                "vote/decided_fraction".into(),
-                decided as f64 / groups.len().max(1) as f64,
-            );
+            metrics.extend(vote_metrics(&groups));
         }
         let sampled_tokens: usize = groups
             .iter()
@@ -233,5 +177,60 @@ impl Run {
         m.train = Some(stats);
         self.save_checkpoint(&policy, round, &mut m)?;
         self.write_manifest(&m)
+    }
+
+    /// The self-judge's score of every sample (one row per group), with its agreement with
+    /// the verifier in `metrics` (`judge/*`) and the diagnostic length bias applied.
+    fn self_judge(
+        &self,
+        policy: &mut NativePolicy,
+        round: u32,
+        groups: &[Group],
+        metrics: &mut BTreeMap<String, f64>,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Vec<f32>>> {
+        let items: Vec<(&str, &str)> = groups
+            .iter()
+            .flat_map(|g| {
+                g.completions
+                    .iter()
+                    .map(|x| (g.problem.prompt.as_str(), x.text.as_str()))
+            })
+            .collect();
+        obs.stage_started(&format!("r{round} judge"), items.len() as u64);
+        let flat = judge_scores(policy, &self.plan.tokenizer, &items)?;
+        obs.stage_progress(items.len() as u64, 0);
+        let truth: Vec<bool> = groups
+            .iter()
+            .flat_map(|g| g.verdicts.iter().map(|v| v.is_correct()))
+            .collect();
+        let js = JudgeStats::of(&flat, &truth);
+        for (k, v) in [
+            ("judge/accuracy", js.accuracy()),
+            ("judge/precision", js.precision()),
+            ("judge/recall", js.recall()),
+            ("judge/mean_score", js.mean_score),
+        ] {
+            // Precision with nothing judged correct (or recall with nothing correct) is
+            // undefined: left out rather than written as NaN.
+            if v.is_finite() {
+                metrics.insert(k.to_string(), v);
+            }
+        }
+        // The injected length bias (a diagnostic, `judge.length_weight`).
+        let w = self.plan.config.judge.length_weight;
+        let max_len = self.plan.max_new_tokens.max(1) as f32;
+        let lengths = groups
+            .iter()
+            .flat_map(|g| g.completions.iter().map(|x| x.tokens.len() as f32));
+        let flat: Vec<f32> = flat
+            .iter()
+            .zip(lengths)
+            .map(|(&s, len)| (1.0 - w) * s + w * len / max_len)
+            .collect();
+        Ok(flat
+            .chunks(self.plan.config.pref.samples)
+            .map(|s| s.to_vec())
+            .collect())
     }
 }
