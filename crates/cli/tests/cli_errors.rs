@@ -202,11 +202,11 @@ fn missing_or_corrupt_checkpoints_are_named() {
 #[test]
 fn tasks_lists_every_builtin_task_with_an_example() {
     let text = succeeds(&["tasks"]);
-    for name in ["addition", "multiplication", "countdown"] {
+    for name in ["addition", "multiplication", "countdown", "sum"] {
         assert!(text.contains(name), "{text}");
     }
-    assert_eq!(text.matches("solution:").count(), 3);
-    assert_eq!(text.matches("answer:").count(), 3);
+    assert_eq!(text.matches("solution:").count(), 4);
+    assert_eq!(text.matches("answer:").count(), 4);
 }
 
 #[test]

@@ -13,10 +13,12 @@ mod addition;
 mod answer;
 mod countdown;
 mod multiplication;
+mod sum;
 
 pub use addition::{Addition, AdditionConfig};
 pub use countdown::{Countdown, CountdownConfig};
 pub use multiplication::{Multiplication, MultiplicationConfig};
+pub use sum::{Sum, SumConfig};
 
 use autodidact_core::{Error, Problem, Result, Rng, Split, Task};
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,7 @@ pub enum TaskConfig {
     Addition(AdditionConfig),
     Multiplication(MultiplicationConfig),
     Countdown(CountdownConfig),
+    Sum(SumConfig),
 }
 
 impl TaskConfig {
@@ -38,6 +41,7 @@ impl TaskConfig {
             TaskConfig::Addition(c) => Box::new(c.build()?),
             TaskConfig::Multiplication(c) => Box::new(c.build()?),
             TaskConfig::Countdown(c) => Box::new(c.build()?),
+            TaskConfig::Sum(c) => Box::new(c.build()?),
         })
     }
 
@@ -47,6 +51,7 @@ impl TaskConfig {
             TaskConfig::Addition(AdditionConfig::default()),
             TaskConfig::Multiplication(MultiplicationConfig::default()),
             TaskConfig::Countdown(CountdownConfig::default()),
+            TaskConfig::Sum(SumConfig::default()),
         ]
     }
 
@@ -55,6 +60,7 @@ impl TaskConfig {
             TaskConfig::Addition(_) => "addition",
             TaskConfig::Multiplication(_) => "multiplication",
             TaskConfig::Countdown(_) => "countdown",
+            TaskConfig::Sum(_) => "sum",
         }
     }
 
@@ -72,6 +78,10 @@ impl TaskConfig {
             TaskConfig::Countdown(c) => format!(
                 "reach a target with + − × ÷ from `numbers` = {} numbers in 1..=`max_number` = {} (each at most once, targets up to `max_target` = {}); the trace writes each step, the answer is an expression checked in exact rationals",
                 c.numbers, c.max_number, c.max_target
+            ),
+            TaskConfig::Sum(c) => format!(
+                "the sum of `terms` = {} numbers of up to `digits` = {} digits; the trace writes running sums in an order of its choosing (many paths lead to one answer, so a vote among samples is informative)",
+                c.terms, c.digits
             ),
         }
     }
