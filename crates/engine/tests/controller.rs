@@ -44,6 +44,20 @@ fn a_stop_alarm_ends_the_run_and_it_stays_stopped() {
     assert_eq!(again.execute(&mut Silent).unwrap().len(), 2);
     assert!(!out.join(RunDir::round_dir(2)).exists());
     assert!(out.join("report.html").is_file());
+    // The end-of-run summary and the report say what the controller did.
+    let data = autodidact_engine::report::RunData::load(&out).unwrap();
+    let summary = autodidact_engine::report::text_summary(&data).join("\n");
+    assert!(summary.starts_with("monitors, round 1 → 1:"), "{summary}");
+    assert!(
+        summary.contains("alarms: kl_budget (rounds 1)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("stopped after round 1: alarm kl_budget"),
+        "{summary}"
+    );
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains("<h2>Controller</h2>") && page.contains("stop: alarm kl_budget"));
 }
 
 #[test]
