@@ -15,7 +15,7 @@
 //!   them, averaged over those problems (as `cal_modi_acc_soft` in the paper's code).
 //! - `gap/best_of_n`: accuracy of the highest-reward sample of each problem minus the mean
 //!   sample accuracy (the generation–verification gap of the reward).
-//! - `drift/*` on the held-out prompts (see [`drift`]).
+//! - `drift/*` on the held-out prompts (see [`kl_k3`]; the run's eval stage computes them).
 
 use crate::eval::pass_at_k;
 use autodidact_core::Group;

@@ -2,7 +2,7 @@
 //!
 //! Each step samples G completions for each of P prompts of the unlabeled pool, scores them
 //! (verifier score, plus an optional format reward and length penalty), turns rewards into
-//! advantages ([`autodidact_objectives::advantages`]), and makes `num_iterations` passes of
+//! advantages ([`autodidact_objectives::advantages()`]), and makes `num_iterations` passes of
 //! updates on the clipped surrogate ([`autodidact_objectives::policy_gradient`]) with the
 //! sampling log-probs as the old policy. How this differs from TRL's `GRPOTrainer`:
 //! - each pass over a rollout batch is split into `minibatches` optimizer steps over a fresh
