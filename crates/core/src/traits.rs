@@ -34,8 +34,10 @@ pub trait Task: Send + Sync {
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict;
 
     /// The prompt with the reference answer given as a hint (STaR's rationalization), if the
-    /// task supports it.
-    fn hinted_prompt(&self, problem: &Problem) -> Option<String>;
+    /// task supports it; by default `[answer]prompt` when the problem has an answer.
+    fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
+        Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
+    }
 }
 
 /// Something that samples and scores text.

@@ -98,6 +98,22 @@ pub struct Group {
     pub rewards: Vec<f32>,
 }
 
+impl Group {
+    /// Indices of the completions that pass `keep`, first occurrence of each text only, in
+    /// sampling order.
+    pub fn distinct(&self, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        (0..self.completions.len())
+            .filter(|&i| keep(i) && seen.insert(self.completions[i].text.as_str()))
+            .collect()
+    }
+
+    /// [`Group::distinct`] of the verified-correct completions.
+    pub fn distinct_correct(&self) -> Vec<usize> {
+        self.distinct(|i| self.verdicts[i].is_correct())
+    }
+}
+
 /// How tokens are drawn (backend-independent; each policy maps it onto its sampler).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,18 +15,12 @@
 //!   them, averaged over those problems (as `cal_modi_acc_soft` in the paper's code).
 //! - `gap/best_of_n`: accuracy of the highest-reward sample of each problem minus the mean
 //!   sample accuracy (the generation–verification gap of the reward).
-//! - `drift/*` on the held-out prompts (see [`kl_k3`]; the run's eval stage computes them).
+//! - `drift/*` on the held-out prompts (see [`mean_kl`]; the run's eval stage computes them).
 
 use crate::eval::pass_at_k;
 use autodidact_core::Group;
+use autodidact_objectives::{sequence_kl, KlEstimator};
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// Per completion of each group: the reward the recipe used and whether it was selected for
-/// training (aligned with the groups' completions).
-pub struct RoundSignal<'a> {
-    pub rewards: &'a [Vec<f32>],
-    pub selected: &'a [Vec<bool>],
-}
 
 /// Mean of `f` over the groups (0 for none).
 fn mean_over(groups: &[Group], f: impl Fn(&Group) -> f64) -> f64 {
@@ -109,14 +103,12 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
 pub fn balance_score(groups: &[Group], selected: &[Vec<bool>], n_star: usize) -> Option<f64> {
     let mut scores = Vec::new();
     for (g, sel) in groups.iter().zip(selected) {
-        let mut seen = HashSet::new();
-        let (mut n, mut right) = (0usize, 0usize);
-        for ((c, v), &s) in g.completions.iter().zip(&g.verdicts).zip(sel) {
-            if s && seen.insert(c.text.as_str()) {
-                n += 1;
-                right += v.is_correct() as usize;
-            }
-        }
+        let chosen = g.distinct(|i| sel[i]);
+        let n = chosen.len();
+        let right = chosen
+            .iter()
+            .filter(|&&i| g.verdicts[i].is_correct())
+            .count();
         if n > 0 {
             let explore = (right as f64 / n_star.max(1) as f64).min(1.0);
             scores.push(explore * right as f64 / n as f64);
@@ -142,30 +134,21 @@ pub fn exploration(groups: &[Group]) -> BTreeMap<String, f64> {
             }),
         );
     }
-    let correct = |g: &Group| -> Vec<usize> {
-        (0..g.completions.len())
-            .filter(|&i| g.verdicts[i].is_correct())
-            .collect()
-    };
     m.insert(
         "explore/distinct_correct_answers".into(),
         mean_over(groups, |g| {
-            let s: HashSet<_> = correct(g)
-                .into_iter()
-                .map(|i| g.verdicts[i].answer.clone())
+            let answers: HashSet<_> = g
+                .verdicts
+                .iter()
+                .filter(|v| v.is_correct())
+                .map(|v| &v.answer)
                 .collect();
-            s.len() as f64
+            answers.len() as f64
         }),
     );
     m.insert(
         "explore/distinct_correct_traces".into(),
-        mean_over(groups, |g| {
-            let s: HashSet<_> = correct(g)
-                .into_iter()
-                .map(|i| g.completions[i].text.as_str())
-                .collect();
-            s.len() as f64
-        }),
+        mean_over(groups, |g| g.distinct_correct().len() as f64),
     );
     m.insert(
         "explore/answer_entropy".into(),
@@ -183,13 +166,20 @@ pub fn exploration(groups: &[Group]) -> BTreeMap<String, f64> {
     m
 }
 
-/// `exploit/*` and `gap/best_of_n` of a round's reward and selection against the verifier.
-pub fn exploitation(groups: &[Group], s: &RoundSignal, n_star: usize) -> BTreeMap<String, f64> {
+/// `exploit/*` and `gap/best_of_n` of a round's rewards (each group's `rewards`: what the
+/// recipe rewarded) and selection (`selected`: per completion, whether the recipe trained on
+/// it as a positive) against the verifier.
+pub fn exploitation(
+    groups: &[Group],
+    selected: &[Vec<bool>],
+    n_star: usize,
+) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     let (mut tp, mut fp, mut fneg) = (0usize, 0usize, 0usize);
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
     let (mut best, mut mean_acc) = (0.0, 0.0);
-    for ((g, r), sel) in groups.iter().zip(s.rewards).zip(s.selected) {
+    for (g, sel) in groups.iter().zip(selected) {
+        let r = &g.rewards;
         for ((v, &x), &chosen) in g.verdicts.iter().zip(r).zip(sel) {
             let ok = v.is_correct();
             tp += (chosen && ok) as usize;
@@ -215,7 +205,7 @@ pub fn exploitation(groups: &[Group], s: &RoundSignal, n_star: usize) -> BTreeMa
     if let Some(a) = auroc(&scores, &labels) {
         m.insert("exploit/auroc".into(), a);
     }
-    if let Some(b) = balance_score(groups, s.selected, n_star) {
+    if let Some(b) = balance_score(groups, selected, n_star) {
         m.insert("exploit/balance_score".into(), b);
     }
     let n = groups.len().max(1) as f64;
@@ -226,30 +216,22 @@ pub fn exploitation(groups: &[Group], s: &RoundSignal, n_star: usize) -> BTreeMa
 }
 
 /// Every training-sample monitor of a round: [`exploration`] and [`exploitation`].
-pub fn round_monitors(groups: &[Group], s: &RoundSignal, n_star: usize) -> BTreeMap<String, f64> {
+pub fn round_monitors(
+    groups: &[Group],
+    selected: &[Vec<bool>],
+    n_star: usize,
+) -> BTreeMap<String, f64> {
     let mut m = exploration(groups);
-    m.extend(exploitation(groups, s, n_star));
+    m.extend(exploitation(groups, selected, n_star));
     m
 }
 
 /// Drift of a policy on completions it sampled: the k3 estimate of KL(π‖ref) summed over each
-/// completion's tokens (`log_ratio_ref` = log ref − log π per token) and averaged over
-/// completions. With samples drawn from π at temperature 1 each term is an unbiased,
-/// non-negative estimate of the per-token KL.
-pub fn kl_k3(log_ratio_ref: &[Vec<f32>]) -> f64 {
-    let n = log_ratio_ref.len().max(1) as f64;
-    log_ratio_ref
-        .iter()
-        .map(|row| {
-            row.iter()
-                .map(|&r| {
-                    let r = r as f64;
-                    r.exp() - 1.0 - r
-                })
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        / n
+/// completion's tokens ([`sequence_kl`]) and averaged over completions. With samples drawn
+/// from π at temperature 1 each term is an unbiased, non-negative estimate of the per-token KL.
+pub fn mean_kl(logprobs: &[Vec<f32>], ref_logprobs: &[Vec<f32>]) -> f64 {
+    let per_sequence = sequence_kl(logprobs, ref_logprobs, KlEstimator::K3);
+    per_sequence.iter().sum::<f64>() / per_sequence.len().max(1) as f64
 }
 
 #[cfg(test)]
@@ -312,7 +294,7 @@ mod tests {
 
     #[test]
     fn exploitation_and_balance_in_closed_form() {
-        let g = group(
+        let mut g = group(
             "p",
             &[
                 ("a#1", Some("1"), true),
@@ -323,13 +305,9 @@ mod tests {
         );
         // Select the first three: 2 correct (1 distinct correct text) + 1 incorrect selected,
         // 1 correct left out.
-        let rewards = vec![vec![0.9, 0.9, 0.6, 0.2]];
+        g.rewards = vec![0.9, 0.9, 0.6, 0.2];
         let selected = vec![vec![true, true, true, false]];
-        let s = RoundSignal {
-            rewards: &rewards,
-            selected: &selected,
-        };
-        let m = exploitation(std::slice::from_ref(&g), &s, 4);
+        let m = exploitation(std::slice::from_ref(&g), &selected, 4);
         assert!((m["exploit/precision"] - 2.0 / 3.0).abs() < 1e-12);
         assert!((m["exploit/recall"] - 2.0 / 3.0).abs() < 1e-12);
         assert!((m["exploit/f1"] - 2.0 / 3.0).abs() < 1e-12);
@@ -341,24 +319,19 @@ mod tests {
         assert!((m["gap/best_of_n"] - 0.25).abs() < 1e-12);
         // Nothing selected: precision undefined and left out; no balance score.
         let none = vec![vec![false; 4]];
-        let m = exploitation(
-            std::slice::from_ref(&g),
-            &RoundSignal {
-                rewards: &rewards,
-                selected: &none,
-            },
-            4,
-        );
+        let m = exploitation(std::slice::from_ref(&g), &none, 4);
         assert!(!m.contains_key("exploit/precision"));
         assert!(!m.contains_key("exploit/balance_score"));
         assert_eq!(m["exploit/recall"], 0.0);
     }
 
     #[test]
-    fn kl_k3_is_zero_at_the_reference_and_matches_its_formula() {
-        assert_eq!(kl_k3(&[vec![0.0, 0.0], vec![0.0]]), 0.0);
+    fn mean_kl_is_zero_at_the_reference_and_matches_k3() {
+        let same = [vec![0.0f32, 0.0], vec![0.0]];
+        assert_eq!(mean_kl(&same, &same), 0.0);
         let r = -0.5f64;
         let want = (r.exp() - 1.0 - r) * 2.0 / 2.0;
-        assert!((kl_k3(&[vec![-0.5, -0.5], vec![]]) - want).abs() < 1e-7);
+        let got = mean_kl(&[vec![0.0, 0.0], vec![]], &[vec![-0.5, -0.5], vec![]]);
+        assert!((got - want).abs() < 1e-7);
     }
 }

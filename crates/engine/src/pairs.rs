@@ -20,7 +20,7 @@
 
 use autodidact_core::Group;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// One preference pair. Serialized as a line of `train.jsonl` in TRL's preference format
 /// (`prompt`, `chosen`, `rejected`) plus what it was built from.
@@ -59,14 +59,6 @@ impl PairCounts {
     }
 }
 
-/// Indices of the group's completions with distinct texts, in sampling order.
-fn distinct(g: &Group, keep: impl Fn(usize) -> bool) -> Vec<usize> {
-    let mut seen = HashSet::new();
-    (0..g.completions.len())
-        .filter(|&i| keep(i) && seen.insert(g.completions[i].text.as_str()))
-        .collect()
-}
-
 fn pair(g: &Group, c: usize, r: usize, weight: f32, rewards: (f32, f32)) -> Pair {
     Pair {
         problem_id: g.problem.id.clone(),
@@ -87,8 +79,8 @@ pub fn verified_pairs(groups: &[Group], per_problem: usize) -> (Vec<Pair>, PairC
     let mut pairs = Vec::new();
     for g in groups {
         counts.groups += 1;
-        let good = distinct(g, |i| g.verdicts[i].is_correct());
-        let bad = distinct(g, |i| !g.verdicts[i].is_correct());
+        let good = g.distinct_correct();
+        let bad = g.distinct(|i| !g.verdicts[i].is_correct());
         if good.is_empty() || bad.is_empty() {
             counts.skip(if good.is_empty() {
                 "no_correct"
@@ -119,9 +111,9 @@ pub fn vote_shares(g: &Group) -> Vec<f32> {
         .collect()
 }
 
-/// The unique most-voted answer's completion index, if there is one (for majority accuracy).
-pub fn majority_index(g: &Group) -> Option<usize> {
-    let shares = vote_shares(g);
+/// The unique most-voted answer's completion index, if there is one, given the group's
+/// [`vote_shares`].
+pub fn majority_index(g: &Group, shares: &[f32]) -> Option<usize> {
     let top = shares.iter().cloned().fold(0.0f32, f32::max);
     if top == 0.0 {
         return None;
@@ -135,19 +127,20 @@ pub fn majority_index(g: &Group) -> Option<usize> {
     (!tied).then_some(first)
 }
 
-/// ScPO pairs: most-voted against least-voted answer (see the module comment).
+/// ScPO pairs: most-voted against least-voted answer (see the module comment), from each
+/// group's [`vote_shares`].
 pub fn vote_pairs(
     groups: &[Group],
+    shares: &[Vec<f32>],
     per_problem: usize,
     min_share: f32,
     weight_by_margin: bool,
 ) -> (Vec<Pair>, PairCounts) {
     let mut counts = PairCounts::default();
     let mut pairs = Vec::new();
-    for g in groups {
+    for (g, shares) in groups.iter().zip(shares) {
         counts.groups += 1;
-        let shares = vote_shares(g);
-        let Some(top) = majority_index(g) else {
+        let Some(top) = majority_index(g, shares) else {
             counts.skip(if shares.iter().all(|&s| s == 0.0) {
                 "no_answers"
             } else {
@@ -169,8 +162,8 @@ pub fn vote_pairs(
             counts.skip("below_min_vote_share");
             continue;
         }
-        let chosen = distinct(g, |i| !others(i));
-        let rejected = distinct(g, |i| others(i) && shares[i] == low_share);
+        let chosen = g.distinct(|i| !others(i));
+        let rejected = g.distinct(|i| others(i) && shares[i] == low_share);
         let weight = if weight_by_margin {
             shares[top] - low_share
         } else {
@@ -197,7 +190,7 @@ pub fn judged_pairs(
     let mut pairs = Vec::new();
     for (g, s) in groups.iter().zip(scores) {
         counts.groups += 1;
-        let mut idx = distinct(g, |_| true);
+        let mut idx = g.distinct(|_| true);
         // Best first; ties keep sampling order.
         idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
         let mut built = 0;
@@ -231,7 +224,7 @@ pub fn spin_pairs(groups: &[Group], per_problem: usize) -> (Vec<Pair>, PairCount
             counts.skip("no_demonstration");
             continue;
         };
-        let own = distinct(g, |i| g.completions[i].text != gold);
+        let own = g.distinct(|i| g.completions[i].text != gold);
         if own.is_empty() {
             counts.skip("reproduces_gold");
             continue;
@@ -257,13 +250,13 @@ pub fn spin_pairs(groups: &[Group], per_problem: usize) -> (Vec<Pair>, PairCount
 /// `vote/*`: how often the unique majority answer is correct by the gold verifier
 /// (`majority_accuracy`), its mean vote share (`top_share`), and the fraction of groups with a
 /// unique majority (`decided_fraction`).
-pub fn vote_metrics(groups: &[Group]) -> BTreeMap<String, f64> {
+pub fn vote_metrics(groups: &[Group], shares: &[Vec<f32>]) -> BTreeMap<String, f64> {
     let (mut decided, mut right, mut share) = (0usize, 0usize, 0.0f64);
-    for g in groups {
-        if let Some(i) = majority_index(g) {
+    for (g, s) in groups.iter().zip(shares) {
+        if let Some(i) = majority_index(g, s) {
             decided += 1;
             right += g.verdicts[i].is_correct() as usize;
-            share += vote_shares(g)[i] as f64;
+            share += s[i] as f64;
         }
     }
     let d = decided.max(1) as f64;
@@ -370,7 +363,8 @@ mod tests {
             vote_shares(&g),
             vec![0.25, 0.625, 0.625, 0.625, 0.0, 0.625, 0.25, 0.625]
         );
-        let (pairs, counts) = vote_pairs(std::slice::from_ref(&g), 2, 0.5, true);
+        let (pairs, counts) =
+            vote_pairs(std::slice::from_ref(&g), &[vote_shares(&g)], 2, 0.5, true);
         // Only one completion has the fewest votes, so the second chosen text has no partner.
         assert_eq!(counts.pairs, 1);
         assert_eq!(pairs[0].chosen, "y#7");
@@ -378,7 +372,8 @@ mod tests {
         assert_eq!(pairs[0].weight, 0.625);
         assert!(pairs[0].chosen_correct && !pairs[0].rejected_correct);
         // A higher threshold drops the group, counted.
-        let (none, counts) = vote_pairs(std::slice::from_ref(&g), 1, 0.75, true);
+        let (none, counts) =
+            vote_pairs(std::slice::from_ref(&g), &[vote_shares(&g)], 1, 0.75, true);
         assert!(none.is_empty());
         assert_eq!(counts.no_pair["below_min_vote_share"], 1);
     }
@@ -388,7 +383,9 @@ mod tests {
         let unanimous = group("u", &[("a#1", Some("1"), true), ("b#1", Some("1"), true)]);
         let tied = group("t", &[("a#1", Some("1"), true), ("b#2", Some("2"), false)]);
         let silent = group("s", &[("a", None, false), ("b", None, false)]);
-        let (pairs, counts) = vote_pairs(&[unanimous, tied, silent], 1, 0.0, true);
+        let groups = [unanimous, tied, silent];
+        let shares: Vec<Vec<f32>> = groups.iter().map(vote_shares).collect();
+        let (pairs, counts) = vote_pairs(&groups, &shares, 1, 0.0, true);
         assert!(pairs.is_empty());
         assert_eq!(counts.groups, 3);
         assert_eq!(counts.groups_without_pair(), 3);
@@ -410,7 +407,9 @@ mod tests {
         );
         let wrong = group("w", &[("a#9", Some("9"), false), ("b#9", Some("9"), false)]);
         let tied = group("t", &[("a#1", Some("1"), true), ("b#2", Some("2"), false)]);
-        let m = vote_metrics(&[right, wrong, tied]);
+        let groups = [right, wrong, tied];
+        let shares: Vec<Vec<f32>> = groups.iter().map(vote_shares).collect();
+        let m = vote_metrics(&groups, &shares);
         assert_eq!(m["vote/majority_accuracy"], 0.5);
         assert!((m["vote/top_share"] - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-6);
         assert!((m["vote/decided_fraction"] - 2.0 / 3.0).abs() < 1e-12);

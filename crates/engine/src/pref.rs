@@ -12,7 +12,9 @@
 //!   the labeled problems labeled by the verifier, so the judge keeps up with the policy.
 
 use crate::config::{PrefConfig, Recipe};
-use crate::pairs::{judged_pairs, spin_pairs, verified_pairs, vote_pairs, Pair, PairCounts};
+use crate::pairs::{
+    judged_pairs, spin_pairs, verified_pairs, vote_pairs, vote_shares, Pair, PairCounts,
+};
 use crate::progress::Observer;
 use crate::train::{start_training, Order, TrainStats};
 use crate::Result;
@@ -34,8 +36,8 @@ pub fn build_pairs(
     let n = cfg.pairs_per_problem;
     match recipe {
         Recipe::Scpo => {
-            let (p, c) = vote_pairs(groups, n, cfg.min_vote_share, cfg.weight_by_margin);
-            let shares = groups.iter().map(crate::pairs::vote_shares).collect();
+            let shares: Vec<Vec<f32>> = groups.iter().map(vote_shares).collect();
+            let (p, c) = vote_pairs(groups, &shares, n, cfg.min_vote_share, cfg.weight_by_margin);
             (p, c, Some(shares))
         }
         Recipe::SelfRewarding => {

@@ -55,11 +55,7 @@ impl RunData {
                 seed_curve.push((s, p));
             }
             if obj.contains_key("round") {
-                rounds.push(
-                    obj.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                        .collect(),
-                );
+                rounds.push(crate::run::numbers(&line));
             }
         }
         let mut manifests = Vec::new();

@@ -16,7 +16,7 @@
 //!   reward instead (`kl_mode = "reward"`, OpenRLHF's placement).
 
 use crate::config::{KlMode, RlConfig};
-use crate::monitor::{round_monitors, RoundSignal};
+use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
 use crate::train::{adamw_settings, Order};
@@ -137,8 +137,7 @@ pub fn rl_round(
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let mut add = |k: &str, v: f64| *sums.entry(k.to_string()).or_insert(0.0) += v;
     let mut sampled_tokens = 0u64;
-    let (mut seen_groups, mut seen_rewards, mut seen_selected) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut seen_groups, mut seen_selected) = (Vec::new(), Vec::new());
     for step in 0..cfg.steps_per_round {
         let prompts: Vec<Problem> = order
             .next_batch(batch)
@@ -241,12 +240,14 @@ pub fn rl_round(
             keep.len() as f64 / completions.len().max(1) as f64,
         );
         sampled_tokens += lens.iter().map(|&l| l as u64).sum::<u64>();
-        // The round's monitors see every rollout: its reward, and whether the update pushed
-        // it up (a positive advantage in a kept group).
+        // The round's monitors see every rollout: whether the update pushed it up (a positive
+        // advantage in a kept group); its reward joins its group below.
         for j in 0..groups.len() {
-            let r = j * g..(j + 1) * g;
-            seen_rewards.push(rewards[r.clone()].to_vec());
-            seen_selected.push(r.map(|i| !dropped[i] && adv.values[i] > 0.0).collect());
+            seen_selected.push(
+                (j * g..(j + 1) * g)
+                    .map(|i| !dropped[i] && adv.values[i] > 0.0)
+                    .collect(),
+            );
         }
         for (i, (gr, c, v)) in completions.iter().enumerate() {
             records.push(RolloutRecord {
@@ -384,18 +385,19 @@ pub fn rl_round(
             (stats.clipped_low + stats.clipped_high) as f64 / tokens,
         );
         obs.stage_progress(step as u64 + 1, sampled_tokens);
-        seen_groups.extend(groups);
+        seen_groups.extend(
+            groups
+                .into_iter()
+                .zip(rewards.chunks(g))
+                .map(|(mut gr, r)| {
+                    gr.rewards = r.to_vec();
+                    gr
+                }),
+        );
     }
     let n = cfg.steps_per_round.max(1) as f64;
     let mut metrics: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n)).collect();
-    metrics.extend(round_monitors(
-        &seen_groups,
-        &RoundSignal {
-            rewards: &seen_rewards,
-            selected: &seen_selected,
-        },
-        cx.n_star,
-    ));
+    metrics.extend(round_monitors(&seen_groups, &seen_selected, cx.n_star));
     metrics.insert("rollout/sampled_tokens".into(), sampled_tokens as f64);
     Ok(RlRound { records, metrics })
 }

@@ -15,7 +15,6 @@
 
 use autodidact_core::{Example, Group};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 
 /// What a round's curation found.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,51 +36,46 @@ pub struct Counts {
     pub sampled_tokens: usize,
 }
 
-/// Which completions of `g` curation keeps: the verified-correct ones, first occurrence of
+/// The completions of `g` curation keeps: the verified-correct ones, first occurrence of
 /// each text, at most `max_per_problem` (0: all), in sampling order.
+fn kept(g: &Group, max_per_problem: usize) -> Vec<usize> {
+    let mut idx = g.distinct_correct();
+    if max_per_problem > 0 {
+        idx.truncate(max_per_problem);
+    }
+    idx
+}
+
+/// [`kept`] as one flag per completion of `g`.
 pub fn kept_mask(g: &Group, max_per_problem: usize) -> Vec<bool> {
-    let mut seen = HashSet::new();
-    let mut kept = 0;
-    g.completions
-        .iter()
-        .zip(&g.verdicts)
-        .map(|(c, v)| {
-            let keep = v.is_correct()
-                && seen.insert(c.text.as_str())
-                && (max_per_problem == 0 || kept < max_per_problem);
-            kept += keep as usize;
-            keep
-        })
-        .collect()
+    let mut mask = vec![false; g.completions.len()];
+    for i in kept(g, max_per_problem) {
+        mask[i] = true;
+    }
+    mask
 }
 
 /// Keeps the distinct verified-correct completions of each group (at most `max_per_problem`
 /// per problem, 0 for all), in sampling order. Returns the examples and the counts.
 pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts) {
     let mut counts = Counts::default();
-    let mut kept = Vec::new();
+    let mut examples = Vec::new();
     for g in groups {
         counts.sampled += g.completions.len();
         counts.sampled_tokens += g.completions.iter().map(|c| c.tokens.len()).sum::<usize>();
-        let correct: Vec<&str> = g
-            .completions
-            .iter()
-            .zip(&g.verdicts)
-            .filter(|(_, v)| v.is_correct())
-            .map(|(c, _)| c.text.as_str())
-            .collect();
-        counts.correct += correct.len();
-        let distinct: HashSet<&str> = correct.into_iter().collect();
-        counts.distinct += distinct.len();
-        counts.solved += (!distinct.is_empty()) as usize;
-        for (c, keep) in g.completions.iter().zip(kept_mask(g, max_per_problem)) {
-            if keep {
-                kept.push(Example::new(g.problem.prompt.clone(), c.text.clone()));
-            }
+        counts.correct += g.verdicts.iter().filter(|v| v.is_correct()).count();
+        let distinct = g.distinct_correct().len();
+        counts.distinct += distinct;
+        counts.solved += (distinct > 0) as usize;
+        for i in kept(g, max_per_problem) {
+            examples.push(Example::new(
+                g.problem.prompt.clone(),
+                g.completions[i].text.clone(),
+            ));
         }
     }
-    counts.kept = kept.len();
-    (kept, counts)
+    counts.kept = examples.len();
+    (examples, counts)
 }
 
 /// The first correct completion of each hinted group, trained under the problem's plain

@@ -54,9 +54,7 @@ impl Order {
                 if self.pos == self.perm.len() {
                     let mut rng = Rng::derived(self.seed, self.epoch);
                     self.perm = (0..self.n).collect();
-                    for i in (1..self.n).rev() {
-                        self.perm.swap(i, rng.below(i as u64 + 1) as usize);
-                    }
+                    rng.shuffle(&mut self.perm);
                     self.epoch += 1;
                     self.pos = 0;
                 }

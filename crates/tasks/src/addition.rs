@@ -123,9 +123,6 @@ impl Task for Addition {
             None => Verdict::ungradable(),
         }
     }
-    fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
-        Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
-    }
 }
 
 /// Exact match of the integer after the last `#` with the problem's reference answer.

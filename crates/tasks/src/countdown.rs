@@ -61,9 +61,7 @@ impl Countdown {
             .map(|_| 1 + rng.below(c.max_number as u64))
             .collect();
         let mut order = nums.clone();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        rng.shuffle(&mut order);
         let max = c.max_target as u64;
         let mut value = order[0];
         let mut expr = order[0].to_string();
@@ -187,9 +185,6 @@ impl Task for Countdown {
             Some(v) if v == Rational::int(target as i128) => Verdict::correct(answer),
             _ => Verdict::incorrect(answer),
         }
-    }
-    fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
-        Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
     }
 }
 

@@ -95,9 +95,6 @@ impl Task for Multiplication {
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
         verify_integer(problem, completion)
     }
-    fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
-        Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
-    }
 }
 
 #[cfg(test)]

@@ -74,9 +74,7 @@ impl Sum {
         // The reference order: a permutation fixed by the problem's key.
         let mut rng = Rng::new(autodidact_core::rng::fnv1a(key.as_bytes()));
         let mut order: Vec<usize> = (0..xs.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        rng.shuffle(&mut order);
         let problem = Problem {
             id: format!("sum:{key}"),
             prompt: format!("{key}="),
@@ -113,9 +111,6 @@ impl Task for Sum {
     }
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
         verify_integer(problem, completion)
-    }
-    fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
-        Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
     }
 }
 

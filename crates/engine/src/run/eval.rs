@@ -5,7 +5,7 @@ use super::*;
 impl Run {
     /// `drift/*` of the round's model on its evaluation samples of the first
     /// `monitor.drift_problems` held-out problems: KL to M0 and to the previous round (k3,
-    /// summed over each completion's tokens, see [`crate::monitor::kl_k3`]), mean completion
+    /// summed over each completion's tokens, see [`crate::monitor::mean_kl`]), mean completion
     /// length and mean token entropy.
     pub(super) fn drift(
         &self,
@@ -44,13 +44,11 @@ impl Run {
         m.insert("drift/token_entropy".into(), entropy / tokens.max(1) as f64);
         let mut kl_to = |key: &str, r: u32| -> Result<()> {
             let mut reference = self.load_policy(r)?;
-            let mut ratios = Vec::with_capacity(examples.len());
-            for (chunk, mine) in examples.chunks(256).zip(own.chunks(256)) {
-                for (theirs, mine) in reference.logprobs(chunk)?.iter().zip(mine) {
-                    ratios.push(theirs.iter().zip(mine).map(|(a, b)| a - b).collect());
-                }
+            let mut theirs = Vec::with_capacity(examples.len());
+            for chunk in examples.chunks(256) {
+                theirs.extend(reference.logprobs(chunk)?);
             }
-            m.insert(key.into(), kl_k3(&ratios));
+            m.insert(key.into(), mean_kl(&own, &theirs));
             Ok(())
         };
         if round > 0 {

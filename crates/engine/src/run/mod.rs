@@ -14,7 +14,7 @@ use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
 use crate::controller::{alarm_value, decide, AlarmKind, Decision};
 use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
-use crate::monitor::{balance_score, kl_k3, round_monitors, RoundSignal};
+use crate::monitor::{balance_score, mean_kl, round_monitors};
 use crate::pairs::{truth_metrics, vote_metrics, Pair};
 use crate::pref::{build_pairs, fit_dpo, reference_logps};
 use crate::progress::{Observer, Silent};
@@ -448,7 +448,7 @@ impl Run {
 }
 
 /// The numeric fields of a metrics line.
-fn numbers(line: &Value) -> BTreeMap<String, f64> {
+pub(crate) fn numbers(line: &Value) -> BTreeMap<String, f64> {
     line.as_object()
         .into_iter()
         .flatten()

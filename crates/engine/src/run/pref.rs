@@ -40,17 +40,9 @@ impl Run {
                     .collect()
             })
             .collect();
-        let rewards: Vec<Vec<f32>> = groups.iter().map(|g| g.rewards.clone()).collect();
-        metrics.extend(round_monitors(
-            &groups,
-            &RoundSignal {
-                rewards: &rewards,
-                selected: &selected,
-            },
-            c.monitor.n_star,
-        ));
-        if c.recipe == Recipe::Scpo {
-            metrics.extend(vote_metrics(&groups));
+        metrics.extend(round_monitors(&groups, &selected, c.monitor.n_star));
+        if let (Recipe::Scpo, Some(shares)) = (c.recipe, &proxy) {
+            metrics.extend(vote_metrics(&groups, shares));
         }
         let sampled_tokens: usize = groups
             .iter()

@@ -108,19 +108,11 @@ impl Run {
         let params = self.plan.sampling(temperature, cfg.top_p);
         let groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
-        let rewards: Vec<Vec<f32>> = groups.iter().map(|g| g.rewards.clone()).collect();
         let selected: Vec<Vec<bool>> = groups
             .iter()
             .map(|g| kept_mask(g, cfg.max_per_problem))
             .collect();
-        let monitors = round_monitors(
-            &groups,
-            &RoundSignal {
-                rewards: &rewards,
-                selected: &selected,
-            },
-            self.plan.config.monitor.n_star,
-        );
+        let monitors = round_monitors(&groups, &selected, self.plan.config.monitor.n_star);
         let mut hinted_groups = Vec::new();
         if cfg.rationalize {
             let unsolved: Vec<Problem> = groups
