@@ -120,6 +120,12 @@ fn print(r: &Report, json: bool) -> Result<()> {
 
 fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     let cfg = TransformerConfig::from_preset(preset, args.vocab)?;
+    // The training step keeps the whole batch's activations; refuse what would not fit.
+    autodidact_core::memory::check(
+        "--batch",
+        cfg.state_bytes(threads) + cfg.train_activation_bytes(args.batch, cfg.context_length),
+        &format!("a {preset} training step over {} sequences", args.batch),
+    )?;
     let mut model = cfg.build(0)?;
     let (b, t) = (args.batch, cfg.context_length);
 

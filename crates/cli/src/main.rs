@@ -7,7 +7,7 @@ mod run;
 mod tools;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -44,9 +44,20 @@ enum Command {
 }
 
 fn main() {
+    // Output piped into `head` ends quietly, as for any Unix tool, instead of panicking on a
+    // closed pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run() {
-        // The whole chain on one line: what failed, then why.
-        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // The whole chain on one line: what failed, then why; a value a user typed is not
+        // echoed whole however long it is.
+        let chain: Vec<String> = e
+            .chain()
+            .map(|c| autodidact_core::error::clip(&c.to_string(), 600))
+            .collect();
         eprintln!("error: {}", chain.join(": "));
         std::process::exit(1);
     }
@@ -54,6 +65,12 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    // Bare `autodidact` asks what the tool does: the help, and success.
+    let Some(command) = cli.command else {
+        Cli::command().print_help()?;
+        println!();
+        return Ok(());
+    };
     let threads = match cli.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -65,7 +82,7 @@ fn run() -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("starting the worker thread pool")?;
-    match cli.command {
+    match command {
         Command::Run(args) => run::run(&args, threads),
         Command::Resume(args) => run::resume(&args, threads),
         Command::Eval(args) => tools::eval(&args),

@@ -16,7 +16,7 @@ pub struct RunArgs {
     /// Run directory to create (default: runs/<recipe>-<task>-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Print only the final table.
+    /// Print only the final table: no progress, notes, monitor summary or file list.
     #[arg(long, short)]
     quiet: bool,
 }
@@ -25,6 +25,11 @@ pub struct RunArgs {
 pub struct ResumeArgs {
     /// The run directory to continue.
     run_dir: PathBuf,
+    /// Continue even though a file of a completed stage differs from what the run recorded
+    /// of it (each is named; the run records that it was accepted).
+    #[arg(long)]
+    force: bool,
+    /// Print only the final table: no progress, notes, monitor summary or file list.
     #[arg(long, short)]
     quiet: bool,
 }
@@ -50,23 +55,29 @@ pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
     };
     let mut obs = observer(args.quiet);
     let mut run = Run::create(plan, &out, threads)?;
-    eprintln!("run directory: {}", out.display());
+    if !args.quiet {
+        eprintln!("run directory: {}", out.display());
+    }
     let rows = run.execute(obs.as_mut())?;
-    finish(&run, &rows);
+    finish(&run, &rows, args.quiet);
     Ok(())
 }
 
 pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
     let mut obs = observer(args.quiet);
-    let mut run = Run::open(&args.run_dir, threads, obs.as_mut())?;
+    let mut run = Run::open(&args.run_dir, threads, args.force, obs.as_mut())?;
     let rows = run.execute(obs.as_mut())?;
-    finish(&run, &rows);
+    finish(&run, &rows, args.quiet);
     Ok(())
 }
 
-fn finish(run: &Run, rows: &[RoundRow]) {
+/// Prints the per-round table and, unless `quiet`, the monitors' summary and the run's files.
+fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
     let k = run.plan().config.eval.k;
     println!("{}", table(rows, k));
+    if quiet {
+        return;
+    }
     if let Ok(data) = autodidact_engine::report::RunData::load(run.dir().root()) {
         for line in autodidact_engine::report::text_summary(&data) {
             println!("{line}");

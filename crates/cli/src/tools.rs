@@ -4,7 +4,11 @@
 use anyhow::{bail, Context, Result};
 use autodidact_core::{Policy, SamplingParams, Split};
 use autodidact_engine::config::apply_set;
-use autodidact_engine::eval::{evaluate, EvalSettings};
+use autodidact_core::memory;
+use autodidact_engine::config::{completion_bytes, EvalConfig};
+use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
+use autodidact_engine::{store, RunConfig};
+use std::io::Write;
 use autodidact_engine::Silent;
 use autodidact_nn::NativePolicy;
 use autodidact_tasks::TaskConfig;
@@ -13,51 +17,80 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Checkpoint directory (model.safetensors, config.json, tokenizer.json).
+    /// Checkpoint directory (model.safetensors, config.json, tokenizer.json). A checkpoint
+    /// inside a run directory (RUN/checkpoints/rNNNN) is evaluated as that run evaluates it:
+    /// its task, held-out problems, eval settings and seed are the defaults.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Built-in task to evaluate on (see `autodidact tasks`).
+    /// Built-in task to evaluate on (see `autodidact tasks`); default: the run's.
     #[arg(long)]
-    task: String,
-    /// Task setting: `--set digits=4` (repeatable).
+    task: Option<String>,
+    /// Task setting: `--set digits=4` (repeatable; replaces the run's task settings).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Held-out problems.
-    #[arg(long, default_value_t = 200)]
-    problems: usize,
-    /// Samples per problem for pass@k and maj@k.
-    #[arg(long, default_value_t = 8)]
-    samples: usize,
-    #[arg(long, default_value_t = 8)]
-    k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Held-out problems [default: the run's eval.problems, else 200].
+    #[arg(long)]
+    problems: Option<usize>,
+    /// Completions sampled per problem for pass@k and maj@k [default: the run's, else 8].
+    #[arg(long)]
+    samples: Option<usize>,
+    /// The k of pass@k and maj@k [default: the run's, else 8].
+    #[arg(long)]
+    k: Option<usize>,
+    /// Sampling temperature of the pass@k samples; pass@1 is greedy [default: the run's, else 1].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Run seed the held-out problems and samples are derived from, as in a run with this
+    /// seed [default: the run's, else 0].
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
 pub struct SampleArgs {
+    /// Checkpoint directory (model.safetensors, config.json, tokenizer.json).
     #[arg(long)]
     checkpoint: PathBuf,
     /// The prompt, e.g. `347+285=`.
     #[arg(long)]
     prompt: String,
-    /// Completions to draw.
+    /// Completions to draw (printed as they are sampled, in batches).
     #[arg(long, short, default_value_t = 4)]
-    n: usize,
-    /// 0 is greedy.
+    n: u64,
+    /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Keep only the top_k most likely tokens; 0 keeps all.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    /// Default: as many as the context leaves.
+    /// Most tokens per completion (default: as many as the context leaves).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Seed of completion 0; completion i uses seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// Completions `sample` draws per call to the policy: each batch is printed before the next
+/// is drawn, so memory stays bounded for any `-n`.
+const SAMPLE_BATCH: u64 = 256;
+
+/// The run a checkpoint belongs to (`RUN/checkpoints/rNNNN`), with its configuration.
+fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
+    let Some(root) = checkpoint.parent().and_then(Path::parent) else {
+        return Ok(None);
+    };
+    let config = root.join(store::CONFIG_FILE);
+    if !root.join(store::RUN_FILE).exists() || !config.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    let cfg = RunConfig::parse(&text, &config.display().to_string(), &[])?;
+    Ok(Some((root.to_path_buf(), cfg)))
 }
 
 fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
@@ -68,7 +101,10 @@ fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     }
     toml::Value::Table(table)
         .try_into()
-        .with_context(|| format!("task `{name}` with settings {sets:?} (see `autodidact tasks`)"))
+        .with_context(|| {
+            let sets = autodidact_core::error::clip(&format!("{sets:?}"), 200);
+            format!("task `{name}` with settings {sets} (see `autodidact tasks`)")
+        })
 }
 
 fn load(dir: &Path) -> Result<NativePolicy> {
@@ -76,34 +112,61 @@ fn load(dir: &Path) -> Result<NativePolicy> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    if a.problems == 0 {
+    let run = run_of(&a.checkpoint)?;
+    let (task_cfg, defaults, run_seed) = match (&run, &a.task) {
+        (Some((_, cfg)), None) if a.sets.is_empty() => (cfg.task.clone(), cfg.eval.clone(), cfg.seed),
+        (Some((_, cfg)), _) => {
+            let name = a.task.as_deref().unwrap_or(cfg.task.name());
+            (task_config(name, &a.sets)?, cfg.eval.clone(), cfg.seed)
+        }
+        (None, Some(name)) => (task_config(name, &a.sets)?, EvalConfig::default(), 0),
+        (None, None) => bail!(
+            "--task is needed: {} is not inside a run directory (RUN/checkpoints/rNNNN) whose task could be used",
+            a.checkpoint.display()
+        ),
+    };
+    let e = EvalConfig {
+        problems: a.problems.unwrap_or(defaults.problems),
+        samples: a.samples.unwrap_or(defaults.samples),
+        k: a.k.unwrap_or(defaults.k),
+        temperature: a.temperature.unwrap_or(defaults.temperature),
+    };
+    let seed = a.seed.unwrap_or(run_seed);
+    if e.problems == 0 {
         bail!("--problems must be at least 1");
     }
-    if a.k == 0 || a.samples < a.k {
+    if e.k == 0 || e.samples < e.k {
         bail!(
             "--k must be at least 1 and at most --samples ({} given)",
-            a.samples
+            e.samples
         );
     }
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+    if !(e.temperature.is_finite() && e.temperature >= 0.0) {
         bail!("--temperature must be a finite number ≥ 0");
     }
-    let task = task_config(&a.task, &a.sets)?.build()?;
-    let mut policy = load(&a.checkpoint)?;
-    let problems = task.problems(Split::Eval, a.problems, a.seed)?;
+    let task = task_config_built(&task_cfg)?;
     let (max_prompt, max_solution) = task.max_chars();
-    let room = policy.context_length().saturating_sub(max_prompt + 1);
-    if room == 0 {
+    let max_new = max_solution + 1;
+    let per = completion_bytes(max_new);
+    memory::check("--problems", e.problems as u64 * per, "the held-out problems' completions")?;
+    memory::check(
+        "--samples",
+        (e.problems as u64).saturating_mul(e.samples as u64).saturating_mul(per),
+        "--problems × --samples completions",
+    )?;
+    let mut policy = load(&a.checkpoint)?;
+    if policy.context_length() <= max_prompt + 1 {
         bail!("the checkpoint's context ({} tokens) cannot hold this task's prompts ({max_prompt} characters)", policy.context_length());
     }
-    let settings = EvalSettings {
-        samples: a.samples,
-        k: a.k,
-        temperature: a.temperature,
-        max_new_tokens: (max_solution + 1).min(room),
-        seed: a.seed,
-    };
+    let problems = held_out_problems(&*task, e.problems, seed)?;
+    let settings = EvalSettings::of_run(&e, seed, max_new);
     let r = evaluate(&mut policy, &*task, &problems, &settings, &mut Silent)?;
+    if let Some((root, _)) = &run {
+        eprintln!(
+            "evaluated as run {} evaluates its rounds (seed {seed}; task, problems and settings from its config unless given here)",
+            root.display()
+        );
+    }
     println!(
         "{} problems of {} (held-out split): pass@1 {:.1}%  pass@{k} {:.1}%  maj@{k} {:.1}%  (mean sample accuracy {:.1}%)",
         r.problems,
@@ -115,6 +178,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         k = r.k
     );
     Ok(())
+}
+
+fn task_config_built(cfg: &TaskConfig) -> Result<Box<dyn autodidact_core::Task>> {
+    cfg.build()
+        .with_context(|| format!("task `{}` (see `autodidact tasks`)", cfg.name()))
 }
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
@@ -134,14 +202,26 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         top_p: a.top_p,
         max_new_tokens: a.max_new_tokens.unwrap_or(room),
     };
-    let prompts = vec![a.prompt.clone(); a.n];
-    let seeds: Vec<u64> = (0..a.n as u64).map(|i| a.seed.wrapping_add(i)).collect();
-    for (i, c) in policy.sample(&prompts, &seeds, &params)?.iter().enumerate() {
-        let lp: f32 = c.logprobs.iter().sum();
-        println!(
-            "[{i}] {}{}    (log p {lp:.2}, {:?})",
-            a.prompt, c.text, c.finish
-        );
+    let mut out = std::io::stdout().lock();
+    let mut start = 0u64;
+    while start < a.n {
+        let rows = SAMPLE_BATCH.min(a.n - start);
+        let prompts = vec![a.prompt.clone(); rows as usize];
+        let seeds: Vec<u64> = (start..start + rows).map(|i| a.seed.wrapping_add(i)).collect();
+        for (i, c) in policy.sample(&prompts, &seeds, &params)?.iter().enumerate() {
+            let lp: f32 = c.logprobs.iter().sum();
+            let line = format!(
+                "[{}] {}{}    (log p {lp:.2}, {:?})",
+                start + i as u64,
+                a.prompt,
+                c.text,
+                c.finish
+            );
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // the reader went away (`| head`)
+            }
+        }
+        start += rows;
     }
     Ok(())
 }

@@ -58,10 +58,38 @@ impl Error {
 
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
-            what: what.into(),
-            message: message.into(),
+            what: clip(&what.into(), 200),
+            message: clip(&message.into(), 600),
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` cut to about `max` characters for an error message: a value a user typed can be
+/// megabytes long, and a message that echoes it whole buries the point. The start and end are
+/// kept, with how much was left out between them.
+pub fn clip(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max * 2 / 3).collect();
+    let tail: String = text.chars().skip(n - max / 3).collect();
+    format!("{head}…[{} characters left out]…{tail}", n - head.chars().count() - tail.chars().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_clipped_in_messages() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "x".repeat(10_000_000);
+        let c = clip(&format!("a{long}z"), 30);
+        assert!(c.starts_with("ax") && c.ends_with("xz"), "{c}");
+        assert!(c.contains("[9999972 characters left out]"), "{c}");
+        assert!(c.len() < 100);
+    }
+}

@@ -1,13 +1,14 @@
 //! Domain types, traits and errors shared by every autodidact crate.
 //!
 //! This is the bottom of the workspace: it depends on no other autodidact crate.
-//! It holds the nouns of DESIGN.md ([`Problem`], [`Verdict`], [`Completion`],
+//! It holds the nouns of docs/design.md ([`Problem`], [`Verdict`], [`Completion`],
 //! [`Group`]), the interfaces stages are written against ([`Task`], [`Policy`],
 //! [`TrainablePolicy`]), the error type, crash-safe file writes and the
 //! character-level tokenizer used by the built-in tasks and the native model.
 
 pub mod error;
 pub mod fs;
+pub mod memory;
 pub mod rng;
 pub mod tokenizer;
 pub mod traits;

@@ -75,8 +75,8 @@ pub struct OptimizerSettings {
     pub weight_decay: f32,
 }
 
-/// A policy that also trains, in the three steps of DESIGN.md's "Objectives are token
-/// weights": [`TrainablePolicy::forward`] returns per-token log-probs, an objective turns them
+/// A policy that also trains, in the three steps of docs/design.md's "Objectives are
+/// token weights": [`TrainablePolicy::forward`] returns per-token log-probs, an objective turns them
 /// into weights, [`TrainablePolicy::backward`] accumulates the gradient of `−Σ w·log p`.
 pub trait TrainablePolicy: Policy {
     /// Starts a fresh optimizer (moments at zero) and clears accumulated gradients.

@@ -1,4 +1,4 @@
-//! The domain nouns of DESIGN.md: problems, verdicts, completions, groups.
+//! The domain nouns of docs/design.md: problems, verdicts, completions, groups.
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 
 use crate::controller::{AlarmAction, AlarmConfig, AlarmKind};
 use crate::{Error, Result};
-use autodidact_core::{CharTokenizer, SamplingParams, Task};
+use autodidact_core::{memory, CharTokenizer, SamplingParams, Task};
 use autodidact_nn::TransformerConfig;
 use autodidact_objectives::{
     AdvantageEstimator, DpoLoss, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
@@ -865,10 +865,7 @@ fn check_pref(recipe: Recipe, p: &PrefConfig) -> Result<()> {
 impl RunConfig {
     /// Checks every setting and builds the task, tokenizer and model shape.
     pub fn plan(&self) -> Result<RunPlan> {
-        let task = self.task.build().map_err(|e| match e {
-            autodidact_core::Error::Invalid { what, message } => Error::config(what, message),
-            other => other.into(),
-        })?;
+        let task = self.task.build().map_err(core_to_config)?;
         let mut alphabet = task.alphabet();
         if self.recipe == Recipe::SelfRewarding {
             // The judge format's characters join the vocabulary (M0 learns to judge).
@@ -998,6 +995,7 @@ impl RunConfig {
                 ));
             }
         }
+        self.check_memory(&model, max_solution + 1)?;
         Ok(RunPlan {
             config: self.clone(),
             task,
@@ -1005,6 +1003,82 @@ impl RunConfig {
             model,
             max_new_tokens: max_solution + 1,
         })
+    }
+
+    /// Refuses settings whose memory would not fit this machine (see
+    /// `autodidact_core::memory`): the completions a round holds, and the activations of the
+    /// largest batch a training pass runs, each with the weights, gradients and optimizer
+    /// state of the policy and a reference model. Sampling itself runs in bounded chunks.
+    fn check_memory(&self, model: &TransformerConfig, max_new_tokens: usize) -> Result<()> {
+        let available = memory::available().map_err(core_to_config)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let state = 2 * model.state_bytes(threads);
+        let fits = |key: &str, need: u64, what: &str| {
+            memory::check_fits(key, state.saturating_add(need), what, available)
+                .map_err(core_to_config)
+        };
+        let ctx = model.context_length;
+        let batch = |key: &str, rows: usize| {
+            fits(
+                key,
+                model.train_activation_bytes(rows, ctx),
+                &format!("the activations of a training pass over {rows} sequences"),
+            )
+        };
+        // `count` items of `per` completions each: named by `count_key` when even one
+        // completion per item would not fit, else by `per_key`.
+        let held = |count_key: &str, count: usize, per_key: &str, per: u64| {
+            let bytes = completion_bytes(max_new_tokens);
+            let what = |n: u64| format!("{n} completions ({count_key} × {per_key}, held for one round)");
+            fits(count_key, (count as u64).saturating_mul(bytes), &what(count as u64))?;
+            let n = (count as u64).saturating_mul(per);
+            fits(per_key, n.saturating_mul(bytes), &what(n))
+        };
+        // A batch never holds more examples than its stage has: the labeled set (with hinted
+        // copies and judge examples), or the completions a round can keep.
+        let labeled = self.seed_stage.labeled.saturating_mul(2 + self.judge.seed_negatives);
+        batch(
+            "seed_stage.train.batch_size",
+            self.seed_stage.train.batch_size.min(labeled),
+        )?;
+        match self.recipe {
+            Recipe::Star => {
+                let st = &self.star;
+                // Rationalization samples unsolved problems a second time.
+                let copies = if st.rationalize { 2 } else { 1 };
+                let kept = st.problems.saturating_mul(st.samples).saturating_mul(copies as usize);
+                batch("star.train.batch_size", st.train.batch_size.min(kept))?;
+                held("star.problems", st.problems, "star.samples", copies * st.samples as u64)?;
+            }
+            r if r.is_preference() => {
+                let p = &self.pref;
+                let pairs = p.problems.saturating_mul(p.pairs_per_problem);
+                batch("pref.train.batch_size", 2 * p.train.batch_size.min(pairs))?;
+                held("pref.problems", p.problems, "pref.samples", p.samples as u64)?;
+            }
+            _ => {
+                let r = &self.rl;
+                batch("rl.micro_batch_size", r.micro_batch_size)?;
+                let step = r.prompts_per_step.saturating_mul(r.group_size);
+                batch("rl.prompts_per_step", step)?;
+                held("rl.prompts_per_step", step, "rl.steps_per_round", r.steps_per_round as u64)?;
+            }
+        }
+        let e = &self.eval;
+        held("eval.problems", e.problems, "eval.samples", e.samples as u64)
+    }
+}
+
+/// Bytes one sampled completion takes while a round holds it: its tokens, log-probs and text,
+/// its verdict, and its line of `samples.jsonl` (an upper bound for short completions).
+pub fn completion_bytes(max_new_tokens: usize) -> u64 {
+    512 + 16 * max_new_tokens as u64
+}
+
+fn core_to_config(e: autodidact_core::Error) -> Error {
+    match e {
+        autodidact_core::Error::Invalid { what, message } => Error::config(what, message),
+        other => other.into(),
     }
 }
 

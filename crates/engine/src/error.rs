@@ -1,5 +1,6 @@
 //! The error type of `autodidact-engine`.
 
+use autodidact_core::error::clip;
 use std::path::PathBuf;
 
 /// Errors of the engine. Each names the input that was wrong and what would be valid.
@@ -17,6 +18,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
+    /// A file of a run differs from what the run recorded of it (hash, length, presence).
+    #[error("{path}: {problem}; restore the run directory from a copy, or pass `--force` to `autodidact resume` to continue with the file as it is (the round's manifest records that)")]
+    Integrity { path: PathBuf, problem: String },
+
     #[error(transparent)]
     Core(#[from] autodidact_core::Error),
 
@@ -25,16 +30,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// A config error; the key and message are clipped, so a megabyte-long value a user
+    /// typed is not echoed whole.
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
-            key: key.into(),
-            message: message.into(),
+            key: clip(&key.into(), 200),
+            message: clip(&message.into(), 600),
         }
     }
     pub fn run(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Run {
             path: path.into(),
             message: message.into(),
+        }
+    }
+    pub fn integrity(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::Integrity {
+            path: path.into(),
+            problem: problem.into(),
         }
     }
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -1,9 +1,10 @@
 //! Held-out evaluation: greedy pass@1, sampled pass@k (unbiased estimator) and maj@k.
 
 use crate::progress::Observer;
-use crate::sampling::sample_groups;
+use crate::config::EvalConfig;
+use crate::sampling::{derive_seed, sample_groups};
 use crate::Result;
-use autodidact_core::{Group, Policy, Problem, SamplingParams, Task};
+use autodidact_core::{Group, Policy, Problem, SamplingParams, Split, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -97,6 +98,32 @@ pub struct EvalSettings {
     pub temperature: f32,
     pub max_new_tokens: usize,
     pub seed: u64,
+}
+
+impl EvalSettings {
+    /// The settings of a run's eval stage: `eval` from its config, the completion length of
+    /// its task, and a seed derived from the run seed (the same every round, so rounds are
+    /// compared on the same draws). `autodidact eval` uses this too, so it reproduces a run.
+    pub fn of_run(eval: &EvalConfig, run_seed: u64, max_new_tokens: usize) -> Self {
+        Self {
+            samples: eval.samples,
+            k: eval.k,
+            temperature: eval.temperature,
+            max_new_tokens,
+            seed: derive_seed(run_seed, 0, "eval", 0),
+        }
+    }
+}
+
+/// The seed a run with `run_seed` draws its problems with (both splits).
+pub fn problem_seed(run_seed: u64) -> u64 {
+    derive_seed(run_seed, 0, "problems", 0)
+}
+
+/// The held-out problems of a run with `run_seed`.
+pub fn held_out_problems(task: &dyn Task, count: usize, run_seed: u64) -> Result<Vec<Problem>> {
+    task.problems(Split::Eval, count, problem_seed(run_seed))
+        .map_err(|e| crate::Error::config("eval.problems", e.to_string()))
 }
 
 /// Greedy pass@1 only (cheap: one completion per problem).

@@ -1,7 +1,7 @@
 //! Monitors: what a round's samples say about exploration, exploitation and drift.
 //!
 //! Every function here is a pure computation on groups (or on slices) with a closed form that
-//! the unit tests check. The engine computes, every round (DESIGN.md, "Monitors.observe"):
+//! the unit tests check. The engine computes, every round (docs/design.md, "The loop"):
 //!
 //! - `explore/*` from the round's training samples: `pass@k` for k = 1…n (unbiased estimator),
 //!   distinct correct answers and distinct correct traces per problem, the entropy of the

@@ -1,27 +1,43 @@
-//! The run directory (DESIGN.md, "Run directory"): creation, the journal of completed
-//! stages, metrics, and crash-safe writes.
+//! The run directory (docs/design.md, "Run directory"): creation, exclusive access, the
+//! journal of completed stages, metrics, crash-safe writes and integrity checks.
 //!
 //! Every file is written to a temporary name, synced and renamed; `journal.jsonl` and
 //! `metrics.jsonl` are appended and synced. A journal line is written only after its stage's
-//! files are in place, and records how long `metrics.jsonl` was then, so a resumed run cuts
-//! off whatever a killed stage had begun to log and replays the stage.
+//! files are in place, and records how long `metrics.jsonl` was then and the SHA-256 of that
+//! prefix, so a resumed run cuts off whatever a killed stage had begun to log, replays the
+//! stage, and notices a committed line that was changed since.
+//!
+//! A round's `manifest.json` is written by each of the round's stages. A stage writes it as
+//! `manifest.pending.json`; the journal line records the pending file's SHA-256, and only
+//! then is it renamed over `manifest.json`. So `manifest.json` always matches the last
+//! journal line of its round, and [`RunDir::settle_pending`] finishes (or drops) a rename that
+//! a kill interrupted.
+//!
+//! A process that works on a run holds [`RunLock`], an advisory lock on `run.lock`, for as
+//! long as it runs; a second one fails at once and names the holder.
 
 use crate::{Error, Result};
 use autodidact_core::fs::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-/// Version of the run-directory layout; a newer one is refused with a hint.
-pub const RUN_FORMAT_VERSION: u32 = 1;
+/// Version of the run-directory layout; a newer one is refused with a hint. Format 2 added
+/// the lock, the config hash in `run.json`, the hashes in journal lines and pending manifests;
+/// a format-1 run resumes with the checks its files allow.
+pub const RUN_FORMAT_VERSION: u32 = 2;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const RUN_FILE: &str = "run.json";
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOCK_FILE: &str = "run.lock";
+const MANIFEST_FILE: &str = "manifest.json";
+const PENDING_MANIFEST_FILE: &str = "manifest.pending.json";
 
 /// Whether a run has finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +59,13 @@ pub struct RunInfo {
     /// Worker threads the run was started with (results are reproducible for a fixed count).
     pub threads: usize,
     pub status: RunStatus,
+    /// SHA-256 of `config.toml`: a config edited after the run started is refused on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+    /// Files that differed from what the run recorded and were accepted by `resume --force`,
+    /// with the SHA-256 accepted (a file that still has it is not reported again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accepted: BTreeMap<String, String>,
 }
 
 /// One completed stage (a line of `journal.jsonl`).
@@ -54,6 +77,79 @@ pub struct JournalEntry {
     pub seconds: f64,
     /// Length of `metrics.jsonl` when the stage completed.
     pub metrics_bytes: u64,
+    /// SHA-256 of those first `metrics_bytes` bytes (absent in format-1 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_sha256: Option<String>,
+    /// SHA-256 of the round's `manifest.json` as the stage left it (absent in format-1 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+}
+
+/// Exclusive access to a run directory: an advisory lock (`flock`) on `run.lock`, which holds
+/// the holder's PID. The kernel releases the lock when its process ends, however it ends, so
+/// a lock left by a killed process is taken over by the next one; the PID left in the file
+/// says whose it was.
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    /// The PID a previous holder left in the file when it did not end cleanly (`kill -9`,
+    /// a crash), if any.
+    pub stale_holder: Option<u32>,
+}
+
+impl RunLock {
+    /// Takes the lock of the run directory `root`, or fails naming the process holding it.
+    pub fn acquire(root: &Path) -> Result<Self> {
+        let path = root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = read_pid(&mut file)
+                    .map_or("another process".to_string(), |p| format!("process {p}"));
+                return Err(Error::run(
+                    root,
+                    format!("is in use by {holder}, which holds its lock ({LOCK_FILE}); wait for it to finish or stop it, then `autodidact resume` it"),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
+        }
+        let stale_holder = read_pid(&mut file).filter(|&p| p != std::process::id());
+        let mut lock = Self { file, stale_holder };
+        lock.write_pid(Some(std::process::id()))
+            .map_err(io("writing", &path))?;
+        Ok(lock)
+    }
+
+    fn write_pid(&mut self, pid: Option<u32>) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        if let Some(pid) = pid {
+            writeln!(self.file, "{pid}")?;
+        }
+        self.file.sync_all()
+    }
+}
+
+impl Drop for RunLock {
+    /// A clean release empties the file, so the next holder knows nothing was left behind.
+    fn drop(&mut self) {
+        let _ = self.write_pid(None);
+        let _ = self.file.unlock();
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// An open run directory.
@@ -79,7 +175,13 @@ fn append_synced(path: &Path, line: &str) -> Result<()> {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(io("opening", path))?;
+    sha256_prefix(path, u64::MAX)
+}
+
+/// SHA-256 of the first `len` bytes of a file (all of it when shorter), hex.
+pub fn sha256_prefix(path: &Path, len: u64) -> Result<String> {
+    let f = File::open(path).map_err(io("opening", path))?;
+    let mut f = f.take(len);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -89,14 +191,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
+}
+
+/// SHA-256 of bytes in memory, hex.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl RunDir {
-    /// Creates a run directory at `root` holding `config.toml` and `run.json`. `root` must not
-    /// exist or be empty: the directory is assembled under a temporary name and renamed into
-    /// place, so a kill leaves either nothing or a complete new run.
-    pub fn create(root: &Path, config_toml: &str, info: &RunInfo) -> Result<Self> {
+    /// Creates a run directory at `root` holding `config.toml` and `run.json`, and takes its
+    /// lock. `root` must not exist or be empty: the directory is assembled under a temporary
+    /// name (the lock taken there, so no other process can slip in after the rename) and
+    /// renamed into place, so a kill leaves either nothing or a complete new run.
+    pub fn create(root: &Path, config_toml: &str, info: &RunInfo) -> Result<(Self, RunLock)> {
         if root.exists() {
             let empty = std::fs::read_dir(root)
                 .map_err(io("reading", root))?
@@ -131,10 +243,19 @@ impl RunDir {
         write_atomic(&tmp.join(METRICS_FILE), b"")?;
         let json = serde_json::to_vec_pretty(info).expect("RunInfo serializes");
         write_atomic(&tmp.join(RUN_FILE), &json)?;
+        let lock = RunLock::acquire(&tmp)?;
         std::fs::rename(&tmp, root).map_err(io("renaming into place", root))?;
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        Ok((
+            Self {
+                root: root.to_path_buf(),
+            },
+            lock,
+        ))
+    }
+
+    /// Takes this run's lock (see [`RunLock`]).
+    pub fn lock(&self) -> Result<RunLock> {
+        RunLock::acquire(&self.root)
     }
 
     /// Opens an existing run, checking its format version.
@@ -207,6 +328,194 @@ impl RunDir {
 
     pub fn checkpoint_dir(round: u32) -> String {
         format!("checkpoints/r{round:04}")
+    }
+
+    /// `rounds/rNNNN/manifest.json`.
+    pub fn manifest_rel(round: u32) -> String {
+        format!("{}/{MANIFEST_FILE}", Self::round_dir(round))
+    }
+
+    fn pending_manifest_rel(round: u32) -> String {
+        format!("{}/{PENDING_MANIFEST_FILE}", Self::round_dir(round))
+    }
+
+    /// The round's manifest as the running stage sees it: the pending one its stage wrote,
+    /// else the committed one, else `None`.
+    pub fn current_manifest_rel(&self, round: u32) -> Option<String> {
+        [Self::pending_manifest_rel(round), Self::manifest_rel(round)]
+            .into_iter()
+            .find(|rel| self.path(rel).exists())
+    }
+
+    /// Writes the running stage's manifest of `round` (as the pending manifest).
+    pub fn write_manifest<T: Serialize>(&self, round: u32, manifest: &T) -> Result<()> {
+        self.write_json(&Self::pending_manifest_rel(round), manifest)
+    }
+
+    /// SHA-256 of the round's manifest as the running stage leaves it, for its journal line.
+    pub fn current_manifest_sha256(&self, round: u32) -> Result<Option<String>> {
+        self.current_manifest_rel(round)
+            .map(|rel| sha256_file(&self.path(&rel)))
+            .transpose()
+    }
+
+    /// After a stage's journal line is written: renames the stage's pending manifest over
+    /// `manifest.json`.
+    pub fn commit_manifest(&self, round: u32) -> Result<()> {
+        let pending = self.path(&Self::pending_manifest_rel(round));
+        if pending.exists() {
+            let dest = self.path(&Self::manifest_rel(round));
+            std::fs::rename(&pending, &dest).map_err(io("renaming into place", &dest))?;
+            if let Some(d) = dest.parent().and_then(|d| File::open(d).ok()) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes what a kill interrupted between a stage's journal line and the rename of its
+    /// manifest: a pending manifest whose hash the last journal line records is committed;
+    /// any other was written by a stage that did not complete (it will be replayed) and is
+    /// removed. Returns how many were removed.
+    pub fn settle_pending(&self, journal: &[JournalEntry]) -> Result<usize> {
+        let mut removed = 0;
+        let rounds = self.path("rounds");
+        if !rounds.exists() {
+            return Ok(0);
+        }
+        for entry in std::fs::read_dir(&rounds).map_err(io("reading", &rounds))? {
+            let dir = entry.map_err(io("reading", &rounds))?.path();
+            let pending = dir.join(PENDING_MANIFEST_FILE);
+            if !pending.exists() {
+                continue;
+            }
+            let journaled = journal.last().is_some_and(|last| {
+                dir.ends_with(Self::round_dir(last.round))
+                    && last.manifest_sha256.as_deref() == sha256_file(&pending).ok().as_deref()
+            });
+            if journaled {
+                self.commit_manifest(journal.last().map_or(0, |e| e.round))?;
+            } else {
+                std::fs::remove_file(&pending).map_err(io("removing", &pending))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Checks every file a completed stage recorded against what the run recorded of it: the
+    /// config's hash in `run.json`, the journaled length and hash of `metrics.jsonl`, each
+    /// round's `manifest.json` against its last journal line, and every file a manifest lists
+    /// against its SHA-256 there. A file whose current hash `info.accepted` holds is not
+    /// reported. Returns what differs; an empty list means everything checked out.
+    pub fn verify(&self, info: &RunInfo, journal: &[JournalEntry]) -> Result<Vec<Finding>> {
+        let mut found = Vec::new();
+        if let Some(want) = &info.config_sha256 {
+            self.compare(CONFIG_FILE, u64::MAX, want, "config.toml changed since the run started (its SHA-256 is recorded in run.json)", &mut found)?;
+        }
+        if let Some(last) = journal.last() {
+            if let Some(want) = &last.metrics_sha256 {
+                let path = self.path(METRICS_FILE);
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if len < last.metrics_bytes {
+                    found.push(Finding {
+                        file: METRICS_FILE.into(),
+                        problem: format!(
+                            "is {len} bytes long but the journal records {} bytes of completed stages",
+                            last.metrics_bytes
+                        ),
+                        sha256: sha256_file(&path).ok(),
+                    });
+                } else {
+                    self.compare(METRICS_FILE, last.metrics_bytes, want, "its completed lines changed since they were journaled", &mut found)?;
+                }
+            }
+        }
+        let mut last_of_round: BTreeMap<u32, &JournalEntry> = BTreeMap::new();
+        for e in journal {
+            last_of_round.insert(e.round, e);
+        }
+        for (&round, entry) in &last_of_round {
+            let rel = Self::manifest_rel(round);
+            if !self.path(&rel).exists() {
+                found.push(Finding {
+                    file: rel,
+                    problem: format!(
+                        "is missing, but the journal records stage {} of round {round} as complete",
+                        entry.stage
+                    ),
+                    sha256: None,
+                });
+                continue;
+            }
+            if let Some(want) = &entry.manifest_sha256 {
+                let before = found.len();
+                self.compare(&rel, u64::MAX, want, &format!("changed since stage {} of round {round} recorded it in the journal", entry.stage), &mut found)?;
+                if found.len() > before && !info.accepted.contains_key(&rel) {
+                    continue; // its file list cannot be trusted either
+                }
+            }
+            let files = match self.read_json::<ManifestFiles>(&rel) {
+                Ok(m) => m.files,
+                Err(e) => {
+                    found.push(Finding {
+                        file: rel.clone(),
+                        problem: e.to_string(),
+                        sha256: sha256_file(&self.path(&rel)).ok(),
+                    });
+                    continue;
+                }
+            };
+            for (file, want) in &files {
+                self.compare(file, u64::MAX, want, &format!("differs from the SHA-256 recorded in {rel}"), &mut found)?;
+            }
+        }
+        found.retain(|f| info.accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into())));
+        Ok(found)
+    }
+
+    /// Checks the files that the committed manifest of `round` lists under `prefix` (a file,
+    /// or a directory such as a checkpoint's) against their recorded SHA-256, before they are
+    /// loaded. Files the manifest does not list are not checked.
+    pub fn check_recorded(&self, round: u32, prefix: &str, accepted: &BTreeMap<String, String>) -> Result<()> {
+        let rel = Self::manifest_rel(round);
+        if !self.path(&rel).exists() {
+            return Ok(());
+        }
+        let files = self.read_json::<ManifestFiles>(&rel)?.files;
+        let mut found = Vec::new();
+        for (file, want) in files.iter().filter(|(f, _)| f.starts_with(prefix)) {
+            self.compare(file, u64::MAX, want, &format!("differs from the SHA-256 recorded in {rel}"), &mut found)?;
+        }
+        match found
+            .into_iter()
+            .find(|f| accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into())))
+        {
+            Some(f) => Err(Error::integrity(self.path(&f.file), f.problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Pushes a finding unless the first `len` bytes of `rel` hash to `want`.
+    fn compare(&self, rel: &str, len: u64, want: &str, problem: &str, found: &mut Vec<Finding>) -> Result<()> {
+        let path = self.path(rel);
+        if !path.exists() {
+            found.push(Finding {
+                file: rel.into(),
+                problem: "is missing".into(),
+                sha256: None,
+            });
+            return Ok(());
+        }
+        let got = sha256_prefix(&path, len)?;
+        if got != want {
+            found.push(Finding {
+                file: rel.into(),
+                problem: problem.into(),
+                sha256: Some(got),
+            });
+        }
+        Ok(())
     }
 
     /// Writes `value` as pretty JSON to `rel`, atomically.
@@ -318,6 +627,26 @@ impl RunDir {
     }
 }
 
+/// What `accepted` holds for a file that was missing when `--force` accepted it.
+pub const MISSING: &str = "missing";
+
+/// A file that differs from what the run recorded of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Path relative to the run directory.
+    pub file: String,
+    pub problem: String,
+    /// SHA-256 the file has now (`None`: it is missing).
+    pub sha256: Option<String>,
+}
+
+/// The file list of a manifest (the rest of it is the engine's business).
+#[derive(Deserialize)]
+struct ManifestFiles {
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+}
+
 fn truncate(path: &Path, len: u64) -> Result<()> {
     let f = OpenOptions::new()
         .write(true)
@@ -338,6 +667,8 @@ mod tests {
             seed: 1,
             threads: 1,
             status: RunStatus::Running,
+            config_sha256: None,
+            accepted: BTreeMap::new(),
         }
     }
 
@@ -345,7 +676,8 @@ mod tests {
     fn refuses_a_directory_holding_another_run_and_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("run");
-        RunDir::create(&root, "a = 1", &info()).unwrap();
+        let first = RunDir::create(&root, "a = 1", &info()).unwrap();
+        drop(first);
         let before = std::fs::read(root.join(CONFIG_FILE)).unwrap();
         let err = RunDir::create(&root, "b = 2", &info())
             .unwrap_err()
@@ -365,12 +697,14 @@ mod tests {
     #[test]
     fn a_torn_journal_line_is_dropped() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = RunDir::create(&tmp.path().join("r"), "", &info()).unwrap();
+        let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "", &info()).unwrap();
         let e = JournalEntry {
             stage: "seed".into(),
             round: 0,
             seconds: 1.0,
             metrics_bytes: 0,
+            metrics_sha256: None,
+            manifest_sha256: None,
         };
         dir.append_journal(&e).unwrap();
         append_synced(&dir.path(JOURNAL_FILE), "{\"stage\":\"ev").unwrap();
@@ -384,8 +718,109 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut i = info();
         i.format_version = RUN_FORMAT_VERSION + 1;
-        RunDir::create(&tmp.path().join("r"), "", &i).unwrap();
+        drop(RunDir::create(&tmp.path().join("r"), "", &i).unwrap());
         let err = RunDir::open(&tmp.path().join("r")).unwrap_err().to_string();
         assert!(err.contains("upgrade autodidact"), "{err}");
+    }
+
+    #[test]
+    fn issue11_a_second_process_is_refused_while_the_lock_is_held_and_a_stale_one_is_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r");
+        let (dir, lock) = RunDir::create(&root, "", &info()).unwrap();
+        // Within one process a second open file description conflicts like another process.
+        let err = dir.lock().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("in use by process {}", std::process::id())),
+            "{err}"
+        );
+        drop(lock);
+        // A clean release leaves no holder behind.
+        let again = dir.lock().unwrap();
+        assert_eq!(again.stale_holder, None);
+        drop(again);
+        // A killed holder leaves its PID in the file but not the lock.
+        std::fs::write(root.join(LOCK_FILE), "4194000\n").unwrap();
+        let taken = dir.lock().unwrap();
+        assert_eq!(taken.stale_holder, Some(4_194_000));
+        let pid = std::fs::read_to_string(root.join(LOCK_FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+    }
+
+    fn stage(round: u32, dir: &RunDir) -> JournalEntry {
+        let bytes = dir.metrics_bytes().unwrap();
+        JournalEntry {
+            stage: "eval".into(),
+            round,
+            seconds: 0.0,
+            metrics_bytes: bytes,
+            metrics_sha256: Some(sha256_prefix(&dir.path(METRICS_FILE), bytes).unwrap()),
+            manifest_sha256: dir.current_manifest_sha256(round).unwrap(),
+        }
+    }
+
+    #[test]
+    fn issue11_a_pending_manifest_is_committed_only_if_its_stage_was_journaled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "", &info()).unwrap();
+        dir.write_manifest(0, &serde_json::json!({"v": 1})).unwrap();
+        let e = stage(0, &dir);
+        dir.append_journal(&e).unwrap();
+        // Killed between the journal line and the rename: the rename is finished.
+        dir.settle_pending(&dir.journal().unwrap()).unwrap();
+        let m: serde_json::Value = dir.read_json(&RunDir::manifest_rel(0)).unwrap();
+        assert_eq!(m["v"], 1);
+        // Killed before the journal line: the stage's manifest is dropped, the old one stays.
+        dir.write_manifest(0, &serde_json::json!({"v": 2})).unwrap();
+        assert_eq!(dir.settle_pending(&dir.journal().unwrap()).unwrap(), 1);
+        let m: serde_json::Value = dir.read_json(&RunDir::manifest_rel(0)).unwrap();
+        assert_eq!(m["v"], 1);
+        assert!(dir.verify(&info(), &dir.journal().unwrap()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn issue11_verify_names_each_changed_or_missing_file_and_accepted_ones_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut i = info();
+        i.config_sha256 = Some(sha256_bytes(b"seed = 0\n"));
+        let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "seed = 0\n", &i).unwrap();
+        dir.write_bytes("rounds/r0000/samples.jsonl", b"{}\n").unwrap();
+        let files = BTreeMap::from([(
+            "rounds/r0000/samples.jsonl".to_string(),
+            sha256_file(&dir.path("rounds/r0000/samples.jsonl")).unwrap(),
+        )]);
+        dir.write_manifest(0, &serde_json::json!({ "files": files })).unwrap();
+        dir.append_metrics(&serde_json::json!({"round": 0})).unwrap();
+        dir.append_journal(&stage(0, &dir)).unwrap();
+        dir.commit_manifest(0).unwrap();
+        let journal = dir.journal().unwrap();
+        assert_eq!(dir.verify(&i, &journal).unwrap(), vec![]);
+        let flip = |rel: &str| {
+            let p = dir.path(rel);
+            let mut b = std::fs::read(&p).unwrap();
+            b[0] ^= 1;
+            std::fs::write(&p, b).unwrap();
+        };
+        for rel in [CONFIG_FILE, METRICS_FILE, "rounds/r0000/samples.jsonl", "rounds/r0000/manifest.json"] {
+            flip(rel);
+            let found = dir.verify(&i, &journal).unwrap();
+            assert_eq!(found.len(), 1, "{rel}: {found:?}");
+            assert_eq!(found[0].file, rel);
+            // Accepting the file as it is (`--force`) silences it.
+            let mut accepted = i.clone();
+            accepted.accepted.insert(rel.into(), found[0].sha256.clone().unwrap());
+            assert!(dir.verify(&accepted, &journal).unwrap().is_empty(), "{rel}");
+            flip(rel);
+        }
+        std::fs::remove_file(dir.path("rounds/r0000/samples.jsonl")).unwrap();
+        let err = dir
+            .check_recorded(0, "rounds/r0000/", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("samples.jsonl: is missing"), "{err}");
+        std::fs::remove_file(dir.path("rounds/r0000/manifest.json")).unwrap();
+        let found = dir.verify(&i, &journal).unwrap();
+        assert_eq!(found[0].file, "rounds/r0000/manifest.json");
+        assert!(found[0].problem.contains("is missing"), "{found:?}");
     }
 }

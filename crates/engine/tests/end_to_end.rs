@@ -128,7 +128,7 @@ fn short_run_writes_the_documented_layout() {
     }
     // The run is complete; resuming it changes nothing.
     let before = std::fs::read(root.join("metrics.jsonl")).unwrap();
-    let mut again = Run::open(&root, rayon::current_num_threads(), &mut Silent).unwrap();
+    let mut again = Run::open(&root, rayon::current_num_threads(), false, &mut Silent).unwrap();
     again.execute(&mut Silent).unwrap();
     assert_eq!(std::fs::read(root.join("metrics.jsonl")).unwrap(), before);
 }
@@ -227,7 +227,7 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
     let kept: String = journal.lines().take(3).map(|l| format!("{l}\n")).collect();
     std::fs::write(b.join("journal.jsonl"), kept).unwrap();
     std::fs::remove_dir_all(b.join("checkpoints/r0002")).unwrap();
-    let mut resumed = Run::open(&b, rayon::current_num_threads(), &mut Silent).unwrap();
+    let mut resumed = Run::open(&b, rayon::current_num_threads(), false, &mut Silent).unwrap();
     resumed.execute(&mut Silent).unwrap();
     for f in [
         "metrics.jsonl",

@@ -150,7 +150,7 @@ fn a_self_rewarding_run_resumed_mid_round_matches_an_uninterrupted_one() {
     std::fs::write(b.join("journal.jsonl"), kept).unwrap();
     std::fs::remove_dir_all(b.join("checkpoints/r0002")).unwrap();
     let mut resumed =
-        autodidact_engine::Run::open(&b, rayon::current_num_threads(), &mut Silent).unwrap();
+        autodidact_engine::Run::open(&b, rayon::current_num_threads(), false, &mut Silent).unwrap();
     resumed.execute(&mut Silent).unwrap();
     for f in [
         "metrics.jsonl",

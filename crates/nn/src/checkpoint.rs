@@ -285,6 +285,17 @@ fn read_tensor(
     for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
         *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
+    // Weights that are not finite would silently turn every later score into NaN.
+    if let Some(first) = dst.iter().position(|v| !v.is_finite()) {
+        let count = dst.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "tensor `{name}` holds {count} values that are NaN or infinite (the first at index {first}, {}): the file is corrupt or the training that wrote it diverged",
+                dst[first]
+            ),
+        ));
+    }
     Ok(())
 }
 

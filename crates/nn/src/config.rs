@@ -163,6 +163,60 @@ impl TransformerConfig {
         v * c + self.num_layers * per_layer + c + if self.tie_embeddings { 0 } else { v * c }
     }
 
+    /// Bytes of the buffers a training forward and backward pass over `rows` sequences of up
+    /// to `seq_len` tokens allocates (activations kept for the backward pass, attention
+    /// probabilities, backward scratch, per-row outputs), as [`crate::Activations`] sizes them.
+    /// An upper bound: rows are assumed full. Weights, gradients and optimizer state are
+    /// [`TransformerConfig::state_bytes`].
+    pub fn train_activation_bytes(&self, rows: usize, seq_len: usize) -> u64 {
+        let (l, c, f, v, h) = (
+            self.num_layers as u64,
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+            self.num_heads as u64,
+        );
+        let n = rows as u64 * seq_len as u64;
+        let slots = 2 * l + 1;
+        // resid, normed, rstd; qkv, att, gate/up, act, sig; log-probs, entropy; backward
+        // scratch dx, dh, dqkv, datt, dgu, dact, dlogits; token ids; per-row outputs.
+        let per_token = slots * (2 * c + 1)
+            + l * (5 * c + 4 * f)
+            + v
+            + 1
+            + 7 * c
+            + 3 * f
+            + v
+            + 3
+            + 2;
+        // Attention probabilities of every layer and the backward's scratch for one layer.
+        let probs = (l + 1) * h * rows as u64 * (seq_len as u64).pow(2);
+        4 * (n * per_token + probs)
+    }
+
+    /// Bytes of weights, gradients (one buffer per worker thread beyond the first, as sharded
+    /// passes use) and AdamW's two moments.
+    pub fn state_bytes(&self, threads: usize) -> u64 {
+        4 * self.num_params() as u64 * (4 + threads.saturating_sub(1) as u64)
+    }
+
+    /// Bytes of the KV cache and scratch one sampled row takes in
+    /// [`crate::Transformer::sample_with`], for a prompt of `prompt_len` tokens.
+    pub fn sample_row_bytes(&self, prompt_len: usize) -> u64 {
+        let (l, c, f, v) = (
+            self.num_layers as u64,
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
+        let ctx = self.context_length.div_ceil(8) as u64 * 8;
+        // Keys and values; the prefill's per-token scratch (x, normed, rstd, qkv, att,
+        // gate/up, act); one row of scores, the last hidden state and the logits; the output.
+        let kv = 2 * l * ctx * c;
+        let prefill = prompt_len as u64 * (6 * c + 1 + 3 * f);
+        4 * (kv + prefill + ctx + c + v + 2 * ctx)
+    }
+
     /// The `config.json` of a Hugging Face `LlamaForCausalLM` with this shape.
     /// `special` gives (bos, eos, pad) token ids when a tokenizer is saved alongside.
     pub fn to_hf_json(&self, special: Option<(u32, u32, u32)>) -> serde_json::Value {

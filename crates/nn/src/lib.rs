@@ -8,7 +8,7 @@
 //!   nothing) and returns per-token log-probs of the targets, optionally entropies
 //!   and logits, caching activations in [`Activations`];
 //! - [`Transformer::backward`] accumulates the gradient of `−Σ w_t log p(y_t) − Σ c_t H_t`
-//!   from per-token weights (DESIGN.md, "Objectives are token weights");
+//!   from per-token weights (docs/design.md, "Objectives are token weights");
 //! - [`AdamW`] and [`LrSchedule`] update the parameters;
 //! - [`Transformer::sample`] generates with a KV cache, per-row seeded;
 //! - [`checkpoint`] reads and writes the Hugging Face `LlamaForCausalLM` layout.
@@ -36,7 +36,7 @@ pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use params::Layout;
 pub use policy::NativePolicy;
 pub use rng::Rng;
-pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig};
+pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig, SAMPLE_WORKSPACE_BYTES};
 
 /// Measurements used by `autodidact bench`.
 pub mod bench {

@@ -12,7 +12,7 @@
 //! coefficients `c_t` and accumulates the gradient of
 //! `loss = −Σ_t w_t·log p(y_t) − Σ_t c_t·H_t` (H_t the entropy of position t's
 //! next-token distribution) into a [`Gradients`] buffer. Every objective of
-//! DESIGN.md ("Objectives are token weights") reduces to this form; it lives in
+//! docs/design.md ("Objectives are token weights") reduces to this form; it lives in
 //! `model/backward.rs`.
 //!
 //! Threads: a batch with at least two rows per worker thread is split into shards of rows,

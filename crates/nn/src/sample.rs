@@ -210,7 +210,24 @@ impl SampleWorkspace {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Bytes held by the caches and scratch buffers.
+    pub fn allocated_bytes(&self) -> usize {
+        let s = |v: &Vec<f32>| 4 * v.capacity();
+        self.shards
+            .iter()
+            .map(|sh| {
+                let (c, x) = (&sh.cache, &sh.scratch);
+                s(&c.k) + s(&c.v) + s(&x.x) + s(&x.normed) + s(&x.rstd) + s(&x.qkv) + s(&x.att)
+                    + s(&x.probs) + s(&x.gu) + s(&x.act) + s(&x.last) + s(&x.logits)
+            })
+            .sum()
+    }
 }
+
+/// The most a sampling call's workspace is planned to take: larger requests are sampled in
+/// chunks of rows (the same samples; rows are independent).
+pub const SAMPLE_WORKSPACE_BYTES: u64 = 256 << 20;
 
 impl Transformer {
     /// Samples a completion for each prompt. `seeds[i]` seeds row i's generator.
@@ -257,11 +274,32 @@ impl Transformer {
             }
             self.check_tokens("prompt", p)?;
         }
+        // Rows are independent, so a large request runs as consecutive chunks whose workspace
+        // stays within SAMPLE_WORKSPACE_BYTES, giving the same samples in bounded memory.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let threads = rayon::current_num_threads();
+        let per_row = mc.sample_row_bytes(longest).max(1);
+        let chunk = ((SAMPLE_WORKSPACE_BYTES / per_row) as usize).max(2 * threads);
+        let mut out = Vec::with_capacity(prompts.len());
+        for (p, s) in prompts.chunks(chunk).zip(seeds.chunks(chunk)) {
+            out.extend(self.sample_sharded(p, s, cfg, ws, threads));
+        }
+        Ok(out)
+    }
+
+    /// One chunk of [`Transformer::sample_with`] for validated prompts.
+    fn sample_sharded(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfg: &SamplingConfig,
+        ws: &mut SampleWorkspace,
+        threads: usize,
+    ) -> Vec<Sample> {
         let rows = prompts.len();
         // With enough rows, each thread runs the whole decode loop for its own shard of rows
         // with single-threaded kernels, so the many small steps need no synchronization. Rows
         // are independent, so sharding does not change what a row samples.
-        let threads = rayon::current_num_threads();
         let shards = if rows >= 2 * threads { threads } else { 1 };
         if ws.shards.len() < shards {
             ws.shards.resize_with(shards, Shard::default);
@@ -275,7 +313,7 @@ impl Transformer {
                 self.sample_rows(&prompts[r.clone()], &seeds[r], cfg, shard, shards == 1)
             })
             .collect();
-        Ok(parts.concat())
+        parts.concat()
     }
 
     /// The decode loop for validated prompts; `par` lets kernels use the thread pool.

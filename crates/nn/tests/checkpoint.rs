@@ -126,6 +126,22 @@ fn wrong_shape_names_the_tensor_and_expected_shape() {
 }
 
 #[test]
+fn issue11_nan_or_inf_weights_are_an_error_naming_the_tensor() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let (_d, ck) = saved();
+        rewrite(&ck, None, |ts| {
+            let t = ts.iter_mut().find(|t| t.0 == Q0).unwrap();
+            t.3[12..16].copy_from_slice(&bad.to_le_bytes());
+        });
+        let e = load_err(&ck);
+        assert!(
+            e.contains(Q0) && e.contains("1 values that are NaN or infinite") && e.contains("index 3"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn wrong_dtype_names_the_tensor() {
     let (_d, ck) = saved();
     rewrite(&ck, None, |ts| {

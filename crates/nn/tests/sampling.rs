@@ -215,3 +215,78 @@ fn bad_requests_are_rejected_with_the_reason() {
     let e = m.sample(&[vec![1]], &[], cfg).unwrap_err().to_string();
     assert!(e.contains("one seed per prompt"), "{e}");
 }
+
+/// Issue 11: a request larger than the workspace budget is sampled in chunks of rows and
+/// gives exactly the samples of row-by-row sampling, with the workspace bounded.
+#[test]
+fn issue11_large_requests_are_chunked_to_bounded_memory_with_the_same_samples() {
+    // A long context makes one row's KV cache large, so a few hundred rows exceed the budget.
+    let cfg = TransformerConfig {
+        context_length: 4096,
+        ..model().config().clone()
+    };
+    let m = cfg.build(42).unwrap();
+    let per_row = cfg.sample_row_bytes(6);
+    let rows = (2 * autodidact_nn::SAMPLE_WORKSPACE_BYTES / per_row) as usize + 3;
+    let p = prompts(rows, 5);
+    let seeds: Vec<u64> = (0..rows as u64).map(|s| s * 7 + 1).collect();
+    let sc = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 3,
+        stop_tokens: vec![],
+    };
+    let mut ws = autodidact_nn::SampleWorkspace::new();
+    let all = m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
+    assert_eq!(all.len(), rows);
+    assert!(
+        ws.allocated_bytes() as u64 <= autodidact_nn::SAMPLE_WORKSPACE_BYTES + 4 * per_row,
+        "{} bytes for {rows} rows",
+        ws.allocated_bytes()
+    );
+    for i in [0, rows / 2, rows - 1] {
+        // The same tokens; log-probs to rounding (a GEMM over one row rounds differently).
+        let one = m.sample(&p[i..i + 1], &seeds[i..i + 1], &sc).unwrap();
+        assert_eq!(one[0].tokens, all[i].tokens, "row {i}");
+        for (a, b) in one[0].logprobs.iter().zip(&all[i].logprobs) {
+            assert!((a - b).abs() < 1e-4, "row {i}: logprob {a} vs {b}");
+        }
+    }
+}
+
+/// Issue 11: the estimates the memory guards use bound what the buffers really take, and
+/// not by much (they would refuse workloads that fit otherwise).
+#[test]
+fn issue11_memory_estimates_bound_the_real_buffers() {
+    let m = model();
+    let cfg = m.config().clone();
+    let (rows, t) = (16, cfg.context_length);
+    let seqs: Vec<Vec<u32>> = (0..rows)
+        .map(|r| (0..=t).map(|i| ((r + i) % 13) as u32).collect())
+        .collect();
+    let batch = TokenBatch::from_sequences(&seqs).unwrap();
+    let mut act = Activations::new();
+    m.forward(&batch, ForwardOptions::default(), &mut act).unwrap();
+    let mut grads = autodidact_nn::Gradients::new(&m);
+    let w = vec![1.0 / (rows * t) as f32; rows * t];
+    m.backward(&mut act, &w, None, &mut grads).unwrap();
+    let real = act.allocated_bytes() as u64;
+    let est = cfg.train_activation_bytes(rows, t);
+    assert!(real <= est && est <= 2 * real, "training: real {real}, estimate {est}");
+
+    let p: Vec<Vec<u32>> = (0..rows).map(|_| vec![1, 2, 3, 4, 5, 6]).collect();
+    let seeds: Vec<u64> = (0..rows as u64).collect();
+    let sc = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 8,
+        stop_tokens: vec![],
+    };
+    let mut ws = autodidact_nn::SampleWorkspace::new();
+    m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
+    let real = ws.allocated_bytes() as u64;
+    let est = rows as u64 * cfg.sample_row_bytes(6);
+    assert!(real <= est && est <= 2 * real, "sampling: real {real}, estimate {est}");
+}

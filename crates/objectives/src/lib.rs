@@ -1,4 +1,4 @@
-//! Training objectives as per-token weights (DESIGN.md, "Objectives are token weights").
+//! Training objectives as per-token weights (docs/design.md, "Objectives are token weights").
 //!
 //! An objective is a pure function of per-token log-probs (and, for later objectives,
 //! reference log-probs, rewards and preference pairs) that returns its loss, its metrics and a weight `w_t`

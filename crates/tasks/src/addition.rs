@@ -104,7 +104,7 @@ impl Task for Addition {
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
         let digits = self.digits;
-        draw_problems("addition", split, count, seed, |rng| {
+        draw_problems("addition", split, count, seed, 10f64.powi(2 * digits as i32), |rng| {
             let a = draw_operand(rng, digits);
             let b = draw_operand(rng, digits);
             Self::problem(a, b)

@@ -145,7 +145,13 @@ impl Task for Countdown {
         (prompt + expr + 2, steps + 1 + expr)
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
-        draw_problems("countdown", split, count, seed, |rng| loop {
+        // At most: every multiset of numbers (the key sorts them) with every target.
+        let c = &self.cfg;
+        let multisets: f64 = (0..c.numbers)
+            .map(|i| (c.max_number as f64 + i as f64) / (i as f64 + 1.0))
+            .product();
+        let space = multisets * c.max_target as f64;
+        draw_problems("countdown", split, count, seed, space, |rng| loop {
             if let Some((nums, target, steps, expr)) = self.draw(rng) {
                 let prompt = Self::prompt(&nums, target);
                 let key = prompt.trim_end_matches('=').to_string();

@@ -68,8 +68,14 @@ impl TaskConfig {
     pub fn describe(&self) -> String {
         match self {
             TaskConfig::Addition(c) => format!(
-                "a + b with operands of up to `digits` = {} digits; the trace adds column by column from the right, writing each carry (`check_trace` = {}: also require a correct trace)",
-                c.digits, c.check_trace
+                "a + b with operands of up to `digits` = {} digits; the trace adds column by column from the right, writing each carry (`check_trace` = {}: {})",
+                c.digits,
+                c.check_trace,
+                if c.check_trace {
+                    "a right answer counts only with the correct trace"
+                } else {
+                    "only the final answer is checked; set it to true to also require the correct trace"
+                }
             ),
             TaskConfig::Multiplication(c) => format!(
                 "a × b, a of up to `digits` = {} digits, b of up to `multiplier_digits` = {}; the trace writes each partial product",
@@ -105,31 +111,56 @@ pub fn split_of(key: &str) -> Split {
 }
 
 /// Draws `count` distinct problems of `split` from `draw` (which returns a canonical key and
-/// the problem), deterministically for `seed`. Fails when the split is too small to hold
-/// `count` distinct problems.
+/// the problem), deterministically for `seed`. `space` is how many distinct keys `draw` can
+/// produce at most (both splits together). Fails at once when the split cannot hold `count`
+/// problems, and otherwise after a bounded number of draws: never hangs, and allocates for
+/// what it finds rather than for what was asked.
 pub(crate) fn draw_problems(
     task: &str,
     split: Split,
     count: usize,
     seed: u64,
+    space: f64,
     mut draw: impl FnMut(&mut Rng) -> (String, Problem),
 ) -> Result<Vec<Problem>> {
-    let stream = match split {
-        Split::Train => 0,
-        Split::Eval => 1,
+    let (stream, share) = match split {
+        Split::Train => (0, 1.0 - EVAL_PERMILLE as f64 / 1000.0),
+        Split::Eval => (1, EVAL_PERMILLE as f64 / 1000.0),
     };
+    let split_name = match split {
+        Split::Train => "train",
+        Split::Eval => "held-out",
+    };
+    // The hash split puts each key in a split independently, so the split's size is within
+    // a few standard deviations of its expectation.
+    let expected = space * share;
+    let most = expected + 4.0 * (expected * (1.0 - share)).sqrt() + 1.0;
+    if count as f64 > most {
+        return Err(Error::invalid(
+            format!("{task} problems"),
+            format!(
+                "{count} distinct {split_name} problems were asked for, but these settings give at most {} distinct problems, about {} of them in the {split_name} split; ask for fewer or raise the difficulty",
+                fmt_count(space),
+                fmt_count(expected)
+            ),
+        ));
+    }
     let mut rng = Rng::derived(seed, stream);
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(count);
-    let max_attempts = 200 * count as u64 + 10_000;
-    let mut attempts = 0;
+    let mut out = Vec::with_capacity(count.min(1 << 16));
+    // 20 × space draws leave each key unseen with probability e^-20 for a uniform draw: past
+    // that, the split holds no more.
+    let max_attempts = (200.0 * count as f64 + 10_000.0).min(20.0 * space + 10_000.0) as u64;
+    let (mut attempts, mut last_new) = (0u64, 0u64);
     while out.len() < count {
         attempts += 1;
-        if attempts > max_attempts {
+        // A split that gives nothing new for 100 × (found + 100) draws is exhausted.
+        let stalled = attempts - last_new > 100 * (out.len() as u64 + 100);
+        if attempts > max_attempts || stalled {
             return Err(Error::invalid(
                 format!("{task} problems"),
                 format!(
-                    "found only {} distinct {split:?} problems in {max_attempts} draws but {count} were asked for; ask for fewer or raise the difficulty",
+                    "found only {} distinct {split_name} problems in {attempts} draws but {count} were asked for; ask for fewer or raise the difficulty",
                     out.len()
                 ),
             ));
@@ -137,9 +168,26 @@ pub(crate) fn draw_problems(
         let (key, problem) = draw(&mut rng);
         if split_of(&key) == split && seen.insert(key) {
             out.push(problem);
+            last_new = attempts;
         }
     }
     Ok(out)
+}
+
+/// `1234567` as `1,234,567`; numbers past 10^15 as `1.0e60`.
+fn fmt_count(x: f64) -> String {
+    if x >= 1e15 {
+        return format!("{x:.1e}");
+    }
+    let digits = format!("{:.0}", x.floor());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Fails, naming the task setting, unless `value` lies in `valid`.
@@ -211,6 +259,33 @@ mod tests {
         .unwrap();
         let err = task.problems(Split::Eval, 90, 0).unwrap_err().to_string();
         assert!(err.contains("ask for fewer"), "{err}");
+    }
+
+    #[test]
+    fn issue11_an_impossible_count_fails_at_once_with_the_number_available() {
+        // Before, 10^8 problems of a 10^6-problem task ran for hours (and reserved memory for
+        // 10^8 problems up front).
+        let start = std::time::Instant::now();
+        for cfg in TaskConfig::catalog() {
+            let task = cfg.build().unwrap();
+            for split in [Split::Train, Split::Eval] {
+                let err = task.problems(split, 100_000_000, 0).unwrap_err().to_string();
+                assert!(err.contains("ask for fewer"), "{}: {err}", task.name());
+            }
+        }
+        let addition = AdditionConfig::default().build().unwrap();
+        let err = addition
+            .problems(Split::Train, 100_000_000, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at most 1,000,000 distinct problems, about 800,000 of them in the train split"),
+            "{err}"
+        );
+        // Not a timing gate: a hang would not finish at all; this bound is generous.
+        assert!(start.elapsed().as_secs() < 60);
+        assert_eq!(fmt_count(1234567.0), "1,234,567");
+        assert_eq!(fmt_count(999.0), "999");
     }
 
     #[test]

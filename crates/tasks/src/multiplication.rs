@@ -79,7 +79,7 @@ impl Task for Multiplication {
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
         let (d, m) = (self.digits, self.multiplier_digits);
-        draw_problems("multiplication", split, count, seed, |rng| {
+        draw_problems("multiplication", split, count, seed, 10f64.powi((d + m) as i32), |rng| {
             let a = draw_operand(rng, d);
             let b = draw_operand(rng, m);
             let key = format!("{a}*{b}");

@@ -62,14 +62,7 @@ impl Run {
     pub(super) fn eval_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let e = &self.plan.config.eval;
         let mut policy = self.load_policy(round)?;
-        let settings = EvalSettings {
-            samples: e.samples,
-            k: e.k,
-            temperature: e.temperature,
-            max_new_tokens: self.plan.max_new_tokens,
-            // The same seed every round: rounds are compared on the same random draws.
-            seed: self.seed(0, "eval"),
-        };
+        let settings = EvalSettings::of_run(e, self.plan.config.seed, self.plan.max_new_tokens);
         obs.stage_started(
             &format!("r{round} eval"),
             2 * self.problems.eval.len() as u64,

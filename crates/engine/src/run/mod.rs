@@ -12,7 +12,10 @@
 
 use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
 use crate::controller::{alarm_value, decide, AlarmKind, Decision};
-use crate::eval::{evaluate_with_samples, first_accuracy, greedy_groups, EvalReport, EvalSettings};
+use crate::eval::{
+    evaluate_with_samples, first_accuracy, greedy_groups, held_out_problems, problem_seed,
+    EvalReport, EvalSettings,
+};
 use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
 use crate::monitor::{balance_score, mean_kl, round_monitors};
 use crate::pairs::{truth_metrics, vote_metrics, Pair};
@@ -22,12 +25,14 @@ use crate::rl::{rl_round, RlContext};
 use crate::sampling::{derive_seed, sample_groups, sample_prompts};
 use crate::star::{curate, kept_mask, rationalized, Counts};
 use crate::store::{
-    sha256_file, JournalEntry, RunDir, RunInfo, RunStatus, CONFIG_FILE, RUN_FORMAT_VERSION,
+    sha256_bytes, sha256_file, sha256_prefix, Finding, JournalEntry, RunDir, RunInfo, RunLock,
+    RunStatus, CONFIG_FILE, METRICS_FILE, MISSING, RUN_FILE, RUN_FORMAT_VERSION,
 };
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Policy, Problem, Split, TrainablePolicy};
 use autodidact_nn::NativePolicy;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -118,6 +123,10 @@ pub struct Manifest {
     /// SHA-256 of each file the round wrote, by path relative to the run directory.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Files that differed from what the run recorded when `autodidact resume --force`
+    /// continued it anyway (written into the manifest of the first stage that ran after).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forced: Vec<Finding>,
 }
 
 /// A line of `samples.jsonl`.
@@ -142,12 +151,15 @@ struct Problems {
     eval: Vec<Problem>,
 }
 
-/// A run in progress.
+/// A run in progress. It holds the run directory's lock for as long as it lives.
 pub struct Run {
     dir: RunDir,
     info: RunInfo,
     plan: RunPlan,
     problems: Problems,
+    /// What `resume --force` accepted, until a stage's manifest records it.
+    forced: Vec<Finding>,
+    _lock: RunLock,
 }
 
 /// One row of the end-of-run table.
@@ -171,31 +183,93 @@ pub struct RoundRow {
 impl Run {
     /// Creates the run directory `out` for `plan` (refusing one that holds anything).
     pub fn create(plan: RunPlan, out: &Path, threads: usize) -> Result<Self> {
+        let toml = plan.config.to_toml();
         let info = RunInfo {
             format_version: RUN_FORMAT_VERSION,
             autodidact_version: env!("CARGO_PKG_VERSION").into(),
             seed: plan.config.seed,
             threads,
             status: RunStatus::Running,
+            config_sha256: Some(sha256_bytes(toml.as_bytes())),
+            accepted: BTreeMap::new(),
         };
         let problems = draw(&plan)?;
-        let dir = RunDir::create(out, &plan.config.to_toml(), &info)?;
+        let (dir, lock) = RunDir::create(out, &toml, &info)?;
         Ok(Self {
             dir,
             info,
             plan,
             problems,
+            forced: Vec::new(),
+            _lock: lock,
         })
     }
 
-    /// Opens the run in `root` to continue it from its last completed stage.
-    pub fn open(root: &Path, threads: usize, obs: &mut dyn Observer) -> Result<Self> {
-        let (dir, info) = RunDir::open(root)?;
+    /// Opens the run in `root` to continue it from its last completed stage, after taking its
+    /// lock and checking every file its completed stages recorded ([`RunDir::verify`]). A file
+    /// that differs stops it with an [`Error::Integrity`] naming the file, unless `force`: then
+    /// each is noted, accepted in `run.json` and recorded in the next manifest written.
+    pub fn open(root: &Path, threads: usize, force: bool, obs: &mut dyn Observer) -> Result<Self> {
+        let (dir, mut info) = RunDir::open(root)?;
+        let lock = dir.lock()?;
+        if let Some(pid) = lock.stale_holder {
+            obs.note(&format!(
+                "process {pid} stopped without releasing this run (killed or crashed); continuing where it left off"
+            ));
+        }
         dir.remove_leftovers()?;
+        let journal = dir.journal()?;
+        dir.settle_pending(&journal)?;
+        let found = dir.verify(&info, &journal)?;
+        if let Some(first) = found.first() {
+            if !force {
+                let more = match found.len() {
+                    1 => String::new(),
+                    n => format!(
+                        " (and {} more: {})",
+                        n - 1,
+                        found[1..].iter().map(|f| f.file.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return Err(Error::integrity(dir.path(&first.file), format!("{}{more}", first.problem)));
+            }
+            for f in &found {
+                obs.note(&format!(
+                    "--force: continuing with {} as it is ({})",
+                    f.file, f.problem
+                ));
+                info.accepted
+                    .insert(f.file.clone(), f.sha256.clone().unwrap_or_else(|| MISSING.into()));
+            }
+        }
         let path = dir.path(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
         let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan()?;
+        let config_sha = sha256_bytes(text.as_bytes());
+        if plan.config.seed != info.seed {
+            if !force {
+                return Err(Error::integrity(
+                    dir.path(RUN_FILE),
+                    format!(
+                        "records seed {} but {CONFIG_FILE} has seed {}",
+                        info.seed, plan.config.seed
+                    ),
+                ));
+            }
+            obs.note(&format!(
+                "--force: continuing with seed {} from {CONFIG_FILE} (the run started with seed {})",
+                plan.config.seed, info.seed
+            ));
+            accept_seed(&mut info, plan.config.seed);
+        }
+        // A format-1 run recorded no config hash: record it now, so later resumes check it.
+        let upgrade = info.config_sha256.as_deref() != Some(&config_sha);
+        if upgrade || !found.is_empty() {
+            info.config_sha256 = Some(config_sha);
+            info.format_version = RUN_FORMAT_VERSION;
+            dir.write_json(RUN_FILE, &info)?;
+        }
         if info.threads != threads {
             obs.note(&format!(
                 "this run started with {} threads and continues with {threads}: its numbers may differ slightly from an uninterrupted run (pass --threads {} to match)",
@@ -208,6 +282,8 @@ impl Run {
             info,
             plan,
             problems,
+            forced: found,
+            _lock: lock,
         })
     }
 
@@ -270,12 +346,19 @@ impl Run {
                 Stage::Rl(r) => self.rl_stage(r, obs)?,
                 Stage::Eval(r) => self.eval_stage(r, obs)?,
             }
+            let metrics_bytes = self.dir.metrics_bytes()?;
             self.dir.append_journal(&JournalEntry {
                 stage: stage.name().into(),
                 round: stage.round(),
                 seconds: start.elapsed().as_secs_f64(),
-                metrics_bytes: self.dir.metrics_bytes()?,
+                metrics_bytes,
+                metrics_sha256: Some(sha256_prefix(
+                    &self.dir.path(METRICS_FILE),
+                    metrics_bytes,
+                )?),
+                manifest_sha256: self.dir.current_manifest_sha256(stage.round())?,
             })?;
+            self.dir.commit_manifest(stage.round())?;
         }
         if self.info.status != status {
             self.dir.set_status(&mut self.info, status)?;
@@ -316,10 +399,19 @@ impl Run {
         derive_seed(self.plan.config.seed, round, stage, 0)
     }
 
+    /// Loads the checkpoint of `round`, after checking its files against the round's manifest.
     fn load_policy(&self, round: u32) -> Result<NativePolicy> {
-        Ok(NativePolicy::load(
-            &self.dir.path(&RunDir::checkpoint_dir(round)),
-        )?)
+        let rel = RunDir::checkpoint_dir(round);
+        self.dir
+            .check_recorded(round, &format!("{rel}/"), &self.info.accepted)?;
+        Ok(NativePolicy::load(&self.dir.path(&rel))?)
+    }
+
+    /// Reads a JSON-lines file that a completed stage of `round` wrote, after checking it
+    /// against the round's manifest.
+    fn read_recorded<T: DeserializeOwned>(&self, round: u32, rel: &str) -> Result<Vec<T>> {
+        self.dir.check_recorded(round, rel, &self.info.accepted)?;
+        self.dir.read_jsonl(rel)
     }
 
     /// The controller's decision recorded with `round` (empty if none).
@@ -335,8 +427,7 @@ impl Run {
     }
 
     fn manifest(&self, round: u32) -> Result<Manifest> {
-        let rel = format!("{}/manifest.json", RunDir::round_dir(round));
-        if self.dir.path(&rel).exists() {
+        if let Some(rel) = self.dir.current_manifest_rel(round) {
             self.dir.read_json(&rel)
         } else {
             Ok(Manifest {
@@ -349,13 +440,14 @@ impl Run {
 
     /// Writes the round's manifest; a metric that is undefined for the round (NaN, which JSON
     /// cannot hold) is left out.
-    fn write_manifest(&self, m: &Manifest) -> Result<()> {
+    /// what `resume --force` accepted is recorded in the first one written after it.
+    fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
         let mut m = m.clone();
         if let Some(metrics) = &mut m.metrics {
             metrics.retain(|_, v| v.is_finite());
         }
-        self.dir
-            .write_json(&format!("{}/manifest.json", RunDir::round_dir(m.round)), &m)
+        m.forced.append(&mut self.forced);
+        self.dir.write_manifest(m.round, &m)
     }
 
     fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
@@ -364,13 +456,23 @@ impl Run {
         Ok(())
     }
 
+    /// Saves the round's checkpoint and records the SHA-256 of each of its files.
     fn save_checkpoint(&self, policy: &NativePolicy, round: u32, m: &mut Manifest) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
-        policy.save(&self.dir.path(&rel))?;
-        self.hash_into(
-            m,
-            &format!("{rel}/{}", autodidact_nn::checkpoint::MODEL_FILE),
-        )
+        let dir = self.dir.path(&rel);
+        policy.save(&dir)?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| autodidact_core::Error::io("reading", &dir, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for name in names {
+            self.hash_into(m, &format!("{rel}/{name}"))?;
+        }
+        Ok(())
     }
 
     /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
@@ -447,6 +549,12 @@ impl Run {
     }
 }
 
+/// Records a seed accepted by `resume --force`.
+fn accept_seed(info: &mut RunInfo, seed: u64) {
+    info.accepted.insert("seed".into(), seed.to_string());
+    info.seed = seed;
+}
+
 /// The numeric fields of a metrics line.
 pub(crate) fn numbers(line: &Value) -> BTreeMap<String, f64> {
     line.as_object()
@@ -489,7 +597,7 @@ fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<
 /// Labeled, unlabeled and held-out problems for the run's seed.
 fn draw(plan: &RunPlan) -> Result<Problems> {
     let c = &plan.config;
-    let seed = derive_seed(c.seed, 0, "problems", 0);
+    let seed = problem_seed(c.seed);
     let (pool, key) = match c.recipe {
         Recipe::Star => (c.star.problems, "star.problems"),
         r if r.is_preference() => (c.pref.problems, "pref.problems"),
@@ -502,10 +610,7 @@ fn draw(plan: &RunPlan) -> Result<Problems> {
         .problems(Split::Train, c.seed_stage.labeled + pool, seed)
         .map_err(|e| Error::config(key, format!("with seed_stage.labeled: {e}")))?;
     let unlabeled = train.split_off(c.seed_stage.labeled);
-    let eval = plan
-        .task
-        .problems(Split::Eval, c.eval.problems, seed)
-        .map_err(|e| Error::config("eval.problems", e.to_string()))?;
+    let eval = held_out_problems(&*plan.task, c.eval.problems, c.seed)?;
     if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
         return Err(Error::config(
             "seed_stage.labeled",

@@ -105,10 +105,10 @@ impl Run {
         let c = &self.plan.config;
         let cfg = &c.pref;
         let rd = RunDir::round_dir(round);
-        let pairs: Vec<Pair> = self.dir.read_jsonl(&format!("{rd}/train.jsonl"))?;
+        let pairs: Vec<Pair> = self.read_recorded(round, &format!("{rd}/train.jsonl"))?;
         let judge_rel = format!("{rd}/judge.jsonl");
         let judge: Vec<Example> = if self.dir.path(&judge_rel).exists() {
-            self.dir.read_jsonl(&judge_rel)?
+            self.read_recorded(round, &judge_rel)?
         } else {
             Vec::new()
         };

@@ -180,9 +180,8 @@ impl Run {
             RestartFrom::Previous => parent,
         };
         let mut policy = self.load_policy(init)?;
-        let examples: Vec<Example> = self
-            .dir
-            .read_jsonl(&format!("{}/train.jsonl", RunDir::round_dir(round)))?;
+        let examples: Vec<Example> =
+            self.read_recorded(round, &format!("{}/train.jsonl", RunDir::round_dir(round)))?;
         let stats = if examples.is_empty() {
             obs.note(&format!("round {round}: no correct samples to train on; its model is its initial checkpoint"));
             TrainStats::default()
