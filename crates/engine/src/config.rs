@@ -1010,7 +1010,7 @@ impl RunConfig {
     /// largest batch a training pass runs, each with the weights, gradients and optimizer
     /// state of the policy and a reference model. Sampling itself runs in bounded chunks.
     fn check_memory(&self, model: &TransformerConfig, max_new_tokens: usize) -> Result<()> {
-        let available = memory::available().map_err(core_to_config)?;
+        let available = memory::available()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let state = 2 * model.state_bytes(threads);
         let fits = |key: &str, need: u64, what: &str| {

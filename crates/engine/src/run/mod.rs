@@ -297,6 +297,24 @@ impl Run {
 
     /// Runs every stage not yet journaled; returns the per-round table.
     pub fn execute(&mut self, obs: &mut dyn Observer) -> Result<Vec<RoundRow>> {
+        let status = self.run_stages(usize::MAX, obs)?;
+        if self.info.status != status {
+            self.dir.set_status(&mut self.info, status)?;
+        }
+        // The run is complete and journaled whatever happens here; `autodidact report`
+        // rewrites the page.
+        crate::report::write_report(self.dir.root())?;
+        self.table()
+    }
+
+    /// Runs stages until the journal holds `stages` of them (or the run ends), and stops as a
+    /// kill right after that journal line would: for tests of resumption.
+    pub fn execute_until(&mut self, stages: usize, obs: &mut dyn Observer) -> Result<()> {
+        self.run_stages(stages, obs).map(|_| ())
+    }
+
+    /// The stage loop of [`Run::execute`], stopping once `limit` stages are journaled.
+    fn run_stages(&mut self, limit: usize, obs: &mut dyn Observer) -> Result<RunStatus> {
         let all = stages(self.plan.config.recipe, self.plan.config.rounds());
         let done = self.dir.journal()?;
         if done.len() > all.len() {
@@ -327,7 +345,8 @@ impl Run {
             ));
         }
         let mut status = RunStatus::Complete;
-        for &stage in &all[done.len()..] {
+        let end = all.len().min(limit.max(done.len()));
+        for &stage in &all[done.len()..end] {
             // A round starts only if the controller did not stop the run after the last one
             // (checked here rather than after the eval stage, so a resumed run stops too).
             if matches!(stage, Stage::Sample(_) | Stage::Rl(_)) {
@@ -360,13 +379,7 @@ impl Run {
             })?;
             self.dir.commit_manifest(stage.round())?;
         }
-        if self.info.status != status {
-            self.dir.set_status(&mut self.info, status)?;
-        }
-        // The run is complete and journaled whatever happens here; `autodidact report`
-        // rewrites the page.
-        crate::report::write_report(self.dir.root())?;
-        self.table()
+        Ok(status)
     }
 
     /// The per-round table, read back from `metrics.jsonl`.
