@@ -80,13 +80,10 @@ const SAMPLE_BATCH: u64 = 256;
 
 /// The run a checkpoint belongs to (`RUN/checkpoints/rNNNN`), with its configuration.
 fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
-    let Some(root) = checkpoint.parent().and_then(Path::parent) else {
+    let Some((root, _)) = run_checkpoint(checkpoint) else {
         return Ok(None);
     };
     let config = root.join(store::CONFIG_FILE);
-    if !root.join(store::RUN_FILE).exists() || !config.exists() {
-        return Ok(None);
-    }
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
     let cfg = RunConfig::parse(&text, &config.display().to_string(), &[])?;
@@ -107,7 +104,23 @@ fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
         })
 }
 
+/// The run directory and round of a checkpoint at `RUN/checkpoints/rNNNN`, if it is one.
+fn run_checkpoint(checkpoint: &Path) -> Option<(PathBuf, u32)> {
+    let round: u32 = checkpoint.file_name()?.to_str()?.strip_prefix('r')?.parse().ok()?;
+    let parent = checkpoint.parent()?;
+    let root = parent.parent()?;
+    (parent.file_name()? == "checkpoints" && root.join(store::RUN_FILE).exists())
+        .then(|| (root.to_path_buf(), round))
+}
+
+/// Loads a checkpoint; one inside a run directory is first checked against the SHA-256s its
+/// round's manifest recorded, as the run itself does before loading it.
 fn load(dir: &Path) -> Result<NativePolicy> {
+    if let Some((root, round)) = run_checkpoint(dir) {
+        let (run, info) = store::RunDir::open(&root)?;
+        let files = format!("{}/", store::RunDir::checkpoint_dir(round));
+        run.check_recorded(round, &files, &info.accepted)?;
+    }
     NativePolicy::load(dir).with_context(|| format!("loading checkpoint {}", dir.display()))
 }
 
@@ -160,13 +173,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     }
     let problems = held_out_problems(&*task, e.problems, seed)?;
     let settings = EvalSettings::of_run(&e, seed, max_new);
-    let r = evaluate(&mut policy, &*task, &problems, &settings, &mut Silent)?;
     if let Some((root, _)) = &run {
         eprintln!(
-            "evaluated as run {} evaluates its rounds (seed {seed}; task, problems and settings from its config unless given here)",
+            "evaluating as run {} evaluates its rounds (seed {seed}; task, problems and settings from its config unless given here)",
             root.display()
         );
     }
+    let r = evaluate(&mut policy, &*task, &problems, &settings, &mut Silent)?;
     println!(
         "{} problems of {} (held-out split): pass@1 {:.1}%  pass@{k} {:.1}%  maj@{k} {:.1}%  (mean sample accuracy {:.1}%)",
         r.problems,

@@ -162,7 +162,12 @@ fn issue11_a_byte_changed_in_any_file_of_a_finished_stage_is_named_on_resume() {
     std::fs::write(&model, b).unwrap();
     let e = String::from_utf8(resume(&dir, &[]).stderr).unwrap();
     assert!(e.contains("model.safetensors: differs from the SHA-256"), "{e}");
+    // `eval` checks a run's checkpoint as the run would; outside a run, the loader refuses NaN.
     let e = err(&["eval", "--checkpoint", dir.join("checkpoints/r0001").to_str().unwrap()]);
+    assert!(e.contains("model.safetensors: differs from the SHA-256"), "{e}");
+    let alone = tmp.path().join("alone");
+    copy_dir(&dir.join("checkpoints/r0001"), &alone);
+    let e = err(&["eval", "--checkpoint", alone.to_str().unwrap(), "--task", "addition", "--set", "digits=2"]);
     assert!(e.contains("NaN or infinite"), "{e}");
 }
 
