@@ -2,17 +2,17 @@
 //! a run.
 
 use anyhow::{bail, Context, Result};
+use autodidact_core::memory;
 use autodidact_core::{Policy, SamplingParams, Split};
 use autodidact_engine::config::apply_set;
-use autodidact_core::memory;
 use autodidact_engine::config::{completion_bytes, EvalConfig};
 use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
-use autodidact_engine::{store, RunConfig};
-use std::io::Write;
 use autodidact_engine::Silent;
+use autodidact_engine::{store, RunConfig};
 use autodidact_nn::NativePolicy;
 use autodidact_tasks::TaskConfig;
 use clap::Args;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -96,17 +96,20 @@ fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     for s in sets {
         apply_set(&mut table, s)?;
     }
-    toml::Value::Table(table)
-        .try_into()
-        .with_context(|| {
-            let sets = autodidact_core::error::clip(&format!("{sets:?}"), 200);
-            format!("task `{name}` with settings {sets} (see `autodidact tasks`)")
-        })
+    toml::Value::Table(table).try_into().with_context(|| {
+        let sets = autodidact_core::error::clip(&format!("{sets:?}"), 200);
+        format!("task `{name}` with settings {sets} (see `autodidact tasks`)")
+    })
 }
 
 /// The run directory and round of a checkpoint at `RUN/checkpoints/rNNNN`, if it is one.
 fn run_checkpoint(checkpoint: &Path) -> Option<(PathBuf, u32)> {
-    let round: u32 = checkpoint.file_name()?.to_str()?.strip_prefix('r')?.parse().ok()?;
+    let round: u32 = checkpoint
+        .file_name()?
+        .to_str()?
+        .strip_prefix('r')?
+        .parse()
+        .ok()?;
     let parent = checkpoint.parent()?;
     let root = parent.parent()?;
     (parent.file_name()? == "checkpoints" && root.join(store::RUN_FILE).exists())
@@ -161,10 +164,16 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     let (max_prompt, max_solution) = task.max_chars();
     let max_new = max_solution + 1;
     let per = completion_bytes(max_new);
-    memory::check("--problems", e.problems as u64 * per, "the held-out problems' completions")?;
+    memory::check(
+        "--problems",
+        e.problems as u64 * per,
+        "the held-out problems' completions",
+    )?;
     memory::check(
         "--samples",
-        (e.problems as u64).saturating_mul(e.samples as u64).saturating_mul(per),
+        (e.problems as u64)
+            .saturating_mul(e.samples as u64)
+            .saturating_mul(per),
         "--problems × --samples completions",
     )?;
     let mut policy = load(&a.checkpoint)?;
@@ -220,7 +229,9 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     while start < a.n {
         let rows = SAMPLE_BATCH.min(a.n - start);
         let prompts = vec![a.prompt.clone(); rows as usize];
-        let seeds: Vec<u64> = (start..start + rows).map(|i| a.seed.wrapping_add(i)).collect();
+        let seeds: Vec<u64> = (start..start + rows)
+            .map(|i| a.seed.wrapping_add(i))
+            .collect();
         for (i, c) in policy.sample(&prompts, &seeds, &params)?.iter().enumerate() {
             let lp: f32 = c.logprobs.iter().sum();
             let line = format!(

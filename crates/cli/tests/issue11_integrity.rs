@@ -117,7 +117,9 @@ fn issue11_a_byte_changed_in_any_file_of_a_finished_stage_is_named_on_resume() {
     let nan = f32::NAN.to_le_bytes();
     type Damage = fn(&Path);
     let cases: [(&str, Damage); 10] = [
-        ("checkpoints/r0001/model.safetensors", |p| flip_byte(p, 4000)),
+        ("checkpoints/r0001/model.safetensors", |p| {
+            flip_byte(p, 4000)
+        }),
         ("checkpoints/r0000/config.json", |p| flip_byte(p, 20)),
         ("checkpoints/r0001/tokenizer.json", |p| flip_byte(p, 30)),
         ("rounds/r0001/manifest.json", |p| flip_byte(p, 40)),
@@ -130,7 +132,9 @@ fn issue11_a_byte_changed_in_any_file_of_a_finished_stage_is_named_on_resume() {
             let text = std::fs::read_to_string(p).unwrap();
             std::fs::write(p, text.replacen("seed = 0\n", "seed = 1\n", 1)).unwrap();
         }),
-        ("rounds/r0001/manifest.json", |p| std::fs::remove_file(p).unwrap()),
+        ("rounds/r0001/manifest.json", |p| {
+            std::fs::remove_file(p).unwrap()
+        }),
     ];
     for (i, (file, damage)) in cases.iter().enumerate() {
         let dir = tmp.path().join(format!("case{i}"));
@@ -146,7 +150,11 @@ fn issue11_a_byte_changed_in_any_file_of_a_finished_stage_is_named_on_resume() {
         );
         // Refusing changed nothing.
         if *file != "metrics.jsonl" {
-            assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before, "{file}");
+            assert_eq!(
+                std::fs::read(dir.join("metrics.jsonl")).unwrap(),
+                before,
+                "{file}"
+            );
         }
     }
 
@@ -161,13 +169,31 @@ fn issue11_a_byte_changed_in_any_file_of_a_finished_stage_is_named_on_resume() {
     }
     std::fs::write(&model, b).unwrap();
     let e = String::from_utf8(resume(&dir, &[]).stderr).unwrap();
-    assert!(e.contains("model.safetensors: differs from the SHA-256"), "{e}");
+    assert!(
+        e.contains("model.safetensors: differs from the SHA-256"),
+        "{e}"
+    );
     // `eval` checks a run's checkpoint as the run would; outside a run, the loader refuses NaN.
-    let e = err(&["eval", "--checkpoint", dir.join("checkpoints/r0001").to_str().unwrap()]);
-    assert!(e.contains("model.safetensors: differs from the SHA-256"), "{e}");
+    let e = err(&[
+        "eval",
+        "--checkpoint",
+        dir.join("checkpoints/r0001").to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("model.safetensors: differs from the SHA-256"),
+        "{e}"
+    );
     let alone = tmp.path().join("alone");
     copy_dir(&dir.join("checkpoints/r0001"), &alone);
-    let e = err(&["eval", "--checkpoint", alone.to_str().unwrap(), "--task", "addition", "--set", "digits=2"]);
+    let e = err(&[
+        "eval",
+        "--checkpoint",
+        alone.to_str().unwrap(),
+        "--task",
+        "addition",
+        "--set",
+        "digits=2",
+    ]);
     assert!(e.contains("NaN or infinite"), "{e}");
 }
 
@@ -181,9 +207,16 @@ fn issue11_force_continues_past_a_changed_config_and_records_it() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replacen("rounds = 1\n", "rounds = 2\n", 1)).unwrap();
     let e = String::from_utf8(resume(&dir, &[]).stderr).unwrap();
-    assert!(e.contains("config.toml: config.toml changed since the run started"), "{e}");
+    assert!(
+        e.contains("config.toml: changed since the run started"),
+        "{e}"
+    );
     let out = resume(&dir, &["--force"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = json(&dir.join("rounds/r0002/manifest.json"));
     assert_eq!(m["forced"][0]["file"], "config.toml", "{m}");
     let info = json(&dir.join("run.json"));
@@ -219,7 +252,10 @@ fn issue11_a_second_process_on_a_run_directory_fails_at_once_naming_the_holder()
         let start = Instant::now();
         let e = err(&["resume", dir.to_str().unwrap()]);
         assert!(e.contains(&format!("is in use by process {pid}")), "{e}");
-        assert!(start.elapsed() < Duration::from_secs(30), "it must fail at once, not wait");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "it must fail at once, not wait"
+        );
     }
     let e = err(&strs(&run_args(&dir, &[])));
     assert!(e.contains("already holds a run"), "{e}");
@@ -227,9 +263,16 @@ fn issue11_a_second_process_on_a_run_directory_fails_at_once_naming_the_holder()
     first.kill().unwrap();
     first.wait().unwrap();
     let out = cmd(&["resume", dir.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let e = String::from_utf8(out.stderr).unwrap();
-    assert!(e.contains(&format!("process {pid} stopped without releasing this run")), "{e}");
+    assert!(
+        e.contains(&format!("process {pid} stopped without releasing this run")),
+        "{e}"
+    );
     // One journal line per stage: nothing was run twice.
     let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
     assert_eq!(journal.lines().count(), 2 + 3);
@@ -255,7 +298,11 @@ fn issue11_eval_of_a_runs_checkpoint_reproduces_its_last_round() {
         pct("eval/pass@k"),
         pct("eval/maj@k")
     );
-    let out = ok(&["eval", "--checkpoint", dir.join("checkpoints/r0001").to_str().unwrap()]);
+    let out = ok(&[
+        "eval",
+        "--checkpoint",
+        dir.join("checkpoints/r0001").to_str().unwrap(),
+    ]);
     let got = String::from_utf8(out.stdout).unwrap();
     assert!(got.starts_with(&want), "want {want}\ngot  {got}");
 }
@@ -288,8 +335,17 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
         (&["star.samples=100000"][..], "star.samples"),
         (&["star.problems=100000000"], "star.problems"),
         (&["eval.problems=100000000"], "eval.problems"),
-        (&["recipe=grpo", "rl.micro_batch_size=10000000"], "rl.micro_batch_size"),
-        (&["seed_stage.labeled=100000", "seed_stage.train.batch_size=100000"], "seed_stage.train.batch_size"),
+        (
+            &["recipe=grpo", "rl.micro_batch_size=10000000"],
+            "rl.micro_batch_size",
+        ),
+        (
+            &[
+                "seed_stage.labeled=100000",
+                "seed_stage.train.batch_size=100000",
+            ],
+            "seed_stage.train.batch_size",
+        ),
     ] {
         let out = tmp.path().join("never");
         let start = Instant::now();
@@ -304,15 +360,24 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
                 && e.contains(&format!("lower {key}")),
             "{set}: {e}"
         );
-        assert!(start.elapsed() < Duration::from_secs(30), "{set}: not at once");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{set}: not at once"
+        );
         assert!(!out.exists());
     }
     let e = err(&["bench", "--preset", "tiny", "--batch", "100000"]);
-    assert!(e.contains("--batch: needs about") && e.contains("lower --batch"), "{e}");
+    assert!(
+        e.contains("--batch: needs about") && e.contains("lower --batch"),
+        "{e}"
+    );
     let mut c = cmd(&["run", "--out", tmp.path().join("x").to_str().unwrap()]);
     let out = c.env("AUTODIDACT_MEMORY_LIMIT", "lots").output().unwrap();
     let e = String::from_utf8(out.stderr).unwrap();
-    assert!(e.contains("AUTODIDACT_MEMORY_LIMIT: \"lots\" is not a size"), "{e}");
+    assert!(
+        e.contains("AUTODIDACT_MEMORY_LIMIT: \"lots\" is not a size"),
+        "{e}"
+    );
 
     // An impossible count fails at once with the number available.
     let ck = checkpoint(tmp.path());
@@ -320,16 +385,37 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
     let start = Instant::now();
     let e = err(&["eval", "--checkpoint", ck, "--problems", "100000000"]);
     assert!(e.contains("--problems: needs about"), "{e}");
-    let e = err(&["eval", "--checkpoint", ck, "--problems", "9000", "--samples", "1", "--k", "1"]);
-    assert!(e.contains("about 2,000 of them in the held-out split"), "{e}");
+    let e = err(&[
+        "eval",
+        "--checkpoint",
+        ck,
+        "--problems",
+        "9000",
+        "--samples",
+        "1",
+        "--k",
+        "1",
+    ]);
+    assert!(
+        e.contains("about 2,000 of them in the held-out split"),
+        "{e}"
+    );
     assert!(start.elapsed() < Duration::from_secs(30));
 
     // `sample -n` streams: lines come out while memory stays flat, for any n.
-    let mut child = cmd(&["sample", "--checkpoint", ck, "--prompt", "12+34=", "-n", "1000000000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd(&[
+        "sample",
+        "--checkpoint",
+        ck,
+        "--prompt",
+        "12+34=",
+        "-n",
+        "1000000000",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut peak = 0;
@@ -364,7 +450,9 @@ fn issue11_bare_autodidact_prints_help_and_succeeds() {
 
 #[test]
 fn issue11_every_flag_has_help_text() {
-    for sub in ["run", "resume", "eval", "sample", "tasks", "bench", "report", "compare"] {
+    for sub in [
+        "run", "resume", "eval", "sample", "tasks", "bench", "report", "compare",
+    ] {
         let help = String::from_utf8(ok(&[sub, "--help"]).stdout).unwrap();
         // Option lines look like `  -n, --n <N>  text` or `      --seed <SEED>  text`.
         for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
@@ -398,17 +486,25 @@ fn issue11_a_huge_value_is_not_echoed_whole() {
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), format!("recipe = \"star\"\nseed = \"{big}\"\n")).unwrap();
     let e = err(&["run", cfg.path().to_str().unwrap()]);
-    assert!(e.len() < 2000 && e.contains("characters left out"), "{} bytes", e.len());
+    assert!(
+        e.len() < 2000 && e.contains("characters left out"),
+        "{} bytes",
+        e.len()
+    );
 }
 
 /// The README's sample errors are what the binary prints for the commands shown with them.
 #[test]
 fn issue11_readme_error_examples_match_the_binary() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let lines: Vec<&str> = readme.lines().collect();
     let mut checked = 0;
     for pair in lines.windows(2) {
-        let (Some(command), true) = (pair[0].strip_prefix("$ autodidact "), pair[1].starts_with("error: ")) else {
+        let (Some(command), true) = (
+            pair[0].strip_prefix("$ autodidact "),
+            pair[1].starts_with("error: "),
+        ) else {
             continue;
         };
         let args: Vec<&str> = command.split_whitespace().collect();
@@ -417,5 +513,8 @@ fn issue11_readme_error_examples_match_the_binary() {
         assert!(e.starts_with(want), "README: {}\nbinary: {e}", pair[1]);
         checked += 1;
     }
-    assert!(checked >= 2, "the README shows its sample errors with their commands");
+    assert!(
+        checked >= 2,
+        "the README shows its sample errors with their commands"
+    );
 }

@@ -76,7 +76,10 @@ pub fn clip(text: &str, max: usize) -> String {
     }
     let head: String = text.chars().take(max * 2 / 3).collect();
     let tail: String = text.chars().skip(n - max / 3).collect();
-    format!("{head}…[{} characters left out]…{tail}", n - head.chars().count() - tail.chars().count())
+    format!(
+        "{head}…[{} characters left out]…{tail}",
+        n - head.chars().count() - tail.chars().count()
+    )
 }
 
 #[cfg(test)]

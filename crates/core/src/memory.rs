@@ -38,7 +38,9 @@ pub fn available() -> Result<Option<u64>> {
         take(parse_bytes(&raw).ok_or_else(|| {
             Error::invalid(
                 LIMIT_VAR,
-                format!("{raw:?} is not a size; give bytes or a number with K, M, G or T (e.g. 8G)"),
+                format!(
+                    "{raw:?} is not a size; give bytes or a number with K, M, G or T (e.g. 8G)"
+                ),
             )
         })?);
     }
@@ -129,9 +131,14 @@ mod tests {
     fn a_workload_over_the_usable_share_is_refused_naming_the_setting() {
         let gib = 1u64 << 30;
         assert!(check_fits("star.samples", 7 * gib, "samples", Some(10 * gib)).is_ok());
-        let err = check_fits("star.samples", 9 * gib, "the round's samples", Some(10 * gib))
-            .unwrap_err()
-            .to_string();
+        let err = check_fits(
+            "star.samples",
+            9 * gib,
+            "the round's samples",
+            Some(10 * gib),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("star.samples: needs about 9.0 GiB of memory for the round's samples, but this machine has 10.0 GiB available")
                 && err.ends_with("lower star.samples"),

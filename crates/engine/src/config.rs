@@ -1029,14 +1029,22 @@ impl RunConfig {
         // completion per item would not fit, else by `per_key`.
         let held = |count_key: &str, count: usize, per_key: &str, per: u64| {
             let bytes = completion_bytes(max_new_tokens);
-            let what = |n: u64| format!("{n} completions ({count_key} × {per_key}, held for one round)");
-            fits(count_key, (count as u64).saturating_mul(bytes), &what(count as u64))?;
+            let what =
+                |n: u64| format!("{n} completions ({count_key} × {per_key}, held for one round)");
+            fits(
+                count_key,
+                (count as u64).saturating_mul(bytes),
+                &what(count as u64),
+            )?;
             let n = (count as u64).saturating_mul(per);
             fits(per_key, n.saturating_mul(bytes), &what(n))
         };
         // A batch never holds more examples than its stage has: the labeled set (with hinted
         // copies and judge examples), or the completions a round can keep.
-        let labeled = self.seed_stage.labeled.saturating_mul(2 + self.judge.seed_negatives);
+        let labeled = self
+            .seed_stage
+            .labeled
+            .saturating_mul(2 + self.judge.seed_negatives);
         batch(
             "seed_stage.train.batch_size",
             self.seed_stage.train.batch_size.min(labeled),
@@ -1046,26 +1054,49 @@ impl RunConfig {
                 let st = &self.star;
                 // Rationalization samples unsolved problems a second time.
                 let copies = if st.rationalize { 2 } else { 1 };
-                let kept = st.problems.saturating_mul(st.samples).saturating_mul(copies as usize);
+                let kept = st
+                    .problems
+                    .saturating_mul(st.samples)
+                    .saturating_mul(copies as usize);
                 batch("star.train.batch_size", st.train.batch_size.min(kept))?;
-                held("star.problems", st.problems, "star.samples", copies * st.samples as u64)?;
+                held(
+                    "star.problems",
+                    st.problems,
+                    "star.samples",
+                    copies * st.samples as u64,
+                )?;
             }
             r if r.is_preference() => {
                 let p = &self.pref;
                 let pairs = p.problems.saturating_mul(p.pairs_per_problem);
                 batch("pref.train.batch_size", 2 * p.train.batch_size.min(pairs))?;
-                held("pref.problems", p.problems, "pref.samples", p.samples as u64)?;
+                held(
+                    "pref.problems",
+                    p.problems,
+                    "pref.samples",
+                    p.samples as u64,
+                )?;
             }
             _ => {
                 let r = &self.rl;
                 batch("rl.micro_batch_size", r.micro_batch_size)?;
                 let step = r.prompts_per_step.saturating_mul(r.group_size);
                 batch("rl.prompts_per_step", step)?;
-                held("rl.prompts_per_step", step, "rl.steps_per_round", r.steps_per_round as u64)?;
+                held(
+                    "rl.prompts_per_step",
+                    step,
+                    "rl.steps_per_round",
+                    r.steps_per_round as u64,
+                )?;
             }
         }
         let e = &self.eval;
-        held("eval.problems", e.problems, "eval.samples", e.samples as u64)
+        held(
+            "eval.problems",
+            e.problems,
+            "eval.samples",
+            e.samples as u64,
+        )
     }
 }
 

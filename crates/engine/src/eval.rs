@@ -1,7 +1,7 @@
 //! Held-out evaluation: greedy pass@1, sampled pass@k (unbiased estimator) and maj@k.
 
-use crate::progress::Observer;
 use crate::config::EvalConfig;
+use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
 use crate::Result;
 use autodidact_core::{Group, Policy, Problem, SamplingParams, Split, Task};

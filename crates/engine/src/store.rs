@@ -411,7 +411,13 @@ impl RunDir {
     pub fn verify(&self, info: &RunInfo, journal: &[JournalEntry]) -> Result<Vec<Finding>> {
         let mut found = Vec::new();
         if let Some(want) = &info.config_sha256 {
-            self.compare(CONFIG_FILE, u64::MAX, want, "config.toml changed since the run started (its SHA-256 is recorded in run.json)", &mut found)?;
+            self.compare(
+                CONFIG_FILE,
+                u64::MAX,
+                want,
+                "changed since the run started (its SHA-256 is recorded in run.json)",
+                &mut found,
+            )?;
         }
         if let Some(last) = journal.last() {
             if let Some(want) = &last.metrics_sha256 {
@@ -427,7 +433,13 @@ impl RunDir {
                         sha256: sha256_file(&path).ok(),
                     });
                 } else {
-                    self.compare(METRICS_FILE, last.metrics_bytes, want, "its completed lines changed since they were journaled", &mut found)?;
+                    self.compare(
+                        METRICS_FILE,
+                        last.metrics_bytes,
+                        want,
+                        "its completed lines changed since they were journaled",
+                        &mut found,
+                    )?;
                 }
             }
         }
@@ -450,7 +462,16 @@ impl RunDir {
             }
             if let Some(want) = &entry.manifest_sha256 {
                 let before = found.len();
-                self.compare(&rel, u64::MAX, want, &format!("changed since stage {} of round {round} recorded it in the journal", entry.stage), &mut found)?;
+                self.compare(
+                    &rel,
+                    u64::MAX,
+                    want,
+                    &format!(
+                        "changed since stage {} of round {round} recorded it in the journal",
+                        entry.stage
+                    ),
+                    &mut found,
+                )?;
                 if found.len() > before && !info.accepted.contains_key(&rel) {
                     continue; // its file list cannot be trusted either
                 }
@@ -467,17 +488,30 @@ impl RunDir {
                 }
             };
             for (file, want) in &files {
-                self.compare(file, u64::MAX, want, &format!("differs from the SHA-256 recorded in {rel}"), &mut found)?;
+                self.compare(
+                    file,
+                    u64::MAX,
+                    want,
+                    &format!("differs from the SHA-256 recorded in {rel}"),
+                    &mut found,
+                )?;
             }
         }
-        found.retain(|f| info.accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into())));
+        found.retain(|f| {
+            info.accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into()))
+        });
         Ok(found)
     }
 
     /// Checks the files that the committed manifest of `round` lists under `prefix` (a file,
     /// or a directory such as a checkpoint's) against their recorded SHA-256, before they are
     /// loaded. Files the manifest does not list are not checked.
-    pub fn check_recorded(&self, round: u32, prefix: &str, accepted: &BTreeMap<String, String>) -> Result<()> {
+    pub fn check_recorded(
+        &self,
+        round: u32,
+        prefix: &str,
+        accepted: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let rel = Self::manifest_rel(round);
         if !self.path(&rel).exists() {
             return Ok(());
@@ -485,19 +519,31 @@ impl RunDir {
         let files = self.read_json::<ManifestFiles>(&rel)?.files;
         let mut found = Vec::new();
         for (file, want) in files.iter().filter(|(f, _)| f.starts_with(prefix)) {
-            self.compare(file, u64::MAX, want, &format!("differs from the SHA-256 recorded in {rel}"), &mut found)?;
+            self.compare(
+                file,
+                u64::MAX,
+                want,
+                &format!("differs from the SHA-256 recorded in {rel}"),
+                &mut found,
+            )?;
         }
-        match found
-            .into_iter()
-            .find(|f| accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into())))
-        {
+        match found.into_iter().find(|f| {
+            accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into()))
+        }) {
             Some(f) => Err(Error::integrity(self.path(&f.file), f.problem)),
             None => Ok(()),
         }
     }
 
     /// Pushes a finding unless the first `len` bytes of `rel` hash to `want`.
-    fn compare(&self, rel: &str, len: u64, want: &str, problem: &str, found: &mut Vec<Finding>) -> Result<()> {
+    fn compare(
+        &self,
+        rel: &str,
+        len: u64,
+        want: &str,
+        problem: &str,
+        found: &mut Vec<Finding>,
+    ) -> Result<()> {
         let path = self.path(rel);
         if !path.exists() {
             found.push(Finding {
@@ -775,7 +821,10 @@ mod tests {
         assert_eq!(dir.settle_pending(&dir.journal().unwrap()).unwrap(), 1);
         let m: serde_json::Value = dir.read_json(&RunDir::manifest_rel(0)).unwrap();
         assert_eq!(m["v"], 1);
-        assert!(dir.verify(&info(), &dir.journal().unwrap()).unwrap().is_empty());
+        assert!(dir
+            .verify(&info(), &dir.journal().unwrap())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -784,13 +833,16 @@ mod tests {
         let mut i = info();
         i.config_sha256 = Some(sha256_bytes(b"seed = 0\n"));
         let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "seed = 0\n", &i).unwrap();
-        dir.write_bytes("rounds/r0000/samples.jsonl", b"{}\n").unwrap();
+        dir.write_bytes("rounds/r0000/samples.jsonl", b"{}\n")
+            .unwrap();
         let files = BTreeMap::from([(
             "rounds/r0000/samples.jsonl".to_string(),
             sha256_file(&dir.path("rounds/r0000/samples.jsonl")).unwrap(),
         )]);
-        dir.write_manifest(0, &serde_json::json!({ "files": files })).unwrap();
-        dir.append_metrics(&serde_json::json!({"round": 0})).unwrap();
+        dir.write_manifest(0, &serde_json::json!({ "files": files }))
+            .unwrap();
+        dir.append_metrics(&serde_json::json!({"round": 0}))
+            .unwrap();
         dir.append_journal(&stage(0, &dir)).unwrap();
         dir.commit_manifest(0).unwrap();
         let journal = dir.journal().unwrap();
@@ -801,14 +853,21 @@ mod tests {
             b[0] ^= 1;
             std::fs::write(&p, b).unwrap();
         };
-        for rel in [CONFIG_FILE, METRICS_FILE, "rounds/r0000/samples.jsonl", "rounds/r0000/manifest.json"] {
+        for rel in [
+            CONFIG_FILE,
+            METRICS_FILE,
+            "rounds/r0000/samples.jsonl",
+            "rounds/r0000/manifest.json",
+        ] {
             flip(rel);
             let found = dir.verify(&i, &journal).unwrap();
             assert_eq!(found.len(), 1, "{rel}: {found:?}");
             assert_eq!(found[0].file, rel);
             // Accepting the file as it is (`--force`) silences it.
             let mut accepted = i.clone();
-            accepted.accepted.insert(rel.into(), found[0].sha256.clone().unwrap());
+            accepted
+                .accepted
+                .insert(rel.into(), found[0].sha256.clone().unwrap());
             assert!(dir.verify(&accepted, &journal).unwrap().is_empty(), "{rel}");
             flip(rel);
         }

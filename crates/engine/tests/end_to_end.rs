@@ -223,7 +223,9 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
     let b = tmp.path().join("b");
     small_grpo_run(&a, &[]).execute(&mut Silent).unwrap();
     // Crash of b during round 2: the journal ends after round 1's eval stage.
-    small_grpo_run(&b, &[]).execute_until(4, &mut Silent).unwrap();
+    small_grpo_run(&b, &[])
+        .execute_until(4, &mut Silent)
+        .unwrap();
     let mut resumed = Run::open(&b, rayon::current_num_threads(), false, &mut Silent).unwrap();
     resumed.execute(&mut Silent).unwrap();
     for f in [

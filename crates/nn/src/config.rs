@@ -180,15 +180,8 @@ impl TransformerConfig {
         let slots = 2 * l + 1;
         // resid, normed, rstd; qkv, att, gate/up, act, sig; log-probs, entropy; backward
         // scratch dx, dh, dqkv, datt, dgu, dact, dlogits; token ids; per-row outputs.
-        let per_token = slots * (2 * c + 1)
-            + l * (5 * c + 4 * f)
-            + v
-            + 1
-            + 7 * c
-            + 3 * f
-            + v
-            + 3
-            + 2;
+        let per_token =
+            slots * (2 * c + 1) + l * (5 * c + 4 * f) + v + 1 + 7 * c + 3 * f + v + 3 + 2;
         // Attention probabilities of every layer and the backward's scratch for one layer.
         let probs = (l + 1) * h * rows as u64 * (seq_len as u64).pow(2);
         4 * (n * per_token + probs)

@@ -218,8 +218,18 @@ impl SampleWorkspace {
             .iter()
             .map(|sh| {
                 let (c, x) = (&sh.cache, &sh.scratch);
-                s(&c.k) + s(&c.v) + s(&x.x) + s(&x.normed) + s(&x.rstd) + s(&x.qkv) + s(&x.att)
-                    + s(&x.probs) + s(&x.gu) + s(&x.act) + s(&x.last) + s(&x.logits)
+                s(&c.k)
+                    + s(&c.v)
+                    + s(&x.x)
+                    + s(&x.normed)
+                    + s(&x.rstd)
+                    + s(&x.qkv)
+                    + s(&x.att)
+                    + s(&x.probs)
+                    + s(&x.gu)
+                    + s(&x.act)
+                    + s(&x.last)
+                    + s(&x.logits)
             })
             .sum()
     }

@@ -135,7 +135,9 @@ fn issue11_nan_or_inf_weights_are_an_error_naming_the_tensor() {
         });
         let e = load_err(&ck);
         assert!(
-            e.contains(Q0) && e.contains("1 values that are NaN or infinite") && e.contains("index 3"),
+            e.contains(Q0)
+                && e.contains("1 values that are NaN or infinite")
+                && e.contains("index 3"),
             "{e}"
         );
     }

@@ -267,13 +267,17 @@ fn issue11_memory_estimates_bound_the_real_buffers() {
         .collect();
     let batch = TokenBatch::from_sequences(&seqs).unwrap();
     let mut act = Activations::new();
-    m.forward(&batch, ForwardOptions::default(), &mut act).unwrap();
+    m.forward(&batch, ForwardOptions::default(), &mut act)
+        .unwrap();
     let mut grads = autodidact_nn::Gradients::new(&m);
     let w = vec![1.0 / (rows * t) as f32; rows * t];
     m.backward(&mut act, &w, None, &mut grads).unwrap();
     let real = act.allocated_bytes() as u64;
     let est = cfg.train_activation_bytes(rows, t);
-    assert!(real <= est && est <= 2 * real, "training: real {real}, estimate {est}");
+    assert!(
+        real <= est && est <= 2 * real,
+        "training: real {real}, estimate {est}"
+    );
 
     let p: Vec<Vec<u32>> = (0..rows).map(|_| vec![1, 2, 3, 4, 5, 6]).collect();
     let seeds: Vec<u64> = (0..rows as u64).collect();
@@ -288,5 +292,8 @@ fn issue11_memory_estimates_bound_the_real_buffers() {
     m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
     let real = ws.allocated_bytes() as u64;
     let est = rows as u64 * cfg.sample_row_bytes(6);
-    assert!(real <= est && est <= 2 * real, "sampling: real {real}, estimate {est}");
+    assert!(
+        real <= est && est <= 2 * real,
+        "sampling: real {real}, estimate {est}"
+    );
 }

@@ -104,11 +104,18 @@ impl Task for Addition {
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
         let digits = self.digits;
-        draw_problems("addition", split, count, seed, 10f64.powi(2 * digits as i32), |rng| {
-            let a = draw_operand(rng, digits);
-            let b = draw_operand(rng, digits);
-            Self::problem(a, b)
-        })
+        draw_problems(
+            "addition",
+            split,
+            count,
+            seed,
+            10f64.powi(2 * digits as i32),
+            |rng| {
+                let a = draw_operand(rng, digits);
+                let b = draw_operand(rng, digits);
+                Self::problem(a, b)
+            },
+        )
     }
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
         let verdict = verify_integer(problem, completion);

@@ -269,7 +269,10 @@ mod tests {
         for cfg in TaskConfig::catalog() {
             let task = cfg.build().unwrap();
             for split in [Split::Train, Split::Eval] {
-                let err = task.problems(split, 100_000_000, 0).unwrap_err().to_string();
+                let err = task
+                    .problems(split, 100_000_000, 0)
+                    .unwrap_err()
+                    .to_string();
                 assert!(err.contains("ask for fewer"), "{}: {err}", task.name());
             }
         }
@@ -279,7 +282,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("at most 1,000,000 distinct problems, about 800,000 of them in the train split"),
+            err.contains(
+                "at most 1,000,000 distinct problems, about 800,000 of them in the train split"
+            ),
             "{err}"
         );
         // Not a timing gate: a hang would not finish at all; this bound is generous.

@@ -79,18 +79,25 @@ impl Task for Multiplication {
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
         let (d, m) = (self.digits, self.multiplier_digits);
-        draw_problems("multiplication", split, count, seed, 10f64.powi((d + m) as i32), |rng| {
-            let a = draw_operand(rng, d);
-            let b = draw_operand(rng, m);
-            let key = format!("{a}*{b}");
-            let problem = Problem {
-                id: format!("multiplication:{key}"),
-                prompt: format!("{key}="),
-                answer: Some((a * b).to_string()),
-                solution: Some(Self::solution(a, b)),
-            };
-            (key, problem)
-        })
+        draw_problems(
+            "multiplication",
+            split,
+            count,
+            seed,
+            10f64.powi((d + m) as i32),
+            |rng| {
+                let a = draw_operand(rng, d);
+                let b = draw_operand(rng, m);
+                let key = format!("{a}*{b}");
+                let problem = Problem {
+                    id: format!("multiplication:{key}"),
+                    prompt: format!("{key}="),
+                    answer: Some((a * b).to_string()),
+                    solution: Some(Self::solution(a, b)),
+                };
+                (key, problem)
+            },
+        )
     }
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
         verify_integer(problem, completion)

@@ -104,10 +104,17 @@ impl Task for Sum {
     }
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {
         let (terms, digits) = (self.terms, self.digits);
-        draw_problems("sum", split, count, seed, 10f64.powi((terms * digits) as i32), |rng| {
-            let xs: Vec<u128> = (0..terms).map(|_| draw_operand(rng, digits)).collect();
-            Self::problem(&xs)
-        })
+        draw_problems(
+            "sum",
+            split,
+            count,
+            seed,
+            10f64.powi((terms * digits) as i32),
+            |rng| {
+                let xs: Vec<u128> = (0..terms).map(|_| draw_operand(rng, digits)).collect();
+                Self::problem(&xs)
+            },
+        )
     }
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict {
         verify_integer(problem, completion)

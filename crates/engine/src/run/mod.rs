@@ -228,18 +228,27 @@ impl Run {
                     n => format!(
                         " (and {} more: {})",
                         n - 1,
-                        found[1..].iter().map(|f| f.file.as_str()).collect::<Vec<_>>().join(", ")
+                        found[1..]
+                            .iter()
+                            .map(|f| f.file.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 };
-                return Err(Error::integrity(dir.path(&first.file), format!("{}{more}", first.problem)));
+                return Err(Error::integrity(
+                    dir.path(&first.file),
+                    format!("{}{more}", first.problem),
+                ));
             }
             for f in &found {
                 obs.note(&format!(
                     "--force: continuing with {} as it is ({})",
                     f.file, f.problem
                 ));
-                info.accepted
-                    .insert(f.file.clone(), f.sha256.clone().unwrap_or_else(|| MISSING.into()));
+                info.accepted.insert(
+                    f.file.clone(),
+                    f.sha256.clone().unwrap_or_else(|| MISSING.into()),
+                );
             }
         }
         let path = dir.path(CONFIG_FILE);
@@ -371,10 +380,7 @@ impl Run {
                 round: stage.round(),
                 seconds: start.elapsed().as_secs_f64(),
                 metrics_bytes,
-                metrics_sha256: Some(sha256_prefix(
-                    &self.dir.path(METRICS_FILE),
-                    metrics_bytes,
-                )?),
+                metrics_sha256: Some(sha256_prefix(&self.dir.path(METRICS_FILE), metrics_bytes)?),
                 manifest_sha256: self.dir.current_manifest_sha256(stage.round())?,
             })?;
             self.dir.commit_manifest(stage.round())?;
