@@ -288,8 +288,7 @@ fn issue11_eval_of_a_runs_checkpoint_reproduces_its_last_round() {
     let last: Value = metrics
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|m| m.get("round").is_some())
-        .next_back()
+        .rfind(|m| m.get("round").is_some())
         .unwrap();
     let pct = |k: &str| format!("{:.1}%", 100.0 * last[k].as_f64().unwrap());
     let want = format!(

@@ -72,7 +72,7 @@ pub fn parse_bytes(raw: &str) -> Option<u64> {
         _ => return None,
     };
     let n: f64 = num.trim().parse().ok()?;
-    (n.is_finite() && n >= 0.0).then(|| (n * scale as f64) as u64)
+    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
 }
 
 /// `1536 MiB`, `2.3 GiB`.
