@@ -365,6 +365,22 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
         );
         assert!(!out.exists());
     }
+    let model = [
+        "--set",
+        "model.hidden_size=8192",
+        "--set",
+        "model.num_heads=64",
+        "--set",
+        "model.num_layers=16",
+    ];
+    let out = tmp.path().join("never");
+    let mut args = vec!["run", "--out", out.to_str().unwrap()];
+    args.extend(model);
+    let e = err(&args);
+    assert!(
+        e.contains("config key `model`: needs about") && e.contains("choose a smaller model"),
+        "{e}"
+    );
     let e = err(&["bench", "--preset", "tiny", "--batch", "100000"]);
     assert!(
         e.contains("--batch: needs about") && e.contains("lower --batch"),

@@ -89,6 +89,17 @@ pub fn format_bytes(b: u64) -> String {
 /// `available` bytes: the error names `setting`, what the memory is for, the estimate and
 /// what is available.
 pub fn check_fits(setting: &str, need: u64, what: &str, available: Option<u64>) -> Result<()> {
+    check_fits_or(setting, need, what, available, &format!("lower {setting}"))
+}
+
+/// [`check_fits`] whose message ends with `remedy` (what to change) instead of "lower SETTING".
+pub fn check_fits_or(
+    setting: &str,
+    need: u64,
+    what: &str,
+    available: Option<u64>,
+    remedy: &str,
+) -> Result<()> {
     let Some(avail) = available else {
         return Ok(());
     };
@@ -99,7 +110,7 @@ pub fn check_fits(setting: &str, need: u64, what: &str, available: Option<u64>) 
     Err(Error::invalid(
         setting,
         format!(
-            "needs about {} of memory for {what}, but this machine has {} available (a run plans for at most {:.0}% of it; {LIMIT_VAR} lowers the cap); lower {setting}",
+            "needs about {} of memory for {what}, but this machine has {} available (a run plans for at most {:.0}% of it; {LIMIT_VAR} lowers the cap); {remedy}",
             format_bytes(need),
             format_bytes(avail),
             100.0 * USABLE_SHARE

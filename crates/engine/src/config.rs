@@ -1012,7 +1012,8 @@ impl RunConfig {
     fn check_memory(&self, model: &TransformerConfig, max_new_tokens: usize) -> Result<()> {
         let available = memory::available()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let state = 2 * model.state_bytes(threads);
+        // Policy and reference model, and the sampler's workspace (bounded by chunking).
+        let state = 2 * model.state_bytes(threads) + autodidact_nn::SAMPLE_WORKSPACE_BYTES;
         let fits = |key: &str, need: u64, what: &str| {
             memory::check_fits(key, state.saturating_add(need), what, available)
                 .map_err(core_to_config)
@@ -1045,6 +1046,21 @@ impl RunConfig {
             .seed_stage
             .labeled
             .saturating_mul(2 + self.judge.seed_negatives);
+        // Scoring passes (drift on held-out samples, reference log-probs, the self-judge) run
+        // in fixed chunks of rows: only the model's shape makes them large.
+        let scoring_rows = if self.recipe == Recipe::SelfRewarding {
+            512
+        } else {
+            256
+        };
+        memory::check_fits_or(
+            "model",
+            state.saturating_add(model.train_activation_bytes(scoring_rows, ctx)),
+            &format!("the activations of a scoring pass over {scoring_rows} sequences with this model's shape"),
+            available,
+            "choose a smaller model (model.preset, hidden_size, num_layers, intermediate_size or context_length)",
+        )
+        .map_err(core_to_config)?;
         batch(
             "seed_stage.train.batch_size",
             self.seed_stage.train.batch_size.min(labeled),
