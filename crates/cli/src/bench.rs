@@ -185,7 +185,7 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     }
     let sample_tps = new_tokens as f64 / median(&mut rep_s);
     // Read before the GEMM measurement, whose 2048² matrices would dominate a tiny model's peak.
-    let peak_rss = peak_rss_bytes();
+    let peak_rss = autodidact_core::memory::peak_rss_bytes();
 
     Ok(Report {
         preset: preset.to_string(),
@@ -213,12 +213,4 @@ fn median(xs: &mut [f64]) -> f64 {
     } else {
         0.5 * (xs[n / 2 - 1] + xs[n / 2])
     }
-}
-
-/// High-water mark of resident memory (Linux `VmHWM`), if the platform reports it.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

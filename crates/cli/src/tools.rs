@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use autodidact_core::memory;
 use autodidact_core::{Policy, SamplingParams, Split};
 use autodidact_engine::config::apply_set;
-use autodidact_engine::config::{completion_bytes, EvalConfig};
+use autodidact_engine::config::{check_completions, EvalConfig};
 use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
 use autodidact_engine::Silent;
 use autodidact_engine::{store, RunConfig};
@@ -96,10 +96,9 @@ fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     for s in sets {
         apply_set(&mut table, s)?;
     }
-    toml::Value::Table(table).try_into().with_context(|| {
-        let sets = autodidact_core::error::clip(&format!("{sets:?}"), 200);
-        format!("task `{name}` with settings {sets} (see `autodidact tasks`)")
-    })
+    toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("task `{name}` with settings {sets:?} (see `autodidact tasks`)"))
 }
 
 /// The run directory and round of a checkpoint at `RUN/checkpoints/rNNNN`, if it is one.
@@ -160,21 +159,18 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if !(e.temperature.is_finite() && e.temperature >= 0.0) {
         bail!("--temperature must be a finite number ≥ 0");
     }
-    let task = task_config_built(&task_cfg)?;
+    let task = task_cfg.build()?;
     let (max_prompt, max_solution) = task.max_chars();
     let max_new = max_solution + 1;
-    let per = completion_bytes(max_new);
-    memory::check(
+    let available = memory::available()?;
+    check_completions(
         "--problems",
-        e.problems as u64 * per,
-        "the held-out problems' completions",
-    )?;
-    memory::check(
+        e.problems,
         "--samples",
-        (e.problems as u64)
-            .saturating_mul(e.samples as u64)
-            .saturating_mul(per),
-        "--problems × --samples completions",
+        e.samples as u64,
+        max_new,
+        0,
+        available,
     )?;
     let mut policy = load(&a.checkpoint)?;
     if policy.context_length() <= max_prompt + 1 {
@@ -200,11 +196,6 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         k = r.k
     );
     Ok(())
-}
-
-fn task_config_built(cfg: &TaskConfig) -> Result<Box<dyn autodidact_core::Task>> {
-    cfg.build()
-        .with_context(|| format!("task `{}` (see `autodidact tasks`)", cfg.name()))
 }
 
 pub fn sample(a: &SampleArgs) -> Result<()> {

@@ -58,8 +58,8 @@ impl Error {
 
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
-            what: clip(&what.into(), 200),
-            message: clip(&message.into(), 600),
+            what: what.into(),
+            message: message.into(),
         }
     }
 }
@@ -68,7 +68,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `text` cut to about `max` characters for an error message: a value a user typed can be
 /// megabytes long, and a message that echoes it whole buries the point. The start and end are
-/// kept, with how much was left out between them.
+/// kept, with how much was left out between them. The binary clips each error it prints.
 pub fn clip(text: &str, max: usize) -> String {
     let n = text.chars().count();
     if n <= max {

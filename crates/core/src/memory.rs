@@ -22,10 +22,8 @@ pub const USABLE_SHARE: f64 = 0.8;
 pub fn available() -> Result<Option<u64>> {
     let mut best: Option<u64> = None;
     let mut take = |v: u64| best = Some(best.map_or(v, |b| b.min(v)));
-    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
-        if let Some(kb) = meminfo_field(&text, "MemAvailable:") {
-            take(kb * 1024);
-        }
+    if let Some(b) = proc_bytes("/proc/meminfo", "MemAvailable:") {
+        take(b);
     }
     let max = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
     let current = std::fs::read_to_string("/sys/fs/cgroup/memory.current").ok();
@@ -47,13 +45,23 @@ pub fn available() -> Result<Option<u64>> {
     Ok(best)
 }
 
-fn meminfo_field(text: &str, key: &str) -> Option<u64> {
-    text.lines()
+/// High-water mark of this process's resident memory (Linux `VmHWM`), if the platform
+/// reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_bytes("/proc/self/status", "VmHWM:")
+}
+
+/// A `KEY: N kB` line of a `/proc` file, in bytes.
+fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kb: u64 = text
+        .lines()
         .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// `123`, `512M`, `8G`, `1.5T` (powers of 1024) as bytes.

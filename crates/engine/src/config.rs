@@ -1026,19 +1026,17 @@ impl RunConfig {
                 &format!("the activations of a training pass over {rows} sequences"),
             )
         };
-        // `count` items of `per` completions each: named by `count_key` when even one
-        // completion per item would not fit, else by `per_key`.
         let held = |count_key: &str, count: usize, per_key: &str, per: u64| {
-            let bytes = completion_bytes(max_new_tokens);
-            let what =
-                |n: u64| format!("{n} completions ({count_key} × {per_key}, held for one round)");
-            fits(
+            check_completions(
                 count_key,
-                (count as u64).saturating_mul(bytes),
-                &what(count as u64),
-            )?;
-            let n = (count as u64).saturating_mul(per);
-            fits(per_key, n.saturating_mul(bytes), &what(n))
+                count,
+                per_key,
+                per,
+                max_new_tokens,
+                state,
+                available,
+            )
+            .map_err(core_to_config)
         };
         // A batch never holds more examples than its stage has: the labeled set (with hinted
         // copies and judge examples), or the completions a round can keep.
@@ -1120,6 +1118,28 @@ impl RunConfig {
 /// its verdict, and its line of `samples.jsonl` (an upper bound for short completions).
 pub fn completion_bytes(max_new_tokens: usize) -> u64 {
     512 + 16 * max_new_tokens as u64
+}
+
+/// Refuses holding `count` items of `per` completions each (on top of `reserved` bytes) when
+/// it would not fit `available` memory: named by `count_key` when even one completion per
+/// item would not fit, else by `per_key`. Run plans and `autodidact eval` both check this.
+pub fn check_completions(
+    count_key: &str,
+    count: usize,
+    per_key: &str,
+    per: u64,
+    max_new_tokens: usize,
+    reserved: u64,
+    available: Option<u64>,
+) -> autodidact_core::Result<()> {
+    let bytes = completion_bytes(max_new_tokens);
+    let what = |n: u64| format!("{n} completions ({count_key} × {per_key}, held for one round)");
+    let fits = |key: &str, n: u64| {
+        let need = reserved.saturating_add(n.saturating_mul(bytes));
+        memory::check_fits(key, need, &what(n), available)
+    };
+    fits(count_key, count as u64)?;
+    fits(per_key, (count as u64).saturating_mul(per))
 }
 
 fn core_to_config(e: autodidact_core::Error) -> Error {

@@ -1,6 +1,5 @@
 //! The error type of `autodidact-engine`.
 
-use autodidact_core::error::clip;
 use std::path::PathBuf;
 
 /// Errors of the engine. Each names the input that was wrong and what would be valid.
@@ -30,12 +29,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// A config error; the key and message are clipped, so a megabyte-long value a user
-    /// typed is not echoed whole.
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
-            key: clip(&key.into(), 200),
-            message: clip(&message.into(), 600),
+            key: key.into(),
+            message: message.into(),
         }
     }
     pub fn run(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -17,7 +17,7 @@
 //! long as it runs; a second one fails at once and names the holder.
 
 use crate::{Error, Result};
-use autodidact_core::fs::write_atomic;
+use autodidact_core::fs::{rename_durable, write_atomic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -364,11 +364,7 @@ impl RunDir {
     pub fn commit_manifest(&self, round: u32) -> Result<()> {
         let pending = self.path(&Self::pending_manifest_rel(round));
         if pending.exists() {
-            let dest = self.path(&Self::manifest_rel(round));
-            std::fs::rename(&pending, &dest).map_err(io("renaming into place", &dest))?;
-            if let Some(d) = dest.parent().and_then(|d| File::open(d).ok()) {
-                let _ = d.sync_all();
-            }
+            rename_durable(&pending, &self.path(&Self::manifest_rel(round)))?;
         }
         Ok(())
     }
@@ -389,12 +385,12 @@ impl RunDir {
             if !pending.exists() {
                 continue;
             }
-            let journaled = journal.last().is_some_and(|last| {
+            let journaled = journal.last().filter(|last| {
                 dir.ends_with(Self::round_dir(last.round))
                     && last.manifest_sha256.as_deref() == sha256_file(&pending).ok().as_deref()
             });
-            if journaled {
-                self.commit_manifest(journal.last().map_or(0, |e| e.round))?;
+            if let Some(last) = journaled {
+                self.commit_manifest(last.round)?;
             } else {
                 std::fs::remove_file(&pending).map_err(io("removing", &pending))?;
                 removed += 1;
@@ -476,30 +472,16 @@ impl RunDir {
                     continue; // its file list cannot be trusted either
                 }
             }
-            let files = match self.read_json::<ManifestFiles>(&rel) {
-                Ok(m) => m.files,
-                Err(e) => {
-                    found.push(Finding {
-                        file: rel.clone(),
-                        problem: e.to_string(),
-                        sha256: sha256_file(&self.path(&rel)).ok(),
-                    });
-                    continue;
-                }
-            };
-            for (file, want) in &files {
-                self.compare(
-                    file,
-                    u64::MAX,
-                    want,
-                    &format!("differs from the SHA-256 recorded in {rel}"),
-                    &mut found,
-                )?;
+            match self.read_json::<ManifestFiles>(&rel) {
+                Ok(m) => self.compare_listed(&rel, &m.files, "", &mut found)?,
+                Err(e) => found.push(Finding {
+                    file: rel.clone(),
+                    problem: e.to_string(),
+                    sha256: sha256_file(&self.path(&rel)).ok(),
+                }),
             }
         }
-        found.retain(|f| {
-            info.accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into()))
-        });
+        found.retain(|f| !f.is_accepted(&info.accepted));
         Ok(found)
     }
 
@@ -518,21 +500,27 @@ impl RunDir {
         }
         let files = self.read_json::<ManifestFiles>(&rel)?.files;
         let mut found = Vec::new();
-        for (file, want) in files.iter().filter(|(f, _)| f.starts_with(prefix)) {
-            self.compare(
-                file,
-                u64::MAX,
-                want,
-                &format!("differs from the SHA-256 recorded in {rel}"),
-                &mut found,
-            )?;
-        }
-        match found.into_iter().find(|f| {
-            accepted.get(&f.file) != Some(&f.sha256.clone().unwrap_or_else(|| MISSING.into()))
-        }) {
+        self.compare_listed(&rel, &files, prefix, &mut found)?;
+        match found.into_iter().find(|f| !f.is_accepted(accepted)) {
             Some(f) => Err(Error::integrity(self.path(&f.file), f.problem)),
             None => Ok(()),
         }
+    }
+
+    /// Compares every file of `files` (the list of the manifest `rel`) under `prefix` with
+    /// its recorded SHA-256.
+    fn compare_listed(
+        &self,
+        rel: &str,
+        files: &BTreeMap<String, String>,
+        prefix: &str,
+        found: &mut Vec<Finding>,
+    ) -> Result<()> {
+        let problem = format!("differs from the SHA-256 recorded in {rel}");
+        for (file, want) in files.iter().filter(|(f, _)| f.starts_with(prefix)) {
+            self.compare(file, u64::MAX, want, &problem, found)?;
+        }
+        Ok(())
     }
 
     /// Pushes a finding unless the first `len` bytes of `rel` hash to `want`.
@@ -684,6 +672,18 @@ pub struct Finding {
     pub problem: String,
     /// SHA-256 the file has now (`None`: it is missing).
     pub sha256: Option<String>,
+}
+
+impl Finding {
+    /// What `run.json`'s `accepted` holds for the file as it is now.
+    pub fn current(&self) -> &str {
+        self.sha256.as_deref().unwrap_or(MISSING)
+    }
+
+    /// Whether `resume --force` accepted the file as it is now.
+    pub fn is_accepted(&self, accepted: &BTreeMap<String, String>) -> bool {
+        accepted.get(&self.file).map(String::as_str) == Some(self.current())
+    }
 }
 
 /// The file list of a manifest (the rest of it is the engine's business).

@@ -26,7 +26,7 @@ use crate::sampling::{derive_seed, sample_groups, sample_prompts};
 use crate::star::{curate, kept_mask, rationalized, Counts};
 use crate::store::{
     sha256_bytes, sha256_file, sha256_prefix, Finding, JournalEntry, RunDir, RunInfo, RunLock,
-    RunStatus, CONFIG_FILE, METRICS_FILE, MISSING, RUN_FILE, RUN_FORMAT_VERSION,
+    RunStatus, CONFIG_FILE, METRICS_FILE, RUN_FILE, RUN_FORMAT_VERSION,
 };
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
@@ -245,10 +245,7 @@ impl Run {
                     "--force: continuing with {} as it is ({})",
                     f.file, f.problem
                 ));
-                info.accepted.insert(
-                    f.file.clone(),
-                    f.sha256.clone().unwrap_or_else(|| MISSING.into()),
-                );
+                info.accepted.insert(f.file.clone(), f.current().into());
             }
         }
         let path = dir.path(CONFIG_FILE);
@@ -270,7 +267,9 @@ impl Run {
                 "--force: continuing with seed {} from {CONFIG_FILE} (the run started with seed {})",
                 plan.config.seed, info.seed
             ));
-            accept_seed(&mut info, plan.config.seed);
+            info.accepted
+                .insert("seed".into(), plan.config.seed.to_string());
+            info.seed = plan.config.seed;
         }
         // A format-1 run recorded no config hash: record it now, so later resumes check it.
         let upgrade = info.config_sha256.as_deref() != Some(&config_sha);
@@ -458,8 +457,8 @@ impl Run {
     }
 
     /// Writes the round's manifest; a metric that is undefined for the round (NaN, which JSON
-    /// cannot hold) is left out.
-    /// what `resume --force` accepted is recorded in the first one written after it.
+    /// cannot hold) is left out, and what `resume --force` accepted is recorded in the first
+    /// manifest written after it.
     fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
         let mut m = m.clone();
         if let Some(metrics) = &mut m.metrics {
@@ -566,12 +565,6 @@ impl Run {
         self.save_checkpoint(&policy, 0, &mut m)?;
         self.write_manifest(&m)
     }
-}
-
-/// Records a seed accepted by `resume --force`.
-fn accept_seed(info: &mut RunInfo, seed: u64) {
-    info.accepted.insert("seed".into(), seed.to_string());
-    info.seed = seed;
 }
 
 /// The numeric fields of a metrics line.
