@@ -12,8 +12,8 @@
 
 use anyhow::{bail, Context, Result};
 use autodidact_nn::{
-    Activations, AdamWConfig, ForwardOptions, Gradients, LrSchedule, Rng, SampleWorkspace,
-    SamplingConfig, TokenBatch, TransformerConfig,
+    Activations, AdamWConfig, ForwardOptions, Gradients, Rng, SampleWorkspace, SamplingConfig,
+    TokenBatch, TransformerConfig,
 };
 use serde::Serialize;
 use std::time::Instant;
@@ -143,7 +143,6 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     let mut act = Activations::new();
     let mut grads = Gradients::new(&model);
     let mut opt = AdamWConfig::default().build(&model)?;
-    let sched = LrSchedule::constant(1e-3);
     let warmup = 3;
     let mut loss = 0.0;
     let mut step_s = Vec::with_capacity(args.steps);
@@ -154,7 +153,7 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
         grads.zero();
         model.backward(&mut act, &weights, None, &mut grads)?;
         grads.clip_global_norm(1.0);
-        opt.step(model.params_mut(), &grads.data, sched.lr_at(step as u64))?;
+        opt.step(model.params_mut(), &grads.data, 1e-3)?;
         if step >= warmup {
             step_s.push(start.elapsed().as_secs_f64());
         }

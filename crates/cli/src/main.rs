@@ -1,5 +1,6 @@
 //! The `autodidact` command-line tool.
 
+mod backends;
 mod bench;
 mod progress;
 mod report;

@@ -43,7 +43,7 @@ pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
         ),
         None => (DEMO_CONFIG.to_string(), "built-in demo config".to_string()),
     };
-    let plan = RunConfig::parse(&text, &origin, &args.sets)?.plan()?;
+    let plan = RunConfig::parse(&text, &origin, &args.sets)?.plan(&crate::backends::linked())?;
     let out = match &args.out {
         Some(p) => p.clone(),
         None => PathBuf::from("runs").join(format!(
@@ -65,7 +65,13 @@ pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
 
 pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
     let mut obs = observer(args.quiet);
-    let mut run = Run::open(&args.run_dir, threads, args.force, obs.as_mut())?;
+    let mut run = Run::open(
+        &args.run_dir,
+        threads,
+        args.force,
+        &crate::backends::linked(),
+        obs.as_mut(),
+    )?;
     let rows = run.execute(obs.as_mut())?;
     finish(&run, &rows, args.quiet);
     Ok(())

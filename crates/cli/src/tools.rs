@@ -3,13 +3,12 @@
 
 use anyhow::{bail, Context, Result};
 use autodidact_core::memory;
-use autodidact_core::{Policy, SamplingParams, Split};
+use autodidact_core::{BackendKind, SamplingParams, Split, TrainablePolicy};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::config::{check_completions, EvalConfig};
 use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
 use autodidact_engine::Silent;
 use autodidact_engine::{store, RunConfig};
-use autodidact_nn::NativePolicy;
 use autodidact_tasks::TaskConfig;
 use clap::Args;
 use std::io::Write;
@@ -115,15 +114,22 @@ fn run_checkpoint(checkpoint: &Path) -> Option<(PathBuf, u32)> {
         .then(|| (root.to_path_buf(), round))
 }
 
-/// Loads a checkpoint; one inside a run directory is first checked against the SHA-256s its
-/// round's manifest recorded, as the run itself does before loading it.
-fn load(dir: &Path) -> Result<NativePolicy> {
+/// Loads a checkpoint through the backend factory; one inside a run directory is first checked
+/// against the SHA-256s its round's manifest recorded, as the run itself does before loading
+/// it, and loaded by the backend of the run's `[model]`.
+fn load(dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
+    let mut kind = BackendKind::default();
     if let Some((root, round)) = run_checkpoint(dir) {
         let (run, info) = store::RunDir::open(&root)?;
         let files = format!("{}/", store::RunDir::checkpoint_dir(round));
         run.check_recorded(round, &files, &info.accepted)?;
+        if let Some((_, cfg)) = run_of(dir)? {
+            kind = cfg.model.backend;
+        }
     }
-    NativePolicy::load(dir).with_context(|| format!("loading checkpoint {}", dir.display()))
+    crate::backends::linked()
+        .load(kind, dir)
+        .with_context(|| format!("loading checkpoint {}", dir.display()))
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
@@ -184,7 +190,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             root.display()
         );
     }
-    let r = evaluate(&mut policy, &*task, &problems, &settings, &mut Silent)?;
+    let r = evaluate(&mut *policy, &*task, &problems, &settings, &mut Silent)?;
     println!(
         "{} problems of {} (held-out split): pass@1 {:.1}%  pass@{k} {:.1}%  maj@{k} {:.1}%  (mean sample accuracy {:.1}%)",
         r.problems,

@@ -6,6 +6,7 @@
 //! [`TrainablePolicy`]), the error type, crash-safe file writes and the
 //! character-level tokenizer used by the built-in tasks and the native model.
 
+pub mod backend;
 pub mod error;
 pub mod fs;
 pub mod memory;
@@ -14,10 +15,11 @@ pub mod tokenizer;
 pub mod traits;
 pub mod types;
 
+pub use backend::{Backend, BackendKind, Backends, ModelConfig, ModelSpec};
 pub use error::{Error, Result};
 pub use rng::Rng;
 pub use tokenizer::CharTokenizer;
-pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, TrainablePolicy};
+pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, Tokenizer, TrainablePolicy};
 pub use types::{
     Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict,
 };

@@ -220,6 +220,21 @@ impl CharTokenizer {
     }
 }
 
+impl crate::traits::Tokenizer for CharTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        CharTokenizer::encode(self, text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        CharTokenizer::decode(self, ids)
+    }
+    fn vocab_size(&self) -> usize {
+        CharTokenizer::vocab_size(self)
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        vec![self.eos_id]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,20 @@ pub trait Task: Send + Sync {
     }
 }
 
+/// Text to token ids and back, as a policy reads and writes it.
+pub trait Tokenizer {
+    /// The ids of `text`, without special tokens; an error names what cannot be encoded.
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+
+    /// The text of `ids` (special tokens left out).
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+
+    fn vocab_size(&self) -> usize;
+
+    /// The tokens that end a completion.
+    fn stop_tokens(&self) -> Vec<u32>;
+}
+
 /// Something that samples and scores text.
 pub trait Policy {
     /// One completion per prompt; `seeds[i]` seeds row i, so a row's sample does not depend
@@ -55,8 +69,20 @@ pub trait Policy {
     /// its prompt.
     fn logprobs(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>>;
 
+    /// `log p(token | prompt)` of each of `candidates` as the next token after each prompt:
+    /// one row per prompt, one value per candidate, from one pass over the prompts (how a
+    /// judge reads a verdict from the logits).
+    fn next_token_logprobs(
+        &mut self,
+        prompts: &[String],
+        candidates: &[u32],
+    ) -> Result<Vec<Vec<f32>>>;
+
     /// Largest prompt + completion length in tokens the policy accepts.
     fn context_length(&self) -> usize;
+
+    /// The policy's tokenizer.
+    fn tokenizer(&self) -> &dyn Tokenizer;
 }
 
 /// Per-token outputs of [`TrainablePolicy::forward`].

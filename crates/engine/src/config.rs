@@ -2,9 +2,10 @@
 //! then checked and resolved into a [`RunPlan`] before anything runs.
 
 use crate::controller::{AlarmAction, AlarmConfig, AlarmKind};
+use crate::train::LrSchedule;
 use crate::{Error, Result};
-use autodidact_core::{memory, CharTokenizer, SamplingParams, Task};
-use autodidact_nn::TransformerConfig;
+pub use autodidact_core::ModelConfig;
+use autodidact_core::{memory, Backends, ModelSpec, SamplingParams, Task};
 use autodidact_objectives::{
     AdvantageEstimator, DpoLoss, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
 };
@@ -256,38 +257,6 @@ pub struct RunConfig {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
-}
-
-/// The native model trained from scratch (`[model]`); the vocabulary comes from the task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// A named size: tiny, small or base.
-    pub preset: String,
-    /// Overrides of the preset (absent: the preset's value).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hidden_size: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_layers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_heads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub intermediate_size: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub context_length: Option<usize>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            preset: "tiny".into(),
-            hidden_size: None,
-            num_layers: None,
-            num_heads: None,
-            intermediate_size: None,
-            context_length: None,
-        }
-    }
 }
 
 /// How a stage trains: optimizer, schedule, batches (`[seed_stage.train]`, `[star.train]`).
@@ -653,8 +622,8 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
 pub struct RunPlan {
     pub config: RunConfig,
     pub task: Box<dyn Task>,
-    pub tokenizer: CharTokenizer,
-    pub model: TransformerConfig,
+    /// The policy's model, from `[model]` through the backend factory.
+    pub model: Box<dyn ModelSpec>,
     /// Longest completion a sample may have (the task's longest solution and the stop token).
     pub max_new_tokens: usize,
 }
@@ -693,15 +662,13 @@ fn check_optimizer(
     weight_decay: f32,
     max_grad_norm: f32,
 ) -> Result<()> {
-    let schedule = autodidact_nn::LrSchedule {
+    LrSchedule {
         peak_lr: lr,
         warmup_steps: 0,
         total_steps: 1,
         min_lr_ratio,
-    };
-    schedule
-        .validate()
-        .map_err(|e| Error::config(format!("{key}.{}", nn_field(&e)), e.to_string()))?;
+    }
+    .validate(key)?;
     non_negative(format!("{key}.weight_decay"), weight_decay, "")?;
     non_negative(
         format!("{key}.max_grad_norm"),
@@ -719,17 +686,6 @@ fn non_negative(key: impl Into<String>, v: f32, note: &str) -> Result<()> {
             key,
             format!("{v} must be a finite number ≥ 0{note}"),
         ))
-    }
-}
-
-/// The config field an nn validation error names, mapped to this file's key names.
-fn nn_field(e: &autodidact_nn::Error) -> &'static str {
-    match e {
-        autodidact_nn::Error::Config {
-            field: "peak_lr", ..
-        } => "lr",
-        autodidact_nn::Error::Config { field, .. } => field,
-        _ => "?",
     }
 }
 
@@ -863,8 +819,8 @@ fn check_pref(recipe: Recipe, p: &PrefConfig) -> Result<()> {
 }
 
 impl RunConfig {
-    /// Checks every setting and builds the task, tokenizer and model shape.
-    pub fn plan(&self) -> Result<RunPlan> {
+    /// Checks every setting and builds the task and, through `backends`, the model.
+    pub fn plan(&self, backends: &Backends) -> Result<RunPlan> {
         let task = self.task.build().map_err(core_to_config)?;
         let mut alphabet = task.alphabet();
         if self.recipe == Recipe::SelfRewarding {
@@ -882,24 +838,9 @@ impl RunConfig {
                 alphabet.push(c);
             }
         }
-        let tokenizer = CharTokenizer::new(&alphabet)?;
-        let m = &self.model;
-        let mut model = TransformerConfig::from_preset(&m.preset, tokenizer.vocab_size())
-            .map_err(|e| Error::config("model.preset", e.to_string()))?;
-        for (field, value) in [
-            (&mut model.hidden_size, m.hidden_size),
-            (&mut model.num_layers, m.num_layers),
-            (&mut model.num_heads, m.num_heads),
-            (&mut model.intermediate_size, m.intermediate_size),
-            (&mut model.context_length, m.context_length),
-        ] {
-            if let Some(v) = value {
-                *field = v;
-            }
-        }
-        model
-            .validate()
-            .map_err(|e| Error::config(format!("model.{}", nn_field(&e)), e.to_string()))?;
+        let model = backends
+            .plan(&self.model, &alphabet)
+            .map_err(core_to_config)?;
         let (max_prompt, max_solution) = task.max_chars();
         // <bos> prompt solution <eos>, of which the model reads all but the last token; a judge
         // sequence adds its markers and verdict.
@@ -911,12 +852,12 @@ impl RunConfig {
             } else {
                 0
             };
-        if model.context_length < needed {
+        if model.context_length() < needed {
             return Err(Error::config(
                 "model.context_length",
                 format!(
                     "{} is too short for {} with these settings: prompts and solutions need up to {needed} tokens; set it to at least {needed}",
-                    model.context_length,
+                    model.context_length(),
                     task.name()
                 ),
             ));
@@ -995,11 +936,10 @@ impl RunConfig {
                 ));
             }
         }
-        self.check_memory(&model, max_solution + 1)?;
+        self.check_memory(&*model, max_solution + 1)?;
         Ok(RunPlan {
             config: self.clone(),
             task,
-            tokenizer,
             model,
             max_new_tokens: max_solution + 1,
         })
@@ -1009,16 +949,16 @@ impl RunConfig {
     /// `autodidact_core::memory`): the completions a round holds, and the activations of the
     /// largest batch a training pass runs, each with the weights, gradients and optimizer
     /// state of the policy and a reference model. Sampling itself runs in bounded chunks.
-    fn check_memory(&self, model: &TransformerConfig, max_new_tokens: usize) -> Result<()> {
+    fn check_memory(&self, model: &dyn ModelSpec, max_new_tokens: usize) -> Result<()> {
         let available = memory::available()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Policy and reference model, and the sampler's workspace (bounded by chunking).
-        let state = 2 * model.state_bytes(threads) + autodidact_nn::SAMPLE_WORKSPACE_BYTES;
+        let state = 2 * model.state_bytes(threads) + model.sample_workspace_bytes();
         let fits = |key: &str, need: u64, what: &str| {
             memory::check_fits(key, state.saturating_add(need), what, available)
                 .map_err(core_to_config)
         };
-        let ctx = model.context_length;
+        let ctx = model.context_length();
         let batch = |key: &str, rows: usize| {
             fits(
                 key,
@@ -1166,7 +1106,7 @@ mod tests {
 
     fn parse(sets: &[&str]) -> Result<RunPlan> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        RunConfig::parse(DEMO_CONFIG, "demo", &sets)?.plan()
+        RunConfig::parse(DEMO_CONFIG, "demo", &sets)?.plan(&crate::testutil::mock_backends())
     }
 
     fn err(sets: &[&str]) -> String {
@@ -1181,12 +1121,17 @@ mod tests {
         let grpo = include_str!("../../../examples/grpo-addition.toml");
         let err = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            match RunConfig::parse(grpo, "grpo", &sets).and_then(|c| c.plan()) {
+            match RunConfig::parse(grpo, "grpo", &sets)
+                .and_then(|c| c.plan(&crate::testutil::mock_backends()))
+            {
                 Ok(_) => panic!("{sets:?} should fail"),
                 Err(e) => e.to_string(),
             }
         };
-        RunConfig::parse(grpo, "grpo", &[]).unwrap().plan().unwrap();
+        RunConfig::parse(grpo, "grpo", &[])
+            .unwrap()
+            .plan(&crate::testutil::mock_backends())
+            .unwrap();
         let cases: &[(&[&str], &str)] = &[
             (&["rl.beta=-0.1"], "config key `rl.beta`: -0.1 must be a finite number ≥ 0"),
             (&["rl.epsilon_low=0"], "config key `rl.epsilon_low`: 0 must be in (0, 1)"),
@@ -1212,7 +1157,7 @@ mod tests {
         ];
         RunConfig::parse(grpo, "grpo", &sets)
             .unwrap()
-            .plan()
+            .plan(&crate::testutil::mock_backends())
             .unwrap();
     }
 
@@ -1264,7 +1209,6 @@ mod tests {
             ),
             (&["task.digits=0"], "config key `task.digits`"),
             (&["task.name=subtraction"], "unknown variant `subtraction`"),
-            (&["model.preset=huge"], "config key `model.preset`"),
             (
                 &["star.restart_from=never"],
                 "config key `star.restart_from`: unknown variant `never`",

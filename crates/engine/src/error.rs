@@ -23,9 +23,6 @@ pub enum Error {
 
     #[error(transparent)]
     Core(#[from] autodidact_core::Error),
-
-    #[error(transparent)]
-    Nn(#[from] autodidact_nn::Error),
 }
 
 impl Error {

@@ -12,7 +12,7 @@
 //! policy makes now).
 
 use crate::{Error, Result};
-use autodidact_core::{CharTokenizer, Example, Group, Policy, Problem, Rng, Task};
+use autodidact_core::{Example, Group, Policy, Problem, Rng, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -36,30 +36,27 @@ pub fn judge_example(prompt: &str, completion: &str, correct: bool) -> Example {
     )
 }
 
-/// The judge's scores p(Y)/(p(Y)+p(N)) of each (prompt, completion).
-pub fn judge_scores(
-    policy: &mut dyn Policy,
-    tokenizer: &CharTokenizer,
-    items: &[(&str, &str)],
-) -> Result<Vec<f32>> {
-    let id = |c: char| -> Result<u32> { Ok(tokenizer.encode(&c.to_string())?[0]) };
-    let (yes, no) = (id(YES)?, id(NO)?);
-    let mut examples = Vec::with_capacity(2 * items.len());
-    for (p, c) in items {
-        let prompt = judge_prompt(p, c);
-        for tok in [yes, no] {
-            examples.push(Example {
-                prompt: prompt.clone(),
-                completion: String::new(),
-                completion_tokens: Some(vec![tok]),
-            });
+/// The judge's scores p(Y)/(p(Y)+p(N)) of each (prompt, completion), read from the policy's
+/// next-token log-probs after the judge prompt.
+pub fn judge_scores(policy: &mut dyn Policy, items: &[(&str, &str)]) -> Result<Vec<f32>> {
+    let id = |c: char| -> Result<u32> {
+        match policy.tokenizer().encode(&c.to_string())?[..] {
+            [id] => Ok(id),
+            ref ids => Err(Error::config(
+                "recipe",
+                format!(
+                    "the judge's verdict {c:?} is {} tokens for this policy's tokenizer; it must be one",
+                    ids.len()
+                ),
+            )),
         }
-    }
+    };
+    let candidates = [id(YES)?, id(NO)?];
     let mut scores = Vec::with_capacity(items.len());
-    for chunk in examples.chunks(512) {
-        let lp = policy.logprobs(chunk)?;
-        for yn in lp.chunks(2) {
-            let (ly, ln) = (yn[0][0] as f64, yn[1][0] as f64);
+    for chunk in items.chunks(512) {
+        let prompts: Vec<String> = chunk.iter().map(|(p, c)| judge_prompt(p, c)).collect();
+        for yn in policy.next_token_logprobs(&prompts, &candidates)? {
+            let (ly, ln) = (yn[0] as f64, yn[1] as f64);
             scores.push((1.0 / (1.0 + (ln - ly).exp())) as f32);
         }
     }

@@ -19,12 +19,11 @@ use crate::config::{KlMode, RlConfig};
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
-use crate::train::{adamw_settings, Order};
+use crate::train::{adamw_settings, LrSchedule, Order};
 use crate::Result;
 use autodidact_core::{
     Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, TrainablePolicy,
 };
-use autodidact_nn::LrSchedule;
 use autodidact_objectives::{
     advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, BatchShape,
     PgInputs, PgSettings, PgStats, SftNormalization,

@@ -32,3 +32,76 @@ pub fn group(id: &str, items: &[(&str, Option<&str>, bool)]) -> Group {
         rewards: vec![0.0; items.len()],
     }
 }
+
+/// A backend that plans models without building them: what the configuration tests need
+/// (the native backend's own checks are tested in `autodidact-nn`).
+pub struct MockBackend;
+
+/// The model [`MockBackend`] plans: a context of `model.context_length` (default 64) and a
+/// few bytes of state.
+pub struct MockSpec {
+    context_length: usize,
+}
+
+impl autodidact_core::Backend for MockBackend {
+    fn kind(&self) -> autodidact_core::BackendKind {
+        autodidact_core::BackendKind::Native
+    }
+    fn plan(
+        &self,
+        config: &autodidact_core::ModelConfig,
+        _alphabet: &str,
+    ) -> autodidact_core::Result<Box<dyn autodidact_core::ModelSpec>> {
+        Ok(Box::new(MockSpec {
+            context_length: config.context_length.unwrap_or(64),
+        }))
+    }
+    fn load(
+        &self,
+        dir: &std::path::Path,
+    ) -> autodidact_core::Result<Box<dyn autodidact_core::TrainablePolicy>> {
+        Err(no_weights(dir))
+    }
+}
+
+/// [`MockBackend`] as the backend factory.
+pub fn mock_backends() -> autodidact_core::Backends {
+    autodidact_core::Backends::new().with(MockBackend)
+}
+
+fn no_weights(dir: &std::path::Path) -> autodidact_core::Error {
+    autodidact_core::Error::invalid(
+        format!("mock backend ({})", dir.display()),
+        "plans models but builds none; use the native backend to run",
+    )
+}
+
+impl autodidact_core::ModelSpec for MockSpec {
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"context_length": self.context_length})
+    }
+    fn state_bytes(&self, _threads: usize) -> u64 {
+        1 << 20
+    }
+    fn train_activation_bytes(&self, rows: usize, len: usize) -> u64 {
+        (rows * len * 1024) as u64
+    }
+    fn sample_workspace_bytes(&self) -> u64 {
+        1 << 20
+    }
+    fn init(
+        &self,
+        _seed: u64,
+    ) -> autodidact_core::Result<Box<dyn autodidact_core::TrainablePolicy>> {
+        Err(no_weights(std::path::Path::new("new model")))
+    }
+    fn load(
+        &self,
+        dir: &std::path::Path,
+    ) -> autodidact_core::Result<Box<dyn autodidact_core::TrainablePolicy>> {
+        Err(no_weights(dir))
+    }
+}

@@ -4,7 +4,6 @@ use crate::config::TrainConfig;
 use crate::progress::Observer;
 use crate::{Error, Result};
 use autodidact_core::{Example, OptimizerSettings, Rng, TrainablePolicy};
-use autodidact_nn::LrSchedule;
 use autodidact_objectives::{sft, BatchShape};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +61,72 @@ impl Order {
                 self.perm[self.pos - 1]
             })
             .collect()
+    }
+}
+
+/// Linear warm-up from 0 to `peak_lr` over `warmup_steps`, then cosine decay to
+/// `peak_lr · min_lr_ratio` at `total_steps` (constant after).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrSchedule {
+    /// Learning rate at the end of warm-up.
+    pub peak_lr: f32,
+    /// Steps of linear warm-up (0 for none).
+    pub warmup_steps: u64,
+    /// Step at which the cosine reaches its floor.
+    pub total_steps: u64,
+    /// Floor of the decay as a fraction of `peak_lr` (0 decays to zero, 1 keeps the rate constant).
+    pub min_lr_ratio: f32,
+}
+
+impl LrSchedule {
+    pub fn constant(lr: f32) -> Self {
+        Self {
+            peak_lr: lr,
+            warmup_steps: 0,
+            total_steps: 1,
+            min_lr_ratio: 1.0,
+        }
+    }
+
+    /// Checks the schedule of training section `key` (`star.train`), naming the bad key.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if !(self.peak_lr.is_finite() && self.peak_lr > 0.0) {
+            return Err(Error::config(
+                format!("{key}.lr"),
+                format!("{} must be a finite number above 0", self.peak_lr),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::config(
+                format!("{key}.min_lr_ratio"),
+                format!("{} must be in [0, 1]", self.min_lr_ratio),
+            ));
+        }
+        if self.total_steps < self.warmup_steps {
+            return Err(Error::config(
+                format!("{key}.warmup_steps"),
+                format!(
+                    "{} is more than the {} steps of the schedule",
+                    self.warmup_steps, self.total_steps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Learning rate for update number `step` (0-based).
+    pub fn lr_at(&self, step: u64) -> f32 {
+        if step < self.warmup_steps {
+            return self.peak_lr * (step + 1) as f32 / self.warmup_steps as f32;
+        }
+        let min = self.peak_lr * self.min_lr_ratio;
+        let span = self.total_steps.saturating_sub(self.warmup_steps);
+        if span == 0 || step >= self.total_steps {
+            return min;
+        }
+        let progress = (step - self.warmup_steps) as f64 / span as f64;
+        let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        min + (self.peak_lr - min) * cos as f32
     }
 }
 
@@ -144,6 +209,23 @@ pub fn fit_sft(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_shape() {
+        let s = LrSchedule {
+            peak_lr: 1e-3,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr_ratio: 0.1,
+        };
+        s.validate("test").unwrap();
+        assert!((s.lr_at(0) - 1e-4).abs() < 1e-9);
+        assert!((s.lr_at(9) - 1e-3).abs() < 1e-9);
+        assert!((s.lr_at(10) - 1e-3).abs() < 1e-9);
+        assert!((s.lr_at(60) - 0.55e-3).abs() < 1e-7);
+        assert!((s.lr_at(110) - 1e-4).abs() < 1e-9);
+        assert!((s.lr_at(500) - 1e-4).abs() < 1e-9);
+    }
 
     #[test]
     fn order_visits_every_example_once_per_epoch() {

@@ -9,13 +9,15 @@
 //!   and logits, caching activations in [`Activations`];
 //! - [`Transformer::backward`] accumulates the gradient of `−Σ w_t log p(y_t) − Σ c_t H_t`
 //!   from per-token weights (docs/design.md, "Objectives are token weights");
-//! - [`AdamW`] and [`LrSchedule`] update the parameters;
+//! - [`AdamW`] updates the parameters (the learning rate comes from the trainer);
 //! - [`Transformer::sample`] generates with a KV cache, per-row seeded;
+//! - [`NativeBackend`] plugs it into the engine's backend seam;
 //! - [`checkpoint`] reads and writes the Hugging Face `LlamaForCausalLM` layout.
 //!
 //! Parameters, gradients and optimizer moments are flat `f32` buffers with one
 //! layout ([`Layout`]), and all scratch memory is reused across calls.
 
+pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
@@ -28,11 +30,12 @@ pub mod policy;
 pub use autodidact_core::rng;
 pub mod sample;
 
+pub use backend::{NativeBackend, NativeSpec};
 pub use batch::TokenBatch;
 pub use config::TransformerConfig;
 pub use error::{Error, Result};
 pub use model::{Activations, ForwardOptions, ForwardOutput, Gradients, Transformer};
-pub use optim::{AdamW, AdamWConfig, LrSchedule};
+pub use optim::{AdamW, AdamWConfig};
 pub use params::Layout;
 pub use policy::NativePolicy;
 pub use rng::Rng;

@@ -11,7 +11,7 @@ use crate::sample::{SampleWorkspace, SamplingConfig};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
     CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams, TokenScores,
-    TrainablePolicy,
+    Tokenizer, TrainablePolicy,
 };
 use std::path::Path;
 
@@ -36,7 +36,7 @@ fn adamw(s: &OptimizerSettings) -> AdamWConfig {
     }
 }
 
-fn to_core(e: Error) -> autodidact_core::Error {
+pub(crate) fn to_core(e: Error) -> autodidact_core::Error {
     match e {
         Error::Core(c) => c,
         other => autodidact_core::Error::Policy {
@@ -239,8 +239,69 @@ impl Policy for NativePolicy {
         Ok(scores.logprobs)
     }
 
+    fn next_token_logprobs(
+        &mut self,
+        prompts: &[String],
+        candidates: &[u32],
+    ) -> autodidact_core::Result<Vec<Vec<f32>>> {
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(&id) = candidates.iter().find(|&&t| t as usize >= vocab) {
+            return Err(autodidact_core::Error::UnknownId {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `<bos> prompt` as inputs; the target after it is a placeholder, only the logits of
+        // the last input position are read.
+        let ctx = self.model.config().context_length;
+        let mut seqs = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let mut ids = self.tokenizer.encode_with_bos(p)?;
+            if ids.len() > ctx {
+                return Err(autodidact_core::Error::invalid(
+                    "prompt",
+                    format!(
+                        "{p:?} is {} tokens with <bos>; the model's context_length is {ctx}",
+                        ids.len()
+                    ),
+                ));
+            }
+            ids.push(self.tokenizer.eos_id());
+            seqs.push(ids);
+        }
+        self.last = None;
+        let tb = TokenBatch::from_sequences(&seqs).map_err(to_core)?;
+        let (t, v) = (tb.seq_len(), vocab);
+        let opts = ForwardOptions {
+            entropy: false,
+            logits: true,
+        };
+        let out = self
+            .model
+            .forward(&tb, opts, &mut self.act)
+            .map_err(to_core)?;
+        let logits = out.logits.expect("requested logits");
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(b, ids)| {
+                let at = b * t + ids.len() - 2;
+                let row = &logits[at * v..(at + 1) * v];
+                let lse = crate::kernels::log_sum_exp(row);
+                candidates.iter().map(|&c| row[c as usize] - lse).collect()
+            })
+            .collect())
+    }
+
     fn context_length(&self) -> usize {
         self.model.config().context_length
+    }
+
+    fn tokenizer(&self) -> &dyn Tokenizer {
+        &self.tokenizer
     }
 }
 

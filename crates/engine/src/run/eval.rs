@@ -10,7 +10,7 @@ impl Run {
     pub(super) fn drift(
         &self,
         round: u32,
-        policy: &mut NativePolicy,
+        policy: &mut dyn TrainablePolicy,
         sampled: &[Group],
     ) -> Result<BTreeMap<String, f64>> {
         let mut m = BTreeMap::new();
@@ -68,13 +68,13 @@ impl Run {
             2 * self.problems.eval.len() as u64,
         );
         let (report, sampled) = evaluate_with_samples(
-            &mut policy,
+            &mut *policy,
             &*self.plan.task,
             &self.problems.eval,
             &settings,
             obs,
         )?;
-        let drift = self.drift(round, &mut policy, &sampled)?;
+        let drift = self.drift(round, &mut *policy, &sampled)?;
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
             report.pass_at_1,

@@ -30,8 +30,7 @@ use crate::store::{
 };
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
-use autodidact_core::{Example, Group, Policy, Problem, Split, TrainablePolicy};
-use autodidact_nn::NativePolicy;
+use autodidact_core::{Backends, Example, Group, Problem, Split, TrainablePolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -208,8 +207,15 @@ impl Run {
     /// Opens the run in `root` to continue it from its last completed stage, after taking its
     /// lock and checking every file its completed stages recorded ([`RunDir::verify`]). A file
     /// that differs stops it with an [`Error::Integrity`] naming the file, unless `force`: then
-    /// each is noted, accepted in `run.json` and recorded in the next manifest written.
-    pub fn open(root: &Path, threads: usize, force: bool, obs: &mut dyn Observer) -> Result<Self> {
+    /// each is noted, accepted in `run.json` and recorded in the next manifest written. The
+    /// model is planned again from the run's config through `backends`.
+    pub fn open(
+        root: &Path,
+        threads: usize,
+        force: bool,
+        backends: &Backends,
+        obs: &mut dyn Observer,
+    ) -> Result<Self> {
         let (dir, mut info) = RunDir::open(root)?;
         let lock = dir.lock()?;
         if let Some(pid) = lock.stale_holder {
@@ -251,7 +257,7 @@ impl Run {
         let path = dir.path(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
-        let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan()?;
+        let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan(backends)?;
         let config_sha = sha256_bytes(text.as_bytes());
         if plan.config.seed != info.seed {
             if !force {
@@ -418,11 +424,11 @@ impl Run {
     }
 
     /// Loads the checkpoint of `round`, after checking its files against the round's manifest.
-    fn load_policy(&self, round: u32) -> Result<NativePolicy> {
+    fn load_policy(&self, round: u32) -> Result<Box<dyn TrainablePolicy>> {
         let rel = RunDir::checkpoint_dir(round);
         self.dir
             .check_recorded(round, &format!("{rel}/"), &self.info.accepted)?;
-        Ok(NativePolicy::load(&self.dir.path(&rel))?)
+        Ok(self.plan.model.load(&self.dir.path(&rel))?)
     }
 
     /// Reads a JSON-lines file that a completed stage of `round` wrote, after checking it
@@ -475,7 +481,12 @@ impl Run {
     }
 
     /// Saves the round's checkpoint and records the SHA-256 of each of its files.
-    fn save_checkpoint(&self, policy: &NativePolicy, round: u32, m: &mut Manifest) -> Result<()> {
+    fn save_checkpoint(
+        &self,
+        policy: &dyn TrainablePolicy,
+        round: u32,
+        m: &mut Manifest,
+    ) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
         let dir = self.dir.path(&rel);
         policy.save(&dir)?;
@@ -496,8 +507,7 @@ impl Run {
     /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
     fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
         let cfg = &self.plan.config;
-        let model = self.plan.model.build(self.seed(0, "init"))?;
-        let mut policy = NativePolicy::new(model, self.plan.tokenizer.clone())?;
+        let mut policy = self.plan.model.init(self.seed(0, "init"))?;
         let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
         if cfg.recipe == Recipe::Star && cfg.star.rationalize {
             // Hinted copies teach the hint format that rationalization prompts with.
@@ -536,7 +546,7 @@ impl Run {
         );
         obs.stage_started("seed", steps);
         let stats = fit_sft(
-            &mut policy,
+            &mut *policy,
             &examples,
             train,
             self.seed(0, "seed"),
@@ -559,10 +569,11 @@ impl Run {
             stats.last_loss
         ));
         let mut m = self.manifest(0)?;
-        m.settings = Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model}));
+        m.settings =
+            Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model.describe()}));
         m.train = Some(stats);
         self.hash_into(&mut m, &train_rel)?;
-        self.save_checkpoint(&policy, 0, &mut m)?;
+        self.save_checkpoint(&*policy, 0, &mut m)?;
         self.write_manifest(&m)
     }
 }

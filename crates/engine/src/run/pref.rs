@@ -13,10 +13,10 @@ impl Run {
         let mut policy = self.load_policy(parent)?;
         let task = &*self.plan.task;
         let params = self.plan.sampling(cfg.temperature, cfg.top_p);
-        let mut groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
+        let mut groups = self.sample_pool(&mut *policy, round, cfg.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
         let scores = if c.recipe == Recipe::SelfRewarding {
-            Some(self.self_judge(&mut policy, round, &groups, &mut metrics, obs)?)
+            Some(self.self_judge(&mut *policy, round, &groups, &mut metrics, obs)?)
         } else {
             None
         };
@@ -55,7 +55,7 @@ impl Run {
         // and fresh corruptions of their solutions, labeled by the verifier, balanced.
         if c.recipe == Recipe::SelfRewarding && c.judge.samples_per_labeled > 0 {
             let labeled = sample_groups(
-                &mut policy,
+                &mut *policy,
                 task,
                 &self.problems.labeled,
                 c.judge.samples_per_labeled,
@@ -126,16 +126,16 @@ impl Run {
             TrainStats::default()
         } else {
             let refs = if ref_round == parent {
-                reference_logps(&mut policy, &pairs)?
+                reference_logps(&mut *policy, &pairs)?
             } else {
-                reference_logps(&mut self.load_policy(ref_round)?, &pairs)?
+                reference_logps(&mut *self.load_policy(ref_round)?, &pairs)?
             };
             obs.stage_started(
                 &format!("r{round} {}", cfg.loss.name()),
                 steps_for(&cfg.train, pairs.len()),
             );
             let fit = fit_dpo(
-                &mut policy,
+                &mut *policy,
                 &pairs,
                 &refs,
                 &judge,
@@ -167,7 +167,7 @@ impl Run {
             );
         m.metrics = Some(metrics);
         m.train = Some(stats);
-        self.save_checkpoint(&policy, round, &mut m)?;
+        self.save_checkpoint(&*policy, round, &mut m)?;
         self.write_manifest(&m)
     }
 
@@ -175,7 +175,7 @@ impl Run {
     /// the verifier in `metrics` (`judge/*`) and the diagnostic length bias applied.
     fn self_judge(
         &self,
-        policy: &mut NativePolicy,
+        policy: &mut dyn TrainablePolicy,
         round: u32,
         groups: &[Group],
         metrics: &mut BTreeMap<String, f64>,
@@ -190,7 +190,7 @@ impl Run {
             })
             .collect();
         obs.stage_started(&format!("r{round} judge"), items.len() as u64);
-        let flat = judge_scores(policy, &self.plan.tokenizer, &items)?;
+        let flat = judge_scores(policy, &items)?;
         obs.stage_progress(items.len() as u64, 0);
         let truth: Vec<bool> = groups
             .iter()

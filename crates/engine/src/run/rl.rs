@@ -38,10 +38,10 @@ impl Run {
             cfg.steps_per_round as u64,
         );
         let out = rl_round(
-            &mut policy,
+            &mut *policy,
             reference
                 .as_mut()
-                .map(|r| r as &mut dyn autodidact_core::Policy),
+                .map(|r| &mut **r as &mut dyn autodidact_core::Policy),
             cfg,
             &cx,
             obs,
@@ -67,7 +67,7 @@ impl Run {
         );
         m.metrics = Some(out.metrics);
         self.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
-        self.save_checkpoint(&policy, round, &mut m)?;
+        self.save_checkpoint(&*policy, round, &mut m)?;
         self.write_manifest(&m)
     }
 }

@@ -10,7 +10,7 @@ impl Run {
     /// (the first of equals), with every probed score.
     pub(super) fn balance_temperature(
         &self,
-        policy: &mut NativePolicy,
+        policy: &mut dyn TrainablePolicy,
         round: u32,
         obs: &mut dyn Observer,
     ) -> Result<Decision> {
@@ -64,7 +64,7 @@ impl Run {
     /// The round's `k` graded samples of every unlabeled problem.
     pub(super) fn sample_pool(
         &self,
-        policy: &mut NativePolicy,
+        policy: &mut dyn TrainablePolicy,
         round: u32,
         k: usize,
         params: &autodidact_core::SamplingParams,
@@ -99,14 +99,14 @@ impl Run {
             .config
             .controller
             .balance
-            .then(|| self.balance_temperature(&mut policy, round, obs))
+            .then(|| self.balance_temperature(&mut *policy, round, obs))
             .transpose()?;
         let temperature = balance
             .as_ref()
             .and_then(|d| d.temperature)
             .unwrap_or(cfg.temperature);
         let params = self.plan.sampling(temperature, cfg.top_p);
-        let groups = self.sample_pool(&mut policy, round, cfg.samples, &params, obs)?;
+        let groups = self.sample_pool(&mut *policy, round, cfg.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
         let selected: Vec<Vec<bool>> = groups
             .iter()
@@ -126,7 +126,7 @@ impl Run {
                 .collect();
             obs.stage_started(&format!("r{round} rationalize"), unsolved.len() as u64);
             hinted_groups = sample_prompts(
-                &mut policy,
+                &mut *policy,
                 task,
                 &unsolved,
                 &prompts,
@@ -191,7 +191,7 @@ impl Run {
                 steps_for(&cfg.train, examples.len()),
             );
             let stats = fit_sft(
-                &mut policy,
+                &mut *policy,
                 &examples,
                 &cfg.train,
                 self.seed(round, "train"),
@@ -207,7 +207,7 @@ impl Run {
         let mut m = self.manifest(round)?;
         m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
         m.train = Some(stats);
-        self.save_checkpoint(&policy, round, &mut m)?;
+        self.save_checkpoint(&*policy, round, &mut m)?;
         self.write_manifest(&m)
     }
 }

@@ -150,8 +150,14 @@ fn a_self_rewarding_run_resumed_mid_round_matches_an_uninterrupted_one() {
         .execute_until(6, &mut Silent)
         .unwrap();
     assert!(!b.join("checkpoints/r0002").exists());
-    let mut resumed =
-        autodidact_engine::Run::open(&b, rayon::current_num_threads(), false, &mut Silent).unwrap();
+    let mut resumed = autodidact_engine::Run::open(
+        &b,
+        rayon::current_num_threads(),
+        false,
+        &common::backends(),
+        &mut Silent,
+    )
+    .unwrap();
     resumed.execute(&mut Silent).unwrap();
     for f in [
         "metrics.jsonl",

@@ -40,7 +40,14 @@ fn a_stop_alarm_ends_the_run_and_it_stays_stopped() {
     assert!(d.stop.unwrap().contains("kl_budget"));
     assert!(!out.join(RunDir::round_dir(2)).exists());
     // Resuming a stopped run does not start round 2.
-    let mut again = Run::open(&out, rayon::current_num_threads(), false, &mut Silent).unwrap();
+    let mut again = Run::open(
+        &out,
+        rayon::current_num_threads(),
+        false,
+        &common::backends(),
+        &mut Silent,
+    )
+    .unwrap();
     assert_eq!(again.execute(&mut Silent).unwrap().len(), 2);
     assert!(!out.join(RunDir::round_dir(2)).exists());
     assert!(out.join("report.html").is_file());
@@ -116,7 +123,9 @@ fn balancing_records_the_chosen_temperature() {
 fn controller_settings_are_checked() {
     let bad = |sets: &[&str], want: &str| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        let err = match RunConfig::parse(DEMO_CONFIG, "demo", &sets).and_then(|c| c.plan()) {
+        let err = match RunConfig::parse(DEMO_CONFIG, "demo", &sets)
+            .and_then(|c| c.plan(&common::backends()))
+        {
             Ok(_) => panic!("{sets:?} should fail"),
             Err(e) => e.to_string(),
         };

@@ -129,7 +129,14 @@ fn short_run_writes_the_documented_layout() {
     }
     // The run is complete; resuming it changes nothing.
     let before = std::fs::read(root.join("metrics.jsonl")).unwrap();
-    let mut again = Run::open(&root, rayon::current_num_threads(), false, &mut Silent).unwrap();
+    let mut again = Run::open(
+        &root,
+        rayon::current_num_threads(),
+        false,
+        &common::backends(),
+        &mut Silent,
+    )
+    .unwrap();
     again.execute(&mut Silent).unwrap();
     assert_eq!(std::fs::read(root.join("metrics.jsonl")).unwrap(), before);
 }
@@ -226,7 +233,14 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
     small_grpo_run(&b, &[])
         .execute_until(4, &mut Silent)
         .unwrap();
-    let mut resumed = Run::open(&b, rayon::current_num_threads(), false, &mut Silent).unwrap();
+    let mut resumed = Run::open(
+        &b,
+        rayon::current_num_threads(),
+        false,
+        &common::backends(),
+        &mut Silent,
+    )
+    .unwrap();
     resumed.execute(&mut Silent).unwrap();
     for f in [
         "metrics.jsonl",

@@ -1,4 +1,5 @@
-//! Helpers shared by the engine's integration tests.
+//! Helpers shared by the integration tests that drive runs through the engine's library API
+//! with the native backend.
 #![allow(dead_code)]
 
 use autodidact_engine::run::Manifest;
@@ -11,9 +12,14 @@ pub fn start(out: &Path, base: &[&str], extra: &[&str]) -> Run {
     let sets: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();
     let plan = RunConfig::parse(DEMO_CONFIG, "demo", &sets)
         .unwrap()
-        .plan()
+        .plan(&backends())
         .unwrap();
     Run::create(plan, out, rayon::current_num_threads()).unwrap()
+}
+
+/// The backend factory of the binary: the native model.
+pub fn backends() -> autodidact_core::Backends {
+    autodidact_core::Backends::new().with(autodidact_nn::NativeBackend)
 }
 
 /// The manifest of `round` of the run in `out`.

@@ -1,0 +1,159 @@
+//! The policy-backend seam: what the engine knows of a model, and how a backend plugs in.
+//!
+//! The engine never names a model implementation. It reads `[model]` into a [`ModelConfig`],
+//! hands it to the [`Backends`] factory (the binary registers the [`Backend`]s it links), and
+//! gets back a
+//! [`ModelSpec`]: the model's context length and memory footprint, for the checks a run makes
+//! before it starts, and the way to build a fresh [`TrainablePolicy`] or load a saved one.
+//! Everything after that goes through the [`crate::Policy`] and [`TrainablePolicy`] traits.
+
+use crate::traits::TrainablePolicy;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Which implementation serves the policy (`[model] backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The built-in CPU transformer (`autodidact-nn`), trained from scratch with a character
+    /// vocabulary built from the task's alphabet.
+    #[default]
+    Native,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+        }
+    }
+}
+
+/// `[model]`: which backend serves the policy, and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub backend: BackendKind,
+    /// A named size of the native model: tiny, small or base.
+    pub preset: String,
+    /// Overrides of the preset (absent: the preset's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_layers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_heads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Native,
+            preset: "tiny".into(),
+            hidden_size: None,
+            num_layers: None,
+            num_heads: None,
+            intermediate_size: None,
+            context_length: None,
+        }
+    }
+}
+
+/// A model planned for a run: what its checks need to know before anything is built, and how
+/// to build or load it.
+pub trait ModelSpec: Send + Sync {
+    /// Largest prompt + completion length in tokens the model reads.
+    fn context_length(&self) -> usize;
+
+    /// The resolved settings of the model (recorded in the seed round's manifest).
+    fn describe(&self) -> serde_json::Value;
+
+    /// Bytes of the weights, gradients and optimizer state of one copy of the model when its
+    /// kernels run on `threads` threads.
+    fn state_bytes(&self, threads: usize) -> u64;
+
+    /// Bytes of the activations a training pass over `rows` sequences of `len` tokens keeps.
+    fn train_activation_bytes(&self, rows: usize, len: usize) -> u64;
+
+    /// Bytes the sampler's workspace may grow to (it samples in chunks this bounds).
+    fn sample_workspace_bytes(&self) -> u64;
+
+    /// A new policy with freshly initialized weights, deterministic for `seed`.
+    fn init(&self, seed: u64) -> Result<Box<dyn TrainablePolicy>>;
+
+    /// The policy saved in `dir` by [`TrainablePolicy::save`].
+    fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>>;
+}
+
+/// One policy backend: plans models from `[model]` and loads saved policies.
+pub trait Backend: Send + Sync {
+    /// The `[model] backend` value this backend serves.
+    fn kind(&self) -> BackendKind;
+
+    /// Plans the model `config` describes for text over `alphabet` (the characters the run's
+    /// prompts and completions can contain; a model trained from scratch takes its vocabulary
+    /// from it). An invalid setting is an [`crate::Error::Invalid`] naming its key
+    /// (`model.hidden_size`).
+    fn plan(&self, config: &ModelConfig, alphabet: &str) -> Result<Box<dyn ModelSpec>>;
+
+    /// Loads a policy saved in `dir`, without a run's config (`autodidact eval` and `sample`).
+    fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>>;
+}
+
+/// The backend factory: the backends a binary links, found by the kind `[model]` names. The
+/// binary registers them (one line each); the engine plans and loads models only through it.
+#[derive(Default)]
+pub struct Backends {
+    linked: Vec<Box<dyn Backend>>,
+}
+
+impl Backends {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `backend` (a later one of the same kind replaces it).
+    pub fn with(mut self, backend: impl Backend + 'static) -> Self {
+        self.linked.retain(|b| b.kind() != backend.kind());
+        self.linked.push(Box::new(backend));
+        self
+    }
+
+    /// The backend of `kind`, or an error naming the ones this binary links.
+    pub fn get(&self, kind: BackendKind) -> Result<&dyn Backend> {
+        self.linked
+            .iter()
+            .find(|b| b.kind() == kind)
+            .map(|b| &**b)
+            .ok_or_else(|| {
+                let linked: Vec<&str> = self.linked.iter().map(|b| b.kind().name()).collect();
+                Error::invalid(
+                    "model.backend",
+                    format!(
+                        "`{}` is not linked into this program (linked: {})",
+                        kind.name(),
+                        if linked.is_empty() {
+                            "none".to_string()
+                        } else {
+                            linked.join(", ")
+                        }
+                    ),
+                )
+            })
+    }
+
+    /// [`Backend::plan`] of the backend `config` names.
+    pub fn plan(&self, config: &ModelConfig, alphabet: &str) -> Result<Box<dyn ModelSpec>> {
+        self.get(config.backend)?.plan(config, alphabet)
+    }
+
+    /// [`Backend::load`] of the backend of `kind`.
+    pub fn load(&self, kind: BackendKind, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
+        self.get(kind)?.load(dir)
+    }
+}
