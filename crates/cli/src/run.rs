@@ -2,6 +2,7 @@
 
 use crate::progress::observer;
 use anyhow::{Context, Result};
+use autodidact_engine::recipes::Column;
 use autodidact_engine::{RoundRow, Run, RunConfig, DEMO_CONFIG};
 use clap::Args;
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ pub fn run(args: &RunArgs, threads: usize) -> Result<()> {
         Some(p) => p.clone(),
         None => PathBuf::from("runs").join(format!(
             "{}-{}-{}",
-            plan.config.recipe.name(),
+            plan.config.recipe,
             plan.config.task.name(),
             utc_stamp()
         )),
@@ -80,7 +81,7 @@ pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
 /// Prints the per-round table and, unless `quiet`, the monitors' summary and the run's files.
 fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
     let k = run.plan().config.eval.k;
-    println!("{}", table(rows, k));
+    println!("{}", table(rows, run.columns(), k));
     if quiet {
         return;
     }
@@ -100,31 +101,20 @@ fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
 }
 
 /// The end-of-run table, in Markdown so it can be pasted into a README. Beside the held-out
-/// metrics, each recipe shows what its rounds produced: expert iteration what it kept,
-/// policy-gradient recipes their mean training reward, preference recipes their pairs and how
-/// often the chosen side was correct (and the self-judge's accuracy).
-pub fn table(rows: &[RoundRow], k: usize) -> String {
-    type Column = (&'static str, fn(&RoundRow) -> Option<String>);
+/// metrics, each recipe shows what its rounds produced (its columns, `columns`): expert
+/// iteration what it kept, policy-gradient recipes their mean training reward, preference
+/// recipes their pairs and how often the chosen side was correct (and the self-judge's
+/// accuracy). A column no round has a value for is left out.
+pub fn table(rows: &[RoundRow], columns: &[Column], k: usize) -> String {
     let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v));
-    let columns: [Column; 6] = [
-        ("kept", |r| r.kept.map(|v| v.to_string())),
-        ("distinct correct", |r| r.distinct.map(|v| v.to_string())),
-        ("train reward", |r| r.reward.map(|v| format!("{v:.3}"))),
-        ("pairs", |r| r.pairs.map(|v| v.to_string())),
-        ("chosen correct", |r| {
-            r.chosen_correct.map(|v| format!("{:.1}%", 100.0 * v))
-        }),
-        ("judge accuracy", |r| {
-            r.judge_accuracy.map(|v| format!("{:.1}%", 100.0 * v))
-        }),
-    ];
-    let used: Vec<&Column> = columns
+    let used: Vec<(usize, &Column)> = columns
         .iter()
-        .filter(|(_, f)| rows.iter().any(|r| f(r).is_some()))
+        .enumerate()
+        .filter(|(i, _)| rows.iter().any(|r| r.extra[*i].is_some()))
         .collect();
     let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} |");
-    for (h, _) in &used {
-        s += &format!(" {h} |");
+    for (_, c) in &used {
+        s += &format!(" {} |", c.header);
     }
     s += &format!("\n|---:|---:|---:|---:|{}\n", "---:|".repeat(used.len()));
     for r in rows {
@@ -135,8 +125,8 @@ pub fn table(rows: &[RoundRow], k: usize) -> String {
             pct(Some(r.pass_at_k)).unwrap_or_default(),
             pct(Some(r.maj_at_k)).unwrap_or_default(),
         );
-        for (_, f) in &used {
-            s += &format!(" {} |", f(r).unwrap_or_else(|| "–".into()));
+        for (i, _) in &used {
+            s += &format!(" {} |", r.extra[*i].as_deref().unwrap_or("–"));
         }
         s += "\n";
     }
@@ -171,47 +161,54 @@ fn utc_stamp() -> String {
 mod tests {
     use super::*;
 
-    fn row(round: u32) -> RoundRow {
+    use autodidact_engine::recipes::Format;
+
+    fn col(header: &'static str, format: Format) -> Column {
+        Column {
+            header,
+            key: header,
+            format,
+        }
+    }
+
+    fn row(round: u32, extra: &[Option<&str>]) -> RoundRow {
         RoundRow {
             round,
             pass_at_1: 0.25,
             pass_at_k: 0.5,
             maj_at_k: 0.125,
-            kept: None,
-            distinct: None,
-            reward: None,
-            pairs: None,
-            chosen_correct: None,
-            judge_accuracy: None,
+            extra: extra.iter().map(|v| v.map(String::from)).collect(),
         }
     }
 
     #[test]
     fn table_shows_the_columns_the_recipe_produced() {
         let star = [
-            row(0),
-            RoundRow {
-                kept: Some(10),
-                distinct: Some(12),
-                ..row(1)
-            },
+            col("kept", Format::Count),
+            col("distinct correct", Format::Count),
         ];
+        let rows = [row(0, &[None, None]), row(1, &[Some("10"), Some("12")])];
         assert_eq!(
-            table(&star, 8),
+            table(&rows, &star, 8),
             "| round | pass@1 | pass@8 | maj@8 | kept | distinct correct |\n\
              |---:|---:|---:|---:|---:|---:|\n\
              | 0 | 25.0% | 50.0% | 12.5% | – | – |\n\
              | 1 | 25.0% | 50.0% | 12.5% | 10 | 12 |"
         );
-        let judged = [RoundRow {
-            pairs: Some(7),
-            chosen_correct: Some(0.5),
-            judge_accuracy: Some(0.75),
-            ..row(1)
-        }];
+        // A column no round has a value for is left out.
+        let pref = [
+            col("pairs", Format::Count),
+            col("chosen correct", Format::Percent),
+            col("judge accuracy", Format::Percent),
+        ];
+        let rows = [row(1, &[Some("7"), Some("50.0%"), None])];
         assert_eq!(
-            table(&judged, 4).lines().nth(2).unwrap(),
-            "| 1 | 25.0% | 50.0% | 12.5% | 7 | 50.0% | 75.0% |"
+            table(&rows, &pref, 4),
+            "| round | pass@1 | pass@4 | maj@4 | pairs | chosen correct |\n\
+             |---:|---:|---:|---:|---:|---:|\n\
+             | 1 | 25.0% | 50.0% | 12.5% | 7 | 50.0% |"
         );
+        assert_eq!(pref[1].render(0.5), "50.0%");
+        assert_eq!(star[0].render(12.0), "12");
     }
 }

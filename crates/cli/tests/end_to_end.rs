@@ -71,7 +71,8 @@ fn short_run_writes_the_documented_layout() {
             for f in ["samples.jsonl", "train.jsonl", "eval.json"] {
                 assert!(root.join(&rd).join(f).is_file(), "round {r}: {f}");
             }
-            let c = m.counts.unwrap();
+            let c: autodidact_engine::recipes::star::Counts =
+                serde_json::from_value(m.counts.unwrap()).unwrap();
             assert_eq!(c.sampled, 64 * 2);
             assert!(c.correct >= c.distinct && c.kept == c.distinct + c.rationalized);
             assert_eq!(m.parent_checkpoint.unwrap(), RunDir::checkpoint_dir(r - 1));
@@ -254,4 +255,46 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
             "{f}"
         );
     }
+}
+
+/// RAFT through the recipe seam: each round keeps at most one completion per problem, every
+/// kept one is verified correct (threshold 1 on the verifier's score), and the table's
+/// columns come from the recipe.
+#[test]
+fn a_short_raft_run_keeps_one_correct_completion_per_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("raft");
+    let mut run = small_run(
+        &root,
+        &[
+            "recipe=raft",
+            "raft.rounds=1",
+            "raft.problems=32",
+            "raft.samples=3",
+        ],
+    );
+    let rows = run.execute(&mut Silent).unwrap();
+    assert_eq!(rows.len(), 2);
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(headers, ["kept", "best reward"]);
+    let dir = RunDir::open(&root).unwrap().0;
+    let kept: Vec<serde_json::Value> = dir
+        .read_jsonl(&format!("{}/train.jsonl", RunDir::round_dir(1)))
+        .unwrap();
+    let samples: Vec<serde_json::Value> = dir
+        .read_jsonl(&format!("{}/samples.jsonl", RunDir::round_dir(1)))
+        .unwrap();
+    assert_eq!(samples.len(), 32 * 3);
+    let mut prompts = std::collections::HashSet::new();
+    for k in &kept {
+        assert!(
+            prompts.insert(k["prompt"].as_str().unwrap().to_string()),
+            "one per problem"
+        );
+        assert!(samples.iter().any(|s| s["prompt"] == k["prompt"]
+            && s["completion"] == k["completion"]
+            && s["grade"] == "correct"));
+    }
+    let line = dir.metrics().unwrap().last().unwrap().clone();
+    assert_eq!(line["raft/kept"].as_f64().unwrap() as usize, kept.len());
 }

@@ -2,104 +2,18 @@
 //! then checked and resolved into a [`RunPlan`] before anything runs.
 
 use crate::controller::{AlarmAction, AlarmConfig, AlarmKind};
+use crate::recipes::{self, Recipe, Sections};
 use crate::train::LrSchedule;
 use crate::{Error, Result};
 pub use autodidact_core::ModelConfig;
 use autodidact_core::{memory, Backends, ModelSpec, SamplingParams, Task};
-use autodidact_objectives::{
-    AdvantageEstimator, DpoLoss, KlEstimator, LossAggregation, RewardScaling, SftNormalization,
-};
+use autodidact_objectives::SftNormalization;
 use autodidact_tasks::TaskConfig;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The built-in demo: expert iteration on 3-digit addition with the tiny model.
 pub const DEMO_CONFIG: &str = include_str!("../../../examples/star-addition.toml");
-
-/// Which recipe runs the rounds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Recipe {
-    /// Expert iteration: sample, keep verified-correct completions, SFT (STaR, ReST-EM).
-    Star,
-    /// Policy gradient with group-normalized advantages (`[rl]`).
-    Grpo,
-    /// Policy gradient with leave-one-out baselines (`[rl]`).
-    Rloo,
-    /// Policy gradient with a batch-mean baseline, or none (`[rl] baseline`).
-    Reinforce,
-    /// DPO on pairs of a verifier-correct (chosen) and a verifier-incorrect (rejected)
-    /// completion: the labeled upper bound of the preference recipes (`[pref]`).
-    DpoVerified,
-    /// Self-Consistency Preference Optimization: the most-voted answer's completion against
-    /// the least-voted one's, weighted by the vote margin; no labels (`[pref]`).
-    Scpo,
-    /// SPIN: the gold demonstration against the model's own generation (`[pref]`).
-    Spin,
-    /// Self-Rewarding: the model judges its own samples; best against worst by judged score
-    /// (`[pref]`, `[judge]`).
-    SelfRewarding,
-}
-
-impl Recipe {
-    pub fn name(self) -> &'static str {
-        match self {
-            Recipe::Star => "star",
-            Recipe::Grpo => "grpo",
-            Recipe::Rloo => "rloo",
-            Recipe::Reinforce => "reinforce",
-            Recipe::DpoVerified => "dpo-verified",
-            Recipe::Scpo => "scpo",
-            Recipe::Spin => "spin",
-            Recipe::SelfRewarding => "self-rewarding",
-        }
-    }
-    /// Whether the recipe trains on preference pairs (`[pref]`).
-    pub fn is_preference(self) -> bool {
-        matches!(
-            self,
-            Recipe::DpoVerified | Recipe::Scpo | Recipe::Spin | Recipe::SelfRewarding
-        )
-    }
-    /// The advantage estimator of a policy-gradient recipe (`None` for `star`).
-    pub fn estimator(self, rl: &RlConfig) -> Option<AdvantageEstimator> {
-        match self {
-            Recipe::Star
-            | Recipe::DpoVerified
-            | Recipe::Scpo
-            | Recipe::Spin
-            | Recipe::SelfRewarding => None,
-            Recipe::Grpo => Some(AdvantageEstimator::Grpo),
-            Recipe::Rloo => Some(AdvantageEstimator::Rloo),
-            Recipe::Reinforce => Some(match rl.baseline {
-                Baseline::BatchMean => AdvantageEstimator::Reinforce,
-                Baseline::None => AdvantageEstimator::Raw,
-            }),
-        }
-    }
-}
-
-/// What `reinforce` subtracts from each reward.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Baseline {
-    /// The mean reward of the step's whole batch.
-    #[default]
-    BatchMean,
-    /// Nothing: the advantage is the reward (with 0/1 rewards, expert iteration written as a
-    /// policy gradient: only correct completions get a gradient, all of them).
-    None,
-}
-
-/// Where the KL penalty goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KlMode {
-    /// A term `β·k_t` of the loss (TRL, verl's `use_kl_loss`).
-    #[default]
-    Loss,
-    /// Subtracted from each completion's reward, `r − β Σ_t k_t` (OpenRLHF, classic RLHF).
-    Reward,
-}
 
 /// Which checkpoint is the KL reference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,129 +26,14 @@ pub enum Reference {
     Previous,
 }
 
-/// Reward of a completion: `correct · verifier score + format · [an answer was parsed] −
-/// length_penalty · tokens / max_new_tokens`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RewardWeights {
-    pub correct: f32,
-    pub format: f32,
-    pub length_penalty: f32,
-}
-
-impl Default for RewardWeights {
-    fn default() -> Self {
-        Self {
-            correct: 1.0,
-            format: 0.0,
-            length_penalty: 0.0,
-        }
-    }
-}
-
-/// Online policy gradient (`[rl]`, for recipes grpo, rloo, reinforce). Defaults are TRL's
-/// `GRPOConfig` where it has the setting.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RlConfig {
-    /// Rounds after the seed stage; each ends with a checkpoint and an evaluation.
-    pub rounds: u32,
-    /// Rollout steps per round.
-    pub steps_per_round: u32,
-    /// Unlabeled training problems the prompts are drawn from.
-    pub problems: usize,
-    /// Prompts per rollout step.
-    pub prompts_per_step: usize,
-    /// Completions per prompt (G, TRL's `num_generations`).
-    pub group_size: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    /// Optimizer steps per rollout batch (μ), with the sampling log-probs as the old policy.
-    pub num_iterations: u32,
-    /// Optimizer steps per pass over a rollout batch: the batch is shuffled and split into this
-    /// many minibatches (TRL's `steps_per_generation`); 1 is one step on the whole batch.
-    pub minibatches: u32,
-    /// Sequences per forward/backward pass (memory only; it does not change the update).
-    pub micro_batch_size: usize,
-    pub lr: f32,
-    /// Linear warm-up updates at the start of the run.
-    pub warmup_steps: u64,
-    /// Cosine decay of the learning rate over the run's updates down to `min_lr_ratio · lr`
-    /// (1: constant).
-    pub min_lr_ratio: f32,
-    pub weight_decay: f32,
-    pub max_grad_norm: f32,
-    /// GRPO's std division: group, batch or none (`grpo` only).
-    pub scale_rewards: RewardScaling,
-    /// REINFORCE's baseline: batch_mean or none (`reinforce` only).
-    pub baseline: Baseline,
-    /// Lower clip range ε_low of the ratio.
-    pub epsilon_low: f32,
-    /// Upper clip range ε_high (DAPO's clip-higher when above ε_low).
-    pub epsilon_high: f32,
-    pub loss_aggregation: LossAggregation,
-    /// KL coefficient β; 0 loads no reference model.
-    pub beta: f32,
-    pub kl_estimator: KlEstimator,
-    pub kl_mode: KlMode,
-    pub reference: Reference,
-    /// Entropy bonus coefficient.
-    pub entropy_coef: f32,
-    /// Weight of an NLL term on every verifier-correct completion of the rollout (token mean
-    /// per minibatch), zero-spread groups included: an anchor on already-solved problems,
-    /// which group-centred advantages ignore (like PPO-ptx's pretraining term or IRPO's NLL).
-    /// 0: pure policy gradient.
-    pub sft_coef: f32,
-    /// Continue AdamW (moments and step count, saved with each round's checkpoint) from one
-    /// RL round to the next, as a single TRL run does; false restarts it every round.
-    pub keep_optimizer: bool,
-    /// Leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling,
-    /// without resampling).
-    pub drop_zero_std: bool,
-    pub rewards: RewardWeights,
-}
-
-impl Default for RlConfig {
-    fn default() -> Self {
-        Self {
-            rounds: 10,
-            steps_per_round: 10,
-            problems: 2000,
-            prompts_per_step: 32,
-            group_size: 8,
-            temperature: 1.0,
-            top_p: 1.0,
-            num_iterations: 1,
-            minibatches: 1,
-            micro_batch_size: 256,
-            lr: 1e-3,
-            warmup_steps: 0,
-            min_lr_ratio: 1.0,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            scale_rewards: RewardScaling::Group,
-            baseline: Baseline::BatchMean,
-            epsilon_low: 0.2,
-            epsilon_high: 0.2,
-            loss_aggregation: LossAggregation::Token,
-            beta: 0.0,
-            kl_estimator: KlEstimator::K3,
-            kl_mode: KlMode::Loss,
-            reference: Reference::Seed,
-            entropy_coef: 0.0,
-            sft_coef: 0.0,
-            keep_optimizer: true,
-            drop_zero_std: false,
-            rewards: RewardWeights::default(),
-        }
-    }
-}
-
-/// A run's whole configuration (the file `config.toml` of a run directory).
+/// A run's whole configuration (the file `config.toml` of a run directory): the sections every
+/// run has, and the recipe sections (`[star]`, `[rl]`, ...), which their recipe families in
+/// [`crate::recipes`] own and resolve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub recipe: Recipe,
+    /// The recipe that runs the rounds (one of the recipes of [`crate::recipes::FAMILIES`]).
+    pub recipe: String,
     /// Seeds every random choice of the run (initial weights, problem draws, samples, batches).
     #[serde(default)]
     pub seed: u64,
@@ -244,19 +43,25 @@ pub struct RunConfig {
     #[serde(default)]
     pub seed_stage: SeedStageConfig,
     #[serde(default)]
-    pub star: StarConfig,
-    #[serde(default)]
-    pub rl: RlConfig,
-    #[serde(default)]
-    pub pref: PrefConfig,
-    #[serde(default)]
-    pub judge: JudgeConfig,
-    #[serde(default)]
     pub eval: EvalConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// The recipe sections of the file, and every section of the run's recipe, resolved by
+    /// their families (every default filled in).
+    #[serde(skip)]
+    pub sections: Sections,
+}
+
+/// Where each round's training starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartFrom {
+    /// From M0 every round (ReST-EM, the original STaR).
+    Seed,
+    /// From the previous round's model.
+    Previous,
 }
 
 /// How a stage trains: optimizer, schedule, batches (`[seed_stage.train]`, `[star.train]`).
@@ -318,146 +123,6 @@ impl Default for SeedStageConfig {
             labeled: 64,
             eval_every: 0,
             train: TrainConfig::default(),
-        }
-    }
-}
-
-/// Where each round's training starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartFrom {
-    /// From M0 every round (ReST-EM, the original STaR).
-    Seed,
-    /// From the previous round's model.
-    Previous,
-}
-
-/// Expert iteration (`[star]`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StarConfig {
-    /// Self-training rounds after the seed stage (0: seed stage only).
-    pub rounds: u32,
-    /// Unlabeled training problems sampled every round.
-    pub problems: usize,
-    /// Completions sampled per problem (k).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    /// Keep at most this many distinct correct completions per problem; 0 keeps all.
-    pub max_per_problem: usize,
-    /// For problems with no correct sample, sample again with the answer as a hint and keep
-    /// one correct trace (trained without the hint).
-    pub rationalize: bool,
-    pub restart_from: RestartFrom,
-    pub train: TrainConfig,
-}
-
-impl Default for StarConfig {
-    fn default() -> Self {
-        Self {
-            rounds: 3,
-            problems: 1000,
-            samples: 4,
-            temperature: 1.0,
-            top_p: 1.0,
-            max_per_problem: 0,
-            rationalize: false,
-            restart_from: RestartFrom::Previous,
-            train: TrainConfig::default(),
-        }
-    }
-}
-
-/// Preference-optimization rounds (`[pref]`): recipes `dpo-verified`, `scpo`, `spin`,
-/// `self-rewarding`. Each round samples `samples` completions per problem with the previous
-/// round's model, builds pairs, and trains the DPO-family loss against the reference.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrefConfig {
-    pub rounds: u32,
-    /// Training problems sampled every round (unlabeled, except for `spin`, which pairs each
-    /// with its gold demonstration).
-    pub problems: usize,
-    /// Completions sampled per problem (k; the voters of `scpo`).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    /// Most pairs built from one problem's group.
-    pub pairs_per_problem: usize,
-    /// `scpo`: keep a pair only when its chosen answer has at least this share of the votes.
-    pub min_vote_share: f32,
-    /// `scpo`: weight each pair by its vote margin (V⁺ − V⁻)/k (ScPO's weighted loss).
-    pub weight_by_margin: bool,
-    /// `self-rewarding`: pair best and worst only when their judged scores differ by at least
-    /// this much.
-    pub judge_margin: f32,
-    pub loss: DpoLoss,
-    /// β of the DPO-family loss.
-    pub beta: f32,
-    /// ε of `sigmoid` (cDPO) and `robust`.
-    pub label_smoothing: f32,
-    /// Weight α of an NLL term on the chosen completions (token mean over the batch), added
-    /// to the pairwise loss: Iterative RPO's and ScPO's loss; TRL's `loss_type = [<loss>,
-    /// "sft"]` with `loss_weights = [1, α]`. 0: the pairwise loss alone.
-    pub sft_coef: f32,
-    /// The reference model: M0 or the previous round's (iterative DPO).
-    pub reference: Reference,
-    /// Optimizer and schedule; `batch_size` counts pairs.
-    pub train: TrainConfig,
-}
-
-impl Default for PrefConfig {
-    fn default() -> Self {
-        Self {
-            rounds: 3,
-            problems: 1000,
-            samples: 8,
-            temperature: 1.0,
-            top_p: 1.0,
-            pairs_per_problem: 1,
-            min_vote_share: 0.0,
-            weight_by_margin: true,
-            judge_margin: 0.5,
-            loss: DpoLoss::Sigmoid,
-            beta: 0.1,
-            label_smoothing: 0.0,
-            sft_coef: 0.0,
-            reference: Reference::Previous,
-            train: TrainConfig {
-                lr: 1e-4,
-                ..TrainConfig::default()
-            },
-        }
-    }
-}
-
-/// The self-judge (`[judge]`, recipe `self-rewarding`): the policy reads
-/// `?<prompt><completion>>` and its probability of `Y` against `N` is the score.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JudgeConfig {
-    /// Judge examples per labeled problem in the seed stage: its gold solution (`Y`) and
-    /// this many corrupted copies, labeled by the verifier.
-    pub seed_negatives: usize,
-    /// Every round, the judge also trains (SFT, mixed into each DPO step) on the current
-    /// model's own samples of the labeled problems, labeled by the verifier.
-    pub samples_per_labeled: usize,
-    /// Weight of the judge SFT loss beside the DPO loss.
-    pub coef: f32,
-    /// A diagnostic that injects a known bias: the reward becomes
-    /// `(1 − w)·judged score + w·length/max_length`, so longer completions win pairs whatever
-    /// their correctness (0: off). For testing the proxy–gold alarms, not for training.
-    pub length_weight: f32,
-}
-
-impl Default for JudgeConfig {
-    fn default() -> Self {
-        Self {
-            seed_negatives: 2,
-            samples_per_labeled: 4,
-            coef: 1.0,
-            length_weight: 0.0,
         }
     }
 }
@@ -546,7 +211,8 @@ impl Default for EvalConfig {
 }
 
 impl RunConfig {
-    /// Parses TOML `text` (from `origin`, for messages) and applies `key=value` overrides.
+    /// Parses TOML `text` (from `origin`, for messages) and applies `key=value` overrides; the
+    /// recipe sections are resolved by the families that own them.
     pub fn parse(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
         let mut table: toml::Table = text
             .parse()
@@ -554,8 +220,14 @@ impl RunConfig {
         for set in sets {
             apply_set(&mut table, set)?;
         }
+        let mut sections = Sections::new();
+        for name in recipes::all_sections() {
+            if let Some(value) = table.remove(name) {
+                sections.insert(name.to_string(), value);
+            }
+        }
         let de = toml::Value::Table(table);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let key = if path == "." {
                 origin.to_string()
@@ -563,25 +235,40 @@ impl RunConfig {
                 path
             };
             Error::config(key, one_line(&e.inner().to_string()))
-        })
-    }
-
-    /// Rounds after the seed stage, from the recipe's section.
-    pub fn rounds(&self) -> u32 {
-        match self.recipe {
-            Recipe::Star => self.star.rounds,
-            r if r.is_preference() => self.pref.rounds,
-            _ => self.rl.rounds,
+        })?;
+        let family = recipes::family_of(&config.recipe)?;
+        for name in family.sections() {
+            sections
+                .entry(name.to_string())
+                .or_insert(toml::Value::Table(Default::default()));
         }
+        for (name, value) in sections.iter_mut() {
+            let owner = recipes::owner_of(name).expect("only owned sections are taken");
+            *value = owner.resolve(name, Some(value.clone()))?;
+        }
+        config.sections = sections;
+        Ok(config)
     }
 
     /// The configuration as TOML, every default filled in.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a RunConfig always serializes")
+        let mut table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => unreachable!("a RunConfig serializes to a table"),
+        };
+        for (name, value) in &self.sections {
+            table.insert(name.clone(), value.clone());
+        }
+        toml::to_string_pretty(&table).expect("a RunConfig always serializes")
+    }
+
+    /// The run's recipe, built from its resolved sections.
+    pub fn recipe(&self) -> Result<Arc<dyn Recipe>> {
+        recipes::family_of(&self.recipe)?.build(&self.recipe, &self.sections)
     }
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -621,6 +308,8 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
 /// A checked configuration and what it builds.
 pub struct RunPlan {
     pub config: RunConfig,
+    /// The recipe that runs the rounds, with its settings.
+    pub recipe: Arc<dyn Recipe>,
     pub task: Box<dyn Task>,
     /// The policy's model, from `[model]` through the backend factory.
     pub model: Box<dyn ModelSpec>,
@@ -628,7 +317,7 @@ pub struct RunPlan {
     pub max_new_tokens: usize,
 }
 
-fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
+pub(crate) fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
     match (t.steps, t.epochs) {
         (Some(_), Some(_)) => {
             return Err(Error::config(
@@ -655,7 +344,7 @@ fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
 }
 
 /// Learning rate, decay floor, weight decay and clipping of a training section `key`.
-fn check_optimizer(
+pub(crate) fn check_optimizer(
     key: &str,
     lr: f32,
     min_lr_ratio: f32,
@@ -678,7 +367,7 @@ fn check_optimizer(
 }
 
 /// Fails unless `v` is a finite number ≥ 0; `note` says what 0 means, if anything.
-fn non_negative(key: impl Into<String>, v: f32, note: &str) -> Result<()> {
+pub(crate) fn non_negative(key: impl Into<String>, v: f32, note: &str) -> Result<()> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
@@ -689,79 +378,11 @@ fn non_negative(key: impl Into<String>, v: f32, note: &str) -> Result<()> {
     }
 }
 
-fn check_rl(recipe: Recipe, r: &RlConfig) -> Result<()> {
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
-            Err(Error::config(format!("rl.{key}"), "must be at least 1"))
-        } else {
-            Ok(())
-        }
-    };
-    positive("steps_per_round", r.steps_per_round as usize)?;
-    positive("problems", r.problems)?;
-    positive("prompts_per_step", r.prompts_per_step)?;
-    positive("num_iterations", r.num_iterations as usize)?;
-    positive("minibatches", r.minibatches as usize)?;
-    positive("micro_batch_size", r.micro_batch_size)?;
-    let group_method = matches!(recipe, Recipe::Grpo | Recipe::Rloo);
-    if group_method && r.group_size < 2 {
-        return Err(Error::config(
-            "rl.group_size",
-            format!(
-                "{} is too small: {} compares completions within a group, so it needs at least 2",
-                r.group_size,
-                recipe.name()
-            ),
-        ));
-    }
-    positive("group_size", r.group_size)?;
-    if recipe != Recipe::Reinforce && r.baseline != Baseline::BatchMean {
-        return Err(Error::config(
-            "rl.baseline",
-            format!(
-                "applies to the reinforce recipe only; {} uses its own group baseline (remove the key)",
-                recipe.name()
-            ),
-        ));
-    }
-    check_temperature("rl.temperature", r.temperature)?;
-    check_top_p("rl.top_p", r.top_p)?;
-    for (key, e) in [
-        ("epsilon_low", r.epsilon_low),
-        ("epsilon_high", r.epsilon_high),
-    ] {
-        if !(e > 0.0 && e < 1.0) {
-            return Err(Error::config(
-                format!("rl.{key}"),
-                format!("{e} must be in (0, 1)"),
-            ));
-        }
-    }
-    non_negative("rl.beta", r.beta, " (0 disables the KL term)")?;
-    non_negative("rl.entropy_coef", r.entropy_coef, "")?;
-    non_negative("rl.sft_coef", r.sft_coef, " (0: no NLL term)")?;
-    check_optimizer("rl", r.lr, r.min_lr_ratio, r.weight_decay, r.max_grad_norm)?;
-    let w = &r.rewards;
-    for (key, v) in [
-        ("correct", w.correct),
-        ("format", w.format),
-        ("length_penalty", w.length_penalty),
-    ] {
-        if !v.is_finite() {
-            return Err(Error::config(
-                format!("rl.rewards.{key}"),
-                format!("{v} must be a finite number"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_temperature(key: &str, t: f32) -> Result<()> {
+pub(crate) fn check_temperature(key: &str, t: f32) -> Result<()> {
     non_negative(key, t, " (0 is greedy)")
 }
 
-fn check_top_p(key: &str, p: f32) -> Result<()> {
+pub(crate) fn check_top_p(key: &str, p: f32) -> Result<()> {
     if p > 0.0 && p <= 1.0 {
         Ok(())
     } else {
@@ -769,7 +390,7 @@ fn check_top_p(key: &str, p: f32) -> Result<()> {
     }
 }
 
-fn check_fraction(key: &str, v: f32) -> Result<()> {
+pub(crate) fn check_fraction(key: &str, v: f32) -> Result<()> {
     if (0.0..=1.0).contains(&v) {
         Ok(())
     } else {
@@ -777,81 +398,33 @@ fn check_fraction(key: &str, v: f32) -> Result<()> {
     }
 }
 
-fn check_pref(recipe: Recipe, p: &PrefConfig) -> Result<()> {
-    if p.problems == 0 {
-        return Err(Error::config("pref.problems", "must be at least 1"));
-    }
-    let least = if recipe == Recipe::Spin { 1 } else { 2 };
-    if p.samples < least {
-        return Err(Error::config(
-            "pref.samples",
-            format!(
-                "{} is too small: {} pairs completions of one group, so it needs at least {least}",
-                p.samples,
-                recipe.name()
-            ),
-        ));
-    }
-    if p.pairs_per_problem == 0 {
-        return Err(Error::config(
-            "pref.pairs_per_problem",
-            "must be at least 1",
-        ));
-    }
-    check_temperature("pref.temperature", p.temperature)?;
-    check_top_p("pref.top_p", p.top_p)?;
-    check_fraction("pref.min_vote_share", p.min_vote_share)?;
-    check_fraction("pref.judge_margin", p.judge_margin)?;
-    if !(p.beta.is_finite() && p.beta > 0.0) {
-        return Err(Error::config(
-            "pref.beta",
-            format!("{} must be a finite number > 0", p.beta),
-        ));
-    }
-    if !(0.0..0.5).contains(&p.label_smoothing) {
-        return Err(Error::config(
-            "pref.label_smoothing",
-            format!("{} must be in [0, 0.5)", p.label_smoothing),
-        ));
-    }
-    non_negative("pref.sft_coef", p.sft_coef, " (0: no NLL term)")?;
-    check_train("pref.train", &p.train)
-}
-
 impl RunConfig {
-    /// Checks every setting and builds the task and, through `backends`, the model.
+    /// Checks every setting and builds the recipe, the task and, through `backends`, the model.
     pub fn plan(&self, backends: &Backends) -> Result<RunPlan> {
+        let recipe = self.recipe()?;
         let task = self.task.build().map_err(core_to_config)?;
         let mut alphabet = task.alphabet();
-        if self.recipe == Recipe::SelfRewarding {
-            // The judge format's characters join the vocabulary (M0 learns to judge).
-            for c in crate::judge::JUDGE_CHARS.chars() {
-                if alphabet.contains(c) {
-                    return Err(Error::config(
-                        "recipe",
-                        format!(
-                            "self-rewarding's judge format uses {c:?}, which the task {} already uses",
-                            task.name()
-                        ),
-                    ));
-                }
-                alphabet.push(c);
+        // A recipe's own format (the judge's) joins the vocabulary (M0 learns it).
+        for c in recipe.extra_alphabet().chars() {
+            if alphabet.contains(c) {
+                return Err(Error::config(
+                    "recipe",
+                    format!(
+                        "{}'s format uses {c:?}, which the task {} already uses",
+                        recipe.name(),
+                        task.name()
+                    ),
+                ));
             }
+            alphabet.push(c);
         }
         let model = backends
             .plan(&self.model, &alphabet)
             .map_err(core_to_config)?;
         let (max_prompt, max_solution) = task.max_chars();
-        // <bos> prompt solution <eos>, of which the model reads all but the last token; a judge
-        // sequence adds its markers and verdict.
-        let needed = max_prompt
-            + max_solution
-            + 1
-            + if self.recipe == Recipe::SelfRewarding {
-                crate::judge::EXTRA_TOKENS
-            } else {
-                0
-            };
+        // <bos> prompt solution <eos>, of which the model reads all but the last token; a
+        // recipe's own sequences (a judge's) add their markers.
+        let needed = max_prompt + max_solution + 1 + recipe.extra_tokens();
         if model.context_length() < needed {
             return Err(Error::config(
                 "model.context_length",
@@ -867,26 +440,6 @@ impl RunConfig {
             return Err(Error::config("seed_stage.labeled", "must be at least 1"));
         }
         check_train("seed_stage.train", &s.train)?;
-        let st = &self.star;
-        if self.recipe == Recipe::Star && st.problems == 0 {
-            return Err(Error::config("star.problems", "must be at least 1"));
-        }
-        if st.samples == 0 {
-            return Err(Error::config("star.samples", "k must be at least 1"));
-        }
-        check_temperature("star.temperature", st.temperature)?;
-        check_top_p("star.top_p", st.top_p)?;
-        check_train("star.train", &st.train)?;
-        if self.recipe.estimator(&self.rl).is_some() {
-            check_rl(self.recipe, &self.rl)?;
-        }
-        if self.recipe.is_preference() {
-            check_pref(self.recipe, &self.pref)?;
-        }
-        if self.recipe == Recipe::SelfRewarding {
-            non_negative("judge.coef", self.judge.coef, "")?;
-            check_fraction("judge.length_weight", self.judge.length_weight)?;
-        }
         let e = &self.eval;
         if e.problems == 0 {
             return Err(Error::config("eval.problems", "must be at least 1"));
@@ -908,25 +461,14 @@ impl RunConfig {
             return Err(Error::config("monitor.n_star", "must be at least 1"));
         }
         let ctl = &self.controller;
-        if ctl.balance {
-            if self.recipe != Recipe::Star {
-                return Err(Error::config(
-                    "controller.balance",
-                    format!(
-                        "B-STaR balancing steers the star recipe's sampling, not {}",
-                        self.recipe.name()
-                    ),
-                ));
-            }
-            if ctl.temperatures.is_empty() || ctl.probe_problems == 0 {
-                return Err(Error::config(
-                    "controller.balance",
-                    "needs at least one temperature and one probe problem",
-                ));
-            }
-            for (i, &t) in ctl.temperatures.iter().enumerate() {
-                check_temperature(&format!("controller.temperatures[{i}]"), t)?;
-            }
+        if ctl.balance && !recipe.balances() {
+            return Err(Error::config(
+                "controller.balance",
+                format!(
+                    "B-STaR balancing steers the star recipe's sampling, not {}",
+                    recipe.name()
+                ),
+            ));
         }
         for (i, a) in ctl.alarms.iter().enumerate() {
             if !a.threshold.is_finite() {
@@ -936,121 +478,90 @@ impl RunConfig {
                 ));
             }
         }
-        self.check_memory(&*model, max_solution + 1)?;
-        Ok(RunPlan {
-            config: self.clone(),
-            task,
-            model,
-            max_new_tokens: max_solution + 1,
-        })
-    }
-
-    /// Refuses settings whose memory would not fit this machine (see
-    /// `autodidact_core::memory`): the completions a round holds, and the activations of the
-    /// largest batch a training pass runs, each with the weights, gradients and optimizer
-    /// state of the policy and a reference model. Sampling itself runs in bounded chunks.
-    fn check_memory(&self, model: &dyn ModelSpec, max_new_tokens: usize) -> Result<()> {
-        let available = memory::available()?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // Policy and reference model, and the sampler's workspace (bounded by chunking).
-        let state = 2 * model.state_bytes(threads) + model.sample_workspace_bytes();
-        let fits = |key: &str, need: u64, what: &str| {
-            memory::check_fits(key, state.saturating_add(need), what, available)
-                .map_err(core_to_config)
-        };
-        let ctx = model.context_length();
-        let batch = |key: &str, rows: usize| {
-            fits(
-                key,
-                model.train_activation_bytes(rows, ctx),
-                &format!("the activations of a training pass over {rows} sequences"),
-            )
-        };
-        let held = |count_key: &str, count: usize, per_key: &str, per: u64| {
-            check_completions(
-                count_key,
-                count,
-                per_key,
-                per,
-                max_new_tokens,
-                state,
-                available,
-            )
-            .map_err(core_to_config)
-        };
-        // A batch never holds more examples than its stage has: the labeled set (with hinted
-        // copies and judge examples), or the completions a round can keep.
-        let labeled = self
-            .seed_stage
-            .labeled
-            .saturating_mul(2 + self.judge.seed_negatives);
-        // Scoring passes (drift on held-out samples, reference log-probs, the self-judge) run
-        // in fixed chunks of rows: only the model's shape makes them large.
-        let scoring_rows = if self.recipe == Recipe::SelfRewarding {
-            512
-        } else {
-            256
-        };
+        let max_new_tokens = max_solution + 1;
+        let budget = Budget::new(&*model, max_new_tokens)?;
+        // Scoring passes (drift on held-out samples, reference log-probs, a judge) run in
+        // fixed chunks of rows: only the model's shape makes them large.
+        let rows = recipe.scoring_rows();
         memory::check_fits_or(
             "model",
-            state.saturating_add(model.train_activation_bytes(scoring_rows, ctx)),
-            &format!("the activations of a scoring pass over {scoring_rows} sequences with this model's shape"),
-            available,
+            budget.state.saturating_add(model.train_activation_bytes(rows, model.context_length())),
+            &format!("the activations of a scoring pass over {rows} sequences with this model's shape"),
+            budget.available,
             "choose a smaller model (model.preset, hidden_size, num_layers, intermediate_size or context_length)",
         )
         .map_err(core_to_config)?;
-        batch(
+        // A batch never holds more examples than its stage has: the labeled set with what
+        // the recipe adds to it.
+        let labeled = s.labeled.saturating_mul(recipe.seed_examples_per_labeled());
+        budget.batch(
             "seed_stage.train.batch_size",
-            self.seed_stage.train.batch_size.min(labeled),
+            s.train.batch_size.min(labeled),
         )?;
-        match self.recipe {
-            Recipe::Star => {
-                let st = &self.star;
-                // Rationalization samples unsolved problems a second time.
-                let copies = if st.rationalize { 2 } else { 1 };
-                let kept = st
-                    .problems
-                    .saturating_mul(st.samples)
-                    .saturating_mul(copies as usize);
-                batch("star.train.batch_size", st.train.batch_size.min(kept))?;
-                held(
-                    "star.problems",
-                    st.problems,
-                    "star.samples",
-                    copies * st.samples as u64,
-                )?;
-            }
-            r if r.is_preference() => {
-                let p = &self.pref;
-                let pairs = p.problems.saturating_mul(p.pairs_per_problem);
-                batch("pref.train.batch_size", 2 * p.train.batch_size.min(pairs))?;
-                held(
-                    "pref.problems",
-                    p.problems,
-                    "pref.samples",
-                    p.samples as u64,
-                )?;
-            }
-            _ => {
-                let r = &self.rl;
-                batch("rl.micro_batch_size", r.micro_batch_size)?;
-                let step = r.prompts_per_step.saturating_mul(r.group_size);
-                batch("rl.prompts_per_step", step)?;
-                held(
-                    "rl.prompts_per_step",
-                    step,
-                    "rl.steps_per_round",
-                    r.steps_per_round as u64,
-                )?;
-            }
-        }
-        let e = &self.eval;
-        held(
+        recipe.check(self, &*task, &budget)?;
+        budget.held(
             "eval.problems",
             e.problems,
             "eval.samples",
             e.samples as u64,
+        )?;
+        Ok(RunPlan {
+            config: self.clone(),
+            recipe,
+            task,
+            model,
+            max_new_tokens,
+        })
+    }
+}
+
+/// The memory a run may use (see `autodidact_core::memory`), for the checks of its plan: the
+/// weights, gradients and optimizer state of the policy and a reference model, and the
+/// sampler's workspace, are always held; a check adds what one stage holds on top.
+pub struct Budget<'a> {
+    model: &'a dyn ModelSpec,
+    max_new_tokens: usize,
+    state: u64,
+    available: Option<u64>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(model: &'a dyn ModelSpec, max_new_tokens: usize) -> Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            model,
+            max_new_tokens,
+            state: 2 * model.state_bytes(threads) + model.sample_workspace_bytes(),
+            available: memory::available()?,
+        })
+    }
+
+    /// Refuses a training pass over `rows` sequences (set by `key`) that would not fit.
+    pub fn batch(&self, key: &str, rows: usize) -> Result<()> {
+        let need = self
+            .model
+            .train_activation_bytes(rows, self.model.context_length());
+        memory::check_fits(
+            key,
+            self.state.saturating_add(need),
+            &format!("the activations of a training pass over {rows} sequences"),
+            self.available,
         )
+        .map_err(core_to_config)
+    }
+
+    /// Refuses holding `count` items of `per` completions each (see [`check_completions`]).
+    pub fn held(&self, count_key: &str, count: usize, per_key: &str, per: u64) -> Result<()> {
+        check_completions(
+            count_key,
+            count,
+            per_key,
+            per,
+            self.max_new_tokens,
+            self.state,
+            self.available,
+        )
+        .map_err(core_to_config)
     }
 }
 
@@ -1178,8 +689,9 @@ mod tests {
             "eval.temperature=0.5",
         ])
         .unwrap();
-        assert_eq!(plan.config.star.samples, 2);
-        assert_eq!(plan.config.star.restart_from, RestartFrom::Seed);
+        let star = &plan.config.sections["star"];
+        assert_eq!(star["samples"].as_integer(), Some(2));
+        assert_eq!(star["restart_from"].as_str(), Some("seed"));
         assert_eq!(plan.config.eval.temperature, 0.5);
     }
 

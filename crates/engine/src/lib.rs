@@ -2,12 +2,14 @@
 //! evaluation and the run directory.
 //!
 //! A run is a fixed sequence of stages ([`run::stages`]): the seed stage trains M0 on a
-//! small labeled set; each round then samples completions of unlabeled problems and learns
-//! from them — keeping what the verifier accepts and fine-tuning ([`star`]), taking
-//! policy-gradient steps on verifier rewards ([`rl`]), or building preference pairs from the
-//! verifier, a vote, the model's own judgment or demonstrations and training the DPO family
-//! ([`pairs`], [`judge`], [`pref`]) — and evaluates on the held-out split. Every stage writes
-//! its outputs to the run directory ([`store`]) before the journal records it.
+//! small labeled set; each round then runs the stages of its recipe ([`recipes`]), which
+//! sample completions of unlabeled problems and learn from them — keeping what the verifier
+//! accepts and fine-tuning (`recipes::star`), taking policy-gradient steps on verifier rewards
+//! (`recipes::pg`), or building preference pairs from the verifier, a vote, the model's own
+//! judgment or demonstrations and training the DPO family (`recipes::pref`, with [`pairs`]
+//! and [`judge`]) — and evaluates on the held-out split. Every stage writes its outputs to
+//! the run directory ([`store`]) before the journal records it. The engine knows no model:
+//! it plans and loads policies through the backend factory (`autodidact_core::Backends`).
 
 pub mod config;
 pub mod controller;
@@ -16,13 +18,11 @@ pub mod eval;
 pub mod judge;
 pub mod monitor;
 pub mod pairs;
-pub mod pref;
 pub mod progress;
+pub mod recipes;
 pub mod report;
-pub mod rl;
 pub mod run;
 pub mod sampling;
-pub mod star;
 pub mod store;
 #[cfg(test)]
 mod testutil;

@@ -6,31 +6,27 @@
 //! ends with the same numbers as an uninterrupted one.
 //!
 //! This module holds the run itself (creation, resumption, the stage loop, the lineage
-//! helpers and the seed stage); the stages of each recipe family are `impl Run` blocks in
-//! `star.rs` (sample / train), `pref.rs` (pairs / DPO), `rl.rs` and `eval.rs` (evaluation,
-//! drift and the controller's decision).
+//! helpers the recipes use, and the seed stage); the recipe's round stages live in
+//! [`crate::recipes`], and `run/eval_stage.rs` holds the evaluation that ends every round
+//! (with drift and the controller's decision).
 
-use crate::config::{Recipe, Reference, RestartFrom, RunConfig, RunPlan};
+use crate::config::{RunConfig, RunPlan, TrainConfig};
 use crate::controller::{alarm_value, decide, AlarmKind, Decision};
 use crate::eval::{
     evaluate_with_samples, first_accuracy, greedy_groups, held_out_problems, problem_seed,
     EvalReport, EvalSettings,
 };
-use crate::judge::{judge_scores, round_judge_examples, seed_judge_examples, JudgeStats};
-use crate::monitor::{balance_score, mean_kl, round_monitors};
-use crate::pairs::{truth_metrics, vote_metrics, Pair};
-use crate::pref::{build_pairs, fit_dpo, reference_logps};
+use crate::monitor::mean_kl;
 use crate::progress::{Observer, Silent};
-use crate::rl::{rl_round, RlContext};
-use crate::sampling::{derive_seed, sample_groups, sample_prompts};
-use crate::star::{curate, kept_mask, rationalized, Counts};
+use crate::recipes::{Column, Recipe};
+use crate::sampling::{derive_seed, sample_groups};
 use crate::store::{
     sha256_bytes, sha256_file, sha256_prefix, Finding, JournalEntry, RunDir, RunInfo, RunLock,
     RunStatus, CONFIG_FILE, METRICS_FILE, RUN_FILE, RUN_FORMAT_VERSION,
 };
 use crate::train::{fit_sft, steps_for, TrainStats};
 use crate::{Error, Result};
-use autodidact_core::{Backends, Example, Group, Problem, Split, TrainablePolicy};
+use autodidact_core::{Backends, Example, Group, Problem, SamplingParams, Split, TrainablePolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -38,22 +34,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-mod eval;
-mod pref;
-mod rl;
-mod star;
+mod eval_stage;
 
 /// One stage of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// Supervised warm start of M0 (round 0).
     Seed,
-    /// Sample, verify and curate (round ≥ 1).
-    Sample(u32),
-    /// Fine-tune on the curated set (round ≥ 1).
-    Train(u32),
-    /// Policy-gradient steps on fresh rollouts (round ≥ 1, recipes grpo / rloo / reinforce).
-    Rl(u32),
+    /// A stage of the recipe's round (round ≥ 1): `sample`, `train`, `rl`, ...
+    Round(&'static str, u32),
     /// Evaluate the round's model on the held-out split.
     Eval(u32),
 }
@@ -62,32 +51,29 @@ impl Stage {
     pub fn name(&self) -> &'static str {
         match self {
             Stage::Seed => "seed",
-            Stage::Sample(_) => "sample",
-            Stage::Train(_) => "train",
-            Stage::Rl(_) => "rl",
+            Stage::Round(name, _) => name,
             Stage::Eval(_) => "eval",
         }
     }
     pub fn round(&self) -> u32 {
         match *self {
             Stage::Seed => 0,
-            Stage::Sample(r) | Stage::Train(r) | Stage::Rl(r) | Stage::Eval(r) => r,
+            Stage::Round(_, r) | Stage::Eval(r) => r,
         }
     }
 }
 
-/// Every stage of a run of `recipe` with `rounds` rounds, in order.
-pub fn stages(recipe: Recipe, rounds: u32) -> Vec<Stage> {
+/// Every stage of a run of `recipe`, in order.
+pub fn stages(recipe: &dyn Recipe) -> Vec<Stage> {
     let mut s = vec![Stage::Seed, Stage::Eval(0)];
-    for round in 1..=rounds {
-        match recipe {
-            r if r == Recipe::Star || r.is_preference() => s.extend([
-                Stage::Sample(round),
-                Stage::Train(round),
-                Stage::Eval(round),
-            ]),
-            _ => s.extend([Stage::Rl(round), Stage::Eval(round)]),
-        }
+    for round in 1..=recipe.rounds() {
+        s.extend(
+            recipe
+                .round_stages()
+                .iter()
+                .map(|&name| Stage::Round(name, round)),
+        );
+        s.push(Stage::Eval(round));
     }
     s
 }
@@ -106,8 +92,9 @@ pub struct Manifest {
     pub init_checkpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<Value>,
+    /// What the round's curation counted (recipe-specific).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counts: Option<Counts>,
+    pub counts: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainStats>,
     /// Round metrics of the training stage (policy-gradient recipes).
@@ -130,7 +117,7 @@ pub struct Manifest {
 
 /// A line of `samples.jsonl`.
 #[derive(Serialize, Deserialize)]
-struct SampleRecord<'a> {
+pub(crate) struct SampleRecord<'a> {
     problem_id: &'a str,
     prompt: &'a str,
     completion: &'a str,
@@ -144,18 +131,18 @@ struct SampleRecord<'a> {
 }
 
 /// The problems of a run, drawn from the task by the run seed.
-struct Problems {
-    labeled: Vec<Problem>,
-    unlabeled: Vec<Problem>,
-    eval: Vec<Problem>,
+pub(crate) struct Problems {
+    pub(crate) labeled: Vec<Problem>,
+    pub(crate) unlabeled: Vec<Problem>,
+    pub(crate) eval: Vec<Problem>,
 }
 
 /// A run in progress. It holds the run directory's lock for as long as it lives.
 pub struct Run {
-    dir: RunDir,
+    pub(crate) dir: RunDir,
     info: RunInfo,
-    plan: RunPlan,
-    problems: Problems,
+    pub(crate) plan: RunPlan,
+    pub(crate) problems: Problems,
     /// What `resume --force` accepted, until a stage's manifest records it.
     forced: Vec<Finding>,
     _lock: RunLock,
@@ -168,15 +155,8 @@ pub struct RoundRow {
     pub pass_at_1: f64,
     pub pass_at_k: f64,
     pub maj_at_k: f64,
-    pub kept: Option<u64>,
-    pub distinct: Option<u64>,
-    /// Mean training reward of the round (policy-gradient recipes).
-    pub reward: Option<f64>,
-    /// Preference pairs built, and the gold accuracy of their chosen side (preference recipes).
-    pub pairs: Option<u64>,
-    pub chosen_correct: Option<f64>,
-    /// The self-judge's accuracy against the verifier (`self-rewarding`).
-    pub judge_accuracy: Option<f64>,
+    /// The recipe's columns ([`Run::columns`]): the rendered value, if the round has one.
+    pub extra: Vec<Option<String>>,
 }
 
 impl Run {
@@ -329,7 +309,8 @@ impl Run {
 
     /// The stage loop of [`Run::execute`], stopping once `limit` stages are journaled.
     fn run_stages(&mut self, limit: usize, obs: &mut dyn Observer) -> Result<RunStatus> {
-        let all = stages(self.plan.config.recipe, self.plan.config.rounds());
+        let recipe = self.plan.recipe.clone();
+        let all = stages(&*recipe);
         let done = self.dir.journal()?;
         if done.len() > all.len() {
             return Err(Error::run(
@@ -363,7 +344,7 @@ impl Run {
         for &stage in &all[done.len()..end] {
             // A round starts only if the controller did not stop the run after the last one
             // (checked here rather than after the eval stage, so a resumed run stops too).
-            if matches!(stage, Stage::Sample(_) | Stage::Rl(_)) {
+            if matches!(stage, Stage::Round(name, _) if name == recipe.round_stages()[0]) {
                 let before = stage.round() - 1;
                 if let Some(reason) = self.decision(before)?.stop {
                     obs.note(&format!("stopped after round {before}: {reason}"));
@@ -374,9 +355,7 @@ impl Run {
             let start = Instant::now();
             match stage {
                 Stage::Seed => self.seed_stage(obs)?,
-                Stage::Sample(r) => self.sample_stage(r, obs)?,
-                Stage::Train(r) => self.train_stage(r, obs)?,
-                Stage::Rl(r) => self.rl_stage(r, obs)?,
+                Stage::Round(name, r) => recipe.run_stage(name, r, self, obs)?,
                 Stage::Eval(r) => self.eval_stage(r, obs)?,
             }
             let metrics_bytes = self.dir.metrics_bytes()?;
@@ -393,8 +372,14 @@ impl Run {
         Ok(status)
     }
 
+    /// The recipe's columns of the end-of-run table.
+    pub fn columns(&self) -> &'static [Column] {
+        self.plan.recipe.columns()
+    }
+
     /// The per-round table, read back from `metrics.jsonl`.
     pub fn table(&self) -> Result<Vec<RoundRow>> {
+        let columns = self.columns();
         Ok(self
             .dir
             .metrics()?
@@ -405,26 +390,21 @@ impl Run {
                     pass_at_1: m.get("eval/pass@1")?.as_f64()?,
                     pass_at_k: m.get("eval/pass@k")?.as_f64()?,
                     maj_at_k: m.get("eval/maj@k")?.as_f64()?,
-                    kept: m.get("star/kept").and_then(Value::as_u64),
-                    distinct: m.get("star/distinct").and_then(Value::as_u64),
-                    reward: m.get("reward").and_then(Value::as_f64),
-                    pairs: m
-                        .get("pairs/count")
-                        .and_then(Value::as_f64)
-                        .map(|v| v as u64),
-                    chosen_correct: m.get("pairs/chosen_gold_accuracy").and_then(Value::as_f64),
-                    judge_accuracy: m.get("judge/accuracy").and_then(Value::as_f64),
+                    extra: columns
+                        .iter()
+                        .map(|c| Some(c.render(m.get(c.key)?.as_f64()?)))
+                        .collect(),
                 })
             })
             .collect())
     }
 
-    fn seed(&self, round: u32, stage: &str) -> u64 {
+    pub(crate) fn seed(&self, round: u32, stage: &str) -> u64 {
         derive_seed(self.plan.config.seed, round, stage, 0)
     }
 
     /// Loads the checkpoint of `round`, after checking its files against the round's manifest.
-    fn load_policy(&self, round: u32) -> Result<Box<dyn TrainablePolicy>> {
+    pub(crate) fn load_policy(&self, round: u32) -> Result<Box<dyn TrainablePolicy>> {
         let rel = RunDir::checkpoint_dir(round);
         self.dir
             .check_recorded(round, &format!("{rel}/"), &self.info.accepted)?;
@@ -433,30 +413,34 @@ impl Run {
 
     /// Reads a JSON-lines file that a completed stage of `round` wrote, after checking it
     /// against the round's manifest.
-    fn read_recorded<T: DeserializeOwned>(&self, round: u32, rel: &str) -> Result<Vec<T>> {
+    pub(crate) fn read_recorded<T: DeserializeOwned>(
+        &self,
+        round: u32,
+        rel: &str,
+    ) -> Result<Vec<T>> {
         self.dir.check_recorded(round, rel, &self.info.accepted)?;
         self.dir.read_jsonl(rel)
     }
 
     /// The controller's decision recorded with `round` (empty if none).
-    fn decision(&self, round: u32) -> Result<Decision> {
+    pub(crate) fn decision(&self, round: u32) -> Result<Decision> {
         Ok(self.manifest(round)?.controller.unwrap_or_default())
     }
 
     /// The round whose model round `round` starts from: the previous one, unless the
     /// controller rolled back after it.
-    fn parent(&self, round: u32) -> Result<u32> {
+    pub(crate) fn parent(&self, round: u32) -> Result<u32> {
         let before = round - 1;
         Ok(self.decision(before)?.next_parent.unwrap_or(before))
     }
 
-    fn manifest(&self, round: u32) -> Result<Manifest> {
+    pub(crate) fn manifest(&self, round: u32) -> Result<Manifest> {
         if let Some(rel) = self.dir.current_manifest_rel(round) {
             self.dir.read_json(&rel)
         } else {
             Ok(Manifest {
                 round,
-                recipe: self.plan.config.recipe.name().into(),
+                recipe: self.plan.config.recipe.clone(),
                 ..Default::default()
             })
         }
@@ -465,7 +449,7 @@ impl Run {
     /// Writes the round's manifest; a metric that is undefined for the round (NaN, which JSON
     /// cannot hold) is left out, and what `resume --force` accepted is recorded in the first
     /// manifest written after it.
-    fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
+    pub(crate) fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
         let mut m = m.clone();
         if let Some(metrics) = &mut m.metrics {
             metrics.retain(|_, v| v.is_finite());
@@ -474,14 +458,14 @@ impl Run {
         self.dir.write_manifest(m.round, &m)
     }
 
-    fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
+    pub(crate) fn hash_into(&self, m: &mut Manifest, rel: &str) -> Result<()> {
         m.files
             .insert(rel.to_string(), sha256_file(&self.dir.path(rel))?);
         Ok(())
     }
 
     /// Saves the round's checkpoint and records the SHA-256 of each of its files.
-    fn save_checkpoint(
+    pub(crate) fn save_checkpoint(
         &self,
         policy: &dyn TrainablePolicy,
         round: u32,
@@ -504,34 +488,77 @@ impl Run {
         Ok(())
     }
 
+    /// The round's `k` graded samples of every unlabeled problem.
+    pub(crate) fn sample_pool(
+        &self,
+        policy: &mut dyn TrainablePolicy,
+        round: u32,
+        k: usize,
+        params: &SamplingParams,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Group>> {
+        obs.stage_started(
+            &format!("r{round} sample"),
+            self.problems.unlabeled.len() as u64,
+        );
+        sample_groups(
+            policy,
+            &*self.plan.task,
+            &self.problems.unlabeled,
+            k,
+            params,
+            self.seed(round, "sample"),
+            obs,
+        )
+    }
+
+    /// Fine-tunes the checkpoint of round `init` on the round's curated `train.jsonl` (SFT with
+    /// `train`'s settings) and saves the round's checkpoint: the training stage of the
+    /// recipes that curate demonstrations.
+    pub(crate) fn sft_stage(
+        &mut self,
+        round: u32,
+        init: u32,
+        train: &TrainConfig,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let mut policy = self.load_policy(init)?;
+        let examples: Vec<Example> =
+            self.read_recorded(round, &format!("{}/train.jsonl", RunDir::round_dir(round)))?;
+        let stats = if examples.is_empty() {
+            obs.note(&format!(
+                "round {round}: its curated set is empty; its model is its initial checkpoint"
+            ));
+            TrainStats::default()
+        } else {
+            obs.stage_started(&format!("r{round} train"), steps_for(train, examples.len()));
+            let stats = fit_sft(
+                &mut *policy,
+                &examples,
+                train,
+                self.seed(round, "train"),
+                obs,
+                &mut |_, _, _| Ok(()),
+            )?;
+            obs.stage_finished(&format!(
+                "r{round} train: {} examples, {} steps, loss {:.3} → {:.3}",
+                stats.examples, stats.steps, stats.first_loss, stats.last_loss
+            ));
+            stats
+        };
+        let mut m = self.manifest(round)?;
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
+        m.train = Some(stats);
+        self.save_checkpoint(&*policy, round, &mut m)?;
+        self.write_manifest(&m)
+    }
+
     /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
     fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
         let cfg = &self.plan.config;
         let mut policy = self.plan.model.init(self.seed(0, "init"))?;
         let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
-        if cfg.recipe == Recipe::Star && cfg.star.rationalize {
-            // Hinted copies teach the hint format that rationalization prompts with.
-            let hinted: Vec<Example> = self
-                .problems
-                .labeled
-                .iter()
-                .filter_map(|p| {
-                    Some(Example::new(
-                        self.plan.task.hinted_prompt(p)?,
-                        p.solution.clone()?,
-                    ))
-                })
-                .collect();
-            examples.extend(hinted);
-        }
-        if cfg.recipe == Recipe::SelfRewarding {
-            examples.extend(seed_judge_examples(
-                &*self.plan.task,
-                &self.problems.labeled,
-                cfg.judge.seed_negatives,
-                self.seed(0, "judge"),
-            )?);
-        }
+        examples.extend(self.plan.recipe.clone().seed_examples(self)?);
         let rd = RunDir::round_dir(0);
         let train_rel = format!("{rd}/train.jsonl");
         self.dir.write_jsonl(&train_rel, &examples)?;
@@ -598,7 +625,7 @@ fn demonstration(p: &Problem) -> Example {
     Example::new(p.prompt.clone(), p.solution.clone().unwrap_or_default())
 }
 
-fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
+pub(crate) fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<'_>> {
     groups.iter().flat_map(move |g| {
         g.completions
             .iter()
@@ -621,17 +648,13 @@ fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = SampleRecord<
 fn draw(plan: &RunPlan) -> Result<Problems> {
     let c = &plan.config;
     let seed = problem_seed(c.seed);
-    let (pool, key) = match c.recipe {
-        Recipe::Star => (c.star.problems, "star.problems"),
-        r if r.is_preference() => (c.pref.problems, "pref.problems"),
-        _ => (c.rl.problems, "rl.problems"),
-    };
+    let (pool, key) = plan.recipe.pool();
     // The labeled problems come first, so every recipe with the same seed stage gets the same
     // labeled set (and the same M0) whatever its pool size.
     let mut train = plan
         .task
         .problems(Split::Train, c.seed_stage.labeled + pool, seed)
-        .map_err(|e| Error::config(key, format!("with seed_stage.labeled: {e}")))?;
+        .map_err(|e| Error::config(&key, format!("with seed_stage.labeled: {e}")))?;
     let unlabeled = train.split_off(c.seed_stage.labeled);
     let eval = held_out_problems(&*plan.task, c.eval.problems, c.seed)?;
     if let Some(p) = train.iter().find(|p| p.solution.is_none()) {

@@ -102,19 +102,7 @@ impl Run {
             "eval/mean_sample_accuracy": report.mean_sample_accuracy,
         });
         let obj = line.as_object_mut().expect("an object");
-        if let Some(c) = &m.counts {
-            for (k, v) in [
-                ("sampled", c.sampled),
-                ("correct", c.correct),
-                ("solved", c.solved),
-                ("distinct", c.distinct),
-                ("kept", c.kept),
-                ("rationalized", c.rationalized),
-            ] {
-                obj.insert(format!("star/{k}"), json!(v));
-            }
-            obj.insert("rollout/sampled_tokens".into(), json!(c.sampled_tokens));
-        }
+        self.plan.recipe.eval_line(&m, obj);
         for (k, v) in m.metrics.iter().flatten().filter(|(_, v)| v.is_finite()) {
             obj.insert(k.clone(), json!(v));
         }

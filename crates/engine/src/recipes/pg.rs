@@ -15,21 +15,388 @@
 //! - the KL estimator is selectable (k1, k2, k3; TRL: k3 only) and can be folded into the
 //!   reward instead (`kl_mode = "reward"`, OpenRLHF's placement).
 
-use crate::config::{KlMode, RlConfig};
+use super::{resolve, section, Column, Family, Format, Recipe, Sections};
+use crate::config::{
+    check_optimizer, check_temperature, check_top_p, non_negative, Budget, Reference, RunConfig,
+};
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
+use crate::run::Run;
 use crate::sampling::{derive_seed, sample_groups};
+use crate::store::RunDir;
 use crate::train::{adamw_settings, LrSchedule, Order};
-use crate::Result;
+use crate::{Error, Result};
 use autodidact_core::{
     Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, TrainablePolicy,
 };
 use autodidact_objectives::{
     advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, BatchShape,
-    PgInputs, PgSettings, PgStats, SftNormalization,
+    KlEstimator, LossAggregation, PgInputs, PgSettings, PgStats, RewardScaling, SftNormalization,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What `reinforce` subtracts from each reward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The mean reward of the step's whole batch.
+    #[default]
+    BatchMean,
+    /// Nothing: the advantage is the reward (with 0/1 rewards, expert iteration written as a
+    /// policy gradient: only correct completions get a gradient, all of them).
+    None,
+}
+
+/// Where the KL penalty goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlMode {
+    /// A term `β·k_t` of the loss (TRL, verl's `use_kl_loss`).
+    #[default]
+    Loss,
+    /// Subtracted from each completion's reward, `r − β Σ_t k_t` (OpenRLHF, classic RLHF).
+    Reward,
+}
+
+/// Reward of a completion: `correct · verifier score + format · [an answer was parsed] −
+/// length_penalty · tokens / max_new_tokens`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardWeights {
+    pub correct: f32,
+    pub format: f32,
+    pub length_penalty: f32,
+}
+
+impl Default for RewardWeights {
+    fn default() -> Self {
+        Self {
+            correct: 1.0,
+            format: 0.0,
+            length_penalty: 0.0,
+        }
+    }
+}
+
+/// Online policy gradient (`[rl]`, for recipes grpo, rloo, reinforce). Defaults are TRL's
+/// `GRPOConfig` where it has the setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlConfig {
+    /// Rounds after the seed stage; each ends with a checkpoint and an evaluation.
+    pub rounds: u32,
+    /// Rollout steps per round.
+    pub steps_per_round: u32,
+    /// Unlabeled training problems the prompts are drawn from.
+    pub problems: usize,
+    /// Prompts per rollout step.
+    pub prompts_per_step: usize,
+    /// Completions per prompt (G, TRL's `num_generations`).
+    pub group_size: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Optimizer steps per rollout batch (μ), with the sampling log-probs as the old policy.
+    pub num_iterations: u32,
+    /// Optimizer steps per pass over a rollout batch: the batch is shuffled and split into this
+    /// many minibatches (TRL's `steps_per_generation`); 1 is one step on the whole batch.
+    pub minibatches: u32,
+    /// Sequences per forward/backward pass (memory only; it does not change the update).
+    pub micro_batch_size: usize,
+    pub lr: f32,
+    /// Linear warm-up updates at the start of the run.
+    pub warmup_steps: u64,
+    /// Cosine decay of the learning rate over the run's updates down to `min_lr_ratio · lr`
+    /// (1: constant).
+    pub min_lr_ratio: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    /// GRPO's std division: group, batch or none (`grpo` only).
+    pub scale_rewards: RewardScaling,
+    /// REINFORCE's baseline: batch_mean or none (`reinforce` only).
+    pub baseline: Baseline,
+    /// Lower clip range ε_low of the ratio.
+    pub epsilon_low: f32,
+    /// Upper clip range ε_high (DAPO's clip-higher when above ε_low).
+    pub epsilon_high: f32,
+    pub loss_aggregation: LossAggregation,
+    /// KL coefficient β; 0 loads no reference model.
+    pub beta: f32,
+    pub kl_estimator: KlEstimator,
+    pub kl_mode: KlMode,
+    pub reference: Reference,
+    /// Entropy bonus coefficient.
+    pub entropy_coef: f32,
+    /// Weight of an NLL term on every verifier-correct completion of the rollout (token mean
+    /// per minibatch), zero-spread groups included: an anchor on already-solved problems,
+    /// which group-centred advantages ignore (like PPO-ptx's pretraining term or IRPO's NLL).
+    /// 0: pure policy gradient.
+    pub sft_coef: f32,
+    /// Continue AdamW (moments and step count, saved with each round's checkpoint) from one
+    /// RL round to the next, as a single TRL run does; false restarts it every round.
+    pub keep_optimizer: bool,
+    /// Leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling,
+    /// without resampling).
+    pub drop_zero_std: bool,
+    pub rewards: RewardWeights,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 10,
+            steps_per_round: 10,
+            problems: 2000,
+            prompts_per_step: 32,
+            group_size: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+            num_iterations: 1,
+            minibatches: 1,
+            micro_batch_size: 256,
+            lr: 1e-3,
+            warmup_steps: 0,
+            min_lr_ratio: 1.0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            scale_rewards: RewardScaling::Group,
+            baseline: Baseline::BatchMean,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            loss_aggregation: LossAggregation::Token,
+            beta: 0.0,
+            kl_estimator: KlEstimator::K3,
+            kl_mode: KlMode::Loss,
+            reference: Reference::Seed,
+            entropy_coef: 0.0,
+            sft_coef: 0.0,
+            keep_optimizer: true,
+            drop_zero_std: false,
+            rewards: RewardWeights::default(),
+        }
+    }
+}
+
+/// The policy-gradient family: recipes `grpo`, `rloo` and `reinforce`, section `[rl]`.
+pub struct PolicyGradient;
+
+impl Family for PolicyGradient {
+    fn recipes(&self) -> &'static [&'static str] {
+        &["grpo", "rloo", "reinforce"]
+    }
+    fn sections(&self) -> &'static [&'static str] {
+        &["rl"]
+    }
+    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value> {
+        resolve::<RlConfig>(name, value)
+    }
+    fn build(&self, recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
+        let cfg: RlConfig = section(sections, "rl")?;
+        let (name, estimator) = match recipe {
+            "grpo" => ("grpo", AdvantageEstimator::Grpo),
+            "rloo" => ("rloo", AdvantageEstimator::Rloo),
+            _ => (
+                "reinforce",
+                match cfg.baseline {
+                    Baseline::BatchMean => AdvantageEstimator::Reinforce,
+                    Baseline::None => AdvantageEstimator::Raw,
+                },
+            ),
+        };
+        check_rl(name, &cfg)?;
+        Ok(Arc::new(Pg {
+            name,
+            estimator,
+            cfg,
+        }))
+    }
+}
+
+/// A policy-gradient recipe with its settings.
+pub struct Pg {
+    name: &'static str,
+    estimator: AdvantageEstimator,
+    cfg: RlConfig,
+}
+
+const COLUMNS: &[Column] = &[Column {
+    header: "train reward",
+    key: "reward",
+    format: Format::Decimal,
+}];
+
+impl Recipe for Pg {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn rounds(&self) -> u32 {
+        self.cfg.rounds
+    }
+    fn pool(&self) -> (usize, String) {
+        (self.cfg.problems, "rl.problems".into())
+    }
+    fn round_stages(&self) -> &'static [&'static str] {
+        &["rl"]
+    }
+    fn run_stage(
+        &self,
+        _stage: &str,
+        round: u32,
+        run: &mut Run,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        self.rl_stage(run, round, obs)
+    }
+    fn check(&self, _config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {
+        let r = &self.cfg;
+        budget.batch("rl.micro_batch_size", r.micro_batch_size)?;
+        let step = r.prompts_per_step.saturating_mul(r.group_size);
+        budget.batch("rl.prompts_per_step", step)?;
+        budget.held(
+            "rl.prompts_per_step",
+            step,
+            "rl.steps_per_round",
+            r.steps_per_round as u64,
+        )
+    }
+    fn columns(&self) -> &'static [Column] {
+        COLUMNS
+    }
+}
+
+impl Pg {
+    /// A round of policy-gradient steps on fresh rollouts.
+    fn rl_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let parent = run.parent(round)?;
+        let cfg = &self.cfg;
+        let mut policy = run.load_policy(parent)?;
+        let ref_round = match cfg.reference {
+            Reference::Seed => 0,
+            Reference::Previous => parent,
+        };
+        let mut reference = if cfg.beta > 0.0 {
+            Some(run.load_policy(ref_round)?)
+        } else {
+            None
+        };
+        let previous = run.dir.path(&RunDir::checkpoint_dir(parent));
+        let cx = RlContext {
+            previous_checkpoint: (parent > 0).then_some(previous.as_path()),
+            task: &*run.plan.task,
+            pool: &run.problems.unlabeled,
+            estimator: self.estimator,
+            sampling: run.plan.sampling(cfg.temperature, cfg.top_p),
+            seed: run.plan.config.seed,
+            round,
+            n_star: run.plan.config.monitor.n_star,
+        };
+        obs.stage_started(
+            &format!("r{round} {}", self.name),
+            cfg.steps_per_round as u64,
+        );
+        let out = rl_round(
+            &mut *policy,
+            reference
+                .as_mut()
+                .map(|r| &mut **r as &mut dyn autodidact_core::Policy),
+            cfg,
+            &cx,
+            obs,
+        )?;
+        let get = |k: &str| out.metrics.get(k).copied().unwrap_or(f64::NAN);
+        obs.stage_finished(&format!(
+            "r{round} {}: {} steps, reward {:.3}, zero-std groups {:.2}, entropy {:.3}, clip {:.3}",
+            self.name,
+            cfg.steps_per_round,
+            get("reward"),
+            get("frac_reward_zero_std"),
+            get("entropy"),
+            get("clip_ratio/region_mean"),
+        ));
+        let rd = RunDir::round_dir(round);
+        run.dir
+            .write_jsonl(&format!("{rd}/samples.jsonl"), &out.records)?;
+        let mut m = run.manifest(round)?;
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
+        m.settings = Some(
+            json!({"rl": cfg, "reference_checkpoint": (cfg.beta > 0.0).then(|| RunDir::checkpoint_dir(ref_round))}),
+        );
+        m.metrics = Some(out.metrics);
+        run.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
+        run.save_checkpoint(&*policy, round, &mut m)?;
+        run.write_manifest(&m)
+    }
+}
+
+fn check_rl(recipe: &str, r: &RlConfig) -> Result<()> {
+    let positive = |key: &str, v: usize| {
+        if v == 0 {
+            Err(Error::config(format!("rl.{key}"), "must be at least 1"))
+        } else {
+            Ok(())
+        }
+    };
+    positive("steps_per_round", r.steps_per_round as usize)?;
+    positive("problems", r.problems)?;
+    positive("prompts_per_step", r.prompts_per_step)?;
+    positive("num_iterations", r.num_iterations as usize)?;
+    positive("minibatches", r.minibatches as usize)?;
+    positive("micro_batch_size", r.micro_batch_size)?;
+    let group_method = matches!(recipe, "grpo" | "rloo");
+    if group_method && r.group_size < 2 {
+        return Err(Error::config(
+            "rl.group_size",
+            format!(
+                "{} is too small: {} compares completions within a group, so it needs at least 2",
+                r.group_size, recipe
+            ),
+        ));
+    }
+    positive("group_size", r.group_size)?;
+    if recipe != "reinforce" && r.baseline != Baseline::BatchMean {
+        return Err(Error::config(
+            "rl.baseline",
+            format!(
+                "applies to the reinforce recipe only; {} uses its own group baseline (remove the key)",
+                recipe
+            ),
+        ));
+    }
+    check_temperature("rl.temperature", r.temperature)?;
+    check_top_p("rl.top_p", r.top_p)?;
+    for (key, e) in [
+        ("epsilon_low", r.epsilon_low),
+        ("epsilon_high", r.epsilon_high),
+    ] {
+        if !(e > 0.0 && e < 1.0) {
+            return Err(Error::config(
+                format!("rl.{key}"),
+                format!("{e} must be in (0, 1)"),
+            ));
+        }
+    }
+    non_negative("rl.beta", r.beta, " (0 disables the KL term)")?;
+    non_negative("rl.entropy_coef", r.entropy_coef, "")?;
+    non_negative("rl.sft_coef", r.sft_coef, " (0: no NLL term)")?;
+    check_optimizer("rl", r.lr, r.min_lr_ratio, r.weight_decay, r.max_grad_norm)?;
+    let w = &r.rewards;
+    for (key, v) in [
+        ("correct", w.correct),
+        ("format", w.format),
+        ("length_penalty", w.length_penalty),
+    ] {
+        if !v.is_finite() {
+            return Err(Error::config(
+                format!("rl.rewards.{key}"),
+                format!("{v} must be a finite number"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A line of an RL round's `samples.jsonl`.
 #[derive(Serialize)]
