@@ -114,18 +114,16 @@ fn run_checkpoint(checkpoint: &Path) -> Option<(PathBuf, u32)> {
         .then(|| (root.to_path_buf(), round))
 }
 
-/// Loads a checkpoint through the backend factory; one inside a run directory is first checked
-/// against the SHA-256s its round's manifest recorded, as the run itself does before loading
-/// it, and loaded by the backend of the run's `[model]`.
-fn load(dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
+/// Loads a checkpoint through the backend factory; one inside a run directory (`run`, from
+/// [`run_of`]) is first checked against the SHA-256s its round's manifest recorded, as the run
+/// itself does before loading it, and loaded by the backend of the run's `[model]`.
+fn load(dir: &Path, run: Option<&(PathBuf, RunConfig)>) -> Result<Box<dyn TrainablePolicy>> {
     let mut kind = BackendKind::default();
-    if let Some((root, round)) = run_checkpoint(dir) {
-        let (run, info) = store::RunDir::open(&root)?;
+    if let (Some((root, cfg)), Some((_, round))) = (run, run_checkpoint(dir)) {
+        let (run, info) = store::RunDir::open(root)?;
         let files = format!("{}/", store::RunDir::checkpoint_dir(round));
         run.check_recorded(round, &files, &info.accepted)?;
-        if let Some((_, cfg)) = run_of(dir)? {
-            kind = cfg.model.backend;
-        }
+        kind = cfg.model.backend;
     }
     crate::backends::linked()
         .load(kind, dir)
@@ -178,7 +176,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         0,
         available,
     )?;
-    let mut policy = load(&a.checkpoint)?;
+    let mut policy = load(&a.checkpoint, run.as_ref())?;
     if policy.context_length() <= max_prompt + 1 {
         bail!("the checkpoint's context ({} tokens) cannot hold this task's prompts ({max_prompt} characters)", policy.context_length());
     }
@@ -205,7 +203,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
-    let mut policy = load(&a.checkpoint)?;
+    let mut policy = load(&a.checkpoint, run_of(&a.checkpoint)?.as_ref())?;
     let room = policy
         .context_length()
         .saturating_sub(a.prompt.chars().count() + 1);

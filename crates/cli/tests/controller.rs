@@ -40,14 +40,7 @@ fn a_stop_alarm_ends_the_run_and_it_stays_stopped() {
     assert!(d.stop.unwrap().contains("kl_budget"));
     assert!(!out.join(RunDir::round_dir(2)).exists());
     // Resuming a stopped run does not start round 2.
-    let mut again = Run::open(
-        &out,
-        rayon::current_num_threads(),
-        false,
-        &common::backends(),
-        &mut Silent,
-    )
-    .unwrap();
+    let mut again = common::resume(&out);
     assert_eq!(again.execute(&mut Silent).unwrap().len(), 2);
     assert!(!out.join(RunDir::round_dir(2)).exists());
     assert!(out.join("report.html").is_file());

@@ -130,14 +130,7 @@ fn short_run_writes_the_documented_layout() {
     }
     // The run is complete; resuming it changes nothing.
     let before = std::fs::read(root.join("metrics.jsonl")).unwrap();
-    let mut again = Run::open(
-        &root,
-        rayon::current_num_threads(),
-        false,
-        &common::backends(),
-        &mut Silent,
-    )
-    .unwrap();
+    let mut again = common::resume(&root);
     again.execute(&mut Silent).unwrap();
     assert_eq!(std::fs::read(root.join("metrics.jsonl")).unwrap(), before);
 }
@@ -234,27 +227,18 @@ fn a_grpo_run_resumed_mid_way_matches_an_uninterrupted_one() {
     small_grpo_run(&b, &[])
         .execute_until(4, &mut Silent)
         .unwrap();
-    let mut resumed = Run::open(
-        &b,
-        rayon::current_num_threads(),
-        false,
-        &common::backends(),
-        &mut Silent,
-    )
-    .unwrap();
+    let mut resumed = common::resume(&b);
     resumed.execute(&mut Silent).unwrap();
-    for f in [
-        "metrics.jsonl",
-        "rounds/r0002/samples.jsonl",
-        "checkpoints/r0002/model.safetensors",
-        "checkpoints/r0002/optimizer.safetensors",
-    ] {
-        assert_eq!(
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    common::assert_same_files(
+        &a,
+        &b,
+        &[
+            "metrics.jsonl",
+            "rounds/r0002/samples.jsonl",
+            "checkpoints/r0002/model.safetensors",
+            "checkpoints/r0002/optimizer.safetensors",
+        ],
+    );
 }
 
 /// RAFT through the recipe seam: each round keeps at most one completion per problem, every

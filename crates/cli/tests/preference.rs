@@ -150,26 +150,17 @@ fn a_self_rewarding_run_resumed_mid_round_matches_an_uninterrupted_one() {
         .execute_until(6, &mut Silent)
         .unwrap();
     assert!(!b.join("checkpoints/r0002").exists());
-    let mut resumed = autodidact_engine::Run::open(
-        &b,
-        rayon::current_num_threads(),
-        false,
-        &common::backends(),
-        &mut Silent,
-    )
-    .unwrap();
+    let mut resumed = common::resume(&b);
     resumed.execute(&mut Silent).unwrap();
-    for f in [
-        "metrics.jsonl",
-        "rounds/r0002/train.jsonl",
-        "rounds/r0002/judge.jsonl",
-        "rounds/r0002/manifest.json",
-        "checkpoints/r0002/model.safetensors",
-    ] {
-        assert_eq!(
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    common::assert_same_files(
+        &a,
+        &b,
+        &[
+            "metrics.jsonl",
+            "rounds/r0002/train.jsonl",
+            "rounds/r0002/judge.jsonl",
+            "rounds/r0002/manifest.json",
+            "checkpoints/r0002/model.safetensors",
+        ],
+    );
 }

@@ -15,15 +15,26 @@ use std::sync::Arc;
 /// The built-in demo: expert iteration on 3-digit addition with the tiny model.
 pub const DEMO_CONFIG: &str = include_str!("../../../examples/star-addition.toml");
 
-/// Which checkpoint is the KL reference.
+/// Which round's checkpoint a stage starts from or compares against (`restart_from`,
+/// `reference`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reference {
-    /// M0, the seed stage's model.
+pub enum Checkpoint {
+    /// M0, the seed stage's model (ReST-EM and the original STaR restart from it every round).
     #[default]
     Seed,
-    /// The previous round's model.
+    /// The previous round's model: the round's parent.
     Previous,
+}
+
+impl Checkpoint {
+    /// The round whose checkpoint this is, for a round whose parent is `parent`.
+    pub fn round(self, parent: u32) -> u32 {
+        match self {
+            Checkpoint::Seed => 0,
+            Checkpoint::Previous => parent,
+        }
+    }
 }
 
 /// A run's whole configuration (the file `config.toml` of a run directory): the sections every
@@ -52,16 +63,6 @@ pub struct RunConfig {
     /// their families (every default filled in).
     #[serde(skip)]
     pub sections: Sections,
-}
-
-/// Where each round's training starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartFrom {
-    /// From M0 every round (ReST-EM, the original STaR).
-    Seed,
-    /// From the previous round's model.
-    Previous,
 }
 
 /// How a stage trains: optimizer, schedule, batches (`[seed_stage.train]`, `[star.train]`).
@@ -244,7 +245,8 @@ impl RunConfig {
         }
         for (name, value) in sections.iter_mut() {
             let owner = recipes::owner_of(name).expect("only owned sections are taken");
-            *value = owner.resolve(name, Some(value.clone()))?;
+            let given = std::mem::replace(value, toml::Value::Boolean(false));
+            *value = owner.resolve(name, given)?;
         }
         config.sections = sections;
         Ok(config)

@@ -38,9 +38,9 @@ pub trait Family: Sync {
     /// The config sections it owns (`["rl"]`); each parses with [`resolve`].
     fn sections(&self) -> &'static [&'static str];
 
-    /// Section `name` with every default filled in (`value` is `None` when the file has no
-    /// such section); an unknown or mistyped key is an error naming it.
-    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value>;
+    /// Section `name` as the file gives it (an empty table when it has none), with every
+    /// default filled in; an unknown or mistyped key is an error naming it.
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value>;
 
     /// Recipe `recipe` from its resolved sections, after checking every setting.
     fn build(&self, recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>>;
@@ -179,9 +179,9 @@ fn names<'a>(it: impl Iterator<Item = &'a &'static str>) -> String {
 /// (`star.sampling.samples`), and re-serialized with every default filled in.
 pub fn resolve<T: DeserializeOwned + Serialize + Default>(
     name: &str,
-    value: Option<toml::Value>,
+    value: toml::Value,
 ) -> Result<toml::Value> {
-    let parsed: T = parse(name, value)?;
+    let parsed: T = parse(name, Some(value))?;
     toml::Value::try_from(&parsed)
         .map_err(|e| Error::config(name, format!("cannot be written back: {e}")))
 }

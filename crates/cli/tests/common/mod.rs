@@ -22,6 +22,29 @@ pub fn backends() -> autodidact_core::Backends {
     autodidact_core::Backends::new().with(autodidact_nn::NativeBackend)
 }
 
+/// Reopens the run in `out` to continue it, as `autodidact resume` does.
+pub fn resume(out: &Path) -> Run {
+    Run::open(
+        out,
+        rayon::current_num_threads(),
+        false,
+        &backends(),
+        &mut autodidact_engine::Silent,
+    )
+    .unwrap()
+}
+
+/// Asserts that each of `files` has the same bytes in run directories `a` and `b`.
+pub fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
 /// The manifest of `round` of the run in `out`.
 pub fn manifest(out: &Path, round: u32) -> Manifest {
     RunDir::open(out)

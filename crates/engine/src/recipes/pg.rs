@@ -17,7 +17,7 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_optimizer, check_temperature, check_top_p, non_negative, Budget, Reference, RunConfig,
+    check_optimizer, check_temperature, check_top_p, non_negative, Budget, Checkpoint, RunConfig,
 };
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
@@ -126,7 +126,7 @@ pub struct RlConfig {
     pub beta: f32,
     pub kl_estimator: KlEstimator,
     pub kl_mode: KlMode,
-    pub reference: Reference,
+    pub reference: Checkpoint,
     /// Entropy bonus coefficient.
     pub entropy_coef: f32,
     /// Weight of an NLL term on every verifier-correct completion of the rollout (token mean
@@ -169,7 +169,7 @@ impl Default for RlConfig {
             beta: 0.0,
             kl_estimator: KlEstimator::K3,
             kl_mode: KlMode::Loss,
-            reference: Reference::Seed,
+            reference: Checkpoint::Seed,
             entropy_coef: 0.0,
             sft_coef: 0.0,
             keep_optimizer: true,
@@ -189,7 +189,7 @@ impl Family for PolicyGradient {
     fn sections(&self) -> &'static [&'static str] {
         &["rl"]
     }
-    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value> {
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
         resolve::<RlConfig>(name, value)
     }
     fn build(&self, recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
@@ -272,10 +272,7 @@ impl Pg {
         let parent = run.parent(round)?;
         let cfg = &self.cfg;
         let mut policy = run.load_policy(parent)?;
-        let ref_round = match cfg.reference {
-            Reference::Seed => 0,
-            Reference::Previous => parent,
-        };
+        let ref_round = cfg.reference.round(parent);
         let mut reference = if cfg.beta > 0.0 {
             Some(run.load_policy(ref_round)?)
         } else {

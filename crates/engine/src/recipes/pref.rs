@@ -13,7 +13,7 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_fraction, check_temperature, check_top_p, check_train, non_negative, Budget, Reference,
+    check_fraction, check_temperature, check_top_p, check_train, non_negative, Budget, Checkpoint,
     RunConfig, TrainConfig,
 };
 use crate::judge::{
@@ -72,7 +72,7 @@ pub struct PrefConfig {
     /// "sft"]` with `loss_weights = [1, α]`. 0: the pairwise loss alone.
     pub sft_coef: f32,
     /// The reference model: M0 or the previous round's (iterative DPO).
-    pub reference: Reference,
+    pub reference: Checkpoint,
     /// Optimizer and schedule; `batch_size` counts pairs.
     pub train: TrainConfig,
 }
@@ -93,7 +93,7 @@ impl Default for PrefConfig {
             beta: 0.1,
             label_smoothing: 0.0,
             sft_coef: 0.0,
-            reference: Reference::Previous,
+            reference: Checkpoint::Previous,
             train: TrainConfig {
                 lr: 1e-4,
                 ..TrainConfig::default()
@@ -169,7 +169,7 @@ impl Family for Preference {
     fn sections(&self) -> &'static [&'static str] {
         &["pref", "judge"]
     }
-    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value> {
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
         match name {
             "judge" => resolve::<JudgeConfig>(name, value),
             _ => resolve::<PrefConfig>(name, value),
@@ -408,10 +408,7 @@ impl Pref {
             Vec::new()
         };
         let mut policy = run.load_policy(parent)?;
-        let ref_round = match cfg.reference {
-            Reference::Seed => 0,
-            Reference::Previous => parent,
-        };
+        let ref_round = cfg.reference.round(parent);
         let mut m = run.manifest(round)?;
         let mut metrics = m.metrics.take().unwrap_or_default();
         let stats = if pairs.is_empty() {

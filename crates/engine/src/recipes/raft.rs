@@ -14,7 +14,7 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_temperature, check_top_p, check_train, Budget, RestartFrom, RunConfig, TrainConfig,
+    check_temperature, check_top_p, check_train, Budget, Checkpoint, RunConfig, TrainConfig,
 };
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
@@ -40,7 +40,7 @@ pub struct RaftConfig {
     pub top_p: f32,
     /// A problem's best completion is kept only if its reward is at least this.
     pub threshold: f32,
-    pub restart_from: RestartFrom,
+    pub restart_from: Checkpoint,
     pub train: TrainConfig,
 }
 
@@ -53,7 +53,7 @@ impl Default for RaftConfig {
             temperature: 1.0,
             top_p: 1.0,
             threshold: 1.0,
-            restart_from: RestartFrom::Previous,
+            restart_from: Checkpoint::Previous,
             train: TrainConfig::default(),
         }
     }
@@ -69,7 +69,7 @@ impl Family for BestOfN {
     fn sections(&self) -> &'static [&'static str] {
         &["raft"]
     }
-    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value> {
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
         resolve::<RaftConfig>(name, value)
     }
     fn build(&self, _recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
@@ -142,13 +142,12 @@ impl Recipe for Raft {
         run: &mut Run,
         obs: &mut dyn Observer,
     ) -> Result<()> {
-        let init = match self.cfg.restart_from {
-            RestartFrom::Seed => 0,
-            RestartFrom::Previous => run.parent(round)?,
-        };
         match stage {
             "sample" => self.sample_stage(run, round, obs),
-            _ => run.sft_stage(round, init, &self.cfg.train, obs),
+            _ => {
+                let init = self.cfg.restart_from.round(run.parent(round)?);
+                run.sft_stage(round, init, &self.cfg.train, obs)
+            }
         }
     }
     fn check(&self, _config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {

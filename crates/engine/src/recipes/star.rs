@@ -15,7 +15,7 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_temperature, check_top_p, check_train, Budget, RestartFrom, RunConfig, TrainConfig,
+    check_temperature, check_top_p, check_train, Budget, Checkpoint, RunConfig, TrainConfig,
 };
 use crate::controller::Decision;
 use crate::monitor::{balance_score, round_monitors};
@@ -46,7 +46,7 @@ pub struct StarConfig {
     /// For problems with no correct sample, sample again with the answer as a hint and keep
     /// one correct trace (trained without the hint).
     pub rationalize: bool,
-    pub restart_from: RestartFrom,
+    pub restart_from: Checkpoint,
     pub train: TrainConfig,
 }
 
@@ -60,7 +60,7 @@ impl Default for StarConfig {
             top_p: 1.0,
             max_per_problem: 0,
             rationalize: false,
-            restart_from: RestartFrom::Previous,
+            restart_from: Checkpoint::Previous,
             train: TrainConfig::default(),
         }
     }
@@ -76,7 +76,7 @@ impl Family for ExpertIteration {
     fn sections(&self) -> &'static [&'static str] {
         &["star"]
     }
-    fn resolve(&self, name: &str, value: Option<toml::Value>) -> Result<toml::Value> {
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
         resolve::<StarConfig>(name, value)
     }
     fn build(&self, _recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
@@ -432,10 +432,7 @@ impl Star {
 
     /// Fine-tune on the round's curated set, from M0 or the previous round's model.
     fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
-        let init = match self.cfg.restart_from {
-            RestartFrom::Seed => 0,
-            RestartFrom::Previous => run.parent(round)?,
-        };
+        let init = self.cfg.restart_from.round(run.parent(round)?);
         run.sft_stage(round, init, &self.cfg.train, obs)
     }
 }
