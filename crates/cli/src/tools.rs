@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use autodidact_core::memory;
 use autodidact_core::{BackendKind, SamplingParams, Split, TrainablePolicy};
 use autodidact_engine::config::apply_set;
-use autodidact_engine::config::{check_completions, EvalConfig};
+use autodidact_engine::config::{check_completions, EvalConfig, SamplingConfig};
 use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
 use autodidact_engine::Silent;
 use autodidact_engine::{store, RunConfig};
@@ -85,7 +85,7 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
     let config = root.join(store::CONFIG_FILE);
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
-    let cfg = RunConfig::parse(&text, &config.display().to_string(), &[])?;
+    let cfg = RunConfig::parse_stored(&text, &config.display().to_string())?;
     Ok(Some((root.to_path_buf(), cfg)))
 }
 
@@ -146,21 +146,24 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     };
     let e = EvalConfig {
         problems: a.problems.unwrap_or(defaults.problems),
-        samples: a.samples.unwrap_or(defaults.samples),
         k: a.k.unwrap_or(defaults.k),
-        temperature: a.temperature.unwrap_or(defaults.temperature),
+        sampling: SamplingConfig {
+            samples: a.samples.unwrap_or(defaults.sampling.samples),
+            temperature: a.temperature.unwrap_or(defaults.sampling.temperature),
+            ..defaults.sampling
+        },
     };
     let seed = a.seed.unwrap_or(run_seed);
     if e.problems == 0 {
         bail!("--problems must be at least 1");
     }
-    if e.k == 0 || e.samples < e.k {
+    if e.k == 0 || e.sampling.samples < e.k {
         bail!(
             "--k must be at least 1 and at most --samples ({} given)",
-            e.samples
+            e.sampling.samples
         );
     }
-    if !(e.temperature.is_finite() && e.temperature >= 0.0) {
+    if !(e.sampling.temperature.is_finite() && e.sampling.temperature >= 0.0) {
         bail!("--temperature must be a finite number ≥ 0");
     }
     let task = task_cfg.build()?;
@@ -171,7 +174,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         "--problems",
         e.problems,
         "--samples",
-        e.samples as u64,
+        e.sampling.samples as u64,
         max_new,
         0,
         available,

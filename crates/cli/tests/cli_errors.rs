@@ -38,14 +38,17 @@ fn bad_config_settings_name_the_key() {
             "config key `star.sample`: unknown field `sample`",
         ),
         (
-            "star.samples=three",
-            "config key `star.samples`: invalid type",
+            "star.sampling.samples=three",
+            "config key `star.sampling.samples`: invalid type",
         ),
         (
-            "star.samples=0",
-            "config key `star.samples`: k must be at least 1",
+            "star.sampling.samples=0",
+            "config key `star.sampling.samples`: k must be at least 1",
         ),
-        ("eval.temperature=-0.5", "config key `eval.temperature`"),
+        (
+            "eval.sampling.temperature=-0.5",
+            "config key `eval.sampling.temperature`",
+        ),
         (
             "model.context_length=20",
             "config key `model.context_length`: 20 is too short",
@@ -91,7 +94,7 @@ fn tiny_run(out: &Path) {
         "star.rounds=0",
         "star.problems=4",
         "eval.problems=4",
-        "eval.samples=2",
+        "eval.sampling.samples=2",
         "eval.k=2",
     ] {
         args.extend(["--set", set]);

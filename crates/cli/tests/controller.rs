@@ -15,10 +15,10 @@ const SMALL: &[&str] = &[
     "seed_stage.train.steps=60",
     "star.rounds=3",
     "star.problems=32",
-    "star.samples=2",
+    "star.sampling.samples=2",
     "star.train.epochs=1.0",
     "eval.problems=16",
-    "eval.samples=3",
+    "eval.sampling.samples=3",
     "eval.k=2",
 ];
 

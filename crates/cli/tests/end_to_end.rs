@@ -16,10 +16,10 @@ pub const SMALL: &[&str] = &[
     "seed_stage.train.steps=60",
     "star.rounds=2",
     "star.problems=64",
-    "star.samples=2",
+    "star.sampling.samples=2",
     "star.train.epochs=1.0",
     "eval.problems=16",
-    "eval.samples=3",
+    "eval.sampling.samples=3",
     "eval.k=2",
 ];
 
@@ -30,7 +30,7 @@ const SMALL_GRPO: &[&str] = &[
     "rl.steps_per_round=2",
     "rl.problems=64",
     "rl.prompts_per_step=8",
-    "rl.group_size=4",
+    "rl.sampling.samples=4",
     "rl.minibatches=2",
 ];
 
@@ -254,7 +254,7 @@ fn a_short_raft_run_keeps_one_correct_completion_per_problem() {
             "recipe=raft",
             "raft.rounds=1",
             "raft.problems=32",
-            "raft.samples=3",
+            "raft.sampling.samples=3",
         ],
     );
     let rows = run.execute(&mut Silent).unwrap();

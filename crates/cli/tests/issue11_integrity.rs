@@ -19,10 +19,10 @@ const SETS: &[&str] = &[
     "seed_stage.train.steps=120",
     "star.rounds=1",
     "star.problems=64",
-    "star.samples=2",
+    "star.sampling.samples=2",
     "star.train.epochs=1.0",
     "eval.problems=24",
-    "eval.samples=3",
+    "eval.sampling.samples=3",
     "eval.k=2",
 ];
 
@@ -331,7 +331,10 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
     // Settings that would need more memory than the machine has are refused before anything
     // runs, naming the setting to lower.
     for (sets, key) in [
-        (&["star.samples=100000"][..], "star.samples"),
+        (
+            &["star.sampling.samples=100000"][..],
+            "star.sampling.samples",
+        ),
         (&["star.problems=100000000"], "star.problems"),
         (&["eval.problems=100000000"], "eval.problems"),
         (

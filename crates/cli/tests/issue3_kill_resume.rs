@@ -15,11 +15,11 @@ const SETS: &[&str] = &[
     "seed_stage.train.steps=160",
     "star.rounds=3",
     "star.problems=96",
-    "star.samples=2",
+    "star.sampling.samples=2",
     "star.rationalize=true",
     "star.train.epochs=2.0",
     "eval.problems=24",
-    "eval.samples=3",
+    "eval.sampling.samples=3",
     "eval.k=2",
 ];
 

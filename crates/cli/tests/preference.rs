@@ -16,13 +16,13 @@ const SMALL: &[&str] = &[
     "seed_stage.train.steps=200",
     "pref.rounds=2",
     "pref.problems=48",
-    "pref.samples=4",
+    "pref.sampling.samples=4",
     "pref.pairs_per_problem=2",
     "pref.sft_coef=1.0",
     "pref.train.epochs=1.0",
     "pref.train.batch_size=8",
     "eval.problems=16",
-    "eval.samples=3",
+    "eval.sampling.samples=3",
     "eval.k=2",
 ];
 
@@ -89,7 +89,7 @@ fn scpo_records_vote_truth_and_survives_a_round_without_pairs() {
     // Groups are one sample each from the vote's point of view when every group is
     // unanimous: greedy sampling gives no pair anywhere, and the round still completes.
     let out = tmp.path().join("greedy");
-    let (_, ms) = run(&out, "scpo", &["pref.temperature=0"]);
+    let (_, ms) = run(&out, "scpo", &["pref.sampling.temperature=0"]);
     for m in &ms {
         let m = m.metrics.as_ref().unwrap();
         assert_eq!(m["pairs/count"], 0.0);

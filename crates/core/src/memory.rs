@@ -149,9 +149,9 @@ mod tests {
     #[test]
     fn a_workload_over_the_usable_share_is_refused_naming_the_setting() {
         let gib = 1u64 << 30;
-        assert!(check_fits("star.samples", 7 * gib, "samples", Some(10 * gib)).is_ok());
+        assert!(check_fits("star.sampling.samples", 7 * gib, "samples", Some(10 * gib)).is_ok());
         let err = check_fits(
-            "star.samples",
+            "star.sampling.samples",
             9 * gib,
             "the round's samples",
             Some(10 * gib),
@@ -159,8 +159,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with("star.samples: needs about 9.0 GiB of memory for the round's samples, but this machine has 10.0 GiB available")
-                && err.ends_with("lower star.samples"),
+            err.starts_with("star.sampling.samples: needs about 9.0 GiB of memory for the round's samples, but this machine has 10.0 GiB available")
+                && err.ends_with("lower star.sampling.samples"),
             "{err}"
         );
         assert!(check_fits("x", u64::MAX, "y", None).is_ok());

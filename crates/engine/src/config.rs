@@ -65,7 +65,90 @@ pub struct RunConfig {
     pub sections: Sections,
 }
 
-/// How a stage trains: optimizer, schedule, batches (`[seed_stage.train]`, `[star.train]`).
+/// How a stage samples (`[<section>.sampling]`): the one sampling-settings type of every
+/// section that samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Completions sampled per prompt: k of expert iteration and pass@k, the group size G of
+    /// GRPO, the voters of ScPO, n of best-of-n.
+    pub samples: usize,
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            samples: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Checks temperature and top-p of `[<section>.sampling]` (the count of samples each
+    /// section checks itself: what it needs depends on what it does with them).
+    pub fn check(&self, section: &str) -> Result<()> {
+        check_temperature(&format!("{section}.sampling.temperature"), self.temperature)?;
+        check_top_p(&format!("{section}.sampling.top_p"), self.top_p)
+    }
+}
+
+/// AdamW and its learning-rate schedule (`[<section>.optimizer]`): the one optimizer-settings
+/// type of every section that trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Cosine decay floor as a fraction of `lr` (1: constant after warm-up).
+    pub min_lr_ratio: f32,
+    /// AdamW decoupled weight decay (matrices and embeddings only).
+    pub weight_decay: f32,
+    /// Global gradient-norm clip; 0 disables it.
+    pub max_grad_norm: f32,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks `[<section>.optimizer]`, naming the bad key.
+    pub fn check(&self, section: &str) -> Result<()> {
+        let key = format!("{section}.optimizer");
+        LrSchedule {
+            peak_lr: self.lr,
+            warmup_steps: 0,
+            total_steps: 1,
+            min_lr_ratio: self.min_lr_ratio,
+        }
+        .validate(&key)?;
+        non_negative(format!("{key}.weight_decay"), self.weight_decay, "")?;
+        non_negative(
+            format!("{key}.max_grad_norm"),
+            self.max_grad_norm,
+            " (0 disables clipping)",
+        )
+    }
+}
+
+/// How much a supervised stage trains and on what batches (`[<section>.train]`); its
+/// optimizer is the section's `[<section>.optimizer]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -77,16 +160,6 @@ pub struct TrainConfig {
     pub epochs: Option<f64>,
     /// Sequences per optimizer step.
     pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f32,
-    /// Linear warm-up steps.
-    pub warmup_steps: u64,
-    /// Cosine decay floor as a fraction of `lr`.
-    pub min_lr_ratio: f32,
-    /// AdamW decoupled weight decay (matrices and embeddings only).
-    pub weight_decay: f32,
-    /// Global gradient-norm clip; 0 disables it.
-    pub max_grad_norm: f32,
     /// Token-mean or sequence-mean negative log-likelihood.
     pub normalization: SftNormalization,
 }
@@ -97,11 +170,6 @@ impl Default for TrainConfig {
             steps: None,
             epochs: None,
             batch_size: 32,
-            lr: 1e-3,
-            warmup_steps: 10,
-            min_lr_ratio: 0.1,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
             normalization: SftNormalization::Token,
         }
     }
@@ -116,6 +184,7 @@ pub struct SeedStageConfig {
     /// Every `eval_every` steps, log held-out greedy pass@1 (the seed-only curve); 0: never.
     pub eval_every: u64,
     pub train: TrainConfig,
+    pub optimizer: OptimizerConfig,
 }
 
 impl Default for SeedStageConfig {
@@ -124,6 +193,7 @@ impl Default for SeedStageConfig {
             labeled: 64,
             eval_every: 0,
             train: TrainConfig::default(),
+            optimizer: OptimizerConfig::default(),
         }
     }
 }
@@ -192,21 +262,18 @@ impl Default for ControllerConfig {
 pub struct EvalConfig {
     /// Held-out problems.
     pub problems: usize,
-    /// Completions sampled per problem for pass@k and maj@k (n ≥ k).
-    pub samples: usize,
     /// The k of pass@k and maj@k.
     pub k: usize,
-    /// Sampling temperature for pass@k and maj@k (pass@1 is greedy).
-    pub temperature: f32,
+    /// How pass@k and maj@k sample (`samples` ≥ k per problem); pass@1 is greedy.
+    pub sampling: SamplingConfig,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             problems: 200,
-            samples: 8,
             k: 8,
-            temperature: 1.0,
+            sampling: SamplingConfig::default(),
         }
     }
 }
@@ -215,12 +282,35 @@ impl RunConfig {
     /// Parses TOML `text` (from `origin`, for messages) and applies `key=value` overrides; the
     /// recipe sections are resolved by the families that own them.
     pub fn parse(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| Error::config(origin, one_line(&e.to_string())))?;
+        let mut table = parse_table(text, origin)?;
         for set in sets {
             apply_set(&mut table, set)?;
         }
+        if let Some((old, new)) = moved_keys()
+            .into_iter()
+            .find(|(old, _)| get_path(&table, old).is_some())
+        {
+            return Err(Error::config(
+                old,
+                format!("has moved to `{new}` (each section now has one `sampling` and one `optimizer` table); write it there"),
+            ));
+        }
+        Self::from_table(table, origin)
+    }
+
+    /// Parses the `config.toml` of a run directory: a run written before the `sampling` and
+    /// `optimizer` tables has its keys moved to their new places first, so it still resumes.
+    pub fn parse_stored(text: &str, origin: &str) -> Result<Self> {
+        let mut table = parse_table(text, origin)?;
+        for (old, new) in moved_keys() {
+            if let Some(value) = take_path(&mut table, &old) {
+                set_path(&mut table, &new, value)?;
+            }
+        }
+        Self::from_table(table, origin)
+    }
+
+    fn from_table(mut table: toml::Table, origin: &str) -> Result<Self> {
         let mut sections = Sections::new();
         for name in recipes::all_sections() {
             if let Some(value) = table.remove(name) {
@@ -270,6 +360,81 @@ impl RunConfig {
     }
 }
 
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
+    text.parse()
+        .map_err(|e: toml::de::Error| Error::config(origin, one_line(&e.to_string())))
+}
+
+/// Keys that moved when every section got one `sampling` and one `optimizer` table, as
+/// (old, new) dotted paths.
+fn moved_keys() -> Vec<(String, String)> {
+    const OPTIMIZER: [&str; 5] = [
+        "lr",
+        "warmup_steps",
+        "min_lr_ratio",
+        "weight_decay",
+        "max_grad_norm",
+    ];
+    let mut moved = Vec::new();
+    let mut add = |old: String, new: String| moved.push((old, new));
+    for section in ["seed_stage", "star", "pref", "raft"] {
+        for f in OPTIMIZER {
+            add(
+                format!("{section}.train.{f}"),
+                format!("{section}.optimizer.{f}"),
+            );
+        }
+    }
+    for f in OPTIMIZER {
+        add(format!("rl.{f}"), format!("rl.optimizer.{f}"));
+    }
+    for (section, fields) in [
+        ("star", &["samples", "temperature", "top_p"][..]),
+        ("pref", &["samples", "temperature", "top_p"][..]),
+        ("raft", &["samples", "temperature", "top_p"][..]),
+        ("rl", &["temperature", "top_p"][..]),
+        ("eval", &["samples", "temperature"][..]),
+    ] {
+        for f in fields {
+            add(format!("{section}.{f}"), format!("{section}.sampling.{f}"));
+        }
+    }
+    add("rl.group_size".into(), "rl.sampling.samples".into());
+    moved
+}
+
+fn get_path<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
+    let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+    let v = table.get(head)?;
+    if rest.is_empty() {
+        Some(v)
+    } else {
+        get_path(v.as_table()?, rest)
+    }
+}
+
+fn take_path(table: &mut toml::Table, path: &str) -> Option<toml::Value> {
+    match path.split_once('.') {
+        None => table.remove(path),
+        Some((head, rest)) => take_path(table.get_mut(head)?.as_table_mut()?, rest),
+    }
+}
+
+/// Sets dotted `path` in `table`, creating the tables on the way.
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<()> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut t = table;
+    for part in &parts[..parts.len() - 1] {
+        t = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::config(path, format!("`{part}` is a value, not a section")))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -287,24 +452,13 @@ pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = path.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
+    if path.split('.').any(|p| p.is_empty()) {
         return Err(Error::config(
             path,
             "an override key must look like section.key",
         ));
     }
-    let mut t = table;
-    for part in &parts[..parts.len() - 1] {
-        let entry = t
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::config(path, format!("`{part}` is a value, not a section")))?;
-    }
-    t.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
+    set_path(table, path, value)
 }
 
 /// A checked configuration and what it builds.
@@ -342,30 +496,7 @@ pub(crate) fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
             "must be at least 1",
         ));
     }
-    check_optimizer(key, t.lr, t.min_lr_ratio, t.weight_decay, t.max_grad_norm)
-}
-
-/// Learning rate, decay floor, weight decay and clipping of a training section `key`.
-pub(crate) fn check_optimizer(
-    key: &str,
-    lr: f32,
-    min_lr_ratio: f32,
-    weight_decay: f32,
-    max_grad_norm: f32,
-) -> Result<()> {
-    LrSchedule {
-        peak_lr: lr,
-        warmup_steps: 0,
-        total_steps: 1,
-        min_lr_ratio,
-    }
-    .validate(key)?;
-    non_negative(format!("{key}.weight_decay"), weight_decay, "")?;
-    non_negative(
-        format!("{key}.max_grad_norm"),
-        max_grad_norm,
-        " (0 disables clipping)",
-    )
+    Ok(())
 }
 
 /// Fails unless `v` is a finite number ≥ 0; `note` says what 0 means, if anything.
@@ -442,6 +573,7 @@ impl RunConfig {
             return Err(Error::config("seed_stage.labeled", "must be at least 1"));
         }
         check_train("seed_stage.train", &s.train)?;
+        s.optimizer.check("seed_stage")?;
         let e = &self.eval;
         if e.problems == 0 {
             return Err(Error::config("eval.problems", "must be at least 1"));
@@ -449,16 +581,16 @@ impl RunConfig {
         if e.k == 0 {
             return Err(Error::config("eval.k", "must be at least 1"));
         }
-        if e.samples < e.k {
+        if e.sampling.samples < e.k {
             return Err(Error::config(
-                "eval.samples",
+                "eval.sampling.samples",
                 format!(
                     "{} is below eval.k = {}; pass@k needs at least k samples per problem",
-                    e.samples, e.k
+                    e.sampling.samples, e.k
                 ),
             ));
         }
-        check_temperature("eval.temperature", e.temperature)?;
+        e.sampling.check("eval")?;
         if self.monitor.n_star == 0 {
             return Err(Error::config("monitor.n_star", "must be at least 1"));
         }
@@ -504,8 +636,8 @@ impl RunConfig {
         budget.held(
             "eval.problems",
             e.problems,
-            "eval.samples",
-            e.samples as u64,
+            "eval.sampling.samples",
+            e.sampling.samples as u64,
         )?;
         Ok(RunPlan {
             config: self.clone(),
@@ -603,11 +735,12 @@ fn core_to_config(e: autodidact_core::Error) -> Error {
 }
 
 impl RunPlan {
-    pub fn sampling(&self, temperature: f32, top_p: f32) -> SamplingParams {
+    /// The sampler's parameters for `sampling`, with the task's completion length.
+    pub fn sampling(&self, sampling: &SamplingConfig) -> SamplingParams {
         SamplingParams {
-            temperature,
+            temperature: sampling.temperature,
             top_k: 0,
-            top_p,
+            top_p: sampling.top_p,
             max_new_tokens: self.max_new_tokens,
         }
     }
@@ -649,8 +782,8 @@ mod tests {
             (&["rl.beta=-0.1"], "config key `rl.beta`: -0.1 must be a finite number ≥ 0"),
             (&["rl.epsilon_low=0"], "config key `rl.epsilon_low`: 0 must be in (0, 1)"),
             (&["rl.epsilon_high=1.5"], "config key `rl.epsilon_high`: 1.5 must be in (0, 1)"),
-            (&["rl.group_size=1"], "config key `rl.group_size`: 1 is too small: grpo compares"),
-            (&["recipe=rloo", "rl.group_size=1"], "rloo compares completions within a group"),
+            (&["rl.sampling.samples=1"], "config key `rl.sampling.samples`: 1 is too small: grpo compares"),
+            (&["recipe=rloo", "rl.sampling.samples=1"], "rloo compares completions within a group"),
             (&["rl.loss_aggregation=mean"], "config key `rl.loss_aggregation`: unknown variant `mean`, expected one of `token`, `sequence`, `constant`"),
             (&["rl.kl_estimator=k4"], "unknown variant `k4`"),
             (&["rl.scale_rewards=std"], "unknown variant `std`"),
@@ -665,13 +798,52 @@ mod tests {
         // REINFORCE has no groups: one sample per prompt is fine, with or without a baseline.
         let sets = vec![
             "recipe=reinforce".to_string(),
-            "rl.group_size=1".to_string(),
+            "rl.sampling.samples=1".to_string(),
             "rl.baseline=none".to_string(),
         ];
         RunConfig::parse(grpo, "grpo", &sets)
             .unwrap()
             .plan(&crate::testutil::mock_backends())
             .unwrap();
+    }
+
+    #[test]
+    fn moved_keys_name_their_new_place_and_stored_configs_are_moved() {
+        for (set, new) in [
+            ("star.samples=2", "star.sampling.samples"),
+            ("star.train.lr=0.01", "star.optimizer.lr"),
+            ("eval.temperature=0.5", "eval.sampling.temperature"),
+            ("rl.group_size=4", "rl.sampling.samples"),
+            (
+                "seed_stage.train.warmup_steps=3",
+                "seed_stage.optimizer.warmup_steps",
+            ),
+        ] {
+            let e = err(&[set]);
+            assert!(e.contains(&format!("has moved to `{new}`")), "{set}: {e}");
+        }
+        // A run directory's config.toml from before the move still reads, with its values in
+        // their new places.
+        let old = DEMO_CONFIG
+            .replace("[star.sampling]\nsamples = 4", "[star.sampling]")
+            .replace("[star]\n", "[star]\nsamples = 3\n")
+            + "\n[rl]\ngroup_size = 5\nlr = 0.5\n";
+        assert!(RunConfig::parse(&old, "old", &[]).is_err());
+        let c = RunConfig::parse_stored(&old, "old").unwrap();
+        assert_eq!(
+            c.sections["star"]["sampling"]["samples"].as_integer(),
+            Some(3)
+        );
+        assert_eq!(
+            c.sections["rl"]["sampling"]["samples"].as_integer(),
+            Some(5)
+        );
+        assert_eq!(c.sections["rl"]["optimizer"]["lr"].as_float(), Some(0.5));
+        // A partial table keeps its section's own defaults for what it leaves out.
+        assert_eq!(
+            c.sections["rl"]["optimizer"]["min_lr_ratio"].as_float(),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -685,16 +857,16 @@ mod tests {
     #[test]
     fn overrides_apply_with_types() {
         let plan = parse(&[
-            "star.samples=2",
+            "star.sampling.samples=2",
             "star.restart_from=seed",
             "task.digits=2",
-            "eval.temperature=0.5",
+            "eval.sampling.temperature=0.5",
         ])
         .unwrap();
         let star = &plan.config.sections["star"];
-        assert_eq!(star["samples"].as_integer(), Some(2));
+        assert_eq!(star["sampling"]["samples"].as_integer(), Some(2));
         assert_eq!(star["restart_from"].as_str(), Some("seed"));
-        assert_eq!(plan.config.eval.temperature, 0.5);
+        assert_eq!(plan.config.eval.sampling.temperature, 0.5);
     }
 
     #[test]
@@ -705,21 +877,24 @@ mod tests {
                 "config key `star.sample`: unknown field `sample`",
             ),
             (
-                &["star.samples=four"],
-                "config key `star.samples`: invalid type: string \"four\"",
+                &["star.sampling.samples=four"],
+                "config key `star.sampling.samples`: invalid type: string \"four\"",
             ),
             (
-                &["star.samples=0"],
-                "config key `star.samples`: k must be at least 1",
+                &["star.sampling.samples=0"],
+                "config key `star.sampling.samples`: k must be at least 1",
             ),
-            (&["star.temperature=-1"], "config key `star.temperature`"),
+            (
+                &["star.sampling.temperature=-1"],
+                "config key `star.sampling.temperature`",
+            ),
             (
                 &["model.context_length=16"],
                 "config key `model.context_length`: 16 is too short for addition",
             ),
             (
-                &["eval.samples=2"],
-                "config key `eval.samples`: 2 is below eval.k",
+                &["eval.sampling.samples=2"],
+                "config key `eval.sampling.samples`: 2 is below eval.k",
             ),
             (&["task.digits=0"], "config key `task.digits`"),
             (&["task.name=subtraction"], "unknown variant `subtraction`"),
@@ -727,7 +902,7 @@ mod tests {
                 &["star.restart_from=never"],
                 "config key `star.restart_from`: unknown variant `never`",
             ),
-            (&["star.train.lr=0"], "config key `star.train.lr`"),
+            (&["star.optimizer.lr=0"], "config key `star.optimizer.lr`"),
             (
                 &["star.train.steps=10"],
                 "config key `star.train.steps`: set exactly one",

@@ -1,6 +1,6 @@
 //! Held-out evaluation: greedy pass@1, sampled pass@k (unbiased estimator) and maj@k.
 
-use crate::config::EvalConfig;
+use crate::config::{EvalConfig, SamplingConfig};
 use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
 use crate::Result;
@@ -93,9 +93,9 @@ pub struct EvalReport {
 /// Settings of one evaluation.
 #[derive(Clone, Debug)]
 pub struct EvalSettings {
-    pub samples: usize,
+    /// How pass@k and maj@k sample (`samples` ≥ `k` per problem).
+    pub sampling: SamplingConfig,
     pub k: usize,
-    pub temperature: f32,
     pub max_new_tokens: usize,
     pub seed: u64,
 }
@@ -106,9 +106,8 @@ impl EvalSettings {
     /// compared on the same draws). `autodidact eval` uses this too, so it reproduces a run.
     pub fn of_run(eval: &EvalConfig, run_seed: u64, max_new_tokens: usize) -> Self {
         Self {
-            samples: eval.samples,
+            sampling: eval.sampling.clone(),
             k: eval.k,
-            temperature: eval.temperature,
             max_new_tokens,
             seed: derive_seed(run_seed, 0, "eval", 0),
         }
@@ -172,9 +171,9 @@ pub fn evaluate_with_samples(
 ) -> Result<(EvalReport, Vec<Group>)> {
     let greedy = greedy_groups(policy, task, problems, s.max_new_tokens, obs)?;
     let params = SamplingParams {
-        temperature: s.temperature,
+        temperature: s.sampling.temperature,
         top_k: 0,
-        top_p: 1.0,
+        top_p: s.sampling.top_p,
         max_new_tokens: s.max_new_tokens,
     };
     // The sampled pass continues the stage's progress where the greedy pass ended.
@@ -187,14 +186,20 @@ pub fn evaluate_with_samples(
             .sum(),
     };
     let sampled = sample_groups(
-        policy, task, problems, s.samples, &params, s.seed, &mut rest,
+        policy,
+        task,
+        problems,
+        s.sampling.samples,
+        &params,
+        s.seed,
+        &mut rest,
     )?;
     let mut details = Vec::with_capacity(problems.len());
     let (mut pass_k, mut maj, mut acc) = (0.0, 0.0, 0.0);
     for (g, smp) in greedy.iter().zip(&sampled) {
         let c = smp.verdicts.iter().filter(|v| v.is_correct()).count();
-        pass_k += pass_at_k(s.samples, c, s.k);
-        acc += c as f64 / s.samples as f64;
+        pass_k += pass_at_k(s.sampling.samples, c, s.k);
+        acc += c as f64 / s.sampling.samples as f64;
         let first_k = &smp.verdicts[..s.k];
         let majority_correct = majority(first_k.iter().map(|v| v.answer.as_deref()))
             .is_some_and(|i| first_k[i].is_correct());
@@ -210,9 +215,9 @@ pub fn evaluate_with_samples(
     let n = problems.len().max(1) as f64;
     let report = EvalReport {
         problems: problems.len(),
-        samples: s.samples,
+        samples: s.sampling.samples,
         k: s.k,
-        temperature: s.temperature,
+        temperature: s.sampling.temperature,
         pass_at_1: first_accuracy(&greedy),
         pass_at_k: pass_k / n,
         maj_at_k: maj / n,

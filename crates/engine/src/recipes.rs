@@ -175,15 +175,37 @@ fn names<'a>(it: impl Iterator<Item = &'a &'static str>) -> String {
     it.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Section `name` parsed as `T` (defaults for what it leaves out), with errors naming the key
-/// (`star.sampling.samples`), and re-serialized with every default filled in.
+/// Section `name` laid over `T`'s defaults (table by table, so a partial
+/// `[star.sampling]` keeps the section's own defaults for what it leaves out), parsed as `T`
+/// with errors naming the key (`star.sampling.samples`), and written back with every default
+/// filled in.
 pub fn resolve<T: DeserializeOwned + Serialize + Default>(
     name: &str,
     value: toml::Value,
 ) -> Result<toml::Value> {
-    let parsed: T = parse(name, Some(value))?;
+    let mut merged = toml::Value::try_from(T::default())
+        .map_err(|e| Error::config(name, format!("defaults cannot be written: {e}")))?;
+    lay_over(&mut merged, value);
+    let parsed: T = parse(name, Some(merged))?;
     toml::Value::try_from(&parsed)
         .map_err(|e| Error::config(name, format!("cannot be written back: {e}")))
+}
+
+/// Lays `over` on `base`: tables merge key by key, any other value replaces.
+fn lay_over(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => lay_over(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
 }
 
 /// Section `name` of `sections` as `T` (its defaults when absent).

@@ -10,7 +10,7 @@
 //! [`crate::recipes`], and `run/eval_stage.rs` holds the evaluation that ends every round
 //! (with drift and the controller's decision).
 
-use crate::config::{RunConfig, RunPlan, TrainConfig};
+use crate::config::{OptimizerConfig, RunConfig, RunPlan, TrainConfig};
 use crate::controller::{alarm_value, decide, AlarmKind, Decision};
 use crate::eval::{
     evaluate_with_samples, first_accuracy, greedy_groups, held_out_problems, problem_seed,
@@ -237,7 +237,7 @@ impl Run {
         let path = dir.path(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
-        let plan = RunConfig::parse(&text, &path.display().to_string(), &[])?.plan(backends)?;
+        let plan = RunConfig::parse_stored(&text, &path.display().to_string())?.plan(backends)?;
         let config_sha = sha256_bytes(text.as_bytes());
         if plan.config.seed != info.seed {
             if !force {
@@ -520,6 +520,7 @@ impl Run {
         round: u32,
         init: u32,
         train: &TrainConfig,
+        optimizer: &OptimizerConfig,
         obs: &mut dyn Observer,
     ) -> Result<()> {
         let mut policy = self.load_policy(init)?;
@@ -536,6 +537,7 @@ impl Run {
                 &mut *policy,
                 &examples,
                 train,
+                optimizer,
                 self.seed(round, "train"),
                 obs,
                 &mut |_, _, _| Ok(()),
@@ -576,6 +578,7 @@ impl Run {
             &mut *policy,
             &examples,
             train,
+            &cfg.seed_stage.optimizer,
             self.seed(0, "seed"),
             obs,
             &mut |step, loss, p| {

@@ -1,6 +1,6 @@
 //! Fitting a [`TrainablePolicy`] to a set of demonstrations with the SFT objective.
 
-use crate::config::TrainConfig;
+use crate::config::{OptimizerConfig, TrainConfig};
 use crate::progress::Observer;
 use crate::{Error, Result};
 use autodidact_core::{Example, OptimizerSettings, Rng, TrainablePolicy};
@@ -79,12 +79,13 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
-    pub fn constant(lr: f32) -> Self {
+    /// `optimizer`'s schedule over `total_steps` updates (warm-up capped at the total).
+    pub fn of(optimizer: &OptimizerConfig, total_steps: u64) -> Self {
         Self {
-            peak_lr: lr,
-            warmup_steps: 0,
-            total_steps: 1,
-            min_lr_ratio: 1.0,
+            peak_lr: optimizer.lr,
+            warmup_steps: optimizer.warmup_steps.min(total_steps),
+            total_steps,
+            min_lr_ratio: optimizer.min_lr_ratio,
         }
     }
 
@@ -145,17 +146,12 @@ pub fn adamw_settings(weight_decay: f32) -> OptimizerSettings {
 pub(crate) fn start_training(
     policy: &mut dyn TrainablePolicy,
     cfg: &TrainConfig,
+    optimizer: &OptimizerConfig,
     items: usize,
 ) -> Result<(u64, LrSchedule)> {
-    policy.reset_optimizer(&adamw_settings(cfg.weight_decay))?;
+    policy.reset_optimizer(&adamw_settings(optimizer.weight_decay))?;
     let steps = steps_for(cfg, items);
-    let schedule = LrSchedule {
-        peak_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(steps),
-        total_steps: steps,
-        min_lr_ratio: cfg.min_lr_ratio,
-    };
-    Ok((steps, schedule))
+    Ok((steps, LrSchedule::of(optimizer, steps)))
 }
 
 /// Trains on `examples` with a fresh optimizer; `after_step(step, loss, policy)` runs after
@@ -164,6 +160,7 @@ pub fn fit_sft(
     policy: &mut dyn TrainablePolicy,
     examples: &[Example],
     cfg: &TrainConfig,
+    optimizer: &OptimizerConfig,
     seed: u64,
     obs: &mut dyn Observer,
     after_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
@@ -174,7 +171,7 @@ pub fn fit_sft(
             "is empty: there is nothing to train on",
         ));
     }
-    let (steps, schedule) = start_training(policy, cfg, examples.len())?;
+    let (steps, schedule) = start_training(policy, cfg, optimizer, examples.len())?;
     let mut order = Order::new(examples.len(), seed);
     let batch = cfg.batch_size.min(examples.len());
     let tenth = (steps / 10).max(1);
@@ -192,7 +189,7 @@ pub fn fit_sft(
         let lp = policy.forward(&items, false)?.logprobs;
         let out = sft(&lp, BatchShape::of(&lp), cfg.normalization);
         policy.backward(&out.weights, None)?;
-        policy.step(schedule.lr_at(step), cfg.max_grad_norm)?;
+        policy.step(schedule.lr_at(step), optimizer.max_grad_norm)?;
         stats.tokens += lp.iter().map(|r| r.len() as u64).sum::<u64>();
         if step < tenth {
             stats.first_loss += out.loss / tenth as f64;

@@ -16,9 +16,7 @@
 //!   reward instead (`kl_mode = "reward"`, OpenRLHF's placement).
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
-use crate::config::{
-    check_optimizer, check_temperature, check_top_p, non_negative, Budget, Checkpoint, RunConfig,
-};
+use crate::config::{non_negative, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig};
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::run::Run;
@@ -94,10 +92,9 @@ pub struct RlConfig {
     pub problems: usize,
     /// Prompts per rollout step.
     pub prompts_per_step: usize,
-    /// Completions per prompt (G, TRL's `num_generations`).
-    pub group_size: usize,
-    pub temperature: f32,
-    pub top_p: f32,
+    /// Rollout sampling: `samples` completions per prompt (the group size G, TRL's
+    /// `num_generations`).
+    pub sampling: SamplingConfig,
     /// Optimizer steps per rollout batch (μ), with the sampling log-probs as the old policy.
     pub num_iterations: u32,
     /// Optimizer steps per pass over a rollout batch: the batch is shuffled and split into this
@@ -105,14 +102,9 @@ pub struct RlConfig {
     pub minibatches: u32,
     /// Sequences per forward/backward pass (memory only; it does not change the update).
     pub micro_batch_size: usize,
-    pub lr: f32,
-    /// Linear warm-up updates at the start of the run.
-    pub warmup_steps: u64,
-    /// Cosine decay of the learning rate over the run's updates down to `min_lr_ratio · lr`
-    /// (1: constant).
-    pub min_lr_ratio: f32,
-    pub weight_decay: f32,
-    pub max_grad_norm: f32,
+    /// AdamW; warm-up counts updates from the start of the run, and the cosine decays to
+    /// `min_lr_ratio · lr` over the run's updates (1: constant).
+    pub optimizer: OptimizerConfig,
     /// GRPO's std division: group, batch or none (`grpo` only).
     pub scale_rewards: RewardScaling,
     /// REINFORCE's baseline: batch_mean or none (`reinforce` only).
@@ -150,17 +142,15 @@ impl Default for RlConfig {
             steps_per_round: 10,
             problems: 2000,
             prompts_per_step: 32,
-            group_size: 8,
-            temperature: 1.0,
-            top_p: 1.0,
+            sampling: SamplingConfig::default(),
             num_iterations: 1,
             minibatches: 1,
             micro_batch_size: 256,
-            lr: 1e-3,
-            warmup_steps: 0,
-            min_lr_ratio: 1.0,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
+            optimizer: OptimizerConfig {
+                warmup_steps: 0,
+                min_lr_ratio: 1.0,
+                ..OptimizerConfig::default()
+            },
             scale_rewards: RewardScaling::Group,
             baseline: Baseline::BatchMean,
             epsilon_low: 0.2,
@@ -252,7 +242,7 @@ impl Recipe for Pg {
     fn check(&self, _config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {
         let r = &self.cfg;
         budget.batch("rl.micro_batch_size", r.micro_batch_size)?;
-        let step = r.prompts_per_step.saturating_mul(r.group_size);
+        let step = r.prompts_per_step.saturating_mul(r.sampling.samples);
         budget.batch("rl.prompts_per_step", step)?;
         budget.held(
             "rl.prompts_per_step",
@@ -284,7 +274,7 @@ impl Pg {
             task: &*run.plan.task,
             pool: &run.problems.unlabeled,
             estimator: self.estimator,
-            sampling: run.plan.sampling(cfg.temperature, cfg.top_p),
+            sampling: run.plan.sampling(&cfg.sampling),
             seed: run.plan.config.seed,
             round,
             n_star: run.plan.config.monitor.n_star,
@@ -343,16 +333,16 @@ fn check_rl(recipe: &str, r: &RlConfig) -> Result<()> {
     positive("minibatches", r.minibatches as usize)?;
     positive("micro_batch_size", r.micro_batch_size)?;
     let group_method = matches!(recipe, "grpo" | "rloo");
-    if group_method && r.group_size < 2 {
+    if group_method && r.sampling.samples < 2 {
         return Err(Error::config(
-            "rl.group_size",
+            "rl.sampling.samples",
             format!(
                 "{} is too small: {} compares completions within a group, so it needs at least 2",
-                r.group_size, recipe
+                r.sampling.samples, recipe
             ),
         ));
     }
-    positive("group_size", r.group_size)?;
+    positive("sampling.samples", r.sampling.samples)?;
     if recipe != "reinforce" && r.baseline != Baseline::BatchMean {
         return Err(Error::config(
             "rl.baseline",
@@ -362,8 +352,7 @@ fn check_rl(recipe: &str, r: &RlConfig) -> Result<()> {
             ),
         ));
     }
-    check_temperature("rl.temperature", r.temperature)?;
-    check_top_p("rl.top_p", r.top_p)?;
+    r.sampling.check("rl")?;
     for (key, e) in [
         ("epsilon_low", r.epsilon_low),
         ("epsilon_high", r.epsilon_high),
@@ -378,7 +367,7 @@ fn check_rl(recipe: &str, r: &RlConfig) -> Result<()> {
     non_negative("rl.beta", r.beta, " (0 disables the KL term)")?;
     non_negative("rl.entropy_coef", r.entropy_coef, "")?;
     non_negative("rl.sft_coef", r.sft_coef, " (0: no NLL term)")?;
-    check_optimizer("rl", r.lr, r.min_lr_ratio, r.weight_decay, r.max_grad_norm)?;
+    r.optimizer.check("rl")?;
     let w = &r.rewards;
     for (key, v) in [
         ("correct", w.correct),
@@ -459,7 +448,7 @@ pub fn rl_round(
     let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
     // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
     // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run.
-    let settings_opt = adamw_settings(cfg.weight_decay);
+    let settings_opt = adamw_settings(cfg.optimizer.weight_decay);
     let kept = cfg.keep_optimizer
         && match cx.previous_checkpoint {
             Some(dir) => policy.restore_optimizer(dir, &settings_opt)?,
@@ -471,12 +460,7 @@ pub fn rl_round(
     // Warm-up at the run's start, cosine decay to `min_lr_ratio · lr` at its end.
     let mut update = (cx.round as u64 - 1) * updates;
     let total = cfg.rounds.max(cx.round) as u64 * updates;
-    let schedule = LrSchedule {
-        peak_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(total),
-        total_steps: total.max(1),
-        min_lr_ratio: cfg.min_lr_ratio,
-    };
+    let schedule = LrSchedule::of(&cfg.optimizer, total);
     let settings = PgSettings {
         epsilon_low: cfg.epsilon_low,
         epsilon_high: cfg.epsilon_high,
@@ -512,12 +496,12 @@ pub fn rl_round(
             policy,
             cx.task,
             &prompts,
-            cfg.group_size,
+            cfg.sampling.samples,
             &cx.sampling,
             seed,
             &mut crate::Silent,
         )?;
-        let g = cfg.group_size;
+        let g = cfg.sampling.samples;
         let completions: Vec<_> = groups
             .iter()
             .flat_map(|gr| {
@@ -722,7 +706,7 @@ pub fn rl_round(
                         loss += out.loss / parts as f64;
                     }
                 }
-                let norm = policy.step(schedule.lr_at(update), cfg.max_grad_norm)?;
+                let norm = policy.step(schedule.lr_at(update), cfg.optimizer.max_grad_norm)?;
                 update += 1;
                 grad_norm += norm as f64 / updates_per_step;
             }

@@ -13,8 +13,8 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_fraction, check_temperature, check_top_p, check_train, non_negative, Budget, Checkpoint,
-    RunConfig, TrainConfig,
+    check_fraction, check_train, non_negative, Budget, Checkpoint, OptimizerConfig, RunConfig,
+    SamplingConfig, TrainConfig,
 };
 use crate::judge::{
     judge_scores, round_judge_examples, seed_judge_examples, JudgeStats, EXTRA_TOKENS, JUDGE_CHARS,
@@ -49,10 +49,8 @@ pub struct PrefConfig {
     /// Training problems sampled every round (unlabeled, except for `spin`, which pairs each
     /// with its gold demonstration).
     pub problems: usize,
-    /// Completions sampled per problem (k; the voters of `scpo`).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
+    /// How each round samples: `samples` completions per problem (k; the voters of `scpo`).
+    pub sampling: SamplingConfig,
     /// Most pairs built from one problem's group.
     pub pairs_per_problem: usize,
     /// `scpo`: keep a pair only when its chosen answer has at least this share of the votes.
@@ -73,8 +71,9 @@ pub struct PrefConfig {
     pub sft_coef: f32,
     /// The reference model: M0 or the previous round's (iterative DPO).
     pub reference: Checkpoint,
-    /// Optimizer and schedule; `batch_size` counts pairs.
+    /// Steps and batches; `batch_size` counts pairs.
     pub train: TrainConfig,
+    pub optimizer: OptimizerConfig,
 }
 
 impl Default for PrefConfig {
@@ -82,9 +81,7 @@ impl Default for PrefConfig {
         Self {
             rounds: 3,
             problems: 1000,
-            samples: 8,
-            temperature: 1.0,
-            top_p: 1.0,
+            sampling: SamplingConfig::default(),
             pairs_per_problem: 1,
             min_vote_share: 0.0,
             weight_by_margin: true,
@@ -94,9 +91,10 @@ impl Default for PrefConfig {
             label_smoothing: 0.0,
             sft_coef: 0.0,
             reference: Checkpoint::Previous,
-            train: TrainConfig {
+            train: TrainConfig::default(),
+            optimizer: OptimizerConfig {
                 lr: 1e-4,
-                ..TrainConfig::default()
+                ..OptimizerConfig::default()
             },
         }
     }
@@ -250,8 +248,8 @@ impl Recipe for Pref {
         budget.held(
             "pref.problems",
             p.problems,
-            "pref.samples",
-            p.samples as u64,
+            "pref.sampling.samples",
+            p.sampling.samples as u64,
         )
     }
     fn extra_alphabet(&self) -> &'static str {
@@ -308,8 +306,9 @@ impl Pref {
         let cfg = &self.cfg;
         let mut policy = run.load_policy(parent)?;
         let task = &*run.plan.task;
-        let params = run.plan.sampling(cfg.temperature, cfg.top_p);
-        let mut groups = run.sample_pool(&mut *policy, round, cfg.samples, &params, obs)?;
+        let params = run.plan.sampling(&cfg.sampling);
+        let mut groups =
+            run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
         let scores = if self.kind == Kind::SelfRewarding {
             Some(self.self_judge(run, &mut *policy, round, &groups, &mut metrics, obs)?)
@@ -513,7 +512,10 @@ impl Pref {
             .zip(lengths)
             .map(|(&s, len)| (1.0 - w) * s + w * len / max_len)
             .collect();
-        Ok(flat.chunks(self.cfg.samples).map(|s| s.to_vec()).collect())
+        Ok(flat
+            .chunks(self.cfg.sampling.samples)
+            .map(|s| s.to_vec())
+            .collect())
     }
 }
 
@@ -522,12 +524,12 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
         return Err(Error::config("pref.problems", "must be at least 1"));
     }
     let least = if kind == Kind::Spin { 1 } else { 2 };
-    if p.samples < least {
+    if p.sampling.samples < least {
         return Err(Error::config(
-            "pref.samples",
+            "pref.sampling.samples",
             format!(
                 "{} is too small: {} pairs completions of one group, so it needs at least {least}",
-                p.samples,
+                p.sampling.samples,
                 kind.name()
             ),
         ));
@@ -538,8 +540,7 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
             "must be at least 1",
         ));
     }
-    check_temperature("pref.temperature", p.temperature)?;
-    check_top_p("pref.top_p", p.top_p)?;
+    p.sampling.check("pref")?;
     check_fraction("pref.min_vote_share", p.min_vote_share)?;
     check_fraction("pref.judge_margin", p.judge_margin)?;
     if !(p.beta.is_finite() && p.beta > 0.0) {
@@ -555,7 +556,8 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
         ));
     }
     non_negative("pref.sft_coef", p.sft_coef, " (0: no NLL term)")?;
-    check_train("pref.train", &p.train)
+    check_train("pref.train", &p.train)?;
+    p.optimizer.check("pref")
 }
 
 /// Pairs of a round for `recipe`, with the proxy reward of every sample (`None` where the
@@ -638,7 +640,7 @@ pub fn fit_dpo(
     obs: &mut dyn Observer,
 ) -> Result<DpoFit> {
     let t = &cfg.train;
-    let (steps, schedule) = start_training(policy, t, pairs.len())?;
+    let (steps, schedule) = start_training(policy, t, &cfg.optimizer, pairs.len())?;
     let settings = DpoSettings {
         loss: cfg.loss,
         beta: cfg.beta,
@@ -707,7 +709,7 @@ pub fn fit_dpo(
             judge_loss += js.loss / steps as f64;
             stats.tokens += jl.iter().map(|r| r.len() as u64).sum::<u64>();
         }
-        policy.step(schedule.lr_at(step), t.max_grad_norm)?;
+        policy.step(schedule.lr_at(step), cfg.optimizer.max_grad_norm)?;
         if step < tenth {
             stats.first_loss += out.loss / tenth as f64;
         }

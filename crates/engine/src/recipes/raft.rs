@@ -14,7 +14,7 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_temperature, check_top_p, check_train, Budget, Checkpoint, RunConfig, TrainConfig,
+    check_train, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig,
 };
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
@@ -34,14 +34,13 @@ pub struct RaftConfig {
     pub rounds: u32,
     /// Unlabeled training problems sampled every round.
     pub problems: usize,
-    /// Completions sampled per problem (n of best-of-n).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
+    /// How each round samples: `samples` completions per problem (n of best-of-n).
+    pub sampling: SamplingConfig,
     /// A problem's best completion is kept only if its reward is at least this.
     pub threshold: f32,
     pub restart_from: Checkpoint,
     pub train: TrainConfig,
+    pub optimizer: OptimizerConfig,
 }
 
 impl Default for RaftConfig {
@@ -49,12 +48,14 @@ impl Default for RaftConfig {
         Self {
             rounds: 3,
             problems: 1000,
-            samples: 4,
-            temperature: 1.0,
-            top_p: 1.0,
+            sampling: SamplingConfig {
+                samples: 4,
+                ..SamplingConfig::default()
+            },
             threshold: 1.0,
             restart_from: Checkpoint::Previous,
             train: TrainConfig::default(),
+            optimizer: OptimizerConfig::default(),
         }
     }
 }
@@ -77,8 +78,11 @@ impl Family for BestOfN {
         if cfg.problems == 0 {
             return Err(Error::config("raft.problems", "must be at least 1"));
         }
-        if cfg.samples == 0 {
-            return Err(Error::config("raft.samples", "n must be at least 1"));
+        if cfg.sampling.samples == 0 {
+            return Err(Error::config(
+                "raft.sampling.samples",
+                "n must be at least 1",
+            ));
         }
         if !cfg.threshold.is_finite() {
             return Err(Error::config(
@@ -86,9 +90,9 @@ impl Family for BestOfN {
                 format!("{} must be a finite number", cfg.threshold),
             ));
         }
-        check_temperature("raft.temperature", cfg.temperature)?;
-        check_top_p("raft.top_p", cfg.top_p)?;
+        cfg.sampling.check("raft")?;
         check_train("raft.train", &cfg.train)?;
+        cfg.optimizer.check("raft")?;
         Ok(Arc::new(Raft { cfg }))
     }
 }
@@ -146,7 +150,7 @@ impl Recipe for Raft {
             "sample" => self.sample_stage(run, round, obs),
             _ => {
                 let init = self.cfg.restart_from.round(run.parent(round)?);
-                run.sft_stage(round, init, &self.cfg.train, obs)
+                run.sft_stage(round, init, &self.cfg.train, &self.cfg.optimizer, obs)
             }
         }
     }
@@ -156,8 +160,8 @@ impl Recipe for Raft {
         budget.held(
             "raft.problems",
             c.problems,
-            "raft.samples",
-            c.samples as u64,
+            "raft.sampling.samples",
+            c.sampling.samples as u64,
         )
     }
     fn columns(&self) -> &'static [Column] {
@@ -171,8 +175,8 @@ impl Raft {
         let parent = run.parent(round)?;
         let cfg = &self.cfg;
         let mut policy = run.load_policy(parent)?;
-        let params = run.plan.sampling(cfg.temperature, cfg.top_p);
-        let groups = run.sample_pool(&mut *policy, round, cfg.samples, &params, obs)?;
+        let params = run.plan.sampling(&cfg.sampling);
+        let groups = run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let picks: Vec<Option<usize>> = groups.iter().map(|g| best(g, cfg.threshold)).collect();
         let examples: Vec<Example> = groups
             .iter()

@@ -15,7 +15,8 @@
 
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
-    check_temperature, check_top_p, check_train, Budget, Checkpoint, RunConfig, TrainConfig,
+    check_temperature, check_train, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig,
+    TrainConfig,
 };
 use crate::controller::Decision;
 use crate::monitor::{balance_score, round_monitors};
@@ -37,10 +38,8 @@ pub struct StarConfig {
     pub rounds: u32,
     /// Unlabeled training problems sampled every round.
     pub problems: usize,
-    /// Completions sampled per problem (k).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
+    /// How each round samples: `samples` completions per problem (k).
+    pub sampling: SamplingConfig,
     /// Keep at most this many distinct correct completions per problem; 0 keeps all.
     pub max_per_problem: usize,
     /// For problems with no correct sample, sample again with the answer as a hint and keep
@@ -48,6 +47,7 @@ pub struct StarConfig {
     pub rationalize: bool,
     pub restart_from: Checkpoint,
     pub train: TrainConfig,
+    pub optimizer: OptimizerConfig,
 }
 
 impl Default for StarConfig {
@@ -55,13 +55,15 @@ impl Default for StarConfig {
         Self {
             rounds: 3,
             problems: 1000,
-            samples: 4,
-            temperature: 1.0,
-            top_p: 1.0,
+            sampling: SamplingConfig {
+                samples: 4,
+                ..SamplingConfig::default()
+            },
             max_per_problem: 0,
             rationalize: false,
             restart_from: Checkpoint::Previous,
             train: TrainConfig::default(),
+            optimizer: OptimizerConfig::default(),
         }
     }
 }
@@ -84,12 +86,15 @@ impl Family for ExpertIteration {
         if cfg.problems == 0 {
             return Err(Error::config("star.problems", "must be at least 1"));
         }
-        if cfg.samples == 0 {
-            return Err(Error::config("star.samples", "k must be at least 1"));
+        if cfg.sampling.samples == 0 {
+            return Err(Error::config(
+                "star.sampling.samples",
+                "k must be at least 1",
+            ));
         }
-        check_temperature("star.temperature", cfg.temperature)?;
-        check_top_p("star.top_p", cfg.top_p)?;
+        cfg.sampling.check("star")?;
         check_train("star.train", &cfg.train)?;
+        cfg.optimizer.check("star")?;
         Ok(Arc::new(Star { cfg }))
     }
 }
@@ -155,14 +160,14 @@ impl Recipe for Star {
         let copies = if st.rationalize { 2 } else { 1 };
         let kept = st
             .problems
-            .saturating_mul(st.samples)
+            .saturating_mul(st.sampling.samples)
             .saturating_mul(copies as usize);
         budget.batch("star.train.batch_size", st.train.batch_size.min(kept))?;
         budget.held(
             "star.problems",
             st.problems,
-            "star.samples",
-            copies * st.samples as u64,
+            "star.sampling.samples",
+            copies * st.sampling.samples as u64,
         )
     }
     fn balances(&self) -> bool {
@@ -316,8 +321,11 @@ impl Star {
                 policy,
                 &*run.plan.task,
                 probe,
-                st.samples,
-                &run.plan.sampling(t, st.top_p),
+                st.sampling.samples,
+                &run.plan.sampling(&SamplingConfig {
+                    temperature: t,
+                    ..st.sampling.clone()
+                }),
                 run.seed(round, "probe"),
                 &mut Silent,
             )?;
@@ -366,9 +374,12 @@ impl Star {
         let temperature = balance
             .as_ref()
             .and_then(|d| d.temperature)
-            .unwrap_or(cfg.temperature);
-        let params = run.plan.sampling(temperature, cfg.top_p);
-        let groups = run.sample_pool(&mut *policy, round, cfg.samples, &params, obs)?;
+            .unwrap_or(cfg.sampling.temperature);
+        let params = run.plan.sampling(&SamplingConfig {
+            temperature,
+            ..cfg.sampling.clone()
+        });
+        let groups = run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
         let selected: Vec<Vec<bool>> = groups
             .iter()
@@ -392,7 +403,7 @@ impl Star {
                 task,
                 &unsolved,
                 &prompts,
-                cfg.samples,
+                cfg.sampling.samples,
                 &params,
                 run.seed(round, "rationalize"),
                 obs,
@@ -433,7 +444,7 @@ impl Star {
     /// Fine-tune on the round's curated set, from M0 or the previous round's model.
     fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let init = self.cfg.restart_from.round(run.parent(round)?);
-        run.sft_stage(round, init, &self.cfg.train, obs)
+        run.sft_stage(round, init, &self.cfg.train, &self.cfg.optimizer, obs)
     }
 }
 
