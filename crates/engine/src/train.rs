@@ -3,7 +3,7 @@
 use crate::config::{OptimizerConfig, TrainConfig};
 use crate::progress::Observer;
 use crate::{Error, Result};
-use autodidact_core::{Example, OptimizerSettings, Rng, TrainablePolicy};
+use autodidact_core::{Example, OptimizerSettings, Rng, TokenScores, TrainablePolicy};
 use autodidact_objectives::{sft, BatchShape};
 use serde::{Deserialize, Serialize};
 
@@ -141,17 +141,80 @@ pub fn adamw_settings(weight_decay: f32) -> OptimizerSettings {
     }
 }
 
-/// Gives `policy` a fresh optimizer for a stage that trains on `items` examples (or pairs);
-/// returns the stage's step count and learning-rate schedule.
-pub(crate) fn start_training(
-    policy: &mut dyn TrainablePolicy,
-    cfg: &TrainConfig,
-    optimizer: &OptimizerConfig,
-    items: usize,
-) -> Result<(u64, LrSchedule)> {
-    policy.reset_optimizer(&adamw_settings(optimizer.weight_decay))?;
-    let steps = steps_for(cfg, items);
-    Ok((steps, LrSchedule::of(optimizer, steps)))
+/// The update loop every trainer shares (SFT, the DPO family, policy gradient): the policy
+/// with its optimizer state, the learning-rate schedule and gradient clipping. An update
+/// accumulates gradients over one or more forward/backward passes ([`Updater::accumulate`]:
+/// micro-batches, auxiliary losses) and ends with one optimizer step ([`Updater::step`]).
+pub(crate) struct Updater<'a> {
+    pub(crate) policy: &'a mut dyn TrainablePolicy,
+    schedule: LrSchedule,
+    max_grad_norm: f32,
+    /// Updates taken so far: the schedule's position.
+    updates: u64,
+}
+
+impl<'a> Updater<'a> {
+    /// Starts `policy`'s optimizer: the state saved with checkpoint `resume` when given and
+    /// present, else a fresh one. The schedule spans `total` updates and starts at update
+    /// `first` (a run-long schedule continues across rounds).
+    pub(crate) fn start(
+        policy: &'a mut dyn TrainablePolicy,
+        optimizer: &OptimizerConfig,
+        total: u64,
+        first: u64,
+        resume: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let settings = adamw_settings(optimizer.weight_decay);
+        let restored = match resume {
+            Some(dir) => policy.restore_optimizer(dir, &settings)?,
+            None => false,
+        };
+        if !restored {
+            policy.reset_optimizer(&settings)?;
+        }
+        Ok(Self {
+            policy,
+            schedule: LrSchedule::of(optimizer, total),
+            max_grad_norm: optimizer.max_grad_norm,
+            updates: first,
+        })
+    }
+
+    /// One forward pass over `batch` (with entropies when `entropy`), the objective
+    /// `weights` turning its scores into per-token weights (and entropy coefficients) plus
+    /// what the caller keeps, and the backward pass that accumulates the gradient.
+    pub(crate) fn accumulate<T>(
+        &mut self,
+        batch: &[Example],
+        entropy: bool,
+        weights: impl FnOnce(TokenScores) -> (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>, T),
+    ) -> Result<T> {
+        let scores = self.policy.forward(batch, entropy)?;
+        let (w, coefs, kept) = weights(scores);
+        self.policy.backward(&w, coefs.as_deref())?;
+        Ok(kept)
+    }
+
+    /// Clips the accumulated gradient, steps at the schedule's rate and clears it; returns
+    /// the gradient norm before clipping.
+    pub(crate) fn step(&mut self) -> Result<f32> {
+        let lr = self.schedule.lr_at(self.updates);
+        self.updates += 1;
+        Ok(self.policy.step(lr, self.max_grad_norm)?)
+    }
+}
+
+impl TrainStats {
+    /// Adds step `step`'s loss to the mean loss of the first or last tenth of the steps.
+    pub(crate) fn record_loss(&mut self, step: u64, loss: f64) {
+        let tenth = (self.steps / 10).max(1);
+        if step < tenth {
+            self.first_loss += loss / tenth as f64;
+        }
+        if step >= self.steps - tenth {
+            self.last_loss += loss / tenth as f64;
+        }
+    }
 }
 
 /// Trains on `examples` with a fresh optimizer; `after_step(step, loss, policy)` runs after
@@ -171,10 +234,10 @@ pub fn fit_sft(
             "is empty: there is nothing to train on",
         ));
     }
-    let (steps, schedule) = start_training(policy, cfg, optimizer, examples.len())?;
+    let steps = steps_for(cfg, examples.len());
+    let mut up = Updater::start(policy, optimizer, steps, 0, None)?;
     let mut order = Order::new(examples.len(), seed);
     let batch = cfg.batch_size.min(examples.len());
-    let tenth = (steps / 10).max(1);
     let mut stats = TrainStats {
         examples: examples.len(),
         steps,
@@ -186,19 +249,16 @@ pub fn fit_sft(
             .into_iter()
             .map(|i| examples[i].clone())
             .collect();
-        let lp = policy.forward(&items, false)?.logprobs;
-        let out = sft(&lp, BatchShape::of(&lp), cfg.normalization);
-        policy.backward(&out.weights, None)?;
-        policy.step(schedule.lr_at(step), optimizer.max_grad_norm)?;
-        stats.tokens += lp.iter().map(|r| r.len() as u64).sum::<u64>();
-        if step < tenth {
-            stats.first_loss += out.loss / tenth as f64;
-        }
-        if step >= steps - tenth {
-            stats.last_loss += out.loss / tenth as f64;
-        }
+        let (loss, tokens) = up.accumulate(&items, false, |s| {
+            let out = sft(&s.logprobs, BatchShape::of(&s.logprobs), cfg.normalization);
+            let tokens = s.logprobs.iter().map(|r| r.len() as u64).sum::<u64>();
+            (out.weights, None, (out.loss, tokens))
+        })?;
+        up.step()?;
+        stats.tokens += tokens;
+        stats.record_loss(step, loss);
         obs.stage_progress(step + 1, stats.tokens);
-        after_step(step + 1, out.loss, policy)?;
+        after_step(step + 1, loss, &mut *up.policy)?;
     }
     Ok(stats)
 }

@@ -22,7 +22,7 @@ use crate::progress::Observer;
 use crate::run::Run;
 use crate::sampling::{derive_seed, sample_groups};
 use crate::store::RunDir;
-use crate::train::{adamw_settings, LrSchedule, Order};
+use crate::train::{Order, Updater};
 use crate::{Error, Result};
 use autodidact_core::{
     Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, TrainablePolicy,
@@ -447,20 +447,15 @@ pub fn rl_round(
 ) -> Result<RlRound> {
     let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
     // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
-    // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run.
-    let settings_opt = adamw_settings(cfg.optimizer.weight_decay);
-    let kept = cfg.keep_optimizer
-        && match cx.previous_checkpoint {
-            Some(dir) => policy.restore_optimizer(dir, &settings_opt)?,
-            None => false,
-        };
-    if !kept {
-        policy.reset_optimizer(&settings_opt)?;
-    }
-    // Warm-up at the run's start, cosine decay to `min_lr_ratio · lr` at its end.
-    let mut update = (cx.round as u64 - 1) * updates;
-    let total = cfg.rounds.max(cx.round) as u64 * updates;
-    let schedule = LrSchedule::of(&cfg.optimizer, total);
+    // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run:
+    // warm-up at its start, cosine decay to `min_lr_ratio · lr` at its end.
+    let mut up = Updater::start(
+        policy,
+        &cfg.optimizer,
+        cfg.rounds.max(cx.round) as u64 * updates,
+        (cx.round as u64 - 1) * updates,
+        cx.previous_checkpoint.filter(|_| cfg.keep_optimizer),
+    )?;
     let settings = PgSettings {
         epsilon_low: cfg.epsilon_low,
         epsilon_high: cfg.epsilon_high,
@@ -493,7 +488,7 @@ pub fn rl_round(
             .collect();
         let seed = derive_seed(cx.seed, cx.round, "rollout", step as u64);
         let groups: Vec<Group> = sample_groups(
-            policy,
+            &mut *up.policy,
             cx.task,
             &prompts,
             cfg.sampling.samples,
@@ -662,16 +657,21 @@ pub fn rl_round(
                 }
                 if !anchor.is_empty() {
                     let ex: Vec<Example> = anchor.iter().map(|&i| examples[i].clone()).collect();
-                    let lp = policy.forward(&ex, false)?.logprobs;
-                    let nll = sft(&lp, BatchShape::of(&lp), SftNormalization::Token);
-                    let w: Vec<Vec<f32>> = nll
-                        .weights
-                        .iter()
-                        .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
-                        .collect();
-                    policy.backward(&w, None)?;
+                    let nll_loss = up.accumulate(&ex, false, |s| {
+                        let nll = sft(
+                            &s.logprobs,
+                            BatchShape::of(&s.logprobs),
+                            SftNormalization::Token,
+                        );
+                        let w: Vec<Vec<f32>> = nll
+                            .weights
+                            .iter()
+                            .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
+                            .collect();
+                        (w, None, nll.loss)
+                    })?;
                     if it == 0 {
-                        sft_loss += nll.loss / parts as f64;
+                        sft_loss += nll_loss / parts as f64;
                     }
                 }
                 let rows = |v: &[Vec<f32>]| -> Vec<Vec<f32>> {
@@ -686,28 +686,28 @@ pub fn rl_round(
                 shape.max_len = cx.sampling.max_new_tokens;
                 for start in (0..ex.len()).step_by(cfg.micro_batch_size) {
                     let r = start..(start + cfg.micro_batch_size).min(ex.len());
-                    let scores = policy.forward(&ex[r.clone()], true)?;
-                    let out = policy_gradient(
-                        &settings,
-                        &PgInputs {
-                            logprobs: &scores.logprobs,
-                            old_logprobs: &old_k[r.clone()],
-                            ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
-                            entropies: scores.entropies.as_deref(),
-                            advantages: &adv_k[r],
-                        },
-                        shape,
-                    );
-                    policy.backward(&out.weights, out.entropy_coefs.as_deref())?;
+                    let (pass_loss, pass_stats) = up.accumulate(&ex[r.clone()], true, |s| {
+                        let out = policy_gradient(
+                            &settings,
+                            &PgInputs {
+                                logprobs: &s.logprobs,
+                                old_logprobs: &old_k[r.clone()],
+                                ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
+                                entropies: s.entropies.as_deref(),
+                                advantages: &adv_k[r],
+                            },
+                            shape,
+                        );
+                        (out.weights, out.entropy_coefs, (out.loss, out.stats))
+                    })?;
                     if it == 0 {
                         // The first pass's statistics describe the rollout (later passes'
                         // ratios drift from 1 by construction).
-                        stats.add(&out.stats);
-                        loss += out.loss / parts as f64;
+                        stats.add(&pass_stats);
+                        loss += pass_loss / parts as f64;
                     }
                 }
-                let norm = policy.step(schedule.lr_at(update), cfg.optimizer.max_grad_norm)?;
-                update += 1;
+                let norm = up.step()?;
                 grad_norm += norm as f64 / updates_per_step;
             }
         }

@@ -28,7 +28,7 @@ use crate::progress::{Observer, Silent};
 use crate::run::{records, Run};
 use crate::sampling::sample_groups;
 use crate::store::RunDir;
-use crate::train::{start_training, steps_for, Order, TrainStats};
+use crate::train::{steps_for, Order, TrainStats, Updater};
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Policy, Task, TrainablePolicy};
 use autodidact_objectives::{
@@ -640,7 +640,8 @@ pub fn fit_dpo(
     obs: &mut dyn Observer,
 ) -> Result<DpoFit> {
     let t = &cfg.train;
-    let (steps, schedule) = start_training(policy, t, &cfg.optimizer, pairs.len())?;
+    let steps = steps_for(t, pairs.len());
+    let mut up = Updater::start(policy, &cfg.optimizer, steps, 0, None)?;
     let settings = DpoSettings {
         loss: cfg.loss,
         beta: cfg.beta,
@@ -650,7 +651,6 @@ pub fn fit_dpo(
     let mut order = Order::new(pairs.len(), seed);
     let mut judge_order = Order::new(judge.len(), seed ^ 0x9e37_79b9_7f4a_7c15);
     let batch = t.batch_size.min(pairs.len());
-    let tenth = (steps / 10).max(1);
     let mut stats = TrainStats {
         examples: pairs.len(),
         steps,
@@ -662,60 +662,59 @@ pub fn fit_dpo(
         let idx = order.next_batch(batch);
         let mut ex: Vec<Example> = idx.iter().map(|&i| chosen[i].clone()).collect();
         ex.extend(idx.iter().map(|&i| rejected[i].clone()));
-        let lp = policy.forward(&ex, false)?.logprobs;
-        let (lc, lr) = lp.split_at(idx.len());
-        let rc: Vec<f32> = idx.iter().map(|&i| refs[i].0).collect();
-        let rr: Vec<f32> = idx.iter().map(|&i| refs[i].1).collect();
-        let w: Vec<f32> = idx.iter().map(|&i| pairs[i].weight).collect();
-        let out = dpo(
-            &settings,
-            &DpoInputs {
-                chosen: lc,
-                rejected: lr,
-                ref_chosen: &rc,
-                ref_rejected: &rr,
-                weights: Some(&w),
-            },
-            idx.len(),
-        );
-        let mut weights = out.chosen_weights;
-        if cfg.sft_coef > 0.0 {
-            let nll = sft(lc, BatchShape::of(lc), SftNormalization::Token);
-            for (w, n) in weights.iter_mut().zip(&nll.weights) {
-                for (a, b) in w.iter_mut().zip(n) {
-                    *a += cfg.sft_coef * b;
+        let (loss, tokens) = up.accumulate(&ex, false, |s| {
+            let lp = s.logprobs;
+            let (lc, lr) = lp.split_at(idx.len());
+            let rc: Vec<f32> = idx.iter().map(|&i| refs[i].0).collect();
+            let rr: Vec<f32> = idx.iter().map(|&i| refs[i].1).collect();
+            let w: Vec<f32> = idx.iter().map(|&i| pairs[i].weight).collect();
+            let out = dpo(
+                &settings,
+                &DpoInputs {
+                    chosen: lc,
+                    rejected: lr,
+                    ref_chosen: &rc,
+                    ref_rejected: &rr,
+                    weights: Some(&w),
+                },
+                idx.len(),
+            );
+            let mut weights = out.chosen_weights;
+            if cfg.sft_coef > 0.0 {
+                let nll = sft(lc, BatchShape::of(lc), SftNormalization::Token);
+                for (w, n) in weights.iter_mut().zip(&nll.weights) {
+                    for (a, b) in w.iter_mut().zip(n) {
+                        *a += cfg.sft_coef * b;
+                    }
                 }
+                sft_loss += nll.loss / steps as f64;
             }
-            sft_loss += nll.loss / steps as f64;
-        }
-        weights.extend(out.rejected_weights);
-        policy.backward(&weights, None)?;
-        dstats.add(&out.stats);
-        stats.tokens += lp.iter().map(|r| r.len() as u64).sum::<u64>();
+            weights.extend(out.rejected_weights);
+            dstats.add(&out.stats);
+            let tokens = lp.iter().map(|r| r.len() as u64).sum::<u64>();
+            (weights, None, (out.loss, tokens))
+        })?;
+        stats.tokens += tokens;
         if !judge.is_empty() && judge_coef > 0.0 {
             let jb: Vec<Example> = judge_order
                 .next_batch(t.batch_size.min(judge.len()))
                 .into_iter()
                 .map(|i| judge[i].clone())
                 .collect();
-            let jl = policy.forward(&jb, false)?.logprobs;
-            let js = sft(&jl, BatchShape::of(&jl), t.normalization);
-            let scaled: Vec<Vec<f32>> = js
-                .weights
-                .iter()
-                .map(|r| r.iter().map(|w| w * judge_coef).collect())
-                .collect();
-            policy.backward(&scaled, None)?;
-            judge_loss += js.loss / steps as f64;
-            stats.tokens += jl.iter().map(|r| r.len() as u64).sum::<u64>();
+            stats.tokens += up.accumulate(&jb, false, |s| {
+                let js = sft(&s.logprobs, BatchShape::of(&s.logprobs), t.normalization);
+                let scaled: Vec<Vec<f32>> = js
+                    .weights
+                    .iter()
+                    .map(|r| r.iter().map(|w| w * judge_coef).collect())
+                    .collect();
+                judge_loss += js.loss / steps as f64;
+                let tokens = s.logprobs.iter().map(|r| r.len() as u64).sum::<u64>();
+                (scaled, None, tokens)
+            })?;
         }
-        policy.step(schedule.lr_at(step), cfg.optimizer.max_grad_norm)?;
-        if step < tenth {
-            stats.first_loss += out.loss / tenth as f64;
-        }
-        if step >= steps - tenth {
-            stats.last_loss += out.loss / tenth as f64;
-        }
+        up.step()?;
+        stats.record_loss(step, loss);
         obs.stage_progress(step + 1, stats.tokens);
     }
     let mut metrics = dstats.metrics();
