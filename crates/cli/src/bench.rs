@@ -1,20 +1,19 @@
-//! `autodidact bench`: training and sampling throughput of the native model.
+//! `autodidact bench`: training and sampling throughput of a policy, built through the backend
+//! factory as a run builds it (today the native model's presets).
 //!
 //! Throughput is computed from the median time of a training step (after three warm-up
 //! steps) and of a sampling batch (after one warm-up batch), so a transient slowdown of a
 //! shared machine does not decide the figure.
 //! Each preset is measured in its own process (the binary re-runs itself with
 //! `--preset`), so peak RSS is that preset's alone. Training runs next-token SFT
-//! on random tokens (batch × context, AdamW, clipping, as a real step), sampling
-//! generates from a one-token prompt until the context is full, with a KV cache,
-//! temperature 1. `bench/torch_reference.py` measures the same model and
+//! on `<bos>` and random tokens (batch × context, AdamW, clipping, through the policy's
+//! forward/backward/step as a real step), sampling generates from the `<bos>` prompt until
+//! the context is full (stop tokens ignored), with a KV cache, temperature 1. `bench/torch_reference.py` measures the same model and
 //! workload in PyTorch; `bench/compare.sh` prints the ratios.
 
 use anyhow::{bail, Context, Result};
-use autodidact_nn::{
-    Activations, AdamWConfig, ForwardOptions, Gradients, Rng, SampleWorkspace, SamplingConfig,
-    TokenBatch, TransformerConfig,
-};
+use autodidact_core::{Example, ModelConfig, OptimizerSettings, Rng, SamplingParams};
+use autodidact_nn::TransformerConfig;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -119,82 +118,99 @@ fn print(r: &Report, json: bool) -> Result<()> {
 }
 
 fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
-    let cfg = TransformerConfig::from_preset(preset, args.vocab)?;
+    // The benchmark model goes through the backend factory like a run's: a `[model]` of this
+    // preset over a character vocabulary of `--vocab` tokens (3 of them special).
+    if args.vocab < 4 {
+        bail!("--vocab must be at least 4 (3 special tokens and one character)");
+    }
+    let alphabet: String = (0..args.vocab as u32 - 3)
+        .map(|i| char::from_u32(0x100 + i).expect("a valid character"))
+        .collect();
+    let model = ModelConfig {
+        preset: preset.to_string(),
+        ..ModelConfig::default()
+    };
+    let spec = crate::backends::linked().plan(&model, &alphabet)?;
+    let t = spec.context_length();
+    let b = args.batch;
     // The training step keeps the whole batch's activations; refuse what would not fit.
     autodidact_core::memory::check(
         "--batch",
-        cfg.state_bytes(threads) + cfg.train_activation_bytes(args.batch, cfg.context_length),
-        &format!("a {preset} training step over {} sequences", args.batch),
+        spec.state_bytes(threads) + spec.train_activation_bytes(b, t),
+        &format!("a {preset} training step over {b} sequences"),
     )?;
-    let mut model = cfg.build(0)?;
-    let (b, t) = (args.batch, cfg.context_length);
+    let mut policy = spec.init(0)?;
 
-    // Training: random sequences of context + 1 tokens, mean next-token loss.
+    // Training: `<bos>` and t random tokens per sequence, mean next-token loss.
     let mut rng = Rng::new(1);
-    let seqs: Vec<Vec<u32>> = (0..b)
-        .map(|_| {
-            (0..=t)
-                .map(|_| rng.below(args.vocab as u64) as u32)
-                .collect()
+    let batch: Vec<Example> = (0..b)
+        .map(|_| Example {
+            prompt: String::new(),
+            completion: String::new(),
+            completion_tokens: Some(
+                (0..t)
+                    .map(|_| rng.below(args.vocab as u64) as u32)
+                    .collect(),
+            ),
         })
         .collect();
-    let batch = TokenBatch::from_sequences(&seqs)?;
-    let weights = vec![1.0 / batch.num_tokens() as f32; b * t];
-    let mut act = Activations::new();
-    let mut grads = Gradients::new(&model);
-    let mut opt = AdamWConfig::default().build(&model)?;
+    policy.reset_optimizer(&OptimizerSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    })?;
+    let tokens = (b * t) as f32;
+    let weights = vec![vec![1.0 / tokens; t]; b];
     let warmup = 3;
     let mut loss = 0.0;
     let mut step_s = Vec::with_capacity(args.steps);
     for step in 0..warmup + args.steps {
         let start = Instant::now();
-        let out = model.forward(&batch, ForwardOptions::default(), &mut act)?;
-        loss = -out.logprobs.iter().map(|&l| l as f64).sum::<f64>() / batch.num_tokens() as f64;
-        grads.zero();
-        model.backward(&mut act, &weights, None, &mut grads)?;
-        grads.clip_global_norm(1.0);
-        opt.step(model.params_mut(), &grads.data, 1e-3)?;
+        let lp = policy.forward(&batch, false)?.logprobs;
+        loss = -lp.iter().flatten().map(|&l| l as f64).sum::<f64>() / tokens as f64;
+        policy.backward(&weights, None)?;
+        policy.step(1e-3, 1.0)?;
         if step >= warmup {
             step_s.push(start.elapsed().as_secs_f64());
         }
     }
     let train_tps = (b * t) as f64 / median(&mut step_s);
-    drop(act);
 
-    // Sampling: one-token prompts, fill the context.
-    let sampling = SamplingConfig {
+    // Sampling: `<bos>` prompts, fill the context (stop tokens ignored).
+    let params = SamplingParams {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
         max_new_tokens: t - 1,
-        stop_tokens: vec![],
+        ignore_stop: true,
     };
-    let prompts = vec![vec![1u32]; b];
+    let prompts = vec![String::new(); b];
     let seeds: Vec<u64> = (0..b as u64).collect();
-    let mut ws = SampleWorkspace::new();
-    model.sample_with(&prompts, &seeds, &sampling, &mut ws)?; // warm-up
+    policy.sample(&prompts, &seeds, &params)?; // warm-up
     let reps = 5;
     let mut rep_s = Vec::with_capacity(reps);
     let mut new_tokens = 0;
     for _ in 0..reps {
         let start = Instant::now();
-        let out = model.sample_with(&prompts, &seeds, &sampling, &mut ws)?;
+        let out = policy.sample(&prompts, &seeds, &params)?;
         rep_s.push(start.elapsed().as_secs_f64());
-        new_tokens = out.iter().map(|s| s.tokens.len()).sum::<usize>();
+        new_tokens = out.iter().map(|c| c.tokens.len()).sum::<usize>();
     }
     let sample_tps = new_tokens as f64 / median(&mut rep_s);
     // Read before the GEMM measurement, whose 2048² matrices would dominate a tiny model's peak.
     let peak_rss = autodidact_core::memory::peak_rss_bytes();
+    let params_count = spec.num_params() as usize;
 
     Ok(Report {
         preset: preset.to_string(),
-        params: model.num_params(),
+        params: params_count,
         threads,
         batch: b,
         seq_len: t,
         train_steps: args.steps,
         train_tokens_per_s: train_tps,
-        train_flops_per_s: 6.0 * model.num_params() as f64 * train_tps,
+        train_flops_per_s: 6.0 * params_count as f64 * train_tps,
         final_loss: loss,
         sample_new_tokens: new_tokens,
         sample_tokens_per_s: sample_tps,

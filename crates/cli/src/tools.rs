@@ -221,6 +221,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         top_k: a.top_k,
         top_p: a.top_p,
         max_new_tokens: a.max_new_tokens.unwrap_or(room),
+        ignore_stop: false,
     };
     let mut out = std::io::stdout().lock();
     let mut start = 0u64;

@@ -73,6 +73,9 @@ pub trait ModelSpec: Send + Sync {
     /// The resolved settings of the model (recorded in the seed round's manifest).
     fn describe(&self) -> serde_json::Value;
 
+    /// Parameters of the model.
+    fn num_params(&self) -> u64;
+
     /// Bytes of the weights, gradients and optimizer state of one copy of the model when its
     /// kernels run on `threads` threads.
     fn state_bytes(&self, threads: usize) -> u64;

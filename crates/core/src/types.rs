@@ -128,6 +128,10 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Most tokens generated per completion (including the stop token).
     pub max_new_tokens: usize,
+    /// Generate `max_new_tokens` tokens whatever they are, stop tokens included (vLLM's
+    /// `ignore_eos`): for throughput measurements.
+    #[serde(default)]
+    pub ignore_stop: bool,
 }
 
 fn one() -> f32 {
@@ -141,6 +145,7 @@ impl SamplingParams {
             top_k: 0,
             top_p: 1.0,
             max_new_tokens,
+            ignore_stop: false,
         }
     }
 }

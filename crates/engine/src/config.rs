@@ -742,6 +742,7 @@ impl RunPlan {
             top_k: 0,
             top_p: sampling.top_p,
             max_new_tokens: self.max_new_tokens,
+            ignore_stop: false,
         }
     }
 }

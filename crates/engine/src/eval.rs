@@ -175,6 +175,7 @@ pub fn evaluate_with_samples(
         top_k: 0,
         top_p: s.sampling.top_p,
         max_new_tokens: s.max_new_tokens,
+        ignore_stop: false,
     };
     // The sampled pass continues the stage's progress where the greedy pass ended.
     let mut rest = Offset {

@@ -83,6 +83,9 @@ impl autodidact_core::ModelSpec for MockSpec {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({"context_length": self.context_length})
     }
+    fn num_params(&self) -> u64 {
+        0
+    }
     fn state_bytes(&self, _threads: usize) -> u64 {
         1 << 20
     }

@@ -78,6 +78,10 @@ impl ModelSpec for NativeSpec {
         serde_json::to_value(&self.model).expect("a TransformerConfig always serializes")
     }
 
+    fn num_params(&self) -> u64 {
+        self.model.num_params() as u64
+    }
+
     fn state_bytes(&self, threads: usize) -> u64 {
         self.model.state_bytes(threads)
     }

@@ -213,7 +213,11 @@ impl Policy for NativePolicy {
             top_k: params.top_k,
             top_p: params.top_p,
             max_new_tokens: params.max_new_tokens,
-            stop_tokens: vec![self.tokenizer.eos_id()],
+            stop_tokens: if params.ignore_stop {
+                Vec::new()
+            } else {
+                vec![self.tokenizer.eos_id()]
+            },
         };
         let samples = self
             .model
@@ -439,6 +443,7 @@ mod tests {
                     top_k: 0,
                     top_p: 1.0,
                     max_new_tokens: 6,
+                    ignore_stop: false,
                 },
             )
             .unwrap();
@@ -477,6 +482,7 @@ mod tests {
                     top_k: 0,
                     top_p: 1.0,
                     max_new_tokens: 8,
+                    ignore_stop: false,
                 },
             )
             .unwrap();
@@ -488,5 +494,17 @@ mod tests {
         assert!(p
             .sample(&["1+a".to_string()], &[1], &SamplingParams::greedy(4))
             .is_err());
+        // Ignoring stop tokens fills max_new_tokens (a throughput benchmark's workload).
+        let full = p
+            .sample(
+                &["1+2=".to_string(), "3+4=".to_string()],
+                &[1, 2],
+                &SamplingParams {
+                    ignore_stop: true,
+                    ..SamplingParams::greedy(8)
+                },
+            )
+            .unwrap();
+        assert!(full.iter().all(|c| c.tokens.len() == 8), "{full:?}");
     }
 }
