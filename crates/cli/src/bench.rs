@@ -12,7 +12,8 @@
 //! workload in PyTorch; `bench/compare.sh` prints the ratios.
 
 use anyhow::{bail, Context, Result};
-use autodidact_core::{Example, ModelConfig, OptimizerSettings, Rng, SamplingParams};
+use autodidact_core::{Example, ModelConfig, Rng, SamplingParams};
+use autodidact_engine::train::adamw_settings;
 use autodidact_nn::TransformerConfig;
 use serde::Serialize;
 use std::time::Instant;
@@ -154,12 +155,7 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
             ),
         })
         .collect();
-    policy.reset_optimizer(&OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    })?;
+    policy.reset_optimizer(&adamw_settings(0.0))?;
     let tokens = (b * t) as f32;
     let weights = vec![vec![1.0 / tokens; t]; b];
     let warmup = 3;
