@@ -30,16 +30,23 @@ fn mean_over(groups: &[Group], f: impl Fn(&Group) -> f64) -> f64 {
     groups.iter().map(f).sum::<f64>() / groups.len() as f64
 }
 
-/// Entropy (nats) of the distribution of `items`.
+/// Entropy (nats) of the distribution of `items`, summed over the distinct items in order of
+/// first appearance (a hash map's order differs between processes, and with it the last bit
+/// of the sum: the same run must give the same bytes).
 pub fn entropy<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> f64 {
-    let mut counts: HashMap<T, usize> = HashMap::new();
+    let mut index: HashMap<T, usize> = HashMap::new();
+    let mut counts: Vec<usize> = Vec::new();
     let mut n = 0usize;
     for x in items {
-        *counts.entry(x).or_insert(0) += 1;
+        let i = *index.entry(x).or_insert_with(|| {
+            counts.push(0);
+            counts.len() - 1
+        });
+        counts[i] += 1;
         n += 1;
     }
     counts
-        .values()
+        .iter()
         .map(|&c| {
             let p = c as f64 / n as f64;
             -p * p.ln()
@@ -238,6 +245,20 @@ pub fn mean_kl(logprobs: &[Vec<f32>], ref_logprobs: &[Vec<f32>]) -> f64 {
 mod tests {
     use super::*;
     use crate::testutil::group;
+
+    /// issue 12: the full-size spin example differed in the last bit of
+    /// `explore/answer_entropy` between two processes, because the sum ran in hash order.
+    #[test]
+    fn issue12_entropy_sums_in_first_appearance_order() {
+        let items = ["a", "b", "a", "c", "d", "b", "e", "a", "f", "g"];
+        let n = items.len() as f64;
+        let mut want = 0.0;
+        for c in [3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0] {
+            let p: f64 = c / n;
+            want += -p * p.ln();
+        }
+        assert_eq!(entropy(items).to_bits(), want.to_bits());
+    }
 
     #[test]
     fn auroc_in_closed_form() {
