@@ -320,12 +320,19 @@ impl RunConfig {
         let de = toml::Value::Table(table);
         let mut config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
+            let mut message = one_line(&e.inner().to_string());
+            if !path.contains('.') && message.starts_with("unknown field") {
+                // The recipe sections were taken out before: name them too.
+                let sections: Vec<String> =
+                    recipes::all_sections().map(|s| format!("`{s}`")).collect();
+                message += &format!(", or a recipe section: {}", sections.join(", "));
+            }
             let key = if path == "." {
                 origin.to_string()
             } else {
                 path
             };
-            Error::config(key, one_line(&e.inner().to_string()))
+            Error::config(key, message)
         })?;
         let family = recipes::family_of(&config.recipe)?;
         for name in family.sections() {
@@ -909,6 +916,14 @@ mod tests {
                 "config key `star.train.steps`: set exactly one",
             ),
             (&["nonsense"], "section.key=value"),
+            (
+                &["foo.bar=1"],
+                "config key `foo`: unknown field `foo`, expected one of `recipe`",
+            ),
+            (
+                &["foo.bar=1"],
+                "or a recipe section: `star`, `rl`, `pref`, `judge`, `raft`",
+            ),
         ];
         for (sets, want) in cases {
             let e = err(sets);
