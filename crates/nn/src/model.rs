@@ -15,17 +15,22 @@
 //! docs/design.md ("Objectives are token weights") reduces to this form; it lives in
 //! `model/backward.rs`.
 //!
+//! The decoder layer is written once, in `model/layer.rs`: its forward pass serves both this
+//! training pass and cached decoding (`sample.rs`), and its backward pass sits beside it.
+//!
 //! Threads: a batch with at least two rows per worker thread is split into shards of rows,
 //! one per thread, each running forward and backward with single-threaded kernels (see
 //! [`Activations`]); smaller batches run as one shard with multi-threaded kernels.
 
 mod backward;
+mod layer;
 
 use crate::batch::TokenBatch;
 use crate::config::TransformerConfig;
 use crate::kernels::{self, grow, Rope, SendPtr, View};
 use crate::params::Layout;
 use crate::{Error, Result};
+pub(crate) use layer::{LayerIo, Stages};
 use rayon::prelude::*;
 
 /// Rows per parallel task for row-wise kernels.
@@ -419,68 +424,22 @@ impl Transformer {
         grow(&mut act.logp, n * v);
         grow(&mut act.entropy, n);
 
-        let p = &self.params;
-        let lay = &self.layout;
-        // Embedding. (N, C)
-        {
-            let emb = &p[lay.embed..lay.embed + v * c];
-            let x0 = &mut act.resid[..n * c];
-            for (row, &tok) in x0.chunks_exact_mut(c).zip(&act.tokens) {
-                row.copy_from_slice(&emb[tok as usize * c..(tok as usize + 1) * c]);
-            }
-        }
-
-        for (l, lo) in lay.layers.iter().enumerate() {
-            // --- attention block ---
-            let s = 2 * l;
-            let (resid_prev, resid_rest) = act.resid.split_at_mut((s + 1) * n * c);
-            let xin = &resid_prev[s * n * c..];
-            let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
-            let rstd = &mut act.rstd[s * n..(s + 1) * n];
-            norm_rows(
-                normed,
-                rstd,
-                xin,
-                &p[lo.attn_norm..lo.attn_norm + c],
-                cfg.rms_norm_eps,
-                par,
+        self.embed(&act.tokens, &mut act.resid[..n * c]);
+        for l in 0..nl {
+            let (probs, rows, offs) = (
+                &mut act.probs[l * prob_off..(l + 1) * prob_off],
+                &act.rows,
+                &act.prob_offsets,
             );
-            let qkv = &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
-            kernels::linear(
-                qkv,
-                normed,
-                &p[lo.wqkv..lo.wqkv + 3 * c * c],
-                n,
-                c,
-                3 * c,
-                false,
-                par,
-            );
-            // Rotate q and k. (N, 3C)
-            if par {
-                qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
-                    .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                    .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, false));
-            } else {
-                self.rope
-                    .apply_rows(qkv, 3 * c, 2 * c, &act.positions, false);
-            }
-            let att = &mut act.att[l * n * c..(l + 1) * n * c];
-            let probs = &mut act.probs[l * prob_off..(l + 1) * prob_off];
-            {
-                let (qkv_ptr, att_ptr, probs_ptr) = (
-                    SendPtr(qkv.as_mut_ptr()),
-                    SendPtr(att.as_mut_ptr()),
-                    SendPtr(probs.as_mut_ptr()),
-                );
-                let rows = &act.rows;
-                let offs = &act.prob_offsets;
+            // Within each packed row, causally, one task per (row, head); keeps the probabilities.
+            let attend = |qkv: &[f32], att: &mut [f32]| {
+                let (att_ptr, probs_ptr) = (SendPtr(att.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
                 for_each_head(rows.len(), h, par, |(b, hh)| {
                     let (st, len) = rows[b];
                     // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
                     // region of `att` (its row × its head's columns) and of `probs`.
                     unsafe {
-                        let base = qkv_ptr.ptr().add(st * 3 * c + hh * d) as *const f32;
+                        let base = qkv.as_ptr().add(st * 3 * c + hh * d);
                         let pr = std::slice::from_raw_parts_mut(
                             probs_ptr.ptr().add(offs[b] + hh * len * len),
                             len * len,
@@ -497,73 +456,30 @@ impl Transformer {
                         );
                     }
                 });
-            }
-            // x_mid = x_in + att · Woᵀ
-            let xmid = &mut resid_rest[..n * c];
-            xmid.copy_from_slice(xin);
-            kernels::linear(xmid, att, &p[lo.wo..lo.wo + c * c], n, c, c, true, par);
-
-            // --- MLP block ---
-            let s = 2 * l + 1;
-            let (resid_prev, resid_rest) = act.resid.split_at_mut((s + 1) * n * c);
-            let xin = &resid_prev[s * n * c..];
-            let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
-            let rstd = &mut act.rstd[s * n..(s + 1) * n];
-            norm_rows(
-                normed,
-                rstd,
-                xin,
-                &p[lo.mlp_norm..lo.mlp_norm + c],
-                cfg.rms_norm_eps,
-                par,
-            );
-            let gu = &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
-            kernels::linear(
-                gu,
-                normed,
-                &p[lo.wgu..lo.wgu + 2 * f * c],
-                n,
-                c,
-                2 * f,
-                false,
-                par,
-            );
-            let a = &mut act.act[l * n * f..(l + 1) * n * f];
-            let sig = &mut act.sig[l * n * f..(l + 1) * n * f];
-            if par {
-                a.par_chunks_mut(ROWS_PER_TASK * f)
-                    .zip(sig.par_chunks_mut(ROWS_PER_TASK * f))
-                    .zip(gu.par_chunks(ROWS_PER_TASK * 2 * f))
-                    .for_each(|((a, sig), gu)| kernels::swiglu_train(a, sig, gu, f));
-            } else {
-                kernels::swiglu_train(a, sig, gu, f);
-            }
-            let xout = &mut resid_rest[..n * c];
-            xout.copy_from_slice(xin);
-            kernels::linear(xout, a, &p[lo.wdown..lo.wdown + c * f], n, f, c, true, par);
+            };
+            // Stages 2l, 2l+1, 2l+2 of the residual stream; 2l, 2l+1 of the norms.
+            let io = LayerIo {
+                resid: Stages::kept(&mut act.resid[2 * l * n * c..], 3, n * c),
+                normed: Stages::kept(&mut act.normed[2 * l * n * c..], 2, n * c),
+                rstd: Stages::kept(&mut act.rstd[2 * l * n..], 2, n),
+                qkv: &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c],
+                att: &mut act.att[l * n * c..(l + 1) * n * c],
+                gu: &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f],
+                act: &mut act.act[l * n * f..(l + 1) * n * f],
+                sig: Some(&mut act.sig[l * n * f..(l + 1) * n * f]),
+                positions: &act.positions,
+            };
+            self.layer_forward(l, io, attend, par);
         }
 
         // Final norm and output head. (N, V)
         let s = 2 * nl;
-        let xin = &act.resid[s * n * c..(s + 1) * n * c];
-        let normed = &mut act.normed[s * n * c..(s + 1) * n * c];
-        norm_rows(
-            normed,
-            &mut act.rstd[s * n..(s + 1) * n],
-            xin,
-            &p[lay.final_norm..lay.final_norm + c],
-            cfg.rms_norm_eps,
-            par,
-        );
         let logp = &mut act.logp[..n * v];
-        kernels::linear(
+        self.head(
+            &act.resid[s * n * c..(s + 1) * n * c],
+            &mut act.normed[s * n * c..(s + 1) * n * c],
+            &mut act.rstd[s * n..(s + 1) * n],
             logp,
-            normed,
-            &p[lay.lm_head..lay.lm_head + v * c],
-            n,
-            c,
-            v,
-            false,
             par,
         );
 
@@ -602,14 +518,7 @@ impl Transformer {
 }
 
 /// RMSNorm over rows, split across the thread pool when `par`.
-pub(crate) fn norm_rows(
-    y: &mut [f32],
-    rstd: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    eps: f32,
-    par: bool,
-) {
+fn norm_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32, par: bool) {
     let c = w.len();
     if !par {
         return kernels::rmsnorm(y, rstd, x, w, eps);

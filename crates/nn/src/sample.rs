@@ -13,7 +13,7 @@
 //! computes it — not under the tempered or truncated sampling distribution.
 
 use crate::kernels::{self, grow};
-use crate::model::{norm_rows, Transformer};
+use crate::model::{LayerIo, Stages, Transformer};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -418,8 +418,6 @@ impl Transformer {
             mc.head_dim(),
         );
         let m = tokens.len();
-        let p = &self.params;
-        let lay = &self.layout;
         grow(&mut s.x, m * c);
         grow(&mut s.normed, m * c);
         grow(&mut s.rstd, m);
@@ -440,52 +438,30 @@ impl Transformer {
             .flat_map(|sg| sg.start as u32..(sg.start + sg.len) as u32)
             .collect();
 
-        let emb = &p[lay.embed..lay.embed + v * c];
-        for (row, &t) in s.x[..m * c].chunks_exact_mut(c).zip(tokens) {
-            row.copy_from_slice(&emb[t as usize * c..(t as usize + 1) * c]);
-        }
-        for (l, lo) in lay.layers.iter().enumerate() {
-            let x = &mut s.x[..m * c];
-            norm_rows(
-                &mut s.normed[..m * c],
-                &mut s.rstd[..m],
-                x,
-                &p[lo.attn_norm..lo.attn_norm + c],
-                mc.rms_norm_eps,
-                par,
-            );
-            let qkv = &mut s.qkv[..m * 3 * c];
-            kernels::linear(
-                qkv,
-                &s.normed[..m * c],
-                &p[lo.wqkv..lo.wqkv + 3 * c * c],
-                m,
-                c,
-                3 * c,
-                false,
-                par,
-            );
-            self.rope.apply_rows(qkv, 3 * c, 2 * c, &positions, false);
-            for (si, seg) in segs.iter().enumerate() {
-                for i in 0..seg.len {
-                    let src = &qkv[(seg_tok[si] + i) * 3 * c..(seg_tok[si] + i + 1) * 3 * c];
-                    let (o, pos, ctx) = (cache.offset(l, seg.row), seg.start + i, cache.ctx);
-                    // Key dimension e (head e / D, index e % D) goes to row e of the (C, ctx) block.
-                    for (e, &kv) in src[c..2 * c].iter().enumerate() {
-                        cache.k[o + e * ctx + pos] = kv;
+        self.embed(tokens, &mut s.x[..m * c]);
+        for l in 0..mc.num_layers {
+            let scores = &mut s.probs[..segs.len() * cache.ctx];
+            let cache = &mut *cache;
+            // Appends each segment's keys and values to its row's cache, then attends over
+            // everything cached for the row; one task per segment.
+            let attend = |qkv: &[f32], att: &mut [f32]| {
+                for (si, seg) in segs.iter().enumerate() {
+                    for i in 0..seg.len {
+                        let src = &qkv[(seg_tok[si] + i) * 3 * c..(seg_tok[si] + i + 1) * 3 * c];
+                        let (o, pos, ctx) = (cache.offset(l, seg.row), seg.start + i, cache.ctx);
+                        // Key dimension e (head e / D, index e % D) goes to row e of the (C, ctx) block.
+                        for (e, &kv) in src[c..2 * c].iter().enumerate() {
+                            cache.k[o + e * ctx + pos] = kv;
+                        }
+                        cache.v[o + pos * c..o + (pos + 1) * c].copy_from_slice(&src[2 * c..]);
                     }
-                    cache.v[o + pos * c..o + (pos + 1) * c].copy_from_slice(&src[2 * c..]);
                 }
-            }
-            {
                 let kv_len = cache.ctx * c;
-                let (k_all, v_all) = (&cache.k, &cache.v);
-                let qkv = &*qkv;
-                let att = &mut s.att[..m * c];
-                // One task per segment; each owns its rows of `att` and its slice of `scores`.
+                let cache = &*cache;
+                // Each task owns its segment's rows of `att` and its slice of `scores`.
                 let mut tasks: Vec<(&Segment, &mut [f32], &mut [f32])> =
                     Vec::with_capacity(segs.len());
-                let (mut att_rest, mut score_rest) = (att, &mut s.probs[..segs.len() * cache.ctx]);
+                let (mut att_rest, mut score_rest) = (att, scores);
                 for seg in segs {
                     let (a, ar) = std::mem::take(&mut att_rest).split_at_mut(seg.len * c);
                     let (sc, sr) = std::mem::take(&mut score_rest).split_at_mut(cache.ctx);
@@ -499,8 +475,8 @@ impl Transformer {
                         kernels::attention_cached(
                             &qkv[t0 * 3 * c..(t0 + seg.len) * 3 * c],
                             3 * c,
-                            &k_all[kv0..kv0 + kv_len],
-                            &v_all[kv0..kv0 + kv_len],
+                            &cache.k[kv0..kv0 + kv_len],
+                            &cache.v[kv0..kv0 + kv_len],
                             cache.ctx,
                             out,
                             scores,
@@ -515,47 +491,20 @@ impl Transformer {
                 } else {
                     tasks.into_iter().zip(seg_tok.iter()).for_each(run);
                 }
-            }
-            kernels::linear(
-                x,
-                &s.att[..m * c],
-                &p[lo.wo..lo.wo + c * c],
-                m,
-                c,
-                c,
-                true,
-                par,
-            );
-            norm_rows(
-                &mut s.normed[..m * c],
-                &mut s.rstd[..m],
-                x,
-                &p[lo.mlp_norm..lo.mlp_norm + c],
-                mc.rms_norm_eps,
-                par,
-            );
-            let gu = &mut s.gu[..m * 2 * f];
-            kernels::linear(
-                gu,
-                &s.normed[..m * c],
-                &p[lo.wgu..lo.wgu + 2 * f * c],
-                m,
-                c,
-                2 * f,
-                false,
-                par,
-            );
-            kernels::swiglu(&mut s.act[..m * f], gu, f);
-            kernels::linear(
-                x,
-                &s.act[..m * f],
-                &p[lo.wdown..lo.wdown + c * f],
-                m,
-                f,
-                c,
-                true,
-                par,
-            );
+            };
+            // One residual buffer updated in place; every stage's scratch is reused.
+            let io = LayerIo {
+                resid: Stages::reused(&mut s.x, m * c),
+                normed: Stages::reused(&mut s.normed, m * c),
+                rstd: Stages::reused(&mut s.rstd, m),
+                qkv: &mut s.qkv[..m * 3 * c],
+                att: &mut s.att[..m * c],
+                gu: &mut s.gu[..m * 2 * f],
+                act: &mut s.act[..m * f],
+                sig: None,
+                positions: &positions,
+            };
+            self.layer_forward(l, io, attend, par);
         }
         // Last token of each segment → final norm → logits. (S, V)
         let ns = segs.len();
@@ -564,23 +513,12 @@ impl Transformer {
             let t = seg_tok[si] + seg.len - 1;
             s.last[si * c..(si + 1) * c].copy_from_slice(&s.x[t * c..(t + 1) * c]);
         }
-        norm_rows(
+        grow(&mut s.logits, ns * v);
+        self.head(
+            &s.last[..ns * c],
             &mut s.normed[..ns * c],
             &mut s.rstd[..ns],
-            &s.last[..ns * c],
-            &p[lay.final_norm..lay.final_norm + c],
-            mc.rms_norm_eps,
-            par,
-        );
-        grow(&mut s.logits, ns * v);
-        kernels::linear(
             &mut s.logits[..ns * v],
-            &s.normed[..ns * c],
-            &p[lay.lm_head..lay.lm_head + v * c],
-            ns,
-            c,
-            v,
-            false,
             par,
         );
     }

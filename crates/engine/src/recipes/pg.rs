@@ -25,11 +25,13 @@ use crate::store::RunDir;
 use crate::train::{Order, Updater};
 use crate::{Error, Result};
 use autodidact_core::{
-    Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, TrainablePolicy,
+    Completion, Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task,
+    TrainablePolicy, Verdict,
 };
 use autodidact_objectives::{
-    advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, BatchShape,
-    KlEstimator, LossAggregation, PgInputs, PgSettings, PgStats, RewardScaling, SftNormalization,
+    advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, Advantages,
+    BatchShape, KlEstimator, LossAggregation, PgInputs, PgSettings, PgStats, RewardScaling,
+    SftNormalization,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -437,7 +439,8 @@ fn mean_std(x: &[f32]) -> (f64, f64) {
 }
 
 /// Runs one round of `cfg.steps_per_round` steps on `policy`; `reference` scores completions
-/// for the KL term when `beta > 0`.
+/// for the KL term when `beta > 0`. Each step is four separate steps: [`Rollout::sample`],
+/// [`Scored::of`], [`update`] (on the shared [`Updater`]) and [`RoundLog::step`].
 pub fn rl_round(
     policy: &mut dyn TrainablePolicy,
     mut reference: Option<&mut dyn Policy>,
@@ -456,6 +459,177 @@ pub fn rl_round(
         (cx.round as u64 - 1) * updates,
         cx.previous_checkpoint.filter(|_| cfg.keep_optimizer),
     )?;
+    // Prompts: consecutive batches of a per-epoch permutation of the pool, continued across
+    // rounds (round r starts where round r − 1 ended).
+    let mut order = Order::new(cx.pool.len(), derive_seed(cx.seed, 0, "rl-prompts", 0));
+    let batch = cfg.prompts_per_step.min(cx.pool.len());
+    for _ in 0..(cx.round - 1) as u64 * cfg.steps_per_round as u64 {
+        order.next_batch(batch);
+    }
+    let mut log = RoundLog::default();
+    for step in 0..cfg.steps_per_round {
+        let prompts: Vec<Problem> = order
+            .next_batch(batch)
+            .into_iter()
+            .map(|i| cx.pool[i].clone())
+            .collect();
+        let rollout = Rollout::sample(&mut *up.policy, &prompts, cfg, cx, step)?;
+        let reference = reference.as_mut().map(|r| &mut **r as &mut dyn Policy);
+        let scored = Scored::of(&rollout, reference, cfg, cx)?;
+        let updated = update(&mut up, &rollout, &scored, cfg, cx, step)?;
+        log.step(rollout, scored, &updated, cfg, step);
+        obs.stage_progress(step as u64 + 1, log.sampled_tokens);
+    }
+    Ok(log.finish(cfg, cx))
+}
+
+/// One step's samples: G completions for each prompt, with their verdicts and sampling
+/// log-probs (the old policy of the clipped surrogate).
+struct Rollout {
+    groups: Vec<Group>,
+    /// Per completion, in group order: the training example and its sampling log-probs.
+    examples: Vec<Example>,
+    old: Vec<Vec<f32>>,
+    /// Per completion: its length in tokens.
+    lens: Vec<f32>,
+}
+
+impl Rollout {
+    fn sample(
+        policy: &mut dyn TrainablePolicy,
+        prompts: &[Problem],
+        cfg: &RlConfig,
+        cx: &RlContext,
+        step: u32,
+    ) -> Result<Self> {
+        let seed = derive_seed(cx.seed, cx.round, "rollout", step as u64);
+        let groups = sample_groups(
+            policy,
+            cx.task,
+            prompts,
+            cfg.sampling.samples,
+            &cx.sampling,
+            seed,
+            &mut crate::Silent,
+        )?;
+        let mut out = Self {
+            groups: Vec::new(),
+            examples: Vec::new(),
+            old: Vec::new(),
+            lens: Vec::new(),
+        };
+        for gr in &groups {
+            for c in &gr.completions {
+                out.examples.push(Example {
+                    prompt: gr.problem.prompt.clone(),
+                    completion: c.text.clone(),
+                    completion_tokens: Some(c.tokens.clone()),
+                });
+                out.old.push(c.logprobs.clone());
+                out.lens.push(c.tokens.len() as f32);
+            }
+        }
+        out.groups = groups;
+        Ok(out)
+    }
+
+    /// Every completion with its group and verdict, in group order.
+    fn completions(&self) -> impl Iterator<Item = (&Group, &Completion, &Verdict)> {
+        self.groups.iter().flat_map(|gr| {
+            gr.completions
+                .iter()
+                .zip(&gr.verdicts)
+                .map(move |(c, v)| (gr, c, v))
+        })
+    }
+}
+
+/// A rollout's rewards, advantages and the completions kept for the update.
+struct Scored {
+    rewards: Vec<f32>,
+    adv: Advantages,
+    /// Per completion: excluded from the update (its group had zero spread, `drop_zero_std`).
+    dropped: Vec<bool>,
+    /// Indices of the completions not dropped.
+    keep: Vec<usize>,
+    /// The reference's log-probs of each completion, when `beta > 0`.
+    refs: Option<Vec<Vec<f32>>>,
+    /// Each completion's KL to the reference, when folded into the reward.
+    reward_kl: Option<Vec<f64>>,
+}
+
+impl Scored {
+    fn of(
+        rollout: &Rollout,
+        reference: Option<&mut dyn Policy>,
+        cfg: &RlConfig,
+        cx: &RlContext,
+    ) -> Result<Self> {
+        let mut rewards: Vec<f32> = rollout
+            .completions()
+            .map(|(_, c, v)| {
+                reward(
+                    cfg,
+                    v.grade,
+                    v.score,
+                    c.tokens.len(),
+                    cx.sampling.max_new_tokens,
+                )
+            })
+            .collect();
+        let refs = match reference {
+            Some(r) if cfg.beta > 0.0 => Some(r.logprobs(&rollout.examples)?),
+            _ => None,
+        };
+        // KL of each sampled completion to the reference, for the reward (kl_mode = reward) and
+        // its metric; with kl_mode = loss the metric comes from the loss instead.
+        let reward_kl = match &refs {
+            Some(refs) if cfg.kl_mode == KlMode::Reward => {
+                Some(sequence_kl(&rollout.old, refs, cfg.kl_estimator))
+            }
+            _ => None,
+        };
+        if let Some(kl) = &reward_kl {
+            rewards = fold_kl(&rewards, kl, cfg.beta);
+        }
+        let g = cfg.sampling.samples;
+        let adv = advantages(&rewards, g, cx.estimator, cfg.scale_rewards);
+        let dropped: Vec<bool> = (0..rewards.len())
+            .map(|i| cfg.drop_zero_std && adv.zero_std[i / g])
+            .collect();
+        let keep = (0..rewards.len()).filter(|&i| !dropped[i]).collect();
+        Ok(Self {
+            rewards,
+            adv,
+            dropped,
+            keep,
+            refs,
+            reward_kl,
+        })
+    }
+}
+
+/// What one step's updates report: the first pass's statistics and losses (later passes'
+/// ratios drift from 1 by construction) and the mean gradient norm over all of its updates.
+#[derive(Default)]
+struct Updated {
+    stats: PgStats,
+    loss: f64,
+    sft_loss: f64,
+    grad_norm: f64,
+}
+
+/// Optimizer updates on the kept completions of a scored rollout: `num_iterations` passes,
+/// each split into `minibatches` optimizer steps over a fresh shuffle (TRL's
+/// `steps_per_generation`), with micro-batches of `micro_batch_size` accumulated per step.
+fn update(
+    up: &mut Updater,
+    rollout: &Rollout,
+    scored: &Scored,
+    cfg: &RlConfig,
+    cx: &RlContext,
+    step: u32,
+) -> Result<Updated> {
     let settings = PgSettings {
         epsilon_low: cfg.epsilon_low,
         epsilon_high: cfg.epsilon_high,
@@ -468,131 +642,174 @@ pub fn rl_round(
         kl_estimator: cfg.kl_estimator,
         entropy_coef: cfg.entropy_coef,
     };
-    // Prompts: consecutive batches of a per-epoch permutation of the pool, continued across
-    // rounds (round r starts where round r − 1 ended).
-    let mut order = Order::new(cx.pool.len(), derive_seed(cx.seed, 0, "rl-prompts", 0));
-    let batch = cfg.prompts_per_step.min(cx.pool.len());
-    for _ in 0..(cx.round - 1) as u64 * cfg.steps_per_round as u64 {
-        order.next_batch(batch);
-    }
-    let mut records = Vec::new();
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    let mut add = |k: &str, v: f64| *sums.entry(k.to_string()).or_insert(0.0) += v;
-    let mut sampled_tokens = 0u64;
-    let (mut seen_groups, mut seen_selected) = (Vec::new(), Vec::new());
-    for step in 0..cfg.steps_per_round {
-        let prompts: Vec<Problem> = order
-            .next_batch(batch)
+    let (examples, keep) = (&rollout.examples, &scored.keep);
+    let mut out = Updated::default();
+    let updates_per_step = (cfg.num_iterations * cfg.minibatches) as f64;
+    for it in 0..cfg.num_iterations {
+        let pass_seed =
+            |what: &str| derive_seed(cx.seed, cx.round, what, ((step as u64) << 16) | it as u64);
+        let mut perm = Order::new(keep.len(), pass_seed("minibatch"));
+        let shuffled: Vec<usize> = perm
+            .next_batch(keep.len())
             .into_iter()
-            .map(|i| cx.pool[i].clone())
+            .map(|j| keep[j])
             .collect();
-        let seed = derive_seed(cx.seed, cx.round, "rollout", step as u64);
-        let groups: Vec<Group> = sample_groups(
-            &mut *up.policy,
-            cx.task,
-            &prompts,
-            cfg.sampling.samples,
-            &cx.sampling,
-            seed,
-            &mut crate::Silent,
-        )?;
-        let g = cfg.sampling.samples;
-        let completions: Vec<_> = groups
-            .iter()
-            .flat_map(|gr| {
-                gr.completions
-                    .iter()
-                    .zip(&gr.verdicts)
-                    .map(move |(c, v)| (gr, c, v))
-            })
-            .collect();
-        let mut rewards: Vec<f32> = completions
-            .iter()
-            .map(|(_, c, v)| {
-                reward(
-                    cfg,
-                    v.grade,
-                    v.score,
-                    c.tokens.len(),
-                    cx.sampling.max_new_tokens,
-                )
-            })
-            .collect();
-        let examples: Vec<Example> = completions
-            .iter()
-            .map(|(gr, c, _)| Example {
-                prompt: gr.problem.prompt.clone(),
-                completion: c.text.clone(),
-                completion_tokens: Some(c.tokens.clone()),
-            })
-            .collect();
-        let old: Vec<Vec<f32>> = completions
-            .iter()
-            .map(|(_, c, _)| c.logprobs.clone())
-            .collect();
-        let refs = match reference.as_deref_mut() {
-            Some(r) if cfg.beta > 0.0 => Some(r.logprobs(&examples)?),
-            _ => None,
+        // With `sft_coef`, every verifier-correct completion of the rollout (its zero-spread
+        // groups included) is also shuffled into the minibatches for an NLL term.
+        let anchors: Vec<usize> = if cfg.sft_coef > 0.0 {
+            let correct: Vec<usize> = rollout
+                .completions()
+                .enumerate()
+                .filter(|(_, (_, _, v))| v.is_correct())
+                .map(|(i, _)| i)
+                .collect();
+            let mut o = Order::new(correct.len(), pass_seed("anchor"));
+            o.next_batch(correct.len())
+                .into_iter()
+                .map(|j| correct[j])
+                .collect()
+        } else {
+            Vec::new()
         };
-        // KL of each sampled completion to the reference, for the reward (kl_mode = reward) and
-        // its metric; with kl_mode = loss the metric comes from the loss instead.
-        let reward_kl = match &refs {
-            Some(refs) if cfg.kl_mode == KlMode::Reward => {
-                Some(sequence_kl(&old, refs, cfg.kl_estimator))
+        let parts = (cfg.minibatches as usize).min(shuffled.len().max(anchors.len()).max(1));
+        for part in 0..parts {
+            let slice = |v: &[usize]| -> Vec<usize> {
+                v[part * v.len() / parts..(part + 1) * v.len() / parts].to_vec()
+            };
+            let (idx, anchor) = (slice(&shuffled), slice(&anchors));
+            if idx.is_empty() && anchor.is_empty() {
+                continue;
             }
-            _ => None,
-        };
-        if let Some(kl) = &reward_kl {
-            rewards = fold_kl(&rewards, kl, cfg.beta);
+            if !anchor.is_empty() {
+                let ex: Vec<Example> = anchor.iter().map(|&i| examples[i].clone()).collect();
+                let nll_loss = up.accumulate(&ex, false, |s| {
+                    let nll = sft(
+                        &s.logprobs,
+                        BatchShape::of(&s.logprobs),
+                        SftNormalization::Token,
+                    );
+                    let w: Vec<Vec<f32>> = nll
+                        .weights
+                        .iter()
+                        .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
+                        .collect();
+                    (w, None, nll.loss)
+                })?;
+                if it == 0 {
+                    out.sft_loss += nll_loss / parts as f64;
+                }
+            }
+            let rows =
+                |v: &[Vec<f32>]| -> Vec<Vec<f32>> { idx.iter().map(|&i| v[i].clone()).collect() };
+            let ex: Vec<Example> = idx.iter().map(|&i| examples[i].clone()).collect();
+            let old_k = rows(&rollout.old);
+            let ref_k = scored.refs.as_deref().map(rows);
+            let adv_k: Vec<f32> = idx.iter().map(|&i| scored.adv.values[i]).collect();
+            let mut shape = BatchShape::of(&old_k);
+            shape.max_len = cx.sampling.max_new_tokens;
+            for start in (0..ex.len()).step_by(cfg.micro_batch_size) {
+                let r = start..(start + cfg.micro_batch_size).min(ex.len());
+                let (pass_loss, pass_stats) = up.accumulate(&ex[r.clone()], true, |s| {
+                    let o = policy_gradient(
+                        &settings,
+                        &PgInputs {
+                            logprobs: &s.logprobs,
+                            old_logprobs: &old_k[r.clone()],
+                            ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
+                            entropies: s.entropies.as_deref(),
+                            advantages: &adv_k[r],
+                        },
+                        shape,
+                    );
+                    (o.weights, o.entropy_coefs, (o.loss, o.stats))
+                })?;
+                if it == 0 {
+                    out.stats.add(&pass_stats);
+                    out.loss += pass_loss / parts as f64;
+                }
+            }
+            let norm = up.step()?;
+            out.grad_norm += norm as f64 / updates_per_step;
         }
-        let adv = advantages(&rewards, g, cx.estimator, cfg.scale_rewards);
-        let dropped: Vec<bool> = (0..completions.len())
-            .map(|i| cfg.drop_zero_std && adv.zero_std[i / g])
-            .collect();
-        let keep: Vec<usize> = (0..completions.len()).filter(|&i| !dropped[i]).collect();
-        // Metrics of the rollout.
-        let (rm, _) = mean_std(&rewards);
-        add("reward", rm);
-        let group_std: f64 =
-            rewards.chunks(g).map(|r| mean_std(r).1).sum::<f64>() / groups.len().max(1) as f64;
-        add("reward_std", group_std);
-        add(
+    }
+    Ok(out)
+}
+
+/// A round's record: per-step metrics summed (their means are the round's), the rollout
+/// records of `samples.jsonl`, and every group for the round's monitors.
+#[derive(Default)]
+struct RoundLog {
+    sums: BTreeMap<String, f64>,
+    records: Vec<RolloutRecord>,
+    sampled_tokens: u64,
+    groups: Vec<Group>,
+    /// Per group and completion: whether the update pushed it up (a positive advantage in a
+    /// kept group).
+    selected: Vec<Vec<bool>>,
+}
+
+impl RoundLog {
+    fn add(&mut self, key: &str, v: f64) {
+        *self.sums.entry(key.to_string()).or_insert(0.0) += v;
+    }
+
+    /// Records one step: its rollout, how it was scored and what its updates reported.
+    fn step(
+        &mut self,
+        rollout: Rollout,
+        scored: Scored,
+        updated: &Updated,
+        cfg: &RlConfig,
+        step: u32,
+    ) {
+        let g = cfg.sampling.samples;
+        let (rewards, adv, n) = (&scored.rewards, &scored.adv, scored.rewards.len());
+        let frac = |k: usize| k as f64 / n.max(1) as f64;
+        // The rollout.
+        self.add("reward", mean_std(rewards).0);
+        let group_std: f64 = rewards.chunks(g).map(|r| mean_std(r).1).sum::<f64>()
+            / rollout.groups.len().max(1) as f64;
+        self.add("reward_std", group_std);
+        self.add(
             "frac_reward_zero_std",
             adv.zero_std.iter().filter(|&&z| z).count() as f64 / adv.zero_std.len().max(1) as f64,
         );
-        let lens: Vec<f32> = completions
-            .iter()
-            .map(|(_, c, _)| c.tokens.len() as f32)
-            .collect();
-        add("completions/mean_length", mean_std(&lens).0);
-        add(
-            "completions/clipped_ratio",
-            completions
-                .iter()
-                .filter(|(_, c, _)| c.finish != FinishReason::Stop)
-                .count() as f64
-                / completions.len().max(1) as f64,
-        );
-        add(
+        self.add("completions/mean_length", mean_std(&rollout.lens).0);
+        let clipped = rollout
+            .completions()
+            .filter(|(_, c, _)| c.finish != FinishReason::Stop)
+            .count();
+        self.add("completions/clipped_ratio", frac(clipped));
+        self.add(
             "pg/advantage_mean",
             adv.values.iter().map(|&a| a as f64).sum::<f64>() / adv.values.len().max(1) as f64,
         );
-        add(
-            "pg/kept_fraction",
-            keep.len() as f64 / completions.len().max(1) as f64,
-        );
-        sampled_tokens += lens.iter().map(|&l| l as u64).sum::<u64>();
-        // The round's monitors see every rollout: whether the update pushed it up (a positive
-        // advantage in a kept group); its reward joins its group below.
-        for j in 0..groups.len() {
-            seen_selected.push(
-                (j * g..(j + 1) * g)
-                    .map(|i| !dropped[i] && adv.values[i] > 0.0)
-                    .collect(),
-            );
+        self.add("pg/kept_fraction", frac(scored.keep.len()));
+        self.sampled_tokens += rollout.lens.iter().map(|&l| l as u64).sum::<u64>();
+        // The update.
+        let tokens = updated.stats.tokens.max(1) as f64;
+        self.add("pg/loss", updated.loss);
+        if cfg.sft_coef > 0.0 {
+            self.add("pg/sft_loss", updated.sft_loss);
         }
-        for (i, (gr, c, v)) in completions.iter().enumerate() {
-            records.push(RolloutRecord {
+        self.add("pg/grad_norm", updated.grad_norm);
+        self.add("entropy", updated.stats.entropy / tokens);
+        if cfg.beta > 0.0 {
+            let kl = match &scored.reward_kl {
+                Some(kl) => {
+                    kl.iter().sum::<f64>() / rollout.lens.iter().sum::<f32>().max(1.0) as f64
+                }
+                None => updated.stats.kl / tokens,
+            };
+            self.add("kl", kl);
+        }
+        let (low, high) = (updated.stats.clipped_low, updated.stats.clipped_high);
+        self.add("clip_ratio/low_mean", low as f64 / tokens);
+        self.add("clip_ratio/high_mean", high as f64 / tokens);
+        self.add("clip_ratio/region_mean", (low + high) as f64 / tokens);
+        // The round's monitors see every rollout, with its reward and whether it was selected.
+        for (i, (gr, c, v)) in rollout.completions().enumerate() {
+            self.records.push(RolloutRecord {
                 step,
                 problem_id: gr.problem.id.clone(),
                 prompt: gr.problem.prompt.clone(),
@@ -601,139 +818,19 @@ pub fn rl_round(
                 reward: rewards[i],
                 advantage: adv.values[i],
                 finish: c.finish,
-                dropped: dropped[i],
+                dropped: scored.dropped[i],
             });
         }
-        // Optimizer updates on the kept completions: `num_iterations` passes, each split into
-        // `minibatches` optimizer steps over a fresh shuffle (TRL's `steps_per_generation`).
-        let mut stats = PgStats::default();
-        let (mut loss, mut grad_norm, mut sft_loss) = (0.0, 0.0, 0.0);
-        let updates_per_step = (cfg.num_iterations * cfg.minibatches) as f64;
-        for it in 0..cfg.num_iterations {
-            let mut perm = Order::new(
-                keep.len(),
-                derive_seed(
-                    cx.seed,
-                    cx.round,
-                    "minibatch",
-                    ((step as u64) << 16) | it as u64,
-                ),
+        for j in 0..rollout.groups.len() {
+            self.selected.push(
+                (j * g..(j + 1) * g)
+                    .map(|i| !scored.dropped[i] && adv.values[i] > 0.0)
+                    .collect(),
             );
-            let shuffled: Vec<usize> = perm
-                .next_batch(keep.len())
-                .into_iter()
-                .map(|j| keep[j])
-                .collect();
-            // With `sft_coef`, every verifier-correct completion of the rollout (its zero-spread
-            // groups included) is also shuffled into the minibatches for an NLL term.
-            let anchors: Vec<usize> = if cfg.sft_coef > 0.0 {
-                let correct: Vec<usize> = (0..completions.len())
-                    .filter(|&i| completions[i].2.is_correct())
-                    .collect();
-                let mut o = Order::new(
-                    correct.len(),
-                    derive_seed(
-                        cx.seed,
-                        cx.round,
-                        "anchor",
-                        ((step as u64) << 16) | it as u64,
-                    ),
-                );
-                o.next_batch(correct.len())
-                    .into_iter()
-                    .map(|j| correct[j])
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let parts = (cfg.minibatches as usize).min(shuffled.len().max(anchors.len()).max(1));
-            for part in 0..parts {
-                let slice = |v: &[usize]| -> Vec<usize> {
-                    v[part * v.len() / parts..(part + 1) * v.len() / parts].to_vec()
-                };
-                let (idx, anchor) = (slice(&shuffled), slice(&anchors));
-                if idx.is_empty() && anchor.is_empty() {
-                    continue;
-                }
-                if !anchor.is_empty() {
-                    let ex: Vec<Example> = anchor.iter().map(|&i| examples[i].clone()).collect();
-                    let nll_loss = up.accumulate(&ex, false, |s| {
-                        let nll = sft(
-                            &s.logprobs,
-                            BatchShape::of(&s.logprobs),
-                            SftNormalization::Token,
-                        );
-                        let w: Vec<Vec<f32>> = nll
-                            .weights
-                            .iter()
-                            .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
-                            .collect();
-                        (w, None, nll.loss)
-                    })?;
-                    if it == 0 {
-                        sft_loss += nll_loss / parts as f64;
-                    }
-                }
-                let rows = |v: &[Vec<f32>]| -> Vec<Vec<f32>> {
-                    idx.iter().map(|&i| v[i].clone()).collect()
-                };
-                let ex: Vec<Example> = idx.iter().map(|&i| examples[i].clone()).collect();
-                let idx = &idx[..];
-                let old_k = rows(&old);
-                let ref_k = refs.as_deref().map(rows);
-                let adv_k: Vec<f32> = idx.iter().map(|&i| adv.values[i]).collect();
-                let mut shape = BatchShape::of(&old_k);
-                shape.max_len = cx.sampling.max_new_tokens;
-                for start in (0..ex.len()).step_by(cfg.micro_batch_size) {
-                    let r = start..(start + cfg.micro_batch_size).min(ex.len());
-                    let (pass_loss, pass_stats) = up.accumulate(&ex[r.clone()], true, |s| {
-                        let out = policy_gradient(
-                            &settings,
-                            &PgInputs {
-                                logprobs: &s.logprobs,
-                                old_logprobs: &old_k[r.clone()],
-                                ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
-                                entropies: s.entropies.as_deref(),
-                                advantages: &adv_k[r],
-                            },
-                            shape,
-                        );
-                        (out.weights, out.entropy_coefs, (out.loss, out.stats))
-                    })?;
-                    if it == 0 {
-                        // The first pass's statistics describe the rollout (later passes'
-                        // ratios drift from 1 by construction).
-                        stats.add(&pass_stats);
-                        loss += pass_loss / parts as f64;
-                    }
-                }
-                let norm = up.step()?;
-                grad_norm += norm as f64 / updates_per_step;
-            }
         }
-        let tokens = stats.tokens.max(1) as f64;
-        add("pg/loss", loss);
-        if cfg.sft_coef > 0.0 {
-            add("pg/sft_loss", sft_loss);
-        }
-        add("pg/grad_norm", grad_norm);
-        add("entropy", stats.entropy / tokens);
-        if cfg.beta > 0.0 {
-            let kl = match &reward_kl {
-                Some(kl) => kl.iter().sum::<f64>() / lens.iter().sum::<f32>().max(1.0) as f64,
-                None => stats.kl / tokens,
-            };
-            add("kl", kl);
-        }
-        add("clip_ratio/low_mean", stats.clipped_low as f64 / tokens);
-        add("clip_ratio/high_mean", stats.clipped_high as f64 / tokens);
-        add(
-            "clip_ratio/region_mean",
-            (stats.clipped_low + stats.clipped_high) as f64 / tokens,
-        );
-        obs.stage_progress(step as u64 + 1, sampled_tokens);
-        seen_groups.extend(
-            groups
+        self.groups.extend(
+            rollout
+                .groups
                 .into_iter()
                 .zip(rewards.chunks(g))
                 .map(|(mut gr, r)| {
@@ -742,9 +839,17 @@ pub fn rl_round(
                 }),
         );
     }
-    let n = cfg.steps_per_round.max(1) as f64;
-    let mut metrics: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n)).collect();
-    metrics.extend(round_monitors(&seen_groups, &seen_selected, cx.n_star));
-    metrics.insert("rollout/sampled_tokens".into(), sampled_tokens as f64);
-    Ok(RlRound { records, metrics })
+
+    /// The round's metrics (step means, monitors, sampled tokens) and records.
+    fn finish(self, cfg: &RlConfig, cx: &RlContext) -> RlRound {
+        let n = cfg.steps_per_round.max(1) as f64;
+        let mut metrics: BTreeMap<String, f64> =
+            self.sums.into_iter().map(|(k, v)| (k, v / n)).collect();
+        metrics.extend(round_monitors(&self.groups, &self.selected, cx.n_star));
+        metrics.insert("rollout/sampled_tokens".into(), self.sampled_tokens as f64);
+        RlRound {
+            records: self.records,
+            metrics,
+        }
+    }
 }

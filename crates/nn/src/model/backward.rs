@@ -1,8 +1,10 @@
 //! The backward pass: from per-token weights (and entropy coefficients) to parameter
-//! gradients, shard by shard, mirroring `forward_shard` in reverse.
+//! gradients, shard by shard, mirroring `forward_shard` in reverse. This file holds the
+//! driver, the output head and the embedding; each layer's backward sits beside its forward
+//! in `layer.rs`.
 
-use super::{for_each_head, Activations, Gradients, Shard, Transformer, ROWS_PER_TASK};
-use crate::kernels::{self, grow, SendPtr, View};
+use super::{Activations, Gradients, Shard, Transformer, ROWS_PER_TASK};
+use crate::kernels::{self, grow};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -128,12 +130,10 @@ impl Transformer {
         par: bool,
     ) {
         let cfg = &self.config;
-        let (c, f, v, h, d, nl) = (
+        let (c, f, v, nl) = (
             cfg.hidden_size,
             cfg.intermediate_size,
             cfg.vocab_size,
-            cfg.num_heads,
-            cfg.head_dim(),
             cfg.num_layers,
         );
         let (n, t) = (act.n, act.seq_len);
@@ -197,124 +197,8 @@ impl Transformer {
             par,
         );
 
-        for (l, lo) in lay.layers.iter().enumerate().rev() {
-            // --- MLP block --- dx holds d loss / d x_out.
-            let s = 2 * l + 1;
-            let dx = &mut act.dx[..n * c];
-            let a = &act.act[l * n * f..(l + 1) * n * f];
-            let dact = &mut act.dact[..n * f];
-            kernels::linear_backward_weight(
-                &mut g[lo.wdown..lo.wdown + c * f],
-                dx,
-                a,
-                n,
-                f,
-                c,
-                par,
-            );
-            kernels::linear_backward_input(
-                dact,
-                dx,
-                &p[lo.wdown..lo.wdown + c * f],
-                n,
-                f,
-                c,
-                false,
-                par,
-            );
-            let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
-            let sig = &act.sig[l * n * f..(l + 1) * n * f];
-            let dgu = &mut act.dgu[..n * 2 * f];
-            if par {
-                dgu.par_chunks_mut(ROWS_PER_TASK * 2 * f)
-                    .zip(dact.par_chunks(ROWS_PER_TASK * f))
-                    .zip(
-                        gu.par_chunks(ROWS_PER_TASK * 2 * f)
-                            .zip(sig.par_chunks(ROWS_PER_TASK * f)),
-                    )
-                    .for_each(|((dgu, da), (gu, sig))| {
-                        kernels::swiglu_backward(dgu, da, gu, sig, f)
-                    });
-            } else {
-                kernels::swiglu_backward(dgu, dact, gu, sig, f);
-            }
-            act.norm_linear_backward(
-                Upstream::GateUp,
-                s,
-                p,
-                g,
-                lo.wgu,
-                2 * f,
-                lo.mlp_norm,
-                c,
-                true,
-                par,
-            );
-
-            // --- attention block --- dx holds d loss / d x_mid.
-            let s = 2 * l;
-            let dx = &act.dx[..n * c];
-            let att = &act.att[l * n * c..(l + 1) * n * c];
-            let datt = &mut act.datt[..n * c];
-            kernels::linear_backward_weight(&mut g[lo.wo..lo.wo + c * c], dx, att, n, c, c, par);
-            kernels::linear_backward_input(datt, dx, &p[lo.wo..lo.wo + c * c], n, c, c, false, par);
-            let qkv = &act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
-            let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
-            let dqkv = &mut act.dqkv[..n * 3 * c];
-            {
-                let (dqkv_ptr, dprobs_ptr) =
-                    (SendPtr(dqkv.as_mut_ptr()), SendPtr(act.dprobs.as_mut_ptr()));
-                let rows = &act.rows;
-                let offs = &act.prob_offsets;
-                let datt = &*datt;
-                for_each_head(rows.len(), h, par, |(b, hh)| {
-                    let (st, len) = rows[b];
-                    let po = offs[b] + hh * len * len;
-                    // SAFETY: each task reads its own row/head slices and writes disjoint columns of dqkv
-                    // and its own block of the scratch.
-                    unsafe {
-                        let base = qkv.as_ptr().add(st * 3 * c + hh * d);
-                        let dbase = dqkv_ptr.ptr().add(st * 3 * c + hh * d);
-                        let scratch =
-                            std::slice::from_raw_parts_mut(dprobs_ptr.ptr().add(po), len * len);
-                        kernels::attention_head_backward(
-                            View::at(base, 3 * c),
-                            View::at(base.add(c), 3 * c),
-                            View::at(base.add(2 * c), 3 * c),
-                            &probs[po..po + len * len],
-                            View::at(datt.as_ptr().add(st * c + hh * d), c),
-                            dbase,
-                            dbase.add(c),
-                            dbase.add(2 * c),
-                            3 * c,
-                            scratch,
-                            len,
-                            d,
-                        );
-                    }
-                });
-            }
-            // Undo the rotation on dq and dk.
-            if par {
-                dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
-                    .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                    .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
-            } else {
-                self.rope
-                    .apply_rows(dqkv, 3 * c, 2 * c, &act.positions, true);
-            }
-            act.norm_linear_backward(
-                Upstream::Qkv,
-                s,
-                p,
-                g,
-                lo.wqkv,
-                3 * c,
-                lo.attn_norm,
-                c,
-                true,
-                par,
-            );
+        for l in (0..nl).rev() {
+            self.layer_backward(l, act, g, par);
         }
 
         // Embedding: scatter-add dx into the rows of the used tokens.
@@ -332,7 +216,7 @@ impl Transformer {
 
 /// Which shard buffer holds the gradient flowing into a norm → linear pair.
 #[derive(Clone, Copy)]
-enum Upstream {
+pub(super) enum Upstream {
     /// d loss / d logits, into the output head.
     Logits,
     /// d loss / d [gate | up], into the MLP's first projection.
@@ -346,7 +230,7 @@ impl Shard {
     /// (N, out), accumulates `dW` (at `w_off`, shape (out, C)) and the norm gain's gradient
     /// (at `norm_off`) into `g`, and writes — or with `accumulate` adds — d loss / d x into `dx`.
     #[allow(clippy::too_many_arguments)]
-    fn norm_linear_backward(
+    pub(super) fn norm_linear_backward(
         &mut self,
         upstream: Upstream,
         slot: usize,
