@@ -12,6 +12,8 @@
 mod addition;
 mod answer;
 mod countdown;
+pub mod extract;
+pub mod math;
 mod multiplication;
 mod sum;
 
