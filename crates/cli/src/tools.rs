@@ -263,5 +263,10 @@ pub fn tasks() -> Result<()> {
         }
         println!();
     }
+    println!("jsonl");
+    println!("  your own problems, one JSON object per line: {{\"id\", \"prompt\" or \"messages\", \"answer\", \"solution\"?, \"meta\"?}}");
+    println!("  [task] name = \"jsonl\", train = \"FILE\", eval = \"FILE\"? (else a hash split of train),");
+    println!("  extract = [\"boxed\", \"gsm8k\", \"answer_is\", \"marker\", \"last_number\", {{regex = \"...\"}}] (tried in order),");
+    println!("  compare = \"math\" (equivalent answers: 0.75 = \\frac34) or \"exact\"; see examples/star-word-problems.toml");
     Ok(())
 }

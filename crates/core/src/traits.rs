@@ -33,6 +33,19 @@ pub trait Task: Send + Sync {
     /// Judges a completion: parses the answer out of arbitrary text.
     fn verify(&self, problem: &Problem, completion: &str) -> Verdict;
 
+    /// Judges many completions at once (a verifier in other processes pipelines them);
+    /// verdicts come back in input order. Fails only when the verifier cannot run at all
+    /// (a completion it cannot grade gets an `ungradable` verdict with the reason).
+    fn verify_batch(&self, items: &[(&Problem, &str)]) -> Result<Vec<Verdict>> {
+        Ok(items.iter().map(|(p, c)| self.verify(p, c)).collect())
+    }
+
+    /// Where the task may write logs from now on (a run's `logs/` directory): an external
+    /// verifier's stderr, for one. By default it writes none.
+    fn set_log_dir(&self, _dir: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
+
     /// The prompt with the reference answer given as a hint (STaR's rationalization), if the
     /// task supports it; by default `[answer]prompt` when the problem has an answer.
     fn hinted_prompt(&self, problem: &Problem) -> Option<String> {

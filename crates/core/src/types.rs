@@ -15,6 +15,9 @@ pub struct Problem {
     /// A reference completion (worked trace and answer) for supervised stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solution: Option<String>,
+    /// Data a task file carries with the problem, passed to verifiers untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 /// How a verifier judged a completion.
@@ -36,6 +39,9 @@ pub struct Verdict {
     /// The answer parsed from the completion, normalized (what votes compare).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Why an `ungradable` verdict could not grade (no answer found, a verifier error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Verdict {
@@ -44,6 +50,7 @@ impl Verdict {
             grade: Grade::Correct,
             score: 1.0,
             answer: Some(answer),
+            reason: None,
         }
     }
     pub fn incorrect(answer: String) -> Self {
@@ -51,6 +58,7 @@ impl Verdict {
             grade: Grade::Incorrect,
             score: 0.0,
             answer: Some(answer),
+            reason: None,
         }
     }
     pub fn ungradable() -> Self {
@@ -58,6 +66,14 @@ impl Verdict {
             grade: Grade::Ungradable,
             score: 0.0,
             answer: None,
+            reason: None,
+        }
+    }
+    /// An `ungradable` verdict that records why.
+    pub fn ungradable_because(reason: impl Into<String>) -> Self {
+        Self {
+            reason: Some(reason.into()),
+            ..Self::ungradable()
         }
     }
     pub fn is_correct(&self) -> bool {

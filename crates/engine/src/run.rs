@@ -124,6 +124,9 @@ pub(crate) struct SampleRecord<'a> {
     grade: autodidact_core::Grade,
     #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<&'a str>,
+    /// Why the verifier could not grade it, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     reward: f32,
     finish: autodidact_core::FinishReason,
     /// Sampled from the hinted prompt (rationalization).
@@ -148,6 +151,9 @@ pub struct Run {
     _lock: RunLock,
 }
 
+/// Logs a task writes (an external verifier's stderr), relative to the run directory.
+pub const LOG_DIR: &str = "logs";
+
 /// One row of the end-of-run table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoundRow {
@@ -163,6 +169,7 @@ impl Run {
     /// Creates the run directory `out` for `plan` (refusing one that holds anything).
     pub fn create(plan: RunPlan, out: &Path, threads: usize) -> Result<Self> {
         let toml = plan.config.to_toml();
+        let problems = draw(&plan)?;
         let info = RunInfo {
             format_version: RUN_FORMAT_VERSION,
             autodidact_version: env!("CARGO_PKG_VERSION").into(),
@@ -170,10 +177,11 @@ impl Run {
             threads,
             status: RunStatus::Running,
             config_sha256: Some(sha256_bytes(toml.as_bytes())),
+            problems_sha256: Some(problems.sha256()),
             accepted: BTreeMap::new(),
         };
-        let problems = draw(&plan)?;
         let (dir, lock) = RunDir::create(out, &toml, &info)?;
+        plan.task.set_log_dir(&dir.path(LOG_DIR))?;
         Ok(Self {
             dir,
             info,
@@ -270,7 +278,33 @@ impl Run {
                 info.threads, info.threads
             ));
         }
+        plan.task.set_log_dir(&dir.path(LOG_DIR))?;
         let problems = draw(&plan)?;
+        let problems_sha = problems.sha256();
+        match info.problems_sha256.as_deref() {
+            Some(recorded) if recorded != problems_sha => {
+                if !force {
+                    return Err(Error::integrity(
+                        dir.path(RUN_FILE),
+                        format!(
+                            "the task's problems differ from those the run started with (was a task file edited?); restore them, or pass --force to continue with the problems as they are now (task: {})",
+                            plan.config.task.describe()
+                        ),
+                    ));
+                }
+                obs.note("--force: continuing with the task's problems as they are now (they differ from those the run started with)");
+                info.accepted
+                    .insert("problems".into(), problems_sha.clone());
+                info.problems_sha256 = Some(problems_sha);
+                dir.write_json(RUN_FILE, &info)?;
+            }
+            // Runs from before problems were hashed record them now.
+            None => {
+                info.problems_sha256 = Some(problems_sha);
+                dir.write_json(RUN_FILE, &info)?;
+            }
+            Some(_) => {}
+        }
         Ok(Self {
             dir,
             info,
@@ -640,11 +674,24 @@ pub(crate) fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = Sa
                 completion: &c.text,
                 grade: v.grade,
                 answer: v.answer.as_deref(),
+                reason: v.reason.as_deref(),
                 reward: r,
                 finish: c.finish,
                 hinted,
             })
     })
+}
+
+impl Problems {
+    /// SHA-256 of every problem, as JSON lines, labeled, unlabeled, then held-out.
+    fn sha256(&self) -> String {
+        let mut text = String::new();
+        for p in self.labeled.iter().chain(&self.unlabeled).chain(&self.eval) {
+            text.push_str(&serde_json::to_string(p).expect("problems serialize"));
+            text.push('\n');
+        }
+        sha256_bytes(text.as_bytes())
+    }
 }
 
 /// Labeled, unlabeled and held-out problems for the run's seed.

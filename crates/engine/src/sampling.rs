@@ -79,9 +79,14 @@ pub fn sample_prompts(
             .map(|&(i, j)| Rng::derived(seed ^ fnv1a(problems[i].id.as_bytes()), j).next_u64())
             .collect();
         let completions = policy.sample(&chunk_prompts, &seeds, params)?;
-        for (&(i, _), c) in chunk.iter().zip(completions) {
+        let items: Vec<(&Problem, &str)> = chunk
+            .iter()
+            .zip(&completions)
+            .map(|(&(i, _), c)| (&problems[i], c.text.as_str()))
+            .collect();
+        let verdicts = task.verify_batch(&items)?;
+        for ((&(i, _), c), v) in chunk.iter().zip(completions).zip(verdicts) {
             tokens += c.tokens.len() as u64;
-            let v = task.verify(&problems[i], &c.text);
             let g = &mut groups[i];
             g.rewards.push(v.score);
             g.verdicts.push(v);

@@ -62,6 +62,10 @@ pub struct RunInfo {
     /// SHA-256 of `config.toml`: a config edited after the run started is refused on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_sha256: Option<String>,
+    /// SHA-256 of the run's problems (labeled, unlabeled and held-out, as JSON lines): a task
+    /// file edited after the run started is refused on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems_sha256: Option<String>,
     /// Files that differed from what the run recorded and were accepted by `resume --force`,
     /// with the SHA-256 accepted (a file that still has it is not reported again).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -714,6 +718,7 @@ mod tests {
             threads: 1,
             status: RunStatus::Running,
             config_sha256: None,
+            problems_sha256: None,
             accepted: BTreeMap::new(),
         }
     }

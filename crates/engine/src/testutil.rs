@@ -11,6 +11,7 @@ pub fn group(id: &str, items: &[(&str, Option<&str>, bool)]) -> Group {
             prompt: format!("{id}="),
             answer: None,
             solution: Some("gold".into()),
+            meta: None,
         },
         completions: items
             .iter()

@@ -85,6 +85,7 @@ impl Addition {
             prompt: format!("{key}="),
             answer: Some((a + b).to_string()),
             solution: Some(Self::solution(a, b)),
+            meta: None,
         };
         (key, problem)
     }

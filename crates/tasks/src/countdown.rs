@@ -160,6 +160,7 @@ impl Task for Countdown {
                     prompt,
                     answer: Some(expr.clone()),
                     solution: Some(format!("{}#{expr}", steps.join(";"))),
+                    meta: None,
                 };
                 return (key, problem);
             }
@@ -388,6 +389,7 @@ mod tests {
             prompt: Countdown::prompt(nums, target),
             answer: None,
             solution: None,
+            meta: None,
         }
     }
 

@@ -13,12 +13,15 @@ mod addition;
 mod answer;
 mod countdown;
 pub mod extract;
+mod jsonl;
 pub mod math;
 mod multiplication;
 mod sum;
+pub mod verifier;
 
 pub use addition::{Addition, AdditionConfig};
 pub use countdown::{Countdown, CountdownConfig};
+pub use jsonl::{chat_prompt, Compare, Jsonl, JsonlConfig};
 pub use multiplication::{Multiplication, MultiplicationConfig};
 pub use sum::{Sum, SumConfig};
 
@@ -34,6 +37,8 @@ pub enum TaskConfig {
     Multiplication(MultiplicationConfig),
     Countdown(CountdownConfig),
     Sum(SumConfig),
+    /// Problems from JSONL files, graded by answer extraction and comparison.
+    Jsonl(JsonlConfig),
 }
 
 impl TaskConfig {
@@ -44,6 +49,7 @@ impl TaskConfig {
             TaskConfig::Multiplication(c) => Box::new(c.build()?),
             TaskConfig::Countdown(c) => Box::new(c.build()?),
             TaskConfig::Sum(c) => Box::new(c.build()?),
+            TaskConfig::Jsonl(c) => Box::new(c.build()?),
         })
     }
 
@@ -63,6 +69,7 @@ impl TaskConfig {
             TaskConfig::Multiplication(_) => "multiplication",
             TaskConfig::Countdown(_) => "countdown",
             TaskConfig::Sum(_) => "sum",
+            TaskConfig::Jsonl(_) => "jsonl",
         }
     }
 
@@ -90,6 +97,13 @@ impl TaskConfig {
             TaskConfig::Sum(c) => format!(
                 "the sum of `terms` = {} numbers of up to `digits` = {} digits; the trace writes running sums in an order of its choosing (many paths lead to one answer, so a vote among samples is informative)",
                 c.terms, c.digits
+            ),
+            TaskConfig::Jsonl(c) => format!(
+                "problems from {}{}, answers found by {:?} and compared as {:?}",
+                c.train.display(),
+                c.eval.as_ref().map_or(" (split by a hash of each id)".to_string(), |e| format!(" and {}", e.display())),
+                c.extract,
+                c.compare
             ),
         }
     }

@@ -94,6 +94,7 @@ impl Task for Multiplication {
                     prompt: format!("{key}="),
                     answer: Some((a * b).to_string()),
                     solution: Some(Self::solution(a, b)),
+                    meta: None,
                 };
                 (key, problem)
             },

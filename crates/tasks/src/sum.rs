@@ -80,6 +80,7 @@ impl Sum {
             prompt: format!("{key}="),
             answer: Some(xs.iter().sum::<u128>().to_string()),
             solution: Some(Self::solution(xs, &order)),
+            meta: None,
         };
         (key, problem)
     }

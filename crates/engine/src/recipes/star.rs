@@ -460,6 +460,7 @@ mod tests {
                 prompt: format!("{id}="),
                 answer: None,
                 solution: None,
+                meta: None,
             },
             completions: outs
                 .iter()

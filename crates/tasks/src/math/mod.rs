@@ -28,6 +28,10 @@ use std::sync::LazyLock;
 
 /// Whether `a` and `b` denote the same answer (see the module's documentation).
 pub fn equivalent(a: &str, b: &str) -> bool {
+    // Plain integers, the common case, need no normalizing.
+    if let (Some(x), Some(y)) = (integer_text(a.trim()), integer_text(b.trim())) {
+        return x == y;
+    }
     let (a, b) = (normalize(a), normalize(b));
     if a == b {
         return true;
@@ -58,6 +62,9 @@ pub fn equivalent(a: &str, b: &str) -> bool {
 /// constant as `n` or `n/d` (`0.75`, `\frac34` and `75\%`… → `3/4` and `75`), anything else
 /// as its normalized text.
 pub fn canonical(answer: &str) -> String {
+    if let Some(i) = integer_text(answer.trim()) {
+        return i;
+    }
     let n = normalize(answer);
     let (body, _) = strip_percent(&n);
     if !is_text(body) {
