@@ -7,6 +7,7 @@ It grades like examples/verifiers/exact_match.py (the answer after the last "#")
 - BADSCORE: answers with a score of 2;
 - ERROR: answers with an "error";
 - CRASH: exits with status 3, the first time only (a marker file next to --state records it);
+  with --crash-after N, the first worker to have answered N requests does the same;
 and with --reverse it holds replies until no request has arrived for 20 ms, then writes them
 in reverse order (replies out of order).
 """
@@ -32,6 +33,8 @@ def reply(req):
 def main():
     reverse = "--reverse" in sys.argv
     state = sys.argv[sys.argv.index("--state") + 1] if "--state" in sys.argv else None
+    crash_after = int(sys.argv[sys.argv.index("--crash-after") + 1]) if "--crash-after" in sys.argv else None
+    answered = 0
     held = []
     stdin = sys.stdin.buffer
     while True:
@@ -51,6 +54,11 @@ def main():
         if "HANG" in c:
             print(f"hanging on {req['id']}", file=sys.stderr, flush=True)
             time.sleep(3600)
+        if crash_after is not None and answered >= crash_after and not os.path.exists(state):
+            open(state, "w").close()
+            print(f"crashing after {answered} replies", file=sys.stderr, flush=True)
+            sys.exit(3)
+        answered += 1
         if "CRASH" in c and state and not os.path.exists(state):
             open(state, "w").close()
             print(f"crashing on {req['id']}", file=sys.stderr, flush=True)
