@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 mod common;
 
 fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 fn python() -> bool {
@@ -27,7 +29,10 @@ fn python() -> bool {
 fn start(out: &Path, extra: &[String]) -> Run {
     let text = std::fs::read_to_string(repo("examples/star-word-problems.toml")).unwrap();
     let mut sets: Vec<String> = [
-        format!("task.train={}", repo("examples/data/word-problems.jsonl").display()),
+        format!(
+            "task.train={}",
+            repo("examples/data/word-problems.jsonl").display()
+        ),
         "seed_stage.labeled=48".into(),
         "seed_stage.eval_every=20".into(),
         "seed_stage.train.steps=60".into(),
@@ -71,7 +76,9 @@ fn assert_same_metrics(a: &Path, b: &Path) {
 }
 
 fn exact_match() -> String {
-    repo("examples/verifiers/exact_match.py").display().to_string()
+    repo("examples/verifiers/exact_match.py")
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -93,7 +100,9 @@ fn issue13_a_jsonl_task_graded_by_an_external_python_verifier_runs_star_end_to_e
         .read_jsonl(&format!("{}/samples.jsonl", RunDir::round_dir(1)))
         .unwrap();
     assert_eq!(samples.len(), 48 * 2);
-    assert!(samples.iter().all(|s| s["grade"] != "ungradable" || s["reason"].is_string()));
+    assert!(samples
+        .iter()
+        .all(|s| s["grade"] != "ungradable" || s["reason"].is_string()));
     assert!(external.join("logs/verifier-0.log").is_file());
 }
 
@@ -106,9 +115,20 @@ fn issue13_a_verifier_that_crashes_mid_run_is_restarted_and_the_run_is_unchanged
     let (builtin, crashing) = (tmp.path().join("builtin"), tmp.path().join("crashing"));
     start(&builtin, &[]).execute(&mut Silent).unwrap();
     let state = tmp.path().join("crashed");
-    let faulty = repo("crates/tasks/tests/verifiers/faulty.py").display().to_string();
-    let cmd = ["python3", &faulty, "--crash-after", "30", "--state", state.to_str().unwrap()];
-    start(&crashing, &verifier(&cmd)).execute(&mut Silent).unwrap();
+    let faulty = repo("crates/tasks/tests/verifiers/faulty.py")
+        .display()
+        .to_string();
+    let cmd = [
+        "python3",
+        &faulty,
+        "--crash-after",
+        "30",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    start(&crashing, &verifier(&cmd))
+        .execute(&mut Silent)
+        .unwrap();
     assert!(state.exists(), "the worker crashed once");
     assert_same_metrics(&builtin, &crashing);
     let notes = std::fs::read_to_string(crashing.join("logs/verifier.log")).unwrap();
@@ -125,12 +145,41 @@ fn issue13_a_verifier_that_never_starts_stops_the_run_and_resume_continues_once_
     start(&builtin, &[]).execute(&mut Silent).unwrap();
     let later = tmp.path().join("verify.py");
     let mut run = start(&broken, &verifier(&["python3", later.to_str().unwrap()]));
-    let err = format!("{:#}", anyhow::Error::from(run.execute(&mut Silent).unwrap_err()));
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(run.execute(&mut Silent).unwrap_err())
+    );
     assert!(err.contains("before answering anything"), "{err}");
-    assert!(err.contains("can't open file"), "the error quotes the worker's stderr: {err}");
+    assert!(
+        err.contains("can't open file"),
+        "the error quotes the worker's stderr: {err}"
+    );
     drop(run);
     // Nothing half-written: the run resumes once the verifier exists.
     std::fs::copy(exact_match(), &later).unwrap();
     common::resume(&broken).execute(&mut Silent).unwrap();
     assert_same_metrics(&builtin, &broken);
+}
+
+#[test]
+fn issue13_a_bad_task_file_fails_before_the_run_naming_the_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"id\": \"a\", \"prompt\": \"1+1=\", \"answer\": \"2\"}\n{\"id\": \"b\", \"promt\": \"x\", \"answer\": \"1\"}\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(repo("examples/star-word-problems.toml")).unwrap();
+    let sets = [format!("task.train={}", bad.display())];
+    let err = match RunConfig::parse(&text, "x.toml", &sets)
+        .unwrap()
+        .plan(&common::backends())
+    {
+        Ok(_) => panic!("a bad task file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let want = format!("{}:2, field `promt`: unknown field `promt`", bad.display());
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.ends_with("put extra data under `meta`"), "{err}");
 }

@@ -18,7 +18,7 @@ pub mod types;
 pub use backend::{Backend, BackendKind, Backends, ModelConfig, ModelSpec};
 pub use error::{Error, Result};
 pub use rng::Rng;
-pub use tokenizer::CharTokenizer;
+pub use tokenizer::{CharTokenizer, UNKNOWN_CHAR};
 pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, Tokenizer, TrainablePolicy};
 pub use types::{
     Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict,

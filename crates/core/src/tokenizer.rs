@@ -23,6 +23,9 @@ use tokenizers::{AddedToken, Tokenizer};
 pub const PAD: &str = "<pad>";
 pub const BOS: &str = "<bos>";
 pub const EOS: &str = "<eos>";
+/// The character every character outside the vocabulary is read as, when the vocabulary has
+/// it (tasks from files include it; the built-in tasks, whose text is fixed, do not).
+pub const UNKNOWN_CHAR: char = '\u{FFFD}';
 
 /// A character-level tokenizer with `<pad>`, `<bos>` and `<eos>` special tokens.
 #[derive(Clone)]
@@ -163,8 +166,18 @@ impl CharTokenizer {
         write_atomic(path, json.as_bytes())
     }
 
-    /// Token ids of `text`, one per character, without `<bos>`.
+    /// Token ids of `text`, one per character, without `<bos>`. A character outside the
+    /// vocabulary is read as [`UNKNOWN_CHAR`] when the vocabulary has it, and is an error
+    /// naming it otherwise.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let unknown = |c: &char| !self.char_to_id.contains_key(c);
+        if text.chars().any(|c| unknown(&c)) && self.char_to_id.contains_key(&UNKNOWN_CHAR) {
+            let mapped: String = text
+                .chars()
+                .map(|c| if unknown(&c) { UNKNOWN_CHAR } else { c })
+                .collect();
+            return self.encode(&mapped);
+        }
         for (position, ch) in text.chars().enumerate() {
             if !self.char_to_id.contains_key(&ch) {
                 return Err(Error::UnknownChar {
@@ -297,5 +310,22 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = CharTokenizer::load(&path).unwrap_err().to_string();
         assert!(err.contains("<eos>"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod unknown_char_tests {
+    use super::*;
+
+    #[test]
+    fn issue13_unseen_characters_read_as_the_replacement_when_the_vocabulary_has_it() {
+        let with = CharTokenizer::new("ab\u{FFFD}").unwrap();
+        assert_eq!(
+            with.encode("axb").unwrap(),
+            with.encode("a\u{FFFD}b").unwrap()
+        );
+        let without = CharTokenizer::new("ab").unwrap();
+        let e = without.encode("axb").unwrap_err().to_string();
+        assert!(e.contains("character 'x' at position 1"), "{e}");
     }
 }

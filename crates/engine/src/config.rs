@@ -542,7 +542,15 @@ impl RunConfig {
     /// Checks every setting and builds the recipe, the task and, through `backends`, the model.
     pub fn plan(&self, backends: &Backends) -> Result<RunPlan> {
         let recipe = self.recipe()?;
-        let task = self.task.build().map_err(core_to_config)?;
+        // A task's own settings are config keys; a task file's errors name the file and line.
+        let task = self.task.build().map_err(|e| match e {
+            autodidact_core::Error::Invalid { what, message }
+                if what == "task" || what.starts_with("task.") =>
+            {
+                Error::config(what, message)
+            }
+            other => other.into(),
+        })?;
         let mut alphabet = task.alphabet();
         // A recipe's own format (the judge's) joins the vocabulary (M0 learns it).
         for c in recipe.extra_alphabet().chars() {

@@ -130,8 +130,9 @@ impl JsonlConfig {
     }
 }
 
-/// The characters the default hint format (`[answer]prompt`) adds.
-const HINT_CHARS: &str = "[]";
+/// The characters the default hint format (`[answer]prompt`) adds, and the one every
+/// character the files do not have is read as (`autodidact sample` of new text).
+const HINT_CHARS: &str = "[]\u{FFFD}";
 
 fn hint_len(p: &Problem) -> usize {
     p.answer.as_ref().map_or(0, |a| a.chars().count() + 2)
@@ -311,8 +312,9 @@ impl Task for Jsonl {
         "jsonl"
     }
 
-    /// Every character of the files' prompts, answers and solutions (sorted), and the hint
-    /// format's brackets.
+    /// Every character of the files' prompts, answers and solutions (sorted), the hint
+    /// format's brackets, and [`autodidact_core::UNKNOWN_CHAR`] for characters the files do
+    /// not have.
     fn alphabet(&self) -> String {
         self.alphabet.clone()
     }
@@ -433,7 +435,12 @@ mod tests {
             e.contains("2 held-out problems were asked for, but the task has 1"),
             "{e}"
         );
-        assert!(task.alphabet().contains('#') && task.alphabet().contains('['));
+        let alphabet = task.alphabet();
+        assert!(
+            alphabet.contains('#')
+                && alphabet.contains('[')
+                && alphabet.contains(autodidact_core::UNKNOWN_CHAR)
+        );
         assert_eq!(task.max_chars(), ("user: 2+2?\nassistant:".len() + 3, 7));
     }
 

@@ -37,7 +37,10 @@ pub fn resume(out: &Path) -> Run {
 /// Asserts that each of `files` has the same bytes in run directories `a` and `b`.
 pub fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
     for f in files {
-        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
         if x != y {
             panic!(
                 "{f} differs:\n{}\n---\n{}",
