@@ -149,7 +149,9 @@ struct State {
 
 struct Worker {
     child: Child,
-    stdin: std::io::BufWriter<ChildStdin>,
+    /// Request lines for the writer thread, which owns the worker's stdin (so that a worker
+    /// that stops reading never blocks the pool).
+    requests: Sender<Vec<u8>>,
     /// Distinguishes this process from earlier ones in the same slot (events of a killed
     /// worker that arrive late are ignored).
     generation: u64,
@@ -273,7 +275,9 @@ impl State {
         let generation = self.next_gen;
         self.next_gen += 1;
         let stdout = child.stdout.take().expect("piped");
-        let stdin = std::io::BufWriter::new(child.stdin.take().expect("piped"));
+        let stdin = child.stdin.take().expect("piped");
+        let (requests, lines) = channel::<Vec<u8>>();
+        std::thread::spawn(move || write_requests(stdin, lines));
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -297,7 +301,7 @@ impl State {
         });
         self.workers[w] = Some(Worker {
             child,
-            stdin,
+            requests,
             generation,
             answered: false,
             inflight: 0,
@@ -365,13 +369,8 @@ impl VerifierPool {
                 let worker = st.workers[w].as_mut().expect("started");
                 worker.inflight += 1;
                 inflight.insert(id, (item, w, Instant::now() + timeout));
-                if worker.stdin.write_all(&line).is_err() {
-                    // It died; its reader reports the exit and the requests are retried.
-                    break;
-                }
-            }
-            for w in st.workers.iter_mut().flatten() {
-                let _ = w.stdin.flush();
+                // If it died, its reader reports the exit and the requests are retried.
+                let _ = worker.requests.send(line);
             }
             // Wait for a reply or the earliest deadline.
             let now = Instant::now();
@@ -498,6 +497,25 @@ impl VerifierPool {
             .into_iter()
             .map(|v| v.expect("every item is done"))
             .collect())
+    }
+}
+
+/// Writes request lines to a worker's stdin, flushing whenever no more are waiting; ends
+/// when the pool drops the worker or the worker stops reading.
+fn write_requests(stdin: ChildStdin, lines: Receiver<Vec<u8>>) {
+    let mut out = std::io::BufWriter::new(stdin);
+    while let Ok(line) = lines.recv() {
+        if out.write_all(&line).is_err() {
+            return;
+        }
+        while let Ok(more) = lines.try_recv() {
+            if out.write_all(&more).is_err() {
+                return;
+            }
+        }
+        if out.flush().is_err() {
+            return;
+        }
     }
 }
 

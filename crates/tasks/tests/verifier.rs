@@ -153,7 +153,12 @@ fn a_hung_worker_times_out_and_its_request_becomes_a_verifier_error() {
     let mut cfg = VerifierConfig::new(&["python3", &script("faulty.py")]);
     cfg.timeout_s = 3.0;
     cfg.retries = 1;
-    let mut c = answers(40);
+    // Long completions: the hung worker stops reading, and what is sent to it overfills the
+    // pipe; the pool must not block on it.
+    let mut c: Vec<String> = answers(40)
+        .into_iter()
+        .map(|a| format!("{}{a}", "x".repeat(20_000)))
+        .collect();
     c[7] = "HANG#7".into();
     let start = std::time::Instant::now();
     let tmp = tempfile::tempdir().unwrap();
