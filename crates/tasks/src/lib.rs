@@ -16,6 +16,7 @@ pub mod extract;
 mod jsonl;
 pub mod math;
 mod multiplication;
+pub mod sandbox;
 mod sum;
 pub mod verifier;
 
