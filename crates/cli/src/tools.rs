@@ -267,6 +267,7 @@ pub fn tasks() -> Result<()> {
     println!("  your own problems, one JSON object per line: {{\"id\", \"prompt\" or \"messages\", \"answer\", \"solution\"?, \"meta\"?}}");
     println!("  [task] name = \"jsonl\", train = \"FILE\", eval = \"FILE\"? (else a hash split of train),");
     println!("  extract = [\"boxed\", \"gsm8k\", \"answer_is\", \"marker\", \"last_number\", {{regex = \"...\"}}] (tried in order),");
-    println!("  compare = \"math\" (equivalent answers: 0.75 = \\frac34) or \"exact\"; see examples/star-word-problems.toml");
+    println!("  compare = \"math\" (equivalent answers: 0.75 = \\frac34), \"exact\", or \"python_tests\" (code run with the");
+    println!("  answer's unit tests in a sandbox); see docs/tasks.md, examples/star-word-problems.toml, examples/star-code.toml");
     Ok(())
 }

@@ -85,6 +85,7 @@ fn main() {
         extract: vec![ExtractRule::Marker],
         compare: Compare::Math,
         verifier: None,
+        sandbox: Default::default(),
     }
     .build()
     .unwrap();

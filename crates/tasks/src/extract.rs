@@ -28,6 +28,10 @@ pub enum ExtractRule {
     Marker,
     /// The last match of a regular expression: its first capture group, or the whole match.
     Regex(String),
+    /// The last fenced code block (```` ```python … ``` ````, any language tag), or the whole
+    /// completion when it has none: a program, for `compare = "python_tests"`. Code fences
+    /// are not masked for this rule, and its result is only trimmed.
+    CodeBlock,
 }
 
 impl ExtractRule {
@@ -51,6 +55,7 @@ impl ExtractRule {
             ExtractRule::LastNumber => "no number".into(),
             ExtractRule::Marker => "no `#`".into(),
             ExtractRule::Regex(r) => format!("no match of /{r}/"),
+            ExtractRule::CodeBlock => "no code".into(),
         }
     }
 }
@@ -90,6 +95,13 @@ impl Extractor {
     pub fn extract(&self, completion: &str) -> std::result::Result<String, String> {
         let text = mask_code(completion);
         for (rule, re) in &self.rules {
+            if *rule == ExtractRule::CodeBlock {
+                let code = code_block(completion).trim();
+                if !code.is_empty() {
+                    return Ok(code.to_string());
+                }
+                continue;
+            }
             let found = match rule {
                 ExtractRule::Boxed => boxed(&text),
                 ExtractRule::Gsm8k => text.rfind("####").map(|i| line_after(&text[i + 4..])),
@@ -103,6 +115,7 @@ impl Extractor {
                         .and_then(|c| c.get(1).or_else(|| c.get(0)))
                         .map(|m| m.as_str())
                 }
+                ExtractRule::CodeBlock => unreachable!("handled above"),
             };
             if let Some(answer) = found.map(clean).filter(|a| !a.is_empty()) {
                 return Ok(answer);
@@ -127,6 +140,23 @@ fn mask_code(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The content of the last closed fenced block (without its language tag), or `text`.
+fn code_block(text: &str) -> &str {
+    let mut last = None;
+    let mut rest = 0;
+    while let Some(open) = text[rest..].find("```").map(|i| i + rest) {
+        let body = open + 3;
+        let Some(close) = text[body..].find("```").map(|i| i + body) else {
+            break;
+        };
+        // Drop the language tag: the rest of the opening line.
+        let start = text[body..close].find('\n').map_or(body, |i| body + i + 1);
+        last = Some(&text[start..close]);
+        rest = close + 3;
+    }
+    last.unwrap_or(text)
 }
 
 /// The rest of the line.
@@ -302,6 +332,21 @@ mod tests {
             why.contains("no \\boxed{…}") && why.contains("no number"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn code_block_takes_the_last_fence_or_the_whole_text() {
+        let c = |t| one(ExtractRule::CodeBlock, t);
+        assert_eq!(
+            c("Here:\n```python\ndef f():\n    return 1\n```\nDone."),
+            Some("def f():\n    return 1".into())
+        );
+        assert_eq!(
+            c("```\na = 1\n```\nthen\n```py\nb = 2\n```"),
+            Some("b = 2".into())
+        );
+        assert_eq!(c("def g(): pass"), Some("def g(): pass".into()));
+        assert_eq!(c("```python\nunclosed"), Some("```python\nunclosed".into()));
     }
 
     #[test]

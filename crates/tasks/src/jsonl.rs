@@ -23,6 +23,7 @@
 //! a hash of each id (about one in five held out; [`crate::split_of`]).
 
 use crate::extract::{ExtractRule, Extractor};
+use crate::sandbox::{Outcome, Sandbox, SandboxConfig};
 use crate::verifier::{Item, VerifierConfig, VerifierPool};
 use crate::{math, split_of};
 use autodidact_core::{Error, Problem, Result, Rng, Split, Task, Verdict};
@@ -40,6 +41,10 @@ pub enum Compare {
     Math,
     /// The same text, ignoring surrounding whitespace.
     Exact,
+    /// The answer is Python unit tests (asserts): the extracted code followed by them runs in
+    /// the sandbox (`[task.sandbox]`), and passes when it exits normally. Use with
+    /// `extract = ["code_block"]`.
+    PythonTests,
 }
 
 /// Settings of a JSONL task (`[task] name = "jsonl"`).
@@ -63,6 +68,9 @@ pub struct JsonlConfig {
     /// unused): `[task.verifier] command = ["python3", "verify.py"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier: Option<VerifierConfig>,
+    /// Limits of the sandbox that runs code for `compare = "python_tests"`.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 impl JsonlConfig {
@@ -74,6 +82,10 @@ impl JsonlConfig {
             .as_ref()
             .map(VerifierConfig::build)
             .transpose()?;
+        let sandbox = match self.compare {
+            Compare::PythonTests if self.verifier.is_none() => Some(self.sandbox.build()?),
+            _ => None,
+        };
         let mut seen = HashMap::new();
         let (train, eval) = match &self.eval {
             Some(eval) => (read(&self.train, &mut seen)?, read(eval, &mut seen)?),
@@ -126,6 +138,8 @@ impl JsonlConfig {
             extractor,
             compare: self.compare,
             verifier,
+            sandbox,
+            ran: Default::default(),
         })
     }
 }
@@ -269,7 +283,13 @@ pub struct Jsonl {
     extractor: Extractor,
     compare: Compare,
     verifier: Option<VerifierPool>,
+    sandbox: Option<Sandbox>,
+    /// Verdicts of programs already run, by (problem id, code).
+    ran: std::sync::Mutex<HashMap<(String, String), Verdict>>,
 }
+
+/// Programs whose verdicts are kept; the cache starts over past this.
+const MAX_CACHED: usize = 100_000;
 
 impl Jsonl {
     /// The reference answer as the file gave it: a string, or the JSON value a non-string
@@ -298,12 +318,44 @@ impl Jsonl {
         let (same, answer) = match self.compare {
             Compare::Math => (math::equivalent(&found, reference), math::canonical(&found)),
             Compare::Exact => (found.trim() == reference.trim(), found.trim().to_string()),
+            Compare::PythonTests => return self.run_tests(problem, &found, reference),
         };
         if same {
             Verdict::correct(answer)
         } else {
             Verdict::incorrect(answer)
         }
+    }
+}
+
+impl Jsonl {
+    /// Runs `code` followed by the problem's tests in the sandbox (or takes the verdict of an
+    /// identical earlier run).
+    fn run_tests(&self, problem: &Problem, code: &str, tests: &str) -> Verdict {
+        let key = (problem.id.clone(), code.to_string());
+        if let Some(v) = self.ran.lock().expect("cache lock").get(&key) {
+            return v.clone();
+        }
+        let sandbox = self.sandbox.as_ref().expect("built for python_tests");
+        let verdict = match sandbox.run_python(&format!("{code}\n\n{tests}\n")) {
+            Ok(Outcome::Passed) => Verdict::correct(code.to_string()),
+            Ok(failed) => {
+                let mut v = Verdict::incorrect(code.to_string());
+                v.reason = Some(match failed {
+                    Outcome::Failed { why } => format!("tests failed: {why}"),
+                    Outcome::Limit { which } => format!("stopped at the {which} limit"),
+                    Outcome::Passed => unreachable!(),
+                });
+                v
+            }
+            Err(e) => return Verdict::ungradable_because(format!("sandbox error: {e}")),
+        };
+        let mut ran = self.ran.lock().expect("cache lock");
+        if ran.len() >= MAX_CACHED {
+            ran.clear();
+        }
+        ran.insert(key, verdict.clone());
+        verdict
     }
 }
 
@@ -404,6 +456,7 @@ mod tests {
             extract: ExtractRule::defaults(),
             compare: Compare::Math,
             verifier: None,
+            sandbox: SandboxConfig::default(),
         }
     }
 

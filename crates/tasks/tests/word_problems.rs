@@ -15,6 +15,7 @@ fn the_shipped_word_problems_load_and_their_solutions_verify() {
         extract: vec![ExtractRule::Marker],
         compare: Compare::Math,
         verifier: None,
+        sandbox: Default::default(),
     }
     .build()
     .unwrap();
