@@ -531,6 +531,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_100k_lines_loads() {
+        let mut f = tempfile::Builder::new()
+            .suffix(".jsonl")
+            .tempfile()
+            .unwrap();
+        {
+            let mut w = std::io::BufWriter::new(f.as_file_mut());
+            for i in 0..100_000 {
+                writeln!(
+                    w,
+                    r##"{{"id": "p{i}", "prompt": "{i}+1=", "answer": "{}", "solution": "#{}"}}"##,
+                    i + 1,
+                    i + 1
+                )
+                .unwrap();
+            }
+        }
+        let task = config(f.path(), None).build().unwrap();
+        let train = task.problems(Split::Train, 70_000, 3).unwrap();
+        assert_eq!(train.len(), 70_000);
+        assert!(task
+            .verify(&train[0], &train[0].solution.clone().unwrap())
+            .is_correct());
+    }
+
+    #[test]
     fn bad_lines_name_the_file_line_and_field() {
         for (lines, want) in [
             (
