@@ -389,23 +389,27 @@ impl VerifierPool {
                     let pid = st.workers[w].as_ref().map_or(0, Worker::pid);
                     let who = format!("verifier worker {w} (pid {pid})");
                     match parse_reply(&text) {
-                        Ok(reply) => match inflight.remove(&reply.id) {
-                            Some((item, _, _)) => {
-                                let worker = st.workers[w].as_mut().expect("running");
-                                worker.inflight -= 1;
-                                worker.answered = true;
-                                st.startup_failures = 0;
-                                st.ever_answered = true;
-                                results[item] = Some(verdict_of(reply).unwrap_or_else(|why| {
-                                    Verdict::ungradable_because(format!(
-                                        "{who} sent a malformed reply {text:?}: {why}"
-                                    ))
-                                }));
-                                done += 1;
+                        // A reply counts only from the worker its request went to.
+                        Ok(reply) => {
+                            match inflight.get(&reply.id).filter(|v| v.1 == w).map(|v| v.0) {
+                                Some(item) => {
+                                    inflight.remove(&reply.id);
+                                    let worker = st.workers[w].as_mut().expect("running");
+                                    worker.inflight -= 1;
+                                    worker.answered = true;
+                                    st.startup_failures = 0;
+                                    st.ever_answered = true;
+                                    results[item] = Some(verdict_of(reply).unwrap_or_else(|why| {
+                                        Verdict::ungradable_because(format!(
+                                            "{who} sent a malformed reply {text:?}: {why}"
+                                        ))
+                                    }));
+                                    done += 1;
+                                }
+                                None => failed
+                                    .push((w, format!("{who} answered an unknown id in {text:?}"))),
                             }
-                            None => failed
-                                .push((w, format!("{who} answered an unknown id in {text:?}"))),
-                        },
+                        }
                         Err(why) => failed
                             .push((w, format!("{who} sent a malformed reply {text:?}: {why}"))),
                     }
@@ -415,11 +419,7 @@ impl VerifierPool {
                         continue;
                     };
                     let worker = st.workers[w].as_mut().expect("running");
-                    let status = worker
-                        .child
-                        .wait()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
+                    let status = exit_status(&mut worker.child);
                     let pid = worker.pid();
                     if !worker.answered {
                         st.startup_failures += 1;
@@ -498,6 +498,21 @@ impl VerifierPool {
             .map(|v| v.expect("every item is done"))
             .collect())
     }
+}
+
+/// How a worker whose stdout closed ended: its exit status, waited for up to a second; one
+/// that closed stdout but keeps running is killed.
+fn exit_status(child: &mut Child) -> String {
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.to_string();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    "closed its stdout and was killed".into()
 }
 
 /// Writes request lines to a worker's stdin, flushing whenever no more are waiting; ends

@@ -203,6 +203,21 @@ fn malformed_replies_name_the_worker_and_the_line() {
 }
 
 #[test]
+fn a_worker_that_closes_its_stdout_but_keeps_running_is_killed() {
+    if !python() {
+        return;
+    }
+    let mut cfg = VerifierConfig::new(&["python3", &script("faulty.py")]);
+    cfg.retries = 1;
+    let mut c = answers(20);
+    c[3] = "CLOSE#3".into();
+    let v = grade(&cfg, None, &c).unwrap();
+    check_graded(&v, |i| i == 3);
+    let why = v[3].reason.as_deref().unwrap();
+    assert!(why.contains("closed its stdout and was killed"), "{why}");
+}
+
+#[test]
 fn a_worker_that_never_starts_is_a_clear_error() {
     if !python() {
         return;

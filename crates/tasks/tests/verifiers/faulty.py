@@ -6,6 +6,7 @@ It grades like examples/verifiers/exact_match.py (the answer after the last "#")
 - GARBAGE: writes a line that is not JSON;
 - BADSCORE: answers with a score of 2;
 - ERROR: answers with an "error";
+- CLOSE: closes its stdout and keeps running;
 - CRASH: exits with status 3, the first time only (a marker file next to --state records it);
   with --crash-after N, the first worker to have answered N requests does the same;
 and with --reverse it holds replies until no request has arrived for 20 ms, then writes them
@@ -51,6 +52,10 @@ def main():
             return
         req = json.loads(raw)
         c = req["completion"]
+        if "CLOSE" in c:
+            sys.stdout.flush()
+            os.close(1)
+            time.sleep(3600)
         if "HANG" in c:
             print(f"hanging on {req['id']}", file=sys.stderr, flush=True)
             time.sleep(3600)
