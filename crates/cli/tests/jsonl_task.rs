@@ -106,33 +106,49 @@ fn issue13_a_jsonl_task_graded_by_an_external_python_verifier_runs_star_end_to_e
     assert!(external.join("logs/verifier-0.log").is_file());
 }
 
+/// A worker that crashes, hangs or writes garbage once, mid-run: it is restarted, its
+/// requests are retried, the run ends as if nothing happened, the pool's log says what
+/// happened, and the run directory passes `resume`'s checks.
 #[test]
-fn issue13_a_verifier_that_crashes_mid_run_is_restarted_and_the_run_is_unchanged() {
+fn issue13_a_verifier_that_crashes_hangs_or_writes_garbage_mid_run_leaves_the_run_unchanged() {
     if !python() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (builtin, crashing) = (tmp.path().join("builtin"), tmp.path().join("crashing"));
+    let builtin = tmp.path().join("builtin");
     start(&builtin, &[]).execute(&mut Silent).unwrap();
-    let state = tmp.path().join("crashed");
     let faulty = repo("crates/tasks/tests/verifiers/faulty.py")
         .display()
         .to_string();
-    let cmd = [
-        "python3",
-        &faulty,
-        "--crash-after",
-        "30",
-        "--state",
-        state.to_str().unwrap(),
-    ];
-    start(&crashing, &verifier(&cmd))
-        .execute(&mut Silent)
-        .unwrap();
-    assert!(state.exists(), "the worker crashed once");
-    assert_same_metrics(&builtin, &crashing);
-    let notes = std::fs::read_to_string(crashing.join("logs/verifier.log")).unwrap();
-    assert!(notes.contains("exited (exit status: 3)"), "{notes}");
+    for (fault, note) in [
+        ("--crash-after", "exited (exit status: 3)"),
+        ("--hang-after", "did not answer within 2s"),
+        (
+            "--garbage-after",
+            "sent a malformed reply \"this is not json\"",
+        ),
+    ] {
+        let run = tmp.path().join(&fault[2..]);
+        let state = tmp.path().join(format!("{fault}.state"));
+        let cmd = [
+            "python3",
+            &faulty,
+            fault,
+            "30",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        let mut sets = verifier(&cmd);
+        sets.push("task.verifier.timeout_s=2".into());
+        start(&run, &sets).execute(&mut Silent).unwrap();
+        assert!(state.exists(), "{fault}: the fault happened");
+        assert_same_metrics(&builtin, &run);
+        let notes = std::fs::read_to_string(run.join("logs/verifier.log")).unwrap();
+        assert!(notes.contains(note), "{fault}: {notes}");
+        // Intact: resume checks every recorded file and finds the run complete.
+        let rows = common::resume(&run).execute(&mut Silent).unwrap();
+        assert_eq!(rows.len(), 2, "{fault}");
+    }
 }
 
 #[test]

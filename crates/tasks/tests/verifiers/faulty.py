@@ -8,7 +8,9 @@ It grades like examples/verifiers/exact_match.py (the answer after the last "#")
 - ERROR: answers with an "error";
 - CLOSE: closes its stdout and keeps running;
 - CRASH: exits with status 3, the first time only (a marker file next to --state records it);
-  with --crash-after N, the first worker to have answered N requests does the same;
+  with --crash-after N, the first worker to have answered N requests does the same, and
+  with --hang-after N or --garbage-after N it hangs, or writes a line that is not JSON,
+  instead (once: the --state file records it);
 and with --reverse it holds replies until no request has arrived for 20 ms, then writes them
 in reverse order (replies out of order).
 """
@@ -34,7 +36,10 @@ def reply(req):
 def main():
     reverse = "--reverse" in sys.argv
     state = sys.argv[sys.argv.index("--state") + 1] if "--state" in sys.argv else None
-    crash_after = int(sys.argv[sys.argv.index("--crash-after") + 1]) if "--crash-after" in sys.argv else None
+    def opt(name):
+        return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None
+
+    crash_after, hang_after, garbage_after = opt("--crash-after"), opt("--hang-after"), opt("--garbage-after")
     answered = 0
     held = []
     stdin = sys.stdin.buffer
@@ -63,6 +68,15 @@ def main():
             open(state, "w").close()
             print(f"crashing after {answered} replies", file=sys.stderr, flush=True)
             sys.exit(3)
+        if hang_after is not None and answered >= hang_after and not os.path.exists(state):
+            open(state, "w").close()
+            print(f"hanging after {answered} replies", file=sys.stderr, flush=True)
+            time.sleep(3600)
+        if garbage_after is not None and answered >= garbage_after and not os.path.exists(state):
+            open(state, "w").close()
+            sys.stdout.write("this is not json\n")
+            sys.stdout.flush()
+            continue
         answered += 1
         if "CRASH" in c and state and not os.path.exists(state):
             open(state, "w").close()
