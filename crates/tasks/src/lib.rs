@@ -1,4 +1,6 @@
-//! Built-in verifiable tasks.
+//! Tasks and their verifiers: the built-in arithmetic tasks, tasks from JSONL files
+//! ([`JsonlConfig`]) with answer extraction ([`extract`]), math answer equivalence ([`math`]),
+//! external verifier processes ([`verifier`]) and sandboxed code ([`sandbox`]).
 //!
 //! Every task writes a short worked trace (a scratchpad) before its answer, and the answer
 //! follows the last `#` of a completion: `347+285=` → `7+5+0=12;4+8+1=13;3+2+1=06#632`.
