@@ -2,7 +2,7 @@
 //! ([`JsonlConfig`]) with answer extraction ([`extract`]), math answer equivalence ([`math`]),
 //! external verifier processes ([`verifier`]) and sandboxed code ([`sandbox`]).
 //!
-//! Every task writes a short worked trace (a scratchpad) before its answer, and the answer
+//! Every built-in task writes a short worked trace (a scratchpad) before its answer, and the answer
 //! follows the last `#` of a completion: `347+285=` → `7+5+0=12;4+8+1=13;3+2+1=06#632`.
 //! Verifiers parse the answer out of arbitrary text and return
 //! [`Grade::Ungradable`](autodidact_core::Grade) when there is none.
