@@ -11,7 +11,7 @@
 use autodidact_core::{Problem, Task};
 use autodidact_tasks::extract::ExtractRule;
 use autodidact_tasks::verifier::{Item, VerifierConfig};
-use autodidact_tasks::{Compare, JsonlConfig};
+use autodidact_tasks::JsonlConfig;
 use std::io::Write;
 use std::time::Instant;
 
@@ -80,12 +80,8 @@ fn main() {
     }
     drop(f);
     let builtin = JsonlConfig {
-        train: file,
-        eval: None,
         extract: vec![ExtractRule::Marker],
-        compare: Compare::Math,
-        verifier: None,
-        sandbox: Default::default(),
+        ..JsonlConfig::new(file)
     }
     .build()
     .unwrap();

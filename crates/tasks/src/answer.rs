@@ -10,23 +10,11 @@ pub(crate) fn after_marker(completion: &str) -> Option<&str> {
 /// into a machine integer.
 pub(crate) fn integer_answer(completion: &str) -> Option<String> {
     let rest = after_marker(completion)?.trim_start();
-    let (negative, rest) = match rest.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, rest),
-    };
-    let digits: &str = &rest[..rest
+    let sign = usize::from(rest.starts_with('-'));
+    let end = rest[sign..]
         .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len())];
-    if digits.is_empty() {
-        return None;
-    }
-    let trimmed = digits.trim_start_matches('0');
-    let magnitude = if trimmed.is_empty() { "0" } else { trimmed };
-    Some(if negative && magnitude != "0" {
-        format!("-{magnitude}")
-    } else {
-        magnitude.to_string()
-    })
+        .map_or(rest.len(), |i| sign + i);
+    crate::math::integer_text(&rest[..end])
 }
 
 #[cfg(test)]

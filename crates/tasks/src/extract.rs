@@ -175,19 +175,10 @@ fn boxed(text: &str) -> Option<&str> {
         };
         let body = &rest[name.len()..];
         let trimmed = body.trim_start();
-        if let Some(inner) = trimmed.strip_prefix('{') {
-            let mut depth = 1;
-            for (i, c) in inner.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(&inner[..i]);
-                        }
-                    }
-                    _ => {}
-                }
+        if trimmed.starts_with('{') {
+            let open = text.len() - trimmed.len();
+            if let Some(close) = crate::math::matching_brace(text, open) {
+                return Some(&text[open + 1..close]);
             }
         } else if body.starts_with(' ') {
             // `\boxed 5`

@@ -74,6 +74,19 @@ pub struct JsonlConfig {
 }
 
 impl JsonlConfig {
+    /// Problems from `train` alone (both splits, by a hash of each id), graded by the default
+    /// extraction rules and math comparison.
+    pub fn new(train: impl Into<PathBuf>) -> Self {
+        Self {
+            train: train.into(),
+            eval: None,
+            extract: ExtractRule::defaults(),
+            compare: Compare::Math,
+            verifier: None,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+
     /// Checks the settings and reads the files.
     pub fn build(&self) -> Result<Jsonl> {
         let extractor = Extractor::new(&self.extract, "task.extract")?;
@@ -86,10 +99,13 @@ impl JsonlConfig {
             Compare::PythonTests if self.verifier.is_none() => Some(self.sandbox.build()?),
             _ => None,
         };
-        let mut seen = HashMap::new();
+        let (mut seen, mut raw_answers) = (HashMap::new(), HashMap::new());
         let (train, eval) = match &self.eval {
-            Some(eval) => (read(&self.train, &mut seen)?, read(eval, &mut seen)?),
-            None => read(&self.train, &mut seen)?
+            Some(eval) => (
+                read(&self.train, &mut seen, &mut raw_answers)?,
+                read(eval, &mut seen, &mut raw_answers)?,
+            ),
+            None => read(&self.train, &mut seen, &mut raw_answers)?
                 .into_iter()
                 .partition(|p| split_of(&p.id) == Split::Train),
         };
@@ -138,6 +154,7 @@ impl JsonlConfig {
             extractor,
             compare: self.compare,
             verifier,
+            raw_answers,
             sandbox,
             ran: Default::default(),
         })
@@ -189,8 +206,13 @@ pub fn chat_prompt(messages: &[(String, String)]) -> String {
     out
 }
 
-/// Reads the problems of `path`, line by line; `seen` maps each id to where it was first seen.
-fn read(path: &Path, seen: &mut HashMap<String, (PathBuf, usize)>) -> Result<Vec<Problem>> {
+/// Reads the problems of `path`, line by line; `seen` maps each id to where it was first seen,
+/// and `raw_answers` keeps each answer that is not a string as the JSON value it was.
+fn read(
+    path: &Path,
+    seen: &mut HashMap<String, (PathBuf, usize)>,
+    raw_answers: &mut HashMap<String, serde_json::Value>,
+) -> Result<Vec<Problem>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io("opening task file", path, e))?;
     let at = |line: usize| format!("{}:{line}", path.display());
     let mut out = Vec::new();
@@ -254,7 +276,11 @@ fn read(path: &Path, seen: &mut HashMap<String, (PathBuf, usize)>) -> Result<Vec
                 ))
             }
             Some(serde_json::Value::String(s)) => s,
-            Some(v) => v.to_string(),
+            // Compared as its JSON text; a verifier process receives the value.
+            Some(v) => {
+                raw_answers.insert(line.id.clone(), v.clone());
+                v.to_string()
+            }
         };
         if let Some((file, first)) = seen.get(&line.id) {
             return Err(field_err(
@@ -283,6 +309,8 @@ pub struct Jsonl {
     extractor: Extractor,
     compare: Compare,
     verifier: Option<VerifierPool>,
+    /// Answers that were not strings in the file, by problem id, as they were.
+    raw_answers: HashMap<String, serde_json::Value>,
     sandbox: Option<Sandbox>,
     /// Verdicts of programs already run, by (problem id, code).
     ran: std::sync::Mutex<HashMap<(String, String), Verdict>>,
@@ -292,20 +320,12 @@ pub struct Jsonl {
 const MAX_CACHED: usize = 100_000;
 
 impl Jsonl {
-    /// The reference answer as the file gave it: a string, or the JSON value a non-string
-    /// answer was written as.
-    fn answer_json(p: &Problem) -> serde_json::Value {
-        match p.answer.as_deref() {
-            None => serde_json::Value::Null,
-            Some(a) => match serde_json::from_str::<serde_json::Value>(a) {
-                Ok(v)
-                    if !v.is_string()
-                        && (v.is_number() || v.is_array() || v.is_object() || v.is_boolean()) =>
-                {
-                    v
-                }
-                _ => serde_json::Value::String(a.to_string()),
-            },
+    /// The reference answer as the file gave it.
+    fn answer_json(&self, p: &Problem) -> serde_json::Value {
+        match (self.raw_answers.get(&p.id), &p.answer) {
+            (Some(v), _) => v.clone(),
+            (None, Some(a)) => serde_json::Value::String(a.clone()),
+            (None, None) => serde_json::Value::Null,
         }
     }
 
@@ -412,7 +432,7 @@ impl Task for Jsonl {
                 .collect());
         };
         let answers: Vec<serde_json::Value> =
-            items.iter().map(|(p, _)| Self::answer_json(p)).collect();
+            items.iter().map(|(p, _)| self.answer_json(p)).collect();
         let items: Vec<Item> = items
             .iter()
             .zip(&answers)
@@ -451,12 +471,8 @@ mod tests {
 
     fn config(train: &Path, eval: Option<&Path>) -> JsonlConfig {
         JsonlConfig {
-            train: train.to_path_buf(),
             eval: eval.map(Path::to_path_buf),
-            extract: ExtractRule::defaults(),
-            compare: Compare::Math,
-            verifier: None,
-            sandbox: SandboxConfig::default(),
+            ..JsonlConfig::new(train)
         }
     }
 
@@ -481,6 +497,8 @@ mod tests {
         assert_eq!(ps[0].id, "a", "problems with solutions come first");
         assert_eq!(ps[1].prompt, "user: 2+2?\nassistant:");
         assert_eq!(ps[1].answer.as_deref(), Some("4"));
+        assert_eq!(task.answer_json(&ps[1]), serde_json::json!(4));
+        assert_eq!(task.answer_json(&ps[0]), serde_json::json!("2"));
         assert_eq!(ps[1].meta, Some(serde_json::json!({"k": [1]})));
         assert_eq!(task.problems(Split::Eval, 1, 0).unwrap()[0].id, "c");
         let e = task.problems(Split::Eval, 2, 0).unwrap_err().to_string();

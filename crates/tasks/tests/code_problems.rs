@@ -11,12 +11,9 @@ use std::path::Path;
 fn the_shipped_code_problems_pass_with_their_solutions_and_fail_without() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let config = JsonlConfig {
-        train: root.join("examples/data/code-problems.jsonl"),
-        eval: None,
         extract: vec![ExtractRule::CodeBlock],
         compare: Compare::PythonTests,
-        verifier: None,
-        sandbox: Default::default(),
+        ..JsonlConfig::new(root.join("examples/data/code-problems.jsonl"))
     };
     let task = match config.build() {
         Ok(t) => t,

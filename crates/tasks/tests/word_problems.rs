@@ -3,19 +3,15 @@
 
 use autodidact_core::{Grade, Split, Task};
 use autodidact_tasks::extract::ExtractRule;
-use autodidact_tasks::{Compare, JsonlConfig};
+use autodidact_tasks::JsonlConfig;
 use std::path::Path;
 
 #[test]
 fn the_shipped_word_problems_load_and_their_solutions_verify() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let task = JsonlConfig {
-        train: root.join("examples/data/word-problems.jsonl"),
-        eval: None,
         extract: vec![ExtractRule::Marker],
-        compare: Compare::Math,
-        verifier: None,
-        sandbox: Default::default(),
+        ..JsonlConfig::new(root.join("examples/data/word-problems.jsonl"))
     }
     .build()
     .unwrap();

@@ -112,7 +112,7 @@ impl Transformer {
         par: bool,
     ) {
         let cfg = &self.config;
-        let (c, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
         let m = io.positions.len();
         let p = &self.params;
         let LayerOffsets {
@@ -125,23 +125,14 @@ impl Transformer {
         } = self.layout.layers[layer];
 
         // --- attention block ---
-        norm_rows(
+        let qkv = &mut *io.qkv;
+        self.norm_project(
+            io.resid.at(0),
             io.normed.at_mut(0),
             io.rstd.at_mut(0),
-            io.resid.at(0),
-            &p[attn_norm..attn_norm + c],
-            eps,
-            par,
-        );
-        let qkv = &mut *io.qkv;
-        kernels::linear(
+            (attn_norm, wqkv),
             qkv,
-            io.normed.at(0),
-            &p[wqkv..wqkv + 3 * c * c],
-            m,
-            c,
             3 * c,
-            false,
             par,
         );
         // Rotate q and k. (M, 3C)
@@ -166,23 +157,14 @@ impl Transformer {
         );
 
         // --- MLP block ---
-        norm_rows(
+        let gu = &mut *io.gu;
+        self.norm_project(
+            io.resid.at(1),
             io.normed.at_mut(1),
             io.rstd.at_mut(1),
-            io.resid.at(1),
-            &p[mlp_norm..mlp_norm + c],
-            eps,
-            par,
-        );
-        let gu = &mut *io.gu;
-        kernels::linear(
+            (mlp_norm, wgu),
             gu,
-            io.normed.at(1),
-            &p[wgu..wgu + 2 * f * c],
-            m,
-            c,
             2 * f,
-            false,
             par,
         );
         let a = &mut *io.act;
@@ -342,26 +324,36 @@ impl Transformer {
         logits: &mut [f32],
         par: bool,
     ) {
-        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
-        let m = rstd.len();
         let lay = &self.layout;
-        norm_rows(
+        let v = self.config.vocab_size;
+        self.norm_project(
+            x,
             normed,
             rstd,
-            x,
-            &self.params[lay.final_norm..lay.final_norm + c],
-            self.config.rms_norm_eps,
-            par,
-        );
-        kernels::linear(
+            (lay.final_norm, lay.lm_head),
             logits,
-            normed,
-            &self.params[lay.lm_head..lay.lm_head + v * c],
-            m,
-            c,
             v,
-            false,
             par,
         );
+    }
+
+    /// RMSNorm of the M rows of `x` (gain at parameter offset `offsets.0`) into `normed` and
+    /// `rstd`, then `out = normed · Wᵀ` with W the (`n_out`, C) matrix at `offsets.1`: the
+    /// pre-norm projection that opens each block, and the output head.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_project(
+        &self,
+        x: &[f32],
+        normed: &mut [f32],
+        rstd: &mut [f32],
+        offsets: (usize, usize),
+        out: &mut [f32],
+        n_out: usize,
+        par: bool,
+    ) {
+        let (c, eps) = (self.config.hidden_size, self.config.rms_norm_eps);
+        let (m, p, (gain, w)) = (rstd.len(), &self.params, offsets);
+        norm_rows(normed, rstd, x, &p[gain..gain + c], eps, par);
+        kernels::linear(out, normed, &p[w..w + n_out * c], m, c, n_out, false, par);
     }
 }

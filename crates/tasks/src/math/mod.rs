@@ -222,8 +222,8 @@ fn unwrap_commands(s: &str) -> String {
     }
 }
 
-/// The byte index of the `}` closing the `{` at `open`.
-fn matching_brace(s: &str, open: usize) -> Option<usize> {
+/// The byte index of the `}` closing the `{` at byte `open` of `s`, braces nested.
+pub(crate) fn matching_brace(s: &str, open: usize) -> Option<usize> {
     let mut depth = 0;
     for (i, c) in s[open..].char_indices() {
         match c {
@@ -323,7 +323,7 @@ fn split_top(chars: &[char]) -> Vec<String> {
 }
 
 /// An integer literal without leading zeros (`-0` as `0`), for integers too long to compute with.
-fn integer_text(s: &str) -> Option<String> {
+pub(crate) fn integer_text(s: &str) -> Option<String> {
     let (neg, digits) = match s.strip_prefix('-') {
         Some(d) => (true, d.trim_start()),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
