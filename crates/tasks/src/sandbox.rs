@@ -78,6 +78,15 @@ pub enum Outcome {
     Limit { which: &'static str },
 }
 
+/// Bytes of stderr kept for the reason a program failed.
+const STDERR_KEPT: usize = 4096;
+
+/// Appends `bytes` to `buf` up to [`STDERR_KEPT`] bytes in all.
+fn keep_head(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let room = STDERR_KEPT.saturating_sub(buf.len());
+    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
 /// A checked sandbox (see the module's documentation).
 #[derive(Clone, Debug)]
 pub struct Sandbox {
@@ -277,8 +286,8 @@ impl Sandbox {
             match rx.recv_timeout(Duration::from_millis(10)) {
                 Ok((is_err, bytes)) => {
                     total += bytes.len();
-                    if is_err && stderr.len() < 4096 {
-                        stderr.extend_from_slice(&bytes[..bytes.len().min(4096 - stderr.len())]);
+                    if is_err {
+                        keep_head(&mut stderr, &bytes);
                     }
                     if total > cap {
                         limit = Some("output");
@@ -306,8 +315,8 @@ impl Sandbox {
         while let Ok((is_err, bytes)) =
             rx.recv_timeout(stop.saturating_duration_since(Instant::now()))
         {
-            if is_err && stderr.len() < 4096 {
-                stderr.extend_from_slice(&bytes[..bytes.len().min(4096 - stderr.len())]);
+            if is_err {
+                keep_head(&mut stderr, &bytes);
             }
         }
         if let Some(hit) = limit {
