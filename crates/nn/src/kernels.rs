@@ -397,14 +397,24 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, context: usize, theta: f32) -> Self {
+    pub fn new(
+        head_dim: usize,
+        context: usize,
+        theta: f32,
+        scaling: Option<&crate::config::RopeScaling>,
+    ) -> Self {
         let half = head_dim / 2;
+        // As transformers computes it: inv_freq in f32, angle = pos · inv_freq in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+                scaling.map_or(f, |s| s.apply(f))
+            })
+            .collect();
         let mut cos = Vec::with_capacity(context * half);
         let mut sin = Vec::with_capacity(context * half);
         for pos in 0..context {
-            for i in 0..half {
-                // As transformers computes it: inv_freq in f32, angle = pos · inv_freq in f32.
-                let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            for &inv_freq in &inv_freq {
                 let angle = pos as f32 * inv_freq;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -611,10 +621,11 @@ simd_kernel! {
     /// exceeds the work.
     ///
     /// Row i of `q` (stride `q_ld`, first `heads·d` values) sits at position `offset + i` and
-    /// attends to cached positions `0..=offset + i`. `k_t` holds the keys transposed,
-    /// `(heads·d, ctx)`; `v` the values by position, `(ctx, heads·d)`; `ctx` is a multiple of 8
-    /// (scores are computed 8 positions at a time, in registers). Writes row i of `out`
-    /// (stride `heads·d`). `scores` holds at least `ctx` floats.
+    /// attends to cached positions `0..=offset + i`. Query head h reads key/value head
+    /// `h / (heads / kv_heads)`. `k_t` holds the keys transposed, `(kv_heads·d, ctx)`; `v` the
+    /// values by position, `(ctx, kv_heads·d)`; `ctx` is a multiple of 8 (scores are computed 8
+    /// positions at a time, in registers). Writes row i of `out` (stride `heads·d`). `scores`
+    /// holds at least `ctx` floats.
     pub(crate) fn attention_cached(
         q: &[f32],
         q_ld: usize,
@@ -626,24 +637,25 @@ simd_kernel! {
         n_q: usize,
         offset: usize,
         heads: usize,
+        kv_heads: usize,
         d: usize,
     ) {
-        let c = heads * d;
+        let (c, w, group) = (heads * d, kv_heads * d, heads / kv_heads);
         let scale = 1.0 / (d as f32).sqrt();
         for i in 0..n_q {
             let n_kv = offset + i + 1;
             let qr = &q[i * q_ld..i * q_ld + c];
             let orow = &mut out[i * c..(i + 1) * c];
             for h in 0..heads {
+                let (qh, kh) = (&qr[h * d..(h + 1) * d], &k_t[h / group * d * ctx..]);
                 // 32 positions at a time (four independent 8-lane chains), then 8 at a time.
                 let n8 = n_kv.div_ceil(8) * 8;
                 let n32 = n8 / 32 * 32;
                 let (wide, narrow) = scores[..n8].split_at_mut(n32);
                 for (jb, sc) in wide.chunks_exact_mut(32).enumerate() {
                     let mut acc = [0.0f32; 32];
-                    for e in h * d..(h + 1) * d {
-                        let qe = qr[e];
-                        let kk = &k_t[e * ctx + jb * 32..e * ctx + jb * 32 + 32];
+                    for (e, &qe) in qh.iter().enumerate() {
+                        let kk = &kh[e * ctx + jb * 32..e * ctx + jb * 32 + 32];
                         for l in 0..32 {
                             acc[l] += qe * kk[l];
                         }
@@ -655,9 +667,8 @@ simd_kernel! {
                 for (jb, sc) in narrow.chunks_exact_mut(8).enumerate() {
                     let j0 = n32 + jb * 8;
                     let mut acc = [0.0f32; 8];
-                    for e in h * d..(h + 1) * d {
-                        let qe = qr[e];
-                        let kk = &k_t[e * ctx + j0..e * ctx + j0 + 8];
+                    for (e, &qe) in qh.iter().enumerate() {
+                        let kk = &kh[e * ctx + j0..e * ctx + j0 + 8];
                         for l in 0..8 {
                             acc[l] += qe * kk[l];
                         }
@@ -673,13 +684,13 @@ simd_kernel! {
                 let oh = &mut orow[h * d..(h + 1) * d];
                 let mut chunks = oh.chunks_exact_mut(8);
                 for (ci, oc) in (&mut chunks).enumerate() {
-                    let lo = h * d + ci * 8;
+                    let lo = h / group * d + ci * 8;
                     let (mut a0, mut a1) = ([0.0f32; 8], [0.0f32; 8]);
                     let mut pairs = s.chunks_exact(2);
                     let mut j = 0;
                     for pj in &mut pairs {
-                        let v0 = &v[j * c + lo..j * c + lo + 8];
-                        let v1 = &v[(j + 1) * c + lo..(j + 1) * c + lo + 8];
+                        let v0 = &v[j * w + lo..j * w + lo + 8];
+                        let v1 = &v[(j + 1) * w + lo..(j + 1) * w + lo + 8];
                         for l in 0..8 {
                             a0[l] += pj[0] * v0[l];
                             a1[l] += pj[1] * v1[l];
@@ -687,7 +698,7 @@ simd_kernel! {
                         j += 2;
                     }
                     if let [p_last] = pairs.remainder() {
-                        let vl = &v[j * c + lo..j * c + lo + 8];
+                        let vl = &v[j * w + lo..j * w + lo + 8];
                         for l in 0..8 {
                             a0[l] += p_last * vl[l];
                         }
@@ -698,10 +709,10 @@ simd_kernel! {
                 }
                 // Head dimensions beyond a multiple of 8.
                 let rest = chunks.into_remainder();
-                let (lo, w) = (h * d + d / 8 * 8, rest.len());
+                let (lo, r) = (h / group * d + d / 8 * 8, rest.len());
                 rest.fill(0.0);
                 for (j, &p) in s.iter().enumerate() {
-                    for (o, &x) in rest.iter_mut().zip(&v[j * c + lo..j * c + lo + w]) {
+                    for (o, &x) in rest.iter_mut().zip(&v[j * w + lo..j * w + lo + r]) {
                         *o += p * x;
                     }
                 }
@@ -769,7 +780,8 @@ pub(crate) unsafe fn attention_head(
 }
 
 /// Backward of [`attention_head`]. Writes `dq`, `dk`, `dv` (each `n × head_dim`, row stride
-/// `d_ld`); `scratch` holds `n²` floats.
+/// `d_ld`), or with `accumulate_kv` adds to `dk` and `dv` (the query heads of a grouped-query
+/// attention group share them); `scratch` holds `n²` floats.
 ///
 /// # Safety
 /// As for [`attention_head`]; the three outputs must not overlap each other or the inputs.
@@ -784,6 +796,7 @@ pub(crate) unsafe fn attention_head_backward(
     dk: *mut f32,
     dv: *mut f32,
     d_ld: usize,
+    accumulate_kv: bool,
     scratch: &mut [f32],
     n: usize,
     head_dim: usize,
@@ -832,7 +845,7 @@ pub(crate) unsafe fn attention_head_backward(
             n - c0,
             dv.add(c0 * d_ld),
             d_ld,
-            false,
+            accumulate_kv,
             pt,
             dout.offset(c0, 0),
             1.0,
@@ -844,7 +857,7 @@ pub(crate) unsafe fn attention_head_backward(
             n - c0,
             dk.add(c0 * d_ld),
             d_ld,
-            false,
+            accumulate_kv,
             dst,
             q.offset(c0, 0),
             scale,
@@ -955,6 +968,7 @@ mod tests {
                 dk.as_mut_ptr(),
                 dv.as_mut_ptr(),
                 d,
+                false,
                 &mut scratch,
                 n,
                 d,
@@ -1009,7 +1023,7 @@ mod tests {
 
     #[test]
     fn rope_inverse_undoes_forward() {
-        let rope = Rope::new(8, 16, 10_000.0);
+        let rope = Rope::new(8, 16, 10_000.0, None);
         let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.37 - 2.0).collect();
         let mut x = orig.clone();
         rope.apply_rows(&mut x, 16, 16, &[11], false);

@@ -32,11 +32,11 @@ pub mod sample;
 
 pub use backend::{NativeBackend, NativeSpec};
 pub use batch::TokenBatch;
-pub use config::TransformerConfig;
+pub use config::{RopeScaling, TransformerConfig};
 pub use error::{Error, Result};
 pub use model::{Activations, ForwardOptions, ForwardOutput, Gradients, Transformer};
 pub use optim::{AdamW, AdamWConfig};
-pub use params::Layout;
+pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;
 pub use rng::Rng;
 pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig, SAMPLE_WORKSPACE_BYTES};

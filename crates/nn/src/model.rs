@@ -65,7 +65,12 @@ impl Transformer {
                 format!("{} values, the config needs {}", params.len(), layout.total),
             ));
         }
-        let rope = Rope::new(config.head_dim(), config.context_length, config.rope_theta);
+        let rope = Rope::new(
+            config.head_dim(),
+            config.context_length,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+        );
         Ok(Self {
             config,
             layout,
@@ -213,7 +218,7 @@ struct Shard {
     rstd: Vec<f32>,
     /// Normalized activations per slot. ((2L+1), N, C)
     normed: Vec<f32>,
-    /// Rotated q, k and v per layer. (L, N, 3C)
+    /// Rotated q, k and v per layer. (L, N, Q), Q = C + 2·KV·D
     qkv: Vec<f32>,
     /// Attention probabilities per layer, row-major per (row, head). (L, Σ_b H·n_b²)
     probs: Vec<f32>,
@@ -384,6 +389,11 @@ impl Transformer {
             cfg.head_dim(),
             cfg.num_layers,
         );
+        let (q, kv, group) = (
+            cfg.qkv_dim(),
+            cfg.kv_dim(),
+            cfg.num_heads / cfg.num_kv_heads,
+        );
         let t = batch.seq_len;
 
         // Pack.
@@ -415,7 +425,7 @@ impl Transformer {
         grow(&mut act.resid, slots * n * c);
         grow(&mut act.rstd, slots * n);
         grow(&mut act.normed, slots * n * c);
-        grow(&mut act.qkv, nl * n * 3 * c);
+        grow(&mut act.qkv, nl * n * q);
         grow(&mut act.probs, nl * prob_off);
         grow(&mut act.att, nl * n * c);
         grow(&mut act.gu, nl * n * 2 * f);
@@ -439,15 +449,16 @@ impl Transformer {
                     // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
                     // region of `att` (its row × its head's columns) and of `probs`.
                     unsafe {
-                        let base = qkv.as_ptr().add(st * 3 * c + hh * d);
+                        let base = qkv.as_ptr().add(st * q);
+                        let kh = hh / group;
                         let pr = std::slice::from_raw_parts_mut(
                             probs_ptr.ptr().add(offs[b] + hh * len * len),
                             len * len,
                         );
                         kernels::attention_head(
-                            View::at(base, 3 * c),
-                            View::at(base.add(c), 3 * c),
-                            View::at(base.add(2 * c), 3 * c),
+                            View::at(base.add(hh * d), q),
+                            View::at(base.add(c + kh * d), q),
+                            View::at(base.add(c + kv + kh * d), q),
                             att_ptr.ptr().add(st * c + hh * d),
                             c,
                             pr,
@@ -462,7 +473,7 @@ impl Transformer {
                 resid: Stages::kept(&mut act.resid[2 * l * n * c..], 3, n * c),
                 normed: Stages::kept(&mut act.normed[2 * l * n * c..], 2, n * c),
                 rstd: Stages::kept(&mut act.rstd[2 * l * n..], 2, n),
-                qkv: &mut act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c],
+                qkv: &mut act.qkv[l * n * q..(l + 1) * n * q],
                 att: &mut act.att[l * n * c..(l + 1) * n * c],
                 gu: &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f],
                 act: &mut act.act[l * n * f..(l + 1) * n * f],

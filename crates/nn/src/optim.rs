@@ -8,6 +8,7 @@
 //! `bench/torch_reference.py` builds the same two parameter groups.
 
 use crate::model::Transformer;
+use crate::params::TensorKind;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,12 @@ impl AdamWConfig {
         self.validate()?;
         let n = model.num_params();
         let mut decay = vec![true; n];
-        for t in model.layout().tensors.iter().filter(|t| t.is_norm) {
+        for t in model
+            .layout()
+            .tensors
+            .iter()
+            .filter(|t| t.kind != TensorKind::Matrix)
+        {
             decay[t.range()].fill(false);
         }
         Ok(AdamW {

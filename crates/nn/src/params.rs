@@ -16,8 +16,10 @@ use crate::rng::Rng;
 pub struct LayerOffsets {
     /// `input_layernorm.weight` (C)
     pub attn_norm: usize,
-    /// `q_proj`, `k_proj`, `v_proj` weights stacked: (3C, C)
+    /// `q_proj`, `k_proj`, `v_proj` weights stacked: (Q, C), Q = C + 2·KV·D
     pub wqkv: usize,
+    /// Their biases stacked, (Q), when the model has them.
+    pub bqkv: Option<usize>,
     /// `o_proj.weight` (C, C)
     pub wo: usize,
     /// `post_attention_layernorm.weight` (C)
@@ -35,8 +37,18 @@ pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
     pub offset: usize,
-    /// Norm weights start at one; every other tensor is drawn from N(0, initializer_range²).
-    pub is_norm: bool,
+    pub kind: TensorKind,
+}
+
+/// What a tensor is, which decides how it starts and whether weight decay applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// A projection or embedding matrix: drawn from N(0, initializer_range²), decayed.
+    Matrix,
+    /// An RMSNorm gain: starts at one, not decayed.
+    Norm,
+    /// A bias: starts at zero, not decayed.
+    Bias,
 }
 
 impl TensorInfo {
@@ -67,47 +79,111 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(cfg: &TransformerConfig) -> Self {
-        let (v, c, f) = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size);
+        let (v, c, f, kv) = (
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.kv_dim(),
+        );
         let mut tensors = Vec::new();
         let mut total = 0;
-        let mut push = |name: String, shape: Vec<usize>, is_norm: bool| {
+        let mut push = |name: String, shape: Vec<usize>, kind: TensorKind| {
             let offset = total;
             total += shape.iter().product::<usize>();
             tensors.push(TensorInfo {
                 name,
                 shape,
                 offset,
-                is_norm,
+                kind,
             });
             offset
         };
-        let embed = push("model.embed_tokens.weight".into(), vec![v, c], false);
+        let embed = push(
+            "model.embed_tokens.weight".into(),
+            vec![v, c],
+            TensorKind::Matrix,
+        );
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}.");
-            let attn_norm = push(format!("{p}input_layernorm.weight"), vec![c], true);
-            let wqkv = push(format!("{p}self_attn.q_proj.weight"), vec![c, c], false);
-            push(format!("{p}self_attn.k_proj.weight"), vec![c, c], false);
-            push(format!("{p}self_attn.v_proj.weight"), vec![c, c], false);
-            let wo = push(format!("{p}self_attn.o_proj.weight"), vec![c, c], false);
-            let mlp_norm = push(format!("{p}post_attention_layernorm.weight"), vec![c], true);
-            let wgu = push(format!("{p}mlp.gate_proj.weight"), vec![f, c], false);
-            push(format!("{p}mlp.up_proj.weight"), vec![f, c], false);
-            let wdown = push(format!("{p}mlp.down_proj.weight"), vec![c, f], false);
+            let attn_norm = push(
+                format!("{p}input_layernorm.weight"),
+                vec![c],
+                TensorKind::Norm,
+            );
+            let wqkv = push(
+                format!("{p}self_attn.q_proj.weight"),
+                vec![c, c],
+                TensorKind::Matrix,
+            );
+            push(
+                format!("{p}self_attn.k_proj.weight"),
+                vec![kv, c],
+                TensorKind::Matrix,
+            );
+            push(
+                format!("{p}self_attn.v_proj.weight"),
+                vec![kv, c],
+                TensorKind::Matrix,
+            );
+            let bqkv = cfg.qkv_bias.then(|| {
+                let b = push(
+                    format!("{p}self_attn.q_proj.bias"),
+                    vec![c],
+                    TensorKind::Bias,
+                );
+                push(
+                    format!("{p}self_attn.k_proj.bias"),
+                    vec![kv],
+                    TensorKind::Bias,
+                );
+                push(
+                    format!("{p}self_attn.v_proj.bias"),
+                    vec![kv],
+                    TensorKind::Bias,
+                );
+                b
+            });
+            let wo = push(
+                format!("{p}self_attn.o_proj.weight"),
+                vec![c, c],
+                TensorKind::Matrix,
+            );
+            let mlp_norm = push(
+                format!("{p}post_attention_layernorm.weight"),
+                vec![c],
+                TensorKind::Norm,
+            );
+            let wgu = push(
+                format!("{p}mlp.gate_proj.weight"),
+                vec![f, c],
+                TensorKind::Matrix,
+            );
+            push(
+                format!("{p}mlp.up_proj.weight"),
+                vec![f, c],
+                TensorKind::Matrix,
+            );
+            let wdown = push(
+                format!("{p}mlp.down_proj.weight"),
+                vec![c, f],
+                TensorKind::Matrix,
+            );
             layers.push(LayerOffsets {
                 attn_norm,
                 wqkv,
+                bqkv,
                 wo,
                 mlp_norm,
                 wgu,
                 wdown,
             });
         }
-        let final_norm = push("model.norm.weight".into(), vec![c], true);
+        let final_norm = push("model.norm.weight".into(), vec![c], TensorKind::Norm);
         let lm_head = if cfg.tie_embeddings {
             embed
         } else {
-            push("lm_head.weight".into(), vec![v, c], false)
+            push("lm_head.weight".into(), vec![v, c], TensorKind::Matrix)
         };
         Layout {
             tensors,
@@ -119,19 +195,21 @@ impl Layout {
         }
     }
 
-    /// Fresh parameters: N(0, initializer_range²) for matrices and embeddings, ones for norms
+    /// Fresh parameters: N(0, initializer_range²) for matrices and embeddings, ones for norms, zeros for biases
     /// (the initialization of Hugging Face's `LlamaPreTrainedModel`).
     pub fn init(&self, cfg: &TransformerConfig, seed: u64) -> Vec<f32> {
         let mut data = vec![0.0; self.total];
         for (i, t) in self.tensors.iter().enumerate() {
             let slice = &mut data[t.range()];
-            if t.is_norm {
-                slice.fill(1.0);
-            } else {
-                let mut rng = Rng::derived(seed, i as u64);
-                slice
-                    .iter_mut()
-                    .for_each(|x| *x = rng.normal() * cfg.initializer_range);
+            match t.kind {
+                TensorKind::Norm => slice.fill(1.0),
+                TensorKind::Bias => slice.fill(0.0),
+                TensorKind::Matrix => {
+                    let mut rng = Rng::derived(seed, i as u64);
+                    slice
+                        .iter_mut()
+                        .for_each(|x| *x = rng.normal() * cfg.initializer_range);
+                }
             }
         }
         data
@@ -144,9 +222,11 @@ mod tests {
 
     #[test]
     fn layout_covers_buffer_without_gaps() {
-        for tie in [true, false] {
+        for (tie, kv, bias) in [(true, 4, false), (false, 2, true)] {
             let mut cfg = TransformerConfig::tiny(11);
             cfg.tie_embeddings = tie;
+            cfg.num_kv_heads = kv;
+            cfg.qkv_bias = bias;
             let l = Layout::new(&cfg);
             assert_eq!(l.total, cfg.num_params());
             let mut end = 0;
@@ -155,8 +235,9 @@ mod tests {
                 end += t.len();
             }
             assert_eq!(end, l.total);
-            let c = cfg.hidden_size;
-            assert_eq!(l.layers[0].wo - l.layers[0].wqkv, 3 * c * c);
+            let (c, q) = (cfg.hidden_size, cfg.qkv_dim());
+            let bias = if bias { q } else { 0 };
+            assert_eq!(l.layers[0].wo - l.layers[0].wqkv, q * c + bias);
         }
     }
 }

@@ -149,23 +149,24 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     probs[probs.len() - 1].1
 }
 
-/// Keys and values of every layer for each row, `ctx · C` values per (layer, row), with `ctx`
-/// the context length rounded up to a multiple of 8. Values are stored by position, `(ctx, C)`;
-/// keys transposed, `(C, ctx)`, so that the scores of one query against all cached keys are
-/// contiguous multiply-adds over positions.
+/// Keys and values of every layer for each row, `ctx · W` values per (layer, row), with `W`
+/// the key width (`num_kv_heads · head_dim`) and `ctx` the positions the call can reach (the
+/// longest prompt plus `max_new_tokens`, at most the context length) rounded up to a multiple
+/// of 8. Values are stored by position, `(ctx, W)`; keys transposed, `(W, ctx)`, so that the
+/// scores of one query against all cached keys are contiguous multiply-adds over positions.
 #[derive(Default)]
 struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
     rows: usize,
     ctx: usize,
-    c: usize,
+    width: usize,
 }
 
 impl KvCache {
     /// Start of the (layer, row) block.
     fn offset(&self, layer: usize, row: usize) -> usize {
-        (layer * self.rows + row) * self.ctx * self.c
+        (layer * self.rows + row) * self.ctx * self.width
     }
 }
 
@@ -195,9 +196,16 @@ struct Scratch {
 /// The KV caches and scratch buffers of [`Transformer::sample_with`], one per shard of rows.
 /// Keeping one across calls avoids re-allocating (and page-faulting in) the cache for every
 /// batch; buffers only grow.
-#[derive(Default)]
 pub struct SampleWorkspace {
     shards: Vec<Shard>,
+    /// Bytes a call plans to hold; larger requests are sampled in chunks of rows.
+    budget: u64,
+}
+
+impl Default for SampleWorkspace {
+    fn default() -> Self {
+        Self::with_budget(SAMPLE_WORKSPACE_BYTES)
+    }
 }
 
 #[derive(Default)]
@@ -209,6 +217,15 @@ struct Shard {
 impl SampleWorkspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A workspace that plans to hold at most `bytes` (at least two rows per thread are
+    /// always sampled together).
+    pub fn with_budget(bytes: u64) -> Self {
+        Self {
+            shards: Vec::new(),
+            budget: bytes,
+        }
     }
 
     /// Bytes held by the caches and scratch buffers.
@@ -235,8 +252,8 @@ impl SampleWorkspace {
     }
 }
 
-/// The most a sampling call's workspace is planned to take: larger requests are sampled in
-/// chunks of rows (the same tokens; rows are independent). Large enough that the engine's
+/// The most a sampling call's workspace is planned to take by default: larger requests are
+/// sampled in chunks of rows (the same tokens; rows are independent). Large enough that the engine's
 /// 512-row calls are never split for the built-in presets (`base` takes ~1.6 MB a row), so
 /// their numbers do not change; GEMM rounding depends on how many rows a call has.
 pub const SAMPLE_WORKSPACE_BYTES: u64 = 1 << 30;
@@ -287,11 +304,13 @@ impl Transformer {
             self.check_tokens("prompt", p)?;
         }
         // Rows are independent, so a large request runs as consecutive chunks whose workspace
-        // stays within SAMPLE_WORKSPACE_BYTES, giving the same samples in bounded memory.
+        // stays within the budget, giving the same samples in bounded memory.
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
         let threads = rayon::current_num_threads();
-        let per_row = mc.sample_row_bytes(longest).max(1);
-        let chunk = ((SAMPLE_WORKSPACE_BYTES / per_row) as usize).max(2 * threads);
+        let per_row = mc
+            .sample_row_bytes(longest, longest + cfg.max_new_tokens)
+            .max(1);
+        let chunk = ((ws.budget / per_row) as usize).max(2 * threads);
         let mut out = Vec::with_capacity(prompts.len());
         for (p, s) in prompts.chunks(chunk).zip(seeds.chunks(chunk)) {
             out.extend(self.sample_sharded(p, s, cfg, ws, threads));
@@ -339,14 +358,20 @@ impl Transformer {
     ) -> Vec<Sample> {
         let mc = &self.config;
         let rows = prompts.len();
-        let (c, nl) = (mc.hidden_size, mc.num_layers);
-        let ctx = mc.context_length.div_ceil(8) * 8;
+        let (w, nl) = (mc.kv_dim(), mc.num_layers);
+        // A row's last sampled token is never fed back, so the cache needs at most
+        // prompt + max_new_tokens − 1 positions.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let ctx = (longest + cfg.max_new_tokens)
+            .min(mc.context_length)
+            .div_ceil(8)
+            * 8;
         // Stale values beyond a row's length are never read as keys: scores are computed for
         // padded blocks of positions but only the first `n_kv` enter the softmax.
         let Shard { cache, scratch } = ws;
-        grow(&mut cache.k, nl * rows * ctx * c);
-        grow(&mut cache.v, nl * rows * ctx * c);
-        (cache.rows, cache.ctx, cache.c) = (rows, ctx, c);
+        grow(&mut cache.k, nl * rows * ctx * w);
+        grow(&mut cache.v, nl * rows * ctx * w);
+        (cache.rows, cache.ctx, cache.width) = (rows, ctx, w);
         let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
         let mut out: Vec<Sample> = (0..rows)
             .map(|_| Sample {
@@ -417,11 +442,12 @@ impl Transformer {
             mc.num_heads,
             mc.head_dim(),
         );
+        let (q, w) = (mc.qkv_dim(), mc.kv_dim());
         let m = tokens.len();
         grow(&mut s.x, m * c);
         grow(&mut s.normed, m * c);
         grow(&mut s.rstd, m);
-        grow(&mut s.qkv, m * 3 * c);
+        grow(&mut s.qkv, m * q);
         grow(&mut s.att, m * c);
         grow(&mut s.gu, m * 2 * f);
         grow(&mut s.act, m * f);
@@ -447,16 +473,16 @@ impl Transformer {
             let attend = |qkv: &[f32], att: &mut [f32]| {
                 for (si, seg) in segs.iter().enumerate() {
                     for i in 0..seg.len {
-                        let src = &qkv[(seg_tok[si] + i) * 3 * c..(seg_tok[si] + i + 1) * 3 * c];
+                        let src = &qkv[(seg_tok[si] + i) * q..(seg_tok[si] + i + 1) * q];
                         let (o, pos, ctx) = (cache.offset(l, seg.row), seg.start + i, cache.ctx);
-                        // Key dimension e (head e / D, index e % D) goes to row e of the (C, ctx) block.
-                        for (e, &kv) in src[c..2 * c].iter().enumerate() {
+                        // Key dimension e (head e / D, index e % D) goes to row e of the (W, ctx) block.
+                        for (e, &kv) in src[c..c + w].iter().enumerate() {
                             cache.k[o + e * ctx + pos] = kv;
                         }
-                        cache.v[o + pos * c..o + (pos + 1) * c].copy_from_slice(&src[2 * c..]);
+                        cache.v[o + pos * w..o + (pos + 1) * w].copy_from_slice(&src[c + w..]);
                     }
                 }
-                let kv_len = cache.ctx * c;
+                let kv_len = cache.ctx * w;
                 let cache = &*cache;
                 // Each task owns its segment's rows of `att` and its slice of `scores`.
                 let mut tasks: Vec<(&Segment, &mut [f32], &mut [f32])> =
@@ -473,8 +499,8 @@ impl Transformer {
                     |((seg, out, scores), &t0): ((&Segment, &mut [f32], &mut [f32]), &usize)| {
                         let kv0 = cache.offset(l, seg.row);
                         kernels::attention_cached(
-                            &qkv[t0 * 3 * c..(t0 + seg.len) * 3 * c],
-                            3 * c,
+                            &qkv[t0 * q..(t0 + seg.len) * q],
+                            q,
                             &cache.k[kv0..kv0 + kv_len],
                             &cache.v[kv0..kv0 + kv_len],
                             cache.ctx,
@@ -483,6 +509,7 @@ impl Transformer {
                             seg.len,
                             seg.start,
                             h,
+                            mc.num_kv_heads,
                             d,
                         );
                     };
@@ -497,7 +524,7 @@ impl Transformer {
                 resid: Stages::reused(&mut s.x, m * c),
                 normed: Stages::reused(&mut s.normed, m * c),
                 rstd: Stages::reused(&mut s.rstd, m),
-                qkv: &mut s.qkv[..m * 3 * c],
+                qkv: &mut s.qkv[..m * q],
                 att: &mut s.att[..m * c],
                 gu: &mut s.gu[..m * 2 * f],
                 act: &mut s.act[..m * f],

@@ -12,9 +12,12 @@ fn tiny_config(tie: bool) -> TransformerConfig {
         hidden_size: 8,
         num_layers: 2,
         num_heads: 2,
+        num_kv_heads: 2,
         intermediate_size: 12,
         context_length: 8,
         rope_theta: 10_000.0,
+        rope_scaling: None,
+        qkv_bias: false,
         rms_norm_eps: 1e-5,
         tie_embeddings: tie,
         // Large weights so every path (attention, gates, norms) carries a sizeable gradient.
@@ -50,8 +53,20 @@ fn loss(model: &Transformer, b: &TokenBatch, w: &[f32], c: &[f32], act: &mut Act
 }
 
 fn check(tie: bool) {
-    let cfg = tiny_config(tie);
+    check_config(tiny_config(tie));
+}
+
+fn check_config(cfg: TransformerConfig) {
     let mut model = cfg.build(3).unwrap();
+    // Biases start at zero; give them values so their effect on every path is tested too.
+    let mut brng = Rng::new(5);
+    for t in model.layout().tensors.clone() {
+        if t.kind == autodidact_nn::TensorKind::Bias {
+            for x in &mut model.params_mut()[t.range()] {
+                *x = brng.normal() * 0.5;
+            }
+        }
+    }
     let mut rng = Rng::new(11);
     let b = batch(&mut rng, cfg.vocab_size as u64);
     let n = b.batch_size() * b.seq_len();
@@ -105,6 +120,25 @@ fn backward_matches_finite_differences_tied() {
 #[test]
 fn backward_matches_finite_differences_untied() {
     check(false);
+}
+
+/// Issue 14: grouped-query attention (4 query heads, 2 key/value heads), q/k/v biases and
+/// Llama-3 rope scaling.
+#[test]
+fn issue14_backward_matches_finite_differences_gqa_bias_rope_scaling() {
+    check_config(TransformerConfig {
+        hidden_size: 16,
+        num_heads: 4,
+        num_kv_heads: 2,
+        qkv_bias: true,
+        rope_scaling: Some(autodidact_nn::RopeScaling::Llama3 {
+            factor: 4.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 4,
+        }),
+        ..tiny_config(false)
+    });
 }
 
 /// Gradients of two micro-batches accumulated equal the gradient of their union.

@@ -18,9 +18,12 @@ fn model_with(hidden: usize, heads: usize) -> Transformer {
         hidden_size: hidden,
         num_layers: 2,
         num_heads: heads,
+        num_kv_heads: heads,
         intermediate_size: 48,
         context_length: 24,
         rope_theta: 10_000.0,
+        rope_scaling: None,
+        qkv_bias: false,
         rms_norm_eps: 1e-5,
         tie_embeddings: false,
         // Large enough that the next-token distributions are far from uniform.
@@ -127,6 +130,34 @@ fn kv_cache_sampling_equals_full_recomputation() {
     }
 }
 
+/// Issue 14: grouped-query attention (4 query heads sharing 2 and 1 key/value heads), q/k/v
+/// biases and Llama-3 rope scaling in the cached path.
+#[test]
+fn issue14_kv_cache_with_gqa_bias_and_rope_scaling() {
+    for kv in [2, 1] {
+        let mut cfg = model_with(32, 4).config().clone();
+        cfg.num_kv_heads = kv;
+        cfg.qkv_bias = true;
+        cfg.rope_scaling = Some(autodidact_nn::RopeScaling::Llama3 {
+            factor: 4.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8,
+        });
+        let mut m = cfg.build(7).unwrap();
+        // Non-zero biases, so the check covers them.
+        let mut rng = Rng::new(3);
+        for t in m.layout().tensors.clone() {
+            if t.kind == autodidact_nn::TensorKind::Bias {
+                for x in &mut m.params_mut()[t.range()] {
+                    *x = rng.normal() * 0.3;
+                }
+            }
+        }
+        check_cache_against_recomputation(&m);
+    }
+}
+
 fn check_cache_against_recomputation(m: &Transformer) {
     for cfg in configs() {
         for batch_size in [1, 3, 8] {
@@ -220,14 +251,12 @@ fn bad_requests_are_rejected_with_the_reason() {
 /// gives exactly the samples of row-by-row sampling, with the workspace bounded.
 #[test]
 fn issue11_large_requests_are_chunked_to_bounded_memory_with_the_same_samples() {
-    // A long context makes one row's KV cache large, so a few hundred rows exceed the budget.
-    let cfg = TransformerConfig {
-        context_length: 4096,
-        ..model().config().clone()
-    };
-    let m = cfg.build(42).unwrap();
-    let per_row = cfg.sample_row_bytes(6);
-    let rows = (2 * autodidact_nn::SAMPLE_WORKSPACE_BYTES / per_row) as usize + 3;
+    let m = model();
+    let cfg = m.config().clone();
+    let per_row = cfg.sample_row_bytes(6, 9);
+    // A budget of 40 rows: a request of 83 rows runs as three chunks.
+    let budget = 40 * per_row;
+    let rows = (2 * budget / per_row) as usize + 3;
     let p = prompts(rows, 5);
     let seeds: Vec<u64> = (0..rows as u64).map(|s| s * 7 + 1).collect();
     let sc = SamplingConfig {
@@ -237,11 +266,11 @@ fn issue11_large_requests_are_chunked_to_bounded_memory_with_the_same_samples() 
         max_new_tokens: 3,
         stop_tokens: vec![],
     };
-    let mut ws = autodidact_nn::SampleWorkspace::new();
+    let mut ws = autodidact_nn::SampleWorkspace::with_budget(budget);
     let all = m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
     assert_eq!(all.len(), rows);
     assert!(
-        ws.allocated_bytes() as u64 <= autodidact_nn::SAMPLE_WORKSPACE_BYTES + 4 * per_row,
+        ws.allocated_bytes() as u64 <= budget + 4 * per_row,
         "{} bytes for {rows} rows",
         ws.allocated_bytes()
     );
@@ -291,7 +320,7 @@ fn issue11_memory_estimates_bound_the_real_buffers() {
     let mut ws = autodidact_nn::SampleWorkspace::new();
     m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
     let real = ws.allocated_bytes() as u64;
-    let est = rows as u64 * cfg.sample_row_bytes(6);
+    let est = rows as u64 * cfg.sample_row_bytes(6, 6 + 8);
     assert!(
         real <= est && est <= 2 * real,
         "sampling: real {real}, estimate {est}"

@@ -140,7 +140,7 @@ impl Transformer {
         let prob_off = act.prob_block;
         grow(&mut act.dx, n * c);
         grow(&mut act.dh, n * c);
-        grow(&mut act.dqkv, n * 3 * c);
+        grow(&mut act.dqkv, n * cfg.qkv_dim());
         grow(&mut act.datt, n * c);
         grow(&mut act.dgu, n * 2 * f);
         grow(&mut act.dact, n * f);

@@ -85,7 +85,7 @@ pub(crate) struct LayerIo<'a> {
     pub normed: Stages<'a>,
     /// 1/rms of those norms. 2 stages of (M).
     pub rstd: Stages<'a>,
-    /// Rotated q, k and v. (M, 3C)
+    /// Rotated q, k and v. (M, Q), Q = C + 2·KV·D
     pub qkv: &'a mut [f32],
     /// Attention output before o_proj. (M, C)
     pub att: &'a mut [f32],
@@ -102,7 +102,7 @@ pub(crate) struct LayerIo<'a> {
 impl Transformer {
     /// Runs layer `layer` over the M tokens of `io`:
     /// `x_mid = x + o_proj(attend(rope(qkv(norm(x)))))`, `x_out = x_mid + down(swiglu(gate_up(norm(x_mid))))`.
-    /// `attend` maps the rotated `q | k | v` (M, 3C) to the heads' outputs (M, C).
+    /// `attend` maps the rotated `q | k | v` (M, Q) to the heads' outputs (M, C).
     /// `par` lets the kernels use the thread pool.
     pub(crate) fn layer_forward(
         &self,
@@ -112,12 +112,18 @@ impl Transformer {
         par: bool,
     ) {
         let cfg = &self.config;
-        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (c, f, q, rot) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.qkv_dim(),
+            cfg.hidden_size + cfg.kv_dim(),
+        );
         let m = io.positions.len();
         let p = &self.params;
         let LayerOffsets {
             attn_norm,
             wqkv,
+            bqkv,
             wo,
             mlp_norm,
             wgu,
@@ -132,16 +138,24 @@ impl Transformer {
             io.rstd.at_mut(0),
             (attn_norm, wqkv),
             qkv,
-            3 * c,
+            q,
             par,
         );
-        // Rotate q and k. (M, 3C)
+        // Add the biases, then rotate q and k (the first `rot` columns). (M, Q)
+        let bias = bqkv.map(|b| &p[b..b + q]);
+        let finish = |rows: &mut [f32], pos: &[u32]| {
+            if let Some(b) = bias {
+                rows.chunks_exact_mut(q)
+                    .for_each(|r| r.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+            }
+            self.rope.apply_rows(rows, q, rot, pos, false);
+        };
         if par {
-            qkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+            qkv.par_chunks_mut(ROWS_PER_TASK * q)
                 .zip(io.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, false));
+                .for_each(|(rows, pos)| finish(rows, pos));
         } else {
-            self.rope.apply_rows(qkv, 3 * c, 2 * c, io.positions, false);
+            finish(qkv, io.positions);
         }
         attend(qkv, io.att);
         // x_mid = x_in + att · Woᵀ
@@ -199,17 +213,20 @@ impl Transformer {
     /// parameter gradients accumulate into `g`.
     pub(super) fn layer_backward(&self, layer: usize, act: &mut Shard, g: &mut [f32], par: bool) {
         let cfg = &self.config;
-        let (c, f, h, d) = (
+        let (c, f, d, kv, kvh) = (
             cfg.hidden_size,
             cfg.intermediate_size,
-            cfg.num_heads,
             cfg.head_dim(),
+            cfg.kv_dim(),
+            cfg.num_kv_heads,
         );
+        let (q, rot, group) = (cfg.qkv_dim(), c + kv, cfg.num_heads / kvh);
         let (l, n, prob_off) = (layer, act.n, act.prob_block);
         let p = &self.params;
         let LayerOffsets {
             attn_norm,
             wqkv,
+            bqkv,
             wo,
             mlp_norm,
             wgu,
@@ -257,52 +274,64 @@ impl Transformer {
         let datt = &mut act.datt[..n * c];
         kernels::linear_backward_weight(&mut g[wo..wo + c * c], dx, att, n, c, c, par);
         kernels::linear_backward_input(datt, dx, &p[wo..wo + c * c], n, c, c, false, par);
-        let qkv = &act.qkv[l * n * 3 * c..(l + 1) * n * 3 * c];
+        let qkv = &act.qkv[l * n * q..(l + 1) * n * q];
         let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
-        let dqkv = &mut act.dqkv[..n * 3 * c];
+        let dqkv = &mut act.dqkv[..n * q];
         {
             let (dqkv_ptr, dprobs_ptr) =
                 (SendPtr(dqkv.as_mut_ptr()), SendPtr(act.dprobs.as_mut_ptr()));
             let rows = &act.rows;
             let offs = &act.prob_offsets;
             let datt = &*datt;
-            for_each_head(rows.len(), h, par, |(b, hh)| {
+            // One task per (row, key/value head): the query heads of a group add their
+            // gradients into the same dk and dv columns, so they run in turn.
+            for_each_head(rows.len(), kvh, par, |(b, kh)| {
                 let (st, len) = rows[b];
-                let po = offs[b] + hh * len * len;
-                // SAFETY: each task reads its own row/head slices and writes disjoint columns of dqkv
-                // and its own block of the scratch.
-                unsafe {
-                    let base = qkv.as_ptr().add(st * 3 * c + hh * d);
-                    let dbase = dqkv_ptr.ptr().add(st * 3 * c + hh * d);
-                    let scratch =
-                        std::slice::from_raw_parts_mut(dprobs_ptr.ptr().add(po), len * len);
-                    kernels::attention_head_backward(
-                        View::at(base, 3 * c),
-                        View::at(base.add(c), 3 * c),
-                        View::at(base.add(2 * c), 3 * c),
-                        &probs[po..po + len * len],
-                        View::at(datt.as_ptr().add(st * c + hh * d), c),
-                        dbase,
-                        dbase.add(c),
-                        dbase.add(2 * c),
-                        3 * c,
-                        scratch,
-                        len,
-                        d,
-                    );
+                for hh in kh * group..(kh + 1) * group {
+                    let po = offs[b] + hh * len * len;
+                    // SAFETY: each task reads its own row's slices and writes its row's columns of
+                    // its q heads and its k/v head in dqkv, and its heads' blocks of the scratch.
+                    unsafe {
+                        let base = qkv.as_ptr().add(st * q);
+                        let dbase = dqkv_ptr.ptr().add(st * q);
+                        let (qo, ko, vo) = (hh * d, c + kh * d, c + kv + kh * d);
+                        let scratch =
+                            std::slice::from_raw_parts_mut(dprobs_ptr.ptr().add(po), len * len);
+                        kernels::attention_head_backward(
+                            View::at(base.add(qo), q),
+                            View::at(base.add(ko), q),
+                            View::at(base.add(vo), q),
+                            &probs[po..po + len * len],
+                            View::at(datt.as_ptr().add(st * c + hh * d), c),
+                            dbase.add(qo),
+                            dbase.add(ko),
+                            dbase.add(vo),
+                            q,
+                            hh > kh * group,
+                            scratch,
+                            len,
+                            d,
+                        );
+                    }
                 }
             });
         }
         // Undo the rotation on dq and dk.
         if par {
-            dqkv.par_chunks_mut(ROWS_PER_TASK * 3 * c)
+            dqkv.par_chunks_mut(ROWS_PER_TASK * q)
                 .zip(act.positions.par_chunks(ROWS_PER_TASK))
-                .for_each(|(rows, pos)| self.rope.apply_rows(rows, 3 * c, 2 * c, pos, true));
+                .for_each(|(rows, pos)| self.rope.apply_rows(rows, q, rot, pos, true));
         } else {
-            self.rope
-                .apply_rows(dqkv, 3 * c, 2 * c, &act.positions, true);
+            self.rope.apply_rows(dqkv, q, rot, &act.positions, true);
         }
-        act.norm_linear_backward(Upstream::Qkv, s, p, g, wqkv, 3 * c, attn_norm, c, true, par);
+        // The biases' gradient: column sums of d loss / d (q | k | v).
+        if let Some(b) = bqkv {
+            let gb = &mut g[b..b + q];
+            for row in dqkv.chunks_exact(q) {
+                gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+            }
+        }
+        act.norm_linear_backward(Upstream::Qkv, s, p, g, wqkv, q, attn_norm, c, true, par);
     }
 
     /// Looks up the embedding of each token into `x`. (M, C)
