@@ -3,7 +3,9 @@
 //! A checkpoint directory holds
 //! - `model.safetensors`: float32 tensors under Hugging Face names
 //!   (`model.layers.0.self_attn.q_proj.weight`, ...), metadata `format = pt` and
-//!   `autodidact_format_version`;
+//!   `autodidact_format_version`. Checkpoints from elsewhere may instead be sharded
+//!   (`model.safetensors.index.json` naming the file of each tensor) and hold float16 or
+//!   bfloat16 tensors, which load as float32;
 //! - `config.json`: a `LlamaForCausalLM` config (plus `autodidact_format_version`);
 //! - `tokenizer.json`, when a tokenizer is saved with the model;
 //! - `optimizer.safetensors`, when optimizer state is saved: AdamW's moments
@@ -27,6 +29,8 @@ use std::path::{Path, PathBuf};
 /// Version of the files this build writes and reads. Bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint: `{"weight_map": {tensor name: shard file}}`.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -267,13 +271,6 @@ fn read_tensor(
         expected: shape.to_vec(),
         hint: hint.into(),
     })?;
-    if view.dtype() != Dtype::F32 {
-        return Err(Error::TensorDtype {
-            path: path.into(),
-            name: name.into(),
-            found: format!("{:?}", view.dtype()),
-        });
-    }
     if view.shape() != shape {
         return Err(Error::TensorShape {
             path: path.into(),
@@ -282,8 +279,30 @@ fn read_tensor(
             expected: shape.to_vec(),
         });
     }
-    for (d, b) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
-        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::BF16 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::F16 => {
+            for (d, b) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        other => {
+            return Err(Error::TensorDtype {
+                path: path.into(),
+                name: name.into(),
+                found: format!("{other:?}"),
+            })
+        }
     }
     // Weights that are not finite would silently turn every later score into NaN.
     if let Some(first) = dst.iter().position(|v| !v.is_finite()) {
@@ -309,43 +328,104 @@ pub fn load_config(dir: &Path) -> Result<TransformerConfig> {
     TransformerConfig::from_hf_json(&json, &path.display().to_string())
 }
 
+/// The safetensors files holding a checkpoint's weights: `model.safetensors`, or the shards
+/// that `model.safetensors.index.json` names, in order.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if !index.exists() {
+        return Ok(vec![dir.join(MODEL_FILE)]);
+    }
+    let text = std::fs::read_to_string(&index)
+        .map_err(|e| autodidact_core::Error::io("reading", &index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&index, format!("invalid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| {
+            Error::checkpoint(
+                &index,
+                "has no \"weight_map\" object (tensor name → shard file)",
+            )
+        })?;
+    let mut files: Vec<&str> = Vec::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.is_empty() && !f.contains('/') && !f.contains('\\') && *f != "..");
+        let Some(file) = file else {
+            return Err(Error::checkpoint(
+                &index,
+                format!("weight_map[{name:?}] must be the name of a file in the checkpoint directory, not {}", map[name]),
+            ));
+        };
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files.sort_unstable();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
 /// Loads the model (and tokenizer, if present) of the checkpoint in `dir`.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let config = load_config(dir)?;
-    let path = dir.join(MODEL_FILE);
-    let bytes = read(&path)?;
-    check_version(&bytes, &path, false)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
     let layout = crate::params::Layout::new(&config);
     let mut params = vec![0.0f32; layout.total];
-    for t in &layout.tensors {
+    let files = weight_files(dir)?;
+    let mut loaded = vec![false; layout.tensors.len()];
+    let mut extra: Vec<String> = Vec::new();
+    for path in &files {
+        let bytes = read(path)?;
+        check_version(&bytes, path, false)?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+        for name in st.names() {
+            match layout.tensors.iter().position(|t| t.name == name) {
+                Some(i) => {
+                    let t = &layout.tensors[i];
+                    read_tensor(&st, path, &t.name, &t.shape, &mut params[t.range()], "")?;
+                    loaded[i] = true;
+                }
+                None if name.ends_with("rotary_emb.inv_freq") => {}
+                None => extra.push(name.to_string()),
+            }
+        }
+    }
+    if let Some(i) = loaded.iter().position(|&l| !l) {
+        let t = &layout.tensors[i];
         let hint = if t.name == "lm_head.weight" {
             "; if the output projection shares the embedding, set \"tie_word_embeddings\": true in config.json"
+        } else if t.name.ends_with(".bias") {
+            "; config.json's model_type \"qwen2\" implies q/k/v biases"
         } else {
             ""
         };
-        read_tensor(&st, &path, &t.name, &t.shape, &mut params[t.range()], hint)?;
+        let path = if files.len() == 1 {
+            files[0].clone()
+        } else {
+            dir.join(INDEX_FILE)
+        };
+        return Err(Error::TensorMissing {
+            path,
+            name: t.name.clone(),
+            expected: t.shape.clone(),
+            hint: hint.into(),
+        });
     }
-    let mut extra: Vec<&str> = st
-        .names()
-        .into_iter()
-        .filter(|n| {
-            !layout.tensors.iter().any(|t| t.name == *n) && !n.ends_with("rotary_emb.inv_freq")
-        })
-        .collect();
     if !extra.is_empty() {
         extra.sort();
-        let hint = if extra.contains(&"lm_head.weight") {
+        let hint = if extra.iter().any(|n| n == "lm_head.weight") {
             " (config.json sets tie_word_embeddings: true, so no lm_head.weight is expected)"
         } else {
             ""
         };
         return Err(Error::checkpoint(
-            &path,
+            &files[0],
             format!(
-                "unexpected tensors {extra:?} for a {}-layer Llama model{hint}",
-                config.num_layers
+                "unexpected tensors {extra:?} for a {}-layer {} model{hint}",
+                config.num_layers,
+                if config.qkv_bias { "Qwen2" } else { "Llama" }
             ),
         ));
     }

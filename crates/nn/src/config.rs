@@ -326,7 +326,11 @@ impl TransformerConfig {
                 false
             }
             Some("qwen2") => {
-                if hf.flag("use_sliding_window") {
+                let sliding = v
+                    .get("layer_types")
+                    .and_then(|t| t.as_array())
+                    .is_some_and(|t| t.iter().any(|x| x.as_str() != Some("full_attention")));
+                if hf.flag("use_sliding_window") || sliding {
                     return Err(hf.bad(
                         "use_sliding_window",
                         "true",

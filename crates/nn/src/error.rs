@@ -31,7 +31,7 @@ pub enum Error {
     },
 
     /// A tensor in a checkpoint has the wrong dtype.
-    #[error("{path}: tensor `{name}` has dtype {found}, expected F32 (convert the checkpoint to float32 first)")]
+    #[error("{path}: tensor `{name}` has dtype {found}, expected F32, BF16 or F16 (convert the checkpoint to one of those first)")]
     TensorDtype {
         path: PathBuf,
         name: String,

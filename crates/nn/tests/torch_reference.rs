@@ -1,5 +1,6 @@
 //! Logits, loss and every parameter gradient of a fixed checkpoint against PyTorch
-//! (transformers' `LlamaForCausalLM`), tied and untied. The fixtures and reference values
+//! (transformers' `LlamaForCausalLM`, tied and untied, a Qwen2 with biases and grouped-query
+//! attention in bfloat16, a sharded float16 Llama with Llama-3 rope scaling). The fixtures and reference values
 //! come from `reference/make_reference.py` (run by hand; torch 2.15.0, transformers 5.24.0):
 //! the checkpoints are as `save_pretrained` wrote them, so this also tests reading a
 //! transformers-written `config.json` (rope under `rope_parameters`) and safetensors file.
@@ -119,4 +120,17 @@ fn matches_pytorch_tied() {
 #[test]
 fn matches_pytorch_untied() {
     check("torch_ref_untied");
+}
+
+/// Issue 14: a Qwen2 checkpoint (q/k/v biases, grouped-query attention, untied) in bfloat16.
+#[test]
+fn issue14_matches_pytorch_qwen2_bf16() {
+    check("torch_ref_qwen2");
+}
+
+/// Issue 14: a Llama checkpoint with Llama-3 rope scaling and one key/value head, sharded
+/// (`model.safetensors.index.json`) in float16.
+#[test]
+fn issue14_matches_pytorch_llama3_sharded_f16() {
+    check("torch_ref_llama3");
 }

@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
-"""Reference values for crates/nn/tests/torch_reference.rs, computed with transformers' LlamaForCausalLM.
+"""Reference values for crates/nn/tests/torch_reference.rs, computed with transformers.
 
-For a tied and an untied tiny Llama with seeded random weights, writes to ../fixtures/torch_ref_{tied,untied}/:
+For tiny models with seeded random weights, writes to ../fixtures/torch_ref_<name>/:
+  tied, untied   LlamaForCausalLM, multi-head attention, float32
+  qwen2          Qwen2ForCausalLM: q/k/v biases, grouped-query attention (4 query heads, 2
+                 key/value heads), untied, saved in bfloat16 (the reference runs the same
+                 bfloat16-rounded weights in float32)
+  llama3         LlamaForCausalLM with Llama-3 rope scaling (sequences run past
+                 original_max_position_embeddings), grouped-query attention (4 heads, 1 key/value
+                 head), tied, saved in float16 as a sharded checkpoint (model.safetensors.index.json)
+Each holds:
   model.safetensors, config.json   the checkpoint, as transformers' save_pretrained writes it
   reference.safetensors            inputs (padded tokens, targets, row lengths, per-token weights and
                                    entropy coefficients) and outputs: logits, per-token log-probs of
@@ -17,14 +25,13 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def make(tied: bool):
-    torch.manual_seed(1234 + tied)
-    cfg = LlamaConfig(
+def llama(tied: bool):
+    return LlamaForCausalLM(LlamaConfig(
         vocab_size=11,
         hidden_size=16,
         intermediate_size=24,
@@ -39,19 +46,71 @@ def make(tied: bool):
         attention_bias=False,
         mlp_bias=False,
         torch_dtype="float32",
-    )
-    model = LlamaForCausalLM(cfg).float()
-    # Norm gains away from 1 so their gradients and effects are tested too.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-    model.eval()
-    out_dir = os.path.join(HERE, "..", "fixtures", f"torch_ref_{'tied' if tied else 'untied'}")
-    model.save_pretrained(out_dir, safe_serialization=True)
+    ))
 
-    lengths = torch.tensor([9, 5, 7])
-    b, t, v = len(lengths), int(lengths.max()), cfg.vocab_size
+
+def qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=13,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        rms_norm_eps=1e-6,
+        rope_theta=1000.0,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+        use_sliding_window=False,
+    ))
+
+
+def llama3():
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500.0,
+            "factor": 4.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    ))
+
+
+def make(name: str, seed: int, build, dtype=torch.float32, shard=None, lengths=(9, 5, 7)):
+    torch.manual_seed(seed)
+    model = build().float()
+    # Norm gains away from 1 and biases away from 0 so their gradients and effects are tested too.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif pname.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+    model.eval()
+    out_dir = os.path.join(HERE, "..", "fixtures", f"torch_ref_{name}")
+    # Saved in `dtype`; the reference runs those rounded weights in float32.
+    model.to(dtype)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    model.float()
+    # The cast rounded the rotary frequencies (a buffer) too; a loaded checkpoint recomputes them.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+
+    lengths = torch.tensor(lengths)
+    b, t, v = len(lengths), int(lengths.max()), model.config.vocab_size
     inputs = torch.randint(0, v, (b, t))
     targets = torch.randint(0, v, (b, t))
     weights = torch.rand(b, t) * 2 - 1
@@ -92,6 +151,8 @@ def adamw():
 
 
 if __name__ == "__main__":
-    make(tied=True)
-    make(tied=False)
+    make("tied", 1235, lambda: llama(True))
+    make("untied", 1234, lambda: llama(False))
+    make("qwen2", 2024, qwen2, dtype=torch.bfloat16)
+    make("llama3", 2025, llama3, dtype=torch.float16, shard="4KB", lengths=(21, 12, 17))
     adamw()
