@@ -36,6 +36,8 @@ enum Command {
     Sample(tools::SampleArgs),
     /// List the built-in tasks with an example problem, trace and answer.
     Tasks,
+    /// Convert a GGUF model file into a checkpoint directory (Hugging Face layout).
+    Import(tools::ImportArgs),
     /// Measure training and sampling throughput of the native model's presets on this machine.
     Bench(bench::BenchArgs),
     /// Write RUN_DIR/report.html: curves, lineage, samples and configuration of a run.
@@ -89,6 +91,7 @@ fn run() -> Result<()> {
         Command::Eval(args) => tools::eval(&args),
         Command::Sample(args) => tools::sample(&args),
         Command::Tasks => tools::tasks(),
+        Command::Import(args) => tools::import(&args),
         Command::Bench(args) => bench::run(&args, threads),
         Command::Report(args) => report::report(&args),
         Command::Compare(args) => report::compare(&args),

@@ -1,5 +1,5 @@
-//! `autodidact eval`, `sample` and `tasks`: using a checkpoint and the built-in tasks outside
-//! a run.
+//! `autodidact eval`, `sample`, `tasks` and `import`: using a checkpoint and the built-in tasks
+//! outside a run, and bringing a model in.
 
 use anyhow::{bail, Context, Result};
 use autodidact_core::memory;
@@ -71,6 +71,57 @@ pub struct SampleArgs {
     /// Seed of completion 0; completion i uses seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A GGUF model file (llama.cpp's format), e.g. SmolLM2-135M-Instruct.Q4_1.gguf.
+    file: PathBuf,
+    /// The checkpoint directory to write (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Float type of the written weights: f32 keeps the dequantized values exactly; bf16
+    /// halves the size.
+    #[arg(long, value_enum, default_value_t = ImportDtype::F32)]
+    dtype: ImportDtype,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ImportDtype {
+    F32,
+    Bf16,
+}
+
+/// `autodidact import FILE.gguf --out DIR`.
+pub fn import(a: &ImportArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        ImportDtype::F32 => autodidact_nn::import::WeightDtype::F32,
+        ImportDtype::Bf16 => autodidact_nn::import::WeightDtype::Bf16,
+    };
+    let started = std::time::Instant::now();
+    let done = autodidact_nn::import::import_gguf(&a.file, &a.out, dtype)
+        .with_context(|| format!("importing {}", a.file.display()))?;
+    let c = &done.config;
+    let types: Vec<String> = done
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "imported {} ({} model, {:.1}M parameters: {} layers, d_model {}, {} heads / {} key-value heads, vocabulary {}; tensors {}) into {} in {:.1} s",
+        a.file.display(),
+        done.architecture,
+        c.num_params() as f64 / 1e6,
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        done.vocab_size,
+        types.join(", "),
+        done.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Completions `sample` draws per call to the policy: each batch is printed before the next

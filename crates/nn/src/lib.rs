@@ -22,6 +22,8 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod gguf;
+pub mod import;
 pub(crate) mod kernels;
 pub mod model;
 pub mod optim;
