@@ -53,6 +53,9 @@ pub struct SampleArgs {
     /// The prompt, e.g. `347+285=`.
     #[arg(long)]
     prompt: String,
+    /// Send the prompt as a user message, formatted by the checkpoint's chat template.
+    #[arg(long)]
+    chat: bool,
     /// Completions to draw (printed as they are sampled, in batches).
     #[arg(long, short, default_value_t = 4)]
     n: u64,
@@ -258,9 +261,18 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 
 pub fn sample(a: &SampleArgs) -> Result<()> {
     let mut policy = load(&a.checkpoint, run_of(&a.checkpoint)?.as_ref())?;
+    let prompt = if a.chat {
+        let user = autodidact_core::ChatMessage {
+            role: "user".into(),
+            content: a.prompt.clone(),
+        };
+        policy.tokenizer().chat_prompt(&[user])?
+    } else {
+        a.prompt.clone()
+    };
     let room = policy
         .context_length()
-        .saturating_sub(a.prompt.chars().count() + 1);
+        .saturating_sub(policy.tokenizer().encode_prompt(&prompt)?.len());
     if room == 0 {
         bail!(
             "the prompt does not fit the checkpoint's context of {} tokens",
@@ -278,7 +290,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     let mut start = 0u64;
     while start < a.n {
         let rows = SAMPLE_BATCH.min(a.n - start);
-        let prompts = vec![a.prompt.clone(); rows as usize];
+        let prompts = vec![prompt.clone(); rows as usize];
         let seeds: Vec<u64> = (start..start + rows)
             .map(|i| a.seed.wrapping_add(i))
             .collect();
@@ -287,7 +299,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
             let line = format!(
                 "[{}] {}{}    (log p {lp:.2}, {:?})",
                 start + i as u64,
-                a.prompt,
+                prompt,
                 c.text,
                 c.finish
             );

@@ -7,17 +7,17 @@
 //! before it starts, and the way to build a fresh [`TrainablePolicy`] or load a saved one.
 //! Everything after that goes through the [`crate::Policy`] and [`TrainablePolicy`] traits.
 
-use crate::traits::TrainablePolicy;
+use crate::traits::{Tokenizer, TrainablePolicy};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which implementation serves the policy (`[model] backend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// The built-in CPU transformer (`autodidact-nn`), trained from scratch with a character
-    /// vocabulary built from the task's alphabet.
+    /// The built-in CPU transformer (`autodidact-nn`): trained from scratch with a character
+    /// vocabulary built from the task's alphabet, or loaded from a pretrained checkpoint.
     #[default]
     Native,
 }
@@ -35,7 +35,18 @@ impl BackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub backend: BackendKind,
-    /// A named size of the native model: tiny, small or base.
+    /// A pretrained checkpoint directory in the Hugging Face layout (`config.json`,
+    /// safetensors, `tokenizer.json`, `tokenizer_config.json`; `autodidact import` writes one
+    /// from a GGUF file) that the run starts from, with the checkpoint's own tokenizer and chat
+    /// template. Absent: a model trained from scratch, shaped by `preset` and the overrides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
+    /// The most tokens a completion may have. Absent: the task's longest reference solution
+    /// plus the stop token, which is exact for a model trained from scratch (one token per
+    /// character); a pretrained model writes its own longer solutions and needs it set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// A named size of the native model: tiny, small or base (unused with `checkpoint`).
     pub preset: String,
     /// Overrides of the preset (absent: the preset's value).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,6 +57,9 @@ pub struct ModelConfig {
     pub num_heads: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intermediate_size: Option<usize>,
+    /// The longest sequence (prompt and completion, in tokens) the run feeds the model. With
+    /// `checkpoint`, at most the checkpoint's own context length (its default); set it to what
+    /// the task needs, since memory checks size training batches by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_length: Option<usize>,
 }
@@ -54,6 +68,8 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             backend: BackendKind::Native,
+            checkpoint: None,
+            max_new_tokens: None,
             preset: "tiny".into(),
             hidden_size: None,
             num_layers: None,
@@ -69,6 +85,9 @@ impl Default for ModelConfig {
 pub trait ModelSpec: Send + Sync {
     /// Largest prompt + completion length in tokens the model reads.
     fn context_length(&self) -> usize;
+
+    /// The tokenizer the model reads and writes text with.
+    fn tokenizer(&self) -> &dyn Tokenizer;
 
     /// The resolved settings of the model (recorded in the seed round's manifest).
     fn describe(&self) -> serde_json::Value;
@@ -86,7 +105,8 @@ pub trait ModelSpec: Send + Sync {
     /// Bytes the sampler's workspace may grow to (it samples in chunks this bounds).
     fn sample_workspace_bytes(&self) -> u64;
 
-    /// A new policy with freshly initialized weights, deterministic for `seed`.
+    /// The policy a run starts from: the pretrained checkpoint's weights, or freshly
+    /// initialized ones, deterministic for `seed`.
     fn init(&self, seed: u64) -> Result<Box<dyn TrainablePolicy>>;
 
     /// The policy saved in `dir` by [`TrainablePolicy::save`].

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod error;
 pub mod fs;
+pub mod hf_tokenizer;
 pub mod memory;
 pub mod rng;
 pub mod tokenizer;
@@ -17,9 +18,11 @@ pub mod types;
 
 pub use backend::{Backend, BackendKind, Backends, ModelConfig, ModelSpec};
 pub use error::{Error, Result};
+pub use hf_tokenizer::HfTokenizer;
 pub use rng::Rng;
-pub use tokenizer::{CharTokenizer, UNKNOWN_CHAR};
+pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, Tokenizer, TrainablePolicy};
 pub use types::{
-    Completion, Example, FinishReason, Grade, Group, Problem, SamplingParams, Verdict,
+    plain_chat_prompt, ChatMessage, Completion, Example, FinishReason, Grade, Group, Problem,
+    SamplingParams, Verdict,
 };

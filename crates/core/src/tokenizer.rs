@@ -246,6 +246,97 @@ impl crate::traits::Tokenizer for CharTokenizer {
     fn stop_tokens(&self) -> Vec<u32> {
         vec![self.eos_id]
     }
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with_bos(text)
+    }
+}
+
+/// The tokenizer of a model: autodidact's character vocabulary (models trained from
+/// scratch) or a pretrained model's Hugging Face tokenizer.
+#[derive(Clone, Debug)]
+pub enum ModelTokenizer {
+    Char(CharTokenizer),
+    Hf(crate::hf_tokenizer::HfTokenizer),
+}
+
+impl From<CharTokenizer> for ModelTokenizer {
+    fn from(t: CharTokenizer) -> Self {
+        Self::Char(t)
+    }
+}
+
+impl From<crate::hf_tokenizer::HfTokenizer> for ModelTokenizer {
+    fn from(t: crate::hf_tokenizer::HfTokenizer) -> Self {
+        Self::Hf(t)
+    }
+}
+
+impl ModelTokenizer {
+    /// The character vocabulary, when the model has one.
+    pub fn as_char(&self) -> Option<&CharTokenizer> {
+        match self {
+            Self::Char(t) => Some(t),
+            Self::Hf(_) => None,
+        }
+    }
+
+    /// The tokenizer saved in the checkpoint directory `dir`, if any: a Hugging Face one when
+    /// `tokenizer_config.json` is there, else a character vocabulary.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        use crate::hf_tokenizer::{HfTokenizer, TOKENIZER_FILE};
+        if HfTokenizer::is_in(dir) {
+            return Ok(Some(Self::Hf(HfTokenizer::load(dir)?)));
+        }
+        let path = dir.join(TOKENIZER_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self::Char(CharTokenizer::load(&path)?)))
+    }
+
+    /// Writes the tokenizer's files into the checkpoint directory `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Char(t) => t.save(&dir.join(crate::hf_tokenizer::TOKENIZER_FILE)),
+            Self::Hf(t) => t.save(dir),
+        }
+    }
+
+    /// (bos, eos, pad) ids for a model's `config.json`.
+    pub fn special_ids(&self) -> Option<(u32, u32, u32)> {
+        match self {
+            Self::Char(t) => Some((t.bos_id(), t.eos_id(), t.pad_id())),
+            Self::Hf(t) => Some(t.special_ids()),
+        }
+    }
+
+    fn inner(&self) -> &dyn crate::traits::Tokenizer {
+        match self {
+            Self::Char(t) => t,
+            Self::Hf(t) => t,
+        }
+    }
+}
+
+impl crate::traits::Tokenizer for ModelTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner().encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner().decode(ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner().vocab_size()
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        self.inner().stop_tokens()
+    }
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner().encode_prompt(text)
+    }
+    fn chat_prompt(&self, messages: &[crate::types::ChatMessage]) -> Result<String> {
+        self.inner().chat_prompt(messages)
+    }
 }
 
 #[cfg(test)]

@@ -63,8 +63,19 @@ pub trait Tokenizer {
 
     fn vocab_size(&self) -> usize;
 
-    /// The tokens that end a completion.
+    /// The tokens that end a completion; the first is appended to training completions.
     fn stop_tokens(&self) -> Vec<u32>;
+
+    /// The ids of `text` as a prompt is fed to the model: with the special tokens the model
+    /// expects before it (a BOS token, for most).
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text)
+    }
+
+    /// `messages` as a prompt for the assistant's next turn, in the model's chat format.
+    fn chat_prompt(&self, messages: &[crate::types::ChatMessage]) -> Result<String> {
+        Ok(crate::types::plain_chat_prompt(messages))
+    }
 }
 
 /// Something that samples and scores text.

@@ -18,6 +18,32 @@ pub struct Problem {
     /// Data a task file carries with the problem, passed to verifiers untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// The conversation the prompt was rendered from, when the task gives one: a run renders
+    /// it again with its model's chat template ([`crate::Tokenizer::chat_prompt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+}
+
+/// One turn of a conversation (TRL's conversational format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// The built-in chat format, for models without a template of their own: `role: content`
+/// per line, ending with `assistant:` (a model trained from scratch learns it from the data).
+pub fn plain_chat_prompt(messages: &[ChatMessage]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        out.push_str(&m.role);
+        out.push_str(": ");
+        out.push_str(&m.content);
+        out.push('\n');
+    }
+    out.push_str("assistant:");
+    out
 }
 
 /// How a verifier judged a completion.

@@ -476,7 +476,8 @@ pub struct RunPlan {
     pub task: Box<dyn Task>,
     /// The policy's model, from `[model]` through the backend factory.
     pub model: Box<dyn ModelSpec>,
-    /// Longest completion a sample may have (the task's longest solution and the stop token).
+    /// Longest completion a sample may have: `model.max_new_tokens`, or the task's longest
+    /// solution and the stop token.
     pub max_new_tokens: usize,
 }
 
@@ -570,10 +571,16 @@ impl RunConfig {
             .plan(&self.model, &alphabet)
             .map_err(core_to_config)?;
         let (max_prompt, max_solution) = task.max_chars();
+        let max_new_tokens = match self.model.max_new_tokens {
+            Some(0) => return Err(Error::config("model.max_new_tokens", "must be at least 1")),
+            Some(n) => n,
+            None => max_solution + 1,
+        };
         // <bos> prompt solution <eos>, of which the model reads all but the last token; a
-        // recipe's own sequences (a judge's) add their markers.
-        let needed = max_prompt + max_solution + 1 + recipe.extra_tokens();
-        if model.context_length() < needed {
+        // recipe's own sequences (a judge's) add their markers. A pretrained model's prompts
+        // are counted in tokens once they are drawn and rendered ([`crate::run`]).
+        let needed = max_prompt + max_new_tokens + recipe.extra_tokens();
+        if self.model.checkpoint.is_none() && model.context_length() < needed {
             return Err(Error::config(
                 "model.context_length",
                 format!(
@@ -587,7 +594,16 @@ impl RunConfig {
         if s.labeled == 0 {
             return Err(Error::config("seed_stage.labeled", "must be at least 1"));
         }
-        check_train("seed_stage.train", &s.train)?;
+        if s.train.steps == Some(0) {
+            if self.model.checkpoint.is_none() {
+                return Err(Error::config(
+                    "seed_stage.train.steps",
+                    "0 (no seed stage) needs a pretrained model.checkpoint; a model trained from scratch starts from random weights",
+                ));
+            }
+        } else {
+            check_train("seed_stage.train", &s.train)?;
+        }
         s.optimizer.check("seed_stage")?;
         let e = &self.eval;
         if e.problems == 0 {
@@ -627,7 +643,6 @@ impl RunConfig {
                 ));
             }
         }
-        let max_new_tokens = max_solution + 1;
         let budget = Budget::new(&*model, max_new_tokens)?;
         // Scoring passes (drift on held-out samples, reference log-probs, a judge) run in
         // fixed chunks of rows: only the model's shape makes them large.

@@ -589,10 +589,22 @@ impl Run {
         self.write_manifest(&m)
     }
 
-    /// Round 0: M0 learns from the labeled set, logging the seed-only curve.
+    /// Round 0: M0 learns from the labeled set, logging the seed-only curve; with
+    /// `seed_stage.train.steps = 0`, M0 is the pretrained checkpoint as it is.
     fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
         let cfg = &self.plan.config;
         let mut policy = self.plan.model.init(self.seed(0, "init"))?;
+        if cfg.seed_stage.train.steps == Some(0) {
+            obs.stage_started("seed", 0);
+            obs.stage_finished(
+                "seed: none (seed_stage.train.steps = 0): M0 is the pretrained checkpoint",
+            );
+            let mut m = self.manifest(0)?;
+            m.settings =
+                Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model.describe()}));
+            self.save_checkpoint(&*policy, 0, &mut m)?;
+            return self.write_manifest(&m);
+        }
         let mut examples: Vec<Example> = self.problems.labeled.iter().map(demonstration).collect();
         examples.extend(self.plan.recipe.clone().seed_examples(self)?);
         let rd = RunDir::round_dir(0);
@@ -707,15 +719,52 @@ fn draw(plan: &RunPlan) -> Result<Problems> {
         .map_err(|e| Error::config(&key, format!("with seed_stage.labeled: {e}")))?;
     let unlabeled = train.split_off(c.seed_stage.labeled);
     let eval = held_out_problems(&*plan.task, c.eval.problems, c.seed)?;
-    if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
-        return Err(Error::config(
-            "seed_stage.labeled",
-            format!("problem {} has no reference solution to learn from", p.id),
-        ));
+    if c.seed_stage.train.steps != Some(0) {
+        if let Some(p) = train.iter().find(|p| p.solution.is_none()) {
+            return Err(Error::config(
+                "seed_stage.labeled",
+                format!("problem {} has no reference solution to learn from", p.id),
+            ));
+        }
     }
-    Ok(Problems {
+    let mut problems = Problems {
         labeled: train,
         unlabeled,
         eval,
-    })
+    };
+    render_prompts(plan, &mut problems)?;
+    Ok(problems)
+}
+
+/// Renders the prompt of every problem that comes as a conversation with the model's own chat
+/// template, and checks that each prompt leaves room for a completion in a pretrained model's
+/// context (a model trained from scratch was checked in characters by the plan).
+fn render_prompts(plan: &RunPlan, problems: &mut Problems) -> Result<()> {
+    let tok = plan.model.tokenizer();
+    let ctx = plan.model.context_length();
+    let room = plan.max_new_tokens + plan.recipe.extra_tokens();
+    let pretrained = plan.config.model.checkpoint.is_some();
+    for p in problems
+        .labeled
+        .iter_mut()
+        .chain(&mut problems.unlabeled)
+        .chain(&mut problems.eval)
+    {
+        if let Some(messages) = &p.messages {
+            p.prompt = tok.chat_prompt(messages)?;
+        }
+        if pretrained {
+            let len = tok.encode_prompt(&p.prompt)?.len();
+            if len + room > ctx {
+                return Err(Error::config(
+                    "model.context_length",
+                    format!(
+                        "{ctx} is too short for problem {}: its prompt is {len} tokens and a completion may add {room} (model.max_new_tokens and the recipe's own tokens); raise model.context_length (up to the checkpoint's) or lower model.max_new_tokens",
+                        p.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

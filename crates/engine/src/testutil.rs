@@ -12,6 +12,7 @@ pub fn group(id: &str, items: &[(&str, Option<&str>, bool)]) -> Group {
             answer: None,
             solution: Some("gold".into()),
             meta: None,
+            messages: None,
         },
         completions: items
             .iter()
@@ -42,6 +43,7 @@ pub struct MockBackend;
 /// few bytes of state.
 pub struct MockSpec {
     context_length: usize,
+    tokenizer: autodidact_core::CharTokenizer,
 }
 
 impl autodidact_core::Backend for MockBackend {
@@ -51,10 +53,11 @@ impl autodidact_core::Backend for MockBackend {
     fn plan(
         &self,
         config: &autodidact_core::ModelConfig,
-        _alphabet: &str,
+        alphabet: &str,
     ) -> autodidact_core::Result<Box<dyn autodidact_core::ModelSpec>> {
         Ok(Box::new(MockSpec {
             context_length: config.context_length.unwrap_or(64),
+            tokenizer: autodidact_core::CharTokenizer::new(alphabet)?,
         }))
     }
     fn load(
@@ -80,6 +83,9 @@ fn no_weights(dir: &std::path::Path) -> autodidact_core::Error {
 impl autodidact_core::ModelSpec for MockSpec {
     fn context_length(&self) -> usize {
         self.context_length
+    }
+    fn tokenizer(&self) -> &dyn autodidact_core::Tokenizer {
+        &self.tokenizer
     }
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({"context_length": self.context_length})

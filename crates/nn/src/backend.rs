@@ -1,25 +1,31 @@
 //! The native transformer behind the engine's backend seam ([`autodidact_core::Backend`]).
 //!
-//! `[model] backend = "native"` plans a [`TransformerConfig`] from a named preset and its
-//! overrides, with a character vocabulary built from the run's alphabet, and builds or loads
-//! [`NativePolicy`]s.
+//! `[model] backend = "native"` plans a [`TransformerConfig`] either from a named preset and
+//! its overrides, with a character vocabulary built from the run's alphabet, or from a
+//! pretrained checkpoint (`[model] checkpoint`) with the checkpoint's own tokenizer, and
+//! builds or loads [`NativePolicy`]s.
 
 use crate::policy::to_core;
-use crate::{Error, NativePolicy, TransformerConfig, SAMPLE_WORKSPACE_BYTES};
+use crate::{checkpoint, Error, NativePolicy, TransformerConfig, SAMPLE_WORKSPACE_BYTES};
 use autodidact_core::{
-    Backend, BackendKind, CharTokenizer, ModelConfig, ModelSpec, Result, TrainablePolicy,
+    Backend, BackendKind, CharTokenizer, ModelConfig, ModelSpec, ModelTokenizer, Result, Tokenizer,
+    TrainablePolicy,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The native backend: the built-in CPU transformer.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NativeBackend;
 
-/// A native model planned for a run: its shape and its character tokenizer.
+/// A native model planned for a run: its shape and its tokenizer.
 #[derive(Clone, Debug)]
 pub struct NativeSpec {
     pub model: TransformerConfig,
-    pub tokenizer: CharTokenizer,
+    pub tokenizer: ModelTokenizer,
+    /// The pretrained checkpoint the run starts from, if any.
+    pub checkpoint: Option<PathBuf>,
+    /// The longest sequence the run feeds the model (at most `model.context_length`).
+    pub context_length: usize,
 }
 
 /// The config key (`model.<field>`) an nn validation error names.
@@ -34,8 +40,68 @@ fn invalid(e: Error) -> autodidact_core::Error {
 }
 
 impl NativeBackend {
-    /// The model `config` describes, with a character vocabulary of `alphabet`.
+    /// The model `config` describes: the pretrained checkpoint it names, or a model trained
+    /// from scratch with a character vocabulary of `alphabet`.
     pub fn spec(config: &ModelConfig, alphabet: &str) -> Result<NativeSpec> {
+        match &config.checkpoint {
+            Some(dir) => Self::pretrained(config, dir),
+            None => Self::from_scratch(config, alphabet),
+        }
+    }
+
+    fn pretrained(config: &ModelConfig, dir: &Path) -> Result<NativeSpec> {
+        for (key, set) in [
+            ("hidden_size", config.hidden_size.is_some()),
+            ("num_layers", config.num_layers.is_some()),
+            ("num_heads", config.num_heads.is_some()),
+            ("intermediate_size", config.intermediate_size.is_some()),
+        ] {
+            if set {
+                return Err(autodidact_core::Error::invalid(
+                    format!("model.{key}"),
+                    format!(
+                        "cannot change the shape of the pretrained checkpoint {}; remove it (or remove model.checkpoint to train from scratch)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        let in_checkpoint =
+            |e: Error| autodidact_core::Error::invalid("model.checkpoint", e.to_string());
+        let model = checkpoint::load_config(dir).map_err(in_checkpoint)?;
+        let tokenizer = ModelTokenizer::load(dir)?.ok_or_else(|| {
+            autodidact_core::Error::invalid(
+                "model.checkpoint",
+                format!(
+                    "{} has no {}: a pretrained checkpoint brings its tokenizer",
+                    dir.display(),
+                    checkpoint::TOKENIZER_FILE
+                ),
+            )
+        })?;
+        let context_length = match config.context_length {
+            None => model.context_length,
+            Some(c) if (1..=model.context_length).contains(&c) => c,
+            Some(c) => {
+                return Err(autodidact_core::Error::invalid(
+                    "model.context_length",
+                    format!(
+                        "{c} must be in 1..={}, the context length of the checkpoint {}",
+                        model.context_length,
+                        dir.display()
+                    ),
+                ))
+            }
+        };
+        Ok(NativeSpec {
+            model,
+            tokenizer,
+            checkpoint: Some(dir.to_path_buf()),
+            context_length,
+        })
+    }
+
+    fn from_scratch(config: &ModelConfig, alphabet: &str) -> Result<NativeSpec> {
         let tokenizer = CharTokenizer::new(alphabet)?;
         let mut model = TransformerConfig::from_preset(&config.preset, tokenizer.vocab_size())
             .map_err(|e| autodidact_core::Error::invalid("model.preset", e.to_string()))?;
@@ -51,7 +117,12 @@ impl NativeBackend {
             }
         }
         model.validate().map_err(invalid)?;
-        Ok(NativeSpec { model, tokenizer })
+        Ok(NativeSpec {
+            context_length: model.context_length,
+            model,
+            tokenizer: ModelTokenizer::Char(tokenizer),
+            checkpoint: None,
+        })
     }
 }
 
@@ -71,11 +142,21 @@ impl Backend for NativeBackend {
 
 impl ModelSpec for NativeSpec {
     fn context_length(&self) -> usize {
-        self.model.context_length
+        self.context_length
+    }
+
+    fn tokenizer(&self) -> &dyn Tokenizer {
+        &self.tokenizer
     }
 
     fn describe(&self) -> serde_json::Value {
-        serde_json::to_value(&self.model).expect("a TransformerConfig always serializes")
+        let mut v =
+            serde_json::to_value(&self.model).expect("a TransformerConfig always serializes");
+        if let Some(dir) = &self.checkpoint {
+            v["checkpoint"] = dir.display().to_string().into();
+            v["run_context_length"] = self.context_length.into();
+        }
+        v
     }
 
     fn num_params(&self) -> u64 {
@@ -95,6 +176,20 @@ impl ModelSpec for NativeSpec {
     }
 
     fn init(&self, seed: u64) -> Result<Box<dyn TrainablePolicy>> {
+        if let Some(dir) = &self.checkpoint {
+            let policy = NativePolicy::load(dir).map_err(to_core)?;
+            // The files may have changed since the run was planned.
+            if policy.model().config() != &self.model {
+                return Err(autodidact_core::Error::invalid(
+                    "model.checkpoint",
+                    format!(
+                        "{}: config.json changed since the run was planned",
+                        dir.display()
+                    ),
+                ));
+            }
+            return Ok(Box::new(policy));
+        }
         let model = self.model.build(seed).map_err(to_core)?;
         Ok(Box::new(
             NativePolicy::new(model, self.tokenizer.clone()).map_err(to_core)?,

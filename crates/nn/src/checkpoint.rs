@@ -7,7 +7,10 @@
 //!   (`model.safetensors.index.json` naming the file of each tensor) and hold float16 or
 //!   bfloat16 tensors, which load as float32;
 //! - `config.json`: a `LlamaForCausalLM` config (plus `autodidact_format_version`);
-//! - `tokenizer.json`, when a tokenizer is saved with the model;
+//! - the tokenizer, when one is saved with the model: `tokenizer.json` alone for
+//!   autodidact's character vocabulary; a pretrained model's `tokenizer.json`,
+//!   `tokenizer_config.json` (special tokens, chat template) and `generation_config.json`
+//!   (stop tokens), copied as they were read;
 //! - `optimizer.safetensors`, when optimizer state is saved: AdamW's moments
 //!   under `<tensor name>.exp_avg` / `.exp_avg_sq` and the step count in the metadata.
 //!
@@ -21,7 +24,7 @@ use crate::model::Transformer;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
 use autodidact_core::fs::write_atomic;
-use autodidact_core::CharTokenizer;
+use autodidact_core::{ModelTokenizer, Tokenizer};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +35,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint: `{"weight_map": {tensor name: shard file}}`.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use autodidact_core::hf_tokenizer::TOKENIZER_FILE;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const VERSION_KEY: &str = "autodidact_format_version";
 
@@ -40,7 +43,7 @@ const VERSION_KEY: &str = "autodidact_format_version";
 #[derive(Debug)]
 pub struct Checkpoint {
     pub model: Transformer,
-    pub tokenizer: Option<CharTokenizer>,
+    pub tokenizer: Option<ModelTokenizer>,
 }
 
 fn to_bytes(values: &[f32]) -> Vec<u8> {
@@ -98,23 +101,29 @@ fn format_metadata() -> HashMap<String, String> {
     ])
 }
 
-/// Fails unless `tokenizer` has exactly the model's vocabulary size; `what` names the caller.
+/// Why `tokenizer` does not fit a model of `vocab_size` tokens, if it does not. A character
+/// vocabulary must match exactly; a pretrained tokenizer may have fewer tokens than the
+/// embedding has rows (models pad their embedding to a multiple of 64 or 128).
+fn vocab_mismatch(tokenizer: &ModelTokenizer, vocab_size: usize) -> Option<String> {
+    let n = tokenizer.vocab_size();
+    let fits = match tokenizer {
+        ModelTokenizer::Char(_) => n == vocab_size,
+        ModelTokenizer::Hf(_) => n <= vocab_size,
+    };
+    (!fits)
+        .then(|| format!("the tokenizer has {n} tokens but the model's vocab_size is {vocab_size}"))
+}
+
+/// Fails unless `tokenizer` fits the model's vocabulary; `what` names the caller.
 pub(crate) fn check_vocab(
     what: &'static str,
     model: &Transformer,
-    tokenizer: &CharTokenizer,
+    tokenizer: &ModelTokenizer,
 ) -> Result<()> {
-    if tokenizer.vocab_size() != model.config().vocab_size {
-        return Err(Error::invalid(
-            what,
-            format!(
-                "tokenizer has {} tokens but the model's vocab_size is {}",
-                tokenizer.vocab_size(),
-                model.config().vocab_size
-            ),
-        ));
+    match vocab_mismatch(tokenizer, model.config().vocab_size) {
+        Some(why) => Err(Error::invalid(what, why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes `model` (and optionally its tokenizer and optimizer state) to `dir`, replacing any
@@ -122,7 +131,7 @@ pub(crate) fn check_vocab(
 pub fn save(
     dir: &Path,
     model: &Transformer,
-    tokenizer: Option<&CharTokenizer>,
+    tokenizer: Option<&ModelTokenizer>,
     optimizer: Option<&AdamW>,
 ) -> Result<()> {
     if let Some(tok) = tokenizer {
@@ -171,7 +180,7 @@ pub fn save(
 fn write_files(
     dir: &Path,
     model: &Transformer,
-    tokenizer: Option<&CharTokenizer>,
+    tokenizer: Option<&ModelTokenizer>,
     optimizer: Option<&AdamW>,
 ) -> Result<()> {
     let layout = model.layout();
@@ -190,13 +199,13 @@ fn write_files(
         .collect();
     write_atomic(&path, &serialize(tensors, format_metadata(), &path)?)?;
 
-    let special = tokenizer.map(|t| (t.bos_id(), t.eos_id(), t.pad_id()));
+    let special = tokenizer.and_then(ModelTokenizer::special_ids);
     let config = serde_json::to_string_pretty(&model.config().to_hf_json(special))
         .map_err(|e| Error::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
     write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
 
     if let Some(tok) = tokenizer {
-        tok.save(&dir.join(TOKENIZER_FILE))?;
+        tok.save(dir)?;
     }
     if let Some(opt) = optimizer {
         let path = dir.join(OPTIMIZER_FILE);
@@ -429,23 +438,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    let tok_path = dir.join(TOKENIZER_FILE);
-    let tokenizer = if tok_path.exists() {
-        let tok = CharTokenizer::load(&tok_path)?;
-        if tok.vocab_size() != config.vocab_size {
-            return Err(Error::checkpoint(
-                &tok_path,
-                format!(
-                    "has {} tokens but config.json says vocab_size {}",
-                    tok.vocab_size(),
-                    config.vocab_size
-                ),
-            ));
-        }
-        Some(tok)
-    } else {
-        None
-    };
+    let tokenizer = ModelTokenizer::load(dir)?;
+    if let Some(why) = tokenizer
+        .as_ref()
+        .and_then(|t| vocab_mismatch(t, config.vocab_size))
+    {
+        return Err(Error::checkpoint(
+            dir.join(TOKENIZER_FILE),
+            format!("{why} (config.json)"),
+        ));
+    }
     Ok(Checkpoint {
         model: Transformer::from_parts(config, params)?,
         tokenizer,

@@ -311,7 +311,8 @@ impl Gguf {
                 path: path.into(),
                 found: version.to_string(),
                 supported: 3,
-                hint: "GGUF versions 2 and 3 are read; re-convert the model with a recent llama.cpp",
+                hint:
+                    "GGUF versions 2 and 3 are read; re-convert the model with a recent llama.cpp",
             });
         }
         let n_tensors = c.u64("the tensor count")?;
@@ -418,9 +419,8 @@ impl Gguf {
     /// PyTorch's row-major order of [`TensorInfo::torch_shape`]).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; t.num_values() as usize];
-        dequantize(t.kind, self.data(t), &mut out).map_err(|e| {
-            Error::checkpoint(&self.path, format!("tensor `{}`: {e}", t.name))
-        })?;
+        dequantize(t.kind, self.data(t), &mut out)
+            .map_err(|e| Error::checkpoint(&self.path, format!("tensor `{}`: {e}", t.name)))?;
         Ok(out)
     }
 }
@@ -439,7 +439,9 @@ pub fn dequantize(kind: GgmlType, data: &[u8], out: &mut [f32]) -> std::result::
             out.len()
         ));
     }
-    let blocks = data.chunks_exact(bytes).zip(out.chunks_exact_mut(per_block));
+    let blocks = data
+        .chunks_exact(bytes)
+        .zip(out.chunks_exact_mut(per_block));
     match kind {
         GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes(b.try_into().unwrap())),
         GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),

@@ -98,7 +98,8 @@ pub fn import_gguf(src: &Path, out: &Path, dtype: WeightDtype) -> Result<Importe
         .map_err(|e| autodidact_core::Error::io("creating directory", &tmp, e))?;
     let written = write_dir(&tmp, &config, &params, dtype, &tokenizer).and_then(|()| {
         if out.exists() {
-            std::fs::remove_dir(out).map_err(|e| autodidact_core::Error::io("replacing", out, e))?;
+            std::fs::remove_dir(out)
+                .map_err(|e| autodidact_core::Error::io("replacing", out, e))?;
         }
         std::fs::rename(&tmp, out)
             .map_err(|e| autodidact_core::Error::io("renaming into place", out, e).into())
@@ -164,7 +165,11 @@ fn config_of(g: &Gguf, arch: &str) -> Result<TransformerConfig> {
     let hidden = int("embedding_length", None)?;
     let heads = int("attention.head_count", None)?;
     let head_dim = if heads == 0 { 0 } else { hidden / heads };
-    for key in ["rope.dimension_count", "attention.key_length", "attention.value_length"] {
+    for key in [
+        "rope.dimension_count",
+        "attention.key_length",
+        "attention.value_length",
+    ] {
         let d = int(key, Some(head_dim as u64))?;
         if d != head_dim {
             return Err(bad(
@@ -217,7 +222,8 @@ fn config_of(g: &Gguf, arch: &str) -> Result<TransformerConfig> {
         tie_embeddings: g.tensor("output.weight").is_none(),
         initializer_range: 0.02,
     };
-    cfg.validate().map_err(|e| Error::checkpoint(&g.path, e.to_string()))?;
+    cfg.validate()
+        .map_err(|e| Error::checkpoint(&g.path, e.to_string()))?;
     Ok(cfg)
 }
 
@@ -403,10 +409,9 @@ impl Tokenizer {
                 .iter()
                 .map(|v| match v {
                     Value::I32(x) => Ok(*x as i64),
-                    other => other
-                        .as_u64()
-                        .map(|x| x as i64)
-                        .ok_or_else(|| bad(g, "tokenizer.ggml.token_type", "not integers", "integers")),
+                    other => other.as_u64().map(|x| x as i64).ok_or_else(|| {
+                        bad(g, "tokenizer.ggml.token_type", "not integers", "integers")
+                    }),
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => vec![1; tokens.len()],
@@ -424,7 +429,14 @@ impl Tokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(g, "tokenizer.ggml.merges", format!("entry {m:?}"), "\"left right\" pairs"))
+                    .ok_or_else(|| {
+                        bad(
+                            g,
+                            "tokenizer.ggml.merges",
+                            format!("entry {m:?}"),
+                            "\"left right\" pairs",
+                        )
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         let id = |key: &str| -> Result<Option<u32>> {
@@ -432,7 +444,12 @@ impl Tokenizer {
                 None => Ok(None),
                 Some(v) => match v.as_u64() {
                     Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
-                    _ => Err(bad(g, key, format!("{v:?}"), &format!("a token id below {}", tokens.len()))),
+                    _ => Err(bad(
+                        g,
+                        key,
+                        format!("{v:?}"),
+                        &format!("a token id below {}", tokens.len()),
+                    )),
                 },
             }
         };
@@ -493,7 +510,9 @@ impl Tokenizer {
                              {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                     "special_tokens": {b.as_str(): {"id": b, "ids": [bos], "tokens": [b]}}})
             }
-            _ => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+            _ => {
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+            }
         };
         let vocab: serde_json::Map<String, serde_json::Value> = self
             .tokens
@@ -501,7 +520,11 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), json!(i)))
             .collect();
-        let merges: Vec<[&str; 2]> = self.merges.iter().map(|(a, b)| [a.as_str(), b.as_str()]).collect();
+        let merges: Vec<[&str; 2]> = self
+            .merges
+            .iter()
+            .map(|(a, b)| [a.as_str(), b.as_str()])
+            .collect();
         json!({
             "version": "1.0",
             "truncation": null,
@@ -548,7 +571,8 @@ impl Tokenizer {
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     write_atomic(path, text.as_bytes()).map_err(Into::into)
 }
 
@@ -561,7 +585,11 @@ fn write_dir(
 ) -> Result<()> {
     let layout = Layout::new(config);
     let (bytes, st_dtype, width): (Vec<u8>, Dtype, usize) = match dtype {
-        WeightDtype::F32 => (params.iter().flat_map(|v| v.to_le_bytes()).collect(), Dtype::F32, 4),
+        WeightDtype::F32 => (
+            params.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F32,
+            4,
+        ),
         WeightDtype::Bf16 => (
             params
                 .iter()
@@ -576,9 +604,13 @@ fn write_dir(
         .tensors
         .iter()
         .map(|t| {
-            TensorView::new(st_dtype, t.shape.clone(), &bytes[t.offset * width..(t.offset + t.len()) * width])
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::checkpoint(&path, format!("building tensor view: {e}")))
+            TensorView::new(
+                st_dtype,
+                t.shape.clone(),
+                &bytes[t.offset * width..(t.offset + t.len()) * width],
+            )
+            .map(|v| (t.name.clone(), v))
+            .map_err(|e| Error::checkpoint(&path, format!("building tensor view: {e}")))
         })
         .collect::<Result<_>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -588,7 +620,8 @@ fn write_dir(
 
     let mut cfg = config.to_hf_json(None);
     // An imported checkpoint is a Hugging Face one: no autodidact format marker.
-    cfg.as_object_mut().map(|o| o.remove("autodidact_format_version"));
+    cfg.as_object_mut()
+        .map(|o| o.remove("autodidact_format_version"));
     cfg["bos_token_id"] = json!(tok.bos);
     cfg["eos_token_id"] = json!(tok.eos);
     cfg["pad_token_id"] = json!(tok.pad);
@@ -602,7 +635,10 @@ fn write_dir(
         &dir.join(TOKENIZER_CONFIG_FILE),
         &tok.tokenizer_config_json(config.context_length),
     )?;
-    write_json(&dir.join(GENERATION_CONFIG_FILE), &tok.generation_config_json())?;
+    write_json(
+        &dir.join(GENERATION_CONFIG_FILE),
+        &tok.generation_config_json(),
+    )?;
     Ok(())
 }
 
@@ -615,7 +651,11 @@ mod tests {
         let mut cfg = TransformerConfig::tiny(10);
         cfg.tie_embeddings = false;
         cfg.qkv_bias = true;
-        let names: Vec<String> = Layout::new(&cfg).tensors.iter().map(|t| gguf_name(&t.name)).collect();
+        let names: Vec<String> = Layout::new(&cfg)
+            .tensors
+            .iter()
+            .map(|t| gguf_name(&t.name))
+            .collect();
         assert!(names.contains(&"blk.3.attn_k.bias".to_string()));
         assert!(names.contains(&"output.weight".to_string()));
         assert!(names.iter().all(|n| !n.starts_with("model.")), "{names:?}");

@@ -1,8 +1,9 @@
 //! The native transformer as a [`TrainablePolicy`]: text in, text and log-probs out.
 //!
-//! A sequence is `<bos> prompt completion <eos>`, one token per character. Log-probs and
-//! weights cover the completion's tokens and the final `<eos>` (so the model learns to
-//! stop); prompt positions get no gradient.
+//! A sequence is the prompt as the tokenizer encodes prompts (after `<bos>`, for the
+//! character vocabulary and most pretrained tokenizers), then the completion's tokens and
+//! the first stop token. Log-probs and weights cover the completion's tokens and the stop
+//! token (so the model learns to stop); prompt positions get no gradient.
 
 use crate::checkpoint;
 use crate::model::{Activations, ForwardOptions, Gradients, Transformer};
@@ -10,7 +11,7 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::sample::{SampleWorkspace, SamplingConfig};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    CharTokenizer, Completion, Example, OptimizerSettings, Policy, SamplingParams, TokenScores,
+    Completion, Example, ModelTokenizer, OptimizerSettings, Policy, SamplingParams, TokenScores,
     Tokenizer, TrainablePolicy,
 };
 use std::path::Path;
@@ -18,7 +19,7 @@ use std::path::Path;
 /// A [`Transformer`] with its tokenizer, training buffers and sampling workspace.
 pub struct NativePolicy {
     model: Transformer,
-    tokenizer: CharTokenizer,
+    tokenizer: ModelTokenizer,
     act: Activations,
     grads: Gradients,
     optimizer: Option<AdamW>,
@@ -47,7 +48,8 @@ pub(crate) fn to_core(e: Error) -> autodidact_core::Error {
 }
 
 impl NativePolicy {
-    pub fn new(model: Transformer, tokenizer: CharTokenizer) -> crate::Result<Self> {
+    pub fn new(model: Transformer, tokenizer: impl Into<ModelTokenizer>) -> crate::Result<Self> {
+        let tokenizer = tokenizer.into();
         checkpoint::check_vocab("policy", &model, &tokenizer)?;
         let grads = Gradients::new(&model);
         Ok(Self {
@@ -78,14 +80,19 @@ impl NativePolicy {
         &self.model
     }
 
-    pub fn tokenizer(&self) -> &CharTokenizer {
+    pub fn tokenizer(&self) -> &ModelTokenizer {
         &self.tokenizer
     }
 
-    /// `<bos> prompt completion <eos>` (or `<bos> prompt completion_tokens`) and the length
-    /// of `<bos> prompt`.
+    /// The token that ends a training completion.
+    fn stop_token(&self) -> u32 {
+        self.tokenizer.stop_tokens()[0]
+    }
+
+    /// `prompt completion <stop>` (or `prompt completion_tokens`) and the length of the
+    /// encoded prompt.
     fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
-        let mut ids = self.tokenizer.encode_with_bos(&ex.prompt)?;
+        let mut ids = self.tokenizer.encode_prompt(&ex.prompt)?;
         let prompt_len = ids.len();
         match &ex.completion_tokens {
             Some(tokens) => {
@@ -107,7 +114,7 @@ impl NativePolicy {
             }
             None => {
                 ids.extend(self.tokenizer.encode(&ex.completion)?);
-                ids.push(self.tokenizer.eos_id());
+                ids.push(self.stop_token());
             }
         }
         let ctx = self.model.config().context_length;
@@ -115,7 +122,7 @@ impl NativePolicy {
             return Err(Error::invalid(
                 "example",
                 format!(
-                    "{:?} + {:?} is {} tokens with <bos>/<eos>; the model's context_length is {ctx}",
+                    "{:?} + {:?} is {} tokens with the special tokens; the model's context_length is {ctx}",
                     ex.prompt,
                     ex.completion,
                     ids.len()
@@ -206,7 +213,7 @@ impl Policy for NativePolicy {
     ) -> autodidact_core::Result<Vec<Completion>> {
         let encoded = prompts
             .iter()
-            .map(|p| self.tokenizer.encode_with_bos(p))
+            .map(|p| self.tokenizer.encode_prompt(p))
             .collect::<autodidact_core::Result<Vec<_>>>()?;
         let cfg = SamplingConfig {
             temperature: params.temperature,
@@ -216,7 +223,7 @@ impl Policy for NativePolicy {
             stop_tokens: if params.ignore_stop {
                 Vec::new()
             } else {
-                vec![self.tokenizer.eos_id()]
+                self.tokenizer.stop_tokens()
             },
         };
         let samples = self
@@ -258,22 +265,22 @@ impl Policy for NativePolicy {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        // `<bos> prompt` as inputs; the target after it is a placeholder, only the logits of
-        // the last input position are read.
+        // The encoded prompt as inputs; the target after it is a placeholder, only the
+        // logits of the last input position are read.
         let ctx = self.model.config().context_length;
         let mut seqs = Vec::with_capacity(prompts.len());
         for p in prompts {
-            let mut ids = self.tokenizer.encode_with_bos(p)?;
+            let mut ids = self.tokenizer.encode_prompt(p)?;
             if ids.len() > ctx {
                 return Err(autodidact_core::Error::invalid(
                     "prompt",
                     format!(
-                        "{p:?} is {} tokens with <bos>; the model's context_length is {ctx}",
+                        "{p:?} is {} tokens with the special tokens; the model's context_length is {ctx}",
                         ids.len()
                     ),
                 ));
             }
-            ids.push(self.tokenizer.eos_id());
+            ids.push(self.stop_token());
             seqs.push(ids);
         }
         self.last = None;
@@ -383,7 +390,7 @@ mod tests {
     use crate::TransformerConfig;
 
     fn policy() -> NativePolicy {
-        let tok = CharTokenizer::new("0123456789+=#").unwrap();
+        let tok = autodidact_core::CharTokenizer::new("0123456789+=#").unwrap();
         let mut cfg = TransformerConfig::tiny(tok.vocab_size());
         cfg.context_length = 24;
         NativePolicy::new(cfg.build(3).unwrap(), tok).unwrap()

@@ -41,6 +41,7 @@ fn main() {
             answer: Some((2 * i).to_string()),
             solution: None,
             meta: None,
+            messages: None,
         })
         .collect();
     let completions: Vec<String> = (0..n)

@@ -86,6 +86,7 @@ impl Addition {
             answer: Some((a + b).to_string()),
             solution: Some(Self::solution(a, b)),
             meta: None,
+            messages: None,
         };
         (key, problem)
     }

@@ -161,6 +161,7 @@ impl Task for Countdown {
                     answer: Some(expr.clone()),
                     solution: Some(format!("{}#{expr}", steps.join(";"))),
                     meta: None,
+                    messages: None,
                 };
                 return (key, problem);
             }
@@ -390,6 +391,7 @@ mod tests {
             answer: None,
             solution: None,
             meta: None,
+            messages: None,
         }
     }
 

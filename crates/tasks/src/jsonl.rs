@@ -26,7 +26,9 @@ use crate::extract::{ExtractRule, Extractor};
 use crate::sandbox::{Outcome, Sandbox, SandboxConfig};
 use crate::verifier::{Item, VerifierConfig, VerifierPool};
 use crate::{math, split_of};
-use autodidact_core::{Error, Problem, Result, Rng, Split, Task, Verdict};
+use autodidact_core::{
+    plain_chat_prompt, ChatMessage, Error, Problem, Result, Rng, Split, Task, Verdict,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -177,33 +179,13 @@ struct Line {
     #[serde(default)]
     prompt: Option<String>,
     #[serde(default)]
-    messages: Option<Vec<Message>>,
+    messages: Option<Vec<ChatMessage>>,
     #[serde(default)]
     answer: Option<serde_json::Value>,
     #[serde(default)]
     solution: Option<String>,
     #[serde(default)]
     meta: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Message {
-    role: String,
-    content: String,
-}
-
-/// Renders chat messages in the built-in format for native models.
-pub fn chat_prompt(messages: &[(String, String)]) -> String {
-    let mut out = String::new();
-    for (role, content) in messages {
-        out.push_str(role);
-        out.push_str(": ");
-        out.push_str(content);
-        out.push('\n');
-    }
-    out.push_str("assistant:");
-    out
 }
 
 /// Reads the problems of `path`, line by line; `seen` maps each id to where it was first seen,
@@ -240,17 +222,14 @@ fn read(
         if line.id.trim().is_empty() {
             return Err(field_err("id", "is empty"));
         }
-        let prompt = match (line.prompt, line.messages) {
+        let messages = line.messages;
+        let prompt = match (line.prompt, &messages) {
             (Some(p), None) => p,
             (None, Some(m)) => {
                 if m.is_empty() {
                     return Err(field_err("messages", "is empty"));
                 }
-                chat_prompt(
-                    &m.into_iter()
-                        .map(|m| (m.role, m.content))
-                        .collect::<Vec<_>>(),
-                )
+                plain_chat_prompt(m)
             }
             (Some(_), Some(_)) => {
                 return Err(field_err(
@@ -295,6 +274,7 @@ fn read(
             answer: Some(answer),
             solution: line.solution,
             meta: line.meta,
+            messages,
         });
     }
     Ok(out)

@@ -24,7 +24,7 @@ pub mod verifier;
 
 pub use addition::{Addition, AdditionConfig};
 pub use countdown::{Countdown, CountdownConfig};
-pub use jsonl::{chat_prompt, Compare, Jsonl, JsonlConfig};
+pub use jsonl::{Compare, Jsonl, JsonlConfig};
 pub use multiplication::{Multiplication, MultiplicationConfig};
 pub use sum::{Sum, SumConfig};
 

@@ -95,6 +95,7 @@ impl Task for Multiplication {
                     answer: Some((a * b).to_string()),
                     solution: Some(Self::solution(a, b)),
                     meta: None,
+                    messages: None,
                 };
                 (key, problem)
             },

@@ -81,6 +81,7 @@ impl Sum {
             answer: Some(xs.iter().sum::<u128>().to_string()),
             solution: Some(Self::solution(xs, &order)),
             meta: None,
+            messages: None,
         };
         (key, problem)
     }

@@ -36,6 +36,7 @@ fn problems(n: usize) -> Vec<Problem> {
             answer: Some(i.to_string()),
             solution: None,
             meta: None,
+            messages: None,
         })
         .collect()
 }

@@ -461,6 +461,7 @@ mod tests {
                 answer: None,
                 solution: None,
                 meta: None,
+                messages: None,
             },
             completions: outs
                 .iter()
