@@ -35,6 +35,19 @@ pub struct BenchArgs {
     /// Vocabulary size of the benchmark model.
     #[arg(long, default_value_t = 32)]
     vocab: usize,
+    /// Measure this pretrained checkpoint directory instead of the presets (its own
+    /// vocabulary; `--vocab` and `--preset` do not apply).
+    #[arg(long, conflicts_with_all = ["preset", "vocab"])]
+    checkpoint: Option<std::path::PathBuf>,
+    /// Tokens per training sequence (default: the model's context length, 512 for a checkpoint).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Rows per sampling batch (default: --batch).
+    #[arg(long)]
+    sample_batch: Option<usize>,
+    /// New tokens per sampled row (default: seq_len − 1).
+    #[arg(long)]
+    new_tokens: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -49,19 +62,40 @@ struct Report {
     /// 6 · params · train tokens/s.
     train_flops_per_s: f64,
     final_loss: f64,
+    sample_batch: usize,
     sample_new_tokens: usize,
     sample_tokens_per_s: f64,
     gemm_peak_flops_per_s: f64,
-    peak_rss_bytes: Option<u64>,
+    /// Peak resident memory of the training steps and of the sampling (reset in between).
+    train_peak_rss_bytes: Option<u64>,
+    sample_peak_rss_bytes: Option<u64>,
 }
 
 pub fn run(args: &BenchArgs, threads: usize) -> Result<()> {
     if args.batch == 0 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
+    if let Some(dir) = &args.checkpoint {
+        let model = ModelConfig {
+            checkpoint: Some(dir.clone()),
+            ..ModelConfig::default()
+        };
+        let report = measure(&dir.display().to_string(), &model, "", args, threads)?;
+        return print(&report, args.json);
+    }
     match &args.preset {
         Some(p) => {
-            let report = measure(p, args, threads)?;
+            if args.vocab < 4 {
+                bail!("--vocab must be at least 4 (3 special tokens and one character)");
+            }
+            let alphabet: String = (0..args.vocab as u32 - 3)
+                .map(|i| char::from_u32(0x100 + i).expect("a valid character"))
+                .collect();
+            let model = ModelConfig {
+                preset: p.to_string(),
+                ..ModelConfig::default()
+            };
+            let report = measure(p, &model, &alphabet, args, threads)?;
             print(&report, args.json)
         }
         None => {
@@ -97,12 +131,15 @@ fn print(r: &Report, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
-    let rss = r.peak_rss_bytes.map_or("n/a".into(), |b| {
-        format!("{:.0} MiB", b as f64 / (1 << 20) as f64)
-    });
+    let mib = |b: Option<u64>| {
+        b.map_or("n/a".into(), |b| {
+            format!("{:.0} MiB", b as f64 / (1 << 20) as f64)
+        })
+    };
+    let (train_rss, sample_rss) = (mib(r.train_peak_rss_bytes), mib(r.sample_peak_rss_bytes));
     println!(
         "{:<6} {:>9} params  train {:>8.0} tok/s ({:>5.1} GFLOP/s, {:>4.1}% of GEMM peak {:.0} GFLOP/s, loss {:.3})  \
-         sample {:>8.0} tok/s  peak RSS {rss}  [{} threads, batch {}, context {}]",
+         peak RSS {train_rss}; sample {:>8.0} tok/s (batch {}) peak RSS {sample_rss}  [{} threads, batch {}, seq_len {}]",
         r.preset,
         r.params,
         r.train_tokens_per_s,
@@ -111,6 +148,7 @@ fn print(r: &Report, json: bool) -> Result<()> {
         r.gemm_peak_flops_per_s / 1e9,
         r.final_loss,
         r.sample_tokens_per_s,
+        r.sample_batch,
         r.threads,
         r.batch,
         r.seq_len
@@ -118,41 +156,52 @@ fn print(r: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
-    // The benchmark model goes through the backend factory like a run's: a `[model]` of this
-    // preset over a character vocabulary of `--vocab` tokens (3 of them special).
-    if args.vocab < 4 {
-        bail!("--vocab must be at least 4 (3 special tokens and one character)");
-    }
-    let alphabet: String = (0..args.vocab as u32 - 3)
-        .map(|i| char::from_u32(0x100 + i).expect("a valid character"))
-        .collect();
-    let model = ModelConfig {
-        preset: preset.to_string(),
-        ..ModelConfig::default()
+fn measure(
+    label: &str,
+    model: &ModelConfig,
+    alphabet: &str,
+    args: &BenchArgs,
+    threads: usize,
+) -> Result<Report> {
+    // The benchmark model goes through the backend factory like a run's: a preset over a
+    // character vocabulary of `--vocab` tokens (3 of them special), or a checkpoint.
+    let spec = crate::backends::linked().plan(model, alphabet)?;
+    let default_len = if model.checkpoint.is_some() {
+        512
+    } else {
+        spec.context_length()
     };
-    let spec = crate::backends::linked().plan(&model, &alphabet)?;
-    let t = spec.context_length();
+    let t = args.seq_len.unwrap_or(default_len);
+    if t < 2 || t > spec.context_length() {
+        bail!("--seq-len {t} must be in 2..={}", spec.context_length());
+    }
     let b = args.batch;
+    let sb = args.sample_batch.unwrap_or(b);
+    let new = args.new_tokens.unwrap_or(t - 1);
     // The training step keeps the whole batch's activations; refuse what would not fit.
     autodidact_core::memory::check(
         "--batch",
         spec.state_bytes(threads) + spec.train_activation_bytes(b, t),
-        &format!("a {preset} training step over {b} sequences"),
+        &format!("a {label} training step over {b} sequences of {t} tokens"),
     )?;
     let mut policy = spec.init(0)?;
+    let vocab = spec.tokenizer().vocab_size() as u64;
+    // A one-token prompt: `<bos>` where the tokenizer adds one, else a newline.
+    let prompt = if spec.tokenizer().encode_prompt("")?.is_empty() {
+        "\n"
+    } else {
+        ""
+    };
 
-    // Training: `<bos>` and t random tokens per sequence, mean next-token loss.
+    // Training: the prompt and t − 1 random tokens per sequence (t read by the model), mean
+    // next-token loss.
+    autodidact_core::memory::reset_peak_rss();
     let mut rng = Rng::new(1);
     let batch: Vec<Example> = (0..b)
         .map(|_| Example {
-            prompt: String::new(),
+            prompt: prompt.into(),
             completion: String::new(),
-            completion_tokens: Some(
-                (0..t)
-                    .map(|_| rng.below(args.vocab as u64) as u32)
-                    .collect(),
-            ),
+            completion_tokens: Some((0..t).map(|_| rng.below(vocab) as u32).collect()),
         })
         .collect();
     policy.reset_optimizer(&adamw_settings(0.0))?;
@@ -172,17 +221,21 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
         }
     }
     let train_tps = (b * t) as f64 / median(&mut step_s);
+    let train_peak = autodidact_core::memory::peak_rss_bytes();
+    drop(batch);
+    policy.reset_optimizer(&adamw_settings(0.0))?;
 
-    // Sampling: `<bos>` prompts, fill the context (stop tokens ignored).
+    // Sampling: one-token prompts, `new` tokens each (stop tokens ignored).
     let params = SamplingParams {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
-        max_new_tokens: t - 1,
+        max_new_tokens: new,
         ignore_stop: true,
     };
-    let prompts = vec![String::new(); b];
-    let seeds: Vec<u64> = (0..b as u64).collect();
+    let prompts = vec![prompt.to_string(); sb];
+    let seeds: Vec<u64> = (0..sb as u64).collect();
+    autodidact_core::memory::reset_peak_rss();
     policy.sample(&prompts, &seeds, &params)?; // warm-up
     let reps = 5;
     let mut rep_s = Vec::with_capacity(reps);
@@ -195,15 +248,16 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
     }
     let sample_tps = new_tokens as f64 / median(&mut rep_s);
     // Read before the GEMM measurement, whose 2048² matrices would dominate a tiny model's peak.
-    let peak_rss = autodidact_core::memory::peak_rss_bytes();
+    let sample_peak = autodidact_core::memory::peak_rss_bytes();
     let params_count = spec.num_params() as usize;
 
     Ok(Report {
-        preset: preset.to_string(),
+        preset: label.to_string(),
         params: params_count,
         threads,
         batch: b,
         seq_len: t,
+        sample_batch: sb,
         train_steps: args.steps,
         train_tokens_per_s: train_tps,
         train_flops_per_s: 6.0 * params_count as f64 * train_tps,
@@ -211,7 +265,8 @@ fn measure(preset: &str, args: &BenchArgs, threads: usize) -> Result<Report> {
         sample_new_tokens: new_tokens,
         sample_tokens_per_s: sample_tps,
         gemm_peak_flops_per_s: autodidact_nn::bench::gemm_peak_flops(),
-        peak_rss_bytes: peak_rss,
+        train_peak_rss_bytes: train_peak,
+        sample_peak_rss_bytes: sample_peak,
     })
 }
 

@@ -6,7 +6,7 @@ use autodidact_core::memory;
 use autodidact_core::{BackendKind, SamplingParams, Split, TrainablePolicy};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::config::{check_completions, EvalConfig, SamplingConfig};
-use autodidact_engine::eval::{evaluate, held_out_problems, EvalSettings};
+use autodidact_engine::eval::{evaluate, held_out_problems, render_prompts, EvalSettings};
 use autodidact_engine::Silent;
 use autodidact_engine::{store, RunConfig};
 use autodidact_tasks::TaskConfig;
@@ -39,6 +39,10 @@ pub struct EvalArgs {
     /// Sampling temperature of the pass@k samples; pass@1 is greedy [default: the run's, else 1].
     #[arg(long)]
     temperature: Option<f32>,
+    /// Most tokens per completion [default: the run's model.max_new_tokens, else the task's
+    /// longest solution and a stop token].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Run seed the held-out problems and samples are derived from, as in a run with this
     /// seed [default: the run's, else 0].
     #[arg(long)]
@@ -221,8 +225,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         bail!("--temperature must be a finite number ≥ 0");
     }
     let task = task_cfg.build()?;
-    let (max_prompt, max_solution) = task.max_chars();
-    let max_new = max_solution + 1;
+    let (_, max_solution) = task.max_chars();
+    let run_max_new = run.as_ref().and_then(|(_, cfg)| cfg.model.max_new_tokens);
+    let max_new = a.max_new_tokens.or(run_max_new).unwrap_or(max_solution + 1);
+    if max_new == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
     let available = memory::available()?;
     check_completions(
         "--problems",
@@ -234,10 +242,15 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         available,
     )?;
     let mut policy = load(&a.checkpoint, run.as_ref())?;
-    if policy.context_length() <= max_prompt + 1 {
-        bail!("the checkpoint's context ({} tokens) cannot hold this task's prompts ({max_prompt} characters)", policy.context_length());
-    }
-    let problems = held_out_problems(&*task, e.problems, seed)?;
+    let mut problems = held_out_problems(&*task, e.problems, seed)?;
+    let ctx = policy.context_length();
+    render_prompts(
+        &mut problems,
+        policy.tokenizer(),
+        ctx,
+        max_new,
+        Some("--max-new-tokens"),
+    )?;
     let settings = EvalSettings::of_run(&e, seed, max_new);
     if let Some((root, _)) = &run {
         eprintln!(

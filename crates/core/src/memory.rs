@@ -51,6 +51,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     proc_bytes("/proc/self/status", "VmHWM:")
 }
 
+/// Resets the high-water mark of [`peak_rss_bytes`] to the current resident memory (Linux
+/// `clear_refs`), so that the next reading is the peak of what runs after; whether it could.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// A `KEY: N kB` line of a `/proc` file, in bytes.
 fn proc_bytes(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;

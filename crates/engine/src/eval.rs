@@ -4,7 +4,7 @@ use crate::config::{EvalConfig, SamplingConfig};
 use crate::progress::Observer;
 use crate::sampling::{derive_seed, sample_groups};
 use crate::Result;
-use autodidact_core::{Group, Policy, Problem, SamplingParams, Split, Task};
+use autodidact_core::{Group, Policy, Problem, SamplingParams, Split, Task, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -117,6 +117,36 @@ impl EvalSettings {
 /// The seed a run with `run_seed` draws its problems with (both splits).
 pub fn problem_seed(run_seed: u64) -> u64 {
     derive_seed(run_seed, 0, "problems", 0)
+}
+
+/// Renders the prompt of every problem that comes as a conversation with the model's chat
+/// template (`tok`), and, when `check`, fails unless each prompt leaves `room` tokens for a
+/// completion in a context of `ctx` tokens; the error names `key`, the setting to change.
+pub fn render_prompts<'a>(
+    problems: impl IntoIterator<Item = &'a mut Problem>,
+    tok: &dyn Tokenizer,
+    ctx: usize,
+    room: usize,
+    check: Option<&str>,
+) -> Result<()> {
+    for p in problems {
+        if let Some(messages) = &p.messages {
+            p.prompt = tok.chat_prompt(messages)?;
+        }
+        if let Some(key) = check {
+            let len = tok.encode_prompt(&p.prompt)?.len();
+            if len + room > ctx {
+                return Err(crate::Error::config(
+                    key,
+                    format!(
+                        "the context of {ctx} tokens is too short for problem {}: its prompt is {len} tokens and a completion may add {room}",
+                        p.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The held-out problems of a run with `run_seed`.

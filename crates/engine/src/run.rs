@@ -736,35 +736,24 @@ fn draw(plan: &RunPlan) -> Result<Problems> {
     Ok(problems)
 }
 
-/// Renders the prompt of every problem that comes as a conversation with the model's own chat
-/// template, and checks that each prompt leaves room for a completion in a pretrained model's
-/// context (a model trained from scratch was checked in characters by the plan).
+/// Renders conversation prompts with the model's chat template and, for a pretrained model
+/// (whose prompts the plan could not count in tokens), checks that each leaves room for a
+/// completion.
 fn render_prompts(plan: &RunPlan, problems: &mut Problems) -> Result<()> {
-    let tok = plan.model.tokenizer();
-    let ctx = plan.model.context_length();
-    let room = plan.max_new_tokens + plan.recipe.extra_tokens();
-    let pretrained = plan.config.model.checkpoint.is_some();
-    for p in problems
+    let all = problems
         .labeled
         .iter_mut()
         .chain(&mut problems.unlabeled)
-        .chain(&mut problems.eval)
-    {
-        if let Some(messages) = &p.messages {
-            p.prompt = tok.chat_prompt(messages)?;
-        }
-        if pretrained {
-            let len = tok.encode_prompt(&p.prompt)?.len();
-            if len + room > ctx {
-                return Err(Error::config(
-                    "model.context_length",
-                    format!(
-                        "{ctx} is too short for problem {}: its prompt is {len} tokens and a completion may add {room} (model.max_new_tokens and the recipe's own tokens); raise model.context_length (up to the checkpoint's) or lower model.max_new_tokens",
-                        p.id
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
+        .chain(&mut problems.eval);
+    crate::eval::render_prompts(
+        all,
+        plan.model.tokenizer(),
+        plan.model.context_length(),
+        plan.max_new_tokens + plan.recipe.extra_tokens(),
+        plan.config
+            .model
+            .checkpoint
+            .is_some()
+            .then_some("model.context_length (or model.max_new_tokens)"),
+    )
 }

@@ -455,30 +455,33 @@ pub fn dequantize(kind: GgmlType, data: &[u8], out: &mut [f32]) -> std::result::
         GgmlType::Q4_0 | GgmlType::Q4_1 => blocks.for_each(|(b, y)| {
             // Q4_0: d, 16 bytes of nibbles, values (q − 8)·d; Q4_1: d, m, nibbles, q·d + m.
             let d = f16_at(b, 0);
+            // (Q4_0 adds no m at all, as ggml: adding 0.0 would turn its −0.0s into +0.0s.)
             let (center, m, qs) = if kind == GgmlType::Q4_1 {
-                (0, f16_at(b, 2), &b[4..20])
+                (0, Some(f16_at(b, 2)), &b[4..20])
             } else {
-                (8, 0.0, &b[2..18])
+                (8, None, &b[2..18])
             };
+            let value = |q: u8| with_min((q as i32 - center) as f32 * d, m);
             for (j, &q) in qs.iter().enumerate() {
-                y[j] = ((q & 0x0F) as i32 - center) as f32 * d + m;
-                y[j + 16] = ((q >> 4) as i32 - center) as f32 * d + m;
+                y[j] = value(q & 0x0F);
+                y[j + 16] = value(q >> 4);
             }
         }),
         GgmlType::Q5_0 | GgmlType::Q5_1 => blocks.for_each(|(b, y)| {
             // Nibbles plus a fifth bit from the 32-bit `qh`; Q5_0 centers at 16, Q5_1 adds m.
             let d = f16_at(b, 0);
             let (center, m, rest) = if kind == GgmlType::Q5_1 {
-                (0, f16_at(b, 2), &b[4..])
+                (0, Some(f16_at(b, 2)), &b[4..])
             } else {
-                (16, 0.0, &b[2..])
+                (16, None, &b[2..])
             };
+            let value = |q: u32| with_min((q as i32 - center) as f32 * d, m);
             let qh = u32::from_le_bytes(rest[..4].try_into().unwrap());
             for (j, &q) in rest[4..20].iter().enumerate() {
                 let h0 = ((qh >> j) << 4) & 0x10;
                 let h1 = (qh >> (j + 12)) & 0x10;
-                y[j] = (((q as u32 & 0x0F) | h0) as i32 - center) as f32 * d + m;
-                y[j + 16] = (((q as u32 >> 4) | h1) as i32 - center) as f32 * d + m;
+                y[j] = value((q as u32 & 0x0F) | h0);
+                y[j + 16] = value((q as u32 >> 4) | h1);
             }
         }),
         GgmlType::Q4K | GgmlType::Q5K => blocks.for_each(|(b, y)| {
@@ -532,6 +535,15 @@ pub fn dequantize(kind: GgmlType, data: &[u8], out: &mut [f32]) -> std::result::
         other => return Err(format!("dequantizing {other:?} is not implemented (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")),
     }
     Ok(())
+}
+
+/// `x + m` for the block types with a minimum (Q4_1, Q5_1), `x` unchanged for the others.
+#[inline(always)]
+fn with_min(x: f32, m: Option<f32>) -> f32 {
+    match m {
+        Some(m) => x + m,
+        None => x,
+    }
 }
 
 /// Scale and min of sub-block `j` from the 12 packed bytes of a Q4_K/Q5_K block (ggml's

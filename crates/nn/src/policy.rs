@@ -94,6 +94,12 @@ impl NativePolicy {
     fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode_prompt(&ex.prompt)?;
         let prompt_len = ids.len();
+        if prompt_len == 0 {
+            return Err(Error::invalid(
+                "example",
+                "the prompt is empty and this tokenizer adds no BOS token: nothing predicts the completion's first token",
+            ));
+        }
         match &ex.completion_tokens {
             Some(tokens) => {
                 let vocab = self.tokenizer.vocab_size();
