@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// New tokens per sampled row (default: seq_len − 1).
     #[arg(long)]
     new_tokens: Option<usize>,
+    /// Train LoRA adapters of this rank (alpha = 2 · rank, every projection) on the
+    /// checkpoint instead of every weight.
+    #[arg(long, requires = "checkpoint")]
+    lora_rank: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +73,8 @@ struct Report {
     /// Peak resident memory of the training steps and of the sampling (reset in between).
     train_peak_rss_bytes: Option<u64>,
     sample_peak_rss_bytes: Option<u64>,
+    /// Peak resident memory of the whole benchmark (before the GEMM-peak measurement).
+    peak_rss_bytes: Option<u64>,
 }
 
 pub fn run(args: &BenchArgs, threads: usize) -> Result<()> {
@@ -78,9 +84,18 @@ pub fn run(args: &BenchArgs, threads: usize) -> Result<()> {
     if let Some(dir) = &args.checkpoint {
         let model = ModelConfig {
             checkpoint: Some(dir.clone()),
+            lora: args.lora_rank.map(|rank| autodidact_core::LoraConfig {
+                rank,
+                alpha: 2.0 * rank as f32,
+                ..Default::default()
+            }),
             ..ModelConfig::default()
         };
-        let report = measure(&dir.display().to_string(), &model, "", args, threads)?;
+        let label = match args.lora_rank {
+            Some(r) => format!("{} (LoRA rank {r})", dir.display()),
+            None => dir.display().to_string(),
+        };
+        let report = measure(&label, &model, "", args, threads)?;
         return print(&report, args.json);
     }
     match &args.preset {
@@ -193,8 +208,9 @@ fn measure(
         ""
     };
 
-    // Training: the prompt and t − 1 random tokens per sequence (t read by the model), mean
+    // Training: the prompt and t random tokens per sequence (t read by the model), mean
     // next-token loss.
+    let load_peak = autodidact_core::memory::peak_rss_bytes();
     autodidact_core::memory::reset_peak_rss();
     let mut rng = Rng::new(1);
     let batch: Vec<Example> = (0..b)
@@ -267,6 +283,10 @@ fn measure(
         gemm_peak_flops_per_s: autodidact_nn::bench::gemm_peak_flops(),
         train_peak_rss_bytes: train_peak,
         sample_peak_rss_bytes: sample_peak,
+        peak_rss_bytes: [load_peak, train_peak, sample_peak]
+            .into_iter()
+            .flatten()
+            .max(),
     })
 }
 

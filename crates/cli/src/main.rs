@@ -38,6 +38,9 @@ enum Command {
     Tasks,
     /// Convert a GGUF model file into a checkpoint directory (Hugging Face layout).
     Import(tools::ImportArgs),
+    /// Write a checkpoint as a full Hugging Face model directory, merging LoRA adapters into
+    /// their base model.
+    Export(tools::ExportArgs),
     /// Measure training and sampling throughput of the native model's presets on this machine.
     Bench(bench::BenchArgs),
     /// Write RUN_DIR/report.html: curves, lineage, samples and configuration of a run.
@@ -92,6 +95,7 @@ fn run() -> Result<()> {
         Command::Sample(args) => tools::sample(&args),
         Command::Tasks => tools::tasks(),
         Command::Import(args) => tools::import(&args),
+        Command::Export(args) => tools::export(&args),
         Command::Bench(args) => bench::run(&args, threads),
         Command::Report(args) => report::report(&args),
         Command::Compare(args) => report::compare(&args),

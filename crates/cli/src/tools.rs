@@ -99,6 +99,48 @@ pub enum ImportDtype {
     Bf16,
 }
 
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A checkpoint directory: a full model, or LoRA adapters (adapter_config.json) with the
+    /// base model they name.
+    checkpoint: PathBuf,
+    /// The directory to write (must not exist, or be empty): model.safetensors (float32),
+    /// config.json and the tokenizer, loadable by transformers.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `autodidact export CHECKPOINT --out DIR`.
+pub fn export(a: &ExportArgs) -> Result<()> {
+    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "--out {}: the directory holds files; choose a new or empty one",
+            a.out.display()
+        );
+    }
+    let ck = autodidact_nn::checkpoint::load(&a.checkpoint)
+        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
+    let what = match ck.model.lora() {
+        Some(l) => format!(
+            "LoRA adapters (rank {}, {} values) merged into {}",
+            l.config().rank,
+            l.num_params(),
+            l.base_model()
+                .map_or("the base model".into(), |b| b.dir.display().to_string())
+        ),
+        None => "the model".into(),
+    };
+    let model = ck.model.merged();
+    autodidact_nn::checkpoint::save(&a.out, &model, ck.tokenizer.as_ref(), None)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "exported {what} ({:.1}M parameters) to {}",
+        model.num_params() as f64 / 1e6,
+        a.out.display()
+    );
+    Ok(())
+}
+
 /// `autodidact import FILE.gguf --out DIR`.
 pub fn import(a: &ImportArgs) -> Result<()> {
     let dtype = match a.dtype {

@@ -62,6 +62,130 @@ pub struct ModelConfig {
     /// the task needs, since memory checks size training batches by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_length: Option<usize>,
+    /// `[model.lora]`: train low-rank adapters on the pretrained `checkpoint` instead of every
+    /// weight. Absent: full fine-tuning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+/// `[model.lora]`: LoRA (Hu et al., 2021) as PEFT defines it. Each adapted projection
+/// `W (out, in)` gains `(alpha / rank) · B·A` with `A (rank, in)` drawn like PEFT's default
+/// (uniform in ±1/√in) and `B (out, rank)` starting at zero, so training starts from the
+/// pretrained model exactly. Only A and B train (and have optimizer state); every other
+/// weight stays frozen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    /// The rank r of each adapter.
+    pub rank: usize,
+    /// The adapters' output is scaled by `alpha / rank` (PEFT's `lora_alpha`).
+    pub alpha: f32,
+    /// The projections that get an adapter, in every layer.
+    pub target_modules: Vec<LoraModule>,
+}
+
+impl Default for LoraConfig {
+    /// Rank 16, alpha 32, every linear projection of the decoder (the QLoRA finding: adapting
+    /// all of them is what matches full fine-tuning).
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            target_modules: LoraModule::ALL.to_vec(),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The factor on every adapter's output.
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+
+    /// Checks the settings; errors name the `model.lora.*` key.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.rank) {
+            return Err(Error::invalid(
+                "model.lora.rank",
+                format!("{} must be in 1..=4096", self.rank),
+            ));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::invalid(
+                "model.lora.alpha",
+                format!("{} must be a finite number above 0", self.alpha),
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::invalid(
+                "model.lora.target_modules",
+                "is empty: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+            ));
+        }
+        for (i, m) in self.target_modules.iter().enumerate() {
+            if self.target_modules[..i].contains(m) {
+                return Err(Error::invalid(
+                    "model.lora.target_modules",
+                    format!("names {} twice", m.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A projection of a Llama decoder layer that LoRA can adapt (PEFT's module names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraModule {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl LoraModule {
+    /// Every module, in the order of a layer's weights.
+    pub const ALL: [LoraModule; 7] = [
+        LoraModule::QProj,
+        LoraModule::KProj,
+        LoraModule::VProj,
+        LoraModule::OProj,
+        LoraModule::GateProj,
+        LoraModule::UpProj,
+        LoraModule::DownProj,
+    ];
+
+    /// The module's name in Hugging Face checkpoints and PEFT's `target_modules`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraModule::QProj => "q_proj",
+            LoraModule::KProj => "k_proj",
+            LoraModule::VProj => "v_proj",
+            LoraModule::OProj => "o_proj",
+            LoraModule::GateProj => "gate_proj",
+            LoraModule::UpProj => "up_proj",
+            LoraModule::DownProj => "down_proj",
+        }
+    }
+
+    /// The module named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// `self_attn` or `mlp`: the submodule holding it.
+    pub fn block(self) -> &'static str {
+        match self {
+            LoraModule::QProj | LoraModule::KProj | LoraModule::VProj | LoraModule::OProj => {
+                "self_attn"
+            }
+            _ => "mlp",
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -76,6 +200,7 @@ impl Default for ModelConfig {
             num_heads: None,
             intermediate_size: None,
             context_length: None,
+            lora: None,
         }
     }
 }

@@ -255,19 +255,19 @@ impl crate::traits::Tokenizer for CharTokenizer {
 /// scratch) or a pretrained model's Hugging Face tokenizer.
 #[derive(Clone, Debug)]
 pub enum ModelTokenizer {
-    Char(CharTokenizer),
-    Hf(crate::hf_tokenizer::HfTokenizer),
+    Char(Box<CharTokenizer>),
+    Hf(Box<crate::hf_tokenizer::HfTokenizer>),
 }
 
 impl From<CharTokenizer> for ModelTokenizer {
     fn from(t: CharTokenizer) -> Self {
-        Self::Char(t)
+        Self::Char(Box::new(t))
     }
 }
 
 impl From<crate::hf_tokenizer::HfTokenizer> for ModelTokenizer {
     fn from(t: crate::hf_tokenizer::HfTokenizer) -> Self {
-        Self::Hf(t)
+        Self::Hf(Box::new(t))
     }
 }
 
@@ -285,13 +285,13 @@ impl ModelTokenizer {
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         use crate::hf_tokenizer::{HfTokenizer, TOKENIZER_FILE};
         if HfTokenizer::is_in(dir) {
-            return Ok(Some(Self::Hf(HfTokenizer::load(dir)?)));
+            return Ok(Some(Self::Hf(Box::new(HfTokenizer::load(dir)?))));
         }
         let path = dir.join(TOKENIZER_FILE);
         if !path.exists() {
             return Ok(None);
         }
-        Ok(Some(Self::Char(CharTokenizer::load(&path)?)))
+        Ok(Some(Self::Char(Box::new(CharTokenizer::load(&path)?))))
     }
 
     /// Writes the tokenizer's files into the checkpoint directory `dir`.
@@ -312,8 +312,8 @@ impl ModelTokenizer {
 
     fn inner(&self) -> &dyn crate::traits::Tokenizer {
         match self {
-            Self::Char(t) => t,
-            Self::Hf(t) => t,
+            Self::Char(t) => t.as_ref(),
+            Self::Hf(t) => t.as_ref(),
         }
     }
 }

@@ -479,6 +479,9 @@ pub struct RunPlan {
     /// Longest completion a sample may have: `model.max_new_tokens`, or the task's longest
     /// solution and the stop token.
     pub max_new_tokens: usize,
+    /// Rows of a scoring pass: the recipe's [`crate::recipes::Recipe::scoring_rows`], or
+    /// fewer when the model's activations for that many do not fit in memory.
+    pub score_rows: usize,
 }
 
 pub(crate) fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
@@ -645,16 +648,22 @@ impl RunConfig {
         }
         let budget = Budget::new(&*model, max_new_tokens)?;
         // Scoring passes (drift on held-out samples, reference log-probs, a judge) run in
-        // fixed chunks of rows: only the model's shape makes them large.
-        let rows = recipe.scoring_rows();
-        memory::check_fits_or(
-            "model",
-            budget.state.saturating_add(model.train_activation_bytes(rows, model.context_length())),
-            &format!("the activations of a scoring pass over {rows} sequences with this model's shape"),
-            budget.available,
-            "choose a smaller model (model.preset, hidden_size, num_layers, intermediate_size or context_length)",
-        )
-        .map_err(core_to_config)?;
+        // chunks of the recipe's rows, halved until a chunk fits (a large model's do not).
+        let scoring = |rows: usize| {
+            memory::check_fits_or(
+                "model",
+                budget.state.saturating_add(model.train_activation_bytes(rows, model.context_length())),
+                &format!("the activations of a scoring pass over {rows} sequences with this model's shape"),
+                budget.available,
+                "choose a smaller model (model.preset, hidden_size, num_layers, intermediate_size or context_length)",
+            )
+            .map_err(core_to_config)
+        };
+        let mut score_rows = recipe.scoring_rows();
+        while score_rows > 1 && scoring(score_rows).is_err() {
+            score_rows /= 2;
+        }
+        scoring(score_rows)?;
         // A batch never holds more examples than its stage has: the labeled set with what
         // the recipe adds to it.
         let labeled = s.labeled.saturating_mul(recipe.seed_examples_per_labeled());
@@ -675,6 +684,7 @@ impl RunConfig {
             task,
             model,
             max_new_tokens,
+            score_rows,
         })
     }
 }

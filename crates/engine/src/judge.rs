@@ -38,7 +38,11 @@ pub fn judge_example(prompt: &str, completion: &str, correct: bool) -> Example {
 
 /// The judge's scores p(Y)/(p(Y)+p(N)) of each (prompt, completion), read from the policy's
 /// next-token log-probs after the judge prompt.
-pub fn judge_scores(policy: &mut dyn Policy, items: &[(&str, &str)]) -> Result<Vec<f32>> {
+pub fn judge_scores(
+    policy: &mut dyn Policy,
+    items: &[(&str, &str)],
+    rows: usize,
+) -> Result<Vec<f32>> {
     let id = |c: char| -> Result<u32> {
         match policy.tokenizer().encode(&c.to_string())?[..] {
             [id] => Ok(id),
@@ -53,7 +57,7 @@ pub fn judge_scores(policy: &mut dyn Policy, items: &[(&str, &str)]) -> Result<V
     };
     let candidates = [id(YES)?, id(NO)?];
     let mut scores = Vec::with_capacity(items.len());
-    for chunk in items.chunks(512) {
+    for chunk in items.chunks(rows.clamp(1, 512)) {
         let prompts: Vec<String> = chunk.iter().map(|(p, c)| judge_prompt(p, c)).collect();
         for yn in policy.next_token_logprobs(&prompts, &candidates)? {
             let (ly, ln) = (yn[0] as f64, yn[1] as f64);

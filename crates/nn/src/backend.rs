@@ -8,8 +8,8 @@
 use crate::policy::to_core;
 use crate::{checkpoint, Error, NativePolicy, TransformerConfig, SAMPLE_WORKSPACE_BYTES};
 use autodidact_core::{
-    Backend, BackendKind, CharTokenizer, ModelConfig, ModelSpec, ModelTokenizer, Result, Tokenizer,
-    TrainablePolicy,
+    Backend, BackendKind, CharTokenizer, LoraConfig, LoraModule, ModelConfig, ModelSpec,
+    ModelTokenizer, Result, Tokenizer, TrainablePolicy,
 };
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,8 @@ pub struct NativeSpec {
     pub checkpoint: Option<PathBuf>,
     /// The longest sequence the run feeds the model (at most `model.context_length`).
     pub context_length: usize,
+    /// LoRA adapters trained on the checkpoint instead of every weight.
+    pub lora: Option<LoraConfig>,
 }
 
 /// The config key (`model.<field>`) an nn validation error names.
@@ -93,15 +95,25 @@ impl NativeBackend {
                 ))
             }
         };
+        if let Some(lora) = &config.lora {
+            lora.validate()?;
+        }
         Ok(NativeSpec {
             model,
             tokenizer,
             checkpoint: Some(dir.to_path_buf()),
             context_length,
+            lora: config.lora.clone(),
         })
     }
 
     fn from_scratch(config: &ModelConfig, alphabet: &str) -> Result<NativeSpec> {
+        if config.lora.is_some() {
+            return Err(autodidact_core::Error::invalid(
+                "model.lora",
+                "adapts a pretrained model: set model.checkpoint, or remove [model.lora] to train a model from scratch",
+            ));
+        }
         let tokenizer = CharTokenizer::new(alphabet)?;
         let mut model = TransformerConfig::from_preset(&config.preset, tokenizer.vocab_size())
             .map_err(|e| autodidact_core::Error::invalid("model.preset", e.to_string()))?;
@@ -120,8 +132,9 @@ impl NativeBackend {
         Ok(NativeSpec {
             context_length: model.context_length,
             model,
-            tokenizer: ModelTokenizer::Char(tokenizer),
+            tokenizer: ModelTokenizer::Char(Box::new(tokenizer)),
             checkpoint: None,
+            lora: None,
         })
     }
 }
@@ -137,6 +150,33 @@ impl Backend for NativeBackend {
 
     fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
         Ok(Box::new(NativePolicy::load(dir).map_err(to_core)?))
+    }
+}
+
+impl NativeSpec {
+    /// Trainable adapter values with `lora` (0 without).
+    fn lora_params(&self) -> u64 {
+        let Some(lora) = &self.lora else { return 0 };
+        let m = &self.model;
+        let (c, f, kv) = (
+            m.hidden_size as u64,
+            m.intermediate_size as u64,
+            m.kv_dim() as u64,
+        );
+        let per_layer: u64 = lora
+            .target_modules
+            .iter()
+            .map(|t| {
+                let (out, inp) = match t {
+                    LoraModule::QProj | LoraModule::OProj => (c, c),
+                    LoraModule::KProj | LoraModule::VProj => (kv, c),
+                    LoraModule::GateProj | LoraModule::UpProj => (f, c),
+                    LoraModule::DownProj => (c, f),
+                };
+                lora.rank as u64 * (out + inp)
+            })
+            .sum();
+        per_layer * m.num_layers as u64
     }
 }
 
@@ -156,6 +196,10 @@ impl ModelSpec for NativeSpec {
             v["checkpoint"] = dir.display().to_string().into();
             v["run_context_length"] = self.context_length.into();
         }
+        if let Some(lora) = &self.lora {
+            v["lora"] = serde_json::to_value(lora).expect("a LoraConfig always serializes");
+            v["lora_params"] = self.lora_params().into();
+        }
         v
     }
 
@@ -164,7 +208,15 @@ impl ModelSpec for NativeSpec {
     }
 
     fn state_bytes(&self, threads: usize) -> u64 {
-        self.model.state_bytes(threads)
+        match &self.lora {
+            None => self.model.state_bytes(threads),
+            // The merged weights, the frozen copy of the adapted ones (at most all of them),
+            // and the adapters with their gradients (one buffer per thread) and moments.
+            Some(_) => {
+                4 * (2 * self.model.num_params() as u64
+                    + self.lora_params() * (4 + threads.saturating_sub(1) as u64))
+            }
+        }
     }
 
     fn train_activation_bytes(&self, rows: usize, len: usize) -> u64 {
@@ -177,7 +229,13 @@ impl ModelSpec for NativeSpec {
 
     fn init(&self, seed: u64) -> Result<Box<dyn TrainablePolicy>> {
         if let Some(dir) = &self.checkpoint {
-            let policy = NativePolicy::load(dir).map_err(to_core)?;
+            let mut ck = checkpoint::load(dir).map_err(to_core)?;
+            if let Some(lora) = &self.lora {
+                let base = checkpoint::base_model(dir).map_err(to_core)?;
+                ck.model = ck.model.with_lora(lora, seed).map_err(to_core)?;
+                ck.model.set_lora_base(base);
+            }
+            let policy = NativePolicy::from_checkpoint(ck, dir).map_err(to_core)?;
             // The files may have changed since the run was planned.
             if policy.model().config() != &self.model {
                 return Err(autodidact_core::Error::invalid(

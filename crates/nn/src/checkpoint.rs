@@ -14,17 +14,31 @@
 //! - `optimizer.safetensors`, when optimizer state is saved: AdamW's moments
 //!   under `<tensor name>.exp_avg` / `.exp_avg_sq` and the step count in the metadata.
 //!
+//! A model with LoRA adapters (`lora.rs`) saves the adapters alone, in PEFT's layout:
+//! - `adapter_model.safetensors`: A and B of every adapter under PEFT's names
+//!   (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), with the digest of the
+//!   base checkpoint's `config.json` and weights in the metadata (`base_model_digest`);
+//! - `adapter_config.json`: PEFT's `LoraConfig` (`r`, `lora_alpha`, `target_modules`, ...) and
+//!   `base_model_name_or_path`, the base checkpoint's absolute path (a relative one, in a file
+//!   written elsewhere, is read from the adapter directory);
+//! - the tokenizer, and `optimizer.safetensors` with moments for the adapters only.
+//!
+//! Loading such a directory loads the base it names, checks the digest and merges the
+//! adapters; `peft.PeftModel.from_pretrained(base, dir)` loads it too.
+//!
 //! `transformers` loads the first three unchanged. Loading validates every
 //! tensor's name, dtype and shape and reports the first mismatch by name.
 //! A save writes a sibling temporary directory and renames it into place, so a
 //! crash leaves either the old checkpoint or the new one.
 
 use crate::config::TransformerConfig;
+use crate::lora::BaseModel;
 use crate::model::Transformer;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::params::TensorInfo;
 use crate::{Error, Result};
 use autodidact_core::fs::write_atomic;
-use autodidact_core::{ModelTokenizer, Tokenizer};
+use autodidact_core::{LoraConfig, LoraModule, ModelTokenizer, Tokenizer};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +51,9 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const CONFIG_FILE: &str = "config.json";
 pub use autodidact_core::hf_tokenizer::TOKENIZER_FILE;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+const BASE_DIGEST_KEY: &str = "base_model_digest";
 const VERSION_KEY: &str = "autodidact_format_version";
 
 /// A loaded checkpoint.
@@ -177,17 +194,9 @@ pub fn save(
     result
 }
 
-fn write_files(
-    dir: &Path,
-    model: &Transformer,
-    tokenizer: Option<&ModelTokenizer>,
-    optimizer: Option<&AdamW>,
-) -> Result<()> {
-    let layout = model.layout();
-    let bytes = to_bytes(model.params());
-    let path = dir.join(MODEL_FILE);
-    let tensors = layout
-        .tensors
+/// Each tensor's name, shape and bytes, out of the little-endian bytes of its buffer.
+fn slices<'a>(tensors: &[TensorInfo], bytes: &'a [u8]) -> Vec<(String, Vec<usize>, &'a [u8])> {
+    tensors
         .iter()
         .map(|t| {
             (
@@ -196,13 +205,69 @@ fn write_files(
                 &bytes[t.offset * 4..(t.offset + t.len()) * 4],
             )
         })
-        .collect();
-    write_atomic(&path, &serialize(tensors, format_metadata(), &path)?)?;
+        .collect()
+}
 
-    let special = tokenizer.and_then(ModelTokenizer::special_ids);
-    let config = serde_json::to_string_pretty(&model.config().to_hf_json(special))
-        .map_err(|e| Error::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
-    write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
+fn write_files(
+    dir: &Path,
+    model: &Transformer,
+    tokenizer: Option<&ModelTokenizer>,
+    optimizer: Option<&AdamW>,
+) -> Result<()> {
+    match model.lora() {
+        None => {
+            let bytes = to_bytes(model.params());
+            let path = dir.join(MODEL_FILE);
+            let tensors = slices(&model.layout().tensors, &bytes);
+            write_atomic(&path, &serialize(tensors, format_metadata(), &path)?)?;
+            let special = tokenizer.and_then(ModelTokenizer::special_ids);
+            let config = serde_json::to_string_pretty(&model.config().to_hf_json(special))
+                .map_err(|e| Error::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
+            write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
+        }
+        Some(lora) => {
+            let path = dir.join(ADAPTER_FILE);
+            let base = lora.base_model().ok_or_else(|| {
+                Error::checkpoint(
+                    &path,
+                    "the adapters were not attached to a loaded checkpoint, so there is no base model to name; save the base first and load it",
+                )
+            })?;
+            let bytes = to_bytes(lora.params());
+            let mut meta = format_metadata();
+            meta.insert(BASE_DIGEST_KEY.into(), base.digest.clone());
+            write_atomic(
+                &path,
+                &serialize(slices(lora.tensors(), &bytes), meta, &path)?,
+            )?;
+            let cfg = lora.config();
+            let mut targets: Vec<&str> = cfg.target_modules.iter().map(|m| m.name()).collect();
+            targets.sort_unstable();
+            let json = serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base.dir.display().to_string(),
+                "r": cfg.rank,
+                "lora_alpha": cfg.alpha,
+                "target_modules": targets,
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "use_rslora": false,
+                "use_dora": false,
+                "init_lora_weights": true,
+                "inference_mode": true,
+                "modules_to_save": null,
+                "layers_to_transform": null,
+                "rank_pattern": {},
+                "alpha_pattern": {},
+                VERSION_KEY: FORMAT_VERSION,
+            });
+            let text = serde_json::to_string_pretty(&json)
+                .map_err(|e| Error::checkpoint(dir.join(ADAPTER_CONFIG_FILE), e.to_string()))?;
+            write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())?;
+        }
+    }
 
     if let Some(tok) = tokenizer {
         tok.save(dir)?;
@@ -211,7 +276,7 @@ fn write_files(
         let path = dir.join(OPTIMIZER_FILE);
         let (m, v) = (to_bytes(&opt.m), to_bytes(&opt.v));
         let mut tensors = Vec::new();
-        for t in &layout.tensors {
+        for t in model.trainable_tensors() {
             let r = t.offset * 4..(t.offset + t.len()) * 4;
             tensors.push((
                 format!("{}.exp_avg", t.name),
@@ -376,8 +441,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Loads the model (and tokenizer, if present) of the checkpoint in `dir`.
+/// Loads the model (and tokenizer, if present) of the checkpoint in `dir`: a full model, or
+/// LoRA adapters merged into the base checkpoint they name.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
+    if dir.join(ADAPTER_CONFIG_FILE).exists() {
+        return load_adapters(dir);
+    }
+    load_full(dir)
+}
+
+fn load_full(dir: &Path) -> Result<Checkpoint> {
     let config = load_config(dir)?;
     let layout = crate::params::Layout::new(&config);
     let mut params = vec![0.0f32; layout.total];
@@ -474,7 +547,7 @@ pub fn load_optimizer(
         .get("step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
-    for t in &model.layout().tensors {
+    for t in model.trainable_tensors() {
         read_tensor(
             &st,
             &path,
@@ -493,4 +566,199 @@ pub fn load_optimizer(
         )?;
     }
     Ok(Some(opt))
+}
+
+/// `base` as a [`BaseModel`] for adapters trained on it: its absolute path and the digest of
+/// its `config.json` and weight files.
+pub fn base_model(dir: &Path) -> Result<BaseModel> {
+    let abs =
+        std::fs::canonicalize(dir).map_err(|e| autodidact_core::Error::io("resolving", dir, e))?;
+    if abs.join(ADAPTER_CONFIG_FILE).exists() {
+        return Err(Error::checkpoint(
+            abs.join(ADAPTER_CONFIG_FILE),
+            "adapters cannot be trained on adapters: export this checkpoint merged (`autodidact export`) and train on that",
+        ));
+    }
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in std::iter::once(abs.join(CONFIG_FILE)).chain(weight_files(&abs)?) {
+        let mut f = std::fs::File::open(&path)
+            .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
+        loop {
+            let k = f
+                .read(&mut buf)
+                .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
+            if k == 0 {
+                break;
+            }
+            hasher.update(&buf[..k]);
+        }
+    }
+    let digest = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Ok(BaseModel {
+        dir: abs,
+        digest: format!("sha256:{digest}"),
+    })
+}
+
+/// The LoRA settings of a PEFT `adapter_config.json`, refusing what this build does not
+/// implement.
+fn read_adapter_config(path: &Path) -> Result<(LoraConfig, PathBuf)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(path, format!("invalid JSON: {e}")))?;
+    let bad = |why: String| Error::checkpoint(path, why);
+    let field = |key: &str| json.get(key).filter(|v| !v.is_null());
+    match field("peft_type").and_then(|v| v.as_str()) {
+        Some("LORA") => {}
+        other => {
+            return Err(bad(format!(
+                "peft_type is {other:?}; only \"LORA\" adapters load"
+            )))
+        }
+    }
+    if let Some(v) = field(VERSION_KEY) {
+        if v.as_u64() != Some(FORMAT_VERSION as u64) {
+            return Err(Error::FormatVersion {
+                path: path.into(),
+                found: v.to_string(),
+                supported: FORMAT_VERSION,
+                hint: "it was written by a different autodidact release; use that release",
+            });
+        }
+    }
+    for (key, ok) in [
+        ("use_rslora", serde_json::json!(false)),
+        ("use_dora", serde_json::json!(false)),
+        ("fan_in_fan_out", serde_json::json!(false)),
+        ("bias", serde_json::json!("none")),
+        ("lora_bias", serde_json::json!(false)),
+    ] {
+        if let Some(v) = field(key) {
+            if v != &ok {
+                return Err(bad(format!("{key} is {v}; only {ok} is supported")));
+            }
+        }
+    }
+    for key in [
+        "modules_to_save",
+        "layers_to_transform",
+        "layer_replication",
+        "trainable_token_indices",
+        "rank_pattern",
+        "alpha_pattern",
+    ] {
+        let empty = match field(key) {
+            None => true,
+            Some(v) => {
+                v.as_object().is_some_and(|o| o.is_empty())
+                    || v.as_array().is_some_and(|a| a.is_empty())
+            }
+        };
+        if !empty {
+            return Err(bad(format!(
+                "{key} is set; adapters with per-layer settings or extra trained modules are not supported"
+            )));
+        }
+    }
+    let rank = field("r")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad("has no integer \"r\" (the rank)".into()))? as usize;
+    let alpha = field("lora_alpha")
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| bad("has no number \"lora_alpha\"".into()))? as f32;
+    let names = field("target_modules")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("has no list \"target_modules\"".into()))?;
+    let mut target_modules = Vec::new();
+    for n in names {
+        let m = n.as_str().and_then(LoraModule::from_name).ok_or_else(|| {
+            bad(format!(
+                "target_modules names {n}; expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+            ))
+        })?;
+        target_modules.push(m);
+    }
+    let base = field("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("has no \"base_model_name_or_path\": the adapters do not say which checkpoint they belong to".into()))?;
+    let config = LoraConfig {
+        rank,
+        alpha,
+        target_modules,
+    };
+    config.validate().map_err(|e| bad(format!("{e}")))?;
+    Ok((config, PathBuf::from(base)))
+}
+
+/// Loads LoRA adapters (PEFT layout) and the base checkpoint they name, merged.
+fn load_adapters(dir: &Path) -> Result<Checkpoint> {
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let (config, base_dir) = read_adapter_config(&config_path)?;
+    // A relative base path is read from the adapter directory (autodidact writes absolute ones).
+    let base_dir = dir.join(base_dir);
+    if !base_dir.join(CONFIG_FILE).exists() {
+        return Err(Error::checkpoint(
+            &config_path,
+            format!(
+                "base_model_name_or_path {} is not a checkpoint directory (it has no {CONFIG_FILE}); set it to the directory of the model the adapters were trained on",
+                base_dir.display()
+            ),
+        ));
+    }
+    let path = dir.join(ADAPTER_FILE);
+    let bytes = read(&path)?;
+    let meta = check_version(&bytes, &path, false)?;
+    let base = base_model(&base_dir)?;
+    if let Some(recorded) = meta.get(BASE_DIGEST_KEY) {
+        if recorded != &base.digest {
+            return Err(Error::checkpoint(
+                &path,
+                format!(
+                    "the adapters were trained on a base model with digest {recorded}, but {} now has {}; restore that checkpoint or point base_model_name_or_path in {ADAPTER_CONFIG_FILE} at it",
+                    base.dir.display(),
+                    base.digest
+                ),
+            ));
+        }
+    }
+    let ck = load_full(&base.dir)?;
+    let mut model = ck.model.with_lora(&config, 0)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
+    let lora = model.lora().expect("adapters were just attached");
+    let mut values = vec![0.0f32; lora.num_params()];
+    for t in lora.tensors() {
+        read_tensor(&st, &path, &t.name, &t.shape, &mut values[t.range()], "")?;
+    }
+    let expected = lora.tensors().len();
+    if st.len() != expected {
+        let extra: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|n| !lora.tensors().iter().any(|t| t.name == *n))
+            .map(|n| n.to_string())
+            .collect();
+        return Err(Error::checkpoint(
+            &path,
+            format!(
+                "unexpected tensors {extra:?} for the adapters {ADAPTER_CONFIG_FILE} describes"
+            ),
+        ));
+    }
+    model.set_lora_params(&values)?;
+    model.set_lora_base(base);
+    let tokenizer = match ModelTokenizer::load(dir)? {
+        Some(t) => Some(t),
+        None => ck.tokenizer,
+    };
+    Ok(Checkpoint { model, tokenizer })
 }

@@ -164,7 +164,7 @@ fn config_of(g: &Gguf, arch: &str) -> Result<TransformerConfig> {
     };
     let hidden = int("embedding_length", None)?;
     let heads = int("attention.head_count", None)?;
-    let head_dim = if heads == 0 { 0 } else { hidden / heads };
+    let head_dim = hidden.checked_div(heads).unwrap_or(0);
     for key in [
         "rope.dimension_count",
         "attention.key_length",

@@ -28,7 +28,9 @@ mod layer;
 use crate::batch::TokenBatch;
 use crate::config::TransformerConfig;
 use crate::kernels::{self, grow, Rope, SendPtr, View};
-use crate::params::Layout;
+use crate::lora::Lora;
+use crate::optim::AdamW;
+use crate::params::{Layout, TensorInfo};
 use crate::{Error, Result};
 pub(crate) use layer::{LayerIo, Stages};
 use rayon::prelude::*;
@@ -43,6 +45,9 @@ pub struct Transformer {
     pub(crate) layout: Layout,
     pub(crate) params: Vec<f32>,
     pub(crate) rope: Rope,
+    /// LoRA adapters (see `lora.rs`): when present, `params` holds the merged weights and
+    /// only the adapters train.
+    pub(crate) lora: Option<Box<Lora>>,
 }
 
 impl TransformerConfig {
@@ -76,6 +81,7 @@ impl Transformer {
             layout,
             params,
             rope,
+            lora: None,
         })
     }
 
@@ -92,8 +98,36 @@ impl Transformer {
     pub fn params(&self) -> &[f32] {
         &self.params
     }
+    /// The parameters, to change them directly. With adapters, the next optimizer step
+    /// re-merges every adapted weight from its frozen copy.
     pub fn params_mut(&mut self) -> &mut [f32] {
         &mut self.params
+    }
+    /// Number of values that train: every parameter, or with LoRA the adapters'.
+    pub fn num_trainable(&self) -> usize {
+        self.lora
+            .as_ref()
+            .map_or(self.params.len(), |l| l.num_params())
+    }
+    /// The tensors that train, with offsets into the gradient buffer: the model's own, or
+    /// with LoRA the adapters' (under PEFT's names).
+    pub fn trainable_tensors(&self) -> &[TensorInfo] {
+        match &self.lora {
+            Some(l) => l.tensors(),
+            None => &self.layout.tensors,
+        }
+    }
+    /// One optimizer update of the trainable values from `grads` at learning rate `lr`
+    /// (with LoRA, the adapters, then merged into the weights).
+    pub fn update(&mut self, opt: &mut AdamW, grads: &Gradients, lr: f32) -> Result<()> {
+        match &mut self.lora {
+            None => opt.step(&mut self.params, &grads.data, lr),
+            Some(lora) => {
+                opt.step(&mut lora.params, &grads.data, lr)?;
+                lora.merge(&mut self.params);
+                Ok(())
+            }
+        }
     }
     /// The values of the tensor with Hugging Face name `name`.
     pub fn tensor(&self, name: &str) -> Option<&[f32]> {
@@ -119,7 +153,7 @@ impl Transformer {
     }
 }
 
-/// Gradients, laid out like the parameters.
+/// Gradients of the trainable values, laid out like them ([`Transformer::trainable_tensors`]).
 #[derive(Clone, Debug)]
 pub struct Gradients {
     pub data: Vec<f32>,
@@ -128,7 +162,7 @@ pub struct Gradients {
 impl Gradients {
     pub fn new(model: &Transformer) -> Self {
         Self {
-            data: vec![0.0; model.num_params()],
+            data: vec![0.0; model.num_trainable()],
         }
     }
     pub fn zero(&mut self) {
@@ -243,6 +277,8 @@ struct Shard {
     dact: Vec<f32>,
     dlogits: Vec<f32>,
     dprobs: Vec<f32>,
+    /// LoRA's backward scratch: x·Aᵀ and dy·B of one adapter. (2, N, rank)
+    lora_scratch: Vec<f32>,
 }
 
 impl Activations {
@@ -286,6 +322,7 @@ impl Shard {
             &self.dact,
             &self.dlogits,
             &self.dprobs,
+            &self.lora_scratch,
         ];
         f.iter().map(|b| b.capacity() * 4).sum()
     }

@@ -62,14 +62,13 @@ impl AdamWConfig {
         Ok(())
     }
 
-    /// An optimizer for `model`'s parameters.
+    /// An optimizer for `model`'s trainable values (every parameter, or its LoRA adapters).
     pub fn build(&self, model: &Transformer) -> Result<AdamW> {
         self.validate()?;
-        let n = model.num_params();
+        let n = model.num_trainable();
         let mut decay = vec![true; n];
         for t in model
-            .layout()
-            .tensors
+            .trainable_tensors()
             .iter()
             .filter(|t| t.kind != TensorKind::Matrix)
         {

@@ -66,7 +66,12 @@ impl NativePolicy {
     /// Loads a checkpoint directory written by [`TrainablePolicy::save`] (it must hold a
     /// `tokenizer.json`).
     pub fn load(dir: &Path) -> crate::Result<Self> {
-        let ck = checkpoint::load(dir)?;
+        Self::from_checkpoint(checkpoint::load(dir)?, dir)
+    }
+
+    /// The policy of checkpoint `ck`, loaded from `dir` (which it must have read its
+    /// tokenizer from).
+    pub fn from_checkpoint(ck: checkpoint::Checkpoint, dir: &Path) -> crate::Result<Self> {
         let tokenizer = ck.tokenizer.ok_or_else(|| {
             Error::checkpoint(
                 dir.join(checkpoint::TOKENIZER_FILE),
@@ -373,8 +378,7 @@ impl TrainablePolicy for NativePolicy {
         } else {
             self.grads.global_norm()
         };
-        opt.step(self.model.params_mut(), &self.grads.data, lr)
-            .map_err(to_core)?;
+        self.model.update(opt, &self.grads, lr).map_err(to_core)?;
         self.grads.zero();
         Ok(norm)
     }

@@ -295,3 +295,132 @@ fn transformers_reads_our_checkpoint() {
 }
 
 include!("reference/hf_load_values.rs");
+
+/// Issue 14: LoRA adapters save on their own (PEFT layout, optimizer state for the adapters
+/// only), load merged into the base they name, resume training exactly, refuse a changed base,
+/// and export merged into a full checkpoint.
+#[test]
+fn issue14_lora_adapters_round_trip_and_export() {
+    let (base, tok) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    checkpoint::save(&base_dir, &base, Some(&tok.clone().into()), None).unwrap();
+    let lora = autodidact_core::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        target_modules: vec![
+            autodidact_core::LoraModule::QProj,
+            autodidact_core::LoraModule::DownProj,
+        ],
+    };
+    let mut m = checkpoint::load(&base_dir)
+        .unwrap()
+        .model
+        .with_lora(&lora, 3)
+        .unwrap();
+    m.set_lora_base(checkpoint::base_model(&base_dir).unwrap());
+    let cfg = AdamWConfig::default();
+    let mut opt = cfg.build(&m).unwrap();
+    let adapters = m.lora().unwrap().num_params();
+    assert_eq!(Gradients::new(&m).data.len(), adapters);
+    let step = |m: &mut Transformer, opt: &mut autodidact_nn::AdamW| {
+        let seqs = vec![tok.encode_with_bos("12+34=46").unwrap()];
+        let b = TokenBatch::from_sequences(&seqs).unwrap();
+        let mut act = Activations::new();
+        let mut g = Gradients::new(m);
+        m.forward(&b, ForwardOptions::default(), &mut act).unwrap();
+        m.backward(&mut act, &vec![0.1; b.seq_len()], None, &mut g)
+            .unwrap();
+        m.update(opt, &g, 1e-2).unwrap();
+    };
+    step(&mut m, &mut opt);
+    step(&mut m, &mut opt);
+    // Only the adapted weights moved.
+    let moved: Vec<&str> = m
+        .layout()
+        .tensors
+        .iter()
+        .filter(|t| m.params()[t.range()] != base.params()[t.range()])
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+            "model.layers.1.mlp.down_proj.weight"
+        ]
+    );
+
+    let ck = dir.path().join("r0001");
+    checkpoint::save(&ck, &m, Some(&tok.clone().into()), Some(&opt)).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "optimizer.safetensors",
+            "tokenizer.json"
+        ]
+    );
+    let opt_bytes = std::fs::metadata(ck.join("optimizer.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        opt_bytes < 2 * 4 * adapters as u64 + 64 * 1024,
+        "{opt_bytes}"
+    );
+
+    let loaded = checkpoint::load(&ck).unwrap();
+    let mut m2 = loaded.model;
+    assert_eq!(m2.lora().unwrap().params(), m.lora().unwrap().params());
+    for (a, b) in m2.params().iter().zip(m.params()) {
+        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    let mut opt2 = checkpoint::load_optimizer(&ck, &m2, &cfg).unwrap().unwrap();
+    step(&mut m, &mut opt);
+    step(&mut m2, &mut opt2);
+    assert_eq!(m2.lora().unwrap().params(), m.lora().unwrap().params());
+
+    // Export: a full checkpoint with the adapters merged in.
+    let merged_dir = dir.path().join("merged");
+    checkpoint::save(
+        &merged_dir,
+        &m2.clone().merged(),
+        Some(&tok.clone().into()),
+        None,
+    )
+    .unwrap();
+    let merged = checkpoint::load(&merged_dir).unwrap().model;
+    assert!(merged.lora().is_none());
+    assert_eq!(merged.params(), m2.params());
+
+    // A changed base is refused, naming both digests.
+    let mut other = base.clone();
+    other.params_mut()[0] += 1.0;
+    checkpoint::save(&base_dir, &other, Some(&tok.clone().into()), None).unwrap();
+    let e = load_err(&ck);
+    assert!(
+        e.contains("digest") && e.contains("base_model_name_or_path"),
+        "{e}"
+    );
+    // Adapters on adapters are refused.
+    let e = checkpoint::base_model(&ck).unwrap_err().to_string();
+    assert!(e.contains("export"), "{e}");
+    // Unsupported PEFT settings are named.
+    let cfg_path = ck.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    let e = load_err(&ck);
+    assert!(e.contains("use_dora"), "{e}");
+}

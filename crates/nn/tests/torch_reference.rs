@@ -103,7 +103,7 @@ fn check(name: &str) {
 
     let mut grads = Gradients::new(&model);
     model.backward(&mut act, &w, Some(&c), &mut grads).unwrap();
-    for tensor in &model.layout().tensors {
+    for tensor in model.trainable_tensors() {
         assert_close(
             &format!("grad {}", tensor.name),
             &grads.data[tensor.range()],
@@ -133,4 +133,12 @@ fn issue14_matches_pytorch_qwen2_bf16() {
 #[test]
 fn issue14_matches_pytorch_llama3_sharded_f16() {
     check("torch_ref_llama3");
+}
+
+/// Issue 14: LoRA adapters written by PEFT (r = 2, alpha 3, every projection) on the Qwen2
+/// checkpoint load merged, and give PEFT's logits and the gradients of every adapter tensor
+/// with the base frozen (`reference/make_lora_reference.py`).
+#[test]
+fn issue14_lora_matches_peft() {
+    check("torch_ref_lora");
 }

@@ -9,9 +9,10 @@
 //!
 //! - `id` (string, required): unique across the task's files.
 //! - `prompt` (string) or `messages` (a list of `{"role", "content"}`, TRL's conversational
-//!   form): exactly one of them. Messages are rendered in a simple built-in chat format,
-//!   `role: content` per line, ending with `assistant:` (a native model learns it from the
-//!   seed stage; pretrained models bring their own templates).
+//!   form): exactly one of them. A pretrained model renders messages with its own chat
+//!   template when the run draws the problem; for a model trained from scratch they are
+//!   rendered in a simple built-in format, `role: content` per line, ending with
+//!   `assistant:`, which it learns in the seed stage.
 //! - `answer` (any JSON, usually a string): the reference answer; a non-string value is
 //!   compared as its JSON text.
 //! - `solution` (string, optional): a worked reference completion; the seed stage learns

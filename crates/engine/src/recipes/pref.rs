@@ -417,9 +417,13 @@ impl Pref {
             TrainStats::default()
         } else {
             let refs = if ref_round == parent {
-                reference_logps(&mut *policy, &pairs)?
+                reference_logps(&mut *policy, &pairs, run.plan.score_rows)?
             } else {
-                reference_logps(&mut *run.load_policy(ref_round)?, &pairs)?
+                reference_logps(
+                    &mut *run.load_policy(ref_round)?,
+                    &pairs,
+                    run.plan.score_rows,
+                )?
             };
             obs.stage_started(
                 &format!("r{round} {}", cfg.loss.name()),
@@ -482,7 +486,7 @@ impl Pref {
             })
             .collect();
         obs.stage_started(&format!("r{round} judge"), items.len() as u64);
-        let flat = judge_scores(policy, &items)?;
+        let flat = judge_scores(policy, &items, run.plan.score_rows)?;
         obs.stage_progress(items.len() as u64, 0);
         let truth: Vec<bool> = groups
             .iter()
@@ -605,11 +609,17 @@ fn pair_examples(pairs: &[Pair]) -> (Vec<Example>, Vec<Example>) {
         .unzip()
 }
 
-/// Summed log-probs of each pair's chosen and rejected completion under `reference`.
-pub fn reference_logps(reference: &mut dyn Policy, pairs: &[Pair]) -> Result<Vec<(f32, f32)>> {
+/// Summed log-probs of each pair's chosen and rejected completion under `reference`, scored
+/// in passes of at most `rows` (and 256) sequences.
+pub fn reference_logps(
+    reference: &mut dyn Policy,
+    pairs: &[Pair],
+    rows: usize,
+) -> Result<Vec<(f32, f32)>> {
     let (c, r) = pair_examples(pairs);
     let mut out = Vec::with_capacity(pairs.len());
-    for (cc, rr) in c.chunks(256).zip(r.chunks(256)) {
+    let rows = rows.clamp(1, 256);
+    for (cc, rr) in c.chunks(rows).zip(r.chunks(rows)) {
         let lc = reference.logprobs(cc)?;
         let lr = reference.logprobs(rr)?;
         for (a, b) in lc.iter().zip(&lr) {

@@ -29,7 +29,8 @@ impl Run {
             })
             .collect();
         let (mut own, mut tokens, mut entropy) = (Vec::new(), 0usize, 0.0f64);
-        for chunk in examples.chunks(256) {
+        let rows = self.plan.score_rows.min(256);
+        for chunk in examples.chunks(rows) {
             let scores = policy.forward(chunk, true)?;
             for row in scores.entropies.iter().flatten() {
                 tokens += row.len();
@@ -45,7 +46,7 @@ impl Run {
         let mut kl_to = |key: &str, r: u32| -> Result<()> {
             let mut reference = self.load_policy(r)?;
             let mut theirs = Vec::with_capacity(examples.len());
-            for chunk in examples.chunks(256) {
+            for chunk in examples.chunks(rows) {
                 theirs.extend(reference.logprobs(chunk)?);
             }
             m.insert(key.into(), mean_kl(&own, &theirs));

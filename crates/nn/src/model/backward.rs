@@ -61,18 +61,17 @@ impl Transformer {
                 }
             }
         }
-        if grads.data.len() != self.params.len() {
+        let np = self.num_trainable();
+        if grads.data.len() != np {
             return Err(Error::invalid(
                 "gradients",
                 format!(
-                    "{} values, the model has {} parameters",
-                    grads.data.len(),
-                    self.params.len()
+                    "{} values, the model has {np} trainable values",
+                    grads.data.len()
                 ),
             ));
         }
         let n_shards = act.bounds.len() - 1;
-        let np = self.params.len();
         if act.shard_grads.len() < n_shards - 1 {
             act.shard_grads.resize_with(n_shards - 1, Vec::new);
         }
@@ -180,19 +179,17 @@ impl Transformer {
             }
         }
 
-        let p = &self.params;
         let lay = &self.layout;
         // Output head and final norm.
         let s = 2 * nl;
-        act.norm_linear_backward(
+        self.norm_linear_backward(
+            act,
             Upstream::Logits,
             s,
-            p,
             g,
             lay.lm_head,
             v,
             lay.final_norm,
-            c,
             false,
             par,
         );
@@ -202,7 +199,9 @@ impl Transformer {
         }
 
         // Embedding: scatter-add dx into the rows of the used tokens.
-        let ge = &mut g[lay.embed..lay.embed + v * c];
+        let Some(ge) = self.base_grad(g, lay.embed, v * c) else {
+            return;
+        };
         for (row, &tok) in act.dx[..n * c].chunks_exact(c).zip(&act.tokens) {
             for (gi, di) in ge[tok as usize * c..(tok as usize + 1) * c]
                 .iter_mut()
@@ -225,40 +224,83 @@ pub(super) enum Upstream {
     Qkv,
 }
 
-impl Shard {
-    /// Backward through `y = rmsnorm(x) · Wᵀ` for norm slot `slot`: with `dy` from `upstream`
-    /// (N, out), accumulates `dW` (at `w_off`, shape (out, C)) and the norm gain's gradient
-    /// (at `norm_off`) into `g`, and writes — or with `accumulate` adds — d loss / d x into `dx`.
+impl Transformer {
+    /// The gradient of base tensor `off..off + len` in `g`, or `None` when the base weights
+    /// are frozen (LoRA).
+    pub(super) fn base_grad<'g>(
+        &self,
+        g: &'g mut [f32],
+        off: usize,
+        len: usize,
+    ) -> Option<&'g mut [f32]> {
+        self.lora.is_none().then(|| &mut g[off..off + len])
+    }
+
+    /// Accumulates the gradient for the weight `(out, inp)` at `w` from `dy (n, out)` and the
+    /// projection's input `x (n, inp)`: the weight's own in full fine-tuning; with LoRA, that of
+    /// the adapters on it (none for the output head).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn weight_grad(
+        &self,
+        g: &mut [f32],
+        scratch: &mut Vec<f32>,
+        w: usize,
+        dy: &[f32],
+        x: &[f32],
+        n: usize,
+        inp: usize,
+        out: usize,
+        par: bool,
+    ) {
+        match &self.lora {
+            None => {
+                kernels::linear_backward_weight(&mut g[w..w + out * inp], dy, x, n, inp, out, par)
+            }
+            Some(lora) => lora.backward(g, scratch, w, dy, x, n, inp, out, par),
+        }
+    }
+
+    /// Backward through `y = rmsnorm(x) · Wᵀ` for norm slot `slot` of shard `act`: with `dy`
+    /// from `upstream` (N, out), accumulates the gradients of W (at `w_off`, shape (out, C))
+    /// and of the norm gain (at `norm_off`) into `g`, and writes — or with `accumulate` adds —
+    /// d loss / d x into `act.dx`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn norm_linear_backward(
-        &mut self,
+        &self,
+        act: &mut Shard,
         upstream: Upstream,
         slot: usize,
-        p: &[f32],
         g: &mut [f32],
         w_off: usize,
         out: usize,
         norm_off: usize,
-        c: usize,
         accumulate: bool,
         par: bool,
     ) {
-        let n = self.n;
+        let (n, c, p) = (act.n, self.config.hidden_size, &self.params);
         let dy = match upstream {
-            Upstream::Logits => &self.dlogits[..n * out],
-            Upstream::GateUp => &self.dgu[..n * out],
-            Upstream::Qkv => &self.dqkv[..n * out],
+            Upstream::Logits => &act.dlogits[..n * out],
+            Upstream::GateUp => &act.dgu[..n * out],
+            Upstream::Qkv => &act.dqkv[..n * out],
         };
-        let normed = &self.normed[slot * n * c..(slot + 1) * n * c];
+        let normed = &act.normed[slot * n * c..(slot + 1) * n * c];
+        self.weight_grad(g, &mut act.lora_scratch, w_off, dy, normed, n, c, out, par);
         let w = &p[w_off..w_off + out * c];
-        kernels::linear_backward_weight(&mut g[w_off..w_off + out * c], dy, normed, n, c, out, par);
-        kernels::linear_backward_input(&mut self.dh[..n * c], dy, w, n, c, out, false, par);
+        kernels::linear_backward_input(&mut act.dh[..n * c], dy, w, n, c, out, false, par);
+        let mut frozen = Vec::new();
+        let dgain = match self.base_grad(g, norm_off, c) {
+            Some(d) => d,
+            None => {
+                frozen.resize(c, 0.0);
+                &mut frozen[..]
+            }
+        };
         norm_rows_backward(
-            &mut self.dx[..n * c],
-            &mut g[norm_off..norm_off + c],
-            &self.dh[..n * c],
-            &self.resid[slot * n * c..(slot + 1) * n * c],
-            &self.rstd[slot * n..(slot + 1) * n],
+            &mut act.dx[..n * c],
+            dgain,
+            &act.dh[..n * c],
+            &act.resid[slot * n * c..(slot + 1) * n * c],
+            &act.rstd[slot * n..(slot + 1) * n],
             &p[norm_off..norm_off + c],
             accumulate,
             par,

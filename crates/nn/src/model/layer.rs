@@ -238,7 +238,7 @@ impl Transformer {
         let dx = &mut act.dx[..n * c];
         let a = &act.act[l * n * f..(l + 1) * n * f];
         let dact = &mut act.dact[..n * f];
-        kernels::linear_backward_weight(&mut g[wdown..wdown + c * f], dx, a, n, f, c, par);
+        self.weight_grad(g, &mut act.lora_scratch, wdown, dx, a, n, f, c, par);
         kernels::linear_backward_input(dact, dx, &p[wdown..wdown + c * f], n, f, c, false, par);
         let gu = &act.gu[l * n * 2 * f..(l + 1) * n * 2 * f];
         let sig = &act.sig[l * n * f..(l + 1) * n * f];
@@ -254,25 +254,14 @@ impl Transformer {
         } else {
             kernels::swiglu_backward(dgu, dact, gu, sig, f);
         }
-        act.norm_linear_backward(
-            Upstream::GateUp,
-            s,
-            p,
-            g,
-            wgu,
-            2 * f,
-            mlp_norm,
-            c,
-            true,
-            par,
-        );
+        self.norm_linear_backward(act, Upstream::GateUp, s, g, wgu, 2 * f, mlp_norm, true, par);
 
         // --- attention block --- dx holds d loss / d x_mid.
         let s = 2 * l;
         let dx = &act.dx[..n * c];
         let att = &act.att[l * n * c..(l + 1) * n * c];
         let datt = &mut act.datt[..n * c];
-        kernels::linear_backward_weight(&mut g[wo..wo + c * c], dx, att, n, c, c, par);
+        self.weight_grad(g, &mut act.lora_scratch, wo, dx, att, n, c, c, par);
         kernels::linear_backward_input(datt, dx, &p[wo..wo + c * c], n, c, c, false, par);
         let qkv = &act.qkv[l * n * q..(l + 1) * n * q];
         let probs = &act.probs[l * prob_off..(l + 1) * prob_off];
@@ -325,13 +314,12 @@ impl Transformer {
             self.rope.apply_rows(dqkv, q, rot, &act.positions, true);
         }
         // The biases' gradient: column sums of d loss / d (q | k | v).
-        if let Some(b) = bqkv {
-            let gb = &mut g[b..b + q];
+        if let Some(gb) = bqkv.and_then(|b| self.base_grad(g, b, q)) {
             for row in dqkv.chunks_exact(q) {
                 gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
             }
         }
-        act.norm_linear_backward(Upstream::Qkv, s, p, g, wqkv, q, attn_norm, c, true, par);
+        self.norm_linear_backward(act, Upstream::Qkv, s, g, wqkv, q, attn_norm, true, par);
     }
 
     /// Looks up the embedding of each token into `x`. (M, C)
