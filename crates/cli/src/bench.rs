@@ -239,7 +239,10 @@ fn measure(
     let train_tps = (b * t) as f64 / median(&mut step_s);
     let train_peak = autodidact_core::memory::peak_rss_bytes();
     drop(batch);
-    policy.reset_optimizer(&adamw_settings(0.0))?;
+    // Sampling starts from a fresh policy, so its peak memory is the weights and the KV cache,
+    // not the training buffers (as a separate sampling process would see it).
+    drop(policy);
+    let mut policy = spec.init(0)?;
 
     // Sampling: one-token prompts, `new` tokens each (stop tokens ignored).
     let params = SamplingParams {

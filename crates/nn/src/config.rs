@@ -207,10 +207,23 @@ impl TransformerConfig {
 
     /// Bytes of the buffers a training forward and backward pass over `rows` sequences of up
     /// to `seq_len` tokens allocates (activations kept for the backward pass, attention
-    /// probabilities, backward scratch, per-row outputs), as [`crate::Activations`] sizes them.
-    /// An upper bound: rows are assumed full. Weights, gradients and optimizer state are
-    /// [`TransformerConfig::state_bytes`].
+    /// probabilities, backward scratch, per-row outputs), as [`crate::Activations`] sizes them
+    /// with its default [`crate::Recompute::Auto`]. An upper bound: rows are assumed full.
+    /// Weights, gradients and optimizer state are [`TransformerConfig::state_bytes`].
     pub fn train_activation_bytes(&self, rows: usize, seq_len: usize) -> u64 {
+        let recompute = self.recomputes(rows, seq_len);
+        self.activation_bytes(rows, seq_len, recompute)
+    }
+
+    /// Whether a training pass over `rows` sequences of `seq_len` tokens recomputes its layers
+    /// under [`crate::Recompute::Auto`]: when keeping every layer's activations would take
+    /// more than [`crate::model::TRAIN_ACTIVATION_BUDGET`] bytes.
+    pub fn recomputes(&self, rows: usize, seq_len: usize) -> bool {
+        self.activation_bytes(rows, seq_len, false) > crate::model::TRAIN_ACTIVATION_BUDGET
+    }
+
+    /// [`TransformerConfig::train_activation_bytes`] with or without recompute.
+    pub fn activation_bytes(&self, rows: usize, seq_len: usize, recompute: bool) -> u64 {
         let (l, c, f, v, h) = (
             self.num_layers as u64,
             self.hidden_size as u64,
@@ -221,12 +234,23 @@ impl TransformerConfig {
         let q = self.qkv_dim() as u64;
         let n = rows as u64 * seq_len as u64;
         let slots = 2 * l + 1;
-        // resid, normed, rstd; qkv, att, gate/up, act, sig; log-probs, entropy; backward
+        // Layers whose internals are kept, and norm slots whose outputs are.
+        let (kept, normed) = if recompute { (1, 3) } else { (l, slots) };
+        // resid, rstd, normed; qkv, att, gate/up, act, sig; log-probs, entropy; backward
         // scratch dx, dh, dqkv, datt, dgu, dact, dlogits; token ids; per-row outputs.
-        let per_token =
-            slots * (2 * c + 1) + l * (q + 2 * c + 4 * f) + v + 1 + 4 * c + q + 3 * f + v + 3 + 2;
-        // Attention probabilities of every layer and the backward's scratch for one layer.
-        let probs = (l + 1) * h * rows as u64 * (seq_len as u64).pow(2);
+        let per_token = slots * (c + 1)
+            + normed * c
+            + kept * (q + 2 * c + 4 * f)
+            + v
+            + 1
+            + 4 * c
+            + q
+            + 3 * f
+            + v
+            + 3
+            + 2;
+        // Attention probabilities of the kept layers and the backward's scratch for one layer.
+        let probs = (kept + 1) * h * rows as u64 * (seq_len as u64).pow(2);
         4 * (n * per_token + probs)
     }
 

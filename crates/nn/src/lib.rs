@@ -38,7 +38,10 @@ pub use batch::TokenBatch;
 pub use config::{RopeScaling, TransformerConfig};
 pub use error::{Error, Result};
 pub use lora::{BaseModel, Lora};
-pub use model::{Activations, ForwardOptions, ForwardOutput, Gradients, Transformer};
+pub use model::{
+    Activations, ForwardOptions, ForwardOutput, Gradients, Recompute, Transformer,
+    TRAIN_ACTIVATION_BUDGET,
+};
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;

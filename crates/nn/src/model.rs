@@ -230,11 +230,40 @@ pub struct Activations {
     shards: Vec<Shard>,
     /// Gradient buffers of shards 1.. (shard 0 accumulates into the caller's buffer).
     shard_grads: Vec<Vec<f32>>,
+    /// When the training pass recomputes layers instead of keeping their activations.
+    pub recompute: Recompute,
 }
+
+/// Whether a training pass keeps every layer's activations for the backward pass, or only
+/// each layer's input, running the layer forward again just before its backward ("activation
+/// checkpointing" at layer granularity). Recomputing costs one more forward pass of every
+/// layer but the last (about a quarter more compute per step) and keeps one layer's q/k/v,
+/// attention probabilities and MLP activations instead of all of them. The numbers are the
+/// same either way: the recomputed layer runs the same kernels on the same inputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    /// Keep every layer's activations.
+    Never,
+    /// Keep each layer's input only.
+    Always,
+    /// Recompute when keeping everything would take more than
+    /// [`TRAIN_ACTIVATION_BUDGET`] bytes ([`TransformerConfig::recomputes`]).
+    #[default]
+    Auto,
+}
+
+/// Above this many bytes of kept activations, a training pass recomputes its layers
+/// ([`Recompute::Auto`]). A 135M model (30 layers, d_model 576, a 49k vocabulary) keeps about
+/// 1.7 MB per token without recompute, so batches beyond ~2,000 tokens recompute.
+pub const TRAIN_ACTIVATION_BUDGET: u64 = 4 << 30;
 
 /// One shard's cached pass and scratch.
 #[derive(Default, Debug)]
 struct Shard {
+    /// Keep one layer's internals (not every layer's) and recompute each layer in backward.
+    recompute: bool,
+    /// Norm slots of the model: 2L + 1.
+    slots: usize,
     n: usize,
     batch: usize,
     seq_len: usize,
@@ -301,6 +330,27 @@ impl Activations {
 }
 
 impl Shard {
+    /// Where layer `l`'s internals (q/k/v, attention, MLP) are kept: every layer its own, or
+    /// with recompute one shared place.
+    fn layer_slot(&self, l: usize) -> usize {
+        if self.recompute {
+            0
+        } else {
+            l
+        }
+    }
+
+    /// Where norm slot `slot` (2l, 2l+1 for layer l, 2L for the final norm) keeps its
+    /// normalized values: its own place, or with recompute 0 and 1 for the layer being worked
+    /// on and 2 for the final norm.
+    fn normed_slot(&self, slot: usize) -> usize {
+        match (self.recompute, slot) {
+            (false, s) => s,
+            (true, s) if s + 1 == self.slots => 2,
+            (true, s) => s % 2,
+        }
+    }
+
     fn allocated_bytes(&self) -> usize {
         let f = [
             &self.resid,
@@ -381,6 +431,12 @@ impl Transformer {
         if act.shards.len() < n_shards {
             act.shards.resize_with(n_shards, Shard::default);
         }
+        let recompute = match act.recompute {
+            Recompute::Never => false,
+            Recompute::Always => true,
+            Recompute::Auto => cfg.recomputes(act.batch, act.seq_len),
+        };
+        act.shards.iter_mut().for_each(|s| s.recompute = recompute);
         let par = n_shards == 1;
         let bounds = &act.bounds;
         let outs: Vec<ForwardOutput> = act.shards[..n_shards]
@@ -408,6 +464,71 @@ impl Transformer {
         })
     }
 
+    /// Layer `l` of shard `act`'s training pass, from its input (residual stage 2l) into the
+    /// layer's kept stages: the forward pass runs it once per layer, and with recompute the
+    /// backward pass runs it again just before the layer's backward.
+    fn train_layer_forward(&self, l: usize, act: &mut Shard, par: bool) {
+        let cfg = &self.config;
+        let (c, f, h, d) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.head_dim(),
+        );
+        let (q, kv, group) = (
+            cfg.qkv_dim(),
+            cfg.kv_dim(),
+            cfg.num_heads / cfg.num_kv_heads,
+        );
+        let (n, prob_off) = (act.n, act.prob_block);
+        let (ls, ns) = (act.layer_slot(l), act.normed_slot(2 * l));
+        let (probs, rows, offs) = (
+            &mut act.probs[ls * prob_off..(ls + 1) * prob_off],
+            &act.rows,
+            &act.prob_offsets,
+        );
+        // Within each packed row, causally, one task per (row, head); keeps the probabilities.
+        let attend = |qkv: &[f32], att: &mut [f32]| {
+            let (att_ptr, probs_ptr) = (SendPtr(att.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
+            for_each_head(rows.len(), h, par, |(b, hh)| {
+                let (st, len) = rows[b];
+                // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
+                // region of `att` (its row × its head's columns) and of `probs`.
+                unsafe {
+                    let base = qkv.as_ptr().add(st * q);
+                    let kh = hh / group;
+                    let pr = std::slice::from_raw_parts_mut(
+                        probs_ptr.ptr().add(offs[b] + hh * len * len),
+                        len * len,
+                    );
+                    kernels::attention_head(
+                        View::at(base.add(hh * d), q),
+                        View::at(base.add(c + kh * d), q),
+                        View::at(base.add(c + kv + kh * d), q),
+                        att_ptr.ptr().add(st * c + hh * d),
+                        c,
+                        pr,
+                        len,
+                        d,
+                    );
+                }
+            });
+        };
+        // Stages 2l, 2l+1, 2l+2 of the residual stream; 2l, 2l+1 of the norms.
+        let io = LayerIo {
+            resid: Stages::kept(&mut act.resid[2 * l * n * c..], 3, n * c),
+            normed: Stages::kept(&mut act.normed[ns * n * c..], 2, n * c),
+            rstd: Stages::kept(&mut act.rstd[2 * l * n..], 2, n),
+            qkv: &mut act.qkv[ls * n * q..(ls + 1) * n * q],
+            att: &mut act.att[ls * n * c..(ls + 1) * n * c],
+            gu: &mut act.gu[ls * n * 2 * f..(ls + 1) * n * 2 * f],
+            act: &mut act.act[ls * n * f..(ls + 1) * n * f],
+            sig: Some(&mut act.sig[ls * n * f..(ls + 1) * n * f]),
+            positions: &act.positions,
+        };
+        self.layer_forward(l, io, attend, par);
+    }
+
     /// Forward pass of rows `rows` of `batch` into shard `act`; outputs cover those rows only.
     fn forward_shard(
         &self,
@@ -418,18 +539,13 @@ impl Transformer {
         par: bool,
     ) -> ForwardOutput {
         let cfg = &self.config;
-        let (c, f, v, h, d, nl) = (
+        let (c, f, v, h, nl, q) = (
             cfg.hidden_size,
             cfg.intermediate_size,
             cfg.vocab_size,
             cfg.num_heads,
-            cfg.head_dim(),
             cfg.num_layers,
-        );
-        let (q, kv, group) = (
             cfg.qkv_dim(),
-            cfg.kv_dim(),
-            cfg.num_heads / cfg.num_kv_heads,
         );
         let t = batch.seq_len;
 
@@ -458,74 +574,34 @@ impl Transformer {
         let n = start;
         act.n = n;
         act.prob_block = prob_off;
+        // Every layer's input and norm statistics are kept; the rest for every layer, or with
+        // recompute for one.
         let slots = 2 * nl + 1;
+        act.slots = slots;
+        let (kept, normed_slots) = if act.recompute { (1, 3) } else { (nl, slots) };
         grow(&mut act.resid, slots * n * c);
         grow(&mut act.rstd, slots * n);
-        grow(&mut act.normed, slots * n * c);
-        grow(&mut act.qkv, nl * n * q);
-        grow(&mut act.probs, nl * prob_off);
-        grow(&mut act.att, nl * n * c);
-        grow(&mut act.gu, nl * n * 2 * f);
-        grow(&mut act.act, nl * n * f);
-        grow(&mut act.sig, nl * n * f);
+        grow(&mut act.normed, normed_slots * n * c);
+        grow(&mut act.qkv, kept * n * q);
+        grow(&mut act.probs, kept * prob_off);
+        grow(&mut act.att, kept * n * c);
+        grow(&mut act.gu, kept * n * 2 * f);
+        grow(&mut act.act, kept * n * f);
+        grow(&mut act.sig, kept * n * f);
         grow(&mut act.logp, n * v);
         grow(&mut act.entropy, n);
 
         self.embed(&act.tokens, &mut act.resid[..n * c]);
         for l in 0..nl {
-            let (probs, rows, offs) = (
-                &mut act.probs[l * prob_off..(l + 1) * prob_off],
-                &act.rows,
-                &act.prob_offsets,
-            );
-            // Within each packed row, causally, one task per (row, head); keeps the probabilities.
-            let attend = |qkv: &[f32], att: &mut [f32]| {
-                let (att_ptr, probs_ptr) = (SendPtr(att.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
-                for_each_head(rows.len(), h, par, |(b, hh)| {
-                    let (st, len) = rows[b];
-                    // SAFETY: each (row, head) task reads its row's q/k/v columns and writes a disjoint
-                    // region of `att` (its row × its head's columns) and of `probs`.
-                    unsafe {
-                        let base = qkv.as_ptr().add(st * q);
-                        let kh = hh / group;
-                        let pr = std::slice::from_raw_parts_mut(
-                            probs_ptr.ptr().add(offs[b] + hh * len * len),
-                            len * len,
-                        );
-                        kernels::attention_head(
-                            View::at(base.add(hh * d), q),
-                            View::at(base.add(c + kh * d), q),
-                            View::at(base.add(c + kv + kh * d), q),
-                            att_ptr.ptr().add(st * c + hh * d),
-                            c,
-                            pr,
-                            len,
-                            d,
-                        );
-                    }
-                });
-            };
-            // Stages 2l, 2l+1, 2l+2 of the residual stream; 2l, 2l+1 of the norms.
-            let io = LayerIo {
-                resid: Stages::kept(&mut act.resid[2 * l * n * c..], 3, n * c),
-                normed: Stages::kept(&mut act.normed[2 * l * n * c..], 2, n * c),
-                rstd: Stages::kept(&mut act.rstd[2 * l * n..], 2, n),
-                qkv: &mut act.qkv[l * n * q..(l + 1) * n * q],
-                att: &mut act.att[l * n * c..(l + 1) * n * c],
-                gu: &mut act.gu[l * n * 2 * f..(l + 1) * n * 2 * f],
-                act: &mut act.act[l * n * f..(l + 1) * n * f],
-                sig: Some(&mut act.sig[l * n * f..(l + 1) * n * f]),
-                positions: &act.positions,
-            };
-            self.layer_forward(l, io, attend, par);
+            self.train_layer_forward(l, act, par);
         }
 
         // Final norm and output head. (N, V)
-        let s = 2 * nl;
+        let (s, ns) = (2 * nl, act.normed_slot(2 * nl));
         let logp = &mut act.logp[..n * v];
         self.head(
             &act.resid[s * n * c..(s + 1) * n * c],
-            &mut act.normed[s * n * c..(s + 1) * n * c],
+            &mut act.normed[ns * n * c..(ns + 1) * n * c],
             &mut act.rstd[s * n..(s + 1) * n],
             logp,
             par,

@@ -195,6 +195,10 @@ impl Transformer {
         );
 
         for l in (0..nl).rev() {
+            // The forward pass left the last layer's activations in place.
+            if act.recompute && l + 1 < nl {
+                self.train_layer_forward(l, act, par);
+            }
             self.layer_backward(l, act, g, par);
         }
 
@@ -283,7 +287,8 @@ impl Transformer {
             Upstream::GateUp => &act.dgu[..n * out],
             Upstream::Qkv => &act.dqkv[..n * out],
         };
-        let normed = &act.normed[slot * n * c..(slot + 1) * n * c];
+        let ns = act.normed_slot(slot);
+        let normed = &act.normed[ns * n * c..(ns + 1) * n * c];
         self.weight_grad(g, &mut act.lora_scratch, w_off, dy, normed, n, c, out, par);
         let w = &p[w_off..w_off + out * c];
         kernels::linear_backward_input(&mut act.dh[..n * c], dy, w, n, c, out, false, par);

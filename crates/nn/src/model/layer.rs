@@ -221,7 +221,9 @@ impl Transformer {
             cfg.num_kv_heads,
         );
         let (q, rot, group) = (cfg.qkv_dim(), c + kv, cfg.num_heads / kvh);
-        let (l, n, prob_off) = (layer, act.n, act.prob_block);
+        let (n, prob_off) = (act.n, act.prob_block);
+        // Where this layer's activations are kept (see `Shard::layer_slot`).
+        let l = act.layer_slot(layer);
         let p = &self.params;
         let LayerOffsets {
             attn_norm,
@@ -234,7 +236,7 @@ impl Transformer {
         } = self.layout.layers[layer];
 
         // --- MLP block --- dx holds d loss / d x_out.
-        let s = 2 * l + 1;
+        let s = 2 * layer + 1;
         let dx = &mut act.dx[..n * c];
         let a = &act.act[l * n * f..(l + 1) * n * f];
         let dact = &mut act.dact[..n * f];
@@ -257,7 +259,7 @@ impl Transformer {
         self.norm_linear_backward(act, Upstream::GateUp, s, g, wgu, 2 * f, mlp_norm, true, par);
 
         // --- attention block --- dx holds d loss / d x_mid.
-        let s = 2 * l;
+        let s = 2 * layer;
         let dx = &act.dx[..n * c];
         let att = &act.att[l * n * c..(l + 1) * n * c];
         let datt = &mut act.datt[..n * c];
