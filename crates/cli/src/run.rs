@@ -97,7 +97,7 @@ fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
     println!("  metrics.jsonl   one line per round (and the seed-only curve)");
     println!("  journal.jsonl   completed stages with their durations");
     println!("  rounds/rNNNN/   samples.jsonl, train.jsonl, eval.json, manifest.json");
-    println!("  checkpoints/    model.safetensors, config.json, tokenizer.json per round");
+    println!("  checkpoints/    each round's model (or LoRA adapters) and tokenizer, loadable by transformers (peft)");
 }
 
 /// The end-of-run table, in Markdown so it can be pasted into a README. Beside the held-out
