@@ -229,12 +229,15 @@ impl ModelSpec for NativeSpec {
 
     fn init(&self, seed: u64) -> Result<Box<dyn TrainablePolicy>> {
         if let Some(dir) = &self.checkpoint {
-            let mut ck = checkpoint::load(dir).map_err(to_core)?;
-            if let Some(lora) = &self.lora {
-                let base = checkpoint::base_model(dir).map_err(to_core)?;
-                ck.model = ck.model.with_lora(lora, seed).map_err(to_core)?;
-                ck.model.set_lora_base(base);
-            }
+            let ck = match &self.lora {
+                None => checkpoint::load(dir).map_err(to_core)?,
+                Some(lora) => {
+                    let (mut ck, base) = checkpoint::load_base(dir).map_err(to_core)?;
+                    ck.model = ck.model.with_lora(lora, seed).map_err(to_core)?;
+                    ck.model.set_lora_base(base);
+                    ck
+                }
+            };
             let policy = NativePolicy::from_checkpoint(ck, dir).map_err(to_core)?;
             // The files may have changed since the run was planned.
             if policy.model().config() != &self.model {

@@ -451,6 +451,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 }
 
 fn load_full(dir: &Path) -> Result<Checkpoint> {
+    load_full_hashed(dir, None)
+}
+
+/// [`load_full`], feeding `hasher` (when given) `config.json` and then every weight file, in
+/// the bytes it reads them in: the digest of a [`BaseModel`] without reading the files twice.
+fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result<Checkpoint> {
+    use sha2::Digest;
+    if let Some(h) = hasher.as_deref_mut() {
+        h.update(read(&dir.join(CONFIG_FILE))?);
+    }
     let config = load_config(dir)?;
     let layout = crate::params::Layout::new(&config);
     let mut params = vec![0.0f32; layout.total];
@@ -459,6 +469,9 @@ fn load_full(dir: &Path) -> Result<Checkpoint> {
     let mut extra: Vec<String> = Vec::new();
     for path in &files {
         let bytes = read(path)?;
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&bytes);
+        }
         check_version(&bytes, path, false)?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
@@ -568,9 +581,11 @@ pub fn load_optimizer(
     Ok(Some(opt))
 }
 
-/// `base` as a [`BaseModel`] for adapters trained on it: its absolute path and the digest of
-/// its `config.json` and weight files.
-pub fn base_model(dir: &Path) -> Result<BaseModel> {
+/// The checkpoint in `dir` as the base of LoRA adapters: the model, and the [`BaseModel`]
+/// that names it (its absolute path and the digest of its `config.json` and weight files,
+/// computed from the bytes the load reads).
+pub fn load_base(dir: &Path) -> Result<(Checkpoint, BaseModel)> {
+    use sha2::{Digest, Sha256};
     let abs =
         std::fs::canonicalize(dir).map_err(|e| autodidact_core::Error::io("resolving", dir, e))?;
     if abs.join(ADAPTER_CONFIG_FILE).exists() {
@@ -579,32 +594,23 @@ pub fn base_model(dir: &Path) -> Result<BaseModel> {
             "adapters cannot be trained on adapters: export this checkpoint merged (`autodidact export`) and train on that",
         ));
     }
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for path in std::iter::once(abs.join(CONFIG_FILE)).chain(weight_files(&abs)?) {
-        let mut f = std::fs::File::open(&path)
-            .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
-        loop {
-            let k = f
-                .read(&mut buf)
-                .map_err(|e| autodidact_core::Error::io("reading", &path, e))?;
-            if k == 0 {
-                break;
-            }
-            hasher.update(&buf[..k]);
-        }
-    }
-    let digest = hasher
+    let ck = load_full_hashed(&abs, Some(&mut hasher))?;
+    let digest: String = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    Ok(BaseModel {
+        .collect();
+    let base = BaseModel {
         dir: abs,
         digest: format!("sha256:{digest}"),
-    })
+    };
+    Ok((ck, base))
+}
+
+/// The [`BaseModel`] of the checkpoint in `dir` (see [`load_base`]).
+pub fn base_model(dir: &Path) -> Result<BaseModel> {
+    Ok(load_base(dir)?.1)
 }
 
 /// The LoRA settings of a PEFT `adapter_config.json`, refusing what this build does not
@@ -717,7 +723,7 @@ fn load_adapters(dir: &Path) -> Result<Checkpoint> {
     let path = dir.join(ADAPTER_FILE);
     let bytes = read(&path)?;
     let meta = check_version(&bytes, &path, false)?;
-    let base = base_model(&base_dir)?;
+    let (ck, base) = load_base(&base_dir)?;
     if let Some(recorded) = meta.get(BASE_DIGEST_KEY) {
         if recorded != &base.digest {
             return Err(Error::checkpoint(
@@ -730,7 +736,6 @@ fn load_adapters(dir: &Path) -> Result<Checkpoint> {
             ));
         }
     }
-    let ck = load_full(&base.dir)?;
     let mut model = ck.model.with_lora(&config, 0)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;

@@ -52,6 +52,41 @@ fn loss(model: &Transformer, b: &TokenBatch, w: &[f32], c: &[f32], act: &mut Act
     l
 }
 
+/// Central differences of every element of `tensors` against `grads` (same offsets):
+/// `loss_at(i, d)` is the loss with element i moved by d (and put back). Fails on a tensor whose
+/// gradient is (near) zero, which would make the check vacuous, or that disagrees by 1% of its
+/// largest gradient.
+fn check_tensors(
+    tensors: &[autodidact_nn::params::TensorInfo],
+    grads: &[f32],
+    h: f32,
+    mut loss_at: impl FnMut(usize, f32) -> f64,
+) {
+    for t in tensors {
+        let (mut max_err, mut max_grad) = (0.0f64, 0.0f64);
+        for i in t.range() {
+            let fd = (loss_at(i, h) - loss_at(i, -h)) / (2.0 * h as f64);
+            max_err = max_err.max((fd - grads[i] as f64).abs());
+            max_grad = max_grad.max(grads[i].abs() as f64);
+        }
+        let rel = max_err / max_grad.max(1e-3);
+        println!(
+            "{:65} max |grad| {max_grad:.4e}  max |fd − grad| {max_err:.2e}  rel {rel:.2e}",
+            t.name
+        );
+        assert!(
+            max_grad > 1e-3,
+            "{}: gradient is (near) zero, the check would be vacuous",
+            t.name
+        );
+        assert!(
+            rel < 1e-2,
+            "{}: finite differences disagree with backward (rel {rel:.2e})",
+            t.name
+        );
+    }
+}
+
 fn check(tie: bool) {
     check_config(tiny_config(tie));
 }
@@ -78,38 +113,14 @@ fn check_config(cfg: TransformerConfig) {
     loss(&model, &b, &w, &c, &mut act);
     model.backward(&mut act, &w, Some(&c), &mut grads).unwrap();
 
-    let h = 1e-2f32;
     let tensors = model.layout().tensors.clone();
-    for t in &tensors {
-        let mut max_err = 0.0f64;
-        let mut max_grad = 0.0f64;
-        for i in t.range() {
-            let orig = model.params()[i];
-            model.params_mut()[i] = orig + h;
-            let lp = loss(&model, &b, &w, &c, &mut act);
-            model.params_mut()[i] = orig - h;
-            let lm = loss(&model, &b, &w, &c, &mut act);
-            model.params_mut()[i] = orig;
-            let fd = (lp - lm) / (2.0 * h as f64);
-            max_err = max_err.max((fd - grads.data[i] as f64).abs());
-            max_grad = max_grad.max(grads.data[i].abs() as f64);
-        }
-        let rel = max_err / max_grad.max(1e-3);
-        println!(
-            "{:45} max |grad| {max_grad:.4e}  max |fd − grad| {max_err:.2e}  rel {rel:.2e}",
-            t.name
-        );
-        assert!(
-            max_grad > 1e-3,
-            "{}: gradient is (near) zero, the check would be vacuous",
-            t.name
-        );
-        assert!(
-            rel < 1e-2,
-            "{}: finite differences disagree with backward (rel {rel:.2e})",
-            t.name
-        );
-    }
+    check_tensors(&tensors, &grads.data, 1e-2, |i, d| {
+        let orig = model.params()[i];
+        model.params_mut()[i] = orig + d;
+        let l = loss(&model, &b, &w, &c, &mut act);
+        model.params_mut()[i] = orig;
+        l
+    });
 }
 
 #[test]
@@ -361,33 +372,16 @@ fn issue14_lora_backward_matches_finite_differences() {
 
     // Smaller than the base check's step: the loss is quadratic in (A, B) through B·A, and at
     // 1e-2 the central difference's truncation error reaches 1e-2 (it falls as h², checked).
-    let h = 3e-3f32;
     let tensors = model.lora().unwrap().tensors().to_vec();
     assert_eq!(tensors.len(), 2 * 7 * cfg.num_layers);
-    for t in &tensors {
-        let (mut max_err, mut max_grad) = (0.0f64, 0.0f64);
-        for i in t.range() {
-            let orig = vals[i];
-            vals[i] = orig + h;
-            model.set_lora_params(&vals).unwrap();
-            let lp = loss(&model, &b, &w, &c, &mut act);
-            vals[i] = orig - h;
-            model.set_lora_params(&vals).unwrap();
-            let lm = loss(&model, &b, &w, &c, &mut act);
-            vals[i] = orig;
-            let fd = (lp - lm) / (2.0 * h as f64);
-            max_err = max_err.max((fd - grads.data[i] as f64).abs());
-            max_grad = max_grad.max(grads.data[i].abs() as f64);
-        }
+    check_tensors(&tensors, &grads.data, 3e-3, |i, d| {
+        let orig = vals[i];
+        vals[i] = orig + d;
         model.set_lora_params(&vals).unwrap();
-        let rel = max_err / max_grad.max(1e-3);
-        println!(
-            "{:65} max |grad| {max_grad:.4e}  max |fd − grad| {max_err:.2e}  rel {rel:.2e}",
-            t.name
-        );
-        assert!(max_grad > 1e-3, "{}: gradient is (near) zero", t.name);
-        assert!(rel < 1e-2, "{}: rel {rel:.2e}", t.name);
-    }
+        let l = loss(&model, &b, &w, &c, &mut act);
+        vals[i] = orig;
+        l
+    });
 }
 
 /// Issue 14: recomputing each layer in the backward pass (activation checkpointing) gives

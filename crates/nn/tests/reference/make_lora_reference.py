@@ -25,6 +25,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from make_reference import reference_pass
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "fixtures")
 
@@ -57,32 +59,7 @@ def main():
     if os.path.exists(readme):
         os.remove(readme)
 
-    lengths = torch.tensor((9, 5, 7))
-    b, t, v = len(lengths), int(lengths.max()), base.config.vocab_size
-    inputs = torch.randint(0, v, (b, t))
-    targets = torch.randint(0, v, (b, t))
-    weights = torch.rand(b, t) * 2 - 1
-    coefs = torch.rand(b, t) - 0.5
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
-
-    logits = model(input_ids=inputs).logits
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[..., None])[..., 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    loss = -(weights * logp * mask).sum() - (coefs * entropy * mask).sum()
-    loss.backward()
-
-    ref = {
-        "inputs": inputs.to(torch.int64),
-        "targets": targets.to(torch.int64),
-        "lengths": lengths.to(torch.int64),
-        "weights": weights,
-        "entropy_coefs": coefs,
-        "logits": (logits * mask[..., None]).detach(),
-        "logprobs": (logp * mask).detach(),
-        "entropy": (entropy * mask).detach(),
-        "loss": loss.detach().reshape(1),
-    }
+    ref, loss = reference_pass(model, (9, 5, 7))
     trained = 0
     for name, p in model.named_parameters():
         if p.requires_grad:

@@ -89,26 +89,11 @@ def llama3():
     ))
 
 
-def make(name: str, seed: int, build, dtype=torch.float32, shard=None, lengths=(9, 5, 7)):
-    torch.manual_seed(seed)
-    model = build().float()
-    # Norm gains away from 1 and biases away from 0 so their gradients and effects are tested too.
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif pname.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
-    model.eval()
-    out_dir = os.path.join(HERE, "..", "fixtures", f"torch_ref_{name}")
-    # Saved in `dtype`; the reference runs those rounded weights in float32.
-    model.to(dtype)
-    kwargs = {"max_shard_size": shard} if shard else {}
-    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
-    model.float()
-    # The cast rounded the rotary frequencies (a buffer) too; a loaded checkpoint recomputes them.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
-
+def reference_pass(model, lengths):
+    """Draws a padded batch (inputs, targets, per-token weights and entropy coefficients) for
+    rows of `lengths`, runs `model` on it and back-propagates
+    loss = -sum_t w_t log p(y_t) - sum_t c_t H_t over real positions. Returns the reference
+    tensors (inputs and outputs; gradients stay on the parameters) and the loss."""
     lengths = torch.tensor(lengths)
     b, t, v = len(lengths), int(lengths.max()), model.config.vocab_size
     inputs = torch.randint(0, v, (b, t))
@@ -135,6 +120,30 @@ def make(name: str, seed: int, build, dtype=torch.float32, shard=None, lengths=(
         "entropy": (entropy * mask).detach(),
         "loss": loss.detach().reshape(1),
     }
+    return ref, loss
+
+
+def make(name: str, seed: int, build, dtype=torch.float32, shard=None, lengths=(9, 5, 7)):
+    torch.manual_seed(seed)
+    model = build().float()
+    # Norm gains away from 1 and biases away from 0 so their gradients and effects are tested too.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif pname.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+    model.eval()
+    out_dir = os.path.join(HERE, "..", "fixtures", f"torch_ref_{name}")
+    # Saved in `dtype`; the reference runs those rounded weights in float32.
+    model.to(dtype)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    model.float()
+    # The cast rounded the rotary frequencies (a buffer) too; a loaded checkpoint recomputes them.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+
+    ref, loss = reference_pass(model, lengths)
     for name, p in model.named_parameters():
         ref[f"grad.{name}"] = p.grad.detach().clone()
     save_file({k: x.contiguous() for k, x in ref.items()}, os.path.join(out_dir, "reference.safetensors"))
