@@ -135,8 +135,8 @@ pub(crate) fn linear(
     par: bool,
 ) {
     assert!(y.len() >= n * out && x.len() >= n * inp && w.len() >= out * inp);
-    if n <= DOT_MAX_ROWS && out <= DOT_MAX_OUT && out * inp >= DOT_MIN_WEIGHTS {
-        return linear_dot(y, x, w, n, inp, out, accumulate, par);
+    if n <= decode::MAX_ROWS && out * inp >= decode::MIN_WEIGHTS {
+        return decode::linear_rows(y, x, w, n, inp, out, accumulate, par);
     }
     unsafe {
         gemm(
@@ -240,6 +240,8 @@ macro_rules! simd_kernel {
     };
 }
 
+mod decode;
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -338,150 +340,6 @@ fn max(x: &[f32]) -> f32 {
         }
     }
     acc.iter().copied().fold(tail, f32::max)
-}
-
-/// Rows up to which [`linear`] multiplies by dot products ([`linear_dot`]) rather than through
-/// the `gemm` crate, for weight matrices of at least [`DOT_MIN_WEIGHTS`] values and at most
-/// [`DOT_MAX_OUT`] outputs: a decoding step's few rows. The `gemm` crate packs the whole
-/// weight matrix on every call, which for so few rows costs about as much as the product.
-/// Measured on SmolLM2-135M's shapes at 64 rows (`linear_paths_throughput`, 2 threads): dot
-/// products win for q|k|v (960 outputs, 121 against 108 GFLOP/s) and down_proj (inner
-/// dimension 1536: 114 against 47), the `gemm` crate for gate|up (3072 outputs: 152 against
-/// 71) and the output head (49,152: 136 against 106); batch-64 sampling went from 215 to 300
-/// tokens/s.
-pub(crate) const DOT_MAX_ROWS: usize = 64;
-/// See [`DOT_MAX_ROWS`].
-pub(crate) const DOT_MAX_OUT: usize = 1024;
-/// Weight matrices from this many values (2 MiB) on may take the dot-product path. Smaller
-/// matrices (every built-in preset's) stay on the `gemm` crate, so their numbers do not
-/// change.
-pub(crate) const DOT_MIN_WEIGHTS: usize = 1 << 19;
-
-/// Output rows (of `w`) per dot-product block, and input rows (of `x`).
-const DOT_NR: usize = 3;
-const DOT_MR: usize = 4;
-/// Columns of `y` per parallel task of [`linear_dot`] (a multiple of [`DOT_NR`]).
-const DOT_COLS_PER_TASK: usize = 48;
-
-/// `Σ a·b` accumulated exactly as a [`linear_dot`] block accumulates one output: 8 lanes of
-/// fused multiply-adds, folded, then the tail in order. Every output of `linear_dot` is
-/// computed this way whatever block it falls in, so a row's result does not depend on how
-/// many other rows share the call.
-#[inline(always)]
-fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
-    let k8 = a.len() - a.len() % 8;
-    let mut acc = [0.0f32; 8];
-    for (x, w) in a[..k8].chunks_exact(8).zip(b[..k8].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(w[l], acc[l]);
-        }
-    }
-    let mut v = fold8(acc);
-    for (x, w) in a[k8..].iter().zip(&b[k8..]) {
-        v = x.mul_add(*w, v);
-    }
-    v
-}
-
-simd_kernel! {
-    /// Columns `cols` of `y (m, n) (+)= x (m, k) · wᵀ`, `w (n, k)`, as dot products over k in
-    /// blocks of [`DOT_MR`] rows of x by [`DOT_NR`] rows of w, whose 12 accumulators stay in
-    /// registers: each weight is read from memory once per call, with no packing.
-    fn linear_dot_cols(
-        y: SendPtr,
-        x: &[f32],
-        w: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        cols: std::ops::Range<usize>,
-        accumulate: bool,
-    ) {
-        let k8 = k - k % 8;
-        let mut j = cols.start;
-        while j < cols.end {
-            let nr = DOT_NR.min(cols.end - j);
-            let wr: [&[f32]; DOT_NR] = std::array::from_fn(|s| &w[(j + s.min(nr - 1)) * k..][..k]);
-            let mut i = 0;
-            while i < m {
-                let mr = DOT_MR.min(m - i);
-                let mut out = [[0.0f32; DOT_NR]; DOT_MR];
-                if mr == DOT_MR && nr == DOT_NR {
-                    let xr: [&[f32]; DOT_MR] = std::array::from_fn(|r| &x[(i + r) * k..][..k]);
-                    let mut acc = [[[0.0f32; 8]; DOT_NR]; DOT_MR];
-                    let mut p = 0;
-                    while p < k8 {
-                        let wv: [[f32; 8]; DOT_NR] =
-                            std::array::from_fn(|s| wr[s][p..p + 8].try_into().unwrap());
-                        for r in 0..DOT_MR {
-                            let xv: [f32; 8] = xr[r][p..p + 8].try_into().unwrap();
-                            for s in 0..DOT_NR {
-                                for l in 0..8 {
-                                    acc[r][s][l] = xv[l].mul_add(wv[s][l], acc[r][s][l]);
-                                }
-                            }
-                        }
-                        p += 8;
-                    }
-                    for r in 0..DOT_MR {
-                        for s in 0..DOT_NR {
-                            let mut v = fold8(acc[r][s]);
-                            for q in k8..k {
-                                v = xr[r][q].mul_add(wr[s][q], v);
-                            }
-                            out[r][s] = v;
-                        }
-                    }
-                } else {
-                    for (r, o) in out.iter_mut().enumerate().take(mr) {
-                        for s in 0..nr {
-                            o[s] = dot_fma(&x[(i + r) * k..][..k], wr[s]);
-                        }
-                    }
-                }
-                for (r, o) in out.iter().enumerate().take(mr) {
-                    for (s, &v) in o.iter().enumerate().take(nr) {
-                        // SAFETY: (i + r, j + s) is inside y (m × n, checked by the caller), and
-                        // this call is the only writer of columns `cols`.
-                        unsafe {
-                            let d = y.ptr().add((i + r) * n + j + s);
-                            *d = if accumulate { *d + v } else { v };
-                        }
-                    }
-                }
-                i += mr;
-            }
-            j += nr;
-        }
-    }
-}
-
-/// `y (m, n) (+)= x (m, k) · wᵀ` by dot products ([`linear_dot_cols`]), the columns split
-/// over the thread pool when `par`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_dot(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-    par: bool,
-) {
-    assert!(y.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
-    let dst = SendPtr(y.as_mut_ptr());
-    if par {
-        use rayon::prelude::*;
-        (0..n.div_ceil(DOT_COLS_PER_TASK))
-            .into_par_iter()
-            .for_each(|t| {
-                let cols = t * DOT_COLS_PER_TASK..((t + 1) * DOT_COLS_PER_TASK).min(n);
-                linear_dot_cols(dst, x, w, m, k, n, cols, accumulate)
-            });
-    } else {
-        linear_dot_cols(dst, x, w, m, k, n, 0..n, accumulate);
-    }
 }
 
 simd_kernel! {
@@ -1166,94 +1024,6 @@ mod tests {
         linear_backward_weight(&mut dw, &y, &a, 2, 3, 2, false);
         // dw = yᵀ a
         assert_eq!(dw, [-10.0, -14.0, -18.0, 56.0, 73.0, 90.0]);
-    }
-
-    /// Issue 14: the dot-product path of `linear` (few rows, large weights) matches the `gemm`
-    /// crate, accumulates, and gives each row the same bits whatever else is in the call.
-    #[test]
-    fn issue14_linear_dot_matches_gemm_and_rows_are_independent() {
-        let (k, n) = (37, 50); // tails in both k (37 = 4·8 + 5) and n (50 = 16·3 + 2)
-        let mut rng = crate::rng::Rng::new(3);
-        let x: Vec<f32> = (0..9 * k).map(|_| rng.normal()).collect();
-        let w: Vec<f32> = (0..n * k).map(|_| rng.normal()).collect();
-        for par in [false, true] {
-            let mut y = vec![0.0; 9 * n];
-            linear_dot(&mut y, &x, &w, 9, k, n, false, par);
-            let mut want = vec![0.0; 9 * n];
-            unsafe {
-                gemm(
-                    9,
-                    n,
-                    k,
-                    want.as_mut_ptr(),
-                    n,
-                    false,
-                    View::rows(&x, k),
-                    View::rows(&w, k).t(),
-                    1.0,
-                    false,
-                )
-            };
-            for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
-            }
-            // Each row alone, and accumulation onto y.
-            for r in 0..9 {
-                let mut one = vec![0.0; n];
-                linear_dot(&mut one, &x[r * k..(r + 1) * k], &w, 1, k, n, false, par);
-                assert_eq!(one, y[r * n..(r + 1) * n], "row {r}");
-            }
-            let mut twice = y.clone();
-            linear_dot(&mut twice, &x, &w, 9, k, n, true, par);
-            for (a, b) in twice.iter().zip(&y) {
-                assert_eq!(*a, b + b);
-            }
-        }
-    }
-
-    /// Throughput of the two paths of `linear` at decoding shapes (not a check; run with
-    /// `cargo test --release -p autodidact-nn --lib linear_paths_throughput -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn linear_paths_throughput() {
-        for (m, k, n) in [
-            (64, 576, 960),
-            (64, 576, 3072),
-            (64, 1536, 576),
-            (64, 576, 49152),
-            (32, 576, 3072),
-        ] {
-            let x = vec![0.5f32; m * k];
-            let w = vec![0.25f32; n * k];
-            let mut y = vec![0.0f32; m * n];
-            let reps = (2e9 / (2 * m * k * n) as f64).ceil() as usize;
-            for par in [false, true] {
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    linear_dot(&mut y, &x, &w, m, k, n, false, par);
-                }
-                let dot = 2.0 * (m * k * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    unsafe {
-                        gemm(
-                            m,
-                            n,
-                            k,
-                            y.as_mut_ptr(),
-                            n,
-                            false,
-                            View::rows(&x, k),
-                            View::rows(&w, k).t(),
-                            1.0,
-                            par,
-                        )
-                    };
-                }
-                let g = 2.0 * (m * k * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                println!("m {m} k {k} n {n} par {par}: dot {dot:.1} GFLOP/s, gemm {g:.1} GFLOP/s");
-            }
-        }
     }
 
     #[test]
