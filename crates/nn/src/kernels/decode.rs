@@ -126,7 +126,7 @@ unsafe fn cols_dispatch(
     accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if mp % 16 == 0 && avx512() {
+    if mp.is_multiple_of(16) && avx512() {
         // SAFETY: the CPU has AVX-512F; the rest is the caller's promise.
         return unsafe { avx512::cols(y, xt, w, m, mp, k, n, cols, accumulate) };
     }
@@ -208,19 +208,19 @@ mod avx512 {
                     std::array::from_fn(|u| unsafe { _mm512_loadu_ps(xp.add(16 * u)) });
                 for s in 0..NR {
                     let b = _mm512_set1_ps(unsafe { *wr[s].add(p) });
-                    for u in 0..V {
-                        acc[u][s] = _mm512_fmadd_ps(xv[u], b, acc[u][s]);
+                    for (a, x) in acc.iter_mut().zip(&xv) {
+                        a[s] = _mm512_fmadd_ps(*x, b, a[s]);
                     }
                 }
                 xp = unsafe { xp.add(mp) };
             }
-            for u in 0..V {
+            for (u, au) in acc.iter().enumerate() {
                 let r0 = i0 + 16 * u;
                 if r0 >= m {
                     break;
                 }
                 let rows = (m - r0).min(16);
-                for (s, a) in acc[u].iter().enumerate().take(nr) {
+                for (s, a) in au.iter().enumerate().take(nr) {
                     let mut lanes = [0.0f32; 16];
                     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
                     unsafe { store_column(y, n, r0, j + s, &lanes[..rows], accumulate) };
