@@ -327,6 +327,9 @@ impl crate::traits::Tokenizer for HfTokenizer {
     fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         HfTokenizer::encode_prompt(self, text)
     }
+    fn has_chat_template(&self) -> bool {
+        self.env.is_some()
+    }
     fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
         HfTokenizer::chat_prompt(self, messages)
     }

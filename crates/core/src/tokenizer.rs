@@ -334,6 +334,9 @@ impl crate::traits::Tokenizer for ModelTokenizer {
     fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         self.inner().encode_prompt(text)
     }
+    fn has_chat_template(&self) -> bool {
+        self.inner().has_chat_template()
+    }
     fn chat_prompt(&self, messages: &[crate::types::ChatMessage]) -> Result<String> {
         self.inner().chat_prompt(messages)
     }

@@ -72,6 +72,12 @@ pub trait Tokenizer {
         self.encode(text)
     }
 
+    /// Whether [`Tokenizer::chat_prompt`] renders the model's own chat template (a pretrained
+    /// chat model) rather than the built-in format.
+    fn has_chat_template(&self) -> bool {
+        false
+    }
+
     /// `messages` as a prompt for the assistant's next turn, in the model's chat format.
     fn chat_prompt(&self, messages: &[crate::types::ChatMessage]) -> Result<String> {
         Ok(crate::types::plain_chat_prompt(messages))

@@ -556,8 +556,14 @@ impl RunConfig {
             other => other.into(),
         })?;
         let mut alphabet = task.alphabet();
-        // A recipe's own format (the judge's) joins the vocabulary (M0 learns it).
-        for c in recipe.extra_alphabet().chars() {
+        // A recipe's own format (the judge's) joins the vocabulary (M0 learns it). A
+        // checkpoint brings its own tokenizer, and its judge asks in its chat template.
+        let extra = if self.model.checkpoint.is_some() {
+            ""
+        } else {
+            recipe.extra_alphabet()
+        };
+        for c in extra.chars() {
             if alphabet.contains(c) {
                 return Err(Error::config(
                     "recipe",

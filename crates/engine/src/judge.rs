@@ -1,64 +1,138 @@
 //! The self-judge: the policy scores its own completions.
 //!
-//! The judge reads `?<prompt><completion>>` and answers `Y` (correct) or `N`; its score is
-//! `p(Y) / (p(Y) + p(N))` at the answer position, read from the policy's log-probs (the
-//! Self-Rewarding paper reads a 1–5 score from generated text; a two-way verdict read from
-//! the logits is its cheapest, lowest-variance form for a model trained from scratch).
-//! The model learns the format from judge examples built from the labeled set: in the seed
-//! stage, each labeled problem's gold solution (`Y`) and corrupted copies (one digit changed,
-//! labeled by the verifier); in every `self-rewarding` round, the current model's own
-//! samples of the labeled problems, labeled by the verifier (the role of the seed
-//! "evaluation fine-tuning" data of the paper, renewed so the judge sees the errors the
+//! The judge answers a two-way verdict, and its score is `p(yes) / (p(yes) + p(no))` at the
+//! answer position, read from the policy's log-probs (the Self-Rewarding paper reads a 1–5
+//! score from generated text; a two-way verdict read from the logits is its cheapest,
+//! lowest-variance form). The question comes in one of two formats ([`JudgeFormat`]):
+//! - a model trained from scratch reads `?<prompt><completion>>` and answers `Y` or `N`, a
+//!   format it learns from the judge examples alone;
+//! - a model with a chat template (a pretrained instruct model) is asked in its own chat
+//!   format, as a user turn quoting the problem and the proposed solution, and answers `Yes`
+//!   or `No` as the first token of its reply: a question it can read before any judge
+//!   training.
+//!
+//! The model learns (or sharpens) the verdict from judge examples built from the labeled
+//! set: in the seed stage, each labeled problem's gold solution (yes) and corrupted copies
+//! (one digit changed, labeled by the verifier); in every `self-rewarding` round, the current
+//! model's own samples of the labeled problems, labeled by the verifier (the role of the
+//! seed "evaluation fine-tuning" data of the paper, renewed so the judge sees the errors the
 //! policy makes now).
 
 use crate::{Error, Result};
-use autodidact_core::{Example, Group, Policy, Problem, Rng, Task};
+use autodidact_core::{Example, Group, Policy, Problem, Rng, Task, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
-/// Characters of the judge format, added to the vocabulary of `self-rewarding` runs.
+/// Characters of the native judge format, added to the vocabulary of `self-rewarding` runs.
 pub const JUDGE_CHARS: &str = "?>YN";
-/// Tokens a judge sequence reads beyond `<bos> prompt completion`: `?`, `>` and the verdict.
+/// Tokens a native judge sequence reads beyond `<bos> prompt completion`: `?`, `>` and the
+/// verdict.
 pub const EXTRA_TOKENS: usize = 3;
-const YES: char = 'Y';
-const NO: char = 'N';
 
-/// The judge's prompt for a (problem prompt, completion).
-pub fn judge_prompt(prompt: &str, completion: &str) -> String {
-    format!("?{prompt}{completion}>")
+/// How the judge is asked, chosen by the policy's tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JudgeFormat {
+    /// `?<prompt><completion>>`, answered `Y` or `N`.
+    Native,
+    /// A user turn in the model's chat template, answered `Yes` or `No`.
+    Chat,
 }
 
-/// A judge training example: the verdict for `completion` of `prompt`.
-pub fn judge_example(prompt: &str, completion: &str, correct: bool) -> Example {
-    Example::new(
-        judge_prompt(prompt, completion),
-        if correct { YES } else { NO }.to_string(),
-    )
+impl JudgeFormat {
+    /// The chat format when the tokenizer has a chat template, else the native one.
+    pub fn of(tok: &dyn Tokenizer) -> Self {
+        if tok.has_chat_template() {
+            Self::Chat
+        } else {
+            Self::Native
+        }
+    }
+
+    /// The completion that says "correct" (`true`) or "incorrect".
+    pub fn verdict(self, correct: bool) -> &'static str {
+        match (self, correct) {
+            (Self::Native, true) => "Y",
+            (Self::Native, false) => "N",
+            (Self::Chat, true) => "Yes",
+            (Self::Chat, false) => "No",
+        }
+    }
+
+    /// The judge's prompt for `completion` of `problem`.
+    pub fn prompt(
+        self,
+        tok: &dyn Tokenizer,
+        problem: &Problem,
+        completion: &str,
+    ) -> Result<String> {
+        Ok(match self {
+            Self::Native => format!("?{}{completion}>", problem.prompt),
+            Self::Chat => {
+                // The question as the task's conversation asked it, else the raw prompt.
+                let question = problem
+                    .messages
+                    .as_ref()
+                    .and_then(|m| m.iter().rev().find(|m| m.role == "user"))
+                    .map_or(problem.prompt.as_str(), |m| m.content.as_str());
+                let content = format!(
+                    "Here is a problem and a proposed solution.\n\nProblem:\n{question}\n\nProposed solution:\n{}\n\nIs the final answer of the proposed solution correct? Answer Yes or No.",
+                    completion.trim()
+                );
+                tok.chat_prompt(&[autodidact_core::ChatMessage {
+                    role: "user".into(),
+                    content,
+                }])?
+            }
+        })
+    }
+
+    /// A judge training example: the verdict for `completion` of `problem`.
+    pub fn example(
+        self,
+        tok: &dyn Tokenizer,
+        problem: &Problem,
+        completion: &str,
+        correct: bool,
+    ) -> Result<Example> {
+        Ok(Example::new(
+            self.prompt(tok, problem, completion)?,
+            self.verdict(correct).to_string(),
+        ))
+    }
+
+    /// The token ids of the two verdicts (yes, no); each must be a single token.
+    pub fn verdict_ids(self, tok: &dyn Tokenizer) -> Result<[u32; 2]> {
+        let id = |v: &str| -> Result<u32> {
+            match tok.encode(v)?[..] {
+                [id] => Ok(id),
+                ref ids => Err(Error::config(
+                    "recipe",
+                    format!(
+                        "the judge's verdict {v:?} is {} tokens for this policy's tokenizer; it must be one",
+                        ids.len()
+                    ),
+                )),
+            }
+        };
+        Ok([id(self.verdict(true))?, id(self.verdict(false))?])
+    }
 }
 
-/// The judge's scores p(Y)/(p(Y)+p(N)) of each (prompt, completion), read from the policy's
-/// next-token log-probs after the judge prompt.
+/// The judge's scores p(yes)/(p(yes)+p(no)) of each (problem, completion), read from the
+/// policy's next-token log-probs after the judge prompt.
 pub fn judge_scores(
     policy: &mut dyn Policy,
-    items: &[(&str, &str)],
+    items: &[(&Problem, &str)],
     rows: usize,
 ) -> Result<Vec<f32>> {
-    let id = |c: char| -> Result<u32> {
-        match policy.tokenizer().encode(&c.to_string())?[..] {
-            [id] => Ok(id),
-            ref ids => Err(Error::config(
-                "recipe",
-                format!(
-                    "the judge's verdict {c:?} is {} tokens for this policy's tokenizer; it must be one",
-                    ids.len()
-                ),
-            )),
-        }
-    };
-    let candidates = [id(YES)?, id(NO)?];
+    let format = JudgeFormat::of(policy.tokenizer());
+    let candidates = format.verdict_ids(policy.tokenizer())?;
     let mut scores = Vec::with_capacity(items.len());
     for chunk in items.chunks(rows.clamp(1, 512)) {
-        let prompts: Vec<String> = chunk.iter().map(|(p, c)| judge_prompt(p, c)).collect();
+        let prompts = chunk
+            .iter()
+            .map(|(p, c)| format.prompt(policy.tokenizer(), p, c))
+            .collect::<Result<Vec<String>>>()?;
         for yn in policy.next_token_logprobs(&prompts, &candidates)? {
             let (ly, ln) = (yn[0] as f64, yn[1] as f64);
             scores.push((1.0 / (1.0 + (ln - ly).exp())) as f32);
@@ -86,31 +160,29 @@ pub fn corrupt(solution: &str, rng: &mut Rng) -> Option<String> {
 }
 
 /// Seed-stage judge examples: each labeled problem's gold solution and `negatives`
-/// corrupted copies, every verdict from the task's verifier.
+/// corrupted copies, every verdict from the task's verifier. Problems without a reference
+/// solution (a task file that gives only answers) add none; the judge then learns from the
+/// model's own samples of them, which the verifier labels by their answers
+/// ([`round_judge_examples`]).
 pub fn seed_judge_examples(
     task: &dyn Task,
+    tok: &dyn Tokenizer,
     labeled: &[Problem],
     negatives: usize,
     seed: u64,
 ) -> Result<Vec<Example>> {
+    let format = JudgeFormat::of(tok);
     let mut out = Vec::new();
     for (i, p) in labeled.iter().enumerate() {
-        let gold = p.solution.as_deref().ok_or_else(|| {
-            Error::config(
-                "seed_stage.labeled",
-                format!("problem {} has no reference solution to judge", p.id),
-            )
-        })?;
-        out.push(judge_example(
-            &p.prompt,
-            gold,
-            task.verify(p, gold).is_correct(),
-        ));
+        let Some(gold) = p.solution.as_deref() else {
+            continue;
+        };
+        out.push(format.example(tok, p, gold, task.verify(p, gold).is_correct())?);
         let mut rng = Rng::derived(seed, i as u64);
         for _ in 0..negatives {
             if let Some(bad) = corrupt(gold, &mut rng) {
                 let ok = task.verify(p, &bad).is_correct();
-                out.push(judge_example(&p.prompt, &bad, ok));
+                out.push(format.example(tok, p, &bad, ok)?);
             }
         }
     }
@@ -124,22 +196,24 @@ pub fn seed_judge_examples(
 /// trained on them alone learns to answer `Y`).
 pub fn round_judge_examples(
     task: &dyn Task,
+    tok: &dyn Tokenizer,
     groups: &[Group],
     negatives: usize,
     seed: u64,
 ) -> Result<Vec<Example>> {
+    let format = JudgeFormat::of(tok);
     let labeled: Vec<Problem> = groups.iter().map(|g| g.problem.clone()).collect();
-    let mut all = seed_judge_examples(task, &labeled, negatives, seed)?;
+    let mut all = seed_judge_examples(task, tok, &labeled, negatives, seed)?;
     for g in groups {
         for (c, v) in g.completions.iter().zip(&g.verdicts) {
-            all.push(judge_example(&g.problem.prompt, &c.text, v.is_correct()));
+            all.push(format.example(tok, &g.problem, &c.text, v.is_correct())?);
         }
     }
     let mut seen = HashSet::new();
     all.retain(|e| seen.insert((e.prompt.clone(), e.completion.clone())));
     let (mut yes, mut no): (Vec<Example>, Vec<Example>) = all
         .into_iter()
-        .partition(|e| e.completion == YES.to_string());
+        .partition(|e| e.completion == format.verdict(true));
     let mut rng = Rng::derived(seed, u64::MAX);
     let n = yes.len().min(no.len());
     for side in [&mut yes, &mut no] {
@@ -238,13 +312,95 @@ mod tests {
                 }
             })
             .collect();
-        let ex = round_judge_examples(&*task, &groups, 3, 7).unwrap();
+        let tok = autodidact_core::CharTokenizer::new("0123456789").unwrap();
+        let ex = round_judge_examples(&*task, &tok, &groups, 3, 7).unwrap();
         let yes = ex.iter().filter(|e| e.completion == "Y").count();
         assert_eq!(2 * yes, ex.len());
         assert!((1..=6).contains(&yes), "{yes}");
         assert!(ex
             .iter()
             .all(|e| e.prompt.starts_with('?') && e.prompt.ends_with('>')));
+    }
+
+    /// A tokenizer with a chat template: one token per word of its vocabulary.
+    struct ChatTok;
+    impl Tokenizer for ChatTok {
+        fn encode(&self, text: &str) -> autodidact_core::Result<Vec<u32>> {
+            Ok(text
+                .split_whitespace()
+                .flat_map(|w| match w {
+                    "Yes" => vec![1],
+                    "No" => vec![2],
+                    _ => w.bytes().map(|b| 3 + b as u32).collect(),
+                })
+                .collect())
+        }
+        fn decode(&self, _: &[u32]) -> autodidact_core::Result<String> {
+            unreachable!()
+        }
+        fn vocab_size(&self) -> usize {
+            259
+        }
+        fn stop_tokens(&self) -> Vec<u32> {
+            vec![0]
+        }
+        fn has_chat_template(&self) -> bool {
+            true
+        }
+        fn chat_prompt(
+            &self,
+            m: &[autodidact_core::ChatMessage],
+        ) -> autodidact_core::Result<String> {
+            Ok(format!(
+                "<{}>{}</{}><assistant>",
+                m[0].role, m[0].content, m[0].role
+            ))
+        }
+    }
+
+    /// Issue 14: a model with a chat template is asked in it, about the task's question (not
+    /// the prompt the template rendered from it), and answers `Yes` or `No`.
+    #[test]
+    fn issue14_chat_models_are_judged_in_their_chat_template() {
+        let tok = ChatTok;
+        let format = JudgeFormat::of(&tok);
+        assert_eq!(format, JudgeFormat::Chat);
+        assert_eq!(
+            JudgeFormat::of(&autodidact_core::CharTokenizer::new("01").unwrap()),
+            JudgeFormat::Native
+        );
+        let problem = Problem {
+            id: "p".into(),
+            prompt: "<user>What is 2+2?</user><assistant>".into(),
+            answer: Some("4".into()),
+            solution: None,
+            meta: None,
+            messages: Some(vec![autodidact_core::ChatMessage {
+                role: "user".into(),
+                content: "What is 2+2?".into(),
+            }]),
+        };
+        let ex = format
+            .example(&tok, &problem, " 2+2 = 5 \n", false)
+            .unwrap();
+        assert_eq!(ex.completion, "No");
+        assert!(
+            ex.prompt.starts_with("<user>Here is a problem"),
+            "{}",
+            ex.prompt
+        );
+        assert!(ex
+            .prompt
+            .contains("Problem:\nWhat is 2+2?\n\nProposed solution:\n2+2 = 5\n\n"));
+        assert!(ex.prompt.ends_with("Answer Yes or No.</user><assistant>"));
+        assert_eq!(format.verdict_ids(&tok).unwrap(), [1, 2]);
+        // A tokenizer that splits a verdict is refused, naming it.
+        let char_tok = autodidact_core::CharTokenizer::new("YesNo").unwrap();
+        let err = JudgeFormat::Chat
+            .verdict_ids(&char_tok)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"Yes\" is 3 tokens"), "{err}");
     }
 
     #[test]

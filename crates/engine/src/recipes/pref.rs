@@ -273,6 +273,7 @@ impl Recipe for Pref {
         }
         seed_judge_examples(
             &*run.plan.task,
+            run.plan.model.tokenizer(),
             &run.problems.labeled,
             self.judge.seed_negatives,
             run.seed(0, "judge"),
@@ -360,6 +361,7 @@ impl Pref {
             )?;
             let judge = round_judge_examples(
                 task,
+                policy.tokenizer(),
                 &labeled,
                 self.judge.seed_negatives,
                 run.seed(round, "judge"),
@@ -477,13 +479,9 @@ impl Pref {
         metrics: &mut BTreeMap<String, f64>,
         obs: &mut dyn Observer,
     ) -> Result<Vec<Vec<f32>>> {
-        let items: Vec<(&str, &str)> = groups
+        let items: Vec<(&autodidact_core::Problem, &str)> = groups
             .iter()
-            .flat_map(|g| {
-                g.completions
-                    .iter()
-                    .map(|x| (g.problem.prompt.as_str(), x.text.as_str()))
-            })
+            .flat_map(|g| g.completions.iter().map(|x| (&g.problem, x.text.as_str())))
             .collect();
         obs.stage_started(&format!("r{round} judge"), items.len() as u64);
         let flat = judge_scores(policy, &items, run.plan.score_rows)?;
