@@ -57,17 +57,17 @@ pub(crate) fn linear_rows(
     let lanes = if avx512() { 16 } else { 8 };
     let mp = m.div_ceil(lanes) * lanes;
     XT.with_borrow_mut(|xt| {
-        // xt[p·mp + i] = x[i·k + p], zero past row m.
-        xt.clear();
+        // xt[p·mp + i] = x[i·k + p], zero past row m; every value is written below.
         xt.resize(k * mp, 0.0);
         // Column by column of x: the writes run in order, and the m rows being read stay in
         // L1 across the 16 columns each cache line holds.
-        for (p, col) in xt.chunks_exact_mut(mp).enumerate() {
+        for (p, col) in xt[..k * mp].chunks_exact_mut(mp).enumerate() {
             for (i, v) in col[..m].iter_mut().enumerate() {
                 *v = x[i * k + p];
             }
+            col[m..].fill(0.0);
         }
-        let xt = &xt[..];
+        let xt = &xt[..k * mp];
         let dst = SendPtr(y.as_mut_ptr());
         let task = |t: usize| {
             let cols = t * COLS_PER_TASK..((t + 1) * COLS_PER_TASK).min(n);
@@ -96,22 +96,39 @@ fn avx512() -> bool {
     }
 }
 
-/// Writes the finished sums `v` of output column `j`, rows `i0..i0 + v.len()`.
+/// Writes a finished tile: `acc[u][s]` holds the sums of rows `i0 + L·u ..` of column `j + s`.
+/// Rows from `m` on and columns from `j + nr` on are padding and are dropped.
 ///
 /// # Safety
-/// Rows `i0..` and column `j` lie inside `y (·, n)`, which no other thread writes there.
+/// Rows `i0..m` and columns `j..j + nr` lie inside `y (·, n)`, which no other thread writes
+/// there.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn store_column(y: SendPtr, n: usize, i0: usize, j: usize, v: &[f32], accumulate: bool) {
-    for (r, &s) in v.iter().enumerate() {
-        let d = unsafe { y.ptr().add((i0 + r) * n + j) };
-        unsafe { *d = if accumulate { *d + s } else { s } };
+unsafe fn store_tile<const L: usize, const NR: usize, const V: usize>(
+    y: SendPtr,
+    n: usize,
+    m: usize,
+    i0: usize,
+    j: usize,
+    nr: usize,
+    acc: &[[[f32; L]; NR]; V],
+    accumulate: bool,
+) {
+    for (u, au) in acc.iter().enumerate() {
+        let r0 = i0 + L * u;
+        for (r, i) in (r0..m.min(r0 + L)).enumerate() {
+            for (s, a) in au.iter().enumerate().take(nr) {
+                let d = unsafe { y.ptr().add(i * n + j + s) };
+                unsafe { *d = if accumulate { *d + a[r] } else { a[r] } };
+            }
+        }
     }
 }
 
 /// Columns `cols` of the product on the widest path the CPU has.
 ///
 /// # Safety
-/// As [`store_column`] for every row below `m` and column in `cols`; `xt` holds `k · mp`
+/// As [`store_tile`] for every row below `m` and column in `cols`; `xt` holds `k · mp`
 /// values and `w` holds `n · k`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn cols_dispatch(
@@ -135,7 +152,7 @@ unsafe fn cols_dispatch(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{store_column, SendPtr};
+    use super::{store_tile, SendPtr};
     use std::arch::x86_64::*;
 
     /// Rows of `w` per tile for `V` vectors of 16 rows of `x`: `V · NR` accumulators plus `V`
@@ -214,25 +231,20 @@ mod avx512 {
                 }
                 xp = unsafe { xp.add(mp) };
             }
-            for (u, au) in acc.iter().enumerate() {
-                let r0 = i0 + 16 * u;
-                if r0 >= m {
-                    break;
-                }
-                let rows = (m - r0).min(16);
-                for (s, a) in au.iter().enumerate().take(nr) {
-                    let mut lanes = [0.0f32; 16];
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
-                    unsafe { store_column(y, n, r0, j + s, &lanes[..rows], accumulate) };
+            let mut sums = [[[0.0f32; 16]; NR]; V];
+            for (su, au) in sums.iter_mut().zip(&acc) {
+                for (ss, a) in su.iter_mut().zip(au) {
+                    unsafe { _mm512_storeu_ps(ss.as_mut_ptr(), *a) };
                 }
             }
+            unsafe { store_tile(y, n, m, i0, j, nr, &sums, accumulate) };
             j += nr;
         }
     }
 }
 
 mod portable {
-    use super::{store_column, SendPtr};
+    use super::{store_tile, SendPtr};
 
     /// Rows of `w` per tile: with up to 3 vectors of 8 rows, 12 accumulators, which AVX2's 16
     /// registers hold.
@@ -298,17 +310,8 @@ mod portable {
                     }
                 }
             }
-            for (u, au) in acc.iter().enumerate() {
-                let r0 = i0 + 8 * u;
-                if r0 >= m {
-                    break;
-                }
-                let rows = (m - r0).min(8);
-                for (s, a) in au.iter().enumerate().take(nr) {
-                    // SAFETY: rows below m and columns in `cols`, the caller's promise.
-                    unsafe { store_column(y, n, r0, j + s, &a[..rows], accumulate) };
-                }
-            }
+            // SAFETY: rows below m and columns in `cols`, the caller's promise.
+            unsafe { store_tile(y, n, m, i0, j, nr, &acc, accumulate) };
             j += nr;
         }
     }
