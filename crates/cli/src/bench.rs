@@ -251,6 +251,7 @@ fn measure(
         top_p: 1.0,
         max_new_tokens: new,
         ignore_stop: true,
+        stop: Vec::new(),
     };
     let prompts = vec![prompt.to_string(); sb];
     let seeds: Vec<u64> = (0..sb as u64).collect();

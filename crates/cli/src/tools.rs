@@ -43,6 +43,10 @@ pub struct EvalArgs {
     /// longest solution and a stop token].
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// A string that ends a completion where it first appears (repeatable) [default: the
+    /// run's model.stop].
+    #[arg(long = "stop", value_name = "STRING")]
+    stop: Vec<String>,
     /// Run seed the held-out problems and samples are derived from, as in a run with this
     /// seed [default: the run's, else 0].
     #[arg(long)]
@@ -75,6 +79,10 @@ pub struct SampleArgs {
     /// Most tokens per completion (default: as many as the context leaves).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// A string that ends a completion where it first appears, cut from the text
+    /// (repeatable); the model's stop tokens end completions as well.
+    #[arg(long = "stop", value_name = "STRING")]
+    stop: Vec<String>,
     /// Seed of completion 0; completion i uses seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -293,7 +301,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         max_new,
         Some("--max-new-tokens"),
     )?;
-    let settings = EvalSettings::of_run(&e, seed, max_new);
+    let stop = match (&a.stop, &run) {
+        (s, Some((_, cfg))) if s.is_empty() => cfg.model.stop.clone(),
+        (s, _) => s.clone(),
+    };
+    autodidact_core::check_stop_strings("--stop", &stop)?;
+    let greedy = SamplingParams::greedy(max_new).with_stop(stop);
+    let settings = EvalSettings::of_run(&e, seed, greedy);
     if let Some((root, _)) = &run {
         eprintln!(
             "evaluating as run {} evaluates its rounds (seed {seed}; task, problems and settings from its config unless given here)",
@@ -340,7 +354,9 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         top_p: a.top_p,
         max_new_tokens: a.max_new_tokens.unwrap_or(room),
         ignore_stop: false,
+        stop: a.stop.clone(),
     };
+    autodidact_core::check_stop_strings("--stop", &params.stop)?;
     let mut out = std::io::stdout().lock();
     let mut start = 0u64;
     while start < a.n {

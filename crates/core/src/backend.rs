@@ -46,6 +46,11 @@ pub struct ModelConfig {
     /// character); a pretrained model writes its own longer solutions and needs it set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
+    /// Strings that end a completion where they first appear, cut from its text (OpenAI's
+    /// `stop`): `["\n\nQuestion:"]` keeps a base model from writing the next few-shot
+    /// example. The model's own stop tokens end completions as well.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
     /// A named size of the native model: tiny, small or base (unused with `checkpoint`).
     pub preset: String,
     /// Overrides of the preset (absent: the preset's value).
@@ -194,6 +199,7 @@ impl Default for ModelConfig {
             backend: BackendKind::Native,
             checkpoint: None,
             max_new_tokens: None,
+            stop: Vec::new(),
             preset: "tiny".into(),
             hidden_size: None,
             num_layers: None,

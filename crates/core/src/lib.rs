@@ -23,6 +23,6 @@ pub use rng::Rng;
 pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{OptimizerSettings, Policy, Split, Task, TokenScores, Tokenizer, TrainablePolicy};
 pub use types::{
-    plain_chat_prompt, ChatMessage, Completion, Example, FinishReason, Grade, Group, Problem,
-    SamplingParams, Verdict,
+    check_stop_strings, find_stop, plain_chat_prompt, ChatMessage, Completion, Example,
+    FinishReason, Grade, Group, Problem, SamplingParams, Verdict,
 };

@@ -111,7 +111,7 @@ impl Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// It produced a stop token.
+    /// It produced a stop token or a stop string.
     Stop,
     /// It reached `max_new_tokens`.
     Length,
@@ -122,9 +122,11 @@ pub enum FinishReason {
 /// One sampled completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
-    /// The generated text, without the stop token.
+    /// The generated text, without the stop token, and cut before the first stop string
+    /// when one ended it.
     pub text: String,
-    /// Generated token ids, including a final stop token.
+    /// Generated token ids, including a final stop token, or every token up to the one that
+    /// completed a stop string (whose text may reach past the cut).
     pub tokens: Vec<u32>,
     /// `log p(token)` under the sampling policy (temperature 1) for each generated token.
     pub logprobs: Vec<f32>,
@@ -174,6 +176,11 @@ pub struct SamplingParams {
     /// `ignore_eos`): for throughput measurements.
     #[serde(default)]
     pub ignore_stop: bool,
+    /// Strings that end a completion where they first appear in its text (OpenAI's `stop`);
+    /// the text is cut before the string. Checked after every token, as well as the model's
+    /// stop tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 fn one() -> f32 {
@@ -188,8 +195,31 @@ impl SamplingParams {
             top_p: 1.0,
             max_new_tokens,
             ignore_stop: false,
+            stop: Vec::new(),
         }
     }
+
+    /// These parameters with `stop` as the stop strings.
+    pub fn with_stop(self, stop: Vec<String>) -> Self {
+        Self { stop, ..self }
+    }
+}
+
+/// Checks stop strings given as `key`: each must be non-empty (an empty one would end every
+/// completion before its first token).
+pub fn check_stop_strings(key: &str, stop: &[String]) -> crate::Result<()> {
+    match stop.iter().position(String::is_empty) {
+        Some(i) => Err(crate::Error::invalid(
+            key,
+            format!("stop string {i} is empty; give non-empty strings, or none"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Byte offset in `text` where the earliest occurrence of any of `stop` begins.
+pub fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// A prompt and a completion to train on or score.

@@ -90,6 +90,16 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// The sampler's parameters: this temperature and top-p, with the completion length and
+    /// stop strings of `limits`.
+    pub fn params(&self, limits: SamplingParams) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            ..limits
+        }
+    }
+
     /// Checks temperature and top-p of `[<section>.sampling]` (the count of samples each
     /// section checks itself: what it needs depends on what it does with them).
     pub fn check(&self, section: &str) -> Result<()> {
@@ -580,6 +590,8 @@ impl RunConfig {
             .plan(&self.model, &alphabet)
             .map_err(core_to_config)?;
         let (max_prompt, max_solution) = task.max_chars();
+        autodidact_core::check_stop_strings("model.stop", &self.model.stop)
+            .map_err(core_to_config)?;
         let max_new_tokens = match self.model.max_new_tokens {
             Some(0) => return Err(Error::config("model.max_new_tokens", "must be at least 1")),
             Some(n) => n,
@@ -781,15 +793,15 @@ fn core_to_config(e: autodidact_core::Error) -> Error {
 }
 
 impl RunPlan {
-    /// The sampler's parameters for `sampling`, with the task's completion length.
+    /// Greedy decoding with the run's completion length and stop strings.
+    pub fn greedy(&self) -> SamplingParams {
+        SamplingParams::greedy(self.max_new_tokens).with_stop(self.config.model.stop.clone())
+    }
+
+    /// The sampler's parameters for `sampling`, with the run's completion length and stop
+    /// strings.
     pub fn sampling(&self, sampling: &SamplingConfig) -> SamplingParams {
-        SamplingParams {
-            temperature: sampling.temperature,
-            top_k: 0,
-            top_p: sampling.top_p,
-            max_new_tokens: self.max_new_tokens,
-            ignore_stop: false,
-        }
+        sampling.params(self.greedy())
     }
 }
 
@@ -917,6 +929,20 @@ mod tests {
     }
 
     #[test]
+    fn issue14_stop_strings_reach_every_sampling_call() {
+        let plan = parse(&["model.stop=[\"#\"]", "model.max_new_tokens=9"]).unwrap();
+        let hot = SamplingConfig {
+            temperature: 0.7,
+            ..SamplingConfig::default()
+        };
+        let p = plan.sampling(&hot);
+        assert_eq!((p.temperature, p.max_new_tokens), (0.7, 9));
+        assert_eq!(p.stop, ["#"]);
+        assert_eq!(plan.greedy().stop, ["#"]);
+        assert_eq!(plan.greedy().temperature, 0.0);
+    }
+
+    #[test]
     fn bad_input_names_the_key() {
         let cases: &[(&[&str], &str)] = &[
             (
@@ -944,6 +970,10 @@ mod tests {
                 "config key `eval.sampling.samples`: 2 is below eval.k",
             ),
             (&["task.digits=0"], "config key `task.digits`"),
+            (
+                &["model.stop=[\"#\", \"\"]"],
+                "config key `model.stop`: stop string 1 is empty",
+            ),
             (&["task.name=subtraction"], "unknown variant `subtraction`"),
             (
                 &["star.restart_from=never"],

@@ -96,19 +96,22 @@ pub struct EvalSettings {
     /// How pass@k and maj@k sample (`samples` ≥ `k` per problem).
     pub sampling: SamplingConfig,
     pub k: usize,
-    pub max_new_tokens: usize,
+    /// Greedy decoding with the run's completion length and stop strings; the sampled pass
+    /// shares the length and stop strings.
+    pub greedy: SamplingParams,
     pub seed: u64,
 }
 
 impl EvalSettings {
-    /// The settings of a run's eval stage: `eval` from its config, the completion length of
-    /// its task, and a seed derived from the run seed (the same every round, so rounds are
-    /// compared on the same draws). `autodidact eval` uses this too, so it reproduces a run.
-    pub fn of_run(eval: &EvalConfig, run_seed: u64, max_new_tokens: usize) -> Self {
+    /// The settings of a run's eval stage: `eval` from its config, the run's greedy decoding
+    /// (completion length and stop strings), and a seed derived from the run seed (the same
+    /// every round, so rounds are compared on the same draws). `autodidact eval` uses this
+    /// too, so it reproduces a run.
+    pub fn of_run(eval: &EvalConfig, run_seed: u64, greedy: SamplingParams) -> Self {
         Self {
             sampling: eval.sampling.clone(),
             k: eval.k,
-            max_new_tokens,
+            greedy,
             seed: derive_seed(run_seed, 0, "eval", 0),
         }
     }
@@ -160,18 +163,10 @@ pub fn greedy_groups(
     policy: &mut dyn Policy,
     task: &dyn Task,
     problems: &[Problem],
-    max_new_tokens: usize,
+    greedy: &SamplingParams,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Group>> {
-    sample_groups(
-        policy,
-        task,
-        problems,
-        1,
-        &SamplingParams::greedy(max_new_tokens),
-        0,
-        obs,
-    )
+    sample_groups(policy, task, problems, 1, greedy, 0, obs)
 }
 
 /// Fraction of groups whose first completion is correct.
@@ -199,14 +194,8 @@ pub fn evaluate_with_samples(
     s: &EvalSettings,
     obs: &mut dyn Observer,
 ) -> Result<(EvalReport, Vec<Group>)> {
-    let greedy = greedy_groups(policy, task, problems, s.max_new_tokens, obs)?;
-    let params = SamplingParams {
-        temperature: s.sampling.temperature,
-        top_k: 0,
-        top_p: s.sampling.top_p,
-        max_new_tokens: s.max_new_tokens,
-        ignore_stop: false,
-    };
+    let greedy = greedy_groups(policy, task, problems, &s.greedy, obs)?;
+    let params = s.sampling.params(s.greedy.clone());
     // The sampled pass continues the stage's progress where the greedy pass ended.
     let mut rest = Offset {
         inner: obs,

@@ -613,11 +613,11 @@ impl Run {
         let train = &cfg.seed_stage.train;
         let steps = steps_for(train, examples.len());
         let every = cfg.seed_stage.eval_every;
-        let (dir, task, eval, max_new) = (
+        let (dir, task, eval, greedy) = (
             &self.dir,
             &*self.plan.task,
             &self.problems.eval,
-            self.plan.max_new_tokens,
+            self.plan.greedy(),
         );
         obs.stage_started("seed", steps);
         let stats = fit_sft(
@@ -629,7 +629,7 @@ impl Run {
             obs,
             &mut |step, loss, p| {
                 if every > 0 && (step % every == 0 || step == steps) {
-                    let acc = first_accuracy(&greedy_groups(p, task, eval, max_new, &mut Silent)?);
+                    let acc = first_accuracy(&greedy_groups(p, task, eval, &greedy, &mut Silent)?);
                     dir.append_metrics(
                         &json!({"seed/step": step, "seed/loss": loss, "seed/eval_pass@1": acc}),
                     )?;

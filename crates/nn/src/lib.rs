@@ -46,7 +46,10 @@ pub use optim::{AdamW, AdamWConfig};
 pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;
 pub use rng::Rng;
-pub use sample::{FinishReason, Sample, SampleWorkspace, SamplingConfig, SAMPLE_WORKSPACE_BYTES};
+pub use sample::{
+    FinishReason, NoStop, Sample, SampleWorkspace, SamplingConfig, StopCheck,
+    SAMPLE_WORKSPACE_BYTES,
+};
 
 /// Measurements used by `autodidact bench`.
 pub mod bench {

@@ -8,11 +8,11 @@
 use crate::checkpoint;
 use crate::model::{Activations, ForwardOptions, Gradients, Transformer};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::sample::{SampleWorkspace, SamplingConfig};
+use crate::sample::{SampleWorkspace, SamplingConfig, StopCheck};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    Completion, Example, ModelTokenizer, OptimizerSettings, Policy, SamplingParams, TokenScores,
-    Tokenizer, TrainablePolicy,
+    Completion, Example, FinishReason, ModelTokenizer, OptimizerSettings, Policy, SamplingParams,
+    TokenScores, Tokenizer, TrainablePolicy,
 };
 use std::path::Path;
 
@@ -215,6 +215,28 @@ impl NativePolicy {
     }
 }
 
+/// Ends a row once its decoded text contains one of `stop`. Only the last few tokens are
+/// decoded after each new one: enough to hold the longest stop string (a token is at least
+/// one byte of text) with room for tokens that decode to nothing. An occurrence that ends in
+/// the new token lies inside that window; an earlier one would have ended the row already.
+struct StopStrings<'a> {
+    tokenizer: &'a ModelTokenizer,
+    stop: &'a [String],
+}
+
+impl StopCheck for StopStrings<'_> {
+    fn stopped(&self, _row: usize, generated: &[u32]) -> bool {
+        let Some(longest) = self.stop.iter().map(String::len).max() else {
+            return false;
+        };
+        let tail = &generated[generated.len().saturating_sub(longest + 8)..];
+        // A decoding error ends nothing here; decoding the whole completion reports it.
+        self.tokenizer
+            .decode(tail)
+            .is_ok_and(|text| autodidact_core::find_stop(&text, self.stop).is_some())
+    }
+}
+
 impl Policy for NativePolicy {
     fn sample(
         &mut self,
@@ -237,19 +259,33 @@ impl Policy for NativePolicy {
                 self.tokenizer.stop_tokens()
             },
         };
+        autodidact_core::check_stop_strings("stop", &params.stop)?;
+        let stop = StopStrings {
+            tokenizer: &self.tokenizer,
+            stop: if params.ignore_stop {
+                &[]
+            } else {
+                &params.stop
+            },
+        };
         let samples = self
             .model
-            .sample_with(&encoded, seeds, &cfg, &mut self.workspace)
+            .sample_until(&encoded, seeds, &cfg, &mut self.workspace, &stop)
             .map_err(to_core)?;
         samples
             .into_iter()
             .map(|s| {
-                let text = self.tokenizer.decode(&s.tokens)?;
+                let mut text = self.tokenizer.decode(&s.tokens)?;
+                let mut finish = s.finish;
+                if let Some(at) = autodidact_core::find_stop(&text, stop.stop) {
+                    text.truncate(at);
+                    finish = FinishReason::Stop;
+                }
                 Ok(Completion {
                     text,
                     tokens: s.tokens,
                     logprobs: s.logprobs,
-                    finish: s.finish,
+                    finish,
                 })
             })
             .collect()
@@ -457,10 +493,7 @@ mod tests {
                 &[4, 5],
                 &SamplingParams {
                     temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    max_new_tokens: 6,
-                    ignore_stop: false,
+                    ..SamplingParams::greedy(6)
                 },
             )
             .unwrap();
@@ -496,10 +529,7 @@ mod tests {
                 &[1, 2],
                 &SamplingParams {
                     temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    max_new_tokens: 8,
-                    ignore_stop: false,
+                    ..SamplingParams::greedy(8)
                 },
             )
             .unwrap();
@@ -523,5 +553,67 @@ mod tests {
             )
             .unwrap();
         assert!(full.iter().all(|c| c.tokens.len() == 8), "{full:?}");
+    }
+
+    #[test]
+    fn issue14_stop_strings_cut_the_text_and_end_the_row() {
+        // Rows draw from their own seeds, so a row sampled with stop strings is a prefix of
+        // the same row sampled without them: up to the token that completes the first
+        // occurrence, with the text cut before it.
+        let mut p = policy();
+        let prompts: Vec<String> = (0..12).map(|i| format!("{i}+{}=", 3 * i)).collect();
+        let seeds: Vec<u64> = (0..12).collect();
+        let free = SamplingParams {
+            temperature: 2.0,
+            ..SamplingParams::greedy(12)
+        };
+        let base = p.sample(&prompts, &seeds, &free).unwrap();
+        // Stop strings taken from the middle of two completions' texts.
+        let long: Vec<&Completion> = base.iter().filter(|c| c.text.len() >= 6).collect();
+        assert!(long.len() >= 2, "{base:?}");
+        let stop: Vec<String> = vec![long[0].text[2..4].into(), long[1].text[3..4].into()];
+        let cut = p
+            .sample(&prompts, &seeds, &free.clone().with_stop(stop.clone()))
+            .unwrap();
+        let mut stopped = 0;
+        for (b, c) in base.iter().zip(&cut) {
+            match autodidact_core::find_stop(&b.text, &stop) {
+                Some(at) => {
+                    stopped += 1;
+                    assert_eq!(c.text, b.text[..at], "{stop:?}");
+                    assert_eq!(c.finish, FinishReason::Stop);
+                    // The fewest tokens whose text holds a stop string.
+                    let n = (1..=b.tokens.len())
+                        .find(|&n| {
+                            let t = p.tokenizer.decode(&b.tokens[..n]).unwrap();
+                            autodidact_core::find_stop(&t, &stop).is_some()
+                        })
+                        .unwrap();
+                    assert_eq!(c.tokens, b.tokens[..n]);
+                }
+                None => assert_eq!(
+                    (&c.text, &c.tokens, c.finish),
+                    (&b.text, &b.tokens, b.finish)
+                ),
+            }
+            // Log-probs to rounding: a step's product over fewer rows rounds differently.
+            for (x, y) in c.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+            }
+            assert_eq!(c.logprobs.len(), c.tokens.len());
+        }
+        assert!(stopped >= 2);
+        // Ignoring stops ignores stop strings too; an empty stop string is refused.
+        let full = SamplingParams {
+            ignore_stop: true,
+            ..free.clone().with_stop(stop)
+        };
+        let all = p.sample(&prompts, &seeds, &full).unwrap();
+        assert!(all.iter().all(|c| c.tokens.len() == 12));
+        let e = p
+            .sample(&prompts, &seeds, &free.with_stop(vec!["".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stop string 0 is empty"), "{e}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Prompts are prefilled together (packed, as in training), then every step
 //! feeds one token per unfinished row. Rows finish independently (stop token,
-//! `max_new_tokens`, or a full context) and drop out of later steps. Each row
+//! a [`StopCheck`] such as a stop string, `max_new_tokens`, or a full context)
+//! and drop out of later steps. Each row
 //! draws from its own generator seeded by the caller, so a row's sample does not
 //! depend on which other rows share its batch.
 //!
@@ -87,6 +88,24 @@ pub struct Sample {
     pub finish: FinishReason,
 }
 
+/// A caller's own condition for ending a row, checked after every token that did not
+/// already end it: a stop string in the row's decoded text, for one. It is called from the
+/// sampling threads, so it must be `Sync`.
+pub trait StopCheck: Sync {
+    /// Whether row `row` (its index among the call's prompts) ends after `generated`, its
+    /// tokens so far.
+    fn stopped(&self, row: usize, generated: &[u32]) -> bool;
+}
+
+/// No condition beyond stop tokens and lengths.
+pub struct NoStop;
+
+impl StopCheck for NoStop {
+    fn stopped(&self, _row: usize, _generated: &[u32]) -> bool {
+        false
+    }
+}
+
 /// Chooses the next token from one row of logits.
 pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     if cfg.temperature == 0.0 {
@@ -168,6 +187,14 @@ impl KvCache {
     fn offset(&self, layer: usize, row: usize) -> usize {
         (layer * self.rows + row) * self.ctx * self.width
     }
+}
+
+/// Where a slice of a call's rows starts among its prompts, and the caller's stop check
+/// (which takes the row's index in the call).
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    first: usize,
+    stop: &'a dyn StopCheck,
 }
 
 /// A run of new tokens for one cache row: positions `start..start + len`.
@@ -277,6 +304,19 @@ impl Transformer {
         cfg: &SamplingConfig,
         ws: &mut SampleWorkspace,
     ) -> Result<Vec<Sample>> {
+        self.sample_until(prompts, seeds, cfg, ws, &NoStop)
+    }
+
+    /// [`Transformer::sample_with`] that also ends a row when `stop` says so; such a row
+    /// finishes with [`FinishReason::Stop`] and keeps the token that triggered it.
+    pub fn sample_until(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfg: &SamplingConfig,
+        ws: &mut SampleWorkspace,
+        stop: &dyn StopCheck,
+    ) -> Result<Vec<Sample>> {
         let mc = &self.config;
         cfg.validate(mc.vocab_size)?;
         if seeds.len() != prompts.len() {
@@ -313,7 +353,11 @@ impl Transformer {
         let chunk = ((ws.budget / per_row) as usize).max(2 * threads);
         let mut out = Vec::with_capacity(prompts.len());
         for (p, s) in prompts.chunks(chunk).zip(seeds.chunks(chunk)) {
-            out.extend(self.sample_sharded(p, s, cfg, ws, threads));
+            let rows = Rows {
+                first: out.len(),
+                stop,
+            };
+            out.extend(self.sample_sharded(p, s, cfg, ws, threads, rows));
         }
         Ok(out)
     }
@@ -326,6 +370,7 @@ impl Transformer {
         cfg: &SamplingConfig,
         ws: &mut SampleWorkspace,
         threads: usize,
+        rows_of: Rows,
     ) -> Vec<Sample> {
         let rows = prompts.len();
         // With enough rows, each thread runs the whole decode loop for its own shard of rows
@@ -341,7 +386,18 @@ impl Transformer {
             .enumerate()
             .map(|(i, shard)| {
                 let r = bounds[i]..bounds[i + 1];
-                self.sample_rows(&prompts[r.clone()], &seeds[r], cfg, shard, shards == 1)
+                let rows = Rows {
+                    first: rows_of.first + r.start,
+                    stop: rows_of.stop,
+                };
+                self.sample_rows(
+                    &prompts[r.clone()],
+                    &seeds[r],
+                    cfg,
+                    shard,
+                    shards == 1,
+                    rows,
+                )
             })
             .collect();
         parts.concat()
@@ -355,6 +411,7 @@ impl Transformer {
         cfg: &SamplingConfig,
         ws: &mut Shard,
         par: bool,
+        rows_of: Rows,
     ) -> Vec<Sample> {
         let mc = &self.config;
         let rows = prompts.len();
@@ -404,7 +461,9 @@ impl Transformer {
                 o.logprobs
                     .push(logits[tok as usize] - kernels::log_sum_exp(logits));
                 let pos = seg.start + seg.len; // position the new token would occupy
-                if cfg.stop_tokens.contains(&tok) {
+                if cfg.stop_tokens.contains(&tok)
+                    || rows_of.stop.stopped(rows_of.first + seg.row, &o.tokens)
+                {
                     o.finish = FinishReason::Stop;
                 } else if o.tokens.len() >= cfg.max_new_tokens {
                     o.finish = FinishReason::Length;

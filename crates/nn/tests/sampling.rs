@@ -326,3 +326,42 @@ fn issue11_memory_estimates_bound_the_real_buffers() {
         "sampling: real {real}, estimate {est}"
     );
 }
+
+/// Issue 14: a caller's stop check sees each row by its index in the whole call, across
+/// chunks of rows and thread shards, and ends exactly the rows it names, where it names.
+#[test]
+fn issue14_stop_checks_end_the_rows_they_name_across_chunks() {
+    struct EndRows;
+    impl autodidact_nn::StopCheck for EndRows {
+        // Row r ends after r % 5 + 1 tokens when r is a multiple of 3.
+        fn stopped(&self, row: usize, generated: &[u32]) -> bool {
+            row.is_multiple_of(3) && generated.len() == row % 5 + 1
+        }
+    }
+    let m = model();
+    let per_row = m.config().sample_row_bytes(6, 14);
+    let rows = 50;
+    let p = prompts(rows, 9);
+    let seeds: Vec<u64> = (0..rows as u64).map(|s| 3 * s + 2).collect();
+    let sc = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 8,
+        stop_tokens: vec![],
+    };
+    let free = m.sample(&p, &seeds, &sc).unwrap();
+    // A budget of 16 rows: four chunks, each sharded over the threads.
+    let mut ws = autodidact_nn::SampleWorkspace::with_budget(16 * per_row);
+    let cut = m.sample_until(&p, &seeds, &sc, &mut ws, &EndRows).unwrap();
+    for (r, (f, c)) in free.iter().zip(&cut).enumerate() {
+        if r.is_multiple_of(3) {
+            let n = r % 5 + 1;
+            assert_eq!(c.tokens, f.tokens[..n], "row {r}");
+            assert_eq!(c.finish, FinishReason::Stop, "row {r}");
+        } else {
+            assert_eq!(c.tokens, f.tokens, "row {r}");
+            assert_eq!(c.finish, f.finish, "row {r}");
+        }
+    }
+}

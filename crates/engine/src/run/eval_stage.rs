@@ -63,7 +63,7 @@ impl Run {
     pub(super) fn eval_stage(&mut self, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let e = &self.plan.config.eval;
         let mut policy = self.load_policy(round)?;
-        let settings = EvalSettings::of_run(e, self.plan.config.seed, self.plan.max_new_tokens);
+        let settings = EvalSettings::of_run(e, self.plan.config.seed, self.plan.greedy());
         obs.stage_started(
             &format!("r{round} eval"),
             2 * self.problems.eval.len() as u64,
