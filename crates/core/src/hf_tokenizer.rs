@@ -32,6 +32,9 @@ fn tok_err(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
 #[derive(Clone)]
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner.get_vocab_size(true)`, which builds the whole vocabulary map on every call: too
+    /// slow for the decoding of every sampled token that stop strings need.
+    vocab_size: usize,
     /// The three files as read, written back unchanged by [`HfTokenizer::save`].
     files: Vec<(&'static str, String)>,
     stop: Vec<u32>,
@@ -171,6 +174,7 @@ impl HfTokenizer {
             .transpose()?;
         let tok = Self {
             inner,
+            vocab_size: vocab,
             files,
             stop,
             bos_token,
@@ -198,7 +202,7 @@ impl HfTokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// (bos, eos, pad) ids for a model's `config.json`: the first stop token stands in for a
