@@ -5,6 +5,7 @@ mod bench;
 mod progress;
 mod report;
 mod run;
+mod serve;
 mod tools;
 
 use anyhow::{Context, Result};
@@ -47,6 +48,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Write one HTML page overlaying the curves of several runs.
     Compare(report::CompareArgs),
+    /// Serve a checkpoint behind the OpenAI API (/v1/completions, /v1/chat/completions).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -99,5 +102,6 @@ fn run() -> Result<()> {
         Command::Bench(args) => bench::run(&args, threads),
         Command::Report(args) => report::report(&args),
         Command::Compare(args) => report::compare(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }

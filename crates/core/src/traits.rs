@@ -84,6 +84,16 @@ pub trait Tokenizer {
     }
 }
 
+/// Sees completions grow during [`Policy::sample_watched`]; called from the sampling
+/// threads.
+pub trait SampleWatch: Sync {
+    /// Row `row` (its index among the call's prompts) has generated `tokens`; `text` is as
+    /// much of their text as is final: never a stop string or a part of one, nor a character
+    /// that a later token could still change. Returning true ends the row now (a client that
+    /// went away).
+    fn grew(&self, row: usize, tokens: &[u32], text: &str) -> bool;
+}
+
 /// Something that samples and scores text.
 pub trait Policy {
     /// One completion per prompt; `seeds[i]` seeds row i, so a row's sample does not depend
@@ -94,6 +104,23 @@ pub trait Policy {
         seeds: &[u64],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>>;
+
+    /// [`Policy::sample`] that shows `watch` each row's completion as it grows (a server
+    /// streaming tokens to its clients). A backend that cannot report tokens as they come
+    /// shows each row once, whole, after sampling: this default.
+    fn sample_watched(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+        watch: &dyn SampleWatch,
+    ) -> Result<Vec<Completion>> {
+        let out = self.sample(prompts, seeds, params)?;
+        for (row, c) in out.iter().enumerate() {
+            watch.grew(row, &c.tokens, &c.text);
+        }
+        Ok(out)
+    }
 
     /// Per-token log-probs of each example's completion (followed by the stop token) given
     /// its prompt.

@@ -11,8 +11,8 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::sample::{SampleWorkspace, SamplingConfig, StopCheck};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    Completion, Example, FinishReason, ModelTokenizer, OptimizerSettings, Policy, SamplingParams,
-    TokenScores, Tokenizer, TrainablePolicy,
+    Completion, Example, FinishReason, ModelTokenizer, OptimizerSettings, Policy, SampleWatch,
+    SamplingParams, TokenScores, Tokenizer, TrainablePolicy,
 };
 use std::path::Path;
 
@@ -215,34 +215,14 @@ impl NativePolicy {
     }
 }
 
-/// Ends a row once its decoded text contains one of `stop`. Only the last few tokens are
-/// decoded after each new one: enough to hold the longest stop string (a token is at least
-/// one byte of text) with room for tokens that decode to nothing. An occurrence that ends in
-/// the new token lies inside that window; an earlier one would have ended the row already.
-struct StopStrings<'a> {
-    tokenizer: &'a ModelTokenizer,
-    stop: &'a [String],
-}
-
-impl StopCheck for StopStrings<'_> {
-    fn stopped(&self, _row: usize, generated: &[u32]) -> bool {
-        let Some(longest) = self.stop.iter().map(String::len).max() else {
-            return false;
-        };
-        let tail = &generated[generated.len().saturating_sub(longest + 8)..];
-        // A decoding error ends nothing here; decoding the whole completion reports it.
-        self.tokenizer
-            .decode(tail)
-            .is_ok_and(|text| autodidact_core::find_stop(&text, self.stop).is_some())
-    }
-}
-
-impl Policy for NativePolicy {
-    fn sample(
+impl NativePolicy {
+    /// [`Policy::sample_watched`], with or without a watcher.
+    fn sample_inner(
         &mut self,
         prompts: &[String],
         seeds: &[u64],
         params: &SamplingParams,
+        watch: Option<&dyn SampleWatch>,
     ) -> autodidact_core::Result<Vec<Completion>> {
         let encoded = prompts
             .iter()
@@ -267,6 +247,7 @@ impl Policy for NativePolicy {
             } else {
                 &params.stop
             },
+            watch,
         };
         let samples = self
             .model
@@ -289,6 +270,67 @@ impl Policy for NativePolicy {
                 })
             })
             .collect()
+    }
+}
+
+/// Ends a row once its decoded text contains one of `stop`, and shows a watcher the row's
+/// text as it grows. Without a watcher only the last few tokens are decoded after each new
+/// one: enough to hold the longest stop string (a token is at least one byte of text) with
+/// room for tokens that decode to nothing. An occurrence that ends in the new token lies
+/// inside that window; an earlier one would have ended the row already.
+struct StopStrings<'a> {
+    tokenizer: &'a ModelTokenizer,
+    stop: &'a [String],
+    watch: Option<&'a dyn SampleWatch>,
+}
+
+impl StopCheck for StopStrings<'_> {
+    fn stopped(&self, row: usize, generated: &[u32]) -> bool {
+        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let from = match self.watch {
+            Some(_) => 0,
+            None if longest == 0 => return false,
+            None => generated.len().saturating_sub(longest + 8),
+        };
+        // A decoding error ends nothing here; decoding the whole completion reports it.
+        let Ok(text) = self.tokenizer.decode(&generated[from..]) else {
+            return false;
+        };
+        if autodidact_core::find_stop(&text, self.stop).is_some() {
+            return true;
+        }
+        let Some(watch) = self.watch else {
+            return false;
+        };
+        // Final text: not the last longest − 1 bytes (a stop string may be starting there),
+        // nor a trailing replacement character (a multi-byte character cut between tokens).
+        let mut end = text.len().saturating_sub(longest.saturating_sub(1));
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let shown = text[..end].trim_end_matches('\u{FFFD}');
+        watch.grew(row, generated, shown)
+    }
+}
+
+impl Policy for NativePolicy {
+    fn sample(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+    ) -> autodidact_core::Result<Vec<Completion>> {
+        self.sample_inner(prompts, seeds, params, None)
+    }
+
+    fn sample_watched(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+        watch: &dyn SampleWatch,
+    ) -> autodidact_core::Result<Vec<Completion>> {
+        self.sample_inner(prompts, seeds, params, Some(watch))
     }
 
     fn logprobs(&mut self, examples: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {

@@ -1,0 +1,306 @@
+//! The HTTP side: routes, the API key, body limits, and answers as JSON or server-sent
+//! events.
+
+use crate::api::{self, ChatRequest, CompletionRequest, Endpoint, Plan};
+use crate::batcher::{Batcher, Event};
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::de::DeserializeOwned;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What every handler shares.
+pub struct AppState {
+    pub batcher: Batcher,
+    /// The name clients address the model by (`model` in requests).
+    pub model_name: String,
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub started: u64,
+    pub next_id: AtomicU64,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/get_model_info", get(model_info))
+        .route("/update_weights_from_disk", post(update_weights))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/health", get(|| async { "ok" }))
+        .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn authorize(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &s.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Parses a JSON body; errors name the field and what was wrong.
+fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::invalid(None, format!("could not read the body: {e}"))
+        }
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::invalid(None, format!("the body is not a valid request: {inner}"))
+        } else {
+            ApiError::invalid(Some(&path), inner.to_string())
+        }
+    })
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let info = s.batcher.info();
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": s.model_name,
+            "object": "model",
+            "created": s.started,
+            "owned_by": "autodidact",
+            "root": info.path.display().to_string(),
+            "max_model_len": info.context_length,
+        }],
+    }))
+}
+
+async fn model_info(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let info = s.batcher.info();
+    Json(serde_json::json!({
+        "model_path": info.path.display().to_string(),
+        "tokenizer_path": info.path.display().to_string(),
+        "is_generation": true,
+        "served_model_name": s.model_name,
+        "max_model_len": info.context_length,
+        "weight_version": info.generation,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateWeights {
+    model_path: String,
+    /// SGLang's option; only `auto` (or absent) is supported.
+    load_format: Option<String>,
+}
+
+/// SGLang's `POST /update_weights_from_disk`: loads another checkpoint between batches.
+async fn update_weights(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let req: UpdateWeights = match parse(body, s.max_body_bytes) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if req.load_format.as_deref().is_some_and(|f| f != "auto") {
+        return ApiError::invalid(Some("load_format"), "only \"auto\" is supported")
+            .into_response();
+    }
+    let answer = s.batcher.reload(req.model_path.into()).await;
+    let (ok, message) = match answer {
+        Ok(Ok(info)) => (
+            true,
+            format!(
+                "serving {} (weight version {})",
+                info.path.display(),
+                info.generation
+            ),
+        ),
+        Ok(Err(e)) => (false, e),
+        Err(_) => (false, "the batcher has stopped".to_string()),
+    };
+    let status = if ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::BAD_REQUEST
+    };
+    (
+        status,
+        Json(serde_json::json!({"success": ok, "message": message, "num_paused_requests": 0})),
+    )
+        .into_response()
+}
+
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let plan = parse::<CompletionRequest>(body, s.max_body_bytes).and_then(|r| {
+        check_model(&s, &r.model)?;
+        r.plan()
+    });
+    answer(s, plan).await
+}
+
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let plan = parse::<ChatRequest>(body, s.max_body_bytes).and_then(|r| {
+        check_model(&s, &r.model)?;
+        r.plan()
+    });
+    answer(s, plan).await
+}
+
+fn check_model(s: &AppState, model: &str) -> Result<(), ApiError> {
+    if model == s.model_name {
+        Ok(())
+    } else {
+        Err(ApiError::model_not_found(model, &s.model_name))
+    }
+}
+
+async fn answer(s: Arc<AppState>, plan: Result<Plan, ApiError>) -> Response {
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let mut events = match s.batcher.submit(plan.clone()) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let n = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = match plan.endpoint {
+        Endpoint::Completions => format!("cmpl-{:x}-{n}", s.started),
+        Endpoint::Chat => format!("chatcmpl-{:x}-{n}", s.started),
+    };
+    let created = now();
+    if !plan.stream {
+        // Dropping `events` (the client went away) ends the request's rows.
+        loop {
+            match events.recv().await {
+                Some(Event::Text { .. }) => {}
+                Some(Event::Done(Ok(sampled))) => {
+                    let head = api::Head {
+                        id: &id,
+                        created,
+                        model: &s.model_name,
+                    };
+                    return Json(api::response(&plan, &head, &sampled)).into_response();
+                }
+                Some(Event::Done(Err(e))) => return e.into_response(),
+                None => {
+                    return ApiError::internal("the batcher dropped the request").into_response()
+                }
+            }
+        }
+    }
+    Sse::new(sse_stream(s, plan, id, created, events)).into_response()
+}
+
+/// The events of a streamed answer: a chunk per piece of text, one closing chunk per choice
+/// with its finish reason, the usage when asked, then `[DONE]`.
+fn sse_stream(
+    s: Arc<AppState>,
+    plan: Plan,
+    id: String,
+    created: u64,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let choices = plan.n
+        * match &plan.prompts {
+            api::Prompts::Text(p) => p.len(),
+            api::Prompts::Chat(_) => 1,
+        };
+    let state = (events, vec![true; choices], Vec::<SseEvent>::new(), false);
+    stream::unfold(
+        state,
+        move |(mut events, mut first, mut pending, mut done)| {
+            let (s, plan, id) = (s.clone(), plan.clone(), id.clone());
+            async move {
+                loop {
+                    if let Some(e) = pending.pop() {
+                        return Some((Ok(e), (events, first, pending, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let json = |v: serde_json::Value| SseEvent::default().data(v.to_string());
+                    let head = api::Head {
+                        id: &id,
+                        created,
+                        model: &s.model_name,
+                    };
+                    match events.recv().await {
+                        Some(Event::Text { index, text }) => {
+                            let c = api::chunk(&plan, &head, index, &text, first[index], None);
+                            first[index] = false;
+                            pending.push(json(c));
+                        }
+                        Some(Event::Done(Ok(sampled))) => {
+                            // Reversed: `pending` pops from the end.
+                            let mut out = Vec::new();
+                            for (index, c) in sampled.choices.iter().enumerate() {
+                                out.push(json(api::chunk(
+                                    &plan,
+                                    &head,
+                                    index,
+                                    "",
+                                    first[index],
+                                    Some(c.finish),
+                                )));
+                            }
+                            if plan.include_usage {
+                                out.push(json(api::usage_chunk(&plan, &head, &sampled.usage())));
+                            }
+                            out.push(SseEvent::default().data("[DONE]"));
+                            out.reverse();
+                            pending = out;
+                            done = true;
+                        }
+                        Some(Event::Done(Err(e))) => {
+                            pending = vec![SseEvent::default().data("[DONE]"), json(e.body())];
+                            done = true;
+                        }
+                        None => return None,
+                    }
+                }
+            }
+        },
+    )
+}
