@@ -20,12 +20,17 @@ pub enum BackendKind {
     /// vocabulary built from the task's alphabet, or loaded from a pretrained checkpoint.
     #[default]
     Native,
+    /// A model served behind the OpenAI API (`autodidact-remote`): vLLM, SGLang, llama.cpp's
+    /// server or `autodidact serve`, over a pool of endpoints (`[model.openai]`). It samples
+    /// and does not train.
+    Openai,
 }
 
 impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
+            BackendKind::Openai => "openai",
         }
     }
 }
@@ -71,6 +76,85 @@ pub struct ModelConfig {
     /// weight. Absent: full fine-tuning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// `[model.openai]`: the servers of `backend = "openai"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openai: Option<OpenAiConfig>,
+}
+
+impl ModelConfig {
+    /// Whether the model comes with its own tokenizer and weights (a pretrained checkpoint,
+    /// a served model) rather than being trained from scratch on the task's alphabet.
+    pub fn pretrained(&self) -> bool {
+        self.checkpoint.is_some() || self.backend == BackendKind::Openai
+    }
+}
+
+/// Which OpenAI API route samples (`[model.openai] api`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenAiApi {
+    /// `/v1/completions`: prompts as text, conversations rendered here by the tokenizer's
+    /// chat template; log-probs of the sampled tokens.
+    #[default]
+    Completions,
+    /// `/v1/chat/completions`: conversations sent as messages, rendered by the server.
+    Chat,
+}
+
+/// `[model.openai]`: a model served behind the OpenAI API, sampled over a pool of endpoints
+/// that serve the same model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// The endpoints, each up to and including `/v1`: `["http://10.0.0.5:8000/v1"]`.
+    pub base_urls: Vec<String>,
+    /// The model's name on the servers (`model` in requests).
+    pub model: String,
+    /// The environment variable holding the API key, sent as a bearer token (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    pub api: OpenAiApi,
+    /// A directory with the served model's tokenizer files (`tokenizer.json`, and
+    /// `tokenizer_config.json` for a pretrained one; a checkpoint directory will do): token
+    /// counts, the chat template and stop tokens come from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// Requests in flight to one endpoint at a time.
+    pub max_concurrency: usize,
+    /// Completions asked for in one request (`n`): rows of one prompt share a request.
+    pub max_n: usize,
+    /// Seconds one request may take before it is abandoned and retried.
+    pub timeout_secs: f64,
+    /// Tries of one request (the first and its retries) before the run stops.
+    pub max_attempts: u32,
+    /// Consecutive failures that take an endpoint out of rotation.
+    pub eject_after: u32,
+    /// Seconds an endpoint stays out of rotation before one request probes it.
+    pub probe_after_secs: f64,
+    /// The longest wait before the first retry of a request (each wait is drawn uniformly
+    /// below its cap); the cap doubles each try, up to `max_backoff_secs`.
+    pub backoff_secs: f64,
+    pub max_backoff_secs: f64,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            base_urls: Vec::new(),
+            model: String::new(),
+            api_key_env: None,
+            api: OpenAiApi::Completions,
+            tokenizer: None,
+            max_concurrency: 8,
+            max_n: 16,
+            timeout_secs: 600.0,
+            max_attempts: 8,
+            eject_after: 3,
+            probe_after_secs: 10.0,
+            backoff_secs: 0.5,
+            max_backoff_secs: 30.0,
+        }
+    }
 }
 
 /// `[model.lora]`: LoRA (Hu et al., 2021) as PEFT defines it. Each adapted projection
@@ -207,6 +291,7 @@ impl Default for ModelConfig {
             intermediate_size: None,
             context_length: None,
             lora: None,
+            openai: None,
         }
     }
 }
@@ -235,6 +320,12 @@ pub trait ModelSpec: Send + Sync {
 
     /// Bytes the sampler's workspace may grow to (it samples in chunks this bounds).
     fn sample_workspace_bytes(&self) -> u64;
+
+    /// Whether the model trains here. One that does not (a served model) can only be
+    /// evaluated: a run with it must have no training steps.
+    fn trains(&self) -> bool {
+        true
+    }
 
     /// The policy a run starts from: the pretrained checkpoint's weights, or freshly
     /// initialized ones, deterministic for `seed`.

@@ -16,7 +16,10 @@ pub mod tokenizer;
 pub mod traits;
 pub mod types;
 
-pub use backend::{Backend, BackendKind, Backends, LoraConfig, LoraModule, ModelConfig, ModelSpec};
+pub use backend::{
+    Backend, BackendKind, Backends, LoraConfig, LoraModule, ModelConfig, ModelSpec, OpenAiApi,
+    OpenAiConfig,
+};
 pub use error::{Error, Result};
 pub use hf_tokenizer::HfTokenizer;
 pub use rng::Rng;

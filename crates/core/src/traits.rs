@@ -138,6 +138,12 @@ pub trait Policy {
     /// Largest prompt + completion length in tokens the policy accepts.
     fn context_length(&self) -> usize;
 
+    /// What serving cost since the last call, as metrics named `serving/…` (requests,
+    /// retries, errors by kind, tokens, latency percentiles); none for a local model.
+    fn take_serving_stats(&mut self) -> std::collections::BTreeMap<String, f64> {
+        std::collections::BTreeMap::new()
+    }
+
     /// The policy's tokenizer.
     fn tokenizer(&self) -> &dyn Tokenizer;
 }

@@ -568,7 +568,7 @@ impl RunConfig {
         let mut alphabet = task.alphabet();
         // A recipe's own format (the judge's) joins the vocabulary (M0 learns it). A
         // checkpoint brings its own tokenizer, and its judge asks in its chat template.
-        let extra = if self.model.checkpoint.is_some() {
+        let extra = if self.model.pretrained() {
             ""
         } else {
             recipe.extra_alphabet()
@@ -601,7 +601,7 @@ impl RunConfig {
         // recipe's own sequences (a judge's) add their markers. A pretrained model's prompts
         // are counted in tokens once they are drawn and rendered ([`crate::run`]).
         let needed = max_prompt + max_new_tokens + recipe.extra_tokens();
-        if self.model.checkpoint.is_none() && model.context_length() < needed {
+        if !self.model.pretrained() && model.context_length() < needed {
             return Err(Error::config(
                 "model.context_length",
                 format!(
@@ -615,8 +615,18 @@ impl RunConfig {
         if s.labeled == 0 {
             return Err(Error::config("seed_stage.labeled", "must be at least 1"));
         }
+        if !model.trains() && (s.train.steps != Some(0) || recipe.rounds() > 0) {
+            return Err(Error::config(
+                "model.backend",
+                format!(
+                    "\"{}\" serves a model that does not train here: evaluate it with seed_stage.train.steps = 0 and {}.rounds = 0 (training it needs an external trainer)",
+                    self.model.backend.name(),
+                    recipe.name()
+                ),
+            ));
+        }
         if s.train.steps == Some(0) {
-            if self.model.checkpoint.is_none() {
+            if !self.model.pretrained() {
                 return Err(Error::config(
                     "seed_stage.train.steps",
                     "0 (no seed stage) needs a pretrained model.checkpoint; a model trained from scratch starts from random weights",

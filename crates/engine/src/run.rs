@@ -752,8 +752,7 @@ fn render_prompts(plan: &RunPlan, problems: &mut Problems) -> Result<()> {
         plan.max_new_tokens + plan.recipe.extra_tokens(),
         plan.config
             .model
-            .checkpoint
-            .is_some()
+            .pretrained()
             .then_some("model.context_length (or model.max_new_tokens)"),
     )
 }

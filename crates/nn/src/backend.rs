@@ -45,6 +45,12 @@ impl NativeBackend {
     /// The model `config` describes: the pretrained checkpoint it names, or a model trained
     /// from scratch with a character vocabulary of `alphabet`.
     pub fn spec(config: &ModelConfig, alphabet: &str) -> Result<NativeSpec> {
+        if config.openai.is_some() {
+            return Err(autodidact_core::Error::invalid(
+                "model.openai",
+                "configures backend = \"openai\"; set that backend, or remove [model.openai]",
+            ));
+        }
         match &config.checkpoint {
             Some(dir) => Self::pretrained(config, dir),
             None => Self::from_scratch(config, alphabet),

@@ -202,10 +202,8 @@ fn common(
             "is not supported by this server; leave it out",
         ));
     }
-    let seed = match seed {
-        Some(s) if s < 0 => return Err(invalid("seed", format!("{s} is negative"))),
-        s => s.map(|s| s as u64),
-    };
+    // Any 64-bit seed: a negative one is read as the same bits unsigned.
+    let seed = seed.map(|s| s as u64);
     let params = SamplingParams {
         temperature,
         top_k: top_k.unwrap_or(0) as usize,

@@ -15,7 +15,8 @@ impl Run {
     ) -> Result<BTreeMap<String, f64>> {
         let mut m = BTreeMap::new();
         let n = self.plan.config.monitor.drift_problems.min(sampled.len());
-        if n == 0 {
+        // A served model's log-probs of given text are not available.
+        if n == 0 || !self.plan.model.trains() {
             return Ok(m);
         }
         let examples: Vec<Example> = sampled[..n]
@@ -76,6 +77,7 @@ impl Run {
             obs,
         )?;
         let drift = self.drift(round, &mut *policy, &sampled)?;
+        let serving = policy.take_serving_stats();
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
             report.pass_at_1,
@@ -89,6 +91,7 @@ impl Run {
         m.eval = Some(summary(&report));
         let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
         metrics.extend(drift);
+        metrics.extend(serving);
         metrics.insert(
             "gap/maj_minus_pass1".into(),
             report.maj_at_k - report.pass_at_1,

@@ -1,0 +1,735 @@
+//! The served model as a policy: its plan, its requests, its record in a run directory.
+
+use crate::client::{Client, Stats};
+use crate::pool::Pool;
+use crate::RemoteError;
+use autodidact_core::{
+    ChatMessage, Completion, Error, Example, FinishReason, ModelConfig, ModelSpec, ModelTokenizer,
+    OpenAiApi, OpenAiConfig, OptimizerSettings, Policy, Result, SamplingParams, TokenScores,
+    Tokenizer, TrainablePolicy,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The file a served model's "checkpoint" holds: which servers and model it is, beside the
+/// tokenizer files.
+pub const REMOTE_FILE: &str = "remote.json";
+const FORMAT: u32 = 1;
+
+/// A conversation prompt for the chat API: the messages as JSON after this marker, so that
+/// they reach the server as messages instead of as text rendered here.
+const CHAT_MARK: &str = "\u{1}messages:";
+
+fn invalid(key: &str, message: impl Into<String>) -> Error {
+    Error::invalid(format!("model.openai.{key}"), message)
+}
+
+/// Checks `[model.openai]` and the `[model]` keys that only a native model reads.
+fn validate(config: &ModelConfig) -> Result<OpenAiConfig> {
+    let Some(cfg) = config.openai.clone() else {
+        return Err(Error::invalid(
+            "model.openai",
+            "is missing: backend = \"openai\" needs [model.openai] with base_urls, model and tokenizer",
+        ));
+    };
+    for (key, set) in [
+        ("checkpoint", config.checkpoint.is_some()),
+        ("hidden_size", config.hidden_size.is_some()),
+        ("num_layers", config.num_layers.is_some()),
+        ("num_heads", config.num_heads.is_some()),
+        ("intermediate_size", config.intermediate_size.is_some()),
+        ("lora", config.lora.is_some()),
+    ] {
+        if set {
+            return Err(Error::invalid(
+                format!("model.{key}"),
+                "shapes a native model; a served model (backend = \"openai\") takes none: remove it",
+            ));
+        }
+    }
+    if cfg.base_urls.is_empty() {
+        return Err(invalid(
+            "base_urls",
+            "is empty: give the servers' URLs up to /v1, e.g. [\"http://127.0.0.1:8000/v1\"]",
+        ));
+    }
+    for (i, u) in cfg.base_urls.iter().enumerate() {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(invalid(
+                "base_urls",
+                format!("entry {i} ({u:?}) must start with http:// or https://"),
+            ));
+        }
+        if cfg.base_urls[..i].contains(u) {
+            return Err(invalid("base_urls", format!("{u:?} is listed twice")));
+        }
+    }
+    if cfg.model.is_empty() {
+        return Err(invalid(
+            "model",
+            "is empty: give the model's name on the servers (GET /v1/models lists it)",
+        ));
+    }
+    if cfg.tokenizer.is_none() {
+        return Err(invalid(
+            "tokenizer",
+            "is missing: give a directory with the served model's tokenizer files (its checkpoint directory will do)",
+        ));
+    }
+    for (key, ok) in [
+        ("max_concurrency", (1..=1024).contains(&cfg.max_concurrency)),
+        ("max_n", (1..=128).contains(&cfg.max_n)),
+        ("max_attempts", (1..=100).contains(&cfg.max_attempts)),
+        ("eject_after", cfg.eject_after >= 1),
+    ] {
+        if !ok {
+            return Err(invalid(key, "is out of range (see docs/serving.md)"));
+        }
+    }
+    for (key, v) in [
+        ("timeout_secs", cfg.timeout_secs),
+        ("probe_after_secs", cfg.probe_after_secs),
+        ("backoff_secs", cfg.backoff_secs),
+        ("max_backoff_secs", cfg.max_backoff_secs),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+            return Err(invalid(
+                key,
+                format!("{v} must be a number of seconds in (0, 86400]"),
+            ));
+        }
+    }
+    if let Some(var) = &cfg.api_key_env {
+        api_key(var)?;
+    }
+    Ok(cfg)
+}
+
+fn api_key(var: &str) -> Result<String> {
+    match std::env::var(var) {
+        Ok(k) if !k.is_empty() => Ok(k),
+        _ => Err(invalid(
+            "api_key_env",
+            format!("the environment variable {var} is unset or empty; export the API key in it"),
+        )),
+    }
+}
+
+/// A served model planned for a run.
+pub struct RemoteSpec {
+    cfg: OpenAiConfig,
+    tokenizer: RemoteTokenizer,
+    context_length: usize,
+}
+
+impl RemoteSpec {
+    /// Checks `[model]`, loads the tokenizer and finds the context length: `model.context_length`,
+    /// or what `GET /v1/models` reports (`max_model_len`).
+    pub fn plan(config: &ModelConfig) -> Result<Self> {
+        let cfg = validate(config)?;
+        let dir = cfg.tokenizer.clone().unwrap_or_default();
+        let inner = ModelTokenizer::load(&dir)?.ok_or_else(|| {
+            invalid(
+                "tokenizer",
+                format!("{} holds no tokenizer.json", dir.display()),
+            )
+        })?;
+        let context_length = match config.context_length {
+            Some(0) => return Err(Error::invalid("model.context_length", "must be at least 1")),
+            Some(c) => c,
+            None => served_context(&cfg)?,
+        };
+        Ok(Self {
+            tokenizer: RemoteTokenizer {
+                inner,
+                api: cfg.api,
+            },
+            cfg,
+            context_length,
+        })
+    }
+}
+
+/// `max_model_len` of the model in the first endpoint's `GET /v1/models` that answers.
+fn served_context(cfg: &OpenAiConfig) -> Result<usize> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let key = cfg.api_key_env.as_deref().map(api_key).transpose()?;
+    let mut tried = Vec::new();
+    for base in &cfg.base_urls {
+        let url = format!("{}/models", base.trim_end_matches('/'));
+        let mut req = agent.get(&url);
+        if let Some(k) = &key {
+            req = req.header("authorization", &format!("Bearer {k}"));
+        }
+        let reply = req
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| r.body_mut().read_to_string().map_err(|e| e.to_string()))
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()));
+        match reply {
+            Ok(v) => {
+                let entry = v.get("data").and_then(|d| d.as_array()).and_then(|d| {
+                    d.iter()
+                        .find(|m| m.get("id").and_then(|i| i.as_str()) == Some(&cfg.model))
+                });
+                let Some(entry) = entry else {
+                    return Err(invalid(
+                        "model",
+                        format!(
+                            "{url} does not serve {:?} (it lists {})",
+                            cfg.model,
+                            v.get("data").map_or("nothing".into(), |d| d.to_string())
+                        ),
+                    ));
+                };
+                return entry
+                    .get("max_model_len")
+                    .and_then(|l| l.as_u64())
+                    .map(|l| l as usize)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "model.context_length",
+                            format!("is not set and {url} does not report max_model_len; set it to the served model's context length"),
+                        )
+                    });
+            }
+            Err(e) => tried.push(format!("{url}: {e}")),
+        }
+    }
+    Err(Error::invalid(
+        "model.context_length",
+        format!(
+            "is not set and no endpoint answered GET /models to report it ({}); start the servers or set it",
+            tried.join("; ")
+        ),
+    ))
+}
+
+impl ModelSpec for RemoteSpec {
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+    fn tokenizer(&self) -> &dyn Tokenizer {
+        &self.tokenizer
+    }
+    fn describe(&self) -> serde_json::Value {
+        json!({"backend": "openai", "openai": self.cfg, "context_length": self.context_length})
+    }
+    fn num_params(&self) -> u64 {
+        0
+    }
+    fn state_bytes(&self, _threads: usize) -> u64 {
+        0
+    }
+    fn train_activation_bytes(&self, _rows: usize, _len: usize) -> u64 {
+        0
+    }
+    fn sample_workspace_bytes(&self) -> u64 {
+        0
+    }
+    fn trains(&self) -> bool {
+        false
+    }
+    fn init(&self, _seed: u64) -> Result<Box<dyn TrainablePolicy>> {
+        Ok(Box::new(RemotePolicy::connect(
+            self.cfg.clone(),
+            self.tokenizer.inner.clone(),
+            self.context_length,
+        )?))
+    }
+    fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
+        Ok(Box::new(RemotePolicy::load(dir)?))
+    }
+}
+
+/// The served model's tokenizer. With the chat API, a conversation stays messages: its
+/// "prompt" is the messages as JSON behind a marker, which the policy sends as they are.
+#[derive(Clone)]
+struct RemoteTokenizer {
+    inner: ModelTokenizer,
+    api: OpenAiApi,
+}
+
+impl RemoteTokenizer {
+    fn messages(prompt: &str) -> Option<Vec<ChatMessage>> {
+        serde_json::from_str(prompt.strip_prefix(CHAT_MARK)?).ok()
+    }
+}
+
+impl Tokenizer for RemoteTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        self.inner.stop_tokens()
+    }
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        match Self::messages(text) {
+            Some(m) => self.inner.encode_prompt(&self.inner.chat_prompt(&m)?),
+            None => self.inner.encode_prompt(text),
+        }
+    }
+    fn has_chat_template(&self) -> bool {
+        self.api == OpenAiApi::Chat || self.inner.has_chat_template()
+    }
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
+        match self.api {
+            OpenAiApi::Chat => Ok(format!(
+                "{CHAT_MARK}{}",
+                serde_json::to_string(messages).expect("messages serialize")
+            )),
+            OpenAiApi::Completions => self.inner.chat_prompt(messages),
+        }
+    }
+}
+
+/// What a run directory keeps of a served model.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    format: u32,
+    openai: OpenAiConfig,
+    context_length: usize,
+}
+
+/// A model served behind the OpenAI API.
+pub struct RemotePolicy {
+    cfg: OpenAiConfig,
+    client: Arc<Client>,
+    tokenizer: RemoteTokenizer,
+    context_length: usize,
+}
+
+/// One request: `n` completions of row `first`'s prompt, seeded from row `first`'s seed.
+struct Request {
+    first: usize,
+    n: usize,
+}
+
+impl RemotePolicy {
+    pub fn connect(
+        cfg: OpenAiConfig,
+        tokenizer: ModelTokenizer,
+        context_length: usize,
+    ) -> Result<Self> {
+        let key = cfg.api_key_env.as_deref().map(api_key).transpose()?;
+        let pool = Pool::new(
+            cfg.base_urls.clone(),
+            cfg.max_concurrency,
+            cfg.eject_after,
+            Duration::from_secs_f64(cfg.probe_after_secs),
+        );
+        let client = Client::new(
+            pool,
+            key,
+            Duration::from_secs_f64(cfg.timeout_secs),
+            cfg.max_attempts,
+        )
+        .with_backoff(
+            Duration::from_secs_f64(cfg.backoff_secs),
+            Duration::from_secs_f64(cfg.max_backoff_secs),
+        );
+        Ok(Self {
+            tokenizer: RemoteTokenizer {
+                inner: tokenizer,
+                api: cfg.api,
+            },
+            cfg,
+            client: Arc::new(client),
+            context_length,
+        })
+    }
+
+    /// The served model recorded in `dir` by [`TrainablePolicy::save`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(REMOTE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let rec: Record = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(
+                path.display().to_string(),
+                format!("is not a served model's record: {e}"),
+            )
+        })?;
+        if rec.format != FORMAT {
+            return Err(Error::invalid(
+                path.display().to_string(),
+                format!(
+                    "has format {}; this autodidact reads format {FORMAT} (written by a different version)",
+                    rec.format
+                ),
+            ));
+        }
+        let tokenizer = ModelTokenizer::load(dir)?.ok_or_else(|| {
+            Error::invalid(
+                dir.display().to_string(),
+                "holds no tokenizer.json beside remote.json",
+            )
+        })?;
+        Self::connect(rec.openai, tokenizer, rec.context_length)
+    }
+
+    /// Rows of one prompt with consecutive seeds, up to `max_n`, as one request.
+    fn requests(&self, prompts: &[String], seeds: &[u64]) -> Vec<Request> {
+        let mut out: Vec<Request> = Vec::new();
+        for i in 0..prompts.len() {
+            if let Some(r) = out.last_mut() {
+                let j = r.first;
+                if r.n < self.cfg.max_n
+                    && prompts[i] == prompts[j]
+                    && seeds[i] == seeds[j].wrapping_add(r.n as u64)
+                {
+                    r.n += 1;
+                    continue;
+                }
+            }
+            out.push(Request { first: i, n: 1 });
+        }
+        out
+    }
+
+    fn body(
+        &self,
+        prompt: &str,
+        n: usize,
+        seed: u64,
+        params: &SamplingParams,
+    ) -> serde_json::Value {
+        let mut b = json!({
+            "model": self.cfg.model,
+            "n": n,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            // The API's seed is a signed 64-bit integer: the same bits, read as one.
+            "seed": seed as i64,
+        });
+        if !params.stop.is_empty() {
+            b["stop"] = json!(params.stop);
+        }
+        if params.top_k > 0 {
+            b["top_k"] = json!(params.top_k); // vLLM's, SGLang's and llama.cpp's extension
+        }
+        if params.ignore_stop {
+            b["ignore_eos"] = json!(true); // vLLM's extension
+        }
+        match (self.cfg.api, RemoteTokenizer::messages(prompt)) {
+            (OpenAiApi::Chat, messages) => {
+                let messages = messages.unwrap_or_else(|| {
+                    vec![ChatMessage {
+                        role: "user".into(),
+                        content: prompt.to_string(),
+                    }]
+                });
+                b["messages"] = json!(messages);
+                b["logprobs"] = json!(true);
+            }
+            (OpenAiApi::Completions, _) => {
+                b["prompt"] = json!(prompt);
+                b["logprobs"] = json!(0);
+            }
+        }
+        b
+    }
+
+    /// The `n` completions of one reply, in choice order.
+    fn parse(&self, v: serde_json::Value, n: usize) -> std::result::Result<Parsed, String> {
+        let choices = v
+            .get("choices")
+            .and_then(|c| c.as_array())
+            .ok_or("the reply has no choices")?;
+        if choices.len() != n {
+            return Err(format!(
+                "the reply has {} choices for n = {n}",
+                choices.len()
+            ));
+        }
+        let mut out: Vec<Option<(String, Vec<f32>, FinishReason)>> = vec![None; n];
+        for c in choices {
+            let index = c
+                .get("index")
+                .and_then(|i| i.as_u64())
+                .map(|i| i as usize)
+                .filter(|&i| i < n)
+                .ok_or_else(|| format!("a choice has no index below {n}"))?;
+            let text = match self.cfg.api {
+                OpenAiApi::Completions => c.get("text").and_then(|t| t.as_str()),
+                OpenAiApi::Chat => c.pointer("/message/content").and_then(|t| t.as_str()),
+            }
+            .ok_or_else(|| format!("choice {index} has no text"))?;
+            let finish = match c.get("finish_reason").and_then(|f| f.as_str()) {
+                Some("length") => FinishReason::Length,
+                Some(_) => FinishReason::Stop,
+                None => return Err(format!("choice {index} has no finish_reason")),
+            };
+            let logprobs: Vec<f32> = match self.cfg.api {
+                OpenAiApi::Completions => c
+                    .pointer("/logprobs/token_logprobs")
+                    .and_then(|l| l.as_array())
+                    .map(|l| {
+                        l.iter()
+                            .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+                            .collect()
+                    }),
+                OpenAiApi::Chat => c
+                    .pointer("/logprobs/content")
+                    .and_then(|l| l.as_array())
+                    .map(|l| {
+                        l.iter()
+                            .map(|x| {
+                                x.get("logprob")
+                                    .and_then(|p| p.as_f64())
+                                    .unwrap_or(f64::NAN) as f32
+                            })
+                            .collect()
+                    }),
+            }
+            .unwrap_or_default();
+            if out[index]
+                .replace((text.to_string(), logprobs, finish))
+                .is_some()
+            {
+                return Err(format!("choice {index} comes twice"));
+            }
+        }
+        let usage = |k: &str| {
+            v.pointer(&format!("/usage/{k}"))
+                .and_then(|x| x.as_u64())
+                .unwrap_or(0)
+        };
+        Ok(Parsed {
+            choices: out
+                .into_iter()
+                .map(|c| c.expect("every index seen once"))
+                .collect(),
+            prompt_tokens: usage("prompt_tokens"),
+            completion_tokens: usage("completion_tokens"),
+        })
+    }
+
+    fn completion(
+        &self,
+        text: String,
+        logprobs: Vec<f32>,
+        finish: FinishReason,
+    ) -> Result<Completion> {
+        let mut tokens = self.tokenizer.inner.encode(&text).map_err(|e| {
+            invalid(
+                "tokenizer",
+                format!("cannot encode a reply of the served model ({e}): is it the served model's tokenizer?"),
+            )
+        })?;
+        if finish == FinishReason::Stop {
+            tokens.extend(self.tokenizer.inner.stop_tokens().first());
+        }
+        Ok(Completion {
+            text,
+            tokens,
+            logprobs,
+            finish,
+        })
+    }
+}
+
+struct Parsed {
+    choices: Vec<(String, Vec<f32>, FinishReason)>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// Percentile `q` of sorted `v`, by nearest rank.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+impl Policy for RemotePolicy {
+    fn sample(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &SamplingParams,
+    ) -> Result<Vec<Completion>> {
+        if seeds.len() != prompts.len() {
+            return Err(Error::invalid(
+                "sampling request",
+                format!("{} prompts but {} seeds", prompts.len(), seeds.len()),
+            ));
+        }
+        autodidact_core::check_stop_strings("stop", &params.stop)?;
+        let requests = self.requests(prompts, seeds);
+        let results: Vec<Mutex<Option<Result<Parsed>>>> =
+            requests.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let workers = self.client.pool.capacity().min(requests.len()).max(1);
+        let route = match self.cfg.api {
+            OpenAiApi::Completions => "/completions",
+            OpenAiApi::Chat => "/chat/completions",
+        };
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= requests.len() || failed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let r = &requests[k];
+                    let body = self.body(&prompts[r.first], r.n, seeds[r.first], params);
+                    let reply = self
+                        .client
+                        .post(route, &body, seeds[r.first], |v| self.parse(v, r.n))
+                        .map_err(Error::from);
+                    if reply.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    *results[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(prompts.len());
+        let mut first_error = None;
+        let mut usage = (0, 0);
+        for cell in results {
+            match cell.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok(p)) => {
+                    usage.0 += p.prompt_tokens;
+                    usage.1 += p.completion_tokens;
+                    for (text, lp, finish) in p.choices {
+                        out.push(self.completion(text, lp, finish)?);
+                    }
+                }
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        {
+            let mut st = self.client.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.prompt_tokens += usage.0;
+            st.completion_tokens += usage.1;
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    fn logprobs(&mut self, _examples: &[Example]) -> Result<Vec<Vec<f32>>> {
+        Err(RemoteError::Unsupported(
+            "scoring given text needs prompt log-probs, which the OpenAI API does not define: the openai backend samples only (KL to a served model, DPO's reference log-probs and a served judge are not supported yet)".into(),
+        )
+        .into())
+    }
+
+    fn next_token_logprobs(
+        &mut self,
+        _prompts: &[String],
+        _candidates: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        Err(RemoteError::Unsupported(
+            "a served model cannot judge yet: verdict log-probs need top log-probs of the next token, which the openai backend does not ask for yet".into(),
+        )
+        .into())
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn tokenizer(&self) -> &dyn Tokenizer {
+        &self.tokenizer
+    }
+
+    fn take_serving_stats(&mut self) -> BTreeMap<String, f64> {
+        let st = std::mem::take(&mut *self.client.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        stats_metrics(st)
+    }
+}
+
+/// `serving/…` metrics of `st`.
+fn stats_metrics(mut st: Stats) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    if st.requests == 0 && st.failures.is_empty() {
+        return m;
+    }
+    m.insert("serving/requests".into(), st.requests as f64);
+    m.insert("serving/retries".into(), st.retries as f64);
+    for (kind, n) in &st.failures {
+        m.insert(format!("serving/errors_{}", kind.name()), *n as f64);
+    }
+    m.insert("serving/ejections".into(), st.health.ejections as f64);
+    m.insert("serving/readmissions".into(), st.health.readmissions as f64);
+    m.insert("serving/prompt_tokens".into(), st.prompt_tokens as f64);
+    m.insert(
+        "serving/completion_tokens".into(),
+        st.completion_tokens as f64,
+    );
+    if !st.latencies.is_empty() {
+        st.latencies.sort_by(f64::total_cmp);
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            m.insert(
+                format!("serving/latency_{name}_s"),
+                percentile(&st.latencies, q),
+            );
+        }
+    }
+    m
+}
+
+fn no_training() -> Error {
+    Error::invalid(
+        "model.backend",
+        "\"openai\" samples from servers and does not train here (training a served model needs an external trainer)",
+    )
+}
+
+impl TrainablePolicy for RemotePolicy {
+    fn reset_optimizer(&mut self, _settings: &OptimizerSettings) -> Result<()> {
+        Err(no_training())
+    }
+    fn forward(&mut self, _batch: &[Example], _entropy: bool) -> Result<TokenScores> {
+        Err(no_training())
+    }
+    fn backward(
+        &mut self,
+        _weights: &[Vec<f32>],
+        _entropy_coefs: Option<&[Vec<f32>]>,
+    ) -> Result<()> {
+        Err(no_training())
+    }
+    fn step(&mut self, _lr: f32, _max_grad_norm: f32) -> Result<f32> {
+        Err(no_training())
+    }
+
+    /// Records which servers and model this is, with the tokenizer files: a run's round-0
+    /// "checkpoint" of a served model.
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+        self.tokenizer.inner.save(dir)?;
+        let rec = Record {
+            format: FORMAT,
+            openai: self.cfg.clone(),
+            context_length: self.context_length,
+        };
+        let text = serde_json::to_string_pretty(&rec).expect("the record serializes");
+        autodidact_core::fs::write_atomic(&dir.join(REMOTE_FILE), text.as_bytes())
+    }
+
+    fn restore_optimizer(&mut self, _dir: &Path, _settings: &OptimizerSettings) -> Result<bool> {
+        Ok(false)
+    }
+}
