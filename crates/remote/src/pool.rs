@@ -230,8 +230,14 @@ mod tests {
         let i = pool.acquire();
         assert!(t.elapsed() >= Duration::from_millis(15));
         pool.release(i, Outcome::Failed, &mut h);
-        assert_eq!(h.ejections, 2);
+        // A failed probe keeps it out for another rest: still one ejection.
+        assert_eq!(h.ejections, 1);
         assert!(pool.all_down());
+        let t = Instant::now();
+        let i = pool.acquire();
+        assert!(t.elapsed() >= Duration::from_millis(15), "a new rest began");
+        pool.release(i, Outcome::Ok, &mut h);
+        assert_eq!(h.readmissions, 1);
     }
 
     impl Pool {
