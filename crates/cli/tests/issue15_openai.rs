@@ -1,0 +1,398 @@
+//! Issue 15: a run whose policy is `backend = "openai"`, pointed at a real `autodidact serve`
+//! process on loopback, evaluates exactly as the native policy does; faults injected by a
+//! misbehaving HTTP proxy between the two (500s, 429 with Retry-After, truncated bodies,
+//! a hang, a proxy that dies mid-run) are retried and recorded, or stop the run cleanly so
+//! that `resume` finishes it with the same result.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tiny model trained for a few hundred steps, and its run (the native reference).
+fn tiny(dir: &Path) -> PathBuf {
+    let out = dir.join("native");
+    run_ok(&[
+        "--threads",
+        "1",
+        "run",
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "star.rounds=0",
+        "--set",
+        "seed_stage.train.steps=400",
+        "--set",
+        "eval.problems=24",
+    ]);
+    out
+}
+
+/// `autodidact serve` as a child process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(checkpoint: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "--threads",
+            "1",
+            "serve",
+            "--port",
+            "0",
+            "--model-name",
+            "tiny",
+        ])
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split("http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("serve printed {line:?}"));
+    let addr = url.trim().trim_end_matches("/v1").parse().unwrap();
+    Server { child, addr }
+}
+
+fn remote_config(dir: &Path, name: &str, port: u16, tokenizer: &Path, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"recipe = "star"
+seed = 0
+[task]
+name = "addition"
+[model]
+backend = "openai"
+[model.openai]
+base_urls = ["http://127.0.0.1:{port}/v1"]
+model = "tiny"
+tokenizer = "{}"
+{extra}
+[seed_stage.train]
+steps = 0
+[star]
+rounds = 0
+[eval]
+problems = 24
+"#,
+        tokenizer.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn eval_json(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("rounds/r0000/eval.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn metrics(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l.get("round").is_some())
+        .unwrap()
+}
+
+#[test]
+fn issue15_a_served_policy_evaluates_as_the_native_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let native = tiny(tmp.path());
+    let ck = native.join("checkpoints/r0000");
+    let server = serve(&ck);
+    let cfg = remote_config(tmp.path(), "remote", server.addr.port(), &ck, "");
+    let remote = tmp.path().join("remote");
+    run_ok(&[
+        "--threads",
+        "1",
+        "run",
+        "-q",
+        cfg.to_str().unwrap(),
+        "--out",
+        remote.to_str().unwrap(),
+    ]);
+    // Greedy pass@1 and the seeded samples of pass@k and maj@k, problem by problem.
+    assert_eq!(eval_json(&remote), eval_json(&native));
+    let m = metrics(&remote);
+    assert!(m["serving/requests"].as_f64().unwrap() >= 24.0, "{m}");
+    assert!(
+        m["serving/completion_tokens"].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
+    // The run's round-0 record of the served model loads for `autodidact eval`.
+    let out = run_ok(&[
+        "eval",
+        "--checkpoint",
+        remote.join("checkpoints/r0000").to_str().unwrap(),
+    ]);
+    let pass1 = eval_json(&native)["pass@1"].as_f64().unwrap();
+    assert!(
+        out.contains(&format!("pass@1 {:.1}%", 100.0 * pass1)),
+        "{out}"
+    );
+    // Training a served model is refused at start-up, in one line.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--set",
+            "star.rounds=1",
+            "--out",
+        ])
+        .arg(tmp.path().join("never"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("does not train here"), "{err}");
+    assert!(!tmp.path().join("never").exists());
+}
+
+/// What the proxy does to request `k`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Pass,
+    Status500,
+    /// 429 with `Retry-After` seconds.
+    RateLimited(u32),
+    /// The reply with half its body, then the connection closes.
+    Truncated,
+    /// Never answers (the client times out).
+    Hang,
+}
+
+fn schedule(k: usize) -> Fault {
+    match k {
+        7 => Fault::Hang,
+        12 => Fault::RateLimited(1),
+        _ => match k % 9 {
+            1 => Fault::Status500,
+            3 => Fault::RateLimited(0),
+            5 => Fault::Truncated,
+            _ => Fault::Pass,
+        },
+    }
+}
+
+/// An HTTP proxy in front of `upstream` that injects `fault(k)` into its k-th request and
+/// stops listening (the server "dies") after `die_after` requests.
+struct Proxy {
+    handle: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn proxy(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    fault: fn(usize) -> Fault,
+    die_after: Option<usize>,
+) -> Proxy {
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (st, sn) = (stop.clone(), seen.clone());
+    let handle = std::thread::spawn(move || {
+        while !st.load(Ordering::SeqCst) {
+            if die_after.is_some_and(|d| sn.load(Ordering::SeqCst) >= d) {
+                return; // drops the listener: connections are refused from now on
+            }
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let k = sn.fetch_add(1, Ordering::SeqCst);
+                    std::thread::spawn(move || handle(conn, upstream, fault(k)));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    Proxy {
+        handle: Some(handle),
+        stop,
+        seen,
+    }
+}
+
+/// Reads one request (head and body by Content-Length).
+fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).ok()?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn reply(conn: &mut TcpStream, status: &str, extra: &str, body: &str) {
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+}
+
+fn handle(mut conn: TcpStream, upstream: SocketAddr, fault: Fault) {
+    let Some((head, body)) = read_request(&mut conn) else {
+        return;
+    };
+    let error = r#"{"error":{"message":"injected fault","type":"server_error"}}"#;
+    match fault {
+        Fault::Status500 => return reply(&mut conn, "500 Internal Server Error", "", error),
+        Fault::RateLimited(s) => {
+            return reply(
+                &mut conn,
+                "429 Too Many Requests",
+                &format!("retry-after: {s}\r\n"),
+                error,
+            )
+        }
+        Fault::Hang => {
+            std::thread::sleep(Duration::from_secs(4));
+            return;
+        }
+        Fault::Pass | Fault::Truncated => {}
+    }
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or("GET"), words.next().unwrap_or("/"));
+    let mut up = TcpStream::connect(upstream).unwrap();
+    write!(
+        up,
+        "{method} {path} HTTP/1.1\r\nhost: {upstream}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    up.write_all(&body).unwrap();
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).unwrap();
+    if fault == Fault::Truncated {
+        let at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(0);
+        let keep = at + 4 + (answer.len() - at - 4) / 2;
+        answer.truncate(keep);
+    }
+    let _ = conn.write_all(&answer);
+}
+
+const FAULTY: &str = "max_concurrency = 4\ntimeout_secs = 1.5\nmax_attempts = 20\nbackoff_secs = 0.01\nmax_backoff_secs = 0.05\neject_after = 1000\n";
+
+#[test]
+fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let native = tiny(tmp.path());
+    let ck = native.join("checkpoints/r0000");
+    let server = serve(&ck);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = remote_config(tmp.path(), "faulty", port, &ck, FAULTY);
+
+    // Every fault is retried; the evaluation is the native one, and the faults are counted.
+    let faulty = tmp.path().join("faulty");
+    {
+        let _p = proxy(listener, server.addr, schedule, None);
+        run_ok(&[
+            "--threads",
+            "1",
+            "run",
+            "-q",
+            cfg.to_str().unwrap(),
+            "--out",
+            faulty.to_str().unwrap(),
+        ]);
+    }
+    assert_eq!(eval_json(&faulty), eval_json(&native));
+    let m = metrics(&faulty);
+    for kind in ["5xx", "429", "bad_reply", "timeout"] {
+        assert!(
+            m[format!("serving/errors_{kind}")].as_f64().unwrap_or(0.0) >= 1.0,
+            "{kind} not recorded: {m}"
+        );
+    }
+    assert!(m["serving/retries"].as_f64().unwrap() >= 4.0, "{m}");
+
+    // The proxy dies mid-run: the run stops with one clear line, and `resume` against a
+    // healthy proxy on the same port finishes it with the same evaluation.
+    let dies = tmp.path().join("dies");
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let p = proxy(listener, server.addr, |_| Fault::Pass, Some(60));
+    let out = Command::new(BIN)
+        .args([
+            "--threads",
+            "1",
+            "run",
+            "-q",
+            cfg.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&dies)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "the run should stop");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("failed 20 tries"), "{err}");
+    assert!(err.contains("autodidact resume"), "{err}");
+    assert!(p.seen.load(Ordering::SeqCst) >= 60);
+    drop(p);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _p = proxy(listener, server.addr, |_| Fault::Pass, None);
+    run_ok(&["--threads", "1", "resume", "-q", dies.to_str().unwrap()]);
+    assert_eq!(eval_json(&dies), eval_json(&native));
+}
