@@ -4,6 +4,7 @@
 //! a hang, a proxy that dies mid-run) are retried and recorded, or stop the run cleanly so
 //! that `resume` finishes it with the same result.
 
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -395,4 +396,228 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     let _p = proxy(listener, server.addr, |_| Fault::Pass, None);
     run_ok(&["--threads", "1", "resume", "-q", dies.to_str().unwrap()]);
     assert_eq!(eval_json(&dies), eval_json(&native));
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, body), de-chunked.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return (status, rest.to_string());
+    }
+    let (mut body, mut rest) = (String::new(), rest);
+    loop {
+        let (size, tail) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return (status, body);
+        }
+        body.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+}
+
+fn json_of(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn issue15_serve_answers_in_openai_shapes_under_its_guards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let native = tiny(tmp.path());
+    let ck = native.join("checkpoints/r0000");
+    let mut child = Command::new(BIN)
+        .args([
+            "--threads",
+            "1",
+            "serve",
+            "--port",
+            "0",
+            "--model-name",
+            "tiny",
+        ])
+        .args(["--api-key-env", "ISSUE15_KEY", "--max-body-bytes", "4000"])
+        .arg("--checkpoint")
+        .arg(&ck)
+        .env("ISSUE15_KEY", "sesame")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        addr: line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches("/v1")
+            .parse()
+            .unwrap(),
+        child,
+    };
+    let a = server.addr;
+    let key = Some("sesame");
+    assert_eq!(http(a, "GET", "/health", None, ""), (200, "ok".into()));
+    let (s, b) = http(a, "GET", "/v1/models", None, "");
+    assert_eq!(s, 401, "{b}");
+    assert_eq!(json_of(&b)["error"]["code"], "invalid_api_key");
+    let (s, b) = http(a, "GET", "/v1/models", key, "");
+    assert_eq!(
+        (s, json_of(&b)["data"][0]["id"].clone()),
+        (200, "tiny".into())
+    );
+    let (s, b) = http(a, "POST", "/v1/nope", key, "{}");
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        &format!(r#"{{"model":"tiny","prompt":"{}"}}"#, "1".repeat(5000)),
+    );
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(json_of(&b)["error"]["type"], "invalid_request_error");
+    let (s, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        r#"{"model":"big","prompt":"1+1="}"#,
+    );
+    assert_eq!(
+        (s, json_of(&b)["error"]["code"].clone()),
+        (404, "model_not_found".into())
+    );
+    let (s, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        r#"{"model":"tiny","prompt":"1+1=","max_tokens":100000}"#,
+    );
+    assert_eq!(
+        (s, json_of(&b)["error"]["param"].clone()),
+        (400, "max_tokens".into())
+    );
+    let (s, b) = http(a, "POST", "/v1/completions", key, "{not json");
+    assert_eq!(s, 400, "{b}");
+
+    // Concurrent requests (batched together) get what each gets alone.
+    let body = |i: usize| {
+        format!(
+            r#"{{"model":"tiny","prompt":"{i}+{}=","max_tokens":24,"temperature":1.0,"seed":{i},"n":2}}"#,
+            3 * i
+        )
+    };
+    let alone: Vec<String> = (0..12)
+        .map(|i| {
+            let (s, b) = http(a, "POST", "/v1/completions", key, &body(i));
+            assert_eq!(s, 200, "{b}");
+            json_of(&b)["choices"].to_string()
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..12)
+            .map(|i| {
+                sc.spawn(move || {
+                    json_of(&http(a, "POST", "/v1/completions", key, &body(i)).1)["choices"]
+                        .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+
+    // Streaming: data events whose text adds up to the whole answer, then [DONE].
+    let req = r#"{"model":"tiny","prompt":"12+34=","max_tokens":30,"temperature":0STREAM}"#;
+    let (_, whole) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        &req.replace("STREAM", ""),
+    );
+    let whole = json_of(&whole);
+    let (s, sse) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        &req.replace(
+            "STREAM",
+            r#","stream":true,"stream_options":{"include_usage":true}"#,
+        ),
+    );
+    assert_eq!(s, 200);
+    let events: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
+
+    // Hot reload: a bad path keeps the old model; a good one bumps the weight version.
+    let (s, b) = http(
+        a,
+        "POST",
+        "/update_weights_from_disk",
+        key,
+        r#"{"model_path":"/nonexistent"}"#,
+    );
+    assert_eq!((s, json_of(&b)["success"].clone()), (400, false.into()));
+    let (s, b) = http(
+        a,
+        "POST",
+        "/update_weights_from_disk",
+        key,
+        &json!({"model_path": ck}).to_string(),
+    );
+    assert_eq!(
+        (s, json_of(&b)["success"].clone()),
+        (200, true.into()),
+        "{b}"
+    );
+    let (_, b) = http(a, "GET", "/get_model_info", key, "");
+    assert_eq!(json_of(&b)["weight_version"], 1);
+    let (_, again) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        key,
+        &req.replace("STREAM", ""),
+    );
+    assert_eq!(json_of(&again)["choices"], whole["choices"]);
 }

@@ -578,3 +578,147 @@ pub fn usage_chunk(plan: &Plan, head: &Head, usage: &Usage) -> serde_json::Value
         "usage": usage,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn completion(v: serde_json::Value) -> Result<Plan, ApiError> {
+        serde_json::from_value::<CompletionRequest>(v)
+            .unwrap()
+            .plan()
+    }
+
+    fn chat(v: serde_json::Value) -> Result<Plan, ApiError> {
+        serde_json::from_value::<ChatRequest>(v).unwrap().plan()
+    }
+
+    #[test]
+    fn completion_requests_become_plans() {
+        let p = completion(
+            json!({"model": "m", "prompt": ["a", "b"], "n": 3, "stop": "\n",
+            "seed": -1, "temperature": 0, "logprobs": 0}),
+        )
+        .unwrap();
+        assert!(matches!(&p.prompts, Prompts::Text(t) if t == &["a", "b"]));
+        assert_eq!((p.n, p.max_tokens, p.seed), (3, Some(16), Some(u64::MAX)));
+        assert_eq!(p.params.stop, ["\n"]);
+        assert_eq!(p.params.temperature, 0.0);
+        assert!(p.logprobs && !p.stream);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        let cases = [
+            (json!({"model": "m", "prompt": "x", "echo": true}), "echo"),
+            (
+                json!({"model": "m", "prompt": "x", "logprobs": 2}),
+                "logprobs",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "presence_penalty": 0.5}),
+                "presence_penalty",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "temperature": 3}),
+                "temperature",
+            ),
+            (json!({"model": "m", "prompt": "x", "top_p": 0}), "top_p"),
+            (json!({"model": "m", "prompt": "x", "n": 0}), "n"),
+            (json!({"model": "m", "prompt": ["x", "y"], "n": 100}), "n"),
+            (
+                json!({"model": "m", "prompt": "x", "stop": ["", "a"]}),
+                "stop",
+            ),
+            (json!({"model": "m", "prompt": [1, 2, 3]}), "prompt"),
+            (
+                json!({"model": "m", "prompt": "x", "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "stream": true, "logprobs": 0}),
+                "logprobs",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "logit_bias": {"5": 1}}),
+                "logit_bias",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = completion(body.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {e:?}");
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            assert!(e.message.starts_with(param), "{}", e.message);
+        }
+        let e = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let e = chat(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = chat(json!({"model": "m", "messages": []})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn chat_messages_take_text_parts_and_developer_is_system() {
+        let p = chat(json!({"model": "m", "max_completion_tokens": 5, "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "2+2"}, {"type": "text", "text": "?"}]},
+        ]}))
+        .unwrap();
+        let Prompts::Chat(m) = &p.prompts else {
+            panic!()
+        };
+        assert_eq!(
+            (m[0].role.as_str(), m[1].content.as_str()),
+            ("system", "2+2?")
+        );
+        assert_eq!(p.max_tokens, Some(5));
+        let e = chat(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn responses_have_the_openai_shape() {
+        let plan = completion(json!({"model": "m", "prompt": "x", "logprobs": 0})).unwrap();
+        let s = Sampled {
+            choices: vec![Completion {
+                text: "ab c".into(),
+                tokens: vec![1, 2, 3],
+                logprobs: vec![-0.5, -1.0, -0.25],
+                finish: FinishReason::Stop,
+            }],
+            token_texts: vec![vec!["ab".into(), " c".into(), "".into()]],
+            prompt_tokens: 4,
+        };
+        let head = Head {
+            id: "cmpl-1",
+            created: 7,
+            model: "m",
+        };
+        let r = response(&plan, &head, &s);
+        assert_eq!(r["object"], "text_completion");
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        assert_eq!(r["choices"][0]["logprobs"]["text_offset"], json!([0, 2, 4]));
+        assert_eq!(
+            r["usage"],
+            json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
+        );
+        let plan = chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}),
+        )
+        .unwrap();
+        let first = chunk(&plan, &head, 0, "ab", true, None);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": "ab"})
+        );
+        let last = chunk(&plan, &head, 0, "", false, Some(FinishReason::Length));
+        assert_eq!(last["choices"][0]["delta"], json!({}));
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+    }
+}
