@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// checkpoint instead of every weight.
     #[arg(long, requires = "checkpoint")]
     lora_rank: Option<usize>,
+    /// Measure serving instead (with --checkpoint): the in-process sampler against one
+    /// `autodidact serve` under --batch concurrent clients, and one of two servers against
+    /// the pool over both (--steps rounds of --batch rows, --new-tokens each, default 64).
+    #[arg(long, requires = "checkpoint", conflicts_with = "lora_rank")]
+    serve: bool,
 }
 
 #[derive(Serialize)]
@@ -80,6 +85,10 @@ struct Report {
 pub fn run(args: &BenchArgs, threads: usize) -> Result<()> {
     if args.batch == 0 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1");
+    }
+    if let (true, Some(dir)) = (args.serve, &args.checkpoint) {
+        let new = args.new_tokens.unwrap_or(64);
+        return crate::bench_serve::run(dir, args.batch, args.steps, new, threads);
     }
     if let Some(dir) = &args.checkpoint {
         let model = ModelConfig {

@@ -2,6 +2,7 @@
 
 mod backends;
 mod bench;
+mod bench_serve;
 mod progress;
 mod report;
 mod run;

@@ -87,11 +87,20 @@ pub trait Tokenizer {
 /// Sees completions grow during [`Policy::sample_watched`]; called from the sampling
 /// threads.
 pub trait SampleWatch: Sync {
-    /// Row `row` (its index among the call's prompts) has generated `tokens`; `text` is as
-    /// much of their text as is final: never a stop string or a part of one, nor a character
-    /// that a later token could still change. Returning true ends the row now (a client that
-    /// went away).
+    /// Whether row `row` (its index among the call's prompts) is shown its text as it grows
+    /// ([`SampleWatch::grew`]); decoding it after every token has a cost, so rows that are
+    /// not streamed are only asked [`SampleWatch::cancelled`].
+    fn streams(&self, row: usize) -> bool;
+
+    /// Row `row` has generated `tokens`; `text` is as much of their text as is final: never
+    /// a stop string or a part of one, nor a character that a later token could still
+    /// change. Returning true ends the row now (a client that went away).
     fn grew(&self, row: usize, tokens: &[u32], text: &str) -> bool;
+
+    /// Whether row `row` should end now (its client went away); asked after every token.
+    fn cancelled(&self, _row: usize) -> bool {
+        false
+    }
 }
 
 /// Something that samples and scores text.
@@ -117,7 +126,9 @@ pub trait Policy {
     ) -> Result<Vec<Completion>> {
         let out = self.sample(prompts, seeds, params)?;
         for (row, c) in out.iter().enumerate() {
-            watch.grew(row, &c.tokens, &c.text);
+            if watch.streams(row) {
+                watch.grew(row, &c.tokens, &c.text);
+            }
         }
         Ok(out)
     }

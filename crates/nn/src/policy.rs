@@ -287,7 +287,11 @@ struct StopStrings<'a> {
 impl StopCheck for StopStrings<'_> {
     fn stopped(&self, row: usize, generated: &[u32]) -> bool {
         let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
-        let from = match self.watch {
+        if self.watch.is_some_and(|w| w.cancelled(row)) {
+            return true;
+        }
+        let watch = self.watch.filter(|w| w.streams(row));
+        let from = match watch {
             Some(_) => 0,
             None if longest == 0 => return false,
             None => generated.len().saturating_sub(longest + 8),
@@ -299,7 +303,7 @@ impl StopCheck for StopStrings<'_> {
         if autodidact_core::find_stop(&text, self.stop).is_some() {
             return true;
         }
-        let Some(watch) = self.watch else {
+        let Some(watch) = watch else {
             return false;
         };
         // Final text: not the last longest − 1 bytes (a stop string may be starting there),
@@ -657,5 +661,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("stop string 0 is empty"), "{e}");
+    }
+
+    #[test]
+    fn issue15_a_watch_sees_only_final_text_and_can_end_rows() {
+        use std::sync::Mutex;
+        // Streams rows 0..6 (records each shown text), ends row 6 at once, ignores row 7.
+        struct Rec(Mutex<Vec<Vec<String>>>);
+        impl SampleWatch for Rec {
+            fn streams(&self, row: usize) -> bool {
+                row < 6
+            }
+            fn cancelled(&self, row: usize) -> bool {
+                row == 6
+            }
+            fn grew(&self, row: usize, _tokens: &[u32], text: &str) -> bool {
+                assert!(row < 6, "row {row} is not streamed");
+                self.0.lock().unwrap()[row].push(text.to_string());
+                false
+            }
+        }
+        let mut p = policy();
+        let prompts: Vec<String> = (0..8).map(|i| format!("{i}+{}=", 7 * i)).collect();
+        let seeds: Vec<u64> = (10..18).collect();
+        let hot = SamplingParams {
+            temperature: 2.0,
+            ..SamplingParams::greedy(12)
+        };
+        let base = p.sample(&prompts, &seeds, &hot).unwrap();
+        let longest = base
+            .iter()
+            .map(|c| &c.text)
+            .max_by_key(|t| t.len())
+            .unwrap();
+        assert!(longest.chars().count() >= 5, "{base:?}");
+        let stop: Vec<String> = vec![longest.chars().skip(3).take(2).collect()];
+        let params = hot.with_stop(stop.clone());
+        let plain = p.sample(&prompts, &seeds, &params).unwrap();
+        let rec = Rec(Mutex::new(vec![Vec::new(); 8]));
+        let watched = p.sample_watched(&prompts, &seeds, &params, &rec).unwrap();
+        let shown = rec.0.into_inner().unwrap();
+        for row in 0..6 {
+            assert_eq!(watched[row].text, plain[row].text);
+            // Each shown text extends the last and is a prefix of the final text, which
+            // never shows a stop string.
+            let mut last = "";
+            for t in &shown[row] {
+                assert!(
+                    t.starts_with(last) && plain[row].text.starts_with(t.as_str()),
+                    "{t:?} of {:?}",
+                    plain[row].text
+                );
+                last = t;
+            }
+        }
+        assert!(shown.iter().take(6).any(|s| s.len() > 1), "{shown:?}");
+        assert_eq!(
+            watched[6].tokens.len(),
+            1,
+            "a cancelled row ends after its first token"
+        );
+        assert_eq!(watched[7].text, plain[7].text);
     }
 }

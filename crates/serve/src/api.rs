@@ -50,6 +50,9 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    /// vLLM's extension: generate `max_tokens` tokens whatever they are (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub n: Option<u32>,
     #[serde(default)]
     pub stream: bool,
@@ -89,6 +92,9 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    /// vLLM's extension: generate `max_tokens` tokens whatever they are (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub n: Option<u32>,
     #[serde(default)]
     pub stream: bool,
@@ -264,6 +270,10 @@ impl CompletionRequest {
             ],
             &self.logit_bias,
         )?;
+        let params = SamplingParams {
+            ignore_stop: self.ignore_eos,
+            ..params
+        };
         if self.best_of.is_some_and(|b| b as usize != n) {
             return Err(invalid("best_of", "is not supported unless it equals n"));
         }
@@ -389,6 +399,10 @@ impl ChatRequest {
             ],
             &self.logit_bias,
         )?;
+        let params = SamplingParams {
+            ignore_stop: self.ignore_eos,
+            ..params
+        };
         let max = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => max_tokens(Some(m), "max_completion_tokens")?,
             (None, m) => max_tokens(m, "max_tokens")?,

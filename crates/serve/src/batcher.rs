@@ -1,8 +1,8 @@
 //! The batcher: one thread that owns the policy and turns queued requests into decode
 //! batches.
 //!
-//! Requests wait in a queue. The thread takes the first, waits a short window for more,
-//! then runs every waiting request whose sampling settings are the same as one call of
+//! Requests wait in a queue. The thread takes the first, gathers more until the batch is
+//! full, a short window ends or the queue stays empty for a millisecond, then runs every waiting request whose sampling settings are the same as one call of
 //! [`Policy::sample_watched`], so concurrent clients share a decode batch. Requests with
 //! other settings run in calls of their own, in arrival order. (Continuous batching, where
 //! rows join a batch between decode steps, is the next step; today a request that arrives
@@ -166,6 +166,9 @@ impl Plan {
     }
 }
 
+/// How long the queue must stay empty for a batch to stop gathering before its window ends.
+const QUIET: Duration = Duration::from_millis(1);
+
 struct Worker {
     policy: Box<dyn Policy>,
     loader: Loader,
@@ -191,17 +194,21 @@ struct Ready {
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Message>) {
+        let rows_of = |m: &Message| match m {
+            Message::Job(j) => j.plan.n * j.plan.prompt_count(),
+            Message::Reload { .. } => 0,
+        };
         while let Ok(first) = rx.recv() {
+            let mut rows = rows_of(&first);
             let mut messages = vec![first];
             let deadline = Instant::now() + self.cfg.window;
-            let mut rows = 0;
+            // Gather until the batch is full, the window ends, or the queue stays quiet for
+            // QUIET (clients that send together arrive within it).
             while rows < self.cfg.max_rows {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                match rx.recv_timeout(left.min(QUIET)) {
                     Ok(m) => {
-                        if let Message::Job(j) = &m {
-                            rows += j.plan.n * j.plan.prompt_count();
-                        }
+                        rows += rows_of(&m);
                         messages.push(m);
                     }
                     Err(_) => break,
@@ -427,15 +434,17 @@ struct Watch<'a> {
 }
 
 impl SampleWatch for Watch<'_> {
+    fn streams(&self, row: usize) -> bool {
+        self.jobs[self.owner[row].0].job.plan.stream
+    }
+
+    fn cancelled(&self, row: usize) -> bool {
+        self.jobs[self.owner[row].0].job.events.is_closed()
+    }
+
     fn grew(&self, row: usize, _tokens: &[u32], text: &str) -> bool {
         let (j, index) = self.owner[row];
         let events = &self.jobs[j].job.events;
-        if events.is_closed() {
-            return true;
-        }
-        if !self.jobs[j].job.plan.stream {
-            return false;
-        }
         let sent = self.sent[row].load(Ordering::SeqCst);
         // The shown text only grows; a decoder that rewrites earlier text (space clean-up)
         // is caught up with at the end from the final text.
