@@ -256,11 +256,8 @@ fn measure(
     // Sampling: one-token prompts, `new` tokens each (stop tokens ignored).
     let params = SamplingParams {
         temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: new,
         ignore_stop: true,
-        stop: Vec::new(),
+        ..SamplingParams::greedy(new)
     };
     let prompts = vec![prompt.to_string(); sb];
     let seeds: Vec<u64> = (0..sb as u64).collect();

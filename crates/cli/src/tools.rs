@@ -355,6 +355,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens.unwrap_or(room),
         ignore_stop: false,
         stop: a.stop.clone(),
+        top_logprobs: 0,
     };
     autodidact_core::check_stop_strings("--stop", &params.stop)?;
     let mut out = std::io::stdout().lock();

@@ -152,6 +152,26 @@ fn issue15_a_served_policy_evaluates_as_the_native_one() {
         m["serving/completion_tokens"].as_f64().unwrap() > 0.0,
         "{m}"
     );
+    // A served model reads a judge's verdict: the next token's log-probs of candidates, from
+    // the server's top alternatives, equal the native policy's.
+    {
+        use autodidact_core::{ModelTokenizer, OpenAiConfig, Policy, Tokenizer};
+        let tok = ModelTokenizer::load(&ck).unwrap().unwrap();
+        let candidates = [tok.encode("1").unwrap()[0], tok.encode("7").unwrap()[0]];
+        let prompts: Vec<String> = ["12+34=", "5+5=", "99+1="].map(String::from).to_vec();
+        let mut native = autodidact_nn::NativePolicy::load(&ck).unwrap();
+        let want = native.next_token_logprobs(&prompts, &candidates).unwrap();
+        let cfg = OpenAiConfig {
+            base_urls: vec![format!("http://{}/v1", server.addr)],
+            model: "tiny".into(),
+            ..OpenAiConfig::default()
+        };
+        let mut served = autodidact_remote::RemotePolicy::connect(cfg, tok, 64).unwrap();
+        let got = served.next_token_logprobs(&prompts, &candidates).unwrap();
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+        }
+    }
     // The run's round-0 record of the served model loads for `autodidact eval`.
     let out = run_ok(&[
         "eval",

@@ -131,6 +131,10 @@ pub struct Completion {
     /// `log p(token)` under the sampling policy (temperature 1) for each generated token.
     pub logprobs: Vec<f32>,
     pub finish: FinishReason,
+    /// With [`SamplingParams::top_logprobs`] = k: for each generated token, the k most
+    /// likely tokens at its position and their log-probs, most likely first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 /// All completions sampled for one problem in one round, with their verdicts and rewards.
@@ -181,6 +185,14 @@ pub struct SamplingParams {
     /// stop tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Also return, for each generated token, this many most likely tokens at its position
+    /// with their log-probs (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub top_logprobs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn one() -> f32 {
@@ -196,6 +208,7 @@ impl SamplingParams {
             max_new_tokens,
             ignore_stop: false,
             stop: Vec::new(),
+            top_logprobs: 0,
         }
     }
 

@@ -306,6 +306,7 @@ mod tests {
                         tokens: vec![],
                         logprobs: vec![],
                         finish: autodidact_core::FinishReason::Stop,
+                        top_logprobs: Vec::new(),
                     }],
                     verdicts: vec![task.verify(p, &gold)],
                     rewards: vec![1.0],

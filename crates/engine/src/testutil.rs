@@ -21,6 +21,7 @@ pub fn group(id: &str, items: &[(&str, Option<&str>, bool)]) -> Group {
                 tokens: vec![],
                 logprobs: vec![],
                 finish: FinishReason::Stop,
+                top_logprobs: Vec::new(),
             })
             .collect(),
         verdicts: items

@@ -233,6 +233,7 @@ impl NativePolicy {
             top_k: params.top_k,
             top_p: params.top_p,
             max_new_tokens: params.max_new_tokens,
+            top_logprobs: params.top_logprobs,
             stop_tokens: if params.ignore_stop {
                 Vec::new()
             } else {
@@ -267,6 +268,7 @@ impl NativePolicy {
                     tokens: s.tokens,
                     logprobs: s.logprobs,
                     finish,
+                    top_logprobs: s.top,
                 })
             })
             .collect()

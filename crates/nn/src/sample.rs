@@ -34,6 +34,10 @@ pub struct SamplingConfig {
     pub max_new_tokens: usize,
     /// Tokens that end a row (the stop token is included in the output).
     pub stop_tokens: Vec<u32>,
+    /// Also record, for each sampled token, this many most likely tokens at its position
+    /// (0: none).
+    #[serde(default)]
+    pub top_logprobs: usize,
 }
 
 impl SamplingConfig {
@@ -44,6 +48,7 @@ impl SamplingConfig {
             top_p: 1.0,
             max_new_tokens,
             stop_tokens,
+            top_logprobs: 0,
         }
     }
 
@@ -86,6 +91,29 @@ pub struct Sample {
     /// `log p(token)` under the policy (raw logits, temperature 1) for each generated token.
     pub logprobs: Vec<f32>,
     pub finish: FinishReason,
+    /// With `top_logprobs` = k: per sampled token, the k most likely tokens at its position
+    /// and their log-probs, most likely first (ties by lower id).
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+/// The `k` most likely tokens of `logits` with their log-probs (`lse` the log-sum-exp of
+/// `logits`), most likely first, ties by lower id.
+pub fn top_logprobs(logits: &[f32], lse: f32, k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logits.len());
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let order = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
+    idx.into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect()
 }
 
 /// A caller's own condition for ending a row, checked after every token that did not
@@ -435,6 +463,7 @@ impl Transformer {
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
                 finish: FinishReason::Length,
+                top: Vec::new(),
             })
             .collect();
 
@@ -458,8 +487,11 @@ impl Transformer {
                 let tok = pick(logits, cfg, &mut rngs[seg.row]);
                 let o = &mut out[seg.row];
                 o.tokens.push(tok);
-                o.logprobs
-                    .push(logits[tok as usize] - kernels::log_sum_exp(logits));
+                let lse = kernels::log_sum_exp(logits);
+                o.logprobs.push(logits[tok as usize] - lse);
+                if cfg.top_logprobs > 0 {
+                    o.top.push(top_logprobs(logits, lse, cfg.top_logprobs));
+                }
                 let pos = seg.start + seg.len; // position the new token would occupy
                 if cfg.stop_tokens.contains(&tok)
                     || rows_of.stop.stopped(rows_of.first + seg.row, &o.tokens)
@@ -621,6 +653,7 @@ mod tests {
             top_p: p,
             max_new_tokens: 1,
             stop_tokens: vec![],
+            top_logprobs: 0,
         }
     }
 

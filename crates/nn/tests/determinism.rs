@@ -63,6 +63,7 @@ fn sampling_is_bitwise_reproducible() {
         top_p: 1.0,
         max_new_tokens: 30,
         stop_tokens: vec![2],
+        top_logprobs: 0,
     };
     let a = model.sample(&prompts, &seeds, &cfg).unwrap();
     for _ in 0..3 {

@@ -59,6 +59,7 @@ fn sample_by_recomputation(
         tokens: vec![],
         logprobs: vec![],
         finish: FinishReason::Length,
+        top: vec![],
     };
     loop {
         let n = seq.len();
@@ -80,6 +81,15 @@ fn sample_by_recomputation(
         let lse = mx + logits.iter().map(|z| (z - mx).exp()).sum::<f32>().ln();
         out.tokens.push(tok);
         out.logprobs.push(logits[tok as usize] - lse);
+        if cfg.top_logprobs > 0 {
+            // Every token by log-prob, most likely first, ties by lower id.
+            let mut all: Vec<(u32, f32)> = (0..v as u32)
+                .map(|i| (i, logits[i as usize] - lse))
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            all.truncate(cfg.top_logprobs);
+            out.top.push(all);
+        }
         seq.push(tok);
         if cfg.stop_tokens.contains(&tok) {
             out.finish = FinishReason::Stop;
@@ -102,6 +112,7 @@ fn configs() -> Vec<SamplingConfig> {
         top_p: 1.0,
         max_new_tokens: 30,
         stop_tokens: vec![2],
+        top_logprobs: 0,
     };
     vec![
         SamplingConfig {
@@ -112,6 +123,7 @@ fn configs() -> Vec<SamplingConfig> {
         SamplingConfig {
             temperature: 0.7,
             top_k: 5,
+            top_logprobs: 3,
             ..base.clone()
         },
         SamplingConfig {
@@ -169,6 +181,15 @@ fn check_cache_against_recomputation(m: &Transformer) {
                 let want = sample_by_recomputation(m, p, seeds[i], &cfg);
                 assert_eq!(s.tokens, want.tokens, "row {i} of {batch_size}, {cfg:?}");
                 assert_eq!(s.finish, want.finish);
+                // Issue 15: the top alternatives of each position, as recomputed.
+                assert_eq!(s.top.len(), want.top.len());
+                for (a, b) in s.top.iter().zip(&want.top) {
+                    assert_eq!(a.len(), cfg.top_logprobs);
+                    for (x, y) in a.iter().zip(b) {
+                        assert_eq!(x.0, y.0, "alternatives {a:?} vs {b:?}");
+                        assert!((x.1 - y.1).abs() < 1e-4, "{a:?} vs {b:?}");
+                    }
+                }
                 for (a, b) in s.logprobs.iter().zip(&want.logprobs) {
                     assert!((a - b).abs() < 1e-4, "logprob {a} vs {b}");
                 }
@@ -265,6 +286,7 @@ fn issue11_large_requests_are_chunked_to_bounded_memory_with_the_same_samples() 
         top_p: 1.0,
         max_new_tokens: 3,
         stop_tokens: vec![],
+        top_logprobs: 0,
     };
     let mut ws = autodidact_nn::SampleWorkspace::with_budget(budget);
     let all = m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
@@ -316,6 +338,7 @@ fn issue11_memory_estimates_bound_the_real_buffers() {
         top_p: 1.0,
         max_new_tokens: 8,
         stop_tokens: vec![],
+        top_logprobs: 0,
     };
     let mut ws = autodidact_nn::SampleWorkspace::new();
     m.sample_with(&p, &seeds, &sc, &mut ws).unwrap();
@@ -349,6 +372,7 @@ fn issue14_stop_checks_end_the_rows_they_name_across_chunks() {
         top_p: 1.0,
         max_new_tokens: 8,
         stop_tokens: vec![],
+        top_logprobs: 0,
     };
     let free = m.sample(&p, &seeds, &sc).unwrap();
     // A budget of 16 rows: four chunks, each sharded over the threads.

@@ -20,8 +20,10 @@
 //!   text, not ids), followed by the first stop token when the server reports `stop`; its
 //!   `logprobs` are the server's, one per token the server sampled. Both are for records and
 //!   monitors: a served model does not train here.
-//! - Scoring given text (`Policy::logprobs`, a judge's verdict log-probs) is not supported:
-//!   it needs prompt log-probs, which the OpenAI API does not define.
+//! - A judge's verdict (`Policy::next_token_logprobs`) is read from one greedy token's 20
+//!   most likely alternatives; a candidate not among them gets the smallest listed log-prob
+//!   (an upper bound). Scoring given text (`Policy::logprobs`) is not supported: it needs
+//!   prompt log-probs, which the OpenAI API does not define.
 
 mod client;
 mod policy;

@@ -381,6 +381,67 @@ impl RemotePolicy {
         Self::connect(rec.openai, tokenizer, rec.context_length)
     }
 
+    /// Sends `count` requests (`request(k)` gives the k-th body, its jitter seed and its
+    /// `n`) over the pool's workers and returns the replies in order; the first failure
+    /// stops the others from starting and is returned. Usage goes into the stats.
+    fn fan_out(
+        &self,
+        count: usize,
+        request: impl Fn(usize) -> (serde_json::Value, u64, usize) + Sync,
+    ) -> Result<Vec<Parsed>> {
+        let results: Vec<Mutex<Option<Result<Parsed>>>> =
+            (0..count).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let workers = self.client.pool.capacity().min(count).max(1);
+        let route = match self.cfg.api {
+            OpenAiApi::Completions => "/completions",
+            OpenAiApi::Chat => "/chat/completions",
+        };
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= count || failed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let (body, seed, n) = request(k);
+                    let reply = self
+                        .client
+                        .post(route, &body, seed, |v| self.parse(v, n))
+                        .map_err(Error::from);
+                    if reply.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    *results[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(count);
+        let mut first_error = None;
+        let mut usage = (0, 0);
+        for cell in results {
+            match cell.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok(p)) => {
+                    usage.0 += p.prompt_tokens;
+                    usage.1 += p.completion_tokens;
+                    out.push(p);
+                }
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        let mut st = self.client.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.prompt_tokens += usage.0;
+        st.completion_tokens += usage.1;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     /// Rows of one prompt with consecutive seeds, up to `max_n`, as one request.
     fn requests(&self, prompts: &[String], seeds: &[u64]) -> Vec<Request> {
         let mut out: Vec<Request> = Vec::new();
@@ -435,10 +496,13 @@ impl RemotePolicy {
                 });
                 b["messages"] = json!(messages);
                 b["logprobs"] = json!(true);
+                if params.top_logprobs > 0 {
+                    b["top_logprobs"] = json!(params.top_logprobs);
+                }
             }
             (OpenAiApi::Completions, _) => {
                 b["prompt"] = json!(prompt);
-                b["logprobs"] = json!(0);
+                b["logprobs"] = json!(params.top_logprobs);
             }
         }
         b
@@ -456,7 +520,7 @@ impl RemotePolicy {
                 choices.len()
             ));
         }
-        let mut out: Vec<Option<(String, Vec<f32>, FinishReason)>> = vec![None; n];
+        let mut out: Vec<Option<Choice>> = vec![None; n];
         for c in choices {
             let index = c
                 .get("index")
@@ -497,10 +561,39 @@ impl RemotePolicy {
                     }),
             }
             .unwrap_or_default();
-            if out[index]
-                .replace((text.to_string(), logprobs, finish))
-                .is_some()
-            {
+            let first_top: Vec<(String, f32)> = match self.cfg.api {
+                // {"token text": log-prob, …} per position.
+                OpenAiApi::Completions => c
+                    .pointer("/logprobs/top_logprobs/0")
+                    .and_then(|t| t.as_object())
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
+                            .collect()
+                    }),
+                // [{"token", "logprob"}, …] per position.
+                OpenAiApi::Chat => c
+                    .pointer("/logprobs/content/0/top_logprobs")
+                    .and_then(|t| t.as_array())
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|a| {
+                                Some((
+                                    a.get("token")?.as_str()?.to_string(),
+                                    a.get("logprob")?.as_f64()? as f32,
+                                ))
+                            })
+                            .collect()
+                    }),
+            }
+            .unwrap_or_default();
+            let choice = Choice {
+                text: text.to_string(),
+                logprobs,
+                finish,
+                first_top,
+            };
+            if out[index].replace(choice).is_some() {
                 return Err(format!("choice {index} comes twice"));
             }
         }
@@ -539,14 +632,28 @@ impl RemotePolicy {
             tokens,
             logprobs,
             finish,
+            top_logprobs: Vec::new(),
         })
     }
 }
 
+/// Alternatives a judge reads at its one generated position.
+const TOP_ALTERNATIVES: usize = 20;
+
+/// One reply's completions.
 struct Parsed {
-    choices: Vec<(String, Vec<f32>, FinishReason)>,
+    choices: Vec<Choice>,
     prompt_tokens: u64,
     completion_tokens: u64,
+}
+
+#[derive(Clone)]
+struct Choice {
+    text: String,
+    logprobs: Vec<f32>,
+    finish: FinishReason,
+    /// The alternatives at the first generated position, by their text.
+    first_top: Vec<(String, f32)>,
 }
 
 /// Percentile `q` of sorted `v`, by nearest rank.
@@ -570,80 +677,66 @@ impl Policy for RemotePolicy {
         }
         autodidact_core::check_stop_strings("stop", &params.stop)?;
         let requests = self.requests(prompts, seeds);
-        let results: Vec<Mutex<Option<Result<Parsed>>>> =
-            requests.iter().map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let workers = self.client.pool.capacity().min(requests.len()).max(1);
-        let route = match self.cfg.api {
-            OpenAiApi::Completions => "/completions",
-            OpenAiApi::Chat => "/chat/completions",
-        };
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k >= requests.len() || failed.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let r = &requests[k];
-                    let body = self.body(&prompts[r.first], r.n, seeds[r.first], params);
-                    let reply = self
-                        .client
-                        .post(route, &body, seeds[r.first], |v| self.parse(v, r.n))
-                        .map_err(Error::from);
-                    if reply.is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                    *results[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
-                });
-            }
-        });
+        let replies = self.fan_out(requests.len(), |k| {
+            let r = &requests[k];
+            let body = self.body(&prompts[r.first], r.n, seeds[r.first], params);
+            (body, seeds[r.first], r.n)
+        })?;
         let mut out = Vec::with_capacity(prompts.len());
-        let mut first_error = None;
-        let mut usage = (0, 0);
-        for cell in results {
-            match cell.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                Some(Ok(p)) => {
-                    usage.0 += p.prompt_tokens;
-                    usage.1 += p.completion_tokens;
-                    for (text, lp, finish) in p.choices {
-                        out.push(self.completion(text, lp, finish)?);
-                    }
-                }
-                Some(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                None => {}
+        for p in replies {
+            for c in p.choices {
+                out.push(self.completion(c.text, c.logprobs, c.finish)?);
             }
-        }
-        {
-            let mut st = self.client.stats.lock().unwrap_or_else(|e| e.into_inner());
-            st.prompt_tokens += usage.0;
-            st.completion_tokens += usage.1;
-        }
-        if let Some(e) = first_error {
-            return Err(e);
         }
         Ok(out)
     }
 
     fn logprobs(&mut self, _examples: &[Example]) -> Result<Vec<Vec<f32>>> {
         Err(RemoteError::Unsupported(
-            "scoring given text needs prompt log-probs, which the OpenAI API does not define: the openai backend samples only (KL to a served model, DPO's reference log-probs and a served judge are not supported yet)".into(),
+            "scoring given text needs prompt log-probs, which the OpenAI API does not define: a served model samples and judges, but cannot give KL to itself or DPO's reference log-probs".into(),
         )
         .into())
     }
 
+    /// One request per prompt for a single greedy token with its top alternatives; a
+    /// candidate among them gets its log-prob, one that is not gets the smallest listed (an
+    /// upper bound on its own).
     fn next_token_logprobs(
         &mut self,
-        _prompts: &[String],
-        _candidates: &[u32],
+        prompts: &[String],
+        candidates: &[u32],
     ) -> Result<Vec<Vec<f32>>> {
-        Err(RemoteError::Unsupported(
-            "a served model cannot judge yet: verdict log-probs need top log-probs of the next token, which the openai backend does not ask for yet".into(),
-        )
-        .into())
+        let tok = &self.tokenizer.inner;
+        let names = candidates
+            .iter()
+            .map(|&c| tok.decode(&[c]))
+            .collect::<Result<Vec<String>>>()?;
+        let params = SamplingParams {
+            top_logprobs: TOP_ALTERNATIVES,
+            ..SamplingParams::greedy(1)
+        };
+        let replies = self.fan_out(prompts.len(), |k| {
+            (self.body(&prompts[k], 1, 0, &params), 0, 1)
+        })?;
+        replies
+            .into_iter()
+            .zip(prompts)
+            .map(|(p, prompt)| {
+                let top = &p.choices[0].first_top;
+                let floor = top.iter().map(|a| a.1).fold(f32::INFINITY, f32::min);
+                if top.is_empty() {
+                    return Err(RemoteError::Unsupported(format!(
+                        "the server gave no alternatives for the next token of {:?}: it must support logprobs (completions) or top_logprobs (chat)",
+                        autodidact_core::error::clip(prompt, 80)
+                    ))
+                    .into());
+                }
+                Ok(names
+                    .iter()
+                    .map(|n| top.iter().find(|a| &a.0 == n).map_or(floor, |a| a.1))
+                    .collect())
+            })
+            .collect()
     }
 
     fn context_length(&self) -> usize {

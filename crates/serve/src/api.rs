@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_CHOICES: usize = 128;
 /// Most stop strings one request may give.
 pub const MAX_STOP: usize = 16;
+/// Most alternatives per token (`logprobs` of completions, `top_logprobs` of chat; the
+/// OpenAI API allows 5 and 20).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 /// `max_tokens` of a `/v1/completions` request that gives none (the OpenAI API's default).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
@@ -63,7 +66,7 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     pub user: Option<String>,
-    /// Log-probs of the sampled tokens: 0 (only `null` or 0 are supported).
+    /// Log-probs of the sampled tokens, with this many alternatives per token.
     pub logprobs: Option<u32>,
     #[serde(default)]
     pub echo: bool,
@@ -108,7 +111,7 @@ pub struct ChatRequest {
     /// Log-probs of the sampled tokens.
     #[serde(default)]
     pub logprobs: bool,
-    /// Alternatives per position: only 0 is supported.
+    /// Alternatives per token, with `logprobs`.
     pub top_logprobs: Option<u32>,
     pub response_format: Option<serde_json::Value>,
 }
@@ -217,6 +220,7 @@ fn common(
         max_new_tokens: 0,
         ignore_stop: false,
         stop,
+        top_logprobs: 0,
     };
     Ok((params, n, seed))
 }
@@ -251,10 +255,10 @@ impl CompletionRequest {
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(invalid("suffix", "is not supported by this server"));
         }
-        if let Some(l) = self.logprobs.filter(|&l| l > 0) {
+        if let Some(l) = self.logprobs.filter(|&l| l > MAX_TOP_LOGPROBS) {
             return Err(invalid(
                 "logprobs",
-                format!("{l} alternatives per token are not supported; 0 returns the sampled tokens' log-probs"),
+                format!("{l} alternatives per token; ask for at most {MAX_TOP_LOGPROBS}"),
             ));
         }
         let (params, n, seed) = common(
@@ -272,6 +276,7 @@ impl CompletionRequest {
         )?;
         let params = SamplingParams {
             ignore_stop: self.ignore_eos,
+            top_logprobs: self.logprobs.unwrap_or(0) as usize,
             ..params
         };
         if self.best_of.is_some_and(|b| b as usize != n) {
@@ -372,11 +377,17 @@ impl ChatRequest {
                 content: message_text(i, m.content)?,
             });
         }
-        if self.top_logprobs.is_some_and(|t| t > 0) {
-            return Err(invalid(
-                "top_logprobs",
-                "alternatives per token are not supported; use logprobs=true with top_logprobs 0 or absent",
-            ));
+        match self.top_logprobs {
+            Some(t) if t > MAX_TOP_LOGPROBS => {
+                return Err(invalid(
+                    "top_logprobs",
+                    format!("{t} alternatives per token; ask for at most {MAX_TOP_LOGPROBS}"),
+                ))
+            }
+            Some(t) if t > 0 && !self.logprobs => {
+                return Err(invalid("top_logprobs", "needs logprobs: true"))
+            }
+            _ => {}
         }
         if let Some(f) = &self.response_format {
             if f.get("type").and_then(|t| t.as_str()) != Some("text") {
@@ -401,6 +412,7 @@ impl ChatRequest {
         )?;
         let params = SamplingParams {
             ignore_stop: self.ignore_eos,
+            top_logprobs: self.top_logprobs.unwrap_or(0) as usize,
             ..params
         };
         let max = match (self.max_completion_tokens, self.max_tokens) {
@@ -444,6 +456,8 @@ pub struct Sampled {
     pub choices: Vec<Completion>,
     /// Per choice, the text of each of its tokens (for log-probs), when asked for.
     pub token_texts: Vec<Vec<String>>,
+    /// Per choice and token, the alternatives' texts and log-probs, when asked for.
+    pub top_texts: Vec<Vec<Vec<(String, f32)>>>,
     pub prompt_tokens: usize,
 }
 
@@ -497,10 +511,20 @@ pub fn response(plan: &Plan, head: &Head, s: &Sampled) -> serde_json::Value {
                                     o
                                 })
                                 .collect();
+                            let top = match s.top_texts.get(i) {
+                                Some(top) if plan.params.top_logprobs > 0 => json!(top
+                                    .iter()
+                                    .map(|alts| alts
+                                        .iter()
+                                        .map(|(t, lp)| (t.clone(), json!(lp)))
+                                        .collect::<serde_json::Map<_, _>>())
+                                    .collect::<Vec<_>>()),
+                                _ => serde_json::Value::Null,
+                            };
                             json!({
                                 "tokens": t,
                                 "token_logprobs": c.logprobs,
-                                "top_logprobs": null,
+                                "top_logprobs": top,
                                 "text_offset": offsets,
                             })
                         }
@@ -515,14 +539,20 @@ pub fn response(plan: &Plan, head: &Head, s: &Sampled) -> serde_json::Value {
                 }
                 Endpoint::Chat => {
                     let logprobs = match (plan.logprobs, texts) {
-                        (true, Some(t)) => json!({
-                            "content": t.iter().zip(&c.logprobs).map(|(tok, lp)| json!({
-                                "token": tok,
-                                "logprob": lp,
-                                "bytes": tok.as_bytes(),
-                                "top_logprobs": [],
-                            })).collect::<Vec<_>>(),
-                        }),
+                        (true, Some(t)) => {
+                            let no_top = Vec::new();
+                            let top = s.top_texts.get(i).unwrap_or(&no_top);
+                            json!({
+                                "content": t.iter().zip(&c.logprobs).enumerate().map(|(k, (tok, lp))| json!({
+                                    "token": tok,
+                                    "logprob": lp,
+                                    "bytes": tok.as_bytes(),
+                                    "top_logprobs": top.get(k).map_or(Vec::new(), |alts| alts.iter().map(|(t, l)| json!({
+                                        "token": t, "logprob": l, "bytes": t.as_bytes(),
+                                    })).collect::<Vec<_>>()),
+                                })).collect::<Vec<_>>(),
+                            })
+                        }
                         _ => serde_json::Value::Null,
                     };
                     json!({
@@ -627,7 +657,7 @@ mod tests {
         let cases = [
             (json!({"model": "m", "prompt": "x", "echo": true}), "echo"),
             (
-                json!({"model": "m", "prompt": "x", "logprobs": 2}),
+                json!({"model": "m", "prompt": "x", "logprobs": 21}),
                 "logprobs",
             ),
             (
@@ -665,7 +695,7 @@ mod tests {
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
             assert!(e.message.starts_with(param), "{}", e.message);
         }
-        let e = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}))
+        let e = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3, "logprobs": false}))
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
         let e = chat(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
@@ -704,8 +734,10 @@ mod tests {
                 tokens: vec![1, 2, 3],
                 logprobs: vec![-0.5, -1.0, -0.25],
                 finish: FinishReason::Stop,
+                top_logprobs: Vec::new(),
             }],
             token_texts: vec![vec!["ab".into(), " c".into(), "".into()]],
+            top_texts: Vec::new(),
             prompt_tokens: 4,
         };
         let head = Head {

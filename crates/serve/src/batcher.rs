@@ -377,13 +377,24 @@ impl Worker {
                     per_job[j].push((c, sent));
                 }
                 for (r, choices) in batch.iter().zip(per_job) {
-                    let token_texts = if r.job.plan.logprobs {
+                    let (token_texts, top_texts) = if r.job.plan.logprobs {
                         choices
                             .iter()
-                            .map(|(c, _)| self.token_texts(&c.tokens))
-                            .collect()
+                            .map(|(c, _)| {
+                                let tops = c
+                                    .top_logprobs
+                                    .iter()
+                                    .map(|alts| {
+                                        let ids: Vec<u32> = alts.iter().map(|a| a.0).collect();
+                                        let texts = self.token_texts(&ids);
+                                        texts.into_iter().zip(alts.iter().map(|a| a.1)).collect()
+                                    })
+                                    .collect();
+                                (self.token_texts(&c.tokens), tops)
+                            })
+                            .unzip()
                     } else {
-                        Vec::new()
+                        (Vec::new(), Vec::new())
                     };
                     if r.job.plan.stream {
                         // The text the watch held back (a possible stop string, the end).
@@ -399,6 +410,7 @@ impl Worker {
                     let sampled = Sampled {
                         choices: choices.into_iter().map(|(c, _)| c).collect(),
                         token_texts,
+                        top_texts,
                         prompt_tokens: r.rows.prompt_tokens,
                     };
                     self.finish(&r.job, Ok(sampled));

@@ -470,6 +470,7 @@ mod tests {
                     tokens: vec![],
                     logprobs: vec![],
                     finish: FinishReason::Stop,
+                    top_logprobs: Vec::new(),
                 })
                 .collect(),
             verdicts: outs
