@@ -31,6 +31,10 @@ c = client.completions.create(model=model, prompt="The capital of France is", ma
 ch = c.choices[0]
 check(len(ch.logprobs.tokens) == len(ch.logprobs.token_logprobs) == c.usage.completion_tokens, "completion log-probs per token")
 check("".join(ch.logprobs.tokens) == ch.text or ch.finish_reason == "stop", "tokens spell the text")
+top = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=3)
+alts = top.choices[0].logprobs.top_logprobs
+check(len(alts) == 4 and all(len(a) == 3 for a in alts), "logprobs=3 gives three alternatives per token")
+check(all(max(a.values()) >= lp - 1e-5 for a, lp in zip(alts, top.choices[0].logprobs.token_logprobs)), "greedy tokens are the most likely")
 again = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
 check(again.choices[0].text == ch.text, "greedy is repeatable")
 
@@ -44,6 +48,9 @@ r = client.chat.completions.create(model=model, messages=[{"role": "user", "cont
 m = r.choices[0]
 check(m.finish_reason == "stop" and "7," not in m.message.content, f"chat stop string cuts the text: {m.message.content!r}")
 check(len(m.logprobs.content) == r.usage.completion_tokens, "chat log-probs per token")
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Is 2 + 2 = 4? Answer Yes or No."}],
+                                   max_tokens=1, temperature=0, logprobs=True, top_logprobs=5)
+check(len(r.choices[0].logprobs.content[0].top_logprobs) == 5, "chat top_logprobs=5 gives five alternatives")
 
 whole = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=24, temperature=0)
 stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=24, temperature=0,
