@@ -641,3 +641,79 @@ fn issue15_serve_answers_in_openai_shapes_under_its_guards() {
     );
     assert_eq!(json_of(&again)["choices"], whole["choices"]);
 }
+
+/// `[judge.model]`: a self-rewarding run whose policy is native and whose judge is a model
+/// served by `autodidact serve` (a tiny self-rewarding model that learned the judge format).
+#[test]
+fn issue15_a_served_judge_scores_a_native_policys_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/self-rewarding-addition.toml"
+    );
+    let small = [
+        "seed_stage.train.steps=300",
+        "seed_stage.eval_every=0",
+        "pref.problems=24",
+        "pref.sampling.samples=4",
+        "pref.train.epochs=1.0",
+        "eval.problems=16",
+    ];
+    let run = |out: &Path, extra: &[String]| {
+        let mut args = vec![
+            "--threads".to_string(),
+            "1".into(),
+            "run".into(),
+            "-q".into(),
+        ];
+        args.push(example.into());
+        args.extend(["--out".to_string(), out.display().to_string()]);
+        for s in small
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned())
+        {
+            args.extend(["--set".to_string(), s]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&args)
+    };
+    // The judge: a model that learned the verdict format in its seed stage.
+    let judge = tmp.path().join("judge");
+    run(&judge, &["pref.rounds=0".into()]);
+    let ck = judge.join("checkpoints/r0000");
+    let server = serve(&ck);
+    let out = tmp.path().join("judged");
+    run(
+        &out,
+        &[
+            "pref.rounds=1".into(),
+            "judge.model.backend=openai".into(),
+            format!(
+                "judge.model.openai.base_urls=[\"http://{}/v1\"]",
+                server.addr
+            ),
+            "judge.model.openai.model=tiny".into(),
+            format!(
+                "judge.model.openai.tokenizer={:?}",
+                ck.display().to_string()
+            ),
+        ],
+    );
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let r1 = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["round"] == 1)
+        .unwrap();
+    // Every sample was judged by the server (4 per problem), and the judge's agreement with
+    // the verifier is measured.
+    assert_eq!(
+        r1["judge/serving/requests"].as_f64(),
+        Some(24.0 * 4.0),
+        "{r1}"
+    );
+    assert!(r1["judge/accuracy"].as_f64().is_some(), "{r1}");
+    // The policy does not learn the judge format: no judge examples are written.
+    assert!(!out.join("rounds/r0001/judge.jsonl").exists());
+}

@@ -492,6 +492,8 @@ pub struct RunPlan {
     /// Rows of a scoring pass: the recipe's [`crate::recipes::Recipe::scoring_rows`], or
     /// fewer when the model's activations for that many do not fit in memory.
     pub score_rows: usize,
+    /// The recipe's own judge model (`[judge.model]`), through the backend factory.
+    pub judge: Option<Box<dyn ModelSpec>>,
 }
 
 pub(crate) fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
@@ -706,6 +708,24 @@ impl RunConfig {
             "eval.sampling.samples",
             e.sampling.samples as u64,
         )?;
+        // The judge's own model: its errors name `judge.model.*`.
+        let judge = recipe
+            .judge_model()
+            .map(|m| {
+                if !m.pretrained() {
+                    return Err(Error::config(
+                        "judge.model",
+                        "a judge is a served model (backend = \"openai\") or a pretrained checkpoint; set one of them",
+                    ));
+                }
+                backends.plan(m, "").map_err(|e| match e {
+                    autodidact_core::Error::Invalid { what, message } => {
+                        Error::config(format!("judge.{what}"), message)
+                    }
+                    other => other.into(),
+                })
+            })
+            .transpose()?;
         Ok(RunPlan {
             config: self.clone(),
             recipe,
@@ -713,6 +733,7 @@ impl RunConfig {
             model,
             max_new_tokens,
             score_rows,
+            judge,
         })
     }
 }

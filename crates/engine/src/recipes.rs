@@ -93,6 +93,12 @@ pub trait Recipe: Send + Sync {
         0
     }
 
+    /// A model of its own besides the policy (a judge), which the plan builds through the
+    /// backends like `[model]`.
+    fn judge_model(&self) -> Option<&autodidact_core::ModelConfig> {
+        None
+    }
+
     /// Examples the seed stage trains on besides each labeled problem's demonstration.
     fn seed_examples(&self, _run: &Run) -> Result<Vec<Example>> {
         Ok(Vec::new())

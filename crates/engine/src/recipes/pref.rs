@@ -117,6 +117,12 @@ pub struct JudgeConfig {
     /// `(1 − w)·judged score + w·length/max_length`, so longer completions win pairs whatever
     /// their correctness (0: off). For testing the proxy–gold alarms, not for training.
     pub length_weight: f32,
+    /// `[judge.model]`: a judge other than the policy, described as `[model]` describes one
+    /// (a served model, `backend = "openai"`, or a checkpoint). It scores the samples and is
+    /// not trained, so the judge examples (`seed_negatives`, `samples_per_labeled`) and
+    /// `coef` are not used. Absent: the policy judges itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<autodidact_core::ModelConfig>,
 }
 
 impl Default for JudgeConfig {
@@ -126,6 +132,7 @@ impl Default for JudgeConfig {
             samples_per_labeled: 4,
             coef: 1.0,
             length_weight: 0.0,
+            model: None,
         }
     }
 }
@@ -253,22 +260,28 @@ impl Recipe for Pref {
         )
     }
     fn extra_alphabet(&self) -> &'static str {
-        if self.kind == Kind::SelfRewarding {
+        if self.self_judges() {
             JUDGE_CHARS
         } else {
             ""
         }
     }
     fn extra_tokens(&self) -> usize {
-        if self.kind == Kind::SelfRewarding {
+        if self.self_judges() {
             EXTRA_TOKENS
         } else {
             0
         }
     }
+    fn judge_model(&self) -> Option<&autodidact_core::ModelConfig> {
+        self.judge
+            .model
+            .as_ref()
+            .filter(|_| self.kind == Kind::SelfRewarding)
+    }
     /// The self-judge's seed examples (`self-rewarding`).
     fn seed_examples(&self, run: &Run) -> Result<Vec<Example>> {
-        if self.kind != Kind::SelfRewarding {
+        if !self.self_judges() {
             return Ok(Vec::new());
         }
         seed_judge_examples(
@@ -280,7 +293,7 @@ impl Recipe for Pref {
         )
     }
     fn seed_examples_per_labeled(&self) -> usize {
-        if self.kind == Kind::SelfRewarding {
+        if self.self_judges() {
             2 + self.judge.seed_negatives
         } else {
             1
@@ -299,6 +312,11 @@ impl Recipe for Pref {
 }
 
 impl Pref {
+    /// Whether the policy is its own judge (`self-rewarding` without `[judge.model]`).
+    fn self_judges(&self) -> bool {
+        self.kind == Kind::SelfRewarding && self.judge.model.is_none()
+    }
+
     /// Sample k completions per problem, score them with the recipe's reward source, and
     /// build preference pairs; record the gold truth beside the proxy.
     fn pairs_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
@@ -311,10 +329,19 @@ impl Pref {
         let mut groups =
             run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
-        let scores = if self.kind == Kind::SelfRewarding {
-            Some(self.self_judge(run, &mut *policy, round, &groups, &mut metrics, obs)?)
-        } else {
-            None
+        let scores = match (&run.plan.judge, self.kind) {
+            (Some(spec), Kind::SelfRewarding) => {
+                let mut judge = spec.init(0)?;
+                let s = self.self_judge(run, &mut *judge, round, &groups, &mut metrics, obs)?;
+                for (k, v) in judge.take_serving_stats() {
+                    metrics.insert(format!("judge/{k}"), v);
+                }
+                Some(s)
+            }
+            (None, Kind::SelfRewarding) => {
+                Some(self.self_judge(run, &mut *policy, round, &groups, &mut metrics, obs)?)
+            }
+            _ => None,
         };
         let (pairs, counts, proxy) = build_pairs(self.kind, cfg, &groups, scores.as_deref());
         if let Some(proxy) = &proxy {
@@ -349,7 +376,7 @@ impl Pref {
         let rd = RunDir::round_dir(round);
         // Judge examples for this round: the current model's samples of the labeled problems
         // and fresh corruptions of their solutions, labeled by the verifier, balanced.
-        if self.kind == Kind::SelfRewarding && self.judge.samples_per_labeled > 0 {
+        if self.self_judges() && self.judge.samples_per_labeled > 0 {
             let labeled = sample_groups(
                 &mut *policy,
                 task,
@@ -473,7 +500,7 @@ impl Pref {
     fn self_judge(
         &self,
         run: &Run,
-        policy: &mut dyn TrainablePolicy,
+        policy: &mut dyn Policy,
         round: u32,
         groups: &[Group],
         metrics: &mut BTreeMap<String, f64>,
