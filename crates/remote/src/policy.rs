@@ -826,3 +826,118 @@ impl TrainablePolicy for RemotePolicy {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autodidact_core::BackendKind;
+
+    fn config(edit: impl FnOnce(&mut ModelConfig)) -> ModelConfig {
+        let mut m = ModelConfig {
+            backend: BackendKind::Openai,
+            openai: Some(OpenAiConfig {
+                base_urls: vec!["http://127.0.0.1:1/v1".into()],
+                model: "m".into(),
+                tokenizer: Some("/nonexistent".into()),
+                ..OpenAiConfig::default()
+            }),
+            ..ModelConfig::default()
+        };
+        edit(&mut m);
+        m
+    }
+
+    fn err(edit: impl FnOnce(&mut ModelConfig)) -> String {
+        validate(&config(edit)).unwrap_err().to_string()
+    }
+
+    fn oa(m: &mut ModelConfig) -> &mut OpenAiConfig {
+        m.openai.as_mut().unwrap()
+    }
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        assert!(validate(&config(|_| {})).is_ok());
+        let cases: Vec<(String, &str)> = vec![
+            (err(|m| m.openai = None), "model.openai: is missing"),
+            (
+                err(|m| oa(m).base_urls.clear()),
+                "model.openai.base_urls: is empty",
+            ),
+            (
+                err(|m| oa(m).base_urls = vec!["localhost:8000/v1".into()]),
+                "must start with http://",
+            ),
+            (
+                err(|m| oa(m).base_urls = vec!["http://a/v1".into(), "http://a/v1".into()]),
+                "is listed twice",
+            ),
+            (err(|m| oa(m).model.clear()), "model.openai.model: is empty"),
+            (
+                err(|m| oa(m).tokenizer = None),
+                "model.openai.tokenizer: is missing",
+            ),
+            (
+                err(|m| oa(m).max_concurrency = 0),
+                "model.openai.max_concurrency",
+            ),
+            (
+                err(|m| oa(m).timeout_secs = f64::NAN),
+                "model.openai.timeout_secs",
+            ),
+            (
+                err(|m| oa(m).backoff_secs = 0.0),
+                "model.openai.backoff_secs",
+            ),
+            (
+                err(|m| oa(m).api_key_env = Some("AUTODIDACT_TEST_UNSET_KEY".into())),
+                "AUTODIDACT_TEST_UNSET_KEY is unset or empty",
+            ),
+            (
+                err(|m| m.checkpoint = Some("x".into())),
+                "model.checkpoint: shapes a native model",
+            ),
+            (err(|m| m.num_layers = Some(2)), "model.num_layers"),
+        ];
+        for (e, want) in cases {
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+        // The tokenizer directory is read at plan time.
+        let e = RemoteSpec::plan(&config(|m| m.context_length = Some(64)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent"), "{e}");
+    }
+
+    #[test]
+    fn rows_of_one_prompt_with_consecutive_seeds_share_a_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = ModelTokenizer::Char(Box::new(
+            autodidact_core::CharTokenizer::new("0123456789+=").unwrap(),
+        ));
+        let cfg = OpenAiConfig {
+            base_urls: vec!["http://127.0.0.1:1/v1".into()],
+            model: "m".into(),
+            max_n: 3,
+            ..OpenAiConfig::default()
+        };
+        let p = RemotePolicy::connect(cfg, tok, 64).unwrap();
+        let prompts: Vec<String> = ["a", "a", "a", "a", "b", "b", "a"]
+            .map(String::from)
+            .to_vec();
+        let seeds = [5, 6, 7, 8, 9, 11, 12];
+        let r: Vec<(usize, usize)> = p
+            .requests(&prompts, &seeds)
+            .iter()
+            .map(|r| (r.first, r.n))
+            .collect();
+        // max_n splits the first run; a seed gap and a prompt change start new requests.
+        assert_eq!(r, [(0, 3), (3, 1), (4, 1), (5, 1), (6, 1)]);
+        // The record round-trips, without the key.
+        p.save(dir.path()).unwrap();
+        let back = RemotePolicy::load(dir.path()).unwrap();
+        assert_eq!(back.cfg, p.cfg);
+        assert_eq!(back.context_length, 64);
+    }
+}
