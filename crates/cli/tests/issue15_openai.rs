@@ -545,11 +545,20 @@ fn issue15_serve_answers_in_openai_shapes_under_its_guards() {
     let (s, b) = http(a, "POST", "/v1/completions", key, "{not json");
     assert_eq!(s, 400, "{b}");
 
-    // Concurrent requests (batched together) get what each gets alone.
+    // Concurrent requests, batched together whatever their settings, get what each gets
+    // alone.
     let body = |i: usize| {
+        let stop = if i.is_multiple_of(3) {
+            r##","stop":["#"]"##
+        } else {
+            ""
+        };
         format!(
-            r#"{{"model":"tiny","prompt":"{i}+{}=","max_tokens":24,"temperature":1.0,"seed":{i},"n":2}}"#,
-            3 * i
+            r#"{{"model":"tiny","prompt":"{i}+{}=","max_tokens":{},"temperature":{},"top_p":{},"seed":{i},"n":2{stop}}}"#,
+            3 * i,
+            8 + 2 * i,
+            0.5 + 0.1 * i as f64,
+            if i.is_multiple_of(2) { 1.0 } else { 0.9 }
         )
     };
     let alone: Vec<String> = (0..12)

@@ -103,6 +103,25 @@ pub trait SampleWatch: Sync {
     }
 }
 
+/// A watch over a subset of a call's rows, seen under their indices in the whole call.
+struct Remapped<'a> {
+    watch: &'a dyn SampleWatch,
+    /// The call's row of each of the subset's.
+    rows: &'a [usize],
+}
+
+impl SampleWatch for Remapped<'_> {
+    fn streams(&self, row: usize) -> bool {
+        self.watch.streams(self.rows[row])
+    }
+    fn grew(&self, row: usize, tokens: &[u32], text: &str) -> bool {
+        self.watch.grew(self.rows[row], tokens, text)
+    }
+    fn cancelled(&self, row: usize) -> bool {
+        self.watch.cancelled(self.rows[row])
+    }
+}
+
 /// Something that samples and scores text.
 pub trait Policy {
     /// One completion per prompt; `seeds[i]` seeds row i, so a row's sample does not depend
@@ -131,6 +150,54 @@ pub trait Policy {
             }
         }
         Ok(out)
+    }
+
+    /// [`Policy::sample_watched`] with settings of each row's own (`params[i]` for row i,
+    /// as many as prompts): requests that ask for different settings share one batch where
+    /// the backend can. By default rows with equal settings are sampled together, one call
+    /// per distinct setting.
+    fn sample_each(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &[SamplingParams],
+        watch: &dyn SampleWatch,
+    ) -> Result<Vec<Completion>> {
+        if params.len() != prompts.len() || seeds.len() != prompts.len() {
+            return Err(crate::Error::invalid(
+                "sampling request",
+                format!(
+                    "{} prompts, {} seeds and {} settings; give one of each per row",
+                    prompts.len(),
+                    seeds.len(),
+                    params.len()
+                ),
+            ));
+        }
+        let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
+        let mut done = vec![false; prompts.len()];
+        for first in 0..prompts.len() {
+            if done[first] {
+                continue;
+            }
+            let rows: Vec<usize> = (first..prompts.len())
+                .filter(|&r| !done[r] && params[r] == params[first])
+                .collect();
+            let ps: Vec<String> = rows.iter().map(|&r| prompts[r].clone()).collect();
+            let ss: Vec<u64> = rows.iter().map(|&r| seeds[r]).collect();
+            let remap = Remapped { watch, rows: &rows };
+            for (&r, c) in rows
+                .iter()
+                .zip(self.sample_watched(&ps, &ss, &params[first], &remap)?)
+            {
+                out[r] = Some(c);
+                done[r] = true;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|c| c.expect("every row sampled"))
+            .collect())
     }
 
     /// Per-token log-probs of each example's completion (followed by the stop token) given
@@ -204,4 +271,103 @@ pub trait TrainablePolicy: Policy {
     /// Restores the optimizer state saved beside the checkpoint in `dir`, with `settings`;
     /// returns false (and changes nothing) when `dir` holds none.
     fn restore_optimizer(&mut self, dir: &Path, settings: &OptimizerSettings) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::FinishReason;
+    use std::sync::Mutex;
+
+    /// Writes each row's prompt, seed and temperature as its text; counts its calls.
+    struct Echo {
+        calls: usize,
+        tok: crate::CharTokenizer,
+    }
+
+    impl Policy for Echo {
+        fn sample(
+            &mut self,
+            prompts: &[String],
+            seeds: &[u64],
+            p: &SamplingParams,
+        ) -> Result<Vec<Completion>> {
+            self.calls += 1;
+            Ok(prompts
+                .iter()
+                .zip(seeds)
+                .map(|(pr, s)| Completion {
+                    text: format!("{pr}/{s}/{}", p.temperature),
+                    tokens: vec![],
+                    logprobs: vec![],
+                    finish: FinishReason::Stop,
+                    top_logprobs: vec![],
+                })
+                .collect())
+        }
+        fn logprobs(&mut self, _: &[Example]) -> Result<Vec<Vec<f32>>> {
+            unreachable!()
+        }
+        fn next_token_logprobs(&mut self, _: &[String], _: &[u32]) -> Result<Vec<Vec<f32>>> {
+            unreachable!()
+        }
+        fn context_length(&self) -> usize {
+            8
+        }
+        fn tokenizer(&self) -> &dyn Tokenizer {
+            &self.tok
+        }
+    }
+
+    struct Seen(Mutex<Vec<(usize, String)>>);
+
+    impl SampleWatch for Seen {
+        fn streams(&self, row: usize) -> bool {
+            row != 1
+        }
+        fn grew(&self, row: usize, _: &[u32], text: &str) -> bool {
+            self.0.lock().unwrap().push((row, text.to_string()));
+            false
+        }
+    }
+
+    #[test]
+    fn issue15_sample_each_by_default_groups_equal_settings_in_row_order() {
+        let mut p = Echo {
+            calls: 0,
+            tok: crate::CharTokenizer::new("ab").unwrap(),
+        };
+        let t = |temperature| SamplingParams {
+            temperature,
+            ..SamplingParams::greedy(4)
+        };
+        let prompts: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let params = [t(0.5), t(1.0), t(0.5), t(1.0)];
+        let seen = Seen(Mutex::new(Vec::new()));
+        let out = p
+            .sample_each(&prompts, &[1, 2, 3, 4], &params, &seen)
+            .unwrap();
+        let texts: Vec<&str> = out.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["a/1/0.5", "b/2/1", "c/3/0.5", "d/4/1"]);
+        assert_eq!(p.calls, 2, "one call per distinct setting");
+        // The watch sees rows by their index in the whole call (row 1 is not streamed).
+        let mut seen = seen.0.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (0, "a/1/0.5".into()),
+                (2, "c/3/0.5".into()),
+                (3, "d/4/1".into())
+            ]
+        );
+        assert!(p
+            .sample_each(
+                &prompts,
+                &[1, 2, 3, 4],
+                &params[..3],
+                &Seen(Mutex::new(vec![]))
+            )
+            .is_err());
+    }
 }

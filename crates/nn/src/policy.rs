@@ -216,50 +216,52 @@ impl NativePolicy {
 }
 
 impl NativePolicy {
-    /// [`Policy::sample_watched`], with or without a watcher.
+    /// [`Policy::sample_each`] (`params`: one for every row, or one per row), with or
+    /// without a watcher.
     fn sample_inner(
         &mut self,
         prompts: &[String],
         seeds: &[u64],
-        params: &SamplingParams,
+        params: &[SamplingParams],
         watch: Option<&dyn SampleWatch>,
     ) -> autodidact_core::Result<Vec<Completion>> {
         let encoded = prompts
             .iter()
             .map(|p| self.tokenizer.encode_prompt(p))
             .collect::<autodidact_core::Result<Vec<_>>>()?;
-        let cfg = SamplingConfig {
-            temperature: params.temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
-            max_new_tokens: params.max_new_tokens,
-            top_logprobs: params.top_logprobs,
-            stop_tokens: if params.ignore_stop {
-                Vec::new()
-            } else {
-                self.tokenizer.stop_tokens()
-            },
-        };
-        autodidact_core::check_stop_strings("stop", &params.stop)?;
+        let stop_tokens = self.tokenizer.stop_tokens();
+        let mut cfgs = Vec::with_capacity(params.len());
+        for p in params {
+            autodidact_core::check_stop_strings("stop", &p.stop)?;
+            cfgs.push(SamplingConfig {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                max_new_tokens: p.max_new_tokens,
+                top_logprobs: p.top_logprobs,
+                stop_tokens: if p.ignore_stop {
+                    Vec::new()
+                } else {
+                    stop_tokens.clone()
+                },
+            });
+        }
         let stop = StopStrings {
             tokenizer: &self.tokenizer,
-            stop: if params.ignore_stop {
-                &[]
-            } else {
-                &params.stop
-            },
+            params,
             watch,
         };
         let samples = self
             .model
-            .sample_until(&encoded, seeds, &cfg, &mut self.workspace, &stop)
+            .sample_each(&encoded, seeds, &cfgs, &mut self.workspace, &stop)
             .map_err(to_core)?;
         samples
             .into_iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(row, s)| {
                 let mut text = self.tokenizer.decode(&s.tokens)?;
                 let mut finish = s.finish;
-                if let Some(at) = autodidact_core::find_stop(&text, stop.stop) {
+                if let Some(at) = autodidact_core::find_stop(&text, stop.of(row)) {
                     text.truncate(at);
                     finish = FinishReason::Stop;
                 }
@@ -275,20 +277,37 @@ impl NativePolicy {
     }
 }
 
-/// Ends a row once its decoded text contains one of `stop`, and shows a watcher the row's
-/// text as it grows. Without a watcher only the last few tokens are decoded after each new
-/// one: enough to hold the longest stop string (a token is at least one byte of text) with
-/// room for tokens that decode to nothing. An occurrence that ends in the new token lies
-/// inside that window; an earlier one would have ended the row already.
+/// Ends a row once its decoded text contains one of its stop strings, and shows a watcher
+/// the row's text as it grows. Without a watcher only the last few tokens are decoded after
+/// each new one: enough to hold the longest stop string (a token is at least one byte of
+/// text) with room for tokens that decode to nothing. An occurrence that ends in the new
+/// token lies inside that window; an earlier one would have ended the row already.
 struct StopStrings<'a> {
     tokenizer: &'a ModelTokenizer,
-    stop: &'a [String],
+    /// One for every row, or one per row.
+    params: &'a [SamplingParams],
     watch: Option<&'a dyn SampleWatch>,
+}
+
+impl StopStrings<'_> {
+    /// The stop strings of `row` (none when it ignores stops).
+    fn of(&self, row: usize) -> &[String] {
+        let p = match self.params {
+            [one] => one,
+            all => &all[row],
+        };
+        if p.ignore_stop {
+            &[]
+        } else {
+            &p.stop
+        }
+    }
 }
 
 impl StopCheck for StopStrings<'_> {
     fn stopped(&self, row: usize, generated: &[u32]) -> bool {
-        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let stop = self.of(row);
+        let longest = stop.iter().map(String::len).max().unwrap_or(0);
         if self.watch.is_some_and(|w| w.cancelled(row)) {
             return true;
         }
@@ -302,7 +321,7 @@ impl StopCheck for StopStrings<'_> {
         let Ok(text) = self.tokenizer.decode(&generated[from..]) else {
             return false;
         };
-        if autodidact_core::find_stop(&text, self.stop).is_some() {
+        if autodidact_core::find_stop(&text, stop).is_some() {
             return true;
         }
         let Some(watch) = watch else {
@@ -326,7 +345,7 @@ impl Policy for NativePolicy {
         seeds: &[u64],
         params: &SamplingParams,
     ) -> autodidact_core::Result<Vec<Completion>> {
-        self.sample_inner(prompts, seeds, params, None)
+        self.sample_inner(prompts, seeds, std::slice::from_ref(params), None)
     }
 
     fn sample_watched(
@@ -336,6 +355,22 @@ impl Policy for NativePolicy {
         params: &SamplingParams,
         watch: &dyn SampleWatch,
     ) -> autodidact_core::Result<Vec<Completion>> {
+        self.sample_inner(prompts, seeds, std::slice::from_ref(params), Some(watch))
+    }
+
+    fn sample_each(
+        &mut self,
+        prompts: &[String],
+        seeds: &[u64],
+        params: &[SamplingParams],
+        watch: &dyn SampleWatch,
+    ) -> autodidact_core::Result<Vec<Completion>> {
+        if params.len() != prompts.len() {
+            return Err(autodidact_core::Error::invalid(
+                "sampling request",
+                format!("{} settings for {} prompts", params.len(), prompts.len()),
+            ));
+        }
         self.sample_inner(prompts, seeds, params, Some(watch))
     }
 

@@ -217,12 +217,23 @@ impl KvCache {
     }
 }
 
-/// Where a slice of a call's rows starts among its prompts, and the caller's stop check
-/// (which takes the row's index in the call).
+/// Where a slice of a call's rows starts among its prompts, the caller's stop check (which
+/// takes the row's index in the call), and the call's settings (one, or one per row).
 #[derive(Clone, Copy)]
 struct Rows<'a> {
     first: usize,
     stop: &'a dyn StopCheck,
+    cfgs: &'a [SamplingConfig],
+}
+
+impl Rows<'_> {
+    /// The settings of the slice's row `local`.
+    fn cfg(&self, local: usize) -> &SamplingConfig {
+        match self.cfgs {
+            [one] => one,
+            all => &all[self.first + local],
+        }
+    }
 }
 
 /// A run of new tokens for one cache row: positions `start..start + len`.
@@ -345,8 +356,34 @@ impl Transformer {
         ws: &mut SampleWorkspace,
         stop: &dyn StopCheck,
     ) -> Result<Vec<Sample>> {
+        self.sample_each(prompts, seeds, std::slice::from_ref(cfg), ws, stop)
+    }
+
+    /// [`Transformer::sample_until`] with settings of each row's own (`cfgs[i]` for row i;
+    /// one setting serves every row): requests that ask for different temperatures,
+    /// lengths or stop tokens share one decode batch.
+    pub fn sample_each(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        cfgs: &[SamplingConfig],
+        ws: &mut SampleWorkspace,
+        stop: &dyn StopCheck,
+    ) -> Result<Vec<Sample>> {
         let mc = &self.config;
-        cfg.validate(mc.vocab_size)?;
+        if cfgs.len() != 1 && cfgs.len() != prompts.len() {
+            return Err(Error::invalid(
+                "sampling request",
+                format!(
+                    "{} settings for {} prompts; give one for all or one per prompt",
+                    cfgs.len(),
+                    prompts.len()
+                ),
+            ));
+        }
+        for cfg in cfgs {
+            cfg.validate(mc.vocab_size)?;
+        }
         if seeds.len() != prompts.len() {
             return Err(Error::invalid(
                 "sampling request",
@@ -374,18 +411,18 @@ impl Transformer {
         // Rows are independent, so a large request runs as consecutive chunks whose workspace
         // stays within the budget, giving the same samples in bounded memory.
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let max_new = cfgs.iter().map(|c| c.max_new_tokens).max().unwrap_or(1);
         let threads = rayon::current_num_threads();
-        let per_row = mc
-            .sample_row_bytes(longest, longest + cfg.max_new_tokens)
-            .max(1);
+        let per_row = mc.sample_row_bytes(longest, longest + max_new).max(1);
         let chunk = ((ws.budget / per_row) as usize).max(2 * threads);
         let mut out = Vec::with_capacity(prompts.len());
         for (p, s) in prompts.chunks(chunk).zip(seeds.chunks(chunk)) {
             let rows = Rows {
                 first: out.len(),
                 stop,
+                cfgs,
             };
-            out.extend(self.sample_sharded(p, s, cfg, ws, threads, rows));
+            out.extend(self.sample_sharded(p, s, ws, threads, rows));
         }
         Ok(out)
     }
@@ -395,7 +432,6 @@ impl Transformer {
         &self,
         prompts: &[Vec<u32>],
         seeds: &[u64],
-        cfg: &SamplingConfig,
         ws: &mut SampleWorkspace,
         threads: usize,
         rows_of: Rows,
@@ -416,16 +452,9 @@ impl Transformer {
                 let r = bounds[i]..bounds[i + 1];
                 let rows = Rows {
                     first: rows_of.first + r.start,
-                    stop: rows_of.stop,
+                    ..rows_of
                 };
-                self.sample_rows(
-                    &prompts[r.clone()],
-                    &seeds[r],
-                    cfg,
-                    shard,
-                    shards == 1,
-                    rows,
-                )
+                self.sample_rows(&prompts[r.clone()], &seeds[r], shard, shards == 1, rows)
             })
             .collect();
         parts.concat()
@@ -436,7 +465,6 @@ impl Transformer {
         &self,
         prompts: &[Vec<u32>],
         seeds: &[u64],
-        cfg: &SamplingConfig,
         ws: &mut Shard,
         par: bool,
         rows_of: Rows,
@@ -447,10 +475,11 @@ impl Transformer {
         // A row's last sampled token is never fed back, so the cache needs at most
         // prompt + max_new_tokens − 1 positions.
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-        let ctx = (longest + cfg.max_new_tokens)
-            .min(mc.context_length)
-            .div_ceil(8)
-            * 8;
+        let max_new = (0..rows)
+            .map(|r| rows_of.cfg(r).max_new_tokens)
+            .max()
+            .unwrap_or(1);
+        let ctx = (longest + max_new).min(mc.context_length).div_ceil(8) * 8;
         // Stale values beyond a row's length are never read as keys: scores are computed for
         // padded blocks of positions but only the first `n_kv` enter the softmax.
         let Shard { cache, scratch } = ws;
@@ -484,6 +513,7 @@ impl Transformer {
             tokens.clear();
             for (si, seg) in segs.iter().enumerate() {
                 let logits = &scratch.logits[si * v..(si + 1) * v];
+                let cfg = rows_of.cfg(seg.row);
                 let tok = pick(logits, cfg, &mut rngs[seg.row]);
                 let o = &mut out[seg.row];
                 o.tokens.push(tok);

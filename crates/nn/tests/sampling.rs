@@ -389,3 +389,43 @@ fn issue14_stop_checks_end_the_rows_they_name_across_chunks() {
         }
     }
 }
+
+/// Issue 15: rows with settings of their own (temperature, top-k/p, length, stop tokens,
+/// alternatives) share one call and sample what each samples alone.
+#[test]
+fn issue15_rows_with_their_own_settings_sample_as_alone() {
+    let m = model();
+    let rows = 9;
+    let ps = prompts(rows, 31);
+    let seeds: Vec<u64> = (0..rows as u64).map(|s| 40 + s).collect();
+    let cfgs: Vec<SamplingConfig> = (0..rows)
+        .map(|i| {
+            let c = configs()[i % 4].clone();
+            SamplingConfig {
+                max_new_tokens: 3 + i,
+                stop_tokens: if i % 2 == 0 { vec![2] } else { vec![] },
+                top_logprobs: i % 3,
+                ..c
+            }
+        })
+        .collect();
+    let mut ws = autodidact_nn::SampleWorkspace::new();
+    let together = m
+        .sample_each(&ps, &seeds, &cfgs, &mut ws, &autodidact_nn::NoStop)
+        .unwrap();
+    for i in 0..rows {
+        let alone = m.sample(&ps[i..i + 1], &seeds[i..i + 1], &cfgs[i]).unwrap();
+        assert_eq!(together[i].tokens, alone[0].tokens, "row {i}");
+        assert_eq!(together[i].finish, alone[0].finish, "row {i}");
+        assert_eq!(
+            together[i].top.len(),
+            if i % 3 > 0 { alone[0].tokens.len() } else { 0 }
+        );
+        assert!(together[i].tokens.len() <= 3 + i);
+    }
+    let e = m
+        .sample_each(&ps, &seeds, &cfgs[..2], &mut ws, &autodidact_nn::NoStop)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 settings for 9 prompts"), "{e}");
+}

@@ -2,11 +2,11 @@
 //! batches.
 //!
 //! Requests wait in a queue. The thread takes the first, gathers more until the batch is
-//! full, a short window ends or the queue stays empty for a millisecond, then runs every waiting request whose sampling settings are the same as one call of
-//! [`Policy::sample_watched`], so concurrent clients share a decode batch. Requests with
-//! other settings run in calls of their own, in arrival order. (Continuous batching, where
-//! rows join a batch between decode steps, is the next step; today a request that arrives
-//! while a batch runs waits for it.)
+//! full, a short window ends or the queue stays empty for a millisecond, then runs the
+//! waiting requests as one call of [`Policy::sample_each`], each row with its request's
+//! settings, so concurrent clients share a decode batch whatever they ask for. (Continuous
+//! batching, where rows join a batch between decode steps, is the next step; today a
+//! request that arrives while a batch runs waits for it.)
 //!
 //! Streaming rows report their text through the watch as the sampler extends them; a row
 //! whose client went away is ended at its next token.
@@ -326,36 +326,35 @@ impl Worker {
         })
     }
 
-    /// Runs the ready jobs: those with equal settings together, up to `max_rows` a call.
-    fn run_batches(&mut self, mut ready: Vec<Ready>) {
-        while !ready.is_empty() {
-            let params = ready[0].rows.params.clone();
-            let mut batch = Vec::new();
-            let mut rows = 0;
-            let mut rest = Vec::new();
-            for r in ready {
-                if r.rows.params == params
-                    && (batch.is_empty() || rows + r.rows.prompts.len() <= self.cfg.max_rows)
-                {
-                    rows += r.rows.prompts.len();
-                    batch.push(r);
-                } else {
-                    rest.push(r);
-                }
+    /// Runs the ready jobs in arrival order, as many as fit in `max_rows` a call (each row
+    /// with its own request's settings).
+    fn run_batches(&mut self, ready: Vec<Ready>) {
+        let mut batch = Vec::new();
+        let mut rows = 0;
+        for r in ready {
+            let n = r.rows.prompts.len();
+            if !batch.is_empty() && rows + n > self.cfg.max_rows {
+                self.run_batch(std::mem::take(&mut batch));
+                rows = 0;
             }
-            self.run_batch(batch, &params);
-            ready = rest;
+            rows += n;
+            batch.push(r);
+        }
+        if !batch.is_empty() {
+            self.run_batch(batch);
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Ready>, params: &SamplingParams) {
+    fn run_batch(&mut self, batch: Vec<Ready>) {
         let mut prompts = Vec::new();
         let mut seeds = Vec::new();
+        let mut params = Vec::new();
         let mut owner = Vec::new(); // row → (job, choice)
         for (j, r) in batch.iter().enumerate() {
             for (c, (p, s)) in r.rows.prompts.iter().zip(&r.rows.seeds).enumerate() {
                 prompts.push(p.clone());
                 seeds.push(*s);
+                params.push(r.rows.params.clone());
                 owner.push((j, c));
             }
         }
@@ -364,7 +363,7 @@ impl Worker {
             jobs: &batch,
             sent: owner.iter().map(|_| AtomicUsize::new(0)).collect(),
         };
-        let result = self.policy.sample_watched(&prompts, &seeds, params, &watch);
+        let result = self.policy.sample_each(&prompts, &seeds, &params, &watch);
         let sent: Vec<usize> = watch
             .sent
             .iter()

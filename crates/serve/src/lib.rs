@@ -6,7 +6,7 @@
 //! served policy at its newest checkpoint.
 //!
 //! How it differs from vLLM's and SGLang's servers:
-//! - Concurrent requests with the same sampling settings share one decode batch, formed
+//! - Concurrent requests share one decode batch (each row with its own settings), formed
 //!   when the batcher is free ([`batcher`]); rows do not yet join a batch mid-decode.
 //! - Log-probs are those of the sampled tokens; alternatives per position (`logprobs` > 0,
 //!   `top_logprobs` > 0) are refused, as are `echo`, penalties and `logit_bias`. Streaming
