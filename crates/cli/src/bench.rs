@@ -210,12 +210,7 @@ fn measure(
     )?;
     let mut policy = spec.init(0)?;
     let vocab = spec.tokenizer().vocab_size() as u64;
-    // A one-token prompt: `<bos>` where the tokenizer adds one, else a newline.
-    let prompt = if spec.tokenizer().encode_prompt("")?.is_empty() {
-        "\n"
-    } else {
-        ""
-    };
+    let prompt = one_token_prompt(spec.tokenizer())?;
 
     // Training: the prompt and t random tokens per sequence (t read by the model), mean
     // next-token loss.
@@ -253,12 +248,7 @@ fn measure(
     drop(policy);
     let mut policy = spec.init(0)?;
 
-    // Sampling: one-token prompts, `new` tokens each (stop tokens ignored).
-    let params = SamplingParams {
-        temperature: 1.0,
-        ignore_stop: true,
-        ..SamplingParams::greedy(new)
-    };
+    let params = sampling_workload(new);
     let prompts = vec![prompt.to_string(); sb];
     let seeds: Vec<u64> = (0..sb as u64).collect();
     autodidact_core::memory::reset_peak_rss();
@@ -298,6 +288,25 @@ fn measure(
             .flatten()
             .max(),
     })
+}
+
+/// A one-token prompt: `<bos>` where the tokenizer adds one, else a newline.
+pub(crate) fn one_token_prompt(tok: &dyn autodidact_core::Tokenizer) -> Result<&'static str> {
+    Ok(if tok.encode_prompt("")?.is_empty() {
+        "\n"
+    } else {
+        ""
+    })
+}
+
+/// How sampling is measured: `new` tokens per row whatever they are (stop tokens ignored),
+/// at temperature 1.
+pub(crate) fn sampling_workload(new: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 1.0,
+        ignore_stop: true,
+        ..SamplingParams::greedy(new)
+    }
 }
 
 /// Median of the timings (robust to the transient slowdowns of a shared machine).

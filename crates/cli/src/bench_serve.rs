@@ -11,7 +11,7 @@
 //! Tokens are counted as the servers report them (`usage.completion_tokens`).
 
 use anyhow::{bail, Context, Result};
-use autodidact_core::{BackendKind, ModelTokenizer, OpenAiConfig, Policy, SamplingParams};
+use autodidact_core::{BackendKind, ModelTokenizer, OpenAiConfig, Policy};
 use autodidact_remote::RemotePolicy;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -52,14 +52,6 @@ fn spawn(dir: &Path, threads: usize) -> Result<Server> {
     })
 }
 
-fn params(new: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 1.0,
-        ignore_stop: true,
-        ..SamplingParams::greedy(new)
-    }
-}
-
 /// Distinct, non-consecutive seeds: each row is a request of its own.
 fn seeds(rows: usize) -> Vec<u64> {
     (0..rows as u64).map(|i| i * 1_000_003 + 17).collect()
@@ -84,7 +76,7 @@ fn drive(
         ..OpenAiConfig::default()
     };
     let mut pool = RemotePolicy::connect(cfg, tokenizer.clone(), ctx)?;
-    let p = params(new);
+    let p = crate::bench::sampling_workload(new);
     // Warm-up: one round of requests.
     pool.sample(&vec![prompt.to_string(); clients], &seeds(clients), &p)?;
     pool.take_serving_stats();
@@ -113,12 +105,8 @@ pub fn run(dir: &Path, clients: usize, rounds: usize, new: usize, threads: usize
     if new + 1 > ctx {
         bail!("--new-tokens {new} does not fit the context of {ctx} tokens");
     }
-    let prompt = if native.tokenizer().encode_prompt("")?.is_empty() {
-        "\n"
-    } else {
-        ""
-    };
-    let p = params(new);
+    let prompt = crate::bench::one_token_prompt(native.tokenizer())?;
+    let p = crate::bench::sampling_workload(new);
     let batch = vec![prompt.to_string(); clients];
     native.sample(&batch, &seeds(clients), &p)?; // warm-up
     let start = Instant::now();

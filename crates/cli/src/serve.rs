@@ -27,16 +27,16 @@ pub struct ServeArgs {
     #[arg(long)]
     model_name: Option<String>,
     /// Most completions sampled together in one decode batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_BATCH_ROWS)]
     max_batch_rows: usize,
     /// Most completions waiting for the model; further requests get 503.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_QUEUED)]
     max_queued: usize,
     /// Milliseconds the first waiting request waits for others to join its batch.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_BATCH_WINDOW_MS)]
     batch_window_ms: u64,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
 }
 

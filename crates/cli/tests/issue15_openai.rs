@@ -59,6 +59,11 @@ impl Drop for Server {
 }
 
 fn serve(checkpoint: &Path) -> Server {
+    serve_with(checkpoint, &[], &[])
+}
+
+/// `autodidact serve` of `checkpoint` with `extra` flags and `env` variables.
+fn serve_with(checkpoint: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "--threads",
@@ -69,6 +74,8 @@ fn serve(checkpoint: &Path) -> Server {
             "--model-name",
             "tiny",
         ])
+        .args(extra)
+        .envs(env.iter().copied())
         .arg("--checkpoint")
         .arg(checkpoint)
         .stdout(Stdio::piped())
@@ -466,38 +473,11 @@ fn issue15_serve_answers_in_openai_shapes_under_its_guards() {
     let tmp = tempfile::tempdir().unwrap();
     let native = tiny(tmp.path());
     let ck = native.join("checkpoints/r0000");
-    let mut child = Command::new(BIN)
-        .args([
-            "--threads",
-            "1",
-            "serve",
-            "--port",
-            "0",
-            "--model-name",
-            "tiny",
-        ])
-        .args(["--api-key-env", "ISSUE15_KEY", "--max-body-bytes", "4000"])
-        .arg("--checkpoint")
-        .arg(&ck)
-        .env("ISSUE15_KEY", "sesame")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server {
-        addr: line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .trim_end_matches("/v1")
-            .parse()
-            .unwrap(),
-        child,
-    };
+    let server = serve_with(
+        &ck,
+        &["--api-key-env", "ISSUE15_KEY", "--max-body-bytes", "4000"],
+        &[("ISSUE15_KEY", "sesame")],
+    );
     let a = server.addr;
     let key = Some("sesame");
     assert_eq!(http(a, "GET", "/health", None, ""), (200, "ok".into()));

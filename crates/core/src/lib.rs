@@ -25,7 +25,8 @@ pub use hf_tokenizer::HfTokenizer;
 pub use rng::Rng;
 pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{
-    OptimizerSettings, Policy, SampleWatch, Split, Task, TokenScores, Tokenizer, TrainablePolicy,
+    check_each, OptimizerSettings, Policy, SampleWatch, Split, Task, TokenScores, Tokenizer,
+    TrainablePolicy,
 };
 pub use types::{
     check_stop_strings, find_stop, plain_chat_prompt, ChatMessage, Completion, Example,

@@ -103,6 +103,22 @@ pub trait SampleWatch: Sync {
     }
 }
 
+/// Checks a [`Policy::sample_each`] request: one seed and one setting per prompt.
+pub fn check_each(prompts: &[String], seeds: &[u64], params: &[SamplingParams]) -> Result<()> {
+    if params.len() != prompts.len() || seeds.len() != prompts.len() {
+        return Err(crate::Error::invalid(
+            "sampling request",
+            format!(
+                "{} prompts, {} seeds and {} settings; give one of each per row",
+                prompts.len(),
+                seeds.len(),
+                params.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A watch over a subset of a call's rows, seen under their indices in the whole call.
 struct Remapped<'a> {
     watch: &'a dyn SampleWatch,
@@ -163,17 +179,7 @@ pub trait Policy {
         params: &[SamplingParams],
         watch: &dyn SampleWatch,
     ) -> Result<Vec<Completion>> {
-        if params.len() != prompts.len() || seeds.len() != prompts.len() {
-            return Err(crate::Error::invalid(
-                "sampling request",
-                format!(
-                    "{} prompts, {} seeds and {} settings; give one of each per row",
-                    prompts.len(),
-                    seeds.len(),
-                    params.len()
-                ),
-            ));
-        }
+        check_each(prompts, seeds, params)?;
         let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
         let mut done = vec![false; prompts.len()];
         for first in 0..prompts.len() {

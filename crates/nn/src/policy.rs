@@ -292,10 +292,7 @@ struct StopStrings<'a> {
 impl StopStrings<'_> {
     /// The stop strings of `row` (none when it ignores stops).
     fn of(&self, row: usize) -> &[String] {
-        let p = match self.params {
-            [one] => one,
-            all => &all[row],
-        };
+        let p = crate::sample::one_or_each(self.params, row);
         if p.ignore_stop {
             &[]
         } else {
@@ -365,12 +362,7 @@ impl Policy for NativePolicy {
         params: &[SamplingParams],
         watch: &dyn SampleWatch,
     ) -> autodidact_core::Result<Vec<Completion>> {
-        if params.len() != prompts.len() {
-            return Err(autodidact_core::Error::invalid(
-                "sampling request",
-                format!("{} settings for {} prompts", params.len(), prompts.len()),
-            ));
-        }
+        autodidact_core::check_each(prompts, seeds, params)?;
         self.sample_inner(prompts, seeds, params, Some(watch))
     }
 

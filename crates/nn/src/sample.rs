@@ -229,10 +229,15 @@ struct Rows<'a> {
 impl Rows<'_> {
     /// The settings of the slice's row `local`.
     fn cfg(&self, local: usize) -> &SamplingConfig {
-        match self.cfgs {
-            [one] => one,
-            all => &all[self.first + local],
-        }
+        one_or_each(self.cfgs, self.first + local)
+    }
+}
+
+/// Row `row`'s item of settings given once for every row, or once per row.
+pub(crate) fn one_or_each<T>(items: &[T], row: usize) -> &T {
+    match items {
+        [one] => one,
+        all => &all[row],
     }
 }
 

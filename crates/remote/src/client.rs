@@ -113,7 +113,7 @@ impl Client {
         let body = body.to_string();
         let started = Instant::now();
         let mut last = String::new();
-        let mut jitter = seed | 1;
+        let mut jitter = autodidact_core::Rng::new(seed);
         for attempt in 1..=self.max_attempts {
             let i = self.pool.acquire();
             let url = format!("{}{route}", self.pool.url(i).trim_end_matches('/'));
@@ -156,14 +156,11 @@ impl Client {
                     stats.retries += 1;
                     drop(stats);
                     // Full jitter: a uniform wait up to the exponential backoff.
-                    jitter ^= jitter << 13;
-                    jitter ^= jitter >> 7;
-                    jitter ^= jitter << 17;
                     let cap = self
                         .base_backoff
                         .saturating_mul(1 << (attempt - 1).min(16))
                         .min(self.max_backoff);
-                    let wait = cap.mul_f64((jitter >> 11) as f64 / (1u64 << 53) as f64);
+                    let wait = cap.mul_f64(jitter.uniform_f64());
                     std::thread::sleep(wait.max(retry_after.unwrap_or_default()));
                 }
             }

@@ -150,6 +150,17 @@ pub struct Plan {
     pub logprobs: bool,
 }
 
+impl Plan {
+    /// Completions the request asks for: `n` per prompt.
+    pub fn choices(&self) -> usize {
+        self.n
+            * match &self.prompts {
+                Prompts::Text(p) => p.len(),
+                Prompts::Chat(_) => 1,
+            }
+    }
+}
+
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(Some(param), message)
 }

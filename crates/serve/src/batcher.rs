@@ -132,7 +132,7 @@ impl Batcher {
 
     /// Queues `plan`; its events arrive on the returned receiver.
     pub fn submit(&self, plan: Plan) -> Result<tmpsc::UnboundedReceiver<Event>, ApiError> {
-        let rows = plan.n * plan.prompt_count();
+        let rows = plan.choices();
         let now = self.queued.fetch_add(rows, Ordering::SeqCst);
         if now + rows > self.max_queued {
             self.queued.fetch_sub(rows, Ordering::SeqCst);
@@ -154,15 +154,6 @@ impl Batcher {
 
     pub fn info(&self) -> ModelInfo {
         self.info.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Plan {
-    fn prompt_count(&self) -> usize {
-        match &self.prompts {
-            Prompts::Text(p) => p.len(),
-            Prompts::Chat(_) => 1,
-        }
     }
 }
 
@@ -195,7 +186,7 @@ struct Ready {
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let rows_of = |m: &Message| match m {
-            Message::Job(j) => j.plan.n * j.plan.prompt_count(),
+            Message::Job(j) => j.plan.choices(),
             Message::Reload { .. } => 0,
         };
         while let Ok(first) = rx.recv() {
@@ -244,8 +235,7 @@ impl Worker {
     }
 
     fn finish(&self, job: &Job, result: Result<Sampled, ApiError>) {
-        self.queued
-            .fetch_sub(job.plan.n * job.plan.prompt_count(), Ordering::SeqCst);
+        self.queued.fetch_sub(job.plan.choices(), Ordering::SeqCst);
         let _ = job.events.send(Event::Done(result));
     }
 

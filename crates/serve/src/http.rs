@@ -33,8 +33,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(sampling::<CompletionRequest>))
+        .route("/v1/chat/completions", post(sampling::<ChatRequest>))
         .route("/get_model_info", get(model_info))
         .route("/update_weights_from_disk", post(update_weights))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -165,34 +165,42 @@ async fn update_weights(
         .into_response()
 }
 
-async fn completions(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let plan = parse::<CompletionRequest>(body, s.max_body_bytes).and_then(|r| {
-        check_model(&s, &r.model)?;
-        r.plan()
-    });
-    answer(s, plan).await
+/// A sampling request body: which model it names, and its plan.
+trait SamplingRequest: DeserializeOwned {
+    fn model(&self) -> &str;
+    fn plan(self) -> Result<Plan, ApiError>;
 }
 
-async fn chat(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let plan = parse::<ChatRequest>(body, s.max_body_bytes).and_then(|r| {
-        check_model(&s, &r.model)?;
-        r.plan()
-    });
-    answer(s, plan).await
-}
-
-fn check_model(s: &AppState, model: &str) -> Result<(), ApiError> {
-    if model == s.model_name {
-        Ok(())
-    } else {
-        Err(ApiError::model_not_found(model, &s.model_name))
+impl SamplingRequest for CompletionRequest {
+    fn model(&self) -> &str {
+        &self.model
     }
+    fn plan(self) -> Result<Plan, ApiError> {
+        CompletionRequest::plan(self)
+    }
+}
+
+impl SamplingRequest for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn plan(self) -> Result<Plan, ApiError> {
+        ChatRequest::plan(self)
+    }
+}
+
+/// `POST /v1/completions` and `POST /v1/chat/completions`.
+async fn sampling<R: SamplingRequest>(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let plan = parse::<R>(body, s.max_body_bytes).and_then(|r| {
+        if r.model() != s.model_name {
+            return Err(ApiError::model_not_found(r.model(), &s.model_name));
+        }
+        r.plan()
+    });
+    answer(s, plan).await
 }
 
 async fn answer(s: Arc<AppState>, plan: Result<Plan, ApiError>) -> Response {
@@ -242,11 +250,7 @@ fn sse_stream(
     created: u64,
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let choices = plan.n
-        * match &plan.prompts {
-            api::Prompts::Text(p) => p.len(),
-            api::Prompts::Chat(_) => 1,
-        };
+    let choices = plan.choices();
     let state = (events, vec![true; choices], Vec::<SseEvent>::new(), false);
     stream::unfold(
         state,

@@ -27,6 +27,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Default of [`ServeConfig::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// Default of [`BatchConfig::window`], in milliseconds.
+pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
+/// Default of [`BatchConfig::max_rows`].
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 256;
+/// Default of [`BatchConfig::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 4096;
+
 /// Settings of [`serve`].
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -54,11 +63,11 @@ impl ServeConfig {
             host: "127.0.0.1".into(),
             port: 8000,
             api_key: None,
-            max_body_bytes: 4 << 20,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             batch: BatchConfig {
-                window: Duration::from_millis(5),
-                max_rows: 256,
-                max_queued: 4096,
+                window: Duration::from_millis(DEFAULT_BATCH_WINDOW_MS),
+                max_rows: DEFAULT_MAX_BATCH_ROWS,
+                max_queued: DEFAULT_MAX_QUEUED,
             },
         }
     }
