@@ -561,6 +561,29 @@ fn issue15_serve_answers_in_openai_shapes_under_its_guards() {
     });
     assert_eq!(alone, together);
 
+    // Continuous batching: a short request sent while long ones decode joins their batch
+    // and comes back first (a server that runs one batch at a time would make it wait).
+    let long = r#"{"model":"tiny","prompt":"1+2=","n":64,"max_tokens":50,"ignore_eos":true,"temperature":1,"seed":5}"#;
+    let short = r#"{"model":"tiny","prompt":"3+4=","max_tokens":1}"#;
+    let order = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        let order = &order;
+        for _ in 0..2 {
+            sc.spawn(move || {
+                let (s, b) = http(a, "POST", "/v1/completions", key, long);
+                assert_eq!(s, 200, "{b}");
+                order.lock().unwrap().push("long");
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        sc.spawn(move || {
+            let (s, b) = http(a, "POST", "/v1/completions", key, short);
+            assert_eq!(s, 200, "{b}");
+            order.lock().unwrap().push("short");
+        });
+    });
+    assert_eq!(order.into_inner().unwrap(), ["short", "long", "long"]);
+
     // Streaming: data events whose text adds up to the whole answer, then [DONE].
     let req = r#"{"model":"tiny","prompt":"12+34=","max_tokens":30,"temperature":0STREAM}"#;
     let (_, whole) = http(

@@ -119,6 +119,51 @@ pub fn check_each(prompts: &[String], seeds: &[u64], params: &[SamplingParams]) 
     Ok(())
 }
 
+/// A row of [`Policy::sample_stream`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedRow {
+    /// What the feed knows the row by: [`RowFeed::finished`] and the [`SampleWatch`]
+    /// methods name rows by it.
+    pub id: usize,
+    pub prompt: String,
+    pub seed: u64,
+    pub params: SamplingParams,
+}
+
+/// How long [`RowFeed::take`] may wait for rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Not at all: the rows waiting now, perhaps none.
+    Never,
+    /// Until there is one.
+    ForOne,
+    /// Until there is one, then a moment more for the rows that arrive with it (for a
+    /// backend that cannot add rows to a running batch).
+    ForBatch,
+}
+
+/// What a feed may need of the policy to turn requests into rows.
+pub struct StreamModel<'a> {
+    pub tokenizer: &'a dyn Tokenizer,
+    pub context_length: usize,
+}
+
+/// Where [`Policy::sample_stream`] gets its rows and hands them back: a server's queue.
+/// Its [`SampleWatch`] methods take a row's id. Called from the sampling threads.
+pub trait RowFeed: SampleWatch {
+    /// At most `max` rows to start now, waiting as `wait` says. `None`: no more rows will
+    /// come; the policy finishes the rows it has and returns.
+    fn take(&self, max: usize, wait: Wait, model: &StreamModel) -> Option<Vec<FeedRow>>;
+
+    /// Row `id` has ended, or could not be sampled (why, as text).
+    fn finished(
+        &self,
+        id: usize,
+        result: std::result::Result<Completion, String>,
+        model: &StreamModel,
+    );
+}
+
 /// A watch over a subset of a call's rows, seen under their indices in the whole call.
 struct Remapped<'a> {
     watch: &'a dyn SampleWatch,
@@ -204,6 +249,45 @@ pub trait Policy {
             .into_iter()
             .map(|c| c.expect("every row sampled"))
             .collect())
+    }
+
+    /// Samples rows from `feed` as they come, at most `max_rows` at a time, until it closes
+    /// ([`RowFeed::take`] returns `None`). A backend that can add rows to a running batch
+    /// does so (continuous batching) and hands each row back the moment it ends; this
+    /// default samples the rows waiting together as one [`Policy::sample_each`] call at a
+    /// time.
+    fn sample_stream(&mut self, feed: &dyn RowFeed, max_rows: usize) -> Result<()> {
+        loop {
+            let model = StreamModel {
+                tokenizer: self.tokenizer(),
+                context_length: self.context_length(),
+            };
+            let Some(rows) = feed.take(max_rows.max(1), Wait::ForBatch, &model) else {
+                return Ok(());
+            };
+            let ids: Vec<usize> = rows.iter().map(|r| r.id).collect();
+            let prompts: Vec<String> = rows.iter().map(|r| r.prompt.clone()).collect();
+            let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+            let params: Vec<SamplingParams> = rows.into_iter().map(|r| r.params).collect();
+            let watch = Remapped {
+                watch: feed,
+                rows: &ids,
+            };
+            let out = self.sample_each(&prompts, &seeds, &params, &watch);
+            let model = StreamModel {
+                tokenizer: self.tokenizer(),
+                context_length: self.context_length(),
+            };
+            match out {
+                Ok(out) => ids
+                    .iter()
+                    .zip(out)
+                    .for_each(|(&id, c)| feed.finished(id, Ok(c), &model)),
+                Err(e) => ids
+                    .iter()
+                    .for_each(|&id| feed.finished(id, Err(e.to_string()), &model)),
+            }
+        }
     }
 
     /// Per-token log-probs of each example's completion (followed by the stop token) given
@@ -375,5 +459,89 @@ mod tests {
                 &Seen(Mutex::new(vec![]))
             )
             .is_err());
+    }
+
+    /// Hands out batches of rows, then closes; records what comes back and what the watch
+    /// was asked.
+    struct Batches {
+        batches: Mutex<Vec<Vec<FeedRow>>>,
+        waits: Mutex<Vec<Wait>>,
+        done: Mutex<Vec<(usize, std::result::Result<String, String>)>>,
+        grown: Mutex<Vec<usize>>,
+    }
+
+    impl SampleWatch for Batches {
+        fn streams(&self, id: usize) -> bool {
+            id.is_multiple_of(2)
+        }
+        fn grew(&self, id: usize, _: &[u32], _: &str) -> bool {
+            self.grown.lock().unwrap().push(id);
+            false
+        }
+    }
+
+    impl RowFeed for Batches {
+        fn take(&self, max: usize, wait: Wait, model: &StreamModel) -> Option<Vec<FeedRow>> {
+            assert_eq!((max, model.context_length), (3, 8));
+            self.waits.lock().unwrap().push(wait);
+            let mut b = self.batches.lock().unwrap();
+            (!b.is_empty()).then(|| b.remove(0))
+        }
+        fn finished(
+            &self,
+            id: usize,
+            result: std::result::Result<Completion, String>,
+            _: &StreamModel,
+        ) {
+            self.done.lock().unwrap().push((id, result.map(|c| c.text)));
+        }
+    }
+
+    /// Issue 15: without continuous batching, a policy samples the rows of each take as one
+    /// batch (gathered: `Wait::ForBatch`), each with its own settings, and hands every row
+    /// back under its id until the feed closes.
+    #[test]
+    fn issue15_sample_stream_by_default_samples_each_take_as_a_batch() {
+        let mut p = Echo {
+            calls: 0,
+            tok: crate::CharTokenizer::new("ab").unwrap(),
+        };
+        let row = |id: usize, temperature| FeedRow {
+            id,
+            prompt: format!("p{id}"),
+            seed: 100 + id as u64,
+            params: SamplingParams {
+                temperature,
+                ..SamplingParams::greedy(4)
+            },
+        };
+        let feed = Batches {
+            batches: Mutex::new(vec![
+                vec![row(10, 0.5), row(11, 1.0), row(12, 0.5)],
+                vec![row(20, 0.5)],
+            ]),
+            waits: Mutex::new(Vec::new()),
+            done: Mutex::new(Vec::new()),
+            grown: Mutex::new(Vec::new()),
+        };
+        p.sample_stream(&feed, 3).unwrap();
+        assert_eq!(
+            p.calls, 3,
+            "two settings in the first take, one in the second"
+        );
+        let done = feed.done.into_inner().unwrap();
+        assert_eq!(
+            done,
+            [
+                (10, Ok("p10/110/0.5".into())),
+                (11, Ok("p11/111/1".into())),
+                (12, Ok("p12/112/0.5".into())),
+                (20, Ok("p20/120/0.5".into())),
+            ]
+        );
+        assert_eq!(feed.waits.into_inner().unwrap(), [Wait::ForBatch; 3]);
+        let mut grown = feed.grown.into_inner().unwrap();
+        grown.sort();
+        assert_eq!(grown, [10, 12, 20], "the watch sees rows by id");
     }
 }

@@ -10,7 +10,8 @@
 //! - [`Transformer::backward`] accumulates the gradient of `−Σ w_t log p(y_t) − Σ c_t H_t`
 //!   from per-token weights (docs/design.md, "Objectives are token weights");
 //! - [`AdamW`] updates the parameters (the learning rate comes from the trainer);
-//! - [`Transformer::sample`] generates with a KV cache, per-row seeded;
+//! - [`Transformer::sample`] generates with a KV cache, per-row seeded, and
+//!   [`Transformer::sample_stream`] does so for rows that come and go (continuous batching);
 //! - [`NativeBackend`] plugs it into the engine's backend seam;
 //! - [`checkpoint`] reads and writes the Hugging Face `LlamaForCausalLM` layout.
 //!
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod decode;
 pub mod error;
 pub mod gguf;
 pub mod import;
@@ -36,6 +38,7 @@ pub mod sample;
 pub use backend::{NativeBackend, NativeSpec};
 pub use batch::TokenBatch;
 pub use config::{RopeScaling, TransformerConfig};
+pub use decode::{RowFeed, SampleWorkspace, StreamRow, SAMPLE_WORKSPACE_BYTES};
 pub use error::{Error, Result};
 pub use lora::{BaseModel, Lora};
 pub use model::{
@@ -46,10 +49,7 @@ pub use optim::{AdamW, AdamWConfig};
 pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;
 pub use rng::Rng;
-pub use sample::{
-    FinishReason, NoStop, Sample, SampleWorkspace, SamplingConfig, StopCheck,
-    SAMPLE_WORKSPACE_BYTES,
-};
+pub use sample::{FinishReason, NoStop, Sample, SamplingConfig, StopCheck};
 
 /// Measurements used by `autodidact bench`.
 pub mod bench {

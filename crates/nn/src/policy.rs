@@ -6,13 +6,14 @@
 //! token (so the model learns to stop); prompt positions get no gradient.
 
 use crate::checkpoint;
+use crate::decode::SampleWorkspace;
 use crate::model::{Activations, ForwardOptions, Gradients, Transformer};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::sample::{SampleWorkspace, SamplingConfig, StopCheck};
+use crate::sample::{SamplingConfig, StopCheck};
 use crate::{Error, TokenBatch};
 use autodidact_core::{
-    Completion, Example, FinishReason, ModelTokenizer, OptimizerSettings, Policy, SampleWatch,
-    SamplingParams, TokenScores, Tokenizer, TrainablePolicy,
+    Completion, Example, FinishReason, ModelTokenizer, OptimizerSettings, Policy, RowFeed,
+    SampleWatch, SamplingParams, TokenScores, Tokenizer, TrainablePolicy, Wait,
 };
 use std::path::Path;
 
@@ -230,22 +231,10 @@ impl NativePolicy {
             .map(|p| self.tokenizer.encode_prompt(p))
             .collect::<autodidact_core::Result<Vec<_>>>()?;
         let stop_tokens = self.tokenizer.stop_tokens();
-        let mut cfgs = Vec::with_capacity(params.len());
-        for p in params {
-            autodidact_core::check_stop_strings("stop", &p.stop)?;
-            cfgs.push(SamplingConfig {
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-                max_new_tokens: p.max_new_tokens,
-                top_logprobs: p.top_logprobs,
-                stop_tokens: if p.ignore_stop {
-                    Vec::new()
-                } else {
-                    stop_tokens.clone()
-                },
-            });
-        }
+        let cfgs = params
+            .iter()
+            .map(|p| sampling_config(p, &stop_tokens))
+            .collect::<autodidact_core::Result<Vec<_>>>()?;
         let stop = StopStrings {
             tokenizer: &self.tokenizer,
             params,
@@ -258,22 +247,58 @@ impl NativePolicy {
         samples
             .into_iter()
             .enumerate()
-            .map(|(row, s)| {
-                let mut text = self.tokenizer.decode(&s.tokens)?;
-                let mut finish = s.finish;
-                if let Some(at) = autodidact_core::find_stop(&text, stop.of(row)) {
-                    text.truncate(at);
-                    finish = FinishReason::Stop;
-                }
-                Ok(Completion {
-                    text,
-                    tokens: s.tokens,
-                    logprobs: s.logprobs,
-                    finish,
-                    top_logprobs: s.top,
-                })
-            })
+            .map(|(row, s)| completion(&self.tokenizer, s, stop.of(row)))
             .collect()
+    }
+}
+
+/// The sampler's settings for `p`, with the tokenizer's `stop_tokens` unless it ignores them.
+fn sampling_config(
+    p: &SamplingParams,
+    stop_tokens: &[u32],
+) -> autodidact_core::Result<SamplingConfig> {
+    autodidact_core::check_stop_strings("stop", &p.stop)?;
+    Ok(SamplingConfig {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        max_new_tokens: p.max_new_tokens,
+        top_logprobs: p.top_logprobs,
+        stop_tokens: if p.ignore_stop {
+            Vec::new()
+        } else {
+            stop_tokens.to_vec()
+        },
+    })
+}
+
+/// A sample as a completion: its text, cut before the first of `stop` it holds.
+fn completion(
+    tokenizer: &ModelTokenizer,
+    s: crate::Sample,
+    stop: &[String],
+) -> autodidact_core::Result<Completion> {
+    let mut text = tokenizer.decode(&s.tokens)?;
+    let mut finish = s.finish;
+    if let Some(at) = autodidact_core::find_stop(&text, stop) {
+        text.truncate(at);
+        finish = FinishReason::Stop;
+    }
+    Ok(Completion {
+        text,
+        tokens: s.tokens,
+        logprobs: s.logprobs,
+        finish,
+        top_logprobs: s.top,
+    })
+}
+
+/// The stop strings of a row's settings (none when it ignores stops).
+fn stop_strings(p: &SamplingParams) -> &[String] {
+    if p.ignore_stop {
+        &[]
+    } else {
+        &p.stop
     }
 }
 
@@ -290,48 +315,125 @@ struct StopStrings<'a> {
 }
 
 impl StopStrings<'_> {
-    /// The stop strings of `row` (none when it ignores stops).
+    /// The stop strings of `row`.
     fn of(&self, row: usize) -> &[String] {
-        let p = crate::sample::one_or_each(self.params, row);
-        if p.ignore_stop {
-            &[]
-        } else {
-            &p.stop
-        }
+        stop_strings(crate::sample::one_or_each(self.params, row))
     }
 }
 
 impl StopCheck for StopStrings<'_> {
     fn stopped(&self, row: usize, generated: &[u32]) -> bool {
-        let stop = self.of(row);
-        let longest = stop.iter().map(String::len).max().unwrap_or(0);
-        if self.watch.is_some_and(|w| w.cancelled(row)) {
-            return true;
+        stop_or_show(self.tokenizer, self.of(row), self.watch, row, generated)
+    }
+}
+
+/// Whether row `row` ends after `generated`: its watcher's client went away, or its text
+/// holds one of `stop`. A streamed row's final text is shown to the watcher.
+fn stop_or_show(
+    tokenizer: &ModelTokenizer,
+    stop: &[String],
+    watch: Option<&dyn SampleWatch>,
+    row: usize,
+    generated: &[u32],
+) -> bool {
+    let longest = stop.iter().map(String::len).max().unwrap_or(0);
+    if watch.is_some_and(|w| w.cancelled(row)) {
+        return true;
+    }
+    let watch = watch.filter(|w| w.streams(row));
+    let from = match watch {
+        Some(_) => 0,
+        None if longest == 0 => return false,
+        None => generated.len().saturating_sub(longest + 8),
+    };
+    // A decoding error ends nothing here; decoding the whole completion reports it.
+    let Ok(text) = tokenizer.decode(&generated[from..]) else {
+        return false;
+    };
+    if autodidact_core::find_stop(&text, stop).is_some() {
+        return true;
+    }
+    let Some(watch) = watch else {
+        return false;
+    };
+    // Final text: not the last longest − 1 bytes (a stop string may be starting there),
+    // nor a trailing replacement character (a multi-byte character cut between tokens).
+    let mut end = text.len().saturating_sub(longest.saturating_sub(1));
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let shown = text[..end].trim_end_matches('\u{FFFD}');
+    watch.grew(row, generated, shown)
+}
+
+/// A server's feed as the decode loop's: prompts encoded, settings converted, samples
+/// turned into completions. A row that cannot start goes back to the feed with the reason.
+struct NativeFeed<'a> {
+    feed: &'a dyn RowFeed,
+    tokenizer: &'a ModelTokenizer,
+    context_length: usize,
+    stop_tokens: Vec<u32>,
+}
+
+/// A row of [`NativeFeed`]: its id and stop strings.
+struct FedRow {
+    id: usize,
+    stop: Vec<String>,
+}
+
+impl crate::RowFeed for NativeFeed<'_> {
+    type Tag = FedRow;
+
+    fn take(&self, max: usize, wait: bool) -> Option<Vec<crate::StreamRow<FedRow>>> {
+        let model = self.model();
+        let wait = if wait { Wait::ForOne } else { Wait::Never };
+        let rows = self.feed.take(max, wait, &model)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let row = self.tokenizer.encode_prompt(&r.prompt).and_then(|prompt| {
+                Ok(crate::StreamRow {
+                    prompt,
+                    seed: r.seed,
+                    cfg: sampling_config(&r.params, &self.stop_tokens)?,
+                    tag: FedRow {
+                        id: r.id,
+                        stop: stop_strings(&r.params).to_vec(),
+                    },
+                })
+            });
+            match row {
+                Ok(row) => out.push(row),
+                Err(e) => self.feed.finished(r.id, Err(e.to_string()), &model),
+            }
         }
-        let watch = self.watch.filter(|w| w.streams(row));
-        let from = match watch {
-            Some(_) => 0,
-            None if longest == 0 => return false,
-            None => generated.len().saturating_sub(longest + 8),
-        };
-        // A decoding error ends nothing here; decoding the whole completion reports it.
-        let Ok(text) = self.tokenizer.decode(&generated[from..]) else {
-            return false;
-        };
-        if autodidact_core::find_stop(&text, stop).is_some() {
-            return true;
+        Some(out)
+    }
+
+    fn stopped(&self, tag: &FedRow, generated: &[u32]) -> bool {
+        stop_or_show(
+            self.tokenizer,
+            &tag.stop,
+            Some(self.feed),
+            tag.id,
+            generated,
+        )
+    }
+
+    fn finished(&self, tag: FedRow, sample: crate::Result<crate::Sample>) {
+        let c = sample
+            .map_err(to_core)
+            .and_then(|s| completion(self.tokenizer, s, &tag.stop));
+        self.feed
+            .finished(tag.id, c.map_err(|e| e.to_string()), &self.model());
+    }
+}
+
+impl NativeFeed<'_> {
+    fn model(&self) -> autodidact_core::StreamModel<'_> {
+        autodidact_core::StreamModel {
+            tokenizer: self.tokenizer,
+            context_length: self.context_length,
         }
-        let Some(watch) = watch else {
-            return false;
-        };
-        // Final text: not the last longest − 1 bytes (a stop string may be starting there),
-        // nor a trailing replacement character (a multi-byte character cut between tokens).
-        let mut end = text.len().saturating_sub(longest.saturating_sub(1));
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let shown = text[..end].trim_end_matches('\u{FFFD}');
-        watch.grew(row, generated, shown)
     }
 }
 
@@ -364,6 +466,22 @@ impl Policy for NativePolicy {
     ) -> autodidact_core::Result<Vec<Completion>> {
         autodidact_core::check_each(prompts, seeds, params)?;
         self.sample_inner(prompts, seeds, params, Some(watch))
+    }
+
+    fn sample_stream(
+        &mut self,
+        feed: &dyn RowFeed,
+        max_rows: usize,
+    ) -> autodidact_core::Result<()> {
+        let feed = NativeFeed {
+            feed,
+            tokenizer: &self.tokenizer,
+            context_length: self.model.config().context_length,
+            stop_tokens: self.tokenizer.stop_tokens(),
+        };
+        self.model
+            .sample_stream(&feed, max_rows, &mut self.workspace);
+        Ok(())
     }
 
     fn logprobs(&mut self, examples: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {

@@ -13,12 +13,14 @@
 //! itself — the log-softmax of the raw logits, as the trainer's forward pass
 //! computes it — not under the tempered or truncated sampling distribution.
 
-use crate::kernels::{self, grow};
-use crate::model::{LayerIo, Stages, Transformer};
+use crate::decode::{Par, RowFeed, SampleWorkspace, Shard, StreamRow};
+use crate::kernels;
+use crate::model::Transformer;
 use crate::rng::Rng;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 /// How tokens are chosen and when a row stops.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,27 +198,6 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     probs[probs.len() - 1].1
 }
 
-/// Keys and values of every layer for each row, `ctx · W` values per (layer, row), with `W`
-/// the key width (`num_kv_heads · head_dim`) and `ctx` the positions the call can reach (the
-/// longest prompt plus `max_new_tokens`, at most the context length) rounded up to a multiple
-/// of 8. Values are stored by position, `(ctx, W)`; keys transposed, `(W, ctx)`, so that the
-/// scores of one query against all cached keys are contiguous multiply-adds over positions.
-#[derive(Default)]
-struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    rows: usize,
-    ctx: usize,
-    width: usize,
-}
-
-impl KvCache {
-    /// Start of the (layer, row) block.
-    fn offset(&self, layer: usize, row: usize) -> usize {
-        (layer * self.rows + row) * self.ctx * self.width
-    }
-}
-
 /// Where a slice of a call's rows starts among its prompts, the caller's stop check (which
 /// takes the row's index in the call), and the call's settings (one, or one per row).
 #[derive(Clone, Copy)]
@@ -226,13 +207,6 @@ struct Rows<'a> {
     cfgs: &'a [SamplingConfig],
 }
 
-impl Rows<'_> {
-    /// The settings of the slice's row `local`.
-    fn cfg(&self, local: usize) -> &SamplingConfig {
-        one_or_each(self.cfgs, self.first + local)
-    }
-}
-
 /// Row `row`'s item of settings given once for every row, or once per row.
 pub(crate) fn one_or_each<T>(items: &[T], row: usize) -> &T {
     match items {
@@ -240,94 +214,6 @@ pub(crate) fn one_or_each<T>(items: &[T], row: usize) -> &T {
         all => &all[row],
     }
 }
-
-/// A run of new tokens for one cache row: positions `start..start + len`.
-#[derive(Clone, Copy)]
-struct Segment {
-    row: usize,
-    start: usize,
-    len: usize,
-}
-
-/// Reused buffers of the cached forward pass.
-#[derive(Default)]
-struct Scratch {
-    x: Vec<f32>,
-    normed: Vec<f32>,
-    rstd: Vec<f32>,
-    qkv: Vec<f32>,
-    att: Vec<f32>,
-    probs: Vec<f32>,
-    gu: Vec<f32>,
-    act: Vec<f32>,
-    last: Vec<f32>,
-    logits: Vec<f32>,
-}
-
-/// The KV caches and scratch buffers of [`Transformer::sample_with`], one per shard of rows.
-/// Keeping one across calls avoids re-allocating (and page-faulting in) the cache for every
-/// batch; buffers only grow.
-pub struct SampleWorkspace {
-    shards: Vec<Shard>,
-    /// Bytes a call plans to hold; larger requests are sampled in chunks of rows.
-    budget: u64,
-}
-
-impl Default for SampleWorkspace {
-    fn default() -> Self {
-        Self::with_budget(SAMPLE_WORKSPACE_BYTES)
-    }
-}
-
-#[derive(Default)]
-struct Shard {
-    cache: KvCache,
-    scratch: Scratch,
-}
-
-impl SampleWorkspace {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A workspace that plans to hold at most `bytes` (at least two rows per thread are
-    /// always sampled together).
-    pub fn with_budget(bytes: u64) -> Self {
-        Self {
-            shards: Vec::new(),
-            budget: bytes,
-        }
-    }
-
-    /// Bytes held by the caches and scratch buffers.
-    pub fn allocated_bytes(&self) -> usize {
-        let s = |v: &Vec<f32>| 4 * v.capacity();
-        self.shards
-            .iter()
-            .map(|sh| {
-                let (c, x) = (&sh.cache, &sh.scratch);
-                s(&c.k)
-                    + s(&c.v)
-                    + s(&x.x)
-                    + s(&x.normed)
-                    + s(&x.rstd)
-                    + s(&x.qkv)
-                    + s(&x.att)
-                    + s(&x.probs)
-                    + s(&x.gu)
-                    + s(&x.act)
-                    + s(&x.last)
-                    + s(&x.logits)
-            })
-            .sum()
-    }
-}
-
-/// The most a sampling call's workspace is planned to take by default: larger requests are
-/// sampled in chunks of rows (the same tokens; rows are independent). Large enough that the engine's
-/// 512-row calls are never split for the built-in presets (`base` takes ~1.6 MB a row), so
-/// their numbers do not change; GEMM rounding depends on how many rows a call has.
-pub const SAMPLE_WORKSPACE_BYTES: u64 = 1 << 30;
 
 impl Transformer {
     /// Samples a completion for each prompt. `seeds[i]` seeds row i's generator.
@@ -400,18 +286,7 @@ impl Transformer {
             ));
         }
         for (i, p) in prompts.iter().enumerate() {
-            if p.is_empty() || p.len() >= mc.context_length {
-                return Err(Error::invalid(
-                    "prompt",
-                    format!(
-                        "prompt {i} has {} tokens; it needs 1..{} (context_length {} leaves room for one new token)",
-                        p.len(),
-                        mc.context_length - 1,
-                        mc.context_length
-                    ),
-                ));
-            }
-            self.check_tokens("prompt", p)?;
+            check_prompt(self, i, p)?;
         }
         // Rows are independent, so a large request runs as consecutive chunks whose workspace
         // stays within the budget, giving the same samples in bounded memory.
@@ -449,231 +324,95 @@ impl Transformer {
         if ws.shards.len() < shards {
             ws.shards.resize_with(shards, Shard::default);
         }
+        let par = if shards == 1 { Par::Always } else { Par::Never };
         let bounds: Vec<usize> = (0..=shards).map(|i| i * rows / shards).collect();
         let parts: Vec<Vec<Sample>> = ws.shards[..shards]
             .par_iter_mut()
             .enumerate()
             .map(|(i, shard)| {
                 let r = bounds[i]..bounds[i + 1];
-                let rows = Rows {
-                    first: rows_of.first + r.start,
-                    ..rows_of
-                };
-                self.sample_rows(&prompts[r.clone()], &seeds[r], shard, shards == 1, rows)
+                let feed = Fixed::new(&prompts[r.clone()], &seeds[r.clone()], rows_of, r.start);
+                // The chunk was sized to the workspace budget; every row starts at once.
+                self.decode(&feed, shard, r.len(), u64::MAX, par);
+                feed.samples()
             })
             .collect();
         parts.concat()
     }
+}
 
-    /// The decode loop for validated prompts; `par` lets kernels use the thread pool.
-    fn sample_rows(
-        &self,
-        prompts: &[Vec<u32>],
-        seeds: &[u64],
-        ws: &mut Shard,
-        par: bool,
-        rows_of: Rows,
-    ) -> Vec<Sample> {
-        let mc = &self.config;
-        let rows = prompts.len();
-        let (w, nl) = (mc.kv_dim(), mc.num_layers);
-        // A row's last sampled token is never fed back, so the cache needs at most
-        // prompt + max_new_tokens − 1 positions.
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-        let max_new = (0..rows)
-            .map(|r| rows_of.cfg(r).max_new_tokens)
-            .max()
-            .unwrap_or(1);
-        let ctx = (longest + max_new).min(mc.context_length).div_ceil(8) * 8;
-        // Stale values beyond a row's length are never read as keys: scores are computed for
-        // padded blocks of positions but only the first `n_kv` enter the softmax.
-        let Shard { cache, scratch } = ws;
-        grow(&mut cache.k, nl * rows * ctx * w);
-        grow(&mut cache.v, nl * rows * ctx * w);
-        (cache.rows, cache.ctx, cache.width) = (rows, ctx, w);
-        let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
-        let mut out: Vec<Sample> = (0..rows)
-            .map(|_| Sample {
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                finish: FinishReason::Length,
-                top: Vec::new(),
-            })
-            .collect();
+/// Checks prompt `i` of a call: 1..context_length tokens, each in the vocabulary.
+pub(crate) fn check_prompt(model: &Transformer, i: usize, p: &[u32]) -> Result<()> {
+    let mc = model.config();
+    if p.is_empty() || p.len() >= mc.context_length {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "prompt {i} has {} tokens; it needs 1..{} (context_length {} leaves room for one new token)",
+                p.len(),
+                mc.context_length - 1,
+                mc.context_length
+            ),
+        ));
+    }
+    model.check_tokens("prompt", p)
+}
 
-        let mut segs: Vec<Segment> = prompts
+/// A call's slice of rows as a feed: all of them at the first take, each sample kept in its
+/// place.
+struct Fixed<'a> {
+    rows: Mutex<Option<Vec<StreamRow<usize>>>>,
+    out: Mutex<Vec<Option<Sample>>>,
+    of: Rows<'a>,
+    /// The slice's first row in the call.
+    first: usize,
+}
+
+impl<'a> Fixed<'a> {
+    fn new(prompts: &[Vec<u32>], seeds: &[u64], of: Rows<'a>, start: usize) -> Self {
+        let first = of.first + start;
+        let rows = prompts
             .iter()
+            .zip(seeds)
             .enumerate()
-            .map(|(row, p)| Segment {
-                row,
-                start: 0,
-                len: p.len(),
+            .map(|(i, (p, &seed))| StreamRow {
+                prompt: p.clone(),
+                seed,
+                cfg: one_or_each(of.cfgs, first + i).clone(),
+                tag: first + i,
             })
             .collect();
-        let mut tokens: Vec<u32> = prompts.concat();
-        let v = mc.vocab_size;
-        while !segs.is_empty() {
-            self.forward_cached(&segs, &tokens, cache, scratch, par);
-            let mut next_segs = Vec::with_capacity(segs.len());
-            tokens.clear();
-            for (si, seg) in segs.iter().enumerate() {
-                let logits = &scratch.logits[si * v..(si + 1) * v];
-                let cfg = rows_of.cfg(seg.row);
-                let tok = pick(logits, cfg, &mut rngs[seg.row]);
-                let o = &mut out[seg.row];
-                o.tokens.push(tok);
-                let lse = kernels::log_sum_exp(logits);
-                o.logprobs.push(logits[tok as usize] - lse);
-                if cfg.top_logprobs > 0 {
-                    o.top.push(top_logprobs(logits, lse, cfg.top_logprobs));
-                }
-                let pos = seg.start + seg.len; // position the new token would occupy
-                if cfg.stop_tokens.contains(&tok)
-                    || rows_of.stop.stopped(rows_of.first + seg.row, &o.tokens)
-                {
-                    o.finish = FinishReason::Stop;
-                } else if o.tokens.len() >= cfg.max_new_tokens {
-                    o.finish = FinishReason::Length;
-                } else if pos + 1 >= mc.context_length {
-                    o.finish = FinishReason::ContextFull;
-                } else {
-                    next_segs.push(Segment {
-                        row: seg.row,
-                        start: pos,
-                        len: 1,
-                    });
-                    tokens.push(tok);
-                }
-            }
-            segs = next_segs;
+        Self {
+            rows: Mutex::new(Some(rows)),
+            out: Mutex::new(vec![None; prompts.len()]),
+            of,
+            first,
         }
-        out
     }
 
-    /// Runs the new tokens of `segs` through the model, appending their keys and values to
-    /// `cache`, and leaves the logits of each segment's last token in `scratch.logits` (S, V).
-    fn forward_cached(
-        &self,
-        segs: &[Segment],
-        tokens: &[u32],
-        cache: &mut KvCache,
-        s: &mut Scratch,
-        par: bool,
-    ) {
-        let mc = &self.config;
-        let (c, f, v, h, d) = (
-            mc.hidden_size,
-            mc.intermediate_size,
-            mc.vocab_size,
-            mc.num_heads,
-            mc.head_dim(),
-        );
-        let (q, w) = (mc.qkv_dim(), mc.kv_dim());
-        let m = tokens.len();
-        grow(&mut s.x, m * c);
-        grow(&mut s.normed, m * c);
-        grow(&mut s.rstd, m);
-        grow(&mut s.qkv, m * q);
-        grow(&mut s.att, m * c);
-        grow(&mut s.gu, m * 2 * f);
-        grow(&mut s.act, m * f);
-        // First packed token of each segment.
-        let mut seg_tok = Vec::with_capacity(segs.len());
-        let mut tok0 = 0;
-        for seg in segs {
-            seg_tok.push(tok0);
-            tok0 += seg.len;
-        }
-        grow(&mut s.probs, segs.len() * cache.ctx);
-        let positions: Vec<u32> = segs
-            .iter()
-            .flat_map(|sg| sg.start as u32..(sg.start + sg.len) as u32)
-            .collect();
+    fn samples(self) -> Vec<Sample> {
+        let out = self.out.into_inner().unwrap_or_else(|e| e.into_inner());
+        out.into_iter()
+            .map(|s| s.expect("the decode loop hands back every row it takes"))
+            .collect()
+    }
+}
 
-        self.embed(tokens, &mut s.x[..m * c]);
-        for l in 0..mc.num_layers {
-            let scores = &mut s.probs[..segs.len() * cache.ctx];
-            let cache = &mut *cache;
-            // Appends each segment's keys and values to its row's cache, then attends over
-            // everything cached for the row; one task per segment.
-            let attend = |qkv: &[f32], att: &mut [f32]| {
-                for (si, seg) in segs.iter().enumerate() {
-                    for i in 0..seg.len {
-                        let src = &qkv[(seg_tok[si] + i) * q..(seg_tok[si] + i + 1) * q];
-                        let (o, pos, ctx) = (cache.offset(l, seg.row), seg.start + i, cache.ctx);
-                        // Key dimension e (head e / D, index e % D) goes to row e of the (W, ctx) block.
-                        for (e, &kv) in src[c..c + w].iter().enumerate() {
-                            cache.k[o + e * ctx + pos] = kv;
-                        }
-                        cache.v[o + pos * w..o + (pos + 1) * w].copy_from_slice(&src[c + w..]);
-                    }
-                }
-                let kv_len = cache.ctx * w;
-                let cache = &*cache;
-                // Each task owns its segment's rows of `att` and its slice of `scores`.
-                let mut tasks: Vec<(&Segment, &mut [f32], &mut [f32])> =
-                    Vec::with_capacity(segs.len());
-                let (mut att_rest, mut score_rest) = (att, scores);
-                for seg in segs {
-                    let (a, ar) = std::mem::take(&mut att_rest).split_at_mut(seg.len * c);
-                    let (sc, sr) = std::mem::take(&mut score_rest).split_at_mut(cache.ctx);
-                    tasks.push((seg, a, sc));
-                    att_rest = ar;
-                    score_rest = sr;
-                }
-                let run =
-                    |((seg, out, scores), &t0): ((&Segment, &mut [f32], &mut [f32]), &usize)| {
-                        let kv0 = cache.offset(l, seg.row);
-                        kernels::attention_cached(
-                            &qkv[t0 * q..(t0 + seg.len) * q],
-                            q,
-                            &cache.k[kv0..kv0 + kv_len],
-                            &cache.v[kv0..kv0 + kv_len],
-                            cache.ctx,
-                            out,
-                            scores,
-                            seg.len,
-                            seg.start,
-                            h,
-                            mc.num_kv_heads,
-                            d,
-                        );
-                    };
-                if par {
-                    tasks.into_par_iter().zip(seg_tok.par_iter()).for_each(run);
-                } else {
-                    tasks.into_iter().zip(seg_tok.iter()).for_each(run);
-                }
-            };
-            // One residual buffer updated in place; every stage's scratch is reused.
-            let io = LayerIo {
-                resid: Stages::reused(&mut s.x, m * c),
-                normed: Stages::reused(&mut s.normed, m * c),
-                rstd: Stages::reused(&mut s.rstd, m),
-                qkv: &mut s.qkv[..m * q],
-                att: &mut s.att[..m * c],
-                gu: &mut s.gu[..m * 2 * f],
-                act: &mut s.act[..m * f],
-                sig: None,
-                positions: &positions,
-            };
-            self.layer_forward(l, io, attend, par);
-        }
-        // Last token of each segment → final norm → logits. (S, V)
-        let ns = segs.len();
-        grow(&mut s.last, ns * c);
-        for (si, seg) in segs.iter().enumerate() {
-            let t = seg_tok[si] + seg.len - 1;
-            s.last[si * c..(si + 1) * c].copy_from_slice(&s.x[t * c..(t + 1) * c]);
-        }
-        grow(&mut s.logits, ns * v);
-        self.head(
-            &s.last[..ns * c],
-            &mut s.normed[..ns * c],
-            &mut s.rstd[..ns],
-            &mut s.logits[..ns * v],
-            par,
-        );
+impl RowFeed for Fixed<'_> {
+    type Tag = usize;
+
+    fn take(&self, _max: usize, _wait: bool) -> Option<Vec<StreamRow<usize>>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn stopped(&self, tag: &usize, generated: &[u32]) -> bool {
+        self.of.stop.stopped(*tag, generated)
+    }
+
+    fn finished(&self, tag: usize, sample: Result<Sample>) {
+        // The rows were checked before the call, so every row samples.
+        let sample = sample.expect("rows checked before the call");
+        self.out.lock().unwrap_or_else(|e| e.into_inner())[tag - self.first] = Some(sample);
     }
 }
 

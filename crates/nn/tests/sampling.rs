@@ -429,3 +429,127 @@ fn issue15_rows_with_their_own_settings_sample_as_alone() {
         .to_string();
     assert!(e.contains("2 settings for 9 prompts"), "{e}");
 }
+
+/// Rows that arrive while others decode (continuous batching), released by a schedule of
+/// `take` calls; each hands back its sample the step it ends.
+struct Staggered {
+    rows: std::sync::Mutex<Vec<(usize, autodidact_nn::StreamRow<usize>)>>,
+    takes: std::sync::atomic::AtomicUsize,
+    out: std::sync::Mutex<Vec<(usize, autodidact_nn::Result<Sample>)>>,
+    /// Whether `stopped` was asked about each row.
+    asked: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl autodidact_nn::RowFeed for Staggered {
+    type Tag = usize;
+
+    fn take(&self, max: usize, wait: bool) -> Option<Vec<autodidact_nn::StreamRow<usize>>> {
+        let now = self.takes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut rows = self.rows.lock().unwrap();
+        if rows.is_empty() {
+            return None;
+        }
+        // Waiting (nothing else to do) moves time on to the next arrival.
+        let due = if wait { now.max(rows[0].0) } else { now };
+        let n = rows.iter().take(max).take_while(|r| r.0 <= due).count();
+        Some(rows.drain(..n).map(|r| r.1).collect())
+    }
+
+    fn stopped(&self, tag: &usize, _generated: &[u32]) -> bool {
+        self.asked[*tag].store(true, std::sync::atomic::Ordering::SeqCst);
+        false
+    }
+
+    fn finished(&self, tag: usize, sample: autodidact_nn::Result<Sample>) {
+        self.out.lock().unwrap().push((tag, sample));
+    }
+}
+
+/// Issue 15: rows that join a running decode batch at different steps, with their own
+/// settings and lengths (longer rows grow the cache while others are live), sample exactly
+/// what each samples alone, with one slot loop or several, and in a memory budget that
+/// makes rows wait; a row that cannot start is handed back with the reason.
+#[test]
+fn issue15_rows_joining_a_running_batch_sample_as_alone() {
+    let m = model();
+    let rows = 14;
+    let ps = prompts(rows, 5);
+    let cfgs: Vec<SamplingConfig> = (0..rows)
+        .map(|i| SamplingConfig {
+            // Early rows are short; later ones need the whole context.
+            max_new_tokens: if i < 4 { 2 + i } else { 5 + 3 * i },
+            top_logprobs: i % 3,
+            ..configs()[i % 4].clone()
+        })
+        .collect();
+    let arrive = |i: usize| [0, 0, 1, 3, 3, 4, 9, 9, 10, 15, 30, 31, 31, 60][i];
+    let bad = rows; // one more row, with a token outside the vocabulary
+    for (max_rows, budget) in [(4, None), (3, Some(6_000)), (64, None)] {
+        let mut queue: Vec<(usize, autodidact_nn::StreamRow<usize>)> = (0..rows)
+            .map(|i| {
+                let row = autodidact_nn::StreamRow {
+                    prompt: ps[i].clone(),
+                    seed: 90 + i as u64,
+                    cfg: cfgs[i].clone(),
+                    tag: i,
+                };
+                (arrive(i), row)
+            })
+            .collect();
+        queue.insert(
+            7,
+            (
+                9,
+                autodidact_nn::StreamRow {
+                    prompt: vec![1, 99],
+                    seed: 0,
+                    cfg: cfgs[0].clone(),
+                    tag: bad,
+                },
+            ),
+        );
+        let feed = Staggered {
+            rows: std::sync::Mutex::new(queue),
+            takes: Default::default(),
+            out: Default::default(),
+            asked: (0..=rows).map(|_| Default::default()).collect(),
+        };
+        let mut ws = match budget {
+            Some(b) => autodidact_nn::SampleWorkspace::with_budget(b),
+            None => autodidact_nn::SampleWorkspace::new(),
+        };
+        m.sample_stream(&feed, max_rows, &mut ws);
+        let mut out = feed.out.into_inner().unwrap();
+        assert_eq!(out.len(), rows + 1, "every row comes back once");
+        out.sort_by_key(|o| o.0);
+        let (tag, e) = out.pop().unwrap();
+        assert_eq!(tag, bad);
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("99"), "{e}");
+        for (i, got) in out {
+            let got = got.unwrap();
+            let alone = m.sample(&ps[i..i + 1], &[90 + i as u64], &cfgs[i]).unwrap();
+            let what = format!("row {i}, {max_rows} rows at most, budget {budget:?}");
+            assert_eq!(got.tokens, alone[0].tokens, "{what}");
+            assert_eq!(got.finish, alone[0].finish, "{what}");
+            // Log-probs to rounding: a GEMM's rounding depends on how many rows it has.
+            let near = |a: f32, b: f32| (a - b).abs() < 1e-5;
+            assert_eq!(got.top.len(), alone[0].top.len(), "{what}");
+            for (a, b) in got.top.iter().zip(&alone[0].top) {
+                let same = a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && near(x.1, y.1));
+                assert!(same, "{what}: alternatives {a:?} vs {b:?}");
+            }
+            for (a, b) in got.logprobs.iter().zip(&alone[0].logprobs) {
+                assert!(near(*a, *b), "{what}: logprob {a} vs {b}");
+            }
+            // The feed's stop check is asked unless a stop token ended the row at once.
+            let asked = feed.asked[i].load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                asked,
+                !cfgs[i].stop_tokens.contains(&got.tokens[0]),
+                "{what}"
+            );
+        }
+    }
+}
