@@ -8,6 +8,7 @@ mod report;
 mod run;
 mod serve;
 mod tools;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -51,6 +52,9 @@ enum Command {
     Compare(report::CompareArgs),
     /// Serve a checkpoint behind the OpenAI API (/v1/completions, /v1/chat/completions).
     Serve(serve::ServeArgs),
+    /// Train a checkpoint on a dataset with the native trainer: the command form of a run's
+    /// training stage, usable as its external trainer.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -104,5 +108,6 @@ fn run() -> Result<()> {
         Command::Report(args) => report::report(&args),
         Command::Compare(args) => report::compare(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Train(args) => train::train(&args),
     }
 }

@@ -4,6 +4,7 @@
 use crate::controller::{AlarmAction, AlarmConfig, AlarmKind};
 use crate::recipes::{self, Recipe, Sections};
 use crate::train::LrSchedule;
+use crate::trainer::{TrainerBackend, TrainerConfig};
 use crate::{Error, Result};
 pub use autodidact_core::ModelConfig;
 use autodidact_core::{memory, Backends, ModelSpec, SamplingParams, Task};
@@ -59,6 +60,9 @@ pub struct RunConfig {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// `[train]`: who runs the training stages (the native trainer, or an external command).
+    #[serde(default, skip_serializing_if = "TrainerConfig::is_default")]
+    pub train: TrainerConfig,
     /// The recipe sections of the file, and every section of the run's recipe, resolved by
     /// their families (every default filled in).
     #[serde(skip)]
@@ -627,6 +631,16 @@ impl RunConfig {
                 ),
             ));
         }
+        self.train.check()?;
+        if self.train.backend == TrainerBackend::External && recipe.round_stages().contains(&"rl") {
+            return Err(Error::config(
+                "train.backend",
+                format!(
+                    "{} samples between updates within a round, which an external trainer cannot do yet; train it natively",
+                    recipe.name()
+                ),
+            ));
+        }
         if s.train.steps == Some(0) {
             if !self.model.pretrained() {
                 return Err(Error::config(
@@ -850,6 +864,34 @@ mod tests {
             Ok(_) => panic!("{sets:?} should fail"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Issue 16: `[train]` is checked at start-up, by key.
+    #[test]
+    fn issue16_bad_trainer_settings_fail_at_start_up() {
+        let ext = "train.backend=external";
+        let cases: &[(&[&str], &str)] = &[
+            (&[ext], "config key `train.command`: train.backend = \"external\" needs"),
+            (&[ext, r#"train.command=["t", "{data}", "{modle}"]"#], "unknown placeholder {modle}"),
+            (&[ext, r#"train.command=["t", "{data}"]"#], "names neither {output} nor {config}"),
+            (&[ext, r#"train.command=["t", "{config}"]"#, "train.timeout_s=0"], "config key `train.timeout_s`"),
+            (&[r#"train.command=["t"]"#], "only used with train.backend"),
+            (&["train.backend=remote"], "unknown variant `remote`, expected `native` or `external`"),
+            (&["train.nope=1"], "config key `train.nope`"),
+        ];
+        for (sets, want) in cases {
+            let e = err(sets);
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+        parse(&[ext, r#"train.command=["t", "--config", "{config}"]"#]).unwrap();
+        let grpo = include_str!("../../../examples/grpo-addition.toml");
+        let sets = [ext.to_string(), r#"train.command=["t", "{config}"]"#.to_string()];
+        let e = RunConfig::parse(grpo, "grpo", &sets)
+            .and_then(|c| c.plan(&crate::testutil::mock_backends()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("config key `train.backend`: grpo samples between updates"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum Error {
     #[error("{path}: {problem}; restore the run directory from a copy, or pass `--force` to `autodidact resume` to continue with the file as it is (the round's manifest records that)")]
     Integrity { path: PathBuf, problem: String },
 
+    /// An external trainer failed; `tail` holds the last lines of its log.
+    #[error("round {round}: the external trainer {message}; the last lines of its log ({log}):\n{tail}\n(`autodidact resume` runs the stage again)")]
+    Trainer {
+        round: u32,
+        message: String,
+        log: PathBuf,
+        tail: String,
+    },
+
     #[error(transparent)]
     Core(#[from] autodidact_core::Error),
 }

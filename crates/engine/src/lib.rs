@@ -27,6 +27,7 @@ pub mod store;
 #[cfg(test)]
 mod testutil;
 pub mod train;
+pub mod trainer;
 
 pub use config::{RunConfig, RunPlan, DEMO_CONFIG};
 pub use error::{Error, Result};

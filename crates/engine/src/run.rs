@@ -24,10 +24,13 @@ use crate::store::{
     sha256_bytes, sha256_file, sha256_prefix, Finding, JournalEntry, RunDir, RunInfo, RunLock,
     RunStatus, CONFIG_FILE, METRICS_FILE, RUN_FILE, RUN_FORMAT_VERSION,
 };
-use crate::train::{fit_sft, steps_for, TrainStats};
+use crate::train::{steps_for, TrainStats};
+use crate::trainer::{
+    check_output, failure, install, run_external, run_native, Objective, Reference, TrainJob,
+    TrainReport, TrainerBackend, TRAINER_JOB, TRAINER_LOG, TRAINER_STATS,
+};
 use crate::{Error, Result};
 use autodidact_core::{Backends, Example, Group, Problem, SamplingParams, Split, TrainablePolicy};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -437,23 +440,19 @@ impl Run {
         derive_seed(self.plan.config.seed, round, stage, 0)
     }
 
+    /// Checks the files of the checkpoint of `round` against the round's manifest.
+    pub(crate) fn check_checkpoint(&self, round: u32) -> Result<()> {
+        let rel = RunDir::checkpoint_dir(round);
+        self.dir
+            .check_recorded(round, &format!("{rel}/"), &self.info.accepted)
+    }
+
     /// Loads the checkpoint of `round`, after checking its files against the round's manifest.
     pub(crate) fn load_policy(&self, round: u32) -> Result<Box<dyn TrainablePolicy>> {
         let rel = RunDir::checkpoint_dir(round);
         self.dir
             .check_recorded(round, &format!("{rel}/"), &self.info.accepted)?;
         Ok(self.plan.model.load(&self.dir.path(&rel))?)
-    }
-
-    /// Reads a JSON-lines file that a completed stage of `round` wrote, after checking it
-    /// against the round's manifest.
-    pub(crate) fn read_recorded<T: DeserializeOwned>(
-        &self,
-        round: u32,
-        rel: &str,
-    ) -> Result<Vec<T>> {
-        self.dir.check_recorded(round, rel, &self.info.accepted)?;
-        self.dir.read_jsonl(rel)
     }
 
     /// The controller's decision recorded with `round` (empty if none).
@@ -505,9 +504,14 @@ impl Run {
         round: u32,
         m: &mut Manifest,
     ) -> Result<()> {
+        policy.save(&self.dir.path(&RunDir::checkpoint_dir(round)))?;
+        self.hash_checkpoint(round, m)
+    }
+
+    /// Records the SHA-256 of each file of the round's checkpoint.
+    fn hash_checkpoint(&self, round: u32, m: &mut Manifest) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
         let dir = self.dir.path(&rel);
-        policy.save(&dir)?;
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|e| autodidact_core::Error::io("reading", &dir, e))?
             .filter_map(|e| e.ok())
@@ -557,43 +561,191 @@ impl Run {
         optimizer: &OptimizerConfig,
         obs: &mut dyn Observer,
     ) -> Result<()> {
-        let mut policy = self.load_policy(init)?;
-        let examples: Vec<Example> =
-            self.read_recorded(round, &format!("{}/train.jsonl", RunDir::round_dir(round)))?;
-        let stats = if examples.is_empty() {
-            obs.note(&format!(
-                "round {round}: its curated set is empty; its model is its initial checkpoint"
-            ));
-            TrainStats::default()
-        } else {
-            obs.stage_started(&format!("r{round} train"), steps_for(train, examples.len()));
-            let stats = fit_sft(
-                &mut *policy,
-                &examples,
-                train,
-                optimizer,
-                self.seed(round, "train"),
-                obs,
-                &mut |_, _, _| Ok(()),
-            )?;
-            obs.stage_finished(&format!(
-                "r{round} train: {} examples, {} steps, loss {:.3} → {:.3}",
-                stats.examples, stats.steps, stats.first_loss, stats.last_loss
-            ));
-            stats
-        };
         let mut m = self.manifest(round)?;
         m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
-        m.train = Some(stats);
-        self.save_checkpoint(&*policy, round, &mut m)?;
+        let job = self.job(
+            Objective::Sft,
+            round,
+            &format!("{}/train.jsonl", RunDir::round_dir(round)),
+            &RunDir::checkpoint_dir(init),
+            train,
+            optimizer,
+        )?;
+        let report = self.train(&job, Start::Round(init), &mut m, obs, &mut |_, _, _| Ok(()))?;
+        m.train = Some(report.stats);
         self.write_manifest(&m)
+    }
+
+    /// The job of a training stage of `round` on the dataset `data` (relative to the run
+    /// directory), starting from the checkpoint `init` (relative too).
+    pub(crate) fn job(
+        &self,
+        objective: Objective,
+        round: u32,
+        data: &str,
+        init: &str,
+        train: &TrainConfig,
+        optimizer: &OptimizerConfig,
+    ) -> Result<TrainJob> {
+        let rd = RunDir::round_dir(round);
+        Ok(TrainJob {
+            objective,
+            round,
+            seed: self.seed(round, if round == 0 { "seed" } else { "train" }),
+            data: self.absolute(data)?,
+            model: self.absolute(init)?,
+            output: self.absolute(&format!(
+                "checkpoints/.{}.tmp-external",
+                RunDir::checkpoint_dir(round).trim_start_matches("checkpoints/")
+            ))?,
+            stats: Some(self.absolute(&format!("{rd}/{TRAINER_STATS}"))?),
+            backend: self.plan.config.model.backend,
+            train: train.clone(),
+            optimizer: optimizer.clone(),
+        })
+    }
+
+    /// The absolute path of `rel` in the run directory (what a trainer in another directory
+    /// needs).
+    pub(crate) fn absolute(&self, rel: &str) -> Result<std::path::PathBuf> {
+        let p = self.dir.path(rel);
+        std::path::absolute(&p).map_err(|e| autodidact_core::Error::io("resolving", &p, e).into())
+    }
+
+    /// Trains the round's checkpoint as `job` says and records it in `m` (its files; the
+    /// trainer's report is returned), starting from `start`; an external trainer reads it
+    /// from `job.model` (written first when it is a fresh model). A job whose dataset is empty
+    /// trains nothing: the round's model is its starting one.
+    pub(crate) fn train(
+        &self,
+        job: &TrainJob,
+        start: Start,
+        m: &mut Manifest,
+        obs: &mut dyn Observer,
+        on_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
+    ) -> Result<TrainReport> {
+        let round = job.round;
+        let root = self.absolute("")?;
+        let rel = |p: &std::path::Path| {
+            p.strip_prefix(&root)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.display().to_string())
+        };
+        // What the job reads was recorded by this round's earlier stage: check it first.
+        self.dir
+            .check_recorded(round, &rel(&job.data), &self.info.accepted)?;
+        if let Objective::Dpo { judge: Some(j), .. } = &job.objective {
+            self.dir
+                .check_recorded(round, &rel(j), &self.info.accepted)?;
+        }
+        let examples = count_examples(&job.data)?;
+        let name = match (round, &job.objective) {
+            (0, _) => "seed".to_string(),
+            (_, Objective::Sft) => format!("r{round} train"),
+            (_, Objective::Dpo { loss, .. }) => format!("r{round} {}", loss.name()),
+        };
+        let load_start = |run: &Run, start: Start| match start {
+            Start::Policy(p) => Ok::<_, Error>(p),
+            Start::Round(r) => run.load_policy(r),
+        };
+        if examples == 0 {
+            obs.note(&format!(
+                "round {round}: its training set is empty; its model is its initial checkpoint"
+            ));
+            let p = load_start(self, start)?;
+            self.save_checkpoint(&*p, round, m)?;
+            return Ok(TrainReport::default());
+        }
+        let report = match self.plan.config.train.backend {
+            TrainerBackend::Native => {
+                let mut p = load_start(self, start)?;
+                obs.stage_started(&name, steps_for(&job.train, examples));
+                let model = &*self.plan.model;
+                let loader = |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> {
+                    Ok(model.load(dir)?)
+                };
+                let report = run_native(job, &mut *p, Reference::Loader(&loader), obs, on_step)?;
+                self.save_checkpoint(&*p, round, m)?;
+                report
+            }
+            TrainerBackend::External => {
+                match start {
+                    // The trainer starts from files: the seed stage's fresh model first.
+                    Start::Policy(p) => p.save(&job.model)?,
+                    Start::Round(r) => self.check_checkpoint(r)?,
+                }
+                let rd = RunDir::round_dir(round);
+                let config_rel = format!("{rd}/{TRAINER_JOB}");
+                self.dir.write_json(&config_rel, job)?;
+                let log_rel = format!("{rd}/{TRAINER_LOG}");
+                let stats = job.stats.clone().expect("a run's jobs name their report");
+                let _ = std::fs::remove_file(&stats);
+                if job.output.exists() {
+                    std::fs::remove_dir_all(&job.output)
+                        .map_err(|e| autodidact_core::Error::io("removing", &job.output, e))?;
+                }
+                obs.stage_started(&format!("{name} (external trainer)"), 0);
+                let cfg = &self.plan.config.train;
+                run_external(
+                    cfg,
+                    job,
+                    &self.dir.path(&config_rel),
+                    &self.dir.path(&log_rel),
+                    self.info.threads,
+                )?;
+                let probes: Vec<&str> = self
+                    .problems
+                    .eval
+                    .iter()
+                    .take(8)
+                    .map(|p| p.prompt.as_str())
+                    .collect();
+                let model = &*self.plan.model;
+                let load = |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> {
+                    Ok(model.load(dir)?)
+                };
+                let log = self.dir.path(&log_rel);
+                check_output(&job.output, &job.model, &probes, &load)
+                    .map_err(|message| failure(round, message, &log))?;
+                install(&job.output, &self.dir.path(&RunDir::checkpoint_dir(round)))?;
+                self.hash_checkpoint(round, m)?;
+                self.hash_into(m, &config_rel)?;
+                self.hash_into(m, &log_rel)?;
+                let report = match std::fs::read_to_string(&stats) {
+                    Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                        let m = format!(
+                            "wrote a report {} that does not parse: {e}",
+                            stats.display()
+                        );
+                        failure(round, m, &log)
+                    })?,
+                    Err(_) => {
+                        obs.note(&format!(
+                            "round {round}: the external trainer reported no statistics ({} is absent)",
+                            stats.display()
+                        ));
+                        TrainReport::default()
+                    }
+                };
+                if stats.exists() {
+                    self.hash_into(m, &rel(&stats))?;
+                }
+                report
+            }
+        };
+        let s = &report.stats;
+        obs.stage_finished(&format!(
+            "{name}: {} examples, {} steps, loss {:.3} → {:.3}",
+            s.examples, s.steps, s.first_loss, s.last_loss
+        ));
+        Ok(report)
     }
 
     /// Round 0: M0 learns from the labeled set, logging the seed-only curve; with
     /// `seed_stage.train.steps = 0`, M0 is the pretrained checkpoint as it is.
     fn seed_stage(&mut self, obs: &mut dyn Observer) -> Result<()> {
         let cfg = &self.plan.config;
-        let mut policy = self.plan.model.init(self.seed(0, "init"))?;
+        let policy = self.plan.model.init(self.seed(0, "init"))?;
         if cfg.seed_stage.train.steps == Some(0) {
             obs.stage_started("seed", 0);
             obs.stage_finished(
@@ -610,8 +762,20 @@ impl Run {
         let rd = RunDir::round_dir(0);
         let train_rel = format!("{rd}/train.jsonl");
         self.dir.write_jsonl(&train_rel, &examples)?;
-        let train = &cfg.seed_stage.train;
-        let steps = steps_for(train, examples.len());
+        let mut m = self.manifest(0)?;
+        m.settings =
+            Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model.describe()}));
+        self.hash_into(&mut m, &train_rel)?;
+        let init = format!("{rd}/.init.tmp-external");
+        let job = self.job(
+            Objective::Sft,
+            0,
+            &train_rel,
+            &init,
+            &cfg.seed_stage.train,
+            &cfg.seed_stage.optimizer,
+        )?;
+        let steps = steps_for(&cfg.seed_stage.train, examples.len());
         let every = cfg.seed_stage.eval_every;
         let (dir, task, eval, greedy) = (
             &self.dir,
@@ -619,13 +783,10 @@ impl Run {
             &self.problems.eval,
             self.plan.greedy(),
         );
-        obs.stage_started("seed", steps);
-        let stats = fit_sft(
-            &mut *policy,
-            &examples,
-            train,
-            &cfg.seed_stage.optimizer,
-            self.seed(0, "seed"),
+        let report = self.train(
+            &job,
+            Start::Policy(policy),
+            &mut m,
             obs,
             &mut |step, loss, p| {
                 if every > 0 && (step % every == 0 || step == steps) {
@@ -637,19 +798,8 @@ impl Run {
                 Ok(())
             },
         )?;
-        obs.stage_finished(&format!(
-            "seed: {} labeled examples, {} steps, loss {:.3} → {:.3}",
-            examples.len(),
-            stats.steps,
-            stats.first_loss,
-            stats.last_loss
-        ));
-        let mut m = self.manifest(0)?;
-        m.settings =
-            Some(json!({"seed_stage": cfg.seed_stage, "model": self.plan.model.describe()}));
-        m.train = Some(stats);
-        self.hash_into(&mut m, &train_rel)?;
-        self.save_checkpoint(&*policy, 0, &mut m)?;
+        let _ = std::fs::remove_dir_all(self.dir.path(&init));
+        m.train = Some(report.stats);
         self.write_manifest(&m)
     }
 }
@@ -668,6 +818,21 @@ fn summary(r: &EvalReport) -> Value {
         "problems": r.problems, "samples": r.samples, "k": r.k, "temperature": r.temperature,
         "pass@1": r.pass_at_1, "pass@k": r.pass_at_k, "maj@k": r.maj_at_k,
     })
+}
+
+/// Where a training stage starts.
+pub(crate) enum Start {
+    /// A model in memory (the seed stage's fresh one).
+    Policy(Box<dyn TrainablePolicy>),
+    /// The checkpoint of a round (its files checked against the round's manifest).
+    Round(u32),
+}
+
+/// Lines of the JSON-lines file at `path` (a dataset's examples).
+fn count_examples(path: &std::path::Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 fn demonstration(p: &Problem) -> Example {

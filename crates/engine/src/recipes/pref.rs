@@ -25,10 +25,11 @@ use crate::pairs::{
     Pair, PairCounts,
 };
 use crate::progress::{Observer, Silent};
-use crate::run::{records, Run};
+use crate::run::{records, Run, Start};
 use crate::sampling::sample_groups;
 use crate::store::RunDir;
 use crate::train::{steps_for, Order, TrainStats, Updater};
+use crate::trainer::Objective;
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Policy, Task, TrainablePolicy};
 use autodidact_objectives::{
@@ -428,70 +429,48 @@ impl Pref {
         let parent = run.parent(round)?;
         let cfg = &self.cfg;
         let rd = RunDir::round_dir(round);
-        let pairs: Vec<Pair> = run.read_recorded(round, &format!("{rd}/train.jsonl"))?;
         let judge_rel = format!("{rd}/judge.jsonl");
-        let judge: Vec<Example> = if run.dir.path(&judge_rel).exists() {
-            run.read_recorded(round, &judge_rel)?
-        } else {
-            Vec::new()
-        };
-        let mut policy = run.load_policy(parent)?;
         let ref_round = cfg.reference.round(parent);
+        let reference = RunDir::checkpoint_dir(ref_round);
+        run.check_checkpoint(ref_round)?;
+        let objective = Objective::Dpo {
+            loss: cfg.loss,
+            beta: cfg.beta,
+            label_smoothing: cfg.label_smoothing,
+            sft_coef: cfg.sft_coef,
+            reference: run.absolute(&reference)?,
+            score_rows: run.plan.score_rows,
+            judge: match run.dir.path(&judge_rel).exists() {
+                true => Some(run.absolute(&judge_rel)?),
+                false => None,
+            },
+            judge_coef: self.judge.coef,
+        };
+        let job = run.job(
+            objective,
+            round,
+            &format!("{rd}/train.jsonl"),
+            &RunDir::checkpoint_dir(parent),
+            &cfg.train,
+            &cfg.optimizer,
+        )?;
         let mut m = run.manifest(round)?;
         let mut metrics = m.metrics.take().unwrap_or_default();
-        let stats = if pairs.is_empty() {
-            obs.note(&format!(
-                "round {round}: no preference pairs to train on; its model is its initial checkpoint"
-            ));
-            TrainStats::default()
-        } else {
-            let refs = if ref_round == parent {
-                reference_logps(&mut *policy, &pairs, run.plan.score_rows)?
-            } else {
-                reference_logps(
-                    &mut *run.load_policy(ref_round)?,
-                    &pairs,
-                    run.plan.score_rows,
-                )?
-            };
-            obs.stage_started(
-                &format!("r{round} {}", cfg.loss.name()),
-                steps_for(&cfg.train, pairs.len()),
-            );
-            let fit = fit_dpo(
-                &mut *policy,
-                &pairs,
-                &refs,
-                &judge,
-                self.judge.coef,
-                cfg,
-                run.seed(round, "train"),
-                obs,
-            )?;
-            obs.stage_finished(&format!(
-                "r{round} {}: {} pairs, {} steps, loss {:.3} → {:.3}, reward accuracy {:.2}",
-                cfg.loss.name(),
-                pairs.len(),
-                fit.stats.steps,
-                fit.stats.first_loss,
-                fit.stats.last_loss,
-                fit.metrics["rewards/accuracies"],
-            ));
-            metrics.extend(fit.metrics);
-            fit.stats
-        };
         m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
+        let report = run.train(&job, Start::Round(parent), &mut m, obs, &mut |_, _, _| {
+            Ok(())
+        })?;
+        if let Some(acc) = report.metrics.get("rewards/accuracies") {
+            obs.note(&format!("r{round}: reward accuracy {acc:.2}"));
+        }
+        metrics.extend(report.metrics);
         m.settings
             .get_or_insert_with(|| json!({}))
             .as_object_mut()
             .expect("settings are an object")
-            .insert(
-                "reference_checkpoint".into(),
-                json!(RunDir::checkpoint_dir(ref_round)),
-            );
+            .insert("reference_checkpoint".into(), json!(reference));
         m.metrics = Some(metrics);
-        m.train = Some(stats);
-        run.save_checkpoint(&*policy, round, &mut m)?;
+        m.train = Some(report.stats);
         run.write_manifest(&m)
     }
 

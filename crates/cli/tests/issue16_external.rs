@@ -1,0 +1,305 @@
+//! Issue 16: `[train] backend = "external"`. A run whose training stages run
+//! `autodidact train --config {config}` as an external command ends with the native run's
+//! metrics and byte-identical checkpoints (the seed stage, an SFT round and a DPO round);
+//! a trainer that exits 1, one that hangs past its timeout and one that writes a checkpoint
+//! of another shape each stop the run with a clear message, and `resume` finishes it with
+//! the native run's numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
+
+fn autodidact(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--threads")
+        .arg("1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) {
+    let out = autodidact(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A tiny model that solves some sums (so rounds keep samples and build pairs), trained once
+/// for every test of this file.
+fn base() -> &'static Path {
+    static BASE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &BASE
+        .get_or_init(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let run = tmp.path().join("base");
+            ok(&[
+                "run",
+                "-q",
+                "--out",
+                run.to_str().unwrap(),
+                "--set",
+                "star.rounds=0",
+                "--set",
+                "seed_stage.train.steps=700",
+                "--set",
+                "seed_stage.eval_every=0",
+                "--set",
+                "eval.problems=8",
+            ]);
+            (tmp, run.join("checkpoints/r0000"))
+        })
+        .1
+}
+
+/// `example` (without its `[model]` preset) starting from the base checkpoint, with `extra`
+/// appended; written to `dir/name.toml`.
+fn config(dir: &Path, name: &str, example_file: &str, from_base: bool, extra: &str) -> PathBuf {
+    let mut text: String = example(example_file)
+        .lines()
+        .filter(|l| !(from_base && (l.starts_with("preset") || *l == "[model]")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if from_base {
+        text.push_str(&format!("[model]\ncheckpoint = {:?}\n", base()));
+    }
+    text.push_str(extra);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[train]` running `command` (TOML array items) as the external trainer.
+fn external(command: &str, timeout_s: u64) -> String {
+    format!("[train]\nbackend = \"external\"\ncommand = [{command}]\ntimeout_s = {timeout_s}\n")
+}
+
+fn autodidact_train() -> String {
+    format!("{BIN:?}, \"--threads\", \"{{threads}}\", \"train\", \"--config\", \"{{config}}\"")
+}
+
+fn run(dir: &Path, name: &str, config: &Path, sets: &[&str]) -> (PathBuf, Output) {
+    let out_dir = dir.join(name);
+    let mut args = vec!["run", "-q", "--out", out_dir.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    args.push(config.to_str().unwrap());
+    let out = autodidact(&args);
+    (out_dir, out)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every checkpoint file of a run, by path, with its bytes.
+fn checkpoints(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let dir = run.join("checkpoints");
+    for round in std::fs::read_dir(&dir).unwrap() {
+        let round = round.unwrap().path();
+        let name = round.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with('.'),
+            "a leftover {name} in {}",
+            dir.display()
+        );
+        for f in std::fs::read_dir(&round).unwrap() {
+            let f = f.unwrap().path();
+            let rel = format!("{name}/{}", f.file_name().unwrap().to_string_lossy());
+            out.push((rel, std::fs::read(&f).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_same_run(native: &Path, external: &Path) {
+    assert_eq!(
+        read(&native.join("metrics.jsonl")),
+        read(&external.join("metrics.jsonl")),
+        "{} and {}",
+        native.display(),
+        external.display()
+    );
+    let (a, b) = (checkpoints(native), checkpoints(external));
+    assert_eq!(a.len(), b.len());
+    for ((na, ba), (nb, bb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(
+            ba == bb,
+            "{na} differs between {} and {}",
+            native.display(),
+            external.display()
+        );
+    }
+}
+
+#[test]
+fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let small = [
+        "star.problems=60",
+        "pref.problems=60",
+        "eval.problems=12",
+        "seed_stage.eval_every=0",
+    ];
+    // The seed stage from scratch; an SFT round and a DPO round from the base checkpoint.
+    let cases = [
+        (
+            "seed",
+            "star-addition.toml",
+            false,
+            vec!["seed_stage.train.steps=60", "star.rounds=0"],
+        ),
+        (
+            "star",
+            "star-addition.toml",
+            true,
+            vec!["seed_stage.train.steps=0", "star.rounds=1"],
+        ),
+        (
+            "dpo",
+            "dpo-verified-addition.toml",
+            true,
+            vec!["seed_stage.train.steps=0", "pref.rounds=1"],
+        ),
+    ];
+    for (name, file, from_base, sets) in cases {
+        let sets: Vec<&str> = small.iter().copied().chain(sets).collect();
+        let native_cfg = config(d, &format!("{name}-native"), file, from_base, "");
+        let ext_cfg = config(
+            d,
+            &format!("{name}-external"),
+            file,
+            from_base,
+            &external(&autodidact_train(), 600),
+        );
+        let (native, out) = run(d, &format!("{name}-native"), &native_cfg, &sets);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ext, out) = run(d, &format!("{name}-external"), &ext_cfg, &sets);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_run(&native, &ext);
+        // The trained round records the job, the trainer's log and its report.
+        let round = if name == "seed" { 0 } else { 1 };
+        let manifest = read(&ext.join(format!("rounds/r{round:04}/manifest.json")));
+        for f in ["trainer-job.json", "trainer.log", "trainer-stats.json"] {
+            assert!(
+                manifest.contains(&format!("rounds/r{round:04}/{f}")),
+                "{name}: {f} in {manifest}"
+            );
+        }
+        if name != "seed" {
+            // Rounds trained something: the kept set or the pairs were not empty.
+            let stats = read(&ext.join("rounds/r0001/trainer-stats.json"));
+            assert!(!stats.contains("\"steps\": 0"), "{name}: {stats}");
+        }
+    }
+}
+
+/// A trainer (`sh` script) that misbehaves once, in round 1, as `mode` says, then trains.
+const FLAKY: &str = r#"mode=$1; round=$2; config=$3; output=$4; mark=$5; bin=$6
+if [ "$round" = 1 ] && [ ! -e "$mark" ]; then
+  : > "$mark"
+  case $mode in
+    exit) echo "trainer: CUDA out of memory (simulated)" >&2; exit 1 ;;
+    hang) echo "trainer: waiting for a GPU that never frees" >&2; sleep 600 ;;
+    shapes) "$bin" --threads 1 train --config "$config" || exit 1
+            sed -i 's/"hidden_size": [0-9]*/"hidden_size": 8/' "$output/config.json"; exit 0 ;;
+  esac
+fi
+exec "$bin" --threads 1 train --config "$config"
+"#;
+
+#[test]
+fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sets = [
+        "star.problems=60",
+        "eval.problems=12",
+        "seed_stage.train.steps=0",
+        "star.rounds=2",
+    ];
+    let script = d.join("flaky.sh");
+    std::fs::write(&script, FLAKY).unwrap();
+    let native_cfg = config(d, "native", "star-addition.toml", true, "");
+    let (native, out) = run(d, "native", &native_cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (mode, timeout, says) in [
+        (
+            "exit",
+            600,
+            vec!["exit status: 1", "CUDA out of memory (simulated)"],
+        ),
+        (
+            "hang",
+            3,
+            vec!["ran past train.timeout_s = 3 s", "never frees"],
+        ),
+        (
+            "shapes",
+            600,
+            vec!["another architecture", "hidden_size = 8"],
+        ),
+    ] {
+        let mark = d.join(format!("{mode}.mark"));
+        let command = format!(
+            "\"sh\", {:?}, {mode:?}, \"{{round}}\", \"{{config}}\", \"{{output}}\", {:?}, {BIN:?}",
+            script, mark
+        );
+        let cfg = config(
+            d,
+            mode,
+            "star-addition.toml",
+            true,
+            &external(&command, timeout),
+        );
+        let (dir, out) = run(d, mode, &cfg, &sets);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: the run should stop");
+        assert!(
+            err.contains("round 1: the external trainer"),
+            "{mode}: {err}"
+        );
+        for s in &says {
+            assert!(err.contains(s), "{mode}: {s:?} in {err}");
+        }
+        assert!(err.contains("autodidact resume"), "{mode}: {err}");
+        // The journal stops before round 1's training, and resume finishes the run as the
+        // native one.
+        let journal = read(&dir.join("journal.jsonl"));
+        assert!(
+            journal.contains(r#""stage":"sample","round":1"#),
+            "{mode}: {journal}"
+        );
+        assert!(!journal.contains(r#""stage":"train""#), "{mode}: {journal}");
+        ok(&["resume", dir.to_str().unwrap()]);
+        assert_same_run(&native, &dir);
+    }
+}

@@ -1,0 +1,619 @@
+//! Who runs a training stage: the native trainer in process, or an external command
+//! (`[train] backend = "external"`): TRL under `accelerate launch`, a DeepSpeed job, or
+//! `autodidact train` itself.
+//!
+//! A stage describes its training as a [`TrainJob`]: the objective and its settings, the
+//! seed, the dataset (the round's `train.jsonl`, in TRL's formats: `prompt`/`completion`
+//! for SFT, `prompt`/`chosen`/`rejected` for the DPO family), the checkpoint to start from
+//! and where the new one goes. The native trainer runs the job in process
+//! ([`run_native`]); `autodidact train --config JOB` runs the same function on a job file,
+//! so a run that trains through `autodidact train` gets the numbers of one that trains in
+//! process. An external command gets the job file as `{config}` and its paths as
+//! placeholders; the engine captures its output into the round's `trainer.log`, stops it
+//! after `timeout_s`, and takes its checkpoint only once it loads and matches the policy
+//! (architecture and tokenizer). It may report what it did (steps, losses, metrics) in the
+//! job's `stats` file ([`TrainReport`]).
+//!
+//! How external training differs from native: the seed stage's held-out curve
+//! (`seed_stage.eval_every`) needs evaluation inside the trainer's loop and is not logged;
+//! policy-gradient recipes, which sample between updates within a round, cannot train
+//! externally yet.
+
+use crate::config::{OptimizerConfig, TrainConfig};
+use crate::pairs::Pair;
+use crate::progress::Observer;
+use crate::recipes::pref::{fit_dpo, reference_logps, PrefConfig};
+use crate::train::{fit_sft, TrainStats};
+use crate::{Error, Result};
+use autodidact_core::{BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy};
+use autodidact_objectives::DpoLoss;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `[train]`: who runs the training stages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    pub backend: TrainerBackend,
+    /// `external`: the program and its arguments (no shell). In each argument `{data}`,
+    /// `{model}`, `{output}`, `{round}`, `{config}` and `{threads}` become the stage's
+    /// dataset, starting checkpoint, the directory to write the new checkpoint to, the
+    /// round, the job file ([`TrainJob`]) and the run's thread count.
+    pub command: Vec<String>,
+    /// `external`: seconds the command may run before it is stopped (with every process it
+    /// started).
+    pub timeout_s: u64,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            backend: TrainerBackend::Native,
+            command: Vec::new(),
+            timeout_s: 3600,
+        }
+    }
+}
+
+/// Which trainer runs the training stages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerBackend {
+    /// The engine's own trainer, in process.
+    #[default]
+    Native,
+    /// A command per stage (`[train] command`).
+    External,
+}
+
+/// Files of a training stage in its round's directory: the job (`{config}`), the external
+/// trainer's output, and its report.
+pub const TRAINER_JOB: &str = "trainer-job.json";
+pub const TRAINER_LOG: &str = "trainer.log";
+pub const TRAINER_STATS: &str = "trainer-stats.json";
+
+/// The placeholders of `[train] command`.
+pub const PLACEHOLDERS: [&str; 6] = ["data", "model", "output", "round", "config", "threads"];
+
+impl TrainerConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks `[train]`, naming the bad key.
+    pub fn check(&self) -> Result<()> {
+        match self.backend {
+            TrainerBackend::Native => {
+                if !self.command.is_empty() {
+                    return Err(Error::config(
+                        "train.command",
+                        "is only used with train.backend = \"external\"",
+                    ));
+                }
+            }
+            TrainerBackend::External => {
+                if self.command.is_empty() || self.command[0].is_empty() {
+                    return Err(Error::config(
+                        "train.command",
+                        "train.backend = \"external\" needs the trainer's program and arguments, e.g. [\"accelerate\", \"launch\", \"integrations/trl/sft.py\", \"--config\", \"{config}\"]",
+                    ));
+                }
+                for arg in &self.command {
+                    for name in placeholders(arg) {
+                        if !PLACEHOLDERS.contains(&name) {
+                            return Err(Error::config(
+                                "train.command",
+                                format!(
+                                    "unknown placeholder {{{name}}} in {arg:?}; the placeholders are {}",
+                                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if !self
+                    .command
+                    .iter()
+                    .any(|a| a.contains("{output}") || a.contains("{config}"))
+                {
+                    return Err(Error::config(
+                        "train.command",
+                        "names neither {output} nor {config}: the trainer would not know where to write the checkpoint",
+                    ));
+                }
+                if self.timeout_s == 0 {
+                    return Err(Error::config("train.timeout_s", "must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `{name}` placeholders of `arg`.
+fn placeholders(arg: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
+/// What a training stage asks of its trainer: the file `{config}`. (Its fields are not
+/// checked for unknown ones: serde cannot with the flattened objective.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainJob {
+    #[serde(flatten)]
+    pub objective: Objective,
+    pub round: u32,
+    /// Seeds the order of the examples.
+    pub seed: u64,
+    /// The dataset, JSON lines.
+    pub data: PathBuf,
+    /// The checkpoint training starts from.
+    pub model: PathBuf,
+    /// Where the new checkpoint goes (a directory the trainer creates).
+    pub output: PathBuf,
+    /// Where the trainer may report what it did ([`TrainReport`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<PathBuf>,
+    /// The backend that loads `model` (the run's `model.backend`).
+    pub backend: BackendKind,
+    pub train: TrainConfig,
+    pub optimizer: OptimizerConfig,
+}
+
+/// The loss a job trains, with its own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "objective", rename_all = "snake_case")]
+pub enum Objective {
+    /// Supervised fine-tuning on `prompt`/`completion` lines.
+    Sft,
+    /// The DPO family on `prompt`/`chosen`/`rejected` lines (with a per-pair `weight`).
+    Dpo {
+        loss: DpoLoss,
+        beta: f32,
+        label_smoothing: f32,
+        /// Weight of an NLL term on the chosen completions.
+        sft_coef: f32,
+        /// The reference model's checkpoint.
+        reference: PathBuf,
+        /// Rows of a reference scoring pass.
+        score_rows: usize,
+        /// Judge-format demonstrations trained beside the pairs (self-rewarding), and their
+        /// SFT weight.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        judge: Option<PathBuf>,
+        #[serde(default)]
+        judge_coef: f32,
+    },
+}
+
+impl Objective {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Sft => "sft",
+            Objective::Dpo { .. } => "dpo",
+        }
+    }
+}
+
+/// What a trainer did: the round's training statistics and the metrics it adds to the
+/// round (`rewards/accuracies` of the DPO family, ...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    #[serde(default)]
+    pub stats: TrainStats,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Runs `job` on `policy` (loaded from `job.model`) in process.
+pub fn run_native(
+    job: &TrainJob,
+    policy: &mut dyn TrainablePolicy,
+    reference_loader: Reference,
+    obs: &mut dyn Observer,
+    on_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
+) -> Result<TrainReport> {
+    match &job.objective {
+        Objective::Sft => {
+            let examples: Vec<Example> = read_jsonl(&job.data)?;
+            let stats = fit_sft(
+                policy,
+                &examples,
+                &job.train,
+                &job.optimizer,
+                job.seed,
+                obs,
+                on_step,
+            )?;
+            Ok(TrainReport {
+                stats,
+                metrics: BTreeMap::new(),
+            })
+        }
+        Objective::Dpo {
+            loss,
+            beta,
+            label_smoothing,
+            sft_coef,
+            reference,
+            score_rows,
+            judge,
+            judge_coef,
+        } => {
+            let pairs: Vec<Pair> = read_jsonl(&job.data)?;
+            let judge: Vec<Example> = match judge {
+                Some(path) => read_jsonl(path)?,
+                None => Vec::new(),
+            };
+            let refs = if reference == &job.model {
+                reference_logps(policy, &pairs, *score_rows)?
+            } else {
+                let mut r = reference_loader.load(job.backend, reference)?;
+                reference_logps(&mut *r, &pairs, *score_rows)?
+            };
+            let cfg = PrefConfig {
+                loss: *loss,
+                beta: *beta,
+                label_smoothing: *label_smoothing,
+                sft_coef: *sft_coef,
+                train: job.train.clone(),
+                optimizer: job.optimizer.clone(),
+                ..PrefConfig::default()
+            };
+            let fit = fit_dpo(
+                policy,
+                &pairs,
+                &refs,
+                &judge,
+                *judge_coef,
+                &cfg,
+                job.seed,
+                obs,
+            )?;
+            Ok(TrainReport {
+                stats: fit.stats,
+                metrics: fit.metrics,
+            })
+        }
+    }
+}
+
+/// How [`run_native`] loads a reference model that is not the policy's own start.
+pub enum Reference<'a> {
+    /// Through the backends (`autodidact train`).
+    Backends(&'a Backends),
+    /// With the run's model (a stage in process).
+    Loader(&'a dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>),
+}
+
+impl Reference<'_> {
+    fn load(&self, kind: BackendKind, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
+        match self {
+            Reference::Backends(b) => Ok(b.load(kind, dir)?),
+            Reference::Loader(f) => f(dir),
+        }
+    }
+}
+
+/// `autodidact train`: runs the job file at `path` with the native trainer and writes the
+/// checkpoint and the report where it says.
+pub fn run_job_file(path: &Path, backends: &Backends, obs: &mut dyn Observer) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
+    let job: TrainJob = serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, format!("is not a training job: {e}")))?;
+    run_job(&job, backends, obs)
+}
+
+/// Runs `job` with the native trainer: loads its model, trains, saves to `job.output` and
+/// reports to `job.stats`.
+pub fn run_job(job: &TrainJob, backends: &Backends, obs: &mut dyn Observer) -> Result<()> {
+    let mut policy = backends.load(job.backend, &job.model)?;
+    obs.stage_started(
+        &format!("r{} {}", job.round, job.objective.name()),
+        crate::train::steps_for(&job.train, count_lines(&job.data)?),
+    );
+    let report = run_native(
+        job,
+        &mut *policy,
+        Reference::Backends(backends),
+        obs,
+        &mut |_, _, _| Ok(()),
+    )?;
+    obs.stage_finished(&format!(
+        "r{} {}: {} examples, {} steps, loss {:.3} → {:.3}",
+        job.round,
+        job.objective.name(),
+        report.stats.examples,
+        report.stats.steps,
+        report.stats.first_loss,
+        report.stats.last_loss
+    ));
+    policy.save(&job.output)?;
+    if let Some(path) = &job.stats {
+        let text = serde_json::to_string_pretty(&report).expect("a report serializes");
+        std::fs::write(path, text).map_err(|e| autodidact_core::Error::io("writing", path, e))?;
+    }
+    Ok(())
+}
+
+fn count_lines(path: &Path) -> Result<usize> {
+    let f =
+        std::fs::File::open(path).map_err(|e| autodidact_core::Error::io("reading", path, e))?;
+    Ok(std::io::BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::file(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Runs `command` for `job` (whose file is at `config`), its output into `log`, and waits
+/// at most `timeout`. Fails with the log's last lines unless it exits 0.
+pub fn run_external(
+    cfg: &TrainerConfig,
+    job: &TrainJob,
+    config: &Path,
+    log: &Path,
+    threads: usize,
+) -> Result<()> {
+    let fill = |arg: &str| {
+        arg.replace("{data}", &job.data.display().to_string())
+            .replace("{model}", &job.model.display().to_string())
+            .replace("{output}", &job.output.display().to_string())
+            .replace("{round}", &job.round.to_string())
+            .replace("{config}", &config.display().to_string())
+            .replace("{threads}", &threads.to_string())
+    };
+    let args: Vec<String> = cfg.command.iter().map(|a| fill(a)).collect();
+    let out =
+        std::fs::File::create(log).map_err(|e| autodidact_core::Error::io("creating", log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| autodidact_core::Error::io("opening", log, e))?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let fail = |message: String| failure(job.round, message, log);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("could not start {:?}: {e}", args[0])))?;
+    let deadline = Instant::now() + Duration::from_secs(cfg.timeout_s);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                stop_group(&mut child);
+                return Err(fail(format!(
+                    "ran past train.timeout_s = {} s and was stopped",
+                    cfg.timeout_s
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
+        }
+    };
+    if !status.success() {
+        return Err(fail(format!("{:?} failed ({status})", args[0])));
+    }
+    Ok(())
+}
+
+/// The error of an external trainer that failed, with the last lines of its log.
+pub fn failure(round: u32, message: String, log: &Path) -> Error {
+    Error::Trainer {
+        round,
+        message,
+        log: log.to_path_buf(),
+        tail: tail(log, 20),
+    }
+}
+
+/// Stops the child and every process of its group.
+fn stop_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    // SAFETY: signals the process group the child leads (it was started in a group of its
+    // own); no memory is touched.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `n` lines of the file at `path` (at most its last 64 KiB are read).
+fn tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(std::io::SeekFrom::Start(len.saturating_sub(64 << 10)));
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Puts the checkpoint at `staging` in place at `dir`, replacing what is there: the old one
+/// is moved aside first and removed after, so a kill leaves one or the other whole (and the
+/// aside one a leftover that resuming removes).
+pub fn install(staging: &Path, dir: &Path) -> Result<()> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e| autodidact_core::Error::io(op, p, e)
+    };
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io("moving aside", dir))?;
+    }
+    std::fs::rename(staging, dir).map_err(io("renaming into place", dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io("removing", &old))?;
+    }
+    Ok(())
+}
+
+/// Checks that the checkpoint an external trainer wrote at `output` is one of the policy
+/// that started at `init`: the same architecture in `config.json`, a tokenizer that
+/// encodes `probes` the same, and weights that load (`load` checks every tensor's shape).
+pub fn check_output(
+    output: &Path,
+    init: &Path,
+    probes: &[&str],
+    load: &dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>,
+) -> std::result::Result<(), String> {
+    if !output.is_dir() {
+        return Err(format!("wrote no checkpoint at {}", output.display()));
+    }
+    let config = |dir: &Path| -> std::result::Result<serde_json::Value, String> {
+        let p = dir.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (want, got) = (config(init)?, config(output)?);
+    for key in ARCHITECTURE_KEYS {
+        if let Some(w) = want.get(key) {
+            let g = got.get(key).unwrap_or(&serde_json::Value::Null);
+            if !same_number_or_value(w, g) {
+                return Err(format!(
+                    "wrote a checkpoint of another architecture: config.json has {key} = {g}, the policy's has {w}"
+                ));
+            }
+        }
+    }
+    let tokenizer = |dir: &Path| -> std::result::Result<ModelTokenizer, String> {
+        ModelTokenizer::load(dir)
+            .map_err(|e| format!("its tokenizer does not load: {e}"))?
+            .ok_or_else(|| format!("{} holds no tokenizer", dir.display()))
+    };
+    let (tw, tg) = (tokenizer(init)?, tokenizer(output)?);
+    use autodidact_core::Tokenizer;
+    if tw.vocab_size() != tg.vocab_size() {
+        return Err(format!(
+            "wrote a tokenizer of {} tokens; the policy's has {}",
+            tg.vocab_size(),
+            tw.vocab_size()
+        ));
+    }
+    for p in probes {
+        if tw.encode_prompt(p).ok() != tg.encode_prompt(p).ok() {
+            return Err(format!(
+                "wrote a tokenizer that encodes {p:?} differently from the policy's"
+            ));
+        }
+    }
+    load(output).map_err(|e| format!("wrote a checkpoint that does not load: {e}"))?;
+    Ok(())
+}
+
+/// The keys of a Hugging Face `config.json` that fix the architecture.
+const ARCHITECTURE_KEYS: [&str; 11] = [
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "rope_theta",
+    "rms_norm_eps",
+];
+
+/// Equal values, numbers compared as numbers (`10000` and `10000.0`).
+fn same_number_or_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue16_the_command_is_checked_by_key() {
+        let ext = |command: &[&str]| TrainerConfig {
+            backend: TrainerBackend::External,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout_s: 10,
+        };
+        let err = |c: TrainerConfig| c.check().unwrap_err().to_string();
+        assert!(err(ext(&[])).contains("train.command"));
+        assert!(err(ext(&["t", "{data}", "{nope}"])).contains("unknown placeholder {nope}"));
+        assert!(err(ext(&["t", "{data}"])).contains("neither {output} nor {config}"));
+        let mut c = ext(&["t", "--out", "{output}"]);
+        c.timeout_s = 0;
+        assert!(err(c).contains("train.timeout_s"));
+        assert!(ext(&["t", "--config={config}"]).check().is_ok());
+        let native = TrainerConfig {
+            command: vec!["x".into()],
+            ..TrainerConfig::default()
+        };
+        assert!(err(native).contains("only used with"));
+        assert_eq!(placeholders("a{b}c{d}"), ["b", "d"]);
+    }
+
+    #[test]
+    fn issue16_jobs_round_trip_as_json() {
+        let job = TrainJob {
+            objective: Objective::Dpo {
+                loss: DpoLoss::Sigmoid,
+                beta: 0.1,
+                label_smoothing: 0.0,
+                sft_coef: 0.0,
+                reference: "/r/checkpoints/r0000".into(),
+                score_rows: 64,
+                judge: None,
+                judge_coef: 0.0,
+            },
+            round: 2,
+            seed: 7,
+            data: "/r/rounds/r0002/train.jsonl".into(),
+            model: "/r/checkpoints/r0001".into(),
+            output: "/r/checkpoints/.r0002.tmp-external".into(),
+            stats: Some("/r/rounds/r0002/trainer-stats.json".into()),
+            backend: BackendKind::Native,
+            train: TrainConfig::default(),
+            optimizer: OptimizerConfig::default(),
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains(r#""objective":"dpo""#), "{text}");
+        assert_eq!(serde_json::from_str::<TrainJob>(&text).unwrap(), job);
+    }
+}
