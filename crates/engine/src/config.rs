@@ -871,12 +871,31 @@ mod tests {
     fn issue16_bad_trainer_settings_fail_at_start_up() {
         let ext = "train.backend=external";
         let cases: &[(&[&str], &str)] = &[
-            (&[ext], "config key `train.command`: train.backend = \"external\" needs"),
-            (&[ext, r#"train.command=["t", "{data}", "{modle}"]"#], "unknown placeholder {modle}"),
-            (&[ext, r#"train.command=["t", "{data}"]"#], "names neither {output} nor {config}"),
-            (&[ext, r#"train.command=["t", "{config}"]"#, "train.timeout_s=0"], "config key `train.timeout_s`"),
+            (
+                &[ext],
+                "config key `train.command`: train.backend = \"external\" needs",
+            ),
+            (
+                &[ext, r#"train.command=["t", "{data}", "{modle}"]"#],
+                "unknown placeholder {modle}",
+            ),
+            (
+                &[ext, r#"train.command=["t", "{data}"]"#],
+                "names neither {output} nor {config}",
+            ),
+            (
+                &[
+                    ext,
+                    r#"train.command=["t", "{config}"]"#,
+                    "train.timeout_s=0",
+                ],
+                "config key `train.timeout_s`",
+            ),
             (&[r#"train.command=["t"]"#], "only used with train.backend"),
-            (&["train.backend=remote"], "unknown variant `remote`, expected `native` or `external`"),
+            (
+                &["train.backend=remote"],
+                "unknown variant `remote`, expected `native` or `external`",
+            ),
             (&["train.nope=1"], "config key `train.nope`"),
         ];
         for (sets, want) in cases {
@@ -885,13 +904,19 @@ mod tests {
         }
         parse(&[ext, r#"train.command=["t", "--config", "{config}"]"#]).unwrap();
         let grpo = include_str!("../../../examples/grpo-addition.toml");
-        let sets = [ext.to_string(), r#"train.command=["t", "{config}"]"#.to_string()];
+        let sets = [
+            ext.to_string(),
+            r#"train.command=["t", "{config}"]"#.to_string(),
+        ];
         let e = RunConfig::parse(grpo, "grpo", &sets)
             .and_then(|c| c.plan(&crate::testutil::mock_backends()))
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("config key `train.backend`: grpo samples between updates"), "{e}");
+        assert!(
+            e.contains("config key `train.backend`: grpo samples between updates"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub struct TrainReport {
     pub stats: TrainStats,
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// The loss of every update, in order (for comparing trainers' curves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub losses: Vec<f64>,
 }
 
 /// Runs `job` on `policy` (loaded from `job.model`) in process.
@@ -228,6 +231,7 @@ pub fn run_native(
     match &job.objective {
         Objective::Sft => {
             let examples: Vec<Example> = read_jsonl(&job.data)?;
+            let mut losses = Vec::new();
             let stats = fit_sft(
                 policy,
                 &examples,
@@ -235,11 +239,15 @@ pub fn run_native(
                 &job.optimizer,
                 job.seed,
                 obs,
-                on_step,
+                &mut |step, loss, p| {
+                    losses.push(loss);
+                    on_step(step, loss, p)
+                },
             )?;
             Ok(TrainReport {
                 stats,
                 metrics: BTreeMap::new(),
+                losses,
             })
         }
         Objective::Dpo {
@@ -272,6 +280,7 @@ pub fn run_native(
                 optimizer: job.optimizer.clone(),
                 ..PrefConfig::default()
             };
+            let mut losses = Vec::new();
             let fit = fit_dpo(
                 policy,
                 &pairs,
@@ -281,10 +290,12 @@ pub fn run_native(
                 &cfg,
                 job.seed,
                 obs,
+                &mut |_, loss| losses.push(loss),
             )?;
             Ok(TrainReport {
                 stats: fit.stats,
                 metrics: fit.metrics,
+                losses,
             })
         }
     }
@@ -504,10 +515,17 @@ pub fn check_output(
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
     let (want, got) = (config(init)?, config(output)?);
+    // transformers 5 writes the rotary settings under `rope_parameters`.
+    let field = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get("rope_parameters").and_then(|r| r.get(key)))
+            .cloned()
+    };
     for key in ARCHITECTURE_KEYS {
-        if let Some(w) = want.get(key) {
-            let g = got.get(key).unwrap_or(&serde_json::Value::Null);
-            if !same_number_or_value(w, g) {
+        if let Some(w) = field(&want, key) {
+            let g = field(&got, key).unwrap_or(serde_json::Value::Null);
+            if !same_number_or_value(&w, &g) {
                 return Err(format!(
                     "wrote a checkpoint of another architecture: config.json has {key} = {g}, the policy's has {w}"
                 ));

@@ -641,7 +641,7 @@ pub struct DpoFit {
 
 /// Trains `policy` on `pairs` (with their reference log-probs) for `cfg.train`'s steps, with a
 /// fresh optimizer, plus `cfg.sft_coef` × the chosen side's token-mean NLL; when `judge` is non-empty, every step also takes a batch of judge
-/// examples with SFT weight `judge_coef`.
+/// examples with SFT weight `judge_coef`. `after_step(step, loss)` runs after every update.
 #[allow(clippy::too_many_arguments)]
 pub fn fit_dpo(
     policy: &mut dyn TrainablePolicy,
@@ -652,6 +652,7 @@ pub fn fit_dpo(
     cfg: &PrefConfig,
     seed: u64,
     obs: &mut dyn Observer,
+    after_step: &mut dyn FnMut(u64, f64),
 ) -> Result<DpoFit> {
     let t = &cfg.train;
     let steps = steps_for(t, pairs.len());
@@ -729,6 +730,7 @@ pub fn fit_dpo(
         }
         up.step()?;
         stats.record_loss(step, loss);
+        after_step(step + 1, loss);
         obs.stage_progress(step + 1, stats.tokens);
     }
     let mut metrics = dstats.metrics();

@@ -1,0 +1,26 @@
+"""Any autodidact training job with TRL: `sft` jobs with SFTTrainer (sft.py), `dpo` jobs with
+DPOTrainer (dpo.py). One command serves a whole run, whose seed stage is SFT and whose rounds
+may be DPO:
+
+    [train]
+    backend = "external"
+    command = ["accelerate", "launch", "integrations/trl/train.py", "--config", "{config}"]
+"""
+
+import sys
+
+import dpo
+import sft
+from common import read_job
+
+
+def main():
+    job = read_job(sys.argv)
+    trainers = {"sft": sft.train, "dpo": dpo.train}
+    if job["objective"] not in trainers:
+        sys.exit(f"no TRL trainer here for {job['objective']} jobs (only {', '.join(trainers)})")
+    trainers[job["objective"]](job)
+
+
+if __name__ == "__main__":
+    main()
