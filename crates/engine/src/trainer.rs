@@ -514,23 +514,8 @@ pub fn check_output(
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let (want, got) = (config(init)?, config(output)?);
-    // transformers 5 writes the rotary settings under `rope_parameters`.
-    let field = |v: &serde_json::Value, key: &str| {
-        v.get(key)
-            .filter(|x| !x.is_null())
-            .or_else(|| v.get("rope_parameters").and_then(|r| r.get(key)))
-            .cloned()
-    };
-    for key in ARCHITECTURE_KEYS {
-        if let Some(w) = field(&want, key) {
-            let g = field(&got, key).unwrap_or(serde_json::Value::Null);
-            if !same_number_or_value(&w, &g) {
-                return Err(format!(
-                    "wrote a checkpoint of another architecture: config.json has {key} = {g}, the policy's has {w}"
-                ));
-            }
-        }
+    if let Some(e) = architecture_differs(&config(init)?, &config(output)?) {
+        return Err(e);
     }
     let tokenizer = |dir: &Path| -> std::result::Result<ModelTokenizer, String> {
         ModelTokenizer::load(dir)
@@ -555,6 +540,27 @@ pub fn check_output(
     }
     load(output).map_err(|e| format!("wrote a checkpoint that does not load: {e}"))?;
     Ok(())
+}
+
+/// How the `config.json` of a trainer's checkpoint (`got`) differs from the policy's
+/// (`want`) in a key that fixes the architecture, if it does.
+fn architecture_differs(want: &serde_json::Value, got: &serde_json::Value) -> Option<String> {
+    // transformers 5 writes the rotary settings under `rope_parameters`.
+    let field = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get("rope_parameters").and_then(|r| r.get(key)))
+            .cloned()
+    };
+    ARCHITECTURE_KEYS.iter().find_map(|&key| {
+        let w = field(want, key)?;
+        let g = field(got, key).unwrap_or(serde_json::Value::Null);
+        (!same_number_or_value(&w, &g)).then(|| {
+            format!(
+                "wrote a checkpoint of another architecture: config.json has {key} = {g}, the policy's has {w}"
+            )
+        })
+    })
 }
 
 /// The keys of a Hugging Face `config.json` that fix the architecture.
@@ -605,6 +611,22 @@ mod tests {
         };
         assert!(err(native).contains("only used with"));
         assert_eq!(placeholders("a{b}c{d}"), ["b", "d"]);
+    }
+
+    #[test]
+    fn issue16_architecture_checks_read_both_config_layouts() {
+        let ours = serde_json::json!({"hidden_size": 64, "rope_theta": 10000.0, "vocab_size": 19});
+        let tf5 = serde_json::json!({"hidden_size": 64, "vocab_size": 19, "dtype": "float32",
+            "rope_parameters": {"rope_theta": 10000, "rope_type": "default"}});
+        assert_eq!(architecture_differs(&ours, &tf5), None);
+        let narrow = serde_json::json!({"hidden_size": 8, "rope_theta": 10000.0, "vocab_size": 19});
+        let e = architecture_differs(&ours, &narrow).unwrap();
+        assert!(e.contains("hidden_size = 8, the policy's has 64"), "{e}");
+        let other_rope = serde_json::json!({"hidden_size": 64, "vocab_size": 19,
+            "rope_parameters": {"rope_theta": 500000.0}});
+        assert!(architecture_differs(&ours, &other_rope)
+            .unwrap()
+            .contains("rope_theta"));
     }
 
     #[test]
