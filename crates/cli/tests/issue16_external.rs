@@ -303,3 +303,137 @@ fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
         assert_same_run(&native, &dir);
     }
 }
+
+/// `autodidact serve` as a child process on a free port, killed when dropped.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(checkpoint: &Path) -> Server {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "--threads",
+            "1",
+            "serve",
+            "--port",
+            "0",
+            "--model-name",
+            "tiny",
+        ])
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split(" on ").nth(1).unwrap().trim().to_string();
+    Server { child, url }
+}
+
+/// The `model_path` the server at `url` (up to `/v1`) reports.
+fn served_path(url: &str) -> String {
+    let addr = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        conn,
+        "GET /get_model_info HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["model_path"].as_str().unwrap().to_string()
+}
+
+/// A served policy trained by the external hook: `autodidact serve` holds the base model,
+/// each round is trained by `autodidact train` and the server is pointed at the new
+/// checkpoint (`reload = "update_weights_from_disk"`), so the next round samples from it.
+/// The run ends with the native run's weights and evaluations, and the server serves its
+/// last checkpoint.
+#[test]
+fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sets = [
+        "star.problems=60",
+        "eval.problems=12",
+        "seed_stage.train.steps=0",
+        "star.rounds=2",
+    ];
+    let server = serve(base());
+    let served = format!(
+        "[model]\nbackend = \"openai\"\n[model.openai]\nbase_urls = [{:?}]\nmodel = \"tiny\"\ntokenizer = {:?}\nweights = {:?}\nreload = \"update_weights_from_disk\"\n",
+        server.url,
+        base(),
+        base()
+    );
+    let text: String = example("star-addition.toml")
+        .lines()
+        .filter(|l| !(l.starts_with("preset") || *l == "[model]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = d.join("served.toml");
+    std::fs::write(
+        &cfg,
+        format!("{text}{served}{}", external(&autodidact_train(), 600)),
+    )
+    .unwrap();
+    let (run_dir, out) = run(d, "served", &cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native_cfg = config(d, "native", "star-addition.toml", true, "");
+    let (native, out) = run(d, "native", &native_cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = std::path::absolute(run_dir.join("checkpoints/r0002")).unwrap();
+    assert_eq!(served_path(&server.url), last.display().to_string());
+    for r in ["r0001", "r0002"] {
+        let w = |run: &Path| {
+            std::fs::read(run.join(format!("checkpoints/{r}/model.safetensors"))).unwrap()
+        };
+        assert!(
+            w(&run_dir) == w(&native),
+            "{r}: the served run's weights differ from the native run's"
+        );
+        assert!(run_dir
+            .join(format!("checkpoints/{r}/remote.json"))
+            .exists());
+    }
+    // Every evaluation equals the native one (sampled through the server from each round's
+    // weights); drift is not measured for a served model.
+    let evals = |run: &Path| -> Vec<Vec<(String, serde_json::Value)>> {
+        read(&run.join("metrics.jsonl"))
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("eval/") || k.starts_with("star/"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(evals(&run_dir), evals(&native));
+}

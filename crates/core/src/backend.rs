@@ -135,6 +135,37 @@ pub struct OpenAiConfig {
     /// below its cap); the cap doubles each try, up to `max_backoff_secs`.
     pub backoff_secs: f64,
     pub max_backoff_secs: f64,
+    /// The served model's weights, here, in the Hugging Face layout (the directory the
+    /// servers were started with): what an external trainer (`[train] backend =
+    /// "external"`) starts from. With it and `reload`, a run trains the served model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// How the servers are pointed at a round's new checkpoint.
+    #[serde(skip_serializing_if = "Reload::is_none")]
+    pub reload: Reload,
+}
+
+/// How a run points its servers at a new checkpoint (`[model.openai] reload`); each server
+/// is then asked which checkpoint it serves (`GET /get_model_info`'s `model_path`, or
+/// `root` in `GET /v1/models`), and the run stops unless it is the new one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reload {
+    /// Never: the servers keep what they serve (a run that only samples).
+    #[default]
+    None,
+    /// `POST /update_weights_from_disk {"model_path": DIR}` to every server (`autodidact
+    /// serve`, SGLang).
+    UpdateWeightsFromDisk,
+    /// A command, run once; `{checkpoint}` in its arguments becomes the new checkpoint's
+    /// directory (a script that restarts the fleet, for one).
+    Command(Vec<String>),
+}
+
+impl Reload {
+    pub fn is_none(&self) -> bool {
+        *self == Reload::None
+    }
 }
 
 impl Default for OpenAiConfig {
@@ -153,6 +184,8 @@ impl Default for OpenAiConfig {
             probe_after_secs: 10.0,
             backoff_secs: 0.5,
             max_backoff_secs: 30.0,
+            weights: None,
+            reload: Reload::None,
         }
     }
 }
@@ -325,6 +358,20 @@ pub trait ModelSpec: Send + Sync {
     /// evaluated: a run with it must have no training steps.
     fn trains(&self) -> bool {
         true
+    }
+
+    /// For a model that does not train here but is served: the weights its servers serve
+    /// (round 0's, for an external trainer to start from), when the run can train it and
+    /// point the servers at each new checkpoint ([`ModelSpec::sync`]).
+    fn served_weights(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Makes the model the run samples from be the checkpoint in `dir` (a served model's
+    /// servers load it, or the weights of [`ModelSpec::served_weights`] when `dir` holds
+    /// none); nothing for a model in process.
+    fn sync(&self, _dir: &Path) -> Result<()> {
+        Ok(())
     }
 
     /// The policy a run starts from: the pretrained checkpoint's weights, or freshly

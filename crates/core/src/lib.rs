@@ -18,7 +18,7 @@ pub mod types;
 
 pub use backend::{
     Backend, BackendKind, Backends, LoraConfig, LoraModule, ModelConfig, ModelSpec, OpenAiApi,
-    OpenAiConfig,
+    OpenAiConfig, Reload,
 };
 pub use error::{Error, Result};
 pub use hf_tokenizer::HfTokenizer;

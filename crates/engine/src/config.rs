@@ -621,14 +621,24 @@ impl RunConfig {
         if s.labeled == 0 {
             return Err(Error::config("seed_stage.labeled", "must be at least 1"));
         }
-        if !model.trains() && (s.train.steps != Some(0) || recipe.rounds() > 0) {
+        // A served model trains only through an external trainer that starts from its
+        // weights, with its servers pointed at each new checkpoint.
+        let served_trains =
+            self.train.backend == TrainerBackend::External && model.served_weights().is_some();
+        if !model.trains() && (s.train.steps != Some(0) || recipe.rounds() > 0) && !served_trains {
             return Err(Error::config(
                 "model.backend",
                 format!(
-                    "\"{}\" serves a model that does not train here: evaluate it with seed_stage.train.steps = 0 and {}.rounds = 0 (training it needs an external trainer)",
+                    "\"{}\" serves a model that does not train here: evaluate it with seed_stage.train.steps = 0 and {}.rounds = 0, or train it with [train] backend = \"external\" and model.openai.weights and model.openai.reload set",
                     self.model.backend.name(),
                     recipe.name()
                 ),
+            ));
+        }
+        if served_trains && s.train.steps != Some(0) {
+            return Err(Error::config(
+                "seed_stage.train.steps",
+                "must be 0 for a served model: the served weights are M0",
             ));
         }
         self.train.check()?;

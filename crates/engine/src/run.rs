@@ -447,12 +447,15 @@ impl Run {
             .check_recorded(round, &format!("{rel}/"), &self.info.accepted)
     }
 
-    /// Loads the checkpoint of `round`, after checking its files against the round's manifest.
+    /// Loads the checkpoint of `round`, after checking its files against the round's manifest
+    /// (a served model's servers are pointed at it first).
     pub(crate) fn load_policy(&self, round: u32) -> Result<Box<dyn TrainablePolicy>> {
         let rel = RunDir::checkpoint_dir(round);
         self.dir
             .check_recorded(round, &format!("{rel}/"), &self.info.accepted)?;
-        Ok(self.plan.model.load(&self.dir.path(&rel))?)
+        let dir = self.dir.path(&rel);
+        self.plan.model.sync(&dir)?;
+        Ok(self.plan.model.load(&dir)?)
     }
 
     /// The controller's decision recorded with `round` (empty if none).
@@ -588,18 +591,29 @@ impl Run {
         optimizer: &OptimizerConfig,
     ) -> Result<TrainJob> {
         let rd = RunDir::round_dir(round);
+        // A served model's round-0 checkpoint records its servers; its weights are elsewhere.
+        let model = match self.plan.model.served_weights() {
+            Some(w) if !self.dir.path(init).join("config.json").exists() => {
+                std::path::absolute(w).map_err(|e| autodidact_core::Error::io("resolving", w, e))?
+            }
+            _ => self.absolute(init)?,
+        };
         Ok(TrainJob {
             objective,
             round,
             seed: self.seed(round, if round == 0 { "seed" } else { "train" }),
             data: self.absolute(data)?,
-            model: self.absolute(init)?,
+            model,
             output: self.absolute(&format!(
                 "checkpoints/.{}.tmp-external",
                 RunDir::checkpoint_dir(round).trim_start_matches("checkpoints/")
             ))?,
             stats: Some(self.absolute(&format!("{rd}/{TRAINER_STATS}"))?),
-            backend: self.plan.config.model.backend,
+            // A served model's weights are a Hugging Face checkpoint the native backend loads.
+            backend: match self.plan.model.served_weights() {
+                Some(_) => autodidact_core::BackendKind::Native,
+                None => self.plan.config.model.backend,
+            },
             train: train.clone(),
             optimizer: optimizer.clone(),
         })
@@ -648,10 +662,16 @@ impl Run {
             Start::Policy(p) => Ok::<_, Error>(p),
             Start::Round(r) => run.load_policy(r),
         };
+        let served = self.plan.model.served_weights().is_some();
         if examples == 0 {
             obs.note(&format!(
                 "round {round}: its training set is empty; its model is its initial checkpoint"
             ));
+            if served {
+                // The new checkpoint is the starting weights with the servers' record.
+                let to = self.dir.path(&RunDir::checkpoint_dir(round));
+                copy_dir(&job.model, &to)?;
+            }
             let p = load_start(self, start)?;
             self.save_checkpoint(&*p, round, m)?;
             return Ok(TrainReport::default());
@@ -669,11 +689,17 @@ impl Run {
                 report
             }
             TrainerBackend::External => {
-                match start {
+                let start = match start {
                     // The trainer starts from files: the seed stage's fresh model first.
-                    Start::Policy(p) => p.save(&job.model)?,
-                    Start::Round(r) => self.check_checkpoint(r)?,
-                }
+                    Start::Policy(p) => {
+                        p.save(&job.model)?;
+                        Start::Policy(p)
+                    }
+                    Start::Round(r) => {
+                        self.check_checkpoint(r)?;
+                        Start::Round(r)
+                    }
+                };
                 let rd = RunDir::round_dir(round);
                 let config_rel = format!("{rd}/{TRAINER_JOB}");
                 self.dir.write_json(&config_rel, job)?;
@@ -705,9 +731,24 @@ impl Run {
                     Ok(model.load(dir)?)
                 };
                 let log = self.dir.path(&log_rel);
-                check_output(&job.output, &job.model, &probes, &load)
+                // A served model's weights are loaded by its servers, not here.
+                let load = (!served).then_some(&load as &dyn Fn(&std::path::Path) -> _);
+                check_output(&job.output, &job.model, &probes, load)
                     .map_err(|message| failure(round, message, &log))?;
-                install(&job.output, &self.dir.path(&RunDir::checkpoint_dir(round)))?;
+                let dir = self.dir.path(&RunDir::checkpoint_dir(round));
+                install(&job.output, &dir)?;
+                if served {
+                    // The new weights with the servers' record, and the servers on them.
+                    let record = match start {
+                        Start::Round(r) => self
+                            .plan
+                            .model
+                            .load(&self.dir.path(&RunDir::checkpoint_dir(r)))?,
+                        Start::Policy(p) => p,
+                    };
+                    record.save(&dir)?;
+                    self.plan.model.sync(&dir)?;
+                }
                 self.hash_checkpoint(round, m)?;
                 self.hash_into(m, &config_rel)?;
                 self.hash_into(m, &log_rel)?;
@@ -818,6 +859,26 @@ fn summary(r: &EvalReport) -> Value {
         "problems": r.problems, "samples": r.samples, "k": r.k, "temperature": r.temperature,
         "pass@1": r.pass_at_1, "pass@k": r.pass_at_k, "maj@k": r.maj_at_k,
     })
+}
+
+/// Copies the files of the directory `from` into `to` (created), hard-linking where it can.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let io = |op: &'static str, p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |e| autodidact_core::Error::io(op, p, e)
+    };
+    std::fs::create_dir_all(to).map_err(io("creating", to))?;
+    for entry in std::fs::read_dir(from).map_err(io("reading", from))? {
+        let path = entry.map_err(io("reading", from))?.path();
+        if path.is_file() {
+            let dest = to.join(path.file_name().expect("a file has a name"));
+            let _ = std::fs::remove_file(&dest);
+            if std::fs::hard_link(&path, &dest).is_err() {
+                std::fs::copy(&path, &dest).map_err(io("copying", &path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a training stage starts.

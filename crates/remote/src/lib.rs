@@ -28,6 +28,7 @@
 mod client;
 mod policy;
 pub mod pool;
+pub mod sync;
 
 pub use client::{FailureKind, Stats};
 pub use policy::{RemotePolicy, RemoteSpec, REMOTE_FILE};

@@ -107,6 +107,19 @@ fn validate(config: &ModelConfig) -> Result<OpenAiConfig> {
     if let Some(var) = &cfg.api_key_env {
         api_key(var)?;
     }
+    if let Some(w) = &cfg.weights {
+        if !w.join("config.json").exists() {
+            return Err(invalid(
+                "weights",
+                format!("{} holds no config.json: give the directory of the served model's weights (Hugging Face layout)", w.display()),
+            ));
+        }
+    }
+    if let autodidact_core::Reload::Command(args) = &cfg.reload {
+        if args.is_empty() || args[0].is_empty() {
+            return Err(invalid("reload", "command needs a program, e.g. { command = [\"./restart-fleet.sh\", \"{checkpoint}\"] }"));
+        }
+    }
     Ok(cfg)
 }
 
@@ -237,6 +250,15 @@ impl ModelSpec for RemoteSpec {
     }
     fn trains(&self) -> bool {
         false
+    }
+    fn served_weights(&self) -> Option<&Path> {
+        self.cfg
+            .weights
+            .as_deref()
+            .filter(|_| !self.cfg.reload.is_none())
+    }
+    fn sync(&self, dir: &Path) -> Result<()> {
+        crate::sync::sync(&self.cfg, dir)
     }
     fn init(&self, _seed: u64) -> Result<Box<dyn TrainablePolicy>> {
         Ok(Box::new(RemotePolicy::connect(
