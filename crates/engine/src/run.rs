@@ -732,7 +732,7 @@ impl Run {
                 };
                 let log = self.dir.path(&log_rel);
                 // A served model's weights are loaded by its servers, not here.
-                let load = (!served).then_some(&load as &dyn Fn(&std::path::Path) -> _);
+                let load = (!served).then_some(&load as crate::trainer::LoadFn);
                 check_output(&job.output, &job.model, &probes, load)
                     .map_err(|message| failure(round, message, &log))?;
                 let dir = self.dir.path(&RunDir::checkpoint_dir(round));

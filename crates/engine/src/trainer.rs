@@ -301,12 +301,15 @@ pub fn run_native(
     }
 }
 
+/// Loads a checkpoint directory as the run's model.
+pub type LoadFn<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>;
+
 /// How [`run_native`] loads a reference model that is not the policy's own start.
 pub enum Reference<'a> {
     /// Through the backends (`autodidact train`).
     Backends(&'a Backends),
     /// With the run's model (a stage in process).
-    Loader(&'a dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>),
+    Loader(LoadFn<'a>),
 }
 
 impl Reference<'_> {
@@ -505,7 +508,7 @@ pub fn check_output(
     output: &Path,
     init: &Path,
     probes: &[&str],
-    load: Option<&dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>>,
+    load: Option<LoadFn>,
 ) -> std::result::Result<(), String> {
     if !output.is_dir() {
         return Err(format!("wrote no checkpoint at {}", output.display()));
