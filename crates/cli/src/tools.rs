@@ -110,16 +110,47 @@ pub enum ImportDtype {
 #[derive(Args)]
 pub struct ExportArgs {
     /// A checkpoint directory: a full model, or LoRA adapters (adapter_config.json) with the
-    /// base model they name.
+    /// base model they name. With --format: a run directory.
     checkpoint: PathBuf,
     /// The directory to write (must not exist, or be empty): model.safetensors (float32),
-    /// config.json and the tokenizer, loadable by transformers.
+    /// config.json and the tokenizer, loadable by transformers; with --format, every round's
+    /// training data.
     #[arg(long)]
     out: PathBuf,
+    /// Export a run's training data (every completed round's SFT examples, preference pairs
+    /// or rollouts) in this trainer's layout instead of a checkpoint.
+    #[arg(long, value_enum)]
+    format: Option<DataFormat>,
 }
 
-/// `autodidact export CHECKPOINT --out DIR`.
+/// The layouts of `export --format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DataFormat {
+    Trl,
+    Openrlhf,
+}
+
+/// `autodidact export CHECKPOINT --out DIR`, or `autodidact export RUN --format F --out DIR`.
 pub fn export(a: &ExportArgs) -> Result<()> {
+    if let Some(f) = a.format {
+        use autodidact_engine::export;
+        let format = match f {
+            DataFormat::Trl => export::Format::Trl,
+            DataFormat::Openrlhf => export::Format::OpenRlhf,
+        };
+        let done = export::export(&a.checkpoint, format, &a.out)?;
+        let totals: Vec<String> = export::totals(&done)
+            .iter()
+            .map(|(k, n)| format!("{n} {k} lines"))
+            .collect();
+        println!(
+            "exported {} rounds ({}) to {}",
+            done.rounds.len(),
+            totals.join(", "),
+            a.out.display()
+        );
+        return Ok(());
+    }
     if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
         anyhow::bail!(
             "--out {}: the directory holds files; choose a new or empty one",

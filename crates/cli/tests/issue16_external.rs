@@ -215,6 +215,51 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
             let stats = read(&ext.join("rounds/r0001/trainer-stats.json"));
             assert!(!stats.contains("\"steps\": 0"), "{name}: {stats}");
         }
+        // `export`: the round's data in TRL's and OpenRLHF's keys, line for line.
+        let (kind, trl_keys, orlhf_keys) = match name {
+            "dpo" => (
+                "preference",
+                ["chosen", "prompt", "rejected"],
+                ["chosen", "prompt", "rejected"],
+            ),
+            _ => ("sft", ["completion", "prompt", ""], ["input", "output", ""]),
+        };
+        let train = read(&ext.join(format!("rounds/r{round:04}/train.jsonl")));
+        for (format, keys) in [("trl", trl_keys), ("openrlhf", orlhf_keys)] {
+            let out = d.join(format!("{name}-{format}"));
+            ok(&[
+                "export",
+                ext.to_str().unwrap(),
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let index: serde_json::Value =
+                serde_json::from_str(&read(&out.join("index.json"))).unwrap();
+            let rounds = index["rounds"].as_array().unwrap();
+            assert!(
+                rounds
+                    .iter()
+                    .any(|r| r["kind"] == kind && r["round"] == round),
+                "{index}"
+            );
+            let lines = read(&out.join(format!("r{round:04}/{kind}.jsonl")));
+            assert_eq!(
+                lines.lines().count(),
+                train.lines().count(),
+                "{name} {format}"
+            );
+            for (line, source) in lines.lines().zip(train.lines()) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let got: Vec<&String> = v.as_object().unwrap().keys().collect();
+                let want: Vec<&str> = keys.iter().copied().filter(|k| !k.is_empty()).collect();
+                assert_eq!(got, want, "{name} {format}");
+                let s: serde_json::Value = serde_json::from_str(source).unwrap();
+                let prompt = v.get("prompt").or(v.get("input")).unwrap();
+                assert_eq!(prompt, &s["prompt"]);
+            }
+        }
     }
 }
 

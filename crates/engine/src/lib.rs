@@ -15,6 +15,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod judge;
 pub mod monitor;
 pub mod pairs;
