@@ -511,6 +511,102 @@ impl Run {
         self.hash_checkpoint(round, m)
     }
 
+    /// [`Run::train`] by the external trainer: writes the job, runs the command, checks its
+    /// checkpoint and puts it in place (a served model's servers are pointed at it).
+    fn train_external(
+        &self,
+        job: &TrainJob,
+        start: Start,
+        name: &str,
+        m: &mut Manifest,
+        obs: &mut dyn Observer,
+    ) -> Result<TrainReport> {
+        let round = job.round;
+        let served = self.plan.model.served_weights().is_some();
+        let start = match start {
+            // The trainer starts from files: the seed stage's fresh model first.
+            Start::Policy(p) => {
+                p.save(&job.model)?;
+                Start::Policy(p)
+            }
+            Start::Round(r) => {
+                self.check_checkpoint(r)?;
+                Start::Round(r)
+            }
+        };
+        let rd = RunDir::round_dir(round);
+        let config_rel = format!("{rd}/{TRAINER_JOB}");
+        self.dir.write_json(&config_rel, job)?;
+        let log_rel = format!("{rd}/{TRAINER_LOG}");
+        let stats = job.stats.clone().expect("a run's jobs name their report");
+        let _ = std::fs::remove_file(&stats);
+        if job.output.exists() {
+            std::fs::remove_dir_all(&job.output)
+                .map_err(|e| autodidact_core::Error::io("removing", &job.output, e))?;
+        }
+        obs.stage_started(&format!("{name} (external trainer)"), 0);
+        let cfg = &self.plan.config.train;
+        run_external(
+            cfg,
+            job,
+            &self.dir.path(&config_rel),
+            &self.dir.path(&log_rel),
+            self.info.threads,
+        )?;
+        let probes: Vec<&str> = self
+            .problems
+            .eval
+            .iter()
+            .take(8)
+            .map(|p| p.prompt.as_str())
+            .collect();
+        let model = &*self.plan.model;
+        let load =
+            |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> { Ok(model.load(dir)?) };
+        let log = self.dir.path(&log_rel);
+        // A served model's weights are loaded by its servers, not here.
+        let load = (!served).then_some(&load as crate::trainer::LoadFn);
+        check_output(&job.output, &job.model, &probes, load)
+            .map_err(|message| failure(round, message, &log))?;
+        let dir = self.dir.path(&RunDir::checkpoint_dir(round));
+        install(&job.output, &dir)?;
+        if served {
+            // The new weights with the servers' record, and the servers on them.
+            let record = match start {
+                Start::Round(r) => self
+                    .plan
+                    .model
+                    .load(&self.dir.path(&RunDir::checkpoint_dir(r)))?,
+                Start::Policy(p) => p,
+            };
+            record.save(&dir)?;
+            self.plan.model.sync(&dir)?;
+        }
+        self.hash_checkpoint(round, m)?;
+        self.hash_into(m, &config_rel)?;
+        self.hash_into(m, &log_rel)?;
+        let report = match std::fs::read_to_string(&stats) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                let m = format!(
+                    "wrote a report {} that does not parse: {e}",
+                    stats.display()
+                );
+                failure(round, m, &log)
+            })?,
+            Err(_) => {
+                obs.note(&format!(
+                    "round {round}: the external trainer reported no statistics ({} is absent)",
+                    stats.display()
+                ));
+                TrainReport::default()
+            }
+        };
+        if stats.exists() {
+            self.hash_into(m, &self.relative(&stats)?)?;
+        }
+        Ok(report)
+    }
+
     /// Records the SHA-256 of each file of the round's checkpoint.
     fn hash_checkpoint(&self, round: u32, m: &mut Manifest) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
@@ -626,6 +722,14 @@ impl Run {
         std::path::absolute(&p).map_err(|e| autodidact_core::Error::io("resolving", &p, e).into())
     }
 
+    /// `p` (an absolute path in the run directory) relative to the run directory.
+    fn relative(&self, p: &std::path::Path) -> Result<String> {
+        let root = self.absolute("")?;
+        Ok(p.strip_prefix(&root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| p.display().to_string()))
+    }
+
     /// Trains the round's checkpoint as `job` says and records it in `m` (its files; the
     /// trainer's report is returned), starting from `start`; an external trainer reads it
     /// from `job.model` (written first when it is a fresh model). A job whose dataset is empty
@@ -639,18 +743,13 @@ impl Run {
         on_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
     ) -> Result<TrainReport> {
         let round = job.round;
-        let root = self.absolute("")?;
-        let rel = |p: &std::path::Path| {
-            p.strip_prefix(&root)
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| p.display().to_string())
-        };
+        let rel = |p: &std::path::Path| self.relative(p);
         // What the job reads was recorded by this round's earlier stage: check it first.
         self.dir
-            .check_recorded(round, &rel(&job.data), &self.info.accepted)?;
+            .check_recorded(round, &rel(&job.data)?, &self.info.accepted)?;
         if let Objective::Dpo { judge: Some(j), .. } = &job.objective {
             self.dir
-                .check_recorded(round, &rel(j), &self.info.accepted)?;
+                .check_recorded(round, &rel(j)?, &self.info.accepted)?;
         }
         let examples = count_examples(&job.data)?;
         let name = match (round, &job.objective) {
@@ -688,91 +787,7 @@ impl Run {
                 self.save_checkpoint(&*p, round, m)?;
                 report
             }
-            TrainerBackend::External => {
-                let start = match start {
-                    // The trainer starts from files: the seed stage's fresh model first.
-                    Start::Policy(p) => {
-                        p.save(&job.model)?;
-                        Start::Policy(p)
-                    }
-                    Start::Round(r) => {
-                        self.check_checkpoint(r)?;
-                        Start::Round(r)
-                    }
-                };
-                let rd = RunDir::round_dir(round);
-                let config_rel = format!("{rd}/{TRAINER_JOB}");
-                self.dir.write_json(&config_rel, job)?;
-                let log_rel = format!("{rd}/{TRAINER_LOG}");
-                let stats = job.stats.clone().expect("a run's jobs name their report");
-                let _ = std::fs::remove_file(&stats);
-                if job.output.exists() {
-                    std::fs::remove_dir_all(&job.output)
-                        .map_err(|e| autodidact_core::Error::io("removing", &job.output, e))?;
-                }
-                obs.stage_started(&format!("{name} (external trainer)"), 0);
-                let cfg = &self.plan.config.train;
-                run_external(
-                    cfg,
-                    job,
-                    &self.dir.path(&config_rel),
-                    &self.dir.path(&log_rel),
-                    self.info.threads,
-                )?;
-                let probes: Vec<&str> = self
-                    .problems
-                    .eval
-                    .iter()
-                    .take(8)
-                    .map(|p| p.prompt.as_str())
-                    .collect();
-                let model = &*self.plan.model;
-                let load = |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> {
-                    Ok(model.load(dir)?)
-                };
-                let log = self.dir.path(&log_rel);
-                // A served model's weights are loaded by its servers, not here.
-                let load = (!served).then_some(&load as crate::trainer::LoadFn);
-                check_output(&job.output, &job.model, &probes, load)
-                    .map_err(|message| failure(round, message, &log))?;
-                let dir = self.dir.path(&RunDir::checkpoint_dir(round));
-                install(&job.output, &dir)?;
-                if served {
-                    // The new weights with the servers' record, and the servers on them.
-                    let record = match start {
-                        Start::Round(r) => self
-                            .plan
-                            .model
-                            .load(&self.dir.path(&RunDir::checkpoint_dir(r)))?,
-                        Start::Policy(p) => p,
-                    };
-                    record.save(&dir)?;
-                    self.plan.model.sync(&dir)?;
-                }
-                self.hash_checkpoint(round, m)?;
-                self.hash_into(m, &config_rel)?;
-                self.hash_into(m, &log_rel)?;
-                let report = match std::fs::read_to_string(&stats) {
-                    Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                        let m = format!(
-                            "wrote a report {} that does not parse: {e}",
-                            stats.display()
-                        );
-                        failure(round, m, &log)
-                    })?,
-                    Err(_) => {
-                        obs.note(&format!(
-                            "round {round}: the external trainer reported no statistics ({} is absent)",
-                            stats.display()
-                        ));
-                        TrainReport::default()
-                    }
-                };
-                if stats.exists() {
-                    self.hash_into(m, &rel(&stats))?;
-                }
-                report
-            }
+            TrainerBackend::External => self.train_external(job, start, &name, m, obs)?,
         };
         let s = &report.stats;
         obs.stage_finished(&format!(
