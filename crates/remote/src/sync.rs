@@ -219,3 +219,164 @@ fn run_command(args: &[String], target: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A server that reports serving `path` and, on `update_weights_from_disk`, serves what
+    /// it is told (unless `refuse`); it records the requests.
+    fn server(path: &str, refuse: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (served, seen) = (Arc::new(Mutex::new(path.to_string())), log.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let route = line.split_whitespace().nth(1).unwrap().to_string();
+                seen.lock().unwrap().push(route.clone());
+                let (status, reply) = match route.as_str() {
+                    "/get_model_info" => (
+                        "200 OK",
+                        format!(r#"{{"model_path":{:?}}}"#, served.lock().unwrap()),
+                    ),
+                    "/update_weights_from_disk" if refuse => (
+                        "400 Bad Request",
+                        r#"{"success":false,"message":"no such file"}"#.into(),
+                    ),
+                    "/update_weights_from_disk" => {
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        *served.lock().unwrap() = v["model_path"].as_str().unwrap().into();
+                        ("200 OK", r#"{"success":true}"#.into())
+                    }
+                    _ => ("404 Not Found", "{}".into()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        (url, log)
+    }
+
+    fn cfg(urls: Vec<String>, weights: &Path, reload: Reload) -> OpenAiConfig {
+        OpenAiConfig {
+            base_urls: urls,
+            model: "m".into(),
+            weights: Some(weights.to_path_buf()),
+            reload,
+            timeout_secs: 10.0,
+            ..OpenAiConfig::default()
+        }
+    }
+
+    /// Issue 16: servers are pointed at a round's checkpoint only when they serve another,
+    /// each is checked after, and a server that cannot be pointed stops the run by name.
+    #[test]
+    fn issue16_servers_are_pointed_at_the_checkpoint_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (weights, round) = (tmp.path().join("base"), tmp.path().join("r0001"));
+        for d in [&weights, &round] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+        }
+        let (a, log_a) = server(weights.to_str().unwrap(), false);
+        let (b, log_b) = server(round.to_str().unwrap(), false);
+        let c = cfg(
+            vec![a.clone(), b.clone()],
+            &weights,
+            Reload::UpdateWeightsFromDisk,
+        );
+        sync(&c, &round).unwrap();
+        // a was reloaded; b already served the round and was only asked.
+        assert!(log_a
+            .lock()
+            .unwrap()
+            .contains(&"/update_weights_from_disk".to_string()));
+        assert!(!log_b
+            .lock()
+            .unwrap()
+            .contains(&"/update_weights_from_disk".to_string()));
+        // A round-0 record (no weights in it) points them back at the served weights.
+        let record = tmp.path().join("r0000");
+        std::fs::create_dir_all(&record).unwrap();
+        sync(&c, &record).unwrap();
+        assert_eq!(
+            log_b
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.contains("update"))
+                .count(),
+            1
+        );
+
+        let (stale, _) = server("/elsewhere", false);
+        let e = sync(&cfg(vec![stale.clone()], &weights, Reload::None), &round)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.openai.reload") && e.contains(&stale),
+            "{e}"
+        );
+        let (refusing, _) = server("/elsewhere", true);
+        let e = sync(
+            &cfg(
+                vec![refusing.clone()],
+                &weights,
+                Reload::UpdateWeightsFromDisk,
+            ),
+            &round,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("did not load") && e.contains("no such file"),
+            "{e}"
+        );
+        // A command that does not point the server at it is caught by the check after.
+        let (unmoved, _) = server("/elsewhere", false);
+        let e = sync(
+            &cfg(
+                vec![unmoved],
+                &weights,
+                Reload::Command(vec!["true".into()]),
+            ),
+            &round,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("still serves another checkpoint"), "{e}");
+        let e = sync(
+            &cfg(vec![a], &weights, Reload::Command(vec!["false".into()])),
+            &weights.join("none"),
+        )
+        .err();
+        assert!(
+            e.is_none(),
+            "a server already on the weights needs no command: {e:?}"
+        );
+    }
+}
