@@ -9,7 +9,7 @@
 //! | --- | --- | --- | --- |
 //! | `sft` | the seed stage's and `star`'s/`raft`'s `train.jsonl` | `prompt`, `completion` | `input`, `output` |
 //! | `preference` | the DPO family's `train.jsonl` | `prompt`, `chosen`, `rejected` | `prompt`, `chosen`, `rejected` |
-//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out) | `prompt`, `completion`, `reward`, `advantage` | `input`, `output`, `reward`, `advantage` |
+//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out) | `prompt`, `completion`, `reward`, `advantage`, `completion_ids`, `old_logprobs` | `input`, `output`, and the same four |
 //!
 //! OpenRLHF reads these with `--input_key input --output_key output` (SFT) and
 //! `--prompt_key prompt --chosen_key chosen --rejected_key rejected` (DPO and reward models).
@@ -128,12 +128,16 @@ fn convert(v: &Value, kind: &str, format: Format, path: &Path) -> Result<Value> 
             ("completion", "completion"),
             ("reward", "reward"),
             ("advantage", "advantage"),
+            ("completion_tokens", "completion_ids"),
+            ("logprobs", "old_logprobs"),
         ],
         (_, Format::OpenRlhf) => &[
             ("prompt", "input"),
             ("completion", "output"),
             ("reward", "reward"),
             ("advantage", "advantage"),
+            ("completion_tokens", "completion_ids"),
+            ("logprobs", "old_logprobs"),
         ],
     };
     let mut out = Map::new();
@@ -169,14 +173,17 @@ mod tests {
     fn issue16_lines_take_each_trainers_keys() {
         let p = Path::new("x.jsonl");
         let rollout = json!({"step": 0, "problem_id": "a", "prompt": "1+1=", "completion": "2",
-            "grade": "correct", "reward": 1.0, "advantage": 0.5, "finish": "stop", "dropped": false});
+            "grade": "correct", "reward": 1.0, "advantage": 0.5, "finish": "stop", "dropped": false,
+            "completion_tokens": [5, 2], "logprobs": [-0.1, -0.2]});
         assert_eq!(
             convert(&rollout, "rollouts", Format::Trl, p).unwrap(),
-            json!({"prompt": "1+1=", "completion": "2", "reward": 1.0, "advantage": 0.5})
+            json!({"prompt": "1+1=", "completion": "2", "reward": 1.0, "advantage": 0.5,
+                "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2]})
         );
         assert_eq!(
             convert(&rollout, "rollouts", Format::OpenRlhf, p).unwrap(),
-            json!({"input": "1+1=", "output": "2", "reward": 1.0, "advantage": 0.5})
+            json!({"input": "1+1=", "output": "2", "reward": 1.0, "advantage": 0.5,
+                "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2]})
         );
         let pair = json!({"problem_id": "a", "prompt": "q", "chosen": "c", "rejected": "r", "weight": 1.0});
         assert_eq!(

@@ -399,6 +399,10 @@ pub struct RolloutRecord {
     pub finish: FinishReason,
     /// Excluded from training (its group's rewards were all equal and `drop_zero_std` is on).
     pub dropped: bool,
+    /// The completion's tokens as sampled, and the sampling policy's log-prob of each (the
+    /// "old" policy of the clipped update).
+    pub completion_tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
 }
 
 /// What an RL round produced.
@@ -819,6 +823,8 @@ impl RoundLog {
                 advantage: adv.values[i],
                 finish: c.finish,
                 dropped: scored.dropped[i],
+                completion_tokens: c.tokens.clone(),
+                logprobs: c.logprobs.clone(),
             });
         }
         for j in 0..rollout.groups.len() {
