@@ -32,6 +32,8 @@ def load(job):
     """The checkpoint the job starts from, in float32, and its tokenizer with autodidact's
     special tokens (`<bos>` before every prompt, `<eos>` after every completion)."""
     model_dir = job["model"]
+    if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+        sys.exit("this job trains LoRA adapters, which these scripts do not (they would need PEFT); train it natively or with autodidact train")
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     vocab = tok.convert_ids_to_tokens

@@ -158,35 +158,48 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
         "seed_stage.eval_every=0",
     ];
     // The seed stage from scratch; an SFT round and a DPO round from the base checkpoint.
+    // The seed stage from scratch; an SFT round, a DPO round and an SFT round of LoRA
+    // adapters from the base checkpoint.
+    let (none, lora) = ("", "[model.lora]\nrank = 4\n");
     let cases = [
         (
             "seed",
             "star-addition.toml",
             false,
-            vec!["seed_stage.train.steps=60", "star.rounds=0"],
+            ["seed_stage.train.steps=60", "star.rounds=0"],
+            none,
         ),
         (
             "star",
             "star-addition.toml",
             true,
-            vec!["seed_stage.train.steps=0", "star.rounds=1"],
+            ["seed_stage.train.steps=0", "star.rounds=1"],
+            none,
         ),
         (
             "dpo",
             "dpo-verified-addition.toml",
             true,
-            vec!["seed_stage.train.steps=0", "pref.rounds=1"],
+            ["seed_stage.train.steps=0", "pref.rounds=1"],
+            none,
+        ),
+        (
+            "lora",
+            "star-addition.toml",
+            true,
+            ["seed_stage.train.steps=0", "star.rounds=1"],
+            lora,
         ),
     ];
-    for (name, file, from_base, sets) in cases {
+    for (name, file, from_base, sets, extra) in cases {
         let sets: Vec<&str> = small.iter().copied().chain(sets).collect();
-        let native_cfg = config(d, &format!("{name}-native"), file, from_base, "");
+        let native_cfg = config(d, &format!("{name}-native"), file, from_base, extra);
         let ext_cfg = config(
             d,
             &format!("{name}-external"),
             file,
             from_base,
-            &external(&autodidact_train(), 600),
+            &format!("{extra}{}", external(&autodidact_train(), 600)),
         );
         let (native, out) = run(d, &format!("{name}-native"), &native_cfg, &sets);
         assert!(

@@ -518,7 +518,25 @@ pub fn check_output(
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
-    if let Some(e) = architecture_differs(&config(init)?, &config(output)?) {
+    if init.join(ADAPTER_CONFIG).exists() {
+        // LoRA adapters: the same adapters of the same base model.
+        let adapters = |dir: &Path| -> std::result::Result<serde_json::Value, String> {
+            let p = dir.join(ADAPTER_CONFIG);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("wrote no LoRA adapters ({}: {e})", p.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let (want, got) = (adapters(init)?, adapters(output)?);
+        for key in ADAPTER_KEYS {
+            if want.get(key) != got.get(key) {
+                return Err(format!(
+                    "wrote other LoRA adapters: {ADAPTER_CONFIG} has {key} = {}, the policy's has {}",
+                    got.get(key).unwrap_or(&serde_json::Value::Null),
+                    want.get(key).unwrap_or(&serde_json::Value::Null)
+                ));
+            }
+        }
+    } else if let Some(e) = architecture_differs(&config(init)?, &config(output)?) {
         return Err(e);
     }
     let tokenizer = |dir: &Path| -> std::result::Result<ModelTokenizer, String> {
@@ -568,6 +586,15 @@ fn architecture_differs(want: &serde_json::Value, got: &serde_json::Value) -> Op
         })
     })
 }
+
+/// PEFT's file of a LoRA checkpoint, and the keys that fix its adapters.
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+const ADAPTER_KEYS: [&str; 4] = [
+    "base_model_name_or_path",
+    "r",
+    "lora_alpha",
+    "target_modules",
+];
 
 /// The keys of a Hugging Face `config.json` that fix the architecture.
 const ARCHITECTURE_KEYS: [&str; 11] = [
