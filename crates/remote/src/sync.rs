@@ -50,7 +50,7 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
                 admin.update_weights(url, &target)?;
             }
         }
-        Reload::Command(args) => run_command(args, &target)?,
+        Reload::Command(args) => run_command(args, &target, cfg.timeout_secs)?,
     }
     for url in &cfg.base_urls {
         match admin.serves(url, &target) {
@@ -190,32 +190,57 @@ fn same_path(a: &Path, b: &Path) -> bool {
         )
 }
 
-/// Runs the reload command with `{checkpoint}` filled in; fails unless it exits 0.
-fn run_command(args: &[String], target: &Path) -> Result<()> {
+/// Runs the reload command with `{checkpoint}` filled in; fails unless it exits 0 within
+/// `timeout_secs` (the requests' timeout).
+fn run_command(args: &[String], target: &Path, timeout_secs: f64) -> Result<()> {
     let filled: Vec<String> = args
         .iter()
         .map(|a| a.replace("{checkpoint}", &target.display().to_string()))
         .collect();
-    let out = std::process::Command::new(&filled[0])
+    let fail = |m: String| Error::invalid("model.openai.reload", format!("{:?} {m}", filled[0]));
+    let mut child = std::process::Command::new(&filled[0])
         .args(&filled[1..])
-        .output()
-        .map_err(|e| {
-            Error::invalid(
-                "model.openai.reload",
-                format!("could not run {:?}: {e}", filled[0]),
-            )
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::invalid(
-            "model.openai.reload",
-            format!(
-                "{:?} failed ({}): {}",
-                filled[0],
-                out.status,
-                autodidact_core::error::clip(err.trim(), 400)
-            ),
-        ));
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("could not start: {e}")))?;
+    // Its error output, read as it comes (a full pipe would stall it); the last 64 KiB kept.
+    let mut pipe = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            let over = kept.len().saturating_sub(64 << 10);
+            kept.drain(..over);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "ran past {timeout_secs} s (timeout_secs) and was stopped"
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(format!(
+            "failed ({status}): {}",
+            autodidact_core::error::clip(text.trim(), 400)
+        )));
     }
     Ok(())
 }
@@ -369,6 +394,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("still serves another checkpoint"), "{e}");
+        let (moved, _) = server("/elsewhere", false);
+        let fails = Reload::Command(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo no fleet >&2; exit 3".into(),
+        ]);
+        let e = sync(&cfg(vec![moved.clone()], &weights, fails), &round)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("failed") && e.contains("no fleet"), "{e}");
+        let mut slow = cfg(
+            vec![moved],
+            &weights,
+            Reload::Command(vec!["sleep".into(), "30".into()]),
+        );
+        slow.timeout_secs = 0.5;
+        let e = sync(&slow, &round).unwrap_err().to_string();
+        assert!(e.contains("ran past 0.5 s"), "{e}");
         let e = sync(
             &cfg(vec![a], &weights, Reload::Command(vec!["false".into()])),
             &weights.join("none"),
