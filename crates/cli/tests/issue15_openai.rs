@@ -4,11 +4,14 @@
 //! a hang, a proxy that dies mid-run) are retried and recorded, or stop the run cleanly so
 //! that `resume` finishes it with the same result.
 
+mod common;
+
+use common::{http, json_of, serve, serve_with};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,55 +46,6 @@ fn tiny(dir: &Path) -> PathBuf {
         "eval.problems=24",
     ]);
     out
-}
-
-/// `autodidact serve` as a child process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(checkpoint: &Path) -> Server {
-    serve_with(checkpoint, &[], &[])
-}
-
-/// `autodidact serve` of `checkpoint` with `extra` flags and `env` variables.
-fn serve_with(checkpoint: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "--threads",
-            "1",
-            "serve",
-            "--port",
-            "0",
-            "--model-name",
-            "tiny",
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .arg("--checkpoint")
-        .arg(checkpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split("http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("serve printed {line:?}"));
-    let addr = url.trim().trim_end_matches("/v1").parse().unwrap();
-    Server { child, addr }
 }
 
 fn remote_config(dir: &Path, name: &str, port: u16, tokenizer: &Path, extra: &str) -> PathBuf {
@@ -423,49 +377,6 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     let _p = proxy(listener, server.addr, |_| Fault::Pass, None);
     run_ok(&["--threads", "1", "resume", "-q", dies.to_str().unwrap()]);
     assert_eq!(eval_json(&dies), eval_json(&native));
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: (status, body), de-chunked.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    if !chunked {
-        return (status, rest.to_string());
-    }
-    let (mut body, mut rest) = (String::new(), rest);
-    loop {
-        let (size, tail) = rest.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            return (status, body);
-        }
-        body.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-}
-
-fn json_of(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
 #[test]

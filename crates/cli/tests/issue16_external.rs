@@ -5,6 +5,8 @@
 //! of another shape each stop the run with a clear message, and `resume` finishes it with
 //! the native run's numbers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -362,59 +364,13 @@ fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
     }
 }
 
-/// `autodidact serve` as a child process on a free port, killed when dropped.
-struct Server {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(checkpoint: &Path) -> Server {
-    use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .args([
-            "--threads",
-            "1",
-            "serve",
-            "--port",
-            "0",
-            "--model-name",
-            "tiny",
-        ])
-        .arg("--checkpoint")
-        .arg(checkpoint)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.split(" on ").nth(1).unwrap().trim().to_string();
-    Server { child, url }
-}
-
-/// The `model_path` the server at `url` (up to `/v1`) reports.
-fn served_path(url: &str) -> String {
-    let addr = url.trim_start_matches("http://").trim_end_matches("/v1");
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        conn,
-        "GET /get_model_info HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v["model_path"].as_str().unwrap().to_string()
+/// The `model_path` the server at `addr` reports.
+fn served_path(server: &common::Server) -> String {
+    let (_, body) = common::http(server.addr, "GET", "/get_model_info", None, "");
+    common::json_of(&body)["model_path"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A served policy trained by the external hook: `autodidact serve` holds the base model,
@@ -432,10 +388,10 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
         "seed_stage.train.steps=0",
         "star.rounds=2",
     ];
-    let server = serve(base());
+    let server = common::serve(base());
     let served = format!(
         "[model]\nbackend = \"openai\"\n[model.openai]\nbase_urls = [{:?}]\nmodel = \"tiny\"\ntokenizer = {:?}\nweights = {:?}\nreload = \"update_weights_from_disk\"\n",
-        server.url,
+        server.url(),
         base(),
         base()
     );
@@ -464,7 +420,7 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
         String::from_utf8_lossy(&out.stderr)
     );
     let last = std::path::absolute(run_dir.join("checkpoints/r0002")).unwrap();
-    assert_eq!(served_path(&server.url), last.display().to_string());
+    assert_eq!(served_path(&server), last.display().to_string());
     for r in ["r0001", "r0002"] {
         let w = |run: &Path| {
             std::fs::read(run.join(format!("checkpoints/{r}/model.safetensors"))).unwrap()

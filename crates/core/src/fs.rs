@@ -48,6 +48,29 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Puts the directory `staging` in place at `dir`, replacing what is there: the old one is
+/// moved aside first (to a `.NAME.old-PID` leftover) and removed after, so a kill leaves one
+/// or the other whole; the parent directory is then synced.
+pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(|e| Error::io("moving aside", dir, e))?;
+    }
+    rename_durable(staging, dir)?;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(|e| Error::io("removing", &old, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

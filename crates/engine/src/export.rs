@@ -51,24 +51,23 @@ pub fn export(root: &Path, format: Format, out: &Path) -> Result<Exported> {
     for round in 0..=last {
         let rd = RunDir::round_dir(round);
         // A round's data is complete once the stage that wrote it is journaled.
-        let (rel, kind) = if dir.path(&format!("{rd}/train.jsonl")).exists()
-            && (done("seed", round) || done("sample", round))
-        {
-            let rel = format!("{rd}/train.jsonl");
-            let first = first_line(&dir.path(&rel))?;
-            let kind = if first.as_ref().is_some_and(|v| v.get("chosen").is_some()) {
-                "preference"
-            } else {
-                "sft"
-            };
-            (rel, kind)
+        let train = format!("{rd}/train.jsonl");
+        let rel = if dir.path(&train).exists() && (done("seed", round) || done("sample", round)) {
+            train
         } else if done("rl", round) {
-            (format!("{rd}/samples.jsonl"), "rollouts")
+            format!("{rd}/samples.jsonl")
         } else {
             continue;
         };
         dir.check_recorded(round, &rel, &info.accepted)?;
         let lines: Vec<Value> = dir.read_jsonl(&rel)?;
+        let kind = if rel.ends_with("samples.jsonl") {
+            "rollouts"
+        } else if lines.first().is_some_and(|v| v.get("chosen").is_some()) {
+            "preference"
+        } else {
+            "sft"
+        };
         let converted: Vec<Value> = lines
             .iter()
             .filter(|v| !(kind == "rollouts" && v.get("dropped") == Some(&json!(true))))
@@ -102,15 +101,6 @@ pub fn export(root: &Path, format: Format, out: &Path) -> Result<Exported> {
     let text = serde_json::to_string_pretty(&index).expect("the index serializes");
     autodidact_core::fs::write_atomic(&out.join("index.json"), text.as_bytes())?;
     Ok(Exported { rounds })
-}
-
-fn first_line(path: &Path) -> Result<Option<Value>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
-    Ok(text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok()))
 }
 
 /// One line of `kind` in `format`'s keys.

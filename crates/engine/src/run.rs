@@ -26,8 +26,8 @@ use crate::store::{
 };
 use crate::train::{steps_for, TrainStats};
 use crate::trainer::{
-    check_output, failure, install, run_external, run_native, Objective, Reference, TrainJob,
-    TrainReport, TrainerBackend, TRAINER_JOB, TRAINER_LOG, TRAINER_STATS,
+    check_output, failure, run_external, run_native, Objective, TrainJob, TrainReport,
+    TrainerBackend, TRAINER_JOB, TRAINER_LOG, TRAINER_STATS,
 };
 use crate::{Error, Result};
 use autodidact_core::{Backends, Example, Group, Problem, SamplingParams, Split, TrainablePolicy};
@@ -569,7 +569,7 @@ impl Run {
         check_output(&job.output, &job.model, &probes, load)
             .map_err(|message| failure(round, message, &log))?;
         let dir = self.dir.path(&RunDir::checkpoint_dir(round));
-        install(&job.output, &dir)?;
+        autodidact_core::fs::replace_dir(&job.output, &dir)?;
         if served {
             // The new weights with the servers' record, and the servers on them.
             let record = match start {
@@ -751,7 +751,7 @@ impl Run {
             self.dir
                 .check_recorded(round, &rel(j)?, &self.info.accepted)?;
         }
-        let examples = count_examples(&job.data)?;
+        let examples = crate::trainer::count_lines(&job.data)?;
         let name = match (round, &job.objective) {
             (0, _) => "seed".to_string(),
             (_, Objective::Sft) => format!("r{round} train"),
@@ -783,7 +783,7 @@ impl Run {
                 let loader = |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> {
                     Ok(model.load(dir)?)
                 };
-                let report = run_native(job, &mut *p, Reference::Loader(&loader), obs, on_step)?;
+                let report = run_native(job, &mut *p, &loader, obs, on_step)?;
                 self.save_checkpoint(&*p, round, m)?;
                 report
             }
@@ -902,13 +902,6 @@ pub(crate) enum Start {
     Policy(Box<dyn TrainablePolicy>),
     /// The checkpoint of a round (its files checked against the round's manifest).
     Round(u32),
-}
-
-/// Lines of the JSON-lines file at `path` (a dataset's examples).
-fn count_examples(path: &std::path::Path) -> Result<usize> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 fn demonstration(p: &Problem) -> Example {

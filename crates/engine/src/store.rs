@@ -178,6 +178,20 @@ fn append_synced(path: &Path, line: &str) -> Result<()> {
 }
 
 /// SHA-256 of a file, hex.
+/// The lines of the JSON-lines file at `path` (blank ones skipped); a line that does not
+/// parse is an error naming the file and line, saying it `complaint`.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path, complaint: &str) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::file(path, format!("line {} {complaint}: {e}", i + 1)))
+        })
+        .collect()
+}
+
 pub fn sha256_file(path: &Path) -> Result<String> {
     sha256_prefix(path, u64::MAX)
 }
@@ -589,19 +603,7 @@ impl RunDir {
     }
 
     pub fn read_jsonl<T: DeserializeOwned>(&self, rel: &str) -> Result<Vec<T>> {
-        let path = self.path(rel);
-        let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
-        text.lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| {
-                    Error::file(
-                        &path,
-                        format!("line {} is not what autodidact wrote: {e}", i + 1),
-                    )
-                })
-            })
-            .collect()
+        read_jsonl(&self.path(rel), "is not what autodidact wrote")
     }
 
     /// The completed stages. A last line cut short by a kill is dropped from the file.

@@ -23,6 +23,7 @@ use crate::config::{OptimizerConfig, TrainConfig};
 use crate::pairs::Pair;
 use crate::progress::Observer;
 use crate::recipes::pref::{fit_dpo, reference_logps, PrefConfig};
+use crate::store::read_jsonl;
 use crate::train::{fit_sft, TrainStats};
 use crate::{Error, Result};
 use autodidact_core::{BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy};
@@ -220,17 +221,21 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
 }
 
-/// Runs `job` on `policy` (loaded from `job.model`) in process.
+/// How a training data line that does not parse is described.
+const DATA: &str = "is not a training example of this objective";
+
+/// Runs `job` on `policy` (loaded from `job.model`) in process; a DPO reference other than
+/// `job.model` is loaded with `load`.
 pub fn run_native(
     job: &TrainJob,
     policy: &mut dyn TrainablePolicy,
-    reference_loader: Reference,
+    load: LoadFn,
     obs: &mut dyn Observer,
     on_step: &mut dyn FnMut(u64, f64, &mut dyn TrainablePolicy) -> Result<()>,
 ) -> Result<TrainReport> {
     match &job.objective {
         Objective::Sft => {
-            let examples: Vec<Example> = read_jsonl(&job.data)?;
+            let examples: Vec<Example> = read_jsonl(&job.data, DATA)?;
             let mut losses = Vec::new();
             let stats = fit_sft(
                 policy,
@@ -260,15 +265,15 @@ pub fn run_native(
             judge,
             judge_coef,
         } => {
-            let pairs: Vec<Pair> = read_jsonl(&job.data)?;
+            let pairs: Vec<Pair> = read_jsonl(&job.data, DATA)?;
             let judge: Vec<Example> = match judge {
-                Some(path) => read_jsonl(path)?,
+                Some(path) => read_jsonl(path, DATA)?,
                 None => Vec::new(),
             };
             let refs = if reference == &job.model {
                 reference_logps(policy, &pairs, *score_rows)?
             } else {
-                let mut r = reference_loader.load(job.backend, reference)?;
+                let mut r = load(reference)?;
                 reference_logps(&mut *r, &pairs, *score_rows)?
             };
             let cfg = PrefConfig {
@@ -304,33 +309,6 @@ pub fn run_native(
 /// Loads a checkpoint directory as the run's model.
 pub type LoadFn<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn TrainablePolicy>>;
 
-/// How [`run_native`] loads a reference model that is not the policy's own start.
-pub enum Reference<'a> {
-    /// Through the backends (`autodidact train`).
-    Backends(&'a Backends),
-    /// With the run's model (a stage in process).
-    Loader(LoadFn<'a>),
-}
-
-impl Reference<'_> {
-    fn load(&self, kind: BackendKind, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
-        match self {
-            Reference::Backends(b) => Ok(b.load(kind, dir)?),
-            Reference::Loader(f) => f(dir),
-        }
-    }
-}
-
-/// `autodidact train`: runs the job file at `path` with the native trainer and writes the
-/// checkpoint and the report where it says.
-pub fn run_job_file(path: &Path, backends: &Backends, obs: &mut dyn Observer) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
-    let job: TrainJob = serde_json::from_str(&text)
-        .map_err(|e| Error::file(path, format!("is not a training job: {e}")))?;
-    run_job(&job, backends, obs)
-}
-
 /// Runs `job` with the native trainer: loads its model, trains, saves to `job.output` and
 /// reports to `job.stats`.
 pub fn run_job(job: &TrainJob, backends: &Backends, obs: &mut dyn Observer) -> Result<()> {
@@ -339,13 +317,9 @@ pub fn run_job(job: &TrainJob, backends: &Backends, obs: &mut dyn Observer) -> R
         &format!("r{} {}", job.round, job.objective.name()),
         crate::train::steps_for(&job.train, count_lines(&job.data)?),
     );
-    let report = run_native(
-        job,
-        &mut *policy,
-        Reference::Backends(backends),
-        obs,
-        &mut |_, _, _| Ok(()),
-    )?;
+    let load =
+        |dir: &Path| -> Result<Box<dyn TrainablePolicy>> { Ok(backends.load(job.backend, dir)?) };
+    let report = run_native(job, &mut *policy, &load, obs, &mut |_, _, _| Ok(()))?;
     obs.stage_finished(&format!(
         "r{} {}: {} examples, {} steps, loss {:.3} → {:.3}",
         job.round,
@@ -363,7 +337,8 @@ pub fn run_job(job: &TrainJob, backends: &Backends, obs: &mut dyn Observer) -> R
     Ok(())
 }
 
-fn count_lines(path: &Path) -> Result<usize> {
+/// Lines (examples) of the JSON-lines file at `path`, blank ones not counted.
+pub(crate) fn count_lines(path: &Path) -> Result<usize> {
     let f =
         std::fs::File::open(path).map_err(|e| autodidact_core::Error::io("reading", path, e))?;
     Ok(std::io::BufReader::new(f)
@@ -371,18 +346,6 @@ fn count_lines(path: &Path) -> Result<usize> {
         .map_while(|l| l.ok())
         .filter(|l| !l.trim().is_empty())
         .count())
-}
-
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::file(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
 }
 
 /// Runs `command` for `job` (whose file is at `config`), its output into `log`, and waits
@@ -474,30 +437,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Puts the checkpoint at `staging` in place at `dir`, replacing what is there: the old one
-/// is moved aside first and removed after, so a kill leaves one or the other whole (and the
-/// aside one a leftover that resuming removes).
-pub fn install(staging: &Path, dir: &Path) -> Result<()> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |e| autodidact_core::Error::io(op, p, e)
-    };
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io("moving aside", dir))?;
-    }
-    std::fs::rename(staging, dir).map_err(io("renaming into place", dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io("removing", &old))?;
-    }
-    Ok(())
 }
 
 /// Checks that the checkpoint an external trainer wrote at `output` is one of the policy

@@ -171,23 +171,8 @@ pub fn save(
     }
     std::fs::create_dir(&tmp)
         .map_err(|e| autodidact_core::Error::io("creating directory", &tmp, e))?;
-    let result = write_files(&tmp, model, tokenizer, optimizer).and_then(|()| {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::rename(dir, &old)
-                .map_err(|e| autodidact_core::Error::io("moving aside", dir, e))?;
-        }
-        std::fs::rename(&tmp, dir)
-            .map_err(|e| autodidact_core::Error::io("renaming into place", dir, e))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old)
-                .map_err(|e| autodidact_core::Error::io("removing", &old, e))?;
-        }
-        if let Ok(d) = std::fs::File::open(&parent) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    });
+    let result = write_files(&tmp, model, tokenizer, optimizer)
+        .and_then(|()| Ok(autodidact_core::fs::replace_dir(&tmp, dir)?));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

@@ -323,16 +323,26 @@ impl StopStrings<'_> {
 
 impl StopCheck for StopStrings<'_> {
     fn stopped(&self, row: usize, generated: &[u32]) -> bool {
-        stop_or_show(self.tokenizer, self.of(row), self.watch, row, generated)
+        let streams = self.watch.is_some_and(|w| w.streams(row));
+        stop_or_show(
+            self.tokenizer,
+            self.of(row),
+            self.watch,
+            streams,
+            row,
+            generated,
+        )
     }
 }
 
 /// Whether row `row` ends after `generated`: its watcher's client went away, or its text
-/// holds one of `stop`. A streamed row's final text is shown to the watcher.
+/// holds one of `stop`. A streamed row's final text is shown to the watcher (`streams`: the
+/// watcher's [`SampleWatch::streams`] of the row, which the caller may know already).
 fn stop_or_show(
     tokenizer: &ModelTokenizer,
     stop: &[String],
     watch: Option<&dyn SampleWatch>,
+    streams: bool,
     row: usize,
     generated: &[u32],
 ) -> bool {
@@ -340,7 +350,7 @@ fn stop_or_show(
     if watch.is_some_and(|w| w.cancelled(row)) {
         return true;
     }
-    let watch = watch.filter(|w| w.streams(row));
+    let watch = watch.filter(|_| streams);
     let from = match watch {
         Some(_) => 0,
         None if longest == 0 => return false,
@@ -379,6 +389,8 @@ struct NativeFeed<'a> {
 struct FedRow {
     id: usize,
     stop: Vec<String>,
+    /// Whether the feed streams it (asked once, when it is taken).
+    streams: bool,
 }
 
 impl crate::RowFeed for NativeFeed<'_> {
@@ -398,6 +410,7 @@ impl crate::RowFeed for NativeFeed<'_> {
                     tag: FedRow {
                         id: r.id,
                         stop: stop_strings(&r.params).to_vec(),
+                        streams: self.feed.streams(r.id),
                     },
                 })
             });
@@ -414,6 +427,7 @@ impl crate::RowFeed for NativeFeed<'_> {
             self.tokenizer,
             &tag.stop,
             Some(self.feed),
+            tag.streams,
             tag.id,
             generated,
         )

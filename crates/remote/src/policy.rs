@@ -123,7 +123,7 @@ fn validate(config: &ModelConfig) -> Result<OpenAiConfig> {
     Ok(cfg)
 }
 
-fn api_key(var: &str) -> Result<String> {
+pub(crate) fn api_key(var: &str) -> Result<String> {
     match std::env::var(var) {
         Ok(k) if !k.is_empty() => Ok(k),
         _ => Err(invalid(
@@ -170,23 +170,19 @@ impl RemoteSpec {
 
 /// `max_model_len` of the model in the first endpoint's `GET /v1/models` that answers.
 fn served_context(cfg: &OpenAiConfig) -> Result<usize> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let key = cfg.api_key_env.as_deref().map(api_key).transpose()?;
+    let admin = crate::sync::Admin::new(cfg, Duration::from_secs(10))?;
     let mut tried = Vec::new();
     for base in &cfg.base_urls {
         let url = format!("{}/models", base.trim_end_matches('/'));
-        let mut req = agent.get(&url);
-        if let Some(k) = &key {
-            req = req.header("authorization", &format!("Bearer {k}"));
-        }
-        let reply = req
-            .call()
-            .map_err(|e| e.to_string())
-            .and_then(|mut r| r.body_mut().read_to_string().map_err(|e| e.to_string()))
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()));
+        let reply = admin
+            .call("GET", &url, None)
+            .and_then(|(status, t)| match status {
+                200 => serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()),
+                s => Err(format!(
+                    "GET {url}: {s} {}",
+                    autodidact_core::error::clip(&t, 200)
+                )),
+            });
         match reply {
             Ok(v) => {
                 let entry = v.get("data").and_then(|d| d.as_array()).and_then(|d| {

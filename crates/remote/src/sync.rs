@@ -20,7 +20,7 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
         weights.clone()
     };
     let target = std::path::absolute(&target).map_err(|e| Error::io("resolving", &target, e))?;
-    let admin = Admin::new(cfg)?;
+    let admin = Admin::new(cfg, Duration::from_secs_f64(cfg.timeout_secs))?;
     let stale: Vec<&String> = cfg
         .base_urls
         .iter()
@@ -75,25 +75,26 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Administrative calls to the servers (outside `/v1`).
-struct Admin {
+/// Calls to the servers outside the sampling requests: which model and checkpoint they
+/// serve, and reloads.
+pub(crate) struct Admin {
     agent: ureq::Agent,
     key: Option<String>,
 }
 
 impl Admin {
-    fn new(cfg: &OpenAiConfig) -> Result<Self> {
+    /// Calls of at most `timeout` each, with `cfg`'s API key.
+    pub(crate) fn new(cfg: &OpenAiConfig, timeout: Duration) -> Result<Self> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs_f64(cfg.timeout_secs)))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .build()
             .into();
-        let key = match &cfg.api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                Error::invalid("model.openai.api_key_env", format!("{var} is unset"))
-            })?),
-            None => None,
-        };
+        let key = cfg
+            .api_key_env
+            .as_deref()
+            .map(crate::policy::api_key)
+            .transpose()?;
         Ok(Self { agent, key })
     }
 
@@ -102,7 +103,8 @@ impl Admin {
         url.trim_end_matches('/').trim_end_matches("/v1")
     }
 
-    fn call(
+    /// `method` `url` (with `body` as JSON, if any): the status and the reply's text.
+    pub(crate) fn call(
         &self,
         method: &str,
         url: &str,
