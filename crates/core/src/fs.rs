@@ -10,12 +10,17 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+/// The directory `path` is in (`.` for a bare name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -38,10 +43,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// loss (opening a directory for sync is not supported everywhere; that case is ignored).
 pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| Error::io("renaming into place", to, e))?;
-    let dir = match to.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent(to);
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
@@ -52,10 +54,7 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
 /// moved aside first (to a `.NAME.old-PID` leftover) and removed after, so a kill leaves one
 /// or the other whole; the parent directory is then synced.
 pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent(dir);
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
