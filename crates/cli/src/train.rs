@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use autodidact_core::BackendKind;
 use autodidact_engine::config::{OptimizerConfig, TrainConfig};
+use autodidact_engine::recipes::pg::RlConfig;
 use autodidact_engine::recipes::pref::PrefConfig;
 use autodidact_engine::trainer::{self, Objective, TrainJob};
 use clap::{Args, ValueEnum};
@@ -18,7 +19,8 @@ pub struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// The dataset, JSON lines: `prompt`/`completion` (sft), `prompt`/`chosen`/`rejected`
-    /// (dpo).
+    /// (dpo), or rollouts as `export --format trl` writes them (pg: `prompt`, `completion`,
+    /// `reward`, `advantage`, `completion_ids`, `old_logprobs`).
     #[arg(long)]
     data: Option<PathBuf>,
     /// The checkpoint to start from.
@@ -30,7 +32,8 @@ pub struct TrainArgs {
     /// The loss (without --config; with it, it must agree with the job's).
     #[arg(long, value_enum)]
     objective: Option<ObjectiveArg>,
-    /// dpo: the reference model's checkpoint (default: --model).
+    /// dpo, pg: the reference model's checkpoint (dpo's default: --model; pg needs one only
+    /// when its job's loss has a KL term).
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Write what training did (steps, losses, metrics) to this JSON file.
@@ -39,7 +42,8 @@ pub struct TrainArgs {
     /// Without --config: seeds the order of the examples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Without --config: optimizer steps (default: one epoch).
+    /// Without --config: optimizer steps (default: one epoch; pg: the one pass over the
+    /// rollouts split into this many updates, default 1).
     #[arg(long)]
     steps: Option<u64>,
 }
@@ -52,9 +56,6 @@ enum ObjectiveArg {
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
-    if a.objective == Some(ObjectiveArg::Pg) {
-        bail!("--objective pg: policy-gradient training over a run's rollouts is not built yet; train sft or dpo");
-    }
     let mut job = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -66,7 +67,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 )
             })?;
             if let Some(o) = a.objective {
-                let want = if o == ObjectiveArg::Sft { "sft" } else { "dpo" };
+                let want = match o {
+                    ObjectiveArg::Sft => "sft",
+                    ObjectiveArg::Dpo => "dpo",
+                    ObjectiveArg::Pg => "pg",
+                };
                 if want != job.objective.name() {
                     bail!(
                         "--objective {want} disagrees with {}, whose objective is {}",
@@ -91,7 +96,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                     TrainConfig::default(),
                     OptimizerConfig::default(),
                 ),
-                _ => (
+                ObjectiveArg::Pg => {
+                    // [rl]'s defaults; --steps splits the one pass into that many updates.
+                    let steps = u32::try_from(a.steps.unwrap_or(1)).unwrap_or(u32::MAX);
+                    let objective = trainer::pg_objective(data, steps, a.seed)?;
+                    let Objective::Pg { plan, .. } = &objective else {
+                        unreachable!("pg_objective builds a pg objective")
+                    };
+                    let train = TrainConfig {
+                        steps: Some(plan.updates.len() as u64),
+                        epochs: None,
+                        ..TrainConfig::default()
+                    };
+                    (objective, train, RlConfig::default().optimizer)
+                }
+                ObjectiveArg::Dpo => (
                     Objective::Dpo {
                         loss: pref.loss,
                         beta: pref.beta,
@@ -107,7 +126,6 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 ),
             };
             TrainJob {
-                objective,
                 round: 0,
                 seed: a.seed,
                 data: data.clone(),
@@ -115,16 +133,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 output: out.clone(),
                 stats: None,
                 backend: BackendKind::default(),
-                train: TrainConfig {
-                    steps: a.steps.or(train.steps),
-                    epochs: if a.steps.is_some() {
-                        None
-                    } else {
-                        train.epochs
+                train: match &objective {
+                    // --steps counted the plan's updates.
+                    Objective::Pg { .. } => train,
+                    _ => TrainConfig {
+                        steps: a.steps.or(train.steps),
+                        epochs: if a.steps.is_some() {
+                            None
+                        } else {
+                            train.epochs
+                        },
+                        ..train
                     },
-                    ..train
                 },
                 optimizer,
+                objective,
             }
         }
     };
@@ -140,8 +163,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if let Some(p) = &a.stats {
         job.stats = Some(p.clone());
     }
-    if let (Some(r), Objective::Dpo { reference, .. }) = (&a.reference, &mut job.objective) {
-        *reference = r.clone();
+    match (&a.reference, &mut job.objective) {
+        (Some(r), Objective::Dpo { reference, .. }) => *reference = r.clone(),
+        (Some(r), Objective::Pg { reference, .. }) => *reference = Some(r.clone()),
+        _ => {}
     }
     let backends = crate::backends::linked();
     let mut obs = crate::progress::observer(false);

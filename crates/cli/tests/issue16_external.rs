@@ -1,9 +1,10 @@
 //! Issue 16: `[train] backend = "external"`. A run whose training stages run
 //! `autodidact train --config {config}` as an external command ends with the native run's
-//! metrics and byte-identical checkpoints (the seed stage, an SFT round and a DPO round);
-//! a trainer that exits 1, one that hangs past its timeout and one that writes a checkpoint
-//! of another shape each stop the run with a clear message, and `resume` finishes it with
-//! the native run's numbers.
+//! metrics and byte-identical checkpoints (the seed stage, an SFT round, a DPO round, a
+//! LoRA round, and GRPO rounds trained one rollout step per job); a trainer that exits 1,
+//! one that hangs past its timeout and one that writes a checkpoint of another shape each
+//! stop the run with a clear message, and `resume` finishes it with the native run's
+//! numbers.
 
 mod common;
 
@@ -450,4 +451,178 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
             .collect()
     };
     assert_eq!(evals(&run_dir), evals(&native));
+}
+
+/// A trainer (`sh` script) whose second job fails, then trains (`autodidact train`).
+const SECOND_FAILS: &str = r#"config=$1; mark=$2; bin=$3
+n=$(cat "$mark" 2>/dev/null || echo 0); echo $((n + 1)) > "$mark"
+if [ "$n" = 1 ]; then echo "trainer: lost the node (simulated)" >&2; exit 1; fi
+exec "$bin" --threads 1 train --config "$config"
+"#;
+
+/// Policy gradient through the external hook: each rollout step is one `pg` job (the step's
+/// completions with their advantages and sampling log-probs, the plan of minibatches, the
+/// schedule, the optimizer state and the reference), and the next step samples from the
+/// weights it wrote. Run by `autodidact train`, two GRPO rounds end with the native run's
+/// metrics and checkpoints, byte for byte, with every part of the update in play (two
+/// passes of two minibatches, micro-batches, a KL term, an entropy bonus, an NLL anchor,
+/// AdamW carried across steps and rounds). A trainer that fails mid-round stops the run
+/// cleanly and `resume` ends it the same. `autodidact train --objective pg` trains on the
+/// rollouts `export` writes.
+#[test]
+fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sets = [
+        "eval.problems=12",
+        "seed_stage.train.steps=0",
+        "rl.rounds=2",
+        "rl.steps_per_round=2",
+        "rl.problems=40",
+        "rl.prompts_per_step=8",
+        "rl.sampling.samples=4",
+        "rl.num_iterations=2",
+        "rl.minibatches=2",
+        "rl.micro_batch_size=5",
+        "rl.beta=0.05",
+        "rl.entropy_coef=0.01",
+        "rl.sft_coef=0.1",
+        "rl.drop_zero_std=true",
+    ];
+    let native_cfg = config(d, "pg-native", "grpo-addition.toml", true, "");
+    let (native, out) = run(d, "pg-native", &native_cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ext_cfg = config(
+        d,
+        "pg-external",
+        "grpo-addition.toml",
+        true,
+        &external(&autodidact_train(), 600),
+    );
+    let (ext, out) = run(d, "pg-external", &ext_cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_run(&native, &ext);
+    // The round records the last step's job and dataset, and the log of every step's job.
+    let manifest = read(&ext.join("rounds/r0002/manifest.json"));
+    for f in [
+        "trainer-job.json",
+        "trainer.log",
+        "trainer-stats.json",
+        "rollout.jsonl",
+    ] {
+        assert!(
+            manifest.contains(&format!("rounds/r0002/{f}")),
+            "{f} in {manifest}"
+        );
+    }
+    let log = read(&ext.join("rounds/r0002/trainer.log"));
+    assert_eq!(log.matches("# autodidact: ").count(), 2, "{log}");
+    let job: serde_json::Value =
+        serde_json::from_str(&read(&ext.join("rounds/r0002/trainer-job.json"))).unwrap();
+    assert_eq!(job["objective"], "pg");
+    assert_eq!(job["plan"]["updates"].as_array().unwrap().len(), 4, "{job}");
+    assert!(
+        job["reference"].as_str().unwrap().ends_with("r0000"),
+        "{job}"
+    );
+    assert!(
+        job["optimizer_state"]
+            .as_str()
+            .unwrap()
+            .contains(".r0002.step-0000"),
+        "{job}"
+    );
+
+    // A trainer that fails at the second step stops the run; resume ends it as native.
+    let script = d.join("second-fails.sh");
+    std::fs::write(&script, SECOND_FAILS).unwrap();
+    let mark = d.join("pg.mark");
+    let command = format!("\"sh\", {:?}, \"{{config}}\", {:?}, {BIN:?}", script, mark);
+    let cfg = config(
+        d,
+        "pg-flaky",
+        "grpo-addition.toml",
+        true,
+        &external(&command, 600),
+    );
+    let (flaky, out) = run(d, "pg-flaky", &cfg, &sets);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run should stop");
+    for s in [
+        "round 1: the external trainer",
+        "lost the node (simulated)",
+        "autodidact resume",
+    ] {
+        assert!(err.contains(s), "{s:?} in {err}");
+    }
+    assert!(!read(&flaky.join("journal.jsonl")).contains(r#""stage":"rl""#));
+    ok(&["resume", flaky.to_str().unwrap()]);
+    assert_same_run(&native, &flaky);
+
+    // `autodidact train --objective pg` on the exported rollouts of round 1.
+    let exported = d.join("pg-export");
+    ok(&[
+        "export",
+        ext.to_str().unwrap(),
+        "--format",
+        "trl",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    let rollouts = exported.join("r0001/rollouts.jsonl");
+    let (trained, stats) = (d.join("pg-trained"), d.join("pg-stats.json"));
+    ok(&[
+        "train",
+        "--objective",
+        "pg",
+        "--data",
+        rollouts.to_str().unwrap(),
+        "--model",
+        base().to_str().unwrap(),
+        "--out",
+        trained.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&read(&stats)).unwrap();
+    assert_eq!(report["stats"]["steps"], 2, "{report}");
+    assert!(
+        report["metrics"]["pg/loss"].as_f64().unwrap().is_finite(),
+        "{report}"
+    );
+    assert!(trained.join("model.safetensors").exists());
+    // A line whose log-probs do not match its tokens is refused, naming the line.
+    let text = read(&rollouts);
+    let mut first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    first["old_logprobs"].as_array_mut().unwrap().pop();
+    let bad = d.join("bad.jsonl");
+    std::fs::write(&bad, format!("{first}\n")).unwrap();
+    let out = autodidact(&[
+        "train",
+        "--objective",
+        "pg",
+        "--data",
+        bad.to_str().unwrap(),
+        "--model",
+        base().to_str().unwrap(),
+        "--out",
+        d.join("never").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 1") && err.contains("old_logprobs"),
+        "{err}"
+    );
+    assert!(!d.join("never").exists());
 }

@@ -642,15 +642,6 @@ impl RunConfig {
             ));
         }
         self.train.check()?;
-        if self.train.backend == TrainerBackend::External && recipe.round_stages().contains(&"rl") {
-            return Err(Error::config(
-                "train.backend",
-                format!(
-                    "{} samples between updates within a round, which an external trainer cannot do yet; train it natively",
-                    recipe.name()
-                ),
-            ));
-        }
         if s.train.steps == Some(0) {
             if !self.model.pretrained() {
                 return Err(Error::config(
@@ -913,18 +904,24 @@ mod tests {
             assert!(e.contains(want), "{sets:?}: {e}");
         }
         parse(&[ext, r#"train.command=["t", "--config", "{config}"]"#]).unwrap();
+        // Policy gradient trains externally, with the KL term in the loss only.
         let grpo = include_str!("../../../examples/grpo-addition.toml");
-        let sets = [
-            ext.to_string(),
-            r#"train.command=["t", "{config}"]"#.to_string(),
-        ];
-        let e = RunConfig::parse(grpo, "grpo", &sets)
-            .and_then(|c| c.plan(&crate::testutil::mock_backends()))
+        let plan = |extra: &[&str]| {
+            let mut sets = vec![
+                ext.to_string(),
+                r#"train.command=["t", "{config}"]"#.to_string(),
+            ];
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            RunConfig::parse(grpo, "grpo", &sets)
+                .and_then(|c| c.plan(&crate::testutil::mock_backends()))
+        };
+        plan(&["rl.beta=0.1"]).unwrap();
+        let e = plan(&["rl.beta=0.1", "rl.kl_mode=reward"])
             .err()
             .unwrap()
             .to_string();
         assert!(
-            e.contains("config key `train.backend`: grpo samples between updates"),
+            e.contains("config key `rl.kl_mode`: \"reward\" folds the reference"),
             "{e}"
         );
     }

@@ -38,6 +38,9 @@ use std::path::Path;
 use std::time::Instant;
 
 mod eval_stage;
+mod external;
+
+pub(crate) use external::ExternalSteps;
 
 /// One stage of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -511,102 +514,6 @@ impl Run {
         self.hash_checkpoint(round, m)
     }
 
-    /// [`Run::train`] by the external trainer: writes the job, runs the command, checks its
-    /// checkpoint and puts it in place (a served model's servers are pointed at it).
-    fn train_external(
-        &self,
-        job: &TrainJob,
-        start: Start,
-        name: &str,
-        m: &mut Manifest,
-        obs: &mut dyn Observer,
-    ) -> Result<TrainReport> {
-        let round = job.round;
-        let served = self.plan.model.served_weights().is_some();
-        let start = match start {
-            // The trainer starts from files: the seed stage's fresh model first.
-            Start::Policy(p) => {
-                p.save(&job.model)?;
-                Start::Policy(p)
-            }
-            Start::Round(r) => {
-                self.check_checkpoint(r)?;
-                Start::Round(r)
-            }
-        };
-        let rd = RunDir::round_dir(round);
-        let config_rel = format!("{rd}/{TRAINER_JOB}");
-        self.dir.write_json(&config_rel, job)?;
-        let log_rel = format!("{rd}/{TRAINER_LOG}");
-        let stats = job.stats.clone().expect("a run's jobs name their report");
-        let _ = std::fs::remove_file(&stats);
-        if job.output.exists() {
-            std::fs::remove_dir_all(&job.output)
-                .map_err(|e| autodidact_core::Error::io("removing", &job.output, e))?;
-        }
-        obs.stage_started(&format!("{name} (external trainer)"), 0);
-        let cfg = &self.plan.config.train;
-        run_external(
-            cfg,
-            job,
-            &self.dir.path(&config_rel),
-            &self.dir.path(&log_rel),
-            self.info.threads,
-        )?;
-        let probes: Vec<&str> = self
-            .problems
-            .eval
-            .iter()
-            .take(8)
-            .map(|p| p.prompt.as_str())
-            .collect();
-        let model = &*self.plan.model;
-        let load =
-            |dir: &std::path::Path| -> Result<Box<dyn TrainablePolicy>> { Ok(model.load(dir)?) };
-        let log = self.dir.path(&log_rel);
-        // A served model's weights are loaded by its servers, not here.
-        let load = (!served).then_some(&load as crate::trainer::LoadFn);
-        check_output(&job.output, &job.model, &probes, load)
-            .map_err(|message| failure(round, message, &log))?;
-        let dir = self.dir.path(&RunDir::checkpoint_dir(round));
-        autodidact_core::fs::replace_dir(&job.output, &dir)?;
-        if served {
-            // The new weights with the servers' record, and the servers on them.
-            let record = match start {
-                Start::Round(r) => self
-                    .plan
-                    .model
-                    .load(&self.dir.path(&RunDir::checkpoint_dir(r)))?,
-                Start::Policy(p) => p,
-            };
-            record.save(&dir)?;
-            self.plan.model.sync(&dir)?;
-        }
-        self.hash_checkpoint(round, m)?;
-        self.hash_into(m, &config_rel)?;
-        self.hash_into(m, &log_rel)?;
-        let report = match std::fs::read_to_string(&stats) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                let m = format!(
-                    "wrote a report {} that does not parse: {e}",
-                    stats.display()
-                );
-                failure(round, m, &log)
-            })?,
-            Err(_) => {
-                obs.note(&format!(
-                    "round {round}: the external trainer reported no statistics ({} is absent)",
-                    stats.display()
-                ));
-                TrainReport::default()
-            }
-        };
-        if stats.exists() {
-            self.hash_into(m, &self.relative(&stats)?)?;
-        }
-        Ok(report)
-    }
-
     /// Records the SHA-256 of each file of the round's checkpoint.
     fn hash_checkpoint(&self, round: u32, m: &mut Manifest) -> Result<()> {
         let rel = RunDir::checkpoint_dir(round);
@@ -687,13 +594,7 @@ impl Run {
         optimizer: &OptimizerConfig,
     ) -> Result<TrainJob> {
         let rd = RunDir::round_dir(round);
-        // A served model's round-0 checkpoint records its servers; its weights are elsewhere.
-        let model = match self.plan.model.served_weights() {
-            Some(w) if !self.dir.path(init).join("config.json").exists() => {
-                std::path::absolute(w).map_err(|e| autodidact_core::Error::io("resolving", w, e))?
-            }
-            _ => self.absolute(init)?,
-        };
+        let model = self.weights_dir(init)?;
         Ok(TrainJob {
             objective,
             round,
@@ -756,6 +657,7 @@ impl Run {
             (0, _) => "seed".to_string(),
             (_, Objective::Sft) => format!("r{round} train"),
             (_, Objective::Dpo { loss, .. }) => format!("r{round} {}", loss.name()),
+            (_, Objective::Pg { .. }) => format!("r{round} pg"),
         };
         let load_start = |run: &Run, start: Start| match start {
             Start::Policy(p) => Ok::<_, Error>(p),

@@ -14,17 +14,24 @@
 //! (architecture and tokenizer). It may report what it did (steps, losses, metrics) in the
 //! job's `stats` file ([`TrainReport`]).
 //!
+//! Policy-gradient recipes sample between updates within a round, so their round is one
+//! job per rollout step (objective `pg`): the step's completions ([`RolloutLine`]s, with
+//! advantages and sampling log-probs), the plan of optimizer steps over them ([`PgPlan`]),
+//! the schedule's position, the reference checkpoint and the optimizer state to continue;
+//! the next step samples from the weights the job wrote.
+//!
 //! How external training differs from native: the seed stage's held-out curve
 //! (`seed_stage.eval_every`) needs evaluation inside the trainer's loop and is not logged;
-//! policy-gradient recipes, which sample between updates within a round, cannot train
-//! externally yet.
+//! with `rl.kl_mode = "reward"` the engine would need the reference's log-probs before the
+//! update, so policy gradient trains externally with the KL term in the loss only.
 
 use crate::config::{OptimizerConfig, TrainConfig};
 use crate::pairs::Pair;
 use crate::progress::Observer;
+use crate::recipes::pg::{fit_pg, PgBatch, PgPlan};
 use crate::recipes::pref::{fit_dpo, reference_logps, PrefConfig};
 use crate::store::read_jsonl;
-use crate::train::{fit_sft, TrainStats};
+use crate::train::{fit_sft, TrainStats, Updater};
 use crate::{Error, Result};
 use autodidact_core::{BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy};
 use autodidact_objectives::DpoLoss;
@@ -197,6 +204,33 @@ pub enum Objective {
         #[serde(default)]
         judge_coef: f32,
     },
+    /// Clipped policy-gradient steps on a rollout batch ([`RolloutLine`]s): the steps a
+    /// policy-gradient round takes on one rollout.
+    Pg {
+        /// Which completions each optimizer step trains, the surrogate and the schedule.
+        plan: PgPlan,
+        /// The reference model's checkpoint, when the loss has a KL term.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<PathBuf>,
+        /// A checkpoint whose saved optimizer state the steps continue (absent: a fresh
+        /// optimizer); the trainer saves its state with the new checkpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        optimizer_state: Option<PathBuf>,
+    },
+}
+
+/// A line of a policy-gradient dataset: a sampled completion with its reward and advantage,
+/// its tokens as sampled (ending with the stop token when it stopped) and the sampling
+/// policy's log-prob of each. `export --format trl` writes rollouts in this layout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutLine {
+    pub prompt: String,
+    pub completion: String,
+    pub reward: f32,
+    pub advantage: f32,
+    pub completion_ids: Vec<u32>,
+    pub old_logprobs: Vec<f32>,
 }
 
 impl Objective {
@@ -204,6 +238,7 @@ impl Objective {
         match self {
             Objective::Sft => "sft",
             Objective::Dpo { .. } => "dpo",
+            Objective::Pg { .. } => "pg",
         }
     }
 }
@@ -303,7 +338,90 @@ pub fn run_native(
                 losses,
             })
         }
+        Objective::Pg {
+            plan,
+            reference,
+            optimizer_state,
+        } => {
+            let lines: Vec<RolloutLine> = read_jsonl(&job.data, DATA)?;
+            let bad = |message: String| Error::file(&job.data, message);
+            plan.check(lines.len()).map_err(|e| {
+                Error::file(
+                    &job.data,
+                    format!("does not fit the job's plan of updates: {e}"),
+                )
+            })?;
+            for (i, l) in lines.iter().enumerate() {
+                if l.completion_ids.is_empty() || l.completion_ids.len() != l.old_logprobs.len() {
+                    return Err(bad(format!(
+                        "line {}: has {} completion_ids and {} old_logprobs; a completion needs at least one token and a log-prob for each",
+                        i + 1,
+                        l.completion_ids.len(),
+                        l.old_logprobs.len()
+                    )));
+                }
+                if !l.advantage.is_finite() || l.old_logprobs.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!(
+                        "line {}: its advantage and old_logprobs must be finite numbers",
+                        i + 1
+                    )));
+                }
+            }
+            let examples: Vec<Example> = lines
+                .iter()
+                .map(|l| Example {
+                    prompt: l.prompt.clone(),
+                    completion: l.completion.clone(),
+                    completion_tokens: Some(l.completion_ids.clone()),
+                })
+                .collect();
+            let old: Vec<Vec<f32>> = lines.iter().map(|l| l.old_logprobs.clone()).collect();
+            let advantages: Vec<f32> = lines.iter().map(|l| l.advantage).collect();
+            let refs = match (plan.surrogate.beta > 0.0, reference) {
+                (false, _) => None,
+                (true, None) => {
+                    return Err(Error::config(
+                        "reference",
+                        "the job's loss has a KL term (plan.surrogate.beta > 0) but names no reference checkpoint",
+                    ))
+                }
+                (true, Some(r)) if r == &job.model => Some(policy.logprobs(&examples)?),
+                (true, Some(r)) => Some(load(r)?.logprobs(&examples)?),
+            };
+            let mut up = Updater::start(
+                policy,
+                &job.optimizer,
+                plan.schedule_total,
+                plan.schedule_first,
+                optimizer_state.as_deref(),
+            )?;
+            let batch = PgBatch {
+                examples: &examples,
+                old: &old,
+                advantages: &advantages,
+                refs: refs.as_deref(),
+            };
+            let updated = fit_pg(&mut up, &batch, plan)?;
+            Ok(updated.report(lines.len(), plan.updates.len() as u64))
+        }
     }
+}
+
+/// The `pg` objective for a dataset of rollouts alone (`autodidact train --objective pg`,
+/// on `export --format trl`'s rollouts): one pass over every line in `minibatches`
+/// optimizer steps, shuffled by `seed`, with `[rl]`'s default surrogate (no KL term).
+pub fn pg_objective(data: &Path, minibatches: u32, seed: u64) -> Result<Objective> {
+    let lines: Vec<RolloutLine> = read_jsonl(data, DATA)?;
+    let longest = lines
+        .iter()
+        .map(|l| l.completion_ids.len())
+        .max()
+        .unwrap_or(1);
+    Ok(Objective::Pg {
+        plan: PgPlan::for_dataset(lines.len(), longest, minibatches, seed),
+        reference: None,
+        optimizer_state: None,
+    })
 }
 
 /// Loads a checkpoint directory as the run's model.
@@ -348,7 +466,7 @@ pub(crate) fn count_lines(path: &Path) -> Result<usize> {
         .count())
 }
 
-/// Runs `command` for `job` (whose file is at `config`), its output into `log`, and waits
+/// Runs `command` for `job` (whose file is at `config`), its output appended to `log`, and waits
 /// at most `timeout`. Fails with the log's last lines unless it exits 0.
 pub fn run_external(
     cfg: &TrainerConfig,
@@ -366,8 +484,15 @@ pub fn run_external(
             .replace("{threads}", &threads.to_string())
     };
     let args: Vec<String> = cfg.command.iter().map(|a| fill(a)).collect();
-    let out =
-        std::fs::File::create(log).map_err(|e| autodidact_core::Error::io("creating", log, e))?;
+    // Every job of a stage appends to its log, under a line naming the command.
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| autodidact_core::Error::io("opening", log, e))?;
+    use std::io::Write;
+    writeln!(out, "# autodidact: {}", args.join(" "))
+        .map_err(|e| autodidact_core::Error::io("writing", log, e))?;
     let err = out
         .try_clone()
         .map_err(|e| autodidact_core::Error::io("opening", log, e))?;
@@ -627,5 +752,28 @@ mod tests {
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains(r#""objective":"dpo""#), "{text}");
         assert_eq!(serde_json::from_str::<TrainJob>(&text).unwrap(), job);
+        // A policy-gradient step: its plan, reference and optimizer state travel whole.
+        let mut plan = PgPlan::for_dataset(7, 12, 3, 5);
+        plan.surrogate.beta = 0.04;
+        plan.sft_coef = 0.1;
+        plan.updates[1].anchors = vec![6, 2];
+        assert_eq!(plan.updates.len(), 3);
+        let pg = TrainJob {
+            objective: Objective::Pg {
+                plan: plan.clone(),
+                reference: Some("/r/checkpoints/r0000".into()),
+                optimizer_state: Some("/r/checkpoints/.r0002.step-0000.tmp-external".into()),
+            },
+            ..job
+        };
+        let text = serde_json::to_string(&pg).unwrap();
+        assert!(text.contains(r#""objective":"pg""#), "{text}");
+        assert_eq!(serde_json::from_str::<TrainJob>(&text).unwrap(), pg);
+        assert!(plan.check(7).is_ok());
+        let e = plan.check(6).unwrap_err();
+        assert!(
+            e.contains("names line 6") && e.contains("has 6 lines"),
+            "{e}"
+        );
     }
 }

@@ -51,7 +51,8 @@ impl KlEstimator {
 }
 
 /// Settings of the surrogate.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PgSettings {
     pub epsilon_low: f32,
     pub epsilon_high: f32,

@@ -19,14 +19,14 @@ use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{non_negative, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig};
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
-use crate::run::Run;
+use crate::run::{ExternalSteps, Manifest, Run};
 use crate::sampling::{derive_seed, sample_groups};
 use crate::store::RunDir;
-use crate::train::{Order, Updater};
+use crate::train::{Order, TrainStats, Updater};
+use crate::trainer::{TrainReport, TrainerBackend};
 use crate::{Error, Result};
 use autodidact_core::{
-    Completion, Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task,
-    TrainablePolicy, Verdict,
+    Completion, Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, Verdict,
 };
 use autodidact_objectives::{
     advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, Advantages,
@@ -241,8 +241,17 @@ impl Recipe for Pg {
     ) -> Result<()> {
         self.rl_stage(run, round, obs)
     }
-    fn check(&self, _config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {
+    fn check(&self, config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {
         let r = &self.cfg;
+        if config.train.backend == TrainerBackend::External
+            && r.kl_mode == KlMode::Reward
+            && r.beta > 0.0
+        {
+            return Err(Error::config(
+                "rl.kl_mode",
+                "\"reward\" folds the reference's log-probs into the advantages before the update, and with train.backend = \"external\" the reference is scored by the trainer; use kl_mode = \"loss\" (or train natively)",
+            ));
+        }
         budget.batch("rl.micro_batch_size", r.micro_batch_size)?;
         let step = r.prompts_per_step.saturating_mul(r.sampling.samples);
         budget.batch("rl.prompts_per_step", step)?;
@@ -263,16 +272,13 @@ impl Pg {
     fn rl_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let parent = run.parent(round)?;
         let cfg = &self.cfg;
-        let mut policy = run.load_policy(parent)?;
         let ref_round = cfg.reference.round(parent);
-        let mut reference = if cfg.beta > 0.0 {
-            Some(run.load_policy(ref_round)?)
-        } else {
-            None
-        };
         let previous = run.dir.path(&RunDir::checkpoint_dir(parent));
+        // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
+        // checkpoint); otherwise it restarts (as it does in round 1: M0's optimizer belongs
+        // to the seed stage).
+        let resume = (parent > 0 && cfg.keep_optimizer).then_some(previous.as_path());
         let cx = RlContext {
-            previous_checkpoint: (parent > 0).then_some(previous.as_path()),
             task: &*run.plan.task,
             pool: &run.problems.unlabeled,
             estimator: self.estimator,
@@ -285,15 +291,44 @@ impl Pg {
             &format!("r{round} {}", self.name),
             cfg.steps_per_round as u64,
         );
-        let out = rl_round(
-            &mut *policy,
-            reference
-                .as_mut()
-                .map(|r| &mut **r as &mut dyn autodidact_core::Policy),
-            cfg,
-            &cx,
-            obs,
-        )?;
+        let rd = RunDir::round_dir(round);
+        let samples = format!("{rd}/samples.jsonl");
+        let mut m = run.manifest(round)?;
+        let record = |run: &Run, out: &RlRound, m: &mut Manifest| -> Result<()> {
+            run.dir.write_jsonl(&samples, &out.records)?;
+            run.hash_into(m, &samples)
+        };
+        let out = match run.plan.config.train.backend {
+            TrainerBackend::Native => {
+                let mut policy = run.load_policy(parent)?;
+                let mut reference = if cfg.beta > 0.0 {
+                    Some(run.load_policy(ref_round)?)
+                } else {
+                    None
+                };
+                let (total, first) = schedule(cfg, round);
+                let up = Updater::start(&mut *policy, &cfg.optimizer, total, first, resume)?;
+                let out = rl_round(
+                    &mut InProcess(up),
+                    reference.as_mut().map(|r| &mut **r as &mut dyn Policy),
+                    cfg,
+                    &cx,
+                    obs,
+                )?;
+                record(run, &out, &mut m)?;
+                run.save_checkpoint(&*policy, round, &mut m)?;
+                out
+            }
+            TrainerBackend::External => {
+                let reference = (cfg.beta > 0.0).then_some(ref_round);
+                let mut steps =
+                    ExternalSteps::start(run, round, parent, reference, resume, &cfg.optimizer)?;
+                let out = rl_round(&mut steps, None, cfg, &cx, obs)?;
+                record(run, &out, &mut m)?;
+                steps.finish(&mut m)?;
+                out
+            }
+        };
         let get = |k: &str| out.metrics.get(k).copied().unwrap_or(f64::NAN);
         obs.stage_finished(&format!(
             "r{round} {}: {} steps, reward {:.3}, zero-std groups {:.2}, entropy {:.3}, clip {:.3}",
@@ -304,18 +339,12 @@ impl Pg {
             get("entropy"),
             get("clip_ratio/region_mean"),
         ));
-        let rd = RunDir::round_dir(round);
-        run.dir
-            .write_jsonl(&format!("{rd}/samples.jsonl"), &out.records)?;
-        let mut m = run.manifest(round)?;
         m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings = Some(
             json!({"rl": cfg, "reference_checkpoint": (cfg.beta > 0.0).then(|| RunDir::checkpoint_dir(ref_round))}),
         );
         m.metrics = Some(out.metrics);
-        run.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
-        run.save_checkpoint(&*policy, round, &mut m)?;
         run.write_manifest(&m)
     }
 }
@@ -423,9 +452,6 @@ pub struct RlContext<'a> {
     pub round: u32,
     /// n* of the balance-score monitor (`monitor.n_star`).
     pub n_star: usize,
-    /// The checkpoint of the previous RL round, whose optimizer state `keep_optimizer`
-    /// continues (`None` in round 1: M0's optimizer belongs to the seed stage).
-    pub previous_checkpoint: Option<&'a std::path::Path>,
 }
 
 /// The reward of one completion.
@@ -442,27 +468,63 @@ fn mean_std(x: &[f32]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
-/// Runs one round of `cfg.steps_per_round` steps on `policy`; `reference` scores completions
-/// for the KL term when `beta > 0`. Each step is four separate steps: [`Rollout::sample`],
-/// [`Scored::of`], [`update`] (on the shared [`Updater`]) and [`RoundLog::step`].
-pub fn rl_round(
-    policy: &mut dyn TrainablePolicy,
+/// The learning-rate schedule of round `round`'s updates: the run's total, and the number of
+/// updates before the round.
+fn schedule(cfg: &RlConfig, round: u32) -> (u64, u64) {
+    let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
+    (
+        cfg.rounds.max(round) as u64 * updates,
+        (round as u64 - 1) * updates,
+    )
+}
+
+/// Who takes a round's optimizer steps: the engine's own trainer in process
+/// ([`InProcess`]), or the run's external trainer, one job per rollout step
+/// ([`crate::run::ExternalSteps`]).
+pub(crate) trait StepTrainer {
+    /// The policy that samples the next rollout: the weights of the last step.
+    fn policy(&mut self) -> &mut dyn Policy;
+    /// Takes the optimizer steps of `plan` on `batch`; `rewards` (per completion) are for the
+    /// record of what it trained on.
+    fn update(
+        &mut self,
+        batch: &PgBatch,
+        rewards: &[f32],
+        plan: &PgPlan,
+        obs: &mut dyn Observer,
+    ) -> Result<Updated>;
+}
+
+/// The engine's own trainer: one optimizer state and schedule for the round.
+pub(crate) struct InProcess<'a>(pub(crate) Updater<'a>);
+
+impl StepTrainer for InProcess<'_> {
+    fn policy(&mut self) -> &mut dyn Policy {
+        &mut *self.0.policy
+    }
+    fn update(
+        &mut self,
+        batch: &PgBatch,
+        _rewards: &[f32],
+        plan: &PgPlan,
+        _obs: &mut dyn Observer,
+    ) -> Result<Updated> {
+        fit_pg(&mut self.0, batch, plan)
+    }
+}
+
+/// Runs one round of `cfg.steps_per_round` steps with `trainer`; `reference` scores
+/// completions for the KL term when `beta > 0` (an external trainer scores them itself).
+/// Each step is four separate steps: [`Rollout::sample`], [`Scored::of`], the trainer's
+/// update on a [`PgPlan`] and [`RoundLog::step`].
+pub(crate) fn rl_round(
+    trainer: &mut dyn StepTrainer,
     mut reference: Option<&mut dyn Policy>,
     cfg: &RlConfig,
     cx: &RlContext,
     obs: &mut dyn Observer,
 ) -> Result<RlRound> {
-    let updates = cfg.steps_per_round as u64 * cfg.num_iterations as u64 * cfg.minibatches as u64;
-    // With `keep_optimizer`, AdamW continues from the previous RL round (saved with its
-    // checkpoint); otherwise it restarts. The learning-rate schedule always spans the run:
-    // warm-up at its start, cosine decay to `min_lr_ratio · lr` at its end.
-    let mut up = Updater::start(
-        policy,
-        &cfg.optimizer,
-        cfg.rounds.max(cx.round) as u64 * updates,
-        (cx.round as u64 - 1) * updates,
-        cx.previous_checkpoint.filter(|_| cfg.keep_optimizer),
-    )?;
+    let (total, mut first) = schedule(cfg, cx.round);
     // Prompts: consecutive batches of a per-epoch permutation of the pool, continued across
     // rounds (round r starts where round r − 1 ended).
     let mut order = Order::new(cx.pool.len(), derive_seed(cx.seed, 0, "rl-prompts", 0));
@@ -477,10 +539,25 @@ pub fn rl_round(
             .into_iter()
             .map(|i| cx.pool[i].clone())
             .collect();
-        let rollout = Rollout::sample(&mut *up.policy, &prompts, cfg, cx, step)?;
+        let rollout = Rollout::sample(trainer.policy(), &prompts, cfg, cx, step)?;
         let reference = reference.as_mut().map(|r| &mut **r as &mut dyn Policy);
         let scored = Scored::of(&rollout, reference, cfg, cx)?;
-        let updated = update(&mut up, &rollout, &scored, cfg, cx, step)?;
+        let correct: Vec<usize> = rollout
+            .completions()
+            .enumerate()
+            .filter(|(_, (_, _, v))| v.is_correct())
+            .map(|(i, _)| i)
+            .collect();
+        let mut plan = PgPlan::of(cfg, cx, step, &scored.keep, &correct);
+        (plan.schedule_total, plan.schedule_first) = (total, first);
+        first += plan.updates.len() as u64;
+        let pg_batch = PgBatch {
+            examples: &rollout.examples,
+            old: &rollout.old,
+            advantages: &scored.adv.values,
+            refs: scored.refs.as_deref(),
+        };
+        let updated = trainer.update(&pg_batch, &scored.rewards, &plan, obs)?;
         log.step(rollout, scored, &updated, cfg, step);
         obs.stage_progress(step as u64 + 1, log.sampled_tokens);
     }
@@ -500,7 +577,7 @@ struct Rollout {
 
 impl Rollout {
     fn sample(
-        policy: &mut dyn TrainablePolicy,
+        policy: &mut dyn Policy,
         prompts: &[Problem],
         cfg: &RlConfig,
         cx: &RlContext,
@@ -615,126 +692,288 @@ impl Scored {
 
 /// What one step's updates report: the first pass's statistics and losses (later passes'
 /// ratios drift from 1 by construction) and the mean gradient norm over all of its updates.
-#[derive(Default)]
-struct Updated {
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Updated {
     stats: PgStats,
     loss: f64,
     sft_loss: f64,
     grad_norm: f64,
 }
 
-/// Optimizer updates on the kept completions of a scored rollout: `num_iterations` passes,
-/// each split into `minibatches` optimizer steps over a fresh shuffle (TRL's
-/// `steps_per_generation`), with micro-batches of `micro_batch_size` accumulated per step.
-fn update(
-    up: &mut Updater,
-    rollout: &Rollout,
-    scored: &Scored,
-    cfg: &RlConfig,
-    cx: &RlContext,
-    step: u32,
-) -> Result<Updated> {
-    let settings = PgSettings {
-        epsilon_low: cfg.epsilon_low,
-        epsilon_high: cfg.epsilon_high,
-        aggregation: cfg.loss_aggregation,
-        beta: if cfg.kl_mode == KlMode::Loss {
-            cfg.beta
-        } else {
-            0.0
-        },
-        kl_estimator: cfg.kl_estimator,
-        entropy_coef: cfg.entropy_coef,
-    };
-    let (examples, keep) = (&rollout.examples, &scored.keep);
-    let mut out = Updated::default();
-    let updates_per_step = (cfg.num_iterations * cfg.minibatches) as f64;
-    for it in 0..cfg.num_iterations {
-        let pass_seed =
-            |what: &str| derive_seed(cx.seed, cx.round, what, ((step as u64) << 16) | it as u64);
-        let mut perm = Order::new(keep.len(), pass_seed("minibatch"));
-        let shuffled: Vec<usize> = perm
-            .next_batch(keep.len())
-            .into_iter()
-            .map(|j| keep[j])
-            .collect();
-        // With `sft_coef`, every verifier-correct completion of the rollout (its zero-spread
-        // groups included) is also shuffled into the minibatches for an NLL term.
-        let anchors: Vec<usize> = if cfg.sft_coef > 0.0 {
-            let correct: Vec<usize> = rollout
-                .completions()
-                .enumerate()
-                .filter(|(_, (_, _, v))| v.is_correct())
-                .map(|(i, _)| i)
-                .collect();
-            let mut o = Order::new(correct.len(), pass_seed("anchor"));
-            o.next_batch(correct.len())
-                .into_iter()
-                .map(|j| correct[j])
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let parts = (cfg.minibatches as usize).min(shuffled.len().max(anchors.len()).max(1));
-        for part in 0..parts {
-            let slice = |v: &[usize]| -> Vec<usize> {
-                v[part * v.len() / parts..(part + 1) * v.len() / parts].to_vec()
-            };
-            let (idx, anchor) = (slice(&shuffled), slice(&anchors));
-            if idx.is_empty() && anchor.is_empty() {
-                continue;
-            }
-            if !anchor.is_empty() {
-                let ex: Vec<Example> = anchor.iter().map(|&i| examples[i].clone()).collect();
-                let nll_loss = up.accumulate(&ex, false, |s| {
-                    let nll = sft(
-                        &s.logprobs,
-                        BatchShape::of(&s.logprobs),
-                        SftNormalization::Token,
-                    );
-                    let w: Vec<Vec<f32>> = nll
-                        .weights
-                        .iter()
-                        .map(|r| r.iter().map(|w| w * cfg.sft_coef).collect())
-                        .collect();
-                    (w, None, nll.loss)
-                })?;
-                if it == 0 {
-                    out.sft_loss += nll_loss / parts as f64;
-                }
-            }
-            let rows =
-                |v: &[Vec<f32>]| -> Vec<Vec<f32>> { idx.iter().map(|&i| v[i].clone()).collect() };
-            let ex: Vec<Example> = idx.iter().map(|&i| examples[i].clone()).collect();
-            let old_k = rows(&rollout.old);
-            let ref_k = scored.refs.as_deref().map(rows);
-            let adv_k: Vec<f32> = idx.iter().map(|&i| scored.adv.values[i]).collect();
-            let mut shape = BatchShape::of(&old_k);
-            shape.max_len = cx.sampling.max_new_tokens;
-            for start in (0..ex.len()).step_by(cfg.micro_batch_size) {
-                let r = start..(start + cfg.micro_batch_size).min(ex.len());
-                let (pass_loss, pass_stats) = up.accumulate(&ex[r.clone()], true, |s| {
-                    let o = policy_gradient(
-                        &settings,
-                        &PgInputs {
-                            logprobs: &s.logprobs,
-                            old_logprobs: &old_k[r.clone()],
-                            ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
-                            entropies: s.entropies.as_deref(),
-                            advantages: &adv_k[r],
-                        },
-                        shape,
-                    );
-                    (o.weights, o.entropy_coefs, (o.loss, o.stats))
-                })?;
-                if it == 0 {
-                    out.stats.add(&pass_stats);
-                    out.loss += pass_loss / parts as f64;
-                }
-            }
-            let norm = up.step()?;
-            out.grad_norm += norm as f64 / updates_per_step;
+/// The keys of [`Updated`] in a trainer's report ([`TrainReport::metrics`]).
+const REPORTED: [&str; 8] = [
+    "pg/loss",
+    "pg/sft_loss",
+    "pg/grad_norm",
+    "pg/tokens",
+    "pg/clipped_low",
+    "pg/clipped_high",
+    "pg/kl_sum",
+    "pg/entropy_sum",
+];
+
+impl Updated {
+    /// The report of a `pg` training job: its losses and sums as metrics.
+    pub(crate) fn report(&self, examples: usize, updates: u64) -> TrainReport {
+        let s = &self.stats;
+        let values = [
+            self.loss,
+            self.sft_loss,
+            self.grad_norm,
+            s.tokens as f64,
+            s.clipped_low as f64,
+            s.clipped_high as f64,
+            s.kl,
+            s.entropy,
+        ];
+        TrainReport {
+            stats: TrainStats {
+                examples,
+                steps: updates,
+                tokens: s.tokens as u64,
+                first_loss: self.loss,
+                last_loss: self.loss,
+            },
+            metrics: REPORTED.iter().map(|k| k.to_string()).zip(values).collect(),
+            losses: vec![self.loss],
         }
+    }
+
+    /// What a trainer's report says of a step's updates; what it leaves out is NaN (the
+    /// round's metric is then undefined), and the keys it left out are returned.
+    pub(crate) fn from_report(r: &TrainReport) -> (Self, Vec<&'static str>) {
+        let missing: Vec<&'static str> = REPORTED
+            .iter()
+            .copied()
+            .filter(|k| !r.metrics.contains_key(*k))
+            .collect();
+        let get = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
+        let count = |k: &str| get(k).max(0.0) as usize;
+        let out = Self {
+            stats: PgStats {
+                tokens: count("pg/tokens"),
+                clipped_low: count("pg/clipped_low"),
+                clipped_high: count("pg/clipped_high"),
+                kl: get("pg/kl_sum"),
+                entropy: get("pg/entropy_sum"),
+            },
+            loss: get("pg/loss"),
+            sft_loss: get("pg/sft_loss"),
+            grad_norm: get("pg/grad_norm"),
+        };
+        (out, missing)
+    }
+}
+
+/// The optimizer steps of one rollout batch (the `pg` objective of a training job): the
+/// batch's completions that each step trains, the surrogate's settings and the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgPlan {
+    /// The clipped surrogate (its `beta` is the KL term's in the loss; 0 with `kl_mode =
+    /// "reward"`, whose KL is in the advantages already).
+    pub surrogate: PgSettings,
+    /// Weight of the NLL term on each step's `anchors`.
+    pub sft_coef: f32,
+    /// Sequences per forward/backward pass (memory only).
+    pub micro_batch_size: usize,
+    /// The completion length `loss_aggregation = "constant"` divides by.
+    pub max_new_tokens: usize,
+    /// The learning-rate schedule spans `schedule_total` updates, of which this batch's
+    /// first is number `schedule_first` (0-based; a run-long schedule).
+    pub schedule_total: u64,
+    pub schedule_first: u64,
+    /// The optimizer steps, in order.
+    pub updates: Vec<PgUpdate>,
+}
+
+/// One optimizer step: line numbers (0-based) of the batch's completions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgUpdate {
+    /// The pass over the batch it belongs to (`num_iterations`); reported statistics and
+    /// losses are those of pass 0.
+    pub pass: u32,
+    /// Completions of the clipped surrogate.
+    pub rows: Vec<usize>,
+    /// Verifier-correct completions of the NLL term (`sft_coef`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchors: Vec<usize>,
+}
+
+impl PgPlan {
+    /// `num_iterations` passes over the kept completions `keep` of step `step`'s batch, each
+    /// split into `minibatches` optimizer steps over a fresh shuffle (TRL's
+    /// `steps_per_generation`); with `sft_coef`, the verifier-correct completions `correct`
+    /// (zero-spread groups included) are shuffled into the same steps.
+    fn of(cfg: &RlConfig, cx: &RlContext, step: u32, keep: &[usize], correct: &[usize]) -> Self {
+        let seed = |what: &str, it: u32| {
+            derive_seed(cx.seed, cx.round, what, ((step as u64) << 16) | it as u64)
+        };
+        Self::passes(cfg, keep, correct, cx.sampling.max_new_tokens, &seed)
+    }
+
+    /// What `autodidact train --objective pg` does with a dataset of `n` completions alone:
+    /// one pass in `minibatches` optimizer steps, shuffled by `seed`, with `[rl]`'s default
+    /// surrogate.
+    pub fn for_dataset(n: usize, max_new_tokens: usize, minibatches: u32, seed: u64) -> Self {
+        let cfg = RlConfig {
+            minibatches: minibatches.max(1),
+            ..RlConfig::default()
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let seed = |what: &str, it: u32| derive_seed(seed, 0, what, it as u64);
+        let mut plan = Self::passes(&cfg, &all, &[], max_new_tokens, &seed);
+        plan.schedule_total = plan.updates.len() as u64;
+        plan
+    }
+
+    fn passes(
+        cfg: &RlConfig,
+        keep: &[usize],
+        correct: &[usize],
+        max_new_tokens: usize,
+        pass_seed: &dyn Fn(&str, u32) -> u64,
+    ) -> Self {
+        let mut updates = Vec::new();
+        for it in 0..cfg.num_iterations {
+            let shuffle = |v: &[usize], what: &str| -> Vec<usize> {
+                let mut perm = Order::new(v.len(), pass_seed(what, it));
+                perm.next_batch(v.len()).into_iter().map(|j| v[j]).collect()
+            };
+            let shuffled = shuffle(keep, "minibatch");
+            let anchors = if cfg.sft_coef > 0.0 {
+                shuffle(correct, "anchor")
+            } else {
+                Vec::new()
+            };
+            let parts = (cfg.minibatches as usize).min(shuffled.len().max(anchors.len()).max(1));
+            for part in 0..parts {
+                let slice = |v: &[usize]| -> Vec<usize> {
+                    v[part * v.len() / parts..(part + 1) * v.len() / parts].to_vec()
+                };
+                let (rows, anchors) = (slice(&shuffled), slice(&anchors));
+                if !(rows.is_empty() && anchors.is_empty()) {
+                    updates.push(PgUpdate {
+                        pass: it,
+                        rows,
+                        anchors,
+                    });
+                }
+            }
+        }
+        PgPlan {
+            surrogate: PgSettings {
+                epsilon_low: cfg.epsilon_low,
+                epsilon_high: cfg.epsilon_high,
+                aggregation: cfg.loss_aggregation,
+                beta: if cfg.kl_mode == KlMode::Loss {
+                    cfg.beta
+                } else {
+                    0.0
+                },
+                kl_estimator: cfg.kl_estimator,
+                entropy_coef: cfg.entropy_coef,
+            },
+            sft_coef: cfg.sft_coef,
+            micro_batch_size: cfg.micro_batch_size,
+            max_new_tokens,
+            schedule_total: 0,
+            schedule_first: 0,
+            updates,
+        }
+    }
+
+    /// Checks the plan against a batch of `n` completions, naming what is wrong.
+    pub(crate) fn check(&self, n: usize) -> std::result::Result<(), String> {
+        if self.micro_batch_size == 0 {
+            return Err("micro_batch_size must be at least 1".into());
+        }
+        for (k, u) in self.updates.iter().enumerate() {
+            if let Some(&i) = u.rows.iter().chain(&u.anchors).find(|&&i| i >= n) {
+                return Err(format!(
+                    "update {k} names line {i}, but the batch has {n} lines (0-based)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rollout batch as the updates read it: per completion, the training example, its
+/// sampling log-probs and its advantage; the reference's log-probs when the loss has a KL
+/// term.
+pub(crate) struct PgBatch<'a> {
+    pub examples: &'a [Example],
+    pub old: &'a [Vec<f32>],
+    pub advantages: &'a [f32],
+    pub refs: Option<&'a [Vec<f32>]>,
+}
+
+/// The optimizer steps of `plan` on `batch`, with micro-batches of `micro_batch_size`
+/// accumulated per step: the engine's own policy-gradient trainer, for a round in process
+/// and for a `pg` training job.
+pub(crate) fn fit_pg(up: &mut Updater, batch: &PgBatch, plan: &PgPlan) -> Result<Updated> {
+    let s = &plan.surrogate;
+    let mut out = Updated::default();
+    let first_pass = plan.updates.iter().filter(|u| u.pass == 0).count().max(1) as f64;
+    let rows = |idx: &[usize], v: &[Vec<f32>]| -> Vec<Vec<f32>> {
+        idx.iter().map(|&i| v[i].clone()).collect()
+    };
+    for u in &plan.updates {
+        let counted = u.pass == 0;
+        if !u.anchors.is_empty() {
+            let ex: Vec<Example> = u
+                .anchors
+                .iter()
+                .map(|&i| batch.examples[i].clone())
+                .collect();
+            let nll_loss = up.accumulate(&ex, false, |sc| {
+                let nll = sft(
+                    &sc.logprobs,
+                    BatchShape::of(&sc.logprobs),
+                    SftNormalization::Token,
+                );
+                let w: Vec<Vec<f32>> = nll
+                    .weights
+                    .iter()
+                    .map(|r| r.iter().map(|w| w * plan.sft_coef).collect())
+                    .collect();
+                (w, None, nll.loss)
+            })?;
+            if counted {
+                out.sft_loss += nll_loss / first_pass;
+            }
+        }
+        let ex: Vec<Example> = u.rows.iter().map(|&i| batch.examples[i].clone()).collect();
+        let old_k = rows(&u.rows, batch.old);
+        let ref_k = batch.refs.map(|r| rows(&u.rows, r));
+        let adv_k: Vec<f32> = u.rows.iter().map(|&i| batch.advantages[i]).collect();
+        let mut shape = BatchShape::of(&old_k);
+        shape.max_len = plan.max_new_tokens;
+        for start in (0..ex.len()).step_by(plan.micro_batch_size) {
+            let r = start..(start + plan.micro_batch_size).min(ex.len());
+            let (pass_loss, pass_stats) = up.accumulate(&ex[r.clone()], true, |sc| {
+                let o = policy_gradient(
+                    s,
+                    &PgInputs {
+                        logprobs: &sc.logprobs,
+                        old_logprobs: &old_k[r.clone()],
+                        ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
+                        entropies: sc.entropies.as_deref(),
+                        advantages: &adv_k[r],
+                    },
+                    shape,
+                );
+                (o.weights, o.entropy_coefs, (o.loss, o.stats))
+            })?;
+            if counted {
+                out.stats.add(&pass_stats);
+                out.loss += pass_loss / first_pass;
+            }
+        }
+        let norm = up.step()?;
+        out.grad_norm += norm as f64 / plan.updates.len() as f64;
     }
     Ok(out)
 }
@@ -857,5 +1096,62 @@ impl RoundLog {
             records: self.records,
             metrics,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16: what an external `pg` job reports comes back as the numbers the round logs.
+    #[test]
+    fn issue16_step_statistics_survive_a_trainer_report() {
+        let u = Updated {
+            stats: PgStats {
+                tokens: 412,
+                clipped_low: 3,
+                clipped_high: 5,
+                kl: 0.123456789012345,
+                entropy: 301.5,
+            },
+            loss: -0.0311,
+            sft_loss: 0.72,
+            grad_norm: 1.25,
+        };
+        let report = u.report(64, 4);
+        assert_eq!((report.stats.examples, report.stats.steps), (64, 4));
+        let text = serde_json::to_string(&report).unwrap();
+        let back: TrainReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(Updated::from_report(&back), (u, vec![]));
+        // A report without them leaves the step's numbers undefined, and says which.
+        let (none, missing) = Updated::from_report(&TrainReport::default());
+        assert!(none.loss.is_nan() && none.grad_norm.is_nan());
+        assert_eq!(missing.len(), REPORTED.len());
+    }
+
+    /// Each pass's steps cover the kept completions once, in a fresh order per pass, and
+    /// the anchors ride along in the same steps.
+    #[test]
+    fn plans_split_each_pass_into_minibatches() {
+        let cfg = RlConfig {
+            num_iterations: 2,
+            minibatches: 3,
+            sft_coef: 0.5,
+            ..RlConfig::default()
+        };
+        let seed = |what: &str, it: u32| derive_seed(1, 1, what, it as u64);
+        let keep = [0, 2, 3, 5, 6, 7, 9];
+        let plan = PgPlan::passes(&cfg, &keep, &[2, 9], 16, &seed);
+        assert_eq!(plan.updates.len(), 6);
+        for pass in 0..2 {
+            let steps: Vec<&PgUpdate> = plan.updates.iter().filter(|u| u.pass == pass).collect();
+            let mut rows: Vec<usize> = steps.iter().flat_map(|u| u.rows.clone()).collect();
+            let anchors: usize = steps.iter().map(|u| u.anchors.len()).sum();
+            rows.sort();
+            assert_eq!(rows, keep);
+            assert_eq!(anchors, 2);
+        }
+        assert_ne!(plan.updates[0].rows, plan.updates[3].rows);
+        assert_eq!(plan.max_new_tokens, 16);
     }
 }
