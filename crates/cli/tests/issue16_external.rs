@@ -365,6 +365,45 @@ fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
     }
 }
 
+/// `example_file` with its policy served by `server` (the base weights, reloaded from disk
+/// after each training stage) and trained by `autodidact train`; written to `dir/name.toml`.
+fn served_config(dir: &Path, name: &str, example_file: &str, server: &common::Server) -> PathBuf {
+    let text: String = example(example_file)
+        .lines()
+        .filter(|l| !(l.starts_with("preset") || *l == "[model]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "{text}[model]\nbackend = \"openai\"\n[model.openai]\nbase_urls = [{:?}]\nmodel = \"tiny\"\ntokenizer = {:?}\nweights = {:?}\nreload = \"update_weights_from_disk\"\n{}",
+            server.url(),
+            base(),
+            base(),
+            external(&autodidact_train(), 600)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Each line of a run's `metrics.jsonl`, with the keys `keep` accepts.
+fn metrics_where(run: &Path, keep: impl Fn(&str) -> bool) -> Vec<Vec<(String, serde_json::Value)>> {
+    read(&run.join("metrics.jsonl"))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .collect()
+}
+
 /// The `model_path` the server at `addr` reports.
 fn served_path(server: &common::Server) -> String {
     let (_, body) = common::http(server.addr, "GET", "/get_model_info", None, "");
@@ -390,23 +429,7 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
         "star.rounds=2",
     ];
     let server = common::serve(base());
-    let served = format!(
-        "[model]\nbackend = \"openai\"\n[model.openai]\nbase_urls = [{:?}]\nmodel = \"tiny\"\ntokenizer = {:?}\nweights = {:?}\nreload = \"update_weights_from_disk\"\n",
-        server.url(),
-        base(),
-        base()
-    );
-    let text: String = example("star-addition.toml")
-        .lines()
-        .filter(|l| !(l.starts_with("preset") || *l == "[model]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let cfg = d.join("served.toml");
-    std::fs::write(
-        &cfg,
-        format!("{text}{served}{}", external(&autodidact_train(), 600)),
-    )
-    .unwrap();
+    let cfg = served_config(d, "served", "star-addition.toml", &server);
     let (run_dir, out) = run(d, "served", &cfg, &sets);
     assert!(
         out.status.success(),
@@ -436,20 +459,8 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
     }
     // Every evaluation equals the native one (sampled through the server from each round's
     // weights); drift is not measured for a served model.
-    let evals = |run: &Path| -> Vec<Vec<(String, serde_json::Value)>> {
-        read(&run.join("metrics.jsonl"))
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object()
-                    .unwrap()
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("eval/") || k.starts_with("star/"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .collect()
-    };
+    let evals =
+        |run: &Path| metrics_where(run, |k| k.starts_with("eval/") || k.starts_with("star/"));
     assert_eq!(evals(&run_dir), evals(&native));
 }
 
@@ -467,8 +478,8 @@ exec "$bin" --threads 1 train --config "$config"
 /// metrics and checkpoints, byte for byte, with every part of the update in play (two
 /// passes of two minibatches, micro-batches, a KL term, an entropy bonus, an NLL anchor,
 /// AdamW carried across steps and rounds). A trainer that fails mid-round stops the run
-/// cleanly and `resume` ends it the same. `autodidact train --objective pg` trains on the
-/// rollouts `export` writes.
+/// cleanly and `resume` ends it the same. A served policy samples each step from the last
+/// step's weights. `autodidact train --objective pg` trains on the rollouts `export` writes.
 #[test]
 fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
     let tmp = tempfile::tempdir().unwrap();
@@ -566,6 +577,47 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
     assert!(!read(&flaky.join("journal.jsonl")).contains(r#""stage":"rl""#));
     ok(&["resume", flaky.to_str().unwrap()]);
     assert_same_run(&native, &flaky);
+
+    // A served policy: `autodidact serve` holds the base model, each step is trained by
+    // `autodidact train`, and the server is pointed at every step's weights. It answers with
+    // the ids it sampled (vLLM's `return_tokens_as_token_ids`), which the steps train on.
+    // The samples are the native run's (every reward and evaluation equal); the update's
+    // own numbers differ in the last digits, as the sampling log-probs come from the
+    // server's batches.
+    let server = common::serve(base());
+    let (status, body) = common::http(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        None,
+        r#"{"model": "tiny", "prompt": "12+30=", "max_tokens": 4, "logprobs": 0, "seed": 3, "return_tokens_as_token_ids": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let tokens = common::json_of(&body)["choices"][0]["logprobs"]["tokens"].clone();
+    assert!(
+        tokens.as_array().is_some_and(|t| !t.is_empty()
+            && t.iter()
+                .all(|x| x.as_str().unwrap().starts_with("token_id:"))),
+        "{body}"
+    );
+    let served_cfg = served_config(d, "pg-served", "grpo-addition.toml", &server);
+    let (served, out) = run(d, "pg-served", &served_cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = std::path::absolute(served.join("checkpoints/r0002")).unwrap();
+    assert_eq!(served_path(&server), last.display().to_string());
+    let sampled = |run: &Path| {
+        metrics_where(run, |k| {
+            ["eval/", "reward", "completions/", "rollout/"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                || k == "pg/kept_fraction"
+        })
+    };
+    assert_eq!(sampled(&served), sampled(&native));
 
     // `autodidact train --objective pg` on the exported rollouts of round 1.
     let exported = d.join("pg-export");

@@ -351,7 +351,13 @@ pub fn run_native(
                     format!("does not fit the job's plan of updates: {e}"),
                 )
             })?;
-            for (i, l) in lines.iter().enumerate() {
+            // The surrogate's completions need a sampling log-prob per token.
+            let mut surrogate: Vec<usize> =
+                plan.updates.iter().flat_map(|u| u.rows.clone()).collect();
+            surrogate.sort_unstable();
+            surrogate.dedup();
+            for i in surrogate {
+                let l = &lines[i];
                 if l.completion_ids.is_empty() || l.completion_ids.len() != l.old_logprobs.len() {
                     return Err(bad(format!(
                         "line {}: has {} completion_ids and {} old_logprobs; a completion needs at least one token and a log-prob for each",

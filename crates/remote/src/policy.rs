@@ -504,6 +504,12 @@ impl RemotePolicy {
         if params.ignore_stop {
             b["ignore_eos"] = json!(true); // vLLM's extension
         }
+        // A model trained from its samples needs the ids the server sampled (re-encoding the
+        // text need not give them back); a server of weights the run trains is self-hosted,
+        // and vLLM, SGLang and `autodidact serve` take vLLM's extension for them.
+        if self.cfg.weights.is_some() {
+            b["return_tokens_as_token_ids"] = json!(true);
+        }
         match (self.cfg.api, RemoteTokenizer::messages(prompt)) {
             (OpenAiApi::Chat, messages) => {
                 let messages = messages.unwrap_or_else(|| {
@@ -579,6 +585,7 @@ impl RemotePolicy {
                     }),
             }
             .unwrap_or_default();
+            let token_ids = sampled_ids(c, self.cfg.api, logprobs.len());
             let first_top: Vec<(String, f32)> = match self.cfg.api {
                 // {"token text": log-prob, …} per position.
                 OpenAiApi::Completions => c
@@ -608,6 +615,7 @@ impl RemotePolicy {
             let choice = Choice {
                 text: text.to_string(),
                 logprobs,
+                token_ids,
                 finish,
                 first_top,
             };
@@ -630,21 +638,32 @@ impl RemotePolicy {
         })
     }
 
+    /// A completion of `text`: its tokens are the ids the server sampled when it gave them,
+    /// else the text encoded again (then with the stop token after a stop), which can differ
+    /// from what was sampled (a special token's text is dropped; a tokenizer has other
+    /// encodings of the same text).
     fn completion(
         &self,
         text: String,
         logprobs: Vec<f32>,
+        token_ids: Option<Vec<u32>>,
         finish: FinishReason,
     ) -> Result<Completion> {
-        let mut tokens = self.tokenizer.inner.encode(&text).map_err(|e| {
-            invalid(
-                "tokenizer",
-                format!("cannot encode a reply of the served model ({e}): is it the served model's tokenizer?"),
-            )
-        })?;
-        if finish == FinishReason::Stop {
-            tokens.extend(self.tokenizer.inner.stop_tokens().first());
-        }
+        let tokens = match token_ids {
+            Some(ids) => ids,
+            None => {
+                let mut tokens = self.tokenizer.inner.encode(&text).map_err(|e| {
+                    invalid(
+                        "tokenizer",
+                        format!("cannot encode a reply of the served model ({e}): is it the served model's tokenizer?"),
+                    )
+                })?;
+                if finish == FinishReason::Stop {
+                    tokens.extend(self.tokenizer.inner.stop_tokens().first());
+                }
+                tokens
+            }
+        };
         Ok(Completion {
             text,
             tokens,
@@ -669,9 +688,50 @@ struct Parsed {
 struct Choice {
     text: String,
     logprobs: Vec<f32>,
+    /// The ids of the sampled tokens, when the server gave them (one per log-prob).
+    token_ids: Option<Vec<u32>>,
     finish: FinishReason,
     /// The alternatives at the first generated position, by their text.
     first_top: Vec<(String, f32)>,
+}
+
+/// The ids of a choice's sampled tokens, in the forms servers give them: vLLM's
+/// `return_tokens_as_token_ids` (`"token_id:N"` as each token), llama.cpp's `id` and
+/// Fireworks' `token_id` beside each token, or vLLM's `token_ids` list. `None` unless there
+/// is one id per log-prob.
+fn sampled_ids(c: &serde_json::Value, api: OpenAiApi, n: usize) -> Option<Vec<u32>> {
+    let id = |t: &serde_json::Value| -> Option<u32> {
+        let from_text = t
+            .as_str()
+            .and_then(|s| s.strip_prefix("token_id:"))
+            .and_then(|s| s.parse().ok());
+        from_text.or_else(|| t.as_u64().and_then(|i| u32::try_from(i).ok()))
+    };
+    let entries: Option<Vec<u32>> = match api {
+        OpenAiApi::Completions => c
+            .pointer("/logprobs/tokens")
+            .and_then(|t| t.as_array())
+            .and_then(|t| t.iter().map(id).collect()),
+        OpenAiApi::Chat => c
+            .pointer("/logprobs/content")
+            .and_then(|t| t.as_array())
+            .and_then(|t| {
+                t.iter()
+                    .map(|e| {
+                        e.get("token")
+                            .and_then(id)
+                            .or_else(|| e.get("id").and_then(id))
+                            .or_else(|| e.get("token_id").and_then(id))
+                    })
+                    .collect()
+            }),
+    };
+    let listed =
+        || -> Option<Vec<u32>> { c.get("token_ids")?.as_array()?.iter().map(id).collect() };
+    entries
+        .filter(|ids| !ids.is_empty())
+        .or_else(listed)
+        .filter(|ids| ids.len() == n)
 }
 
 /// Percentile `q` of sorted `v`, by nearest rank.
@@ -703,7 +763,7 @@ impl Policy for RemotePolicy {
         let mut out = Vec::with_capacity(prompts.len());
         for p in replies {
             for c in p.choices {
-                out.push(self.completion(c.text, c.logprobs, c.finish)?);
+                out.push(self.completion(c.text, c.logprobs, c.token_ids, c.finish)?);
             }
         }
         Ok(out)
@@ -849,6 +909,32 @@ impl TrainablePolicy for RemotePolicy {
 mod tests {
     use super::*;
     use autodidact_core::BackendKind;
+
+    /// Issue 16: the sampled ids come back in each server's form, and only when there is one
+    /// per log-prob.
+    #[test]
+    fn issue16_sampled_token_ids_are_read_in_every_servers_form() {
+        use serde_json::json;
+        let (c, chat) = (OpenAiApi::Completions, OpenAiApi::Chat);
+        // vLLM's `return_tokens_as_token_ids`, on both endpoints.
+        let v = json!({"logprobs": {"tokens": ["token_id:5", "token_id:17"], "token_logprobs": [-0.1, -0.2]}});
+        assert_eq!(sampled_ids(&v, c, 2), Some(vec![5, 17]));
+        let v = json!({"logprobs": {"content": [{"token": "token_id:3", "logprob": -0.5}]}});
+        assert_eq!(sampled_ids(&v, chat, 1), Some(vec![3]));
+        // llama.cpp's `id`, Fireworks' `token_id`, vLLM's `token_ids` list.
+        let v = json!({"logprobs": {"content": [{"id": 9, "token": "a"}, {"id": 2, "token": ""}]}});
+        assert_eq!(sampled_ids(&v, chat, 2), Some(vec![9, 2]));
+        let v = json!({"logprobs": {"content": [{"token_id": 4, "token": "b"}]}});
+        assert_eq!(sampled_ids(&v, chat, 1), Some(vec![4]));
+        let v = json!({"token_ids": [7, 8], "logprobs": {"tokens": ["x", "y"]}});
+        assert_eq!(sampled_ids(&v, c, 2), Some(vec![7, 8]));
+        // Texts only, or ids that do not match the log-probs: none.
+        let v = json!({"logprobs": {"tokens": ["12", "+"]}});
+        assert_eq!(sampled_ids(&v, c, 2), None);
+        let v = json!({"logprobs": {"tokens": ["token_id:5"]}});
+        assert_eq!(sampled_ids(&v, c, 2), None);
+        assert_eq!(sampled_ids(&json!({}), chat, 0), None);
+    }
 
     fn config(edit: impl FnOnce(&mut ModelConfig)) -> ModelConfig {
         let mut m = ModelConfig {

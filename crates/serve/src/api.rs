@@ -68,6 +68,9 @@ pub struct CompletionRequest {
     pub user: Option<String>,
     /// Log-probs of the sampled tokens, with this many alternatives per token.
     pub logprobs: Option<u32>,
+    /// vLLM's extension: tokens in log-probs as `token_id:N` (what a trainer needs).
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
     #[serde(default)]
     pub echo: bool,
     pub best_of: Option<u32>,
@@ -113,6 +116,9 @@ pub struct ChatRequest {
     pub logprobs: bool,
     /// Alternatives per token, with `logprobs`.
     pub top_logprobs: Option<u32>,
+    /// vLLM's extension: tokens in log-probs as `token_id:N` (what a trainer needs).
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
     pub response_format: Option<serde_json::Value>,
 }
 
@@ -148,6 +154,8 @@ pub struct Plan {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// Tokens in log-probs as `token_id:N` (vLLM's `return_tokens_as_token_ids`).
+    pub token_ids: bool,
 }
 
 impl Plan {
@@ -316,6 +324,7 @@ impl CompletionRequest {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             logprobs: self.logprobs.is_some(),
+            token_ids: self.return_tokens_as_token_ids,
         })
     }
 }
@@ -441,6 +450,7 @@ impl ChatRequest {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             logprobs: self.logprobs,
+            token_ids: self.return_tokens_as_token_ids,
         })
     }
 }

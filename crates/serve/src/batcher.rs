@@ -542,7 +542,7 @@ impl RowFeed for Feed {
         drop(st);
         let result = match o.failed {
             Some(e) => Err(ApiError::internal(format!("sampling failed: {e}"))),
-            None => Ok(sampled(o.job.plan.logprobs, o.done, o.prompt_tokens, model)),
+            None => Ok(sampled(&o.job.plan, o.done, o.prompt_tokens, model)),
         };
         self.answer(o.job, result);
     }
@@ -550,20 +550,24 @@ impl RowFeed for Feed {
 
 /// A request's completions with the texts its log-probs show.
 fn sampled(
-    logprobs: bool,
+    plan: &Plan,
     done: Vec<Option<Completion>>,
     prompt_tokens: usize,
     model: &StreamModel,
 ) -> Sampled {
     let choices: Vec<Completion> = done.into_iter().flatten().collect();
-    // The text of each token alone (a piece of a multi-byte character shows as U+FFFD).
+    // The text of each token alone (a piece of a multi-byte character shows as U+FFFD), or
+    // its id as vLLM writes it.
     let texts = |tokens: &[u32]| -> Vec<String> {
         tokens
             .iter()
-            .map(|&t| model.tokenizer.decode(&[t]).unwrap_or_default())
+            .map(|&t| match plan.token_ids {
+                true => format!("token_id:{t}"),
+                false => model.tokenizer.decode(&[t]).unwrap_or_default(),
+            })
             .collect()
     };
-    let (token_texts, top_texts) = if logprobs {
+    let (token_texts, top_texts) = if plan.logprobs {
         choices
             .iter()
             .map(|c| {

@@ -426,7 +426,9 @@ pub struct RolloutRecord {
     pub reward: f32,
     pub advantage: f32,
     pub finish: FinishReason,
-    /// Excluded from training (its group's rewards were all equal and `drop_zero_std` is on).
+    /// Excluded from training: its group's rewards were all equal and `drop_zero_std` is on,
+    /// or its sampling log-probs do not line up with its tokens (a served model's reply
+    /// without token ids).
     pub dropped: bool,
     /// The completion's tokens as sampled, and the sampling policy's log-prob of each (the
     /// "old" policy of the clipped update).
@@ -614,6 +616,11 @@ impl Rollout {
         Ok(out)
     }
 
+    /// Whether completion `i`'s sampling log-probs do not line up with its tokens.
+    fn misaligned(&self, i: usize) -> bool {
+        self.old[i].len() != self.lens[i] as usize
+    }
+
     /// Every completion with its group and verdict, in group order.
     fn completions(&self) -> impl Iterator<Item = (&Group, &Completion, &Verdict)> {
         self.groups.iter().flat_map(|gr| {
@@ -629,7 +636,8 @@ impl Rollout {
 struct Scored {
     rewards: Vec<f32>,
     adv: Advantages,
-    /// Per completion: excluded from the update (its group had zero spread, `drop_zero_std`).
+    /// Per completion: excluded from the update (its group had zero spread and
+    /// `drop_zero_std` is on, or its log-probs do not line up with its tokens).
     dropped: Vec<bool>,
     /// Indices of the completions not dropped.
     keep: Vec<usize>,
@@ -675,8 +683,11 @@ impl Scored {
         }
         let g = cfg.sampling.samples;
         let adv = advantages(&rewards, g, cx.estimator, cfg.scale_rewards);
+        // Left out of the update: zero-spread groups (with `drop_zero_std`), and completions
+        // whose sampling log-probs do not line up with their tokens (a server that gave no
+        // token ids, whose text encodes to other tokens): their ratios would be wrong.
         let dropped: Vec<bool> = (0..rewards.len())
-            .map(|i| cfg.drop_zero_std && adv.zero_std[i / g])
+            .map(|i| (cfg.drop_zero_std && adv.zero_std[i / g]) || rollout.misaligned(i))
             .collect();
         let keep = (0..rewards.len()).filter(|&i| !dropped[i]).collect();
         Ok(Self {
@@ -1028,6 +1039,10 @@ impl RoundLog {
             adv.values.iter().map(|&a| a as f64).sum::<f64>() / adv.values.len().max(1) as f64,
         );
         self.add("pg/kept_fraction", frac(scored.keep.len()));
+        let misaligned = (0..n).filter(|&i| rollout.misaligned(i)).count();
+        if misaligned > 0 {
+            self.add("rollout/misaligned_fraction", frac(misaligned));
+        }
         self.sampled_tokens += rollout.lens.iter().map(|&l| l as u64).sum::<u64>();
         // The update.
         let tokens = updated.stats.tokens.max(1) as f64;
