@@ -365,9 +365,15 @@ fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
     }
 }
 
-/// `example_file` with its policy served by `server` (the base weights, reloaded from disk
-/// after each training stage) and trained by `autodidact train`; written to `dir/name.toml`.
-fn served_config(dir: &Path, name: &str, example_file: &str, server: &common::Server) -> PathBuf {
+/// `example_file` with its policy served by `server` (`weights`, reloaded from disk after
+/// each training stage) and trained by `autodidact train`; written to `dir/name.toml`.
+fn served_config(
+    dir: &Path,
+    name: &str,
+    example_file: &str,
+    server: &common::Server,
+    weights: &Path,
+) -> PathBuf {
     let text: String = example(example_file)
         .lines()
         .filter(|l| !(l.starts_with("preset") || *l == "[model]"))
@@ -380,7 +386,7 @@ fn served_config(dir: &Path, name: &str, example_file: &str, server: &common::Se
             "{text}[model]\nbackend = \"openai\"\n[model.openai]\nbase_urls = [{:?}]\nmodel = \"tiny\"\ntokenizer = {:?}\nweights = {:?}\nreload = \"update_weights_from_disk\"\n{}",
             server.url(),
             base(),
-            base(),
+            weights,
             external(&autodidact_train(), 600)
         ),
     )
@@ -429,7 +435,7 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
         "star.rounds=2",
     ];
     let server = common::serve(base());
-    let cfg = served_config(d, "served", "star-addition.toml", &server);
+    let cfg = served_config(d, "served", "star-addition.toml", &server, base());
     let (run_dir, out) = run(d, "served", &cfg, &sets);
     assert!(
         out.status.success(),
@@ -600,7 +606,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
                 .all(|x| x.as_str().unwrap().starts_with("token_id:"))),
         "{body}"
     );
-    let served_cfg = served_config(d, "pg-served", "grpo-addition.toml", &server);
+    let served_cfg = served_config(d, "pg-served", "grpo-addition.toml", &server, base());
     let (served, out) = run(d, "pg-served", &served_cfg, &sets);
     assert!(
         out.status.success(),
@@ -618,6 +624,39 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         })
     };
     assert_eq!(sampled(&served), sampled(&native));
+
+    // A served policy that trains LoRA adapters: the servers hold the base model with the
+    // adapters of a native LoRA run's M0, each step trains adapters, and the servers load
+    // them; the samples are the native LoRA run's.
+    let lora_sets: Vec<&str> = sets.iter().copied().chain(["model.lora.rank=4"]).collect();
+    let (lora_native, out) = run(d, "pg-lora-native", &native_cfg, &lora_sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adapters = lora_native.join("checkpoints/r0000");
+    let lora_server = common::serve(&adapters);
+    let cfg = served_config(
+        d,
+        "pg-lora-served",
+        "grpo-addition.toml",
+        &lora_server,
+        &adapters,
+    );
+    let (lora_served, out) = run(d, "pg-lora-served", &cfg, &sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sampled(&lora_served), sampled(&lora_native));
+    let last = lora_served.join("checkpoints/r0002");
+    assert!(last.join("adapter_config.json").exists() && !last.join("config.json").exists());
+    assert_eq!(
+        served_path(&lora_server),
+        std::path::absolute(&last).unwrap().display().to_string()
+    );
 
     // `autodidact train --objective pg` on the exported rollouts of round 1.
     let exported = d.join("pg-export");

@@ -136,7 +136,8 @@ pub struct OpenAiConfig {
     pub backoff_secs: f64,
     pub max_backoff_secs: f64,
     /// The served model's weights, here, in the Hugging Face layout (the directory the
-    /// servers were started with): what an external trainer (`[train] backend =
+    /// servers were started with), or with `reload = "load_lora_adapter"` the adapters they
+    /// serve as `model` (PEFT's layout): what an external trainer (`[train] backend =
     /// "external"`) starts from. With it and `reload`, a run trains the served model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
@@ -157,6 +158,11 @@ pub enum Reload {
     /// `POST /update_weights_from_disk {"model_path": DIR}` to every server (`autodidact
     /// serve`, SGLang).
     UpdateWeightsFromDisk,
+    /// vLLM's runtime LoRA loading (`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`): the servers
+    /// hold the base model and the run trains adapters served under `model`; each new
+    /// adapter directory replaces the last (`POST /v1/unload_lora_adapter`, then
+    /// `POST /v1/load_lora_adapter {"lora_name": model, "lora_path": DIR}`).
+    LoadLoraAdapter,
     /// A command, run once; `{checkpoint}` in its arguments becomes the new checkpoint's
     /// directory (a script that restarts the fleet, for one).
     Command(Vec<String>),
@@ -166,6 +172,15 @@ impl Reload {
     pub fn is_none(&self) -> bool {
         *self == Reload::None
     }
+}
+
+/// PEFT's file of a directory of LoRA adapters.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// Whether `dir` holds weights (a Hugging Face checkpoint, or LoRA adapters), not only a
+/// served model's record of its servers (its round-0 checkpoint).
+pub fn holds_weights(dir: &Path) -> bool {
+    dir.join("config.json").exists() || dir.join(ADAPTER_CONFIG).exists()
 }
 
 impl Default for OpenAiConfig {

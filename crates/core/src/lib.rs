@@ -17,8 +17,8 @@ pub mod traits;
 pub mod types;
 
 pub use backend::{
-    Backend, BackendKind, Backends, LoraConfig, LoraModule, ModelConfig, ModelSpec, OpenAiApi,
-    OpenAiConfig, Reload,
+    holds_weights, Backend, BackendKind, Backends, LoraConfig, LoraModule, ModelConfig, ModelSpec,
+    OpenAiApi, OpenAiConfig, Reload, ADAPTER_CONFIG,
 };
 pub use error::{Error, Result};
 pub use hf_tokenizer::HfTokenizer;

@@ -33,7 +33,9 @@ use crate::recipes::pref::{fit_dpo, reference_logps, PrefConfig};
 use crate::store::read_jsonl;
 use crate::train::{fit_sft, TrainStats, Updater};
 use crate::{Error, Result};
-use autodidact_core::{BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy};
+use autodidact_core::{
+    BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy, ADAPTER_CONFIG,
+};
 use autodidact_objectives::DpoLoss;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -657,8 +659,7 @@ fn architecture_differs(want: &serde_json::Value, got: &serde_json::Value) -> Op
     })
 }
 
-/// PEFT's file of a LoRA checkpoint, and the keys that fix its adapters.
-const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The keys of PEFT's `adapter_config.json` that fix a LoRA checkpoint's adapters.
 const ADAPTER_KEYS: [&str; 4] = [
     "base_model_name_or_path",
     "r",

@@ -52,7 +52,7 @@ pub const CONFIG_FILE: &str = "config.json";
 pub use autodidact_core::hf_tokenizer::TOKENIZER_FILE;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_CONFIG_FILE: &str = autodidact_core::ADAPTER_CONFIG;
 const BASE_DIGEST_KEY: &str = "base_model_digest";
 const VERSION_KEY: &str = "autodidact_format_version";
 

@@ -108,10 +108,17 @@ fn validate(config: &ModelConfig) -> Result<OpenAiConfig> {
         api_key(var)?;
     }
     if let Some(w) = &cfg.weights {
-        if !w.join("config.json").exists() {
+        let adapters = cfg.reload == autodidact_core::Reload::LoadLoraAdapter;
+        if adapters && !w.join(autodidact_core::ADAPTER_CONFIG).exists() {
             return Err(invalid(
                 "weights",
-                format!("{} holds no config.json: give the directory of the served model's weights (Hugging Face layout)", w.display()),
+                format!("{} holds no {}: with reload = \"load_lora_adapter\" give the directory of the LoRA adapters the servers serve as {:?} (PEFT's layout; an autodidact run with [model.lora] and seed_stage.train.steps = 0 writes fresh ones to checkpoints/r0000)", w.display(), autodidact_core::ADAPTER_CONFIG, cfg.model),
+            ));
+        }
+        if !autodidact_core::holds_weights(w) {
+            return Err(invalid(
+                "weights",
+                format!("{} holds neither config.json nor {}: give the directory of the served model's weights (Hugging Face layout) or adapters (PEFT's)", w.display(), autodidact_core::ADAPTER_CONFIG),
             ));
         }
     }
@@ -908,7 +915,7 @@ impl TrainablePolicy for RemotePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autodidact_core::BackendKind;
+    use autodidact_core::{BackendKind, Reload};
 
     /// Issue 16: the sampled ids come back in each server's form, and only when there is one
     /// per log-prob.
@@ -1006,6 +1013,28 @@ mod tests {
         for (e, want) in cases {
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
+        // Served weights are a checkpoint, or with vLLM's LoRA loading the adapters.
+        let full = tempfile::tempdir().unwrap();
+        std::fs::write(full.path().join("config.json"), "{}").unwrap();
+        let weights = |reload: Reload| {
+            let w = full.path().to_path_buf();
+            err(move |m| {
+                oa(m).weights = Some(w);
+                oa(m).reload = reload;
+            })
+        };
+        let e = weights(Reload::LoadLoraAdapter);
+        assert!(
+            e.contains("model.openai.weights") && e.contains("holds no adapter_config.json"),
+            "{e}"
+        );
+        std::fs::write(full.path().join("adapter_config.json"), "{}").unwrap();
+        let w = full.path().to_path_buf();
+        assert!(validate(&config(move |m| {
+            oa(m).weights = Some(w);
+            oa(m).reload = Reload::LoadLoraAdapter;
+        }))
+        .is_ok());
         // The tokenizer directory is read at plan time.
         let e = RemoteSpec::plan(&config(|m| m.context_length = Some(64)))
             .err()

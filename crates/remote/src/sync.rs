@@ -2,7 +2,7 @@
 //! each serves: how a run that trains a served model samples each round from its new
 //! weights.
 
-use autodidact_core::{Error, OpenAiConfig, Reload, Result};
+use autodidact_core::{holds_weights, Error, OpenAiConfig, Reload, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
     let Some(weights) = &cfg.weights else {
         return Ok(());
     };
-    let target = if dir.join("config.json").exists() {
+    let target = if holds_weights(dir) {
         dir.to_path_buf()
     } else {
         weights.clone()
@@ -24,7 +24,7 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
     let stale: Vec<&String> = cfg
         .base_urls
         .iter()
-        .filter(|u| !admin.serves(u, &target).unwrap_or(false))
+        .filter(|u| !admin.serves(u, &cfg.model, &target).unwrap_or(false))
         .collect();
     if stale.is_empty() {
         return Ok(());
@@ -50,10 +50,15 @@ pub fn sync(cfg: &OpenAiConfig, dir: &Path) -> Result<()> {
                 admin.update_weights(url, &target)?;
             }
         }
+        Reload::LoadLoraAdapter => {
+            for url in &stale {
+                admin.load_lora(url, &cfg.model, &target)?;
+            }
+        }
         Reload::Command(args) => run_command(args, &target, cfg.timeout_secs)?,
     }
     for url in &cfg.base_urls {
-        match admin.serves(url, &target) {
+        match admin.serves(url, &cfg.model, &target) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(Error::invalid(
@@ -140,8 +145,10 @@ impl Admin {
     }
 
     /// Whether the server at `url` reports serving `target`: `model_path` of
-    /// `/get_model_info` (autodidact serve, SGLang), else `root` in `/v1/models` (vLLM).
-    fn serves(&self, url: &str, target: &Path) -> std::result::Result<bool, String> {
+    /// `/get_model_info` (autodidact serve, SGLang), else the `root` of `model` in
+    /// `/v1/models` (vLLM, whose LoRA adapters are listed there with their path), or of the
+    /// first model listed when none is `model`.
+    fn serves(&self, url: &str, model: &str, target: &Path) -> std::result::Result<bool, String> {
         let json =
             |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| e.to_string());
         let info = format!("{}/get_model_info", Self::root(url));
@@ -153,15 +160,58 @@ impl Admin {
             _ => {
                 let models = format!("{}/models", url.trim_end_matches('/'));
                 match self.call("GET", &models, None)? {
-                    (200, t) => json(&t)?
-                        .pointer("/data/0/root")
-                        .and_then(|p| p.as_str())
-                        .map(PathBuf::from),
+                    (200, t) => {
+                        let v = json(&t)?;
+                        let listed = v.get("data").and_then(|d| d.as_array());
+                        listed
+                            .and_then(|d| {
+                                d.iter()
+                                    .find(|m| m.get("id").and_then(|i| i.as_str()) == Some(model))
+                                    .or_else(|| d.first())
+                            })
+                            .and_then(|m| m.get("root"))
+                            .and_then(|p| p.as_str())
+                            .map(PathBuf::from)
+                    }
                     (s, t) => return Err(format!("GET {models}: {s} {t}")),
                 }
             }
         };
         Ok(reported.is_some_and(|p| same_path(&p, target)))
+    }
+
+    /// Replaces the adapters `url` serves as `name` with those in `target` (vLLM's runtime
+    /// LoRA routes): unloads the old ones (a server that has none answers an error, which is
+    /// ignored), then loads the new ones.
+    fn load_lora(&self, url: &str, name: &str, target: &Path) -> Result<()> {
+        let base = url.trim_end_matches('/');
+        let fail = |m: String| {
+            Error::invalid(
+                "model.openai.reload",
+                format!(
+                    "{url} did not load the adapters {} as {name:?}: {m}",
+                    target.display()
+                ),
+            )
+        };
+        let unload = serde_json::json!({"lora_name": name}).to_string();
+        self.call(
+            "POST",
+            &format!("{base}/unload_lora_adapter"),
+            Some(&unload),
+        )
+        .map_err(fail)?;
+        let load = serde_json::json!({"lora_name": name, "lora_path": target}).to_string();
+        match self
+            .call("POST", &format!("{base}/load_lora_adapter"), Some(&load))
+            .map_err(fail)?
+        {
+            (200, _) => Ok(()),
+            (s, t) => Err(fail(format!(
+                "{s} {} (vLLM loads adapters at run time only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora)",
+                autodidact_core::error::clip(&t, 400)
+            ))),
+        }
     }
 
     fn update_weights(&self, url: &str, target: &Path) -> Result<()> {
@@ -254,13 +304,16 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
 
-    /// A server that reports serving `path` and, on `update_weights_from_disk`, serves what
-    /// it is told (unless `refuse`); it records the requests.
-    fn server(path: &str, refuse: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A server answering each request with `handle(route, body)`; it records the routes.
+    fn listen(
+        handle: impl Fn(&str, &[u8]) -> (&'static str, String) + Send + 'static,
+    ) -> (String, Log) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (served, seen) = (Arc::new(Mutex::new(path.to_string())), log.clone());
+        let seen = log.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let mut conn = conn.unwrap();
@@ -282,22 +335,7 @@ mod tests {
                 reader.read_exact(&mut body).unwrap();
                 let route = line.split_whitespace().nth(1).unwrap().to_string();
                 seen.lock().unwrap().push(route.clone());
-                let (status, reply) = match route.as_str() {
-                    "/get_model_info" => (
-                        "200 OK",
-                        format!(r#"{{"model_path":{:?}}}"#, served.lock().unwrap()),
-                    ),
-                    "/update_weights_from_disk" if refuse => (
-                        "400 Bad Request",
-                        r#"{"success":false,"message":"no such file"}"#.into(),
-                    ),
-                    "/update_weights_from_disk" => {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        *served.lock().unwrap() = v["model_path"].as_str().unwrap().into();
-                        ("200 OK", r#"{"success":true}"#.into())
-                    }
-                    _ => ("404 Not Found", "{}".into()),
-                };
+                let (status, reply) = handle(&route, &body);
                 let _ = write!(
                     conn,
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
@@ -306,6 +344,62 @@ mod tests {
             }
         });
         (url, log)
+    }
+
+    /// A server that reports serving `path` and, on `update_weights_from_disk`, serves what
+    /// it is told (unless `refuse`).
+    fn server(path: &str, refuse: bool) -> (String, Log) {
+        let served = Mutex::new(path.to_string());
+        listen(move |route, body| match route {
+            "/get_model_info" => (
+                "200 OK",
+                format!(r#"{{"model_path":{:?}}}"#, served.lock().unwrap()),
+            ),
+            "/update_weights_from_disk" if refuse => (
+                "400 Bad Request",
+                r#"{"success":false,"message":"no such file"}"#.into(),
+            ),
+            "/update_weights_from_disk" => {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+                *served.lock().unwrap() = v["model_path"].as_str().unwrap().into();
+                ("200 OK", r#"{"success":true}"#.into())
+            }
+            _ => ("404 Not Found", "{}".into()),
+        })
+    }
+
+    /// vLLM with runtime LoRA updating: it serves its base model, and adapters by name
+    /// (`adapter` as "m" at the start), listed in `/v1/models` with their path; loading a
+    /// name that is loaded fails, as vLLM's does.
+    fn vllm(adapter: Option<&str>) -> (String, Log) {
+        let loaded = Mutex::new(adapter.map(|a| ("m".to_string(), a.to_string())));
+        listen(move |route, body| {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let mut loaded = loaded.lock().unwrap();
+            match route {
+                "/v1/models" => {
+                    let mut data = vec![serde_json::json!({"id": "base", "root": "/models/base"})];
+                    if let Some((name, path)) = &*loaded {
+                        data.push(serde_json::json!({"id": name, "root": path, "parent": "base"}));
+                    }
+                    ("200 OK", serde_json::json!({"data": data}).to_string())
+                }
+                "/v1/unload_lora_adapter" => match loaded.take() {
+                    Some(_) => ("200 OK", "Success".into()),
+                    None => ("404 Not Found", r#"{"message":"not found"}"#.into()),
+                },
+                "/v1/load_lora_adapter" if loaded.is_some() => (
+                    "400 Bad Request",
+                    r#"{"message":"The lora adapter 'm' has already been loaded."}"#.into(),
+                ),
+                "/v1/load_lora_adapter" => {
+                    let name = v["lora_name"].as_str().unwrap().to_string();
+                    *loaded = Some((name, v["lora_path"].as_str().unwrap().into()));
+                    ("200 OK", "Success".into())
+                }
+                _ => ("404 Not Found", "{}".into()),
+            }
+        })
     }
 
     fn cfg(urls: Vec<String>, weights: &Path, reload: Reload) -> OpenAiConfig {
@@ -422,6 +516,48 @@ mod tests {
         assert!(
             e.is_none(),
             "a server already on the weights needs no command: {e:?}"
+        );
+    }
+
+    /// Issue 16: vLLM's runtime LoRA routes replace the adapters served as `model`, and the
+    /// check reads the adapter's path from `/v1/models`.
+    #[test]
+    fn issue16_vllm_serves_each_rounds_adapters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, round) = (tmp.path().join("adapters"), tmp.path().join("r0001"));
+        for d in [&first, &round] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join(autodidact_core::ADAPTER_CONFIG), "{}").unwrap();
+        }
+        let (a, log) = vllm(first.to_str());
+        let (b, _) = vllm(None);
+        let c = cfg(vec![a, b], &first, Reload::LoadLoraAdapter);
+        sync(&c, &round).unwrap();
+        let routes = log.lock().unwrap().clone();
+        let unload = routes.iter().position(|r| r == "/v1/unload_lora_adapter");
+        let load = routes.iter().position(|r| r == "/v1/load_lora_adapter");
+        assert!(unload.is_some() && unload < load, "{routes:?}");
+        // The round-0 record points them back at the first adapters; a server on them is
+        // left alone.
+        let record = tmp.path().join("r0000");
+        std::fs::create_dir_all(&record).unwrap();
+        sync(&c, &record).unwrap();
+        let (on_first, log) = vllm(first.to_str());
+        sync(
+            &cfg(vec![on_first], &first, Reload::LoadLoraAdapter),
+            &record,
+        )
+        .unwrap();
+        assert!(!log.lock().unwrap().iter().any(|r| r.contains("load_lora")));
+        // A server without the routes (no VLLM_ALLOW_RUNTIME_LORA_UPDATING) stops the run.
+        let (plain, _) = server("/elsewhere", false);
+        let e = sync(&cfg(vec![plain], &first, Reload::LoadLoraAdapter), &round)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("did not load the adapters")
+                && e.contains("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+            "{e}"
         );
     }
 }

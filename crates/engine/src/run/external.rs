@@ -16,11 +16,12 @@ use autodidact_core::Policy;
 use std::path::PathBuf;
 
 impl Run {
-    /// The directory (absolute) holding the weights of checkpoint `rel`: a served model's
-    /// round-0 checkpoint records its servers, and its weights are `model.openai.weights`.
+    /// The directory (absolute) holding the weights of checkpoint `rel` (or its adapters): a
+    /// served model's round-0 checkpoint records its servers, and its weights are
+    /// `model.openai.weights`.
     pub(crate) fn weights_dir(&self, rel: &str) -> Result<PathBuf> {
         match self.plan.model.served_weights() {
-            Some(w) if !self.dir.path(rel).join("config.json").exists() => {
+            Some(w) if !autodidact_core::holds_weights(&self.dir.path(rel)) => {
                 Ok(std::path::absolute(w)
                     .map_err(|e| autodidact_core::Error::io("resolving", w, e))?)
             }
