@@ -1,4 +1,6 @@
-//! Training objectives as per-token weights (docs/design.md, "Objectives are token weights").
+//! Training objectives as per-token weights (docs/design.md, "Objectives are token weights"),
+//! and the reward-model objectives, which act on one scalar score per sequence
+//! ([`reward`]).
 //!
 //! An objective is a pure function of per-token log-probs (and, for later objectives,
 //! reference log-probs, rewards and preference pairs) that returns its loss, its metrics and a weight `w_t`
@@ -12,6 +14,7 @@
 pub mod advantages;
 pub mod dpo;
 pub mod pg;
+pub mod reward;
 pub mod sft;
 
 pub use advantages::{advantages, AdvantageEstimator, Advantages, RewardScaling};
@@ -19,6 +22,10 @@ pub use dpo::{dpo, DpoInputs, DpoLoss, DpoOutput, DpoSettings, DpoStats};
 pub use pg::{
     fold_kl, kl_penalized_rewards, policy_gradient, sequence_kl, KlEstimator, LossAggregation,
     PgInputs, PgOutput, PgSettings, PgStats,
+};
+pub use reward::{
+    aggregate, bradley_terry, calibration, disagreement, outcome_bce, Aggregation, Calibration,
+    OutcomeLoss, PairLoss,
 };
 pub use sft::{sft, SftNormalization};
 
