@@ -18,6 +18,7 @@ pub mod eval;
 pub mod export;
 pub mod judge;
 pub mod monitor;
+pub mod overopt;
 pub mod pairs;
 pub mod progress;
 pub mod recipes;

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Helpers shared by the reference-value tests: reading fixture arrays and comparing floats.
 
 use serde_json::Value;

@@ -1,0 +1,167 @@
+//! The functional forms of reward over-optimization (Gao, Schulman and Hilton, "Scaling Laws
+//! for Reward Model Overoptimization", 2022), fitted to measured gold rewards.
+//!
+//! With `d = √KL(π ‖ π_init)` and rewards measured relative to the initial policy's (so
+//! `R(0) = 0`), the paper fits gold reward as
+//! - best-of-n: `R(d) = d·(α − β·d)`, where best-of-n's KL is `log n − (n − 1)/n`;
+//! - reinforcement learning: `R(d) = d·(α − β·log d)`.
+//!
+//! Both are linear in (α, β), so each fit is ordinary least squares on two features, solved
+//! in closed form. How this differs from the paper: it fits each run's points alone (the
+//! paper also fits how α and β scale with reward-model size), by unweighted least squares.
+
+use serde::Serialize;
+
+/// The analytic KL of best-of-n sampling to the policy it samples from: `log n − (n − 1)/n`
+/// (Stiennon et al., 2020; exact for continuous rewards without ties).
+pub fn best_of_n_kl(n: u32) -> f64 {
+    let n = n.max(1) as f64;
+    n.ln() - (n - 1.0) / n
+}
+
+/// Which of the paper's forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// `d·(α − β·d)`.
+    BestOfN,
+    /// `d·(α − β·log d)`.
+    Rl,
+}
+
+/// A fitted curve.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fit {
+    pub form: Form,
+    pub alpha: f64,
+    pub beta: f64,
+    /// Coefficient of determination of the fit on its points (1 − SS_res / SS_tot).
+    pub r2: f64,
+    /// Where the curve peaks (`d*`) and its value there, when it rises and then falls
+    /// (`β > 0`, and for RL `α/β − 1` within the range of `f64`).
+    pub peak: Option<(f64, f64)>,
+}
+
+impl Fit {
+    /// The curve's value at `d`.
+    pub fn at(&self, d: f64) -> f64 {
+        match self.form {
+            Form::BestOfN => d * (self.alpha - self.beta * d),
+            Form::Rl if d <= 0.0 => 0.0,
+            Form::Rl => d * (self.alpha - self.beta * d.ln()),
+        }
+    }
+}
+
+/// Fits `form` to the points `(d, gold)`: `d = √KL` and gold reward minus the initial
+/// policy's. Needs two points with different, positive `d`; returns `None` otherwise.
+pub fn fit(form: Form, points: &[(f64, f64)]) -> Option<Fit> {
+    // Features: R = α·x1 − β·x2.
+    let features = |d: f64| -> (f64, f64) {
+        match form {
+            Form::BestOfN => (d, d * d),
+            Form::Rl => (d, if d > 0.0 { d * d.ln() } else { 0.0 }),
+        }
+    };
+    let (mut s11, mut s12, mut s22, mut s1y, mut s2y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(d, y) in points {
+        let (x1, x2) = features(d);
+        s11 += x1 * x1;
+        s12 += x1 * x2;
+        s22 += x2 * x2;
+        s1y += x1 * y;
+        s2y += x2 * y;
+    }
+    // Normal equations for (α, −β).
+    let det = s11 * s22 - s12 * s12;
+    if !(det.abs() > 1e-12 * (s11 * s22).max(f64::MIN_POSITIVE)) {
+        return None;
+    }
+    let alpha = (s1y * s22 - s2y * s12) / det;
+    let beta = -(s11 * s2y - s12 * s1y) / det;
+    let mut f = Fit {
+        form,
+        alpha,
+        beta,
+        r2: 0.0,
+        peak: None,
+    };
+    let mean = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    let ss_tot: f64 = points.iter().map(|p| (p.1 - mean).powi(2)).sum();
+    let ss_res: f64 = points.iter().map(|&(d, y)| (y - f.at(d)).powi(2)).sum();
+    f.r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        1.0
+    };
+    f.peak = match form {
+        _ if beta <= 0.0 => None,
+        Form::BestOfN => Some(alpha / (2.0 * beta)),
+        // d/dd [d(α − β log d)] = α − β(log d + 1) = 0.
+        Form::Rl => Some((alpha / beta - 1.0).exp()).filter(|d| d.is_finite() && *d > 0.0),
+    }
+    .map(|d| (d, f.at(d)));
+    Some(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue18_best_of_n_kl_is_the_closed_form() {
+        assert_eq!(best_of_n_kl(1), 0.0);
+        assert!((best_of_n_kl(2) - (2f64.ln() - 0.5)).abs() < 1e-15);
+        assert!((best_of_n_kl(1000) - (1000f64.ln() - 0.999)).abs() < 1e-12);
+        // Monotone in n.
+        assert!((1..64).all(|n| best_of_n_kl(n + 1) > best_of_n_kl(n)));
+    }
+
+    #[test]
+    fn issue18_fits_recover_known_curves_and_their_peaks() {
+        let ds: Vec<f64> = (1..=12).map(|i| i as f64 * 0.25).collect();
+        for (form, alpha, beta) in [(Form::BestOfN, 0.9, 0.3), (Form::Rl, 0.5, 0.4)] {
+            let truth = Fit {
+                form,
+                alpha,
+                beta,
+                r2: 1.0,
+                peak: None,
+            };
+            // Exact points: the fit is the curve.
+            let points: Vec<(f64, f64)> = ds.iter().map(|&d| (d, truth.at(d))).collect();
+            let f = fit(form, &points).unwrap();
+            assert!(
+                (f.alpha - alpha).abs() < 1e-9 && (f.beta - beta).abs() < 1e-9,
+                "{f:?}"
+            );
+            assert!((f.r2 - 1.0).abs() < 1e-12);
+            let (d_star, top) = f.peak.unwrap();
+            let want = match form {
+                Form::BestOfN => alpha / (2.0 * beta),
+                Form::Rl => (alpha / beta - 1.0).exp(),
+            };
+            assert!((d_star - want).abs() < 1e-9, "{form:?}: {d_star}");
+            // The peak is the curve's highest point.
+            assert!([0.9, 1.1].iter().all(|k| f.at(d_star * k) < top));
+            // Noisy points: close, with r2 below 1.
+            let noisy: Vec<(f64, f64)> = points
+                .iter()
+                .enumerate()
+                .map(|(i, &(d, y))| (d, y + if i % 2 == 0 { 0.01 } else { -0.01 }))
+                .collect();
+            let g = fit(form, &noisy).unwrap();
+            assert!(
+                (g.alpha - alpha).abs() < 0.05 && (g.beta - beta).abs() < 0.05,
+                "{g:?}"
+            );
+            assert!(g.r2 < 1.0 && g.r2 > 0.9);
+        }
+        // A curve that only rises has no peak.
+        let rising: Vec<(f64, f64)> = ds.iter().map(|&d| (d, d * (0.5 + 0.1 * d))).collect();
+        assert_eq!(fit(Form::BestOfN, &rising).unwrap().peak, None);
+        // One distinct d cannot fix two coefficients.
+        assert_eq!(fit(Form::BestOfN, &[(1.0, 0.3), (1.0, 0.4)]), None);
+        assert_eq!(fit(Form::Rl, &[]), None);
+    }
+}
