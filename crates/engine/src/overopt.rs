@@ -74,7 +74,8 @@ pub fn fit(form: Form, points: &[(f64, f64)]) -> Option<Fit> {
     }
     // Normal equations for (α, −β).
     let det = s11 * s22 - s12 * s12;
-    if !(det.abs() > 1e-12 * (s11 * s22).max(f64::MIN_POSITIVE)) {
+    let singular = det.abs() <= 1e-12 * (s11 * s22).max(f64::MIN_POSITIVE);
+    if singular || det.is_nan() {
         return None;
     }
     let alpha = (s1y * s22 - s2y * s12) / det;
