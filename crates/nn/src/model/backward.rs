@@ -19,6 +19,87 @@ impl Transformer {
         entropy_coef: Option<&[f32]>,
         grads: &mut Gradients,
     ) -> Result<()> {
+        self.backward_from(
+            act,
+            HeadGrad::Tokens {
+                weights,
+                entropy_coef,
+            },
+            grads,
+        )
+        .map(|_| ())
+    }
+
+    /// The score of each row of the batch cached in `act` by the last
+    /// [`Transformer::forward`]: `head · h`, with `h` the final-normed hidden state at the
+    /// row's last position (a reward model's scalar head, Hugging Face's
+    /// `LlamaForSequenceClassification` with one label). `head` has `hidden_size` values.
+    /// (B)
+    pub fn scores(&self, act: &Activations, head: &[f32]) -> Result<Vec<f32>> {
+        let c = self.config.hidden_size;
+        self.check_head(act, head)?;
+        let slot = 2 * self.config.num_layers;
+        let mut out = Vec::with_capacity(act.batch);
+        for shard in act.shards.iter().take(act.bounds.len() - 1) {
+            let ns = shard.normed_slot(slot);
+            let normed = &shard.normed[ns * shard.n * c..(ns + 1) * shard.n * c];
+            for &(start, len) in &shard.rows {
+                let h = &normed[(start + len - 1) * c..(start + len) * c];
+                out.push(h.iter().zip(head).map(|(a, b)| a * b).sum());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Accumulates into `grads` the gradient of `Σ_b dscores_b · score_b` (the scores of
+    /// [`Transformer::scores`]) in the model's trainable parameters, and returns its gradient
+    /// in `head`.
+    pub fn backward_scores(
+        &self,
+        act: &mut Activations,
+        head: &[f32],
+        dscores: &[f32],
+        grads: &mut Gradients,
+    ) -> Result<Vec<f32>> {
+        self.check_head(act, head)?;
+        if dscores.len() != act.batch {
+            return Err(Error::invalid(
+                "score gradients",
+                format!("{} values for a batch of {} rows", dscores.len(), act.batch),
+            ));
+        }
+        if let Some(b) = dscores.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                "score gradients",
+                format!("row {b}: {} is not finite", dscores[b]),
+            ));
+        }
+        self.backward_from(act, HeadGrad::Scores { head, dscores }, grads)
+    }
+
+    fn check_head(&self, act: &Activations, head: &[f32]) -> Result<()> {
+        if !act.valid {
+            return Err(Error::NoForwardCache);
+        }
+        let c = self.config.hidden_size;
+        if head.len() != c {
+            return Err(Error::invalid(
+                "score head",
+                format!("{} values; the model's hidden size is {c}", head.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backward pass from the gradient at the model's output (`head`), shard by shard,
+    /// summed into `grads`; returns the gradient of a score head's weight (empty for token
+    /// weights).
+    fn backward_from(
+        &self,
+        act: &mut Activations,
+        head: HeadGrad,
+        grads: &mut Gradients,
+    ) -> Result<Vec<f32>> {
         if !act.valid {
             return Err(Error::NoForwardCache);
         }
@@ -30,34 +111,40 @@ impl Transformer {
         }
         let t = act.seq_len;
         let padded = act.batch * t;
-        for (what, values) in [
-            ("token weights", Some(weights)),
-            ("entropy coefficients", entropy_coef),
-        ] {
-            let Some(values) = values else { continue };
-            if values.len() != padded {
-                return Err(Error::invalid(
-                    what,
-                    format!(
-                        "{} values, expected batch × seq_len = {padded}",
-                        values.len()
-                    ),
-                ));
-            }
-            let lengths = act
-                .shards
-                .iter()
-                .take(act.bounds.len() - 1)
-                .flat_map(|s| s.rows.iter().map(|r| r.1));
-            for (b, len) in lengths.enumerate() {
-                if let Some(i) = values[b * t..b * t + len]
-                    .iter()
-                    .position(|x| !x.is_finite())
-                {
+        if let HeadGrad::Tokens {
+            weights,
+            entropy_coef,
+        } = head
+        {
+            for (what, values) in [
+                ("token weights", Some(weights)),
+                ("entropy coefficients", entropy_coef),
+            ] {
+                let Some(values) = values else { continue };
+                if values.len() != padded {
                     return Err(Error::invalid(
                         what,
-                        format!("row {b}, position {i}: {} is not finite", values[b * t + i]),
+                        format!(
+                            "{} values, expected batch × seq_len = {padded}",
+                            values.len()
+                        ),
                     ));
+                }
+                let lengths = act
+                    .shards
+                    .iter()
+                    .take(act.bounds.len() - 1)
+                    .flat_map(|s| s.rows.iter().map(|r| r.1));
+                for (b, len) in lengths.enumerate() {
+                    if let Some(i) = values[b * t..b * t + len]
+                        .iter()
+                        .position(|x| !x.is_finite())
+                    {
+                        return Err(Error::invalid(
+                            what,
+                            format!("row {b}, position {i}: {} is not finite", values[b * t + i]),
+                        ));
+                    }
                 }
             }
         }
@@ -87,20 +174,30 @@ impl Transformer {
                 .iter_mut()
                 .map(|g| &mut g[..]),
         );
-        act.shards[..n_shards]
+        let head_grads: Vec<Vec<f32>> = act.shards[..n_shards]
             .par_iter_mut()
             .zip(targets)
             .enumerate()
-            .for_each(|(i, (shard, g))| {
-                let rows = bounds[i] * t..bounds[i + 1] * t;
-                self.backward_shard(
-                    shard,
-                    &weights[rows.clone()],
-                    entropy_coef.map(|e| &e[rows]),
-                    g,
-                    par,
-                );
-            });
+            .map(|(i, (shard, g))| {
+                let part = match head {
+                    HeadGrad::Tokens {
+                        weights,
+                        entropy_coef,
+                    } => {
+                        let rows = bounds[i] * t..bounds[i + 1] * t;
+                        HeadGrad::Tokens {
+                            weights: &weights[rows.clone()],
+                            entropy_coef: entropy_coef.map(|e| &e[rows]),
+                        }
+                    }
+                    HeadGrad::Scores { head, dscores } => HeadGrad::Scores {
+                        head,
+                        dscores: &dscores[bounds[i]..bounds[i + 1]],
+                    },
+                };
+                self.backward_shard(shard, part, g, par)
+            })
+            .collect();
         // Sum the other shards' gradients into the caller's buffer.
         if n_shards > 1 {
             let others = &act.shard_grads[..n_shards - 1];
@@ -115,19 +212,27 @@ impl Transformer {
                     }
                 });
         }
-        Ok(())
+        // The head's gradient, summed over shards in order.
+        let mut dhead = Vec::new();
+        for part in head_grads {
+            if dhead.is_empty() {
+                dhead = part;
+            } else {
+                dhead.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(dhead)
     }
 
-    /// Backward pass of shard `act`: `weights` and `entropy_coef` cover its rows (padded
-    /// layout), gradients accumulate into `g`.
+    /// Backward pass of shard `act` from `head`, which covers its rows; gradients
+    /// accumulate into `g`. Returns a score head's weight gradient (empty for tokens).
     fn backward_shard(
         &self,
         act: &mut Shard,
-        weights: &[f32],
-        entropy_coef: Option<&[f32]>,
+        head: HeadGrad,
         g: &mut [f32],
         par: bool,
-    ) {
+    ) -> Vec<f32> {
         let cfg = &self.config;
         let (c, f, v, nl) = (
             cfg.hidden_size,
@@ -143,56 +248,102 @@ impl Transformer {
         grow(&mut act.datt, n * c);
         grow(&mut act.dgu, n * 2 * f);
         grow(&mut act.dact, n * f);
-        grow(&mut act.dlogits, n * v);
         grow(&mut act.dprobs, prob_off);
-
-        // Per packed token: (weight, entropy coefficient).
-        let mut wc = Vec::with_capacity(n);
-        for (b, &(_, len)) in act.rows.iter().enumerate() {
-            for i in 0..len {
-                wc.push((
-                    weights[b * t + i],
-                    entropy_coef.map_or(0.0, |ec| ec[b * t + i]),
-                ));
-            }
-        }
-
-        // d loss / d logits = w (p − onehot(y)) + c p (log p + H).  (N, V)
-        {
-            let dl = &mut act.dlogits[..n * v];
-            let logp = &act.logp[..n * v];
-            let (targets, entropy) = (&act.targets[..n], &act.entropy[..n]);
-            if !par {
-                kernels::logits_backward(dl, logp, v, &wc, targets, entropy);
-            } else {
-                dl.par_chunks_mut(ROWS_PER_TASK * v)
-                    .zip(logp.par_chunks(ROWS_PER_TASK * v))
-                    .zip(wc.par_chunks(ROWS_PER_TASK))
-                    .zip(
-                        targets
-                            .par_chunks(ROWS_PER_TASK)
-                            .zip(entropy.par_chunks(ROWS_PER_TASK)),
-                    )
-                    .for_each(|(((dl, lp), wc), (y, h))| {
-                        kernels::logits_backward(dl, lp, v, wc, y, h)
-                    });
-            }
-        }
-
         let lay = &self.layout;
-        // Output head and final norm.
         let s = 2 * nl;
-        self.norm_linear_backward(
-            act,
-            Upstream::Logits,
-            s,
-            g,
-            lay.lm_head,
-            v,
-            lay.final_norm,
-            false,
-            par,
-        );
+        let mut dhead = Vec::new();
+        match head {
+            HeadGrad::Tokens {
+                weights,
+                entropy_coef,
+            } => {
+                grow(&mut act.dlogits, n * v);
+                // Per packed token: (weight, entropy coefficient).
+                let mut wc = Vec::with_capacity(n);
+                for (b, &(_, len)) in act.rows.iter().enumerate() {
+                    for i in 0..len {
+                        wc.push((
+                            weights[b * t + i],
+                            entropy_coef.map_or(0.0, |ec| ec[b * t + i]),
+                        ));
+                    }
+                }
+
+                // d loss / d logits = w (p − onehot(y)) + c p (log p + H).  (N, V)
+                {
+                    let dl = &mut act.dlogits[..n * v];
+                    let logp = &act.logp[..n * v];
+                    let (targets, entropy) = (&act.targets[..n], &act.entropy[..n]);
+                    if !par {
+                        kernels::logits_backward(dl, logp, v, &wc, targets, entropy);
+                    } else {
+                        dl.par_chunks_mut(ROWS_PER_TASK * v)
+                            .zip(logp.par_chunks(ROWS_PER_TASK * v))
+                            .zip(wc.par_chunks(ROWS_PER_TASK))
+                            .zip(
+                                targets
+                                    .par_chunks(ROWS_PER_TASK)
+                                    .zip(entropy.par_chunks(ROWS_PER_TASK)),
+                            )
+                            .for_each(|(((dl, lp), wc), (y, h))| {
+                                kernels::logits_backward(dl, lp, v, wc, y, h)
+                            });
+                    }
+                }
+
+                // Output head and final norm.
+                self.norm_linear_backward(
+                    act,
+                    Upstream::Logits,
+                    s,
+                    g,
+                    lay.lm_head,
+                    v,
+                    lay.final_norm,
+                    false,
+                    par,
+                );
+            }
+            HeadGrad::Scores { head, dscores } => {
+                // d loss / d h at each row's last position = dscore · head; 0 elsewhere.
+                // The head's gradient: Σ_b dscore_b · h_b.  (C)
+                dhead = vec![0.0f32; c];
+                let ns = act.normed_slot(s);
+                let dh = &mut act.dh[..n * c];
+                dh.fill(0.0);
+                let normed = &act.normed[ns * n * c..(ns + 1) * n * c];
+                for (&(start, len), &ds) in act.rows.iter().zip(dscores) {
+                    let last = (start + len - 1) * c..(start + len) * c;
+                    dh[last.clone()]
+                        .iter_mut()
+                        .zip(head)
+                        .for_each(|(d, w)| *d = ds * w);
+                    dhead
+                        .iter_mut()
+                        .zip(&normed[last])
+                        .for_each(|(d, h)| *d += ds * h);
+                }
+                let p = &self.params;
+                let mut frozen = Vec::new();
+                let dgain = match self.base_grad(g, lay.final_norm, c) {
+                    Some(d) => d,
+                    None => {
+                        frozen.resize(c, 0.0);
+                        &mut frozen[..]
+                    }
+                };
+                norm_rows_backward(
+                    &mut act.dx[..n * c],
+                    dgain,
+                    &act.dh[..n * c],
+                    &act.resid[s * n * c..(s + 1) * n * c],
+                    &act.rstd[s * n..(s + 1) * n],
+                    &p[lay.final_norm..lay.final_norm + c],
+                    false,
+                    par,
+                );
+            }
+        }
 
         for l in (0..nl).rev() {
             // The forward pass left the last layer's activations in place.
@@ -204,7 +355,7 @@ impl Transformer {
 
         // Embedding: scatter-add dx into the rows of the used tokens.
         let Some(ge) = self.base_grad(g, lay.embed, v * c) else {
-            return;
+            return dhead;
         };
         for (row, &tok) in act.dx[..n * c].chunks_exact(c).zip(&act.tokens) {
             for (gi, di) in ge[tok as usize * c..(tok as usize + 1) * c]
@@ -214,7 +365,20 @@ impl Transformer {
                 *gi += di;
             }
         }
+        dhead
     }
+}
+
+/// The gradient at the model's output a backward pass starts from.
+#[derive(Clone, Copy)]
+enum HeadGrad<'a> {
+    /// Per-token weights on the log-probs (and entropy coefficients), padded `(B, T)`.
+    Tokens {
+        weights: &'a [f32],
+        entropy_coef: Option<&'a [f32]>,
+    },
+    /// Per-row gradients of a score head's outputs, and the head's weight. (B), (C)
+    Scores { head: &'a [f32], dscores: &'a [f32] },
 }
 
 /// Which shard buffer holds the gradient flowing into a norm → linear pair.
