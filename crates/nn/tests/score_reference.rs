@@ -8,57 +8,24 @@
 
 use autodidact_nn::checkpoint;
 use autodidact_nn::{Activations, ForwardOptions, Gradients, Recompute, TokenBatch};
-use safetensors::tensor::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
-fn tensor(bytes: &[u8], name: &str) -> (Dtype, Vec<u8>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("reference has no {name}"));
-    (t.dtype(), t.data().to_vec())
-}
-
-fn f32s(bytes: &[u8], name: &str) -> Vec<f32> {
-    let (dtype, data) = tensor(bytes, name);
-    assert_eq!(dtype, Dtype::F32, "{name}");
-    data.chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-fn i64s(bytes: &[u8], name: &str) -> Vec<i64> {
-    let (dtype, data) = tensor(bytes, name);
-    assert_eq!(dtype, Dtype::I64, "{name}");
-    data.chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
-    assert_eq!(ours.len(), theirs.len(), "{what}: length");
-    let scale = theirs.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let err = ours
-        .iter()
-        .zip(theirs)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    let rel = err / scale.max(1e-12);
-    println!("{what:48} max |ref| {scale:.3e}  max |diff| {err:.2e}  rel {rel:.2e}");
-    assert!(scale > 0.0, "{what}: reference is all zeros");
-    assert!(rel <= 1e-4, "{what}: relative error {rel:.2e} > 1e-4");
-}
+mod common;
+use common::{assert_close, Reference};
 
 #[test]
 fn issue18_score_head_matches_pytorch_sequence_classification() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_ref_untied");
     let model = checkpoint::load(&dir).unwrap().model;
-    let r = std::fs::read(dir.join("score_reference.safetensors")).unwrap();
-    let lengths: Vec<usize> = i64s(&r, "lengths").iter().map(|&l| l as usize).collect();
+    let r = Reference {
+        bytes: std::fs::read(dir.join("score_reference.safetensors")).unwrap(),
+    };
+    let lengths: Vec<usize> = r.i64("lengths").iter().map(|&l| l as usize).collect();
     let t = *lengths.iter().max().unwrap();
-    let inputs: Vec<u32> = i64s(&r, "inputs").iter().map(|&x| x as u32).collect();
+    let inputs: Vec<u32> = r.i64("inputs").iter().map(|&x| x as u32).collect();
     // The score reads the last token itself, so every token is an input; targets are unused.
     let targets = vec![0u32; inputs.len()];
-    let (head, d) = (f32s(&r, "head"), f32s(&r, "d"));
+    let (head, d) = (r.f32("head"), r.f32("d"));
     // Both ways of keeping activations give the same numbers.
     for recompute in [Recompute::Never, Recompute::Always] {
         let batch = TokenBatch::new(inputs.clone(), targets.clone(), lengths.clone(), t).unwrap();
@@ -68,12 +35,12 @@ fn issue18_score_head_matches_pytorch_sequence_classification() {
             .forward(&batch, ForwardOptions::default(), &mut act)
             .unwrap();
         let scores = model.scores(&act, &head).unwrap();
-        assert_close("scores", &scores, &f32s(&r, "scores"));
+        assert_close("scores", &scores, &r.f32("scores"));
         let mut grads = Gradients::new(&model);
         let dhead = model
             .backward_scores(&mut act, &head, &d, &mut grads)
             .unwrap();
-        assert_close("grad score.weight", &dhead, &f32s(&r, "grad.score.weight"));
+        assert_close("grad score.weight", &dhead, &r.f32("grad.score.weight"));
         for tensor in model.trainable_tensors() {
             let ours = &grads.data[tensor.range()];
             if tensor.name == "lm_head.weight" {
@@ -86,7 +53,7 @@ fn issue18_score_head_matches_pytorch_sequence_classification() {
             assert_close(
                 &format!("grad {}", tensor.name),
                 ours,
-                &f32s(&r, &format!("grad.{}", tensor.name)),
+                &r.f32(&format!("grad.{}", tensor.name)),
             );
         }
         // Bad inputs are refused by name.

@@ -323,25 +323,7 @@ impl Transformer {
                         .zip(&normed[last])
                         .for_each(|(d, h)| *d += ds * h);
                 }
-                let p = &self.params;
-                let mut frozen = Vec::new();
-                let dgain = match self.base_grad(g, lay.final_norm, c) {
-                    Some(d) => d,
-                    None => {
-                        frozen.resize(c, 0.0);
-                        &mut frozen[..]
-                    }
-                };
-                norm_rows_backward(
-                    &mut act.dx[..n * c],
-                    dgain,
-                    &act.dh[..n * c],
-                    &act.resid[s * n * c..(s + 1) * n * c],
-                    &act.rstd[s * n..(s + 1) * n],
-                    &p[lay.final_norm..lay.final_norm + c],
-                    false,
-                    par,
-                );
+                self.norm_backward(act, s, g, lay.final_norm, false, par);
             }
         }
 
@@ -456,6 +438,22 @@ impl Transformer {
         self.weight_grad(g, &mut act.lora_scratch, w_off, dy, normed, n, c, out, par);
         let w = &p[w_off..w_off + out * c];
         kernels::linear_backward_input(&mut act.dh[..n * c], dy, w, n, c, out, false, par);
+        self.norm_backward(act, slot, g, norm_off, accumulate, par);
+    }
+
+    /// The backward pass of norm slot `slot` from d loss / d (its output) in `act.dh`: the
+    /// gain's gradient (at `norm_off`) into `g`, and d loss / d x written — or with
+    /// `accumulate` added — into `act.dx`.
+    fn norm_backward(
+        &self,
+        act: &mut Shard,
+        slot: usize,
+        g: &mut [f32],
+        norm_off: usize,
+        accumulate: bool,
+        par: bool,
+    ) {
+        let (n, c, p) = (act.n, self.config.hidden_size, &self.params);
         let mut frozen = Vec::new();
         let dgain = match self.base_grad(g, norm_off, c) {
             Some(d) => d,
