@@ -32,6 +32,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod policy;
+pub mod reward;
 pub use autodidact_core::rng;
 pub mod sample;
 
@@ -48,6 +49,7 @@ pub use model::{
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;
+pub use reward::RewardModel;
 pub use rng::Rng;
 pub use sample::{FinishReason, NoStop, Sample, SamplingConfig, StopCheck};
 

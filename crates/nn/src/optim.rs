@@ -62,6 +62,19 @@ impl AdamWConfig {
         Ok(())
     }
 
+    /// An optimizer for `n` values outside a model's layout (a score head), decayed when
+    /// `decay`.
+    pub fn build_for(&self, n: usize, decay: bool) -> Result<AdamW> {
+        self.validate()?;
+        Ok(AdamW {
+            config: self.clone(),
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            decay: vec![decay; n],
+            step: 0,
+        })
+    }
+
     /// An optimizer for `model`'s trainable values (every parameter, or its LoRA adapters).
     pub fn build(&self, model: &Transformer) -> Result<AdamW> {
         self.validate()?;

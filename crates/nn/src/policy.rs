@@ -29,7 +29,7 @@ pub struct NativePolicy {
     last: Option<(Vec<(usize, usize)>, usize)>,
 }
 
-fn adamw(s: &OptimizerSettings) -> AdamWConfig {
+pub(crate) fn adamw(s: &OptimizerSettings) -> AdamWConfig {
     AdamWConfig {
         beta1: s.beta1,
         beta2: s.beta2,
@@ -97,6 +97,87 @@ impl NativePolicy {
 
     /// `prompt completion <stop>` (or `prompt completion_tokens`) and the length of the
     /// encoded prompt.
+    /// A scalar head's score of each example (`head · h` at its last token, the whole
+    /// sequence read; [`Transformer::scores`]), with the pass cached for
+    /// [`NativePolicy::backward_scores`].
+    pub(crate) fn forward_scores(
+        &mut self,
+        head: &[f32],
+        batch: &[Example],
+    ) -> crate::Result<Vec<f32>> {
+        self.last = None;
+        let ctx = self.model.config().context_length;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for ex in batch {
+            let (ids, _) = self.encode(ex)?;
+            if ids.len() > ctx {
+                return Err(Error::invalid(
+                    "example",
+                    format!(
+                        "{} tokens, beyond the model's context of {ctx}: a score reads every token",
+                        ids.len()
+                    ),
+                ));
+            }
+            seqs.push(ids);
+        }
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut inputs = vec![0u32; seqs.len() * t];
+        for (b, s) in seqs.iter().enumerate() {
+            inputs[b * t..b * t + s.len()].copy_from_slice(s);
+        }
+        // Targets are not read: every token is an input.
+        let targets = vec![0u32; inputs.len()];
+        let lengths = seqs.iter().map(|s| s.len()).collect();
+        let tb = TokenBatch::new(inputs, targets, lengths, t)?;
+        self.model
+            .forward(&tb, ForwardOptions::default(), &mut self.act)?;
+        self.model.scores(&self.act, head)
+    }
+
+    /// Accumulates the gradient of `Σ_b dscores_b · score_b` over the last
+    /// [`NativePolicy::forward_scores`] into the policy's gradient; returns it in `head`.
+    pub(crate) fn backward_scores(
+        &mut self,
+        head: &[f32],
+        dscores: &[f32],
+    ) -> crate::Result<Vec<f32>> {
+        self.model
+            .backward_scores(&mut self.act, head, dscores, &mut self.grads)
+    }
+
+    /// The optimizer step of [`TrainablePolicy::step`] with `extra` parameters beside the
+    /// model's (a score head: its values, gradient and AdamW): both are clipped together to
+    /// `max_grad_norm` (0: no clipping), as PyTorch's `clip_grad_norm_` over every
+    /// parameter; returns the joint norm before clipping.
+    pub(crate) fn step_with(
+        &mut self,
+        lr: f32,
+        max_grad_norm: f32,
+        extra: (&mut [f32], &mut [f32], &mut AdamW),
+    ) -> crate::Result<f32> {
+        let (values, grad, opt) = extra;
+        let base = self.grads.global_norm() as f64;
+        let own: f64 = grad.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        let norm = (base * base + own).sqrt() as f32;
+        if max_grad_norm > 0.0 && norm > max_grad_norm && norm.is_finite() {
+            let s = max_grad_norm / (norm + 1e-6);
+            self.grads.scale(s);
+            grad.iter_mut().for_each(|g| *g *= s);
+        }
+        let model_opt = self.optimizer.as_mut().ok_or_else(|| {
+            Error::invalid(
+                "training step",
+                "no optimizer: call reset_optimizer before the first step",
+            )
+        })?;
+        self.model.update(model_opt, &self.grads, lr)?;
+        opt.step(values, grad, lr)?;
+        self.grads.zero();
+        grad.fill(0.0);
+        Ok(norm)
+    }
+
     fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode_prompt(&ex.prompt)?;
         let prompt_len = ids.len();
