@@ -113,18 +113,23 @@ def batched_as_autodidact(trainer_class, job, n):
     return Trainer
 
 
-def optimizer(job, model, n):
-    """autodidact's AdamW (PyTorch's betas and eps; weight decay on matrices and embeddings
-    only) and its schedule, exactly: the rate of update s (0-based) is lr·(s+1)/W during W
-    warm-up updates, then a cosine from lr to lr·min_lr_ratio at the last update."""
+def adamw(job, model):
+    """autodidact's AdamW: PyTorch's betas and eps, weight decay on matrices and embeddings
+    only."""
     o = job["optimizer"]
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": o["weight_decay"]},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(0.9, 0.999), eps=1e-8)
-    total = steps(job, n)
+    return torch.optim.AdamW(groups, lr=o["lr"], betas=(0.9, 0.999), eps=1e-8)
+
+
+def schedule(job, total):
+    """autodidact's learning-rate schedule over `total` updates, as a factor of lr for update
+    s (0-based): (s+1)/W during W warm-up updates, then a cosine from 1 to min_lr_ratio at
+    the last update."""
+    o = job["optimizer"]
     warm, floor = min(o["warmup_steps"], total), o["min_lr_ratio"]
 
     def factor(s):
@@ -135,7 +140,13 @@ def optimizer(job, model, n):
             return floor
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warm) / span))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return factor
+
+
+def optimizer(job, model, n):
+    """autodidact's AdamW and its schedule over the job's steps, exactly."""
+    opt = adamw(job, model)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule(job, steps(job, n)))
 
 
 def finish(job, trainer, tok, n, metrics=None):

@@ -32,7 +32,7 @@ DeepSpeed ZeRO or FSDP it is sharded and this script does not carry it between s
 fresh AdamW per step): train with DDP, or natively, when that matters.
 """
 
-import math
+import json
 import os
 import sys
 
@@ -41,7 +41,7 @@ from accelerate import Accelerator, DistributedType
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from common import examples, load, read_job
+from common import adamw, examples, load, read_job, schedule
 
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -57,19 +57,6 @@ def kl(d, estimator):
     if estimator == "k2":
         return 0.5 * d * d
     return torch.exp(-d) + d - 1.0
-
-
-def lr_at(job, update):
-    """autodidact's schedule: W warm-up updates to lr, then a cosine to lr·min_lr_ratio."""
-    o, plan = job["optimizer"], job["plan"]
-    total = plan["schedule_total"]
-    warm, floor = min(o["warmup_steps"], total), o["min_lr_ratio"]
-    if update < warm:
-        return o["lr"] * (update + 1) / warm
-    span = total - warm
-    if span == 0 or update >= total:
-        return o["lr"] * floor
-    return o["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (update - warm) / span)))
 
 
 class Scorer:
@@ -135,12 +122,8 @@ def train(job):
         if ref is not model:
             del ref
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": o["weight_decay"]},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(0.9, 0.999), eps=1e-8)
+    opt = adamw(job, model)
+    factor = schedule(job, plan["schedule_total"])
     # DeepSpeed and FSDP shard the optimizer's state: it is not carried between steps here.
     carried = acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
     state = job.get("optimizer_state") if carried else None
@@ -206,10 +189,10 @@ def train(job):
         norm = acc.clip_grad_norm_(model.parameters(), o["max_grad_norm"] if o["max_grad_norm"] > 0 else float("inf"))
         sums["grad_norm"] += float(norm) / len(plan["updates"])
         for g in opt.param_groups:
-            g["lr"] = lr_at(job, plan["schedule_first"] + k)
+            g["lr"] = o["lr"] * factor(plan["schedule_first"] + k)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        acc.print(f"update {k + 1}/{len(plan['updates'])}: pass {u['pass']}, {len(rows)} completions, lr {lr_at(job, plan['schedule_first'] + k):.3g}, grad norm {float(norm):.4f}")
+        acc.print(f"update {k + 1}/{len(plan['updates'])}: pass {u['pass']}, {len(rows)} completions, lr {opt.param_groups[0]['lr']:.3g}, grad norm {float(norm):.4f}")
 
     # Each process summed its share; the report holds the step's totals.
     keys = ["loss", "sft_loss", "tokens", "clipped_low", "clipped_high", "kl", "entropy"]
@@ -243,8 +226,6 @@ def train(job):
             },
         }
         if job.get("stats"):
-            import json
-
             with open(job["stats"], "w") as f:
                 json.dump(report, f, indent=2)
         print(f"{len(plan['updates'])} updates on {len(lines)} completions, loss {sums['loss']:.4f}")

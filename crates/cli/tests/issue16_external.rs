@@ -103,6 +103,17 @@ fn run(dir: &Path, name: &str, config: &Path, sets: &[&str]) -> (PathBuf, Output
     (out_dir, out)
 }
 
+/// [`run`], which must succeed: the run directory.
+fn run_ok(dir: &Path, name: &str, config: &Path, sets: &[&str]) -> PathBuf {
+    let (out_dir, out) = run(dir, name, config, sets);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out_dir
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -204,18 +215,8 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
             from_base,
             &format!("{extra}{}", external(&autodidact_train(), 600)),
         );
-        let (native, out) = run(d, &format!("{name}-native"), &native_cfg, &sets);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (ext, out) = run(d, &format!("{name}-external"), &ext_cfg, &sets);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let native = run_ok(d, &format!("{name}-native"), &native_cfg, &sets);
+        let ext = run_ok(d, &format!("{name}-external"), &ext_cfg, &sets);
         assert_same_run(&native, &ext);
         // The trained round records the job, the trainer's log and its report.
         let round = if name == "seed" { 0 } else { 1 };
@@ -306,12 +307,7 @@ fn issue16_a_failing_trainer_stops_the_run_cleanly_and_resume_finishes_it() {
     let script = d.join("flaky.sh");
     std::fs::write(&script, FLAKY).unwrap();
     let native_cfg = config(d, "native", "star-addition.toml", true, "");
-    let (native, out) = run(d, "native", &native_cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let native = run_ok(d, "native", &native_cfg, &sets);
     for (mode, timeout, says) in [
         (
             "exit",
@@ -436,19 +432,9 @@ fn issue16_a_served_policy_is_trained_externally_and_reloaded_between_rounds() {
     ];
     let server = common::serve(base());
     let cfg = served_config(d, "served", "star-addition.toml", &server, base());
-    let (run_dir, out) = run(d, "served", &cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run_dir = run_ok(d, "served", &cfg, &sets);
     let native_cfg = config(d, "native", "star-addition.toml", true, "");
-    let (native, out) = run(d, "native", &native_cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let native = run_ok(d, "native", &native_cfg, &sets);
     let last = std::path::absolute(run_dir.join("checkpoints/r0002")).unwrap();
     assert_eq!(served_path(&server), last.display().to_string());
     for r in ["r0001", "r0002"] {
@@ -507,12 +493,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         "rl.drop_zero_std=true",
     ];
     let native_cfg = config(d, "pg-native", "grpo-addition.toml", true, "");
-    let (native, out) = run(d, "pg-native", &native_cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let native = run_ok(d, "pg-native", &native_cfg, &sets);
     let ext_cfg = config(
         d,
         "pg-external",
@@ -520,12 +501,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         true,
         &external(&autodidact_train(), 600),
     );
-    let (ext, out) = run(d, "pg-external", &ext_cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ext = run_ok(d, "pg-external", &ext_cfg, &sets);
     assert_same_run(&native, &ext);
     // The round records the last step's job and dataset, and the log of every step's job.
     let manifest = read(&ext.join("rounds/r0002/manifest.json"));
@@ -607,12 +583,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         "{body}"
     );
     let served_cfg = served_config(d, "pg-served", "grpo-addition.toml", &server, base());
-    let (served, out) = run(d, "pg-served", &served_cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let served = run_ok(d, "pg-served", &served_cfg, &sets);
     let last = std::path::absolute(served.join("checkpoints/r0002")).unwrap();
     assert_eq!(served_path(&server), last.display().to_string());
     let sampled = |run: &Path| {
@@ -629,12 +600,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
     // adapters of a native LoRA run's M0, each step trains adapters, and the servers load
     // them; the samples are the native LoRA run's.
     let lora_sets: Vec<&str> = sets.iter().copied().chain(["model.lora.rank=4"]).collect();
-    let (lora_native, out) = run(d, "pg-lora-native", &native_cfg, &lora_sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lora_native = run_ok(d, "pg-lora-native", &native_cfg, &lora_sets);
     let adapters = lora_native.join("checkpoints/r0000");
     let lora_server = common::serve(&adapters);
     let cfg = served_config(
@@ -644,12 +610,7 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         &lora_server,
         &adapters,
     );
-    let (lora_served, out) = run(d, "pg-lora-served", &cfg, &sets);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lora_served = run_ok(d, "pg-lora-served", &cfg, &sets);
     assert_eq!(sampled(&lora_served), sampled(&lora_native));
     let last = lora_served.join("checkpoints/r0002");
     assert!(last.join("adapter_config.json").exists() && !last.join("config.json").exists());

@@ -593,18 +593,34 @@ impl Run {
         train: &TrainConfig,
         optimizer: &OptimizerConfig,
     ) -> Result<TrainJob> {
+        let (model, output) = (
+            self.weights_dir(init)?,
+            self.scratch_checkpoint(round, None)?,
+        );
+        self.job_at(objective, round, data, model, output, train, optimizer)
+    }
+
+    /// [`Run::job`] starting from the checkpoint `model` and writing to `output` (absolute
+    /// paths).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn job_at(
+        &self,
+        objective: Objective,
+        round: u32,
+        data: &str,
+        model: std::path::PathBuf,
+        output: std::path::PathBuf,
+        train: &TrainConfig,
+        optimizer: &OptimizerConfig,
+    ) -> Result<TrainJob> {
         let rd = RunDir::round_dir(round);
-        let model = self.weights_dir(init)?;
         Ok(TrainJob {
             objective,
             round,
             seed: self.seed(round, if round == 0 { "seed" } else { "train" }),
             data: self.absolute(data)?,
             model,
-            output: self.absolute(&format!(
-                "checkpoints/.{}.tmp-external",
-                RunDir::checkpoint_dir(round).trim_start_matches("checkpoints/")
-            ))?,
+            output,
             stats: Some(self.absolute(&format!("{rd}/{TRAINER_STATS}"))?),
             // A served model's weights are a Hugging Face checkpoint the native backend loads.
             backend: match self.plan.model.served_weights() {
@@ -613,6 +629,22 @@ impl Run {
             },
             train: train.clone(),
             optimizer: optimizer.clone(),
+        })
+    }
+
+    /// Where an external trainer writes round `round`'s checkpoint (of rollout step `step`,
+    /// for a policy-gradient round) before it is checked: a temporary directory beside the
+    /// run's checkpoints, which `resume` clears when a crash leaves it.
+    pub(crate) fn scratch_checkpoint(
+        &self,
+        round: u32,
+        step: Option<u32>,
+    ) -> Result<std::path::PathBuf> {
+        let name = RunDir::checkpoint_dir(round);
+        let name = name.trim_start_matches("checkpoints/");
+        self.absolute(&match step {
+            None => format!("checkpoints/.{name}.tmp-external"),
+            Some(s) => format!("checkpoints/.{name}.step-{s:04}.tmp-external"),
         })
     }
 

@@ -385,6 +385,7 @@ pub fn run_native(
                 .collect();
             let old: Vec<Vec<f32>> = lines.iter().map(|l| l.old_logprobs.clone()).collect();
             let advantages: Vec<f32> = lines.iter().map(|l| l.advantage).collect();
+            let rewards: Vec<f32> = lines.iter().map(|l| l.reward).collect();
             let refs = match (plan.surrogate.beta > 0.0, reference) {
                 (false, _) => None,
                 (true, None) => {
@@ -406,6 +407,7 @@ pub fn run_native(
             let batch = PgBatch {
                 examples: &examples,
                 old: &old,
+                rewards: &rewards,
                 advantages: &advantages,
                 refs: refs.as_deref(),
             };

@@ -146,35 +146,45 @@ impl NativePolicy {
             .backward_scores(&mut self.act, head, dscores, &mut self.grads)
     }
 
-    /// The optimizer step of [`TrainablePolicy::step`] with `extra` parameters beside the
-    /// model's (a score head: its values, gradient and AdamW): both are clipped together to
-    /// `max_grad_norm` (0: no clipping), as PyTorch's `clip_grad_norm_` over every
-    /// parameter; returns the joint norm before clipping.
+    /// The optimizer step of [`TrainablePolicy::step`], with `extra` parameters beside the
+    /// model's when given (a score head: its values, gradient and AdamW): all are clipped
+    /// together to `max_grad_norm` (0: no clipping), as PyTorch's `clip_grad_norm_` over every
+    /// parameter; returns the norm before clipping.
     pub(crate) fn step_with(
         &mut self,
         lr: f32,
         max_grad_norm: f32,
-        extra: (&mut [f32], &mut [f32], &mut AdamW),
+        extra: Option<(&mut [f32], &mut [f32], &mut AdamW)>,
     ) -> crate::Result<f32> {
-        let (values, grad, opt) = extra;
-        let base = self.grads.global_norm() as f64;
-        let own: f64 = grad.iter().map(|&g| (g as f64) * (g as f64)).sum();
-        let norm = (base * base + own).sqrt() as f32;
-        if max_grad_norm > 0.0 && norm > max_grad_norm && norm.is_finite() {
-            let s = max_grad_norm / (norm + 1e-6);
-            self.grads.scale(s);
-            grad.iter_mut().for_each(|g| *g *= s);
-        }
-        let model_opt = self.optimizer.as_mut().ok_or_else(|| {
-            Error::invalid(
+        let opt = self.optimizer.as_mut().ok_or_else(|| {
+            autodidact_core::Error::invalid(
                 "training step",
                 "no optimizer: call reset_optimizer before the first step",
             )
         })?;
-        self.model.update(model_opt, &self.grads, lr)?;
-        opt.step(values, grad, lr)?;
+        let norm = match &extra {
+            None if max_grad_norm > 0.0 => self.grads.clip_global_norm(max_grad_norm),
+            None => self.grads.global_norm(),
+            Some((_, grad, _)) => {
+                let base = self.grads.global_norm() as f64;
+                let own: f64 = grad.iter().map(|&g| (g as f64) * (g as f64)).sum();
+                (base * base + own).sqrt() as f32
+            }
+        };
+        let extra = extra.map(|(values, grad, head_opt)| {
+            if max_grad_norm > 0.0 && norm > max_grad_norm && norm.is_finite() {
+                let s = max_grad_norm / (norm + 1e-6);
+                self.grads.scale(s);
+                grad.iter_mut().for_each(|g| *g *= s);
+            }
+            (values, grad, head_opt)
+        });
+        self.model.update(opt, &self.grads, lr)?;
+        if let Some((values, grad, head_opt)) = extra {
+            head_opt.step(values, grad, lr)?;
+            grad.fill(0.0);
+        }
         self.grads.zero();
-        grad.fill(0.0);
         Ok(norm)
     }
 
@@ -691,20 +701,7 @@ impl TrainablePolicy for NativePolicy {
     }
 
     fn step(&mut self, lr: f32, max_grad_norm: f32) -> autodidact_core::Result<f32> {
-        let opt = self.optimizer.as_mut().ok_or_else(|| {
-            autodidact_core::Error::invalid(
-                "training step",
-                "no optimizer: call reset_optimizer before the first step",
-            )
-        })?;
-        let norm = if max_grad_norm > 0.0 {
-            self.grads.clip_global_norm(max_grad_norm)
-        } else {
-            self.grads.global_norm()
-        };
-        self.model.update(opt, &self.grads, lr).map_err(to_core)?;
-        self.grads.zero();
-        Ok(norm)
+        self.step_with(lr, max_grad_norm, None).map_err(to_core)
     }
 
     fn save(&self, dir: &Path) -> autodidact_core::Result<()> {

@@ -96,8 +96,11 @@ impl RewardModel {
                 "no optimizer: call reset_optimizer before the first step",
             )
         })?;
-        self.policy
-            .step_with(lr, max_grad_norm, (&mut self.head, &mut self.dhead, opt))
+        self.policy.step_with(
+            lr,
+            max_grad_norm,
+            Some((&mut self.head, &mut self.dhead, opt)),
+        )
     }
 }
 

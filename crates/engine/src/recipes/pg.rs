@@ -486,15 +486,9 @@ fn schedule(cfg: &RlConfig, round: u32) -> (u64, u64) {
 pub(crate) trait StepTrainer {
     /// The policy that samples the next rollout: the weights of the last step.
     fn policy(&mut self) -> &mut dyn Policy;
-    /// Takes the optimizer steps of `plan` on `batch`; `rewards` (per completion) are for the
-    /// record of what it trained on.
-    fn update(
-        &mut self,
-        batch: &PgBatch,
-        rewards: &[f32],
-        plan: &PgPlan,
-        obs: &mut dyn Observer,
-    ) -> Result<Updated>;
+    /// Takes the optimizer steps of `plan` on `batch`.
+    fn update(&mut self, batch: &PgBatch, plan: &PgPlan, obs: &mut dyn Observer)
+        -> Result<Updated>;
 }
 
 /// The engine's own trainer: one optimizer state and schedule for the round.
@@ -507,7 +501,6 @@ impl StepTrainer for InProcess<'_> {
     fn update(
         &mut self,
         batch: &PgBatch,
-        _rewards: &[f32],
         plan: &PgPlan,
         _obs: &mut dyn Observer,
     ) -> Result<Updated> {
@@ -556,10 +549,11 @@ pub(crate) fn rl_round(
         let pg_batch = PgBatch {
             examples: &rollout.examples,
             old: &rollout.old,
+            rewards: &scored.rewards,
             advantages: &scored.adv.values,
             refs: scored.refs.as_deref(),
         };
-        let updated = trainer.update(&pg_batch, &scored.rewards, &plan, obs)?;
+        let updated = trainer.update(&pg_batch, &plan, obs)?;
         log.step(rollout, scored, &updated, cfg, step);
         obs.stage_progress(step as u64 + 1, log.sampled_tokens);
     }
@@ -912,11 +906,12 @@ impl PgPlan {
 }
 
 /// A rollout batch as the updates read it: per completion, the training example, its
-/// sampling log-probs and its advantage; the reference's log-probs when the loss has a KL
-/// term.
+/// sampling log-probs, its reward (for the record of what was trained on) and its
+/// advantage; the reference's log-probs when the loss has a KL term.
 pub(crate) struct PgBatch<'a> {
     pub examples: &'a [Example],
     pub old: &'a [Vec<f32>],
+    pub rewards: &'a [f32],
     pub advantages: &'a [f32],
     pub refs: Option<&'a [Vec<f32>]>,
 }

@@ -172,10 +172,9 @@ pub(crate) struct ExternalSteps<'r> {
     optimizer: OptimizerConfig,
     /// The policy that samples: the last step's weights (a served model: its servers).
     policy: Box<dyn TrainablePolicy>,
-    /// The checkpoint the next step starts from, and whether it is a step's output (removed
-    /// once the next step's is in).
+    /// The checkpoint the next step starts from: the round's starting one, then the last
+    /// step's output (removed once the next step's is in).
     model: PathBuf,
-    from_step: bool,
     optimizer_state: Option<PathBuf>,
     reference: Option<PathBuf>,
     step: u32,
@@ -221,7 +220,6 @@ impl<'r> ExternalSteps<'r> {
             optimizer: optimizer.clone(),
             policy,
             model: run.weights_dir(&RunDir::checkpoint_dir(parent))?,
-            from_step: false,
             optimizer_state,
             reference,
             step: 0,
@@ -250,7 +248,6 @@ impl StepTrainer for ExternalSteps<'_> {
     fn update(
         &mut self,
         batch: &PgBatch,
-        rewards: &[f32],
         plan: &PgPlan,
         obs: &mut dyn Observer,
     ) -> Result<Updated> {
@@ -261,7 +258,7 @@ impl StepTrainer for ExternalSteps<'_> {
                 RolloutLine {
                     prompt: e.prompt.clone(),
                     completion: e.completion.clone(),
-                    reward: rewards[i],
+                    reward: batch.rewards[i],
                     advantage: batch.advantages[i],
                     completion_ids: e.completion_tokens.clone().unwrap_or_default(),
                     old_logprobs: batch.old[i].clone(),
@@ -281,15 +278,19 @@ impl StepTrainer for ExternalSteps<'_> {
             epochs: None,
             ..TrainConfig::default()
         };
-        let mut job = run.job(objective, self.round, &data, "", &train, &self.optimizer)?;
-        job.model = self.model.clone();
-        job.output = run.absolute(&format!(
-            "checkpoints/.{}.step-{:04}.tmp-external",
-            RunDir::checkpoint_dir(self.round).trim_start_matches("checkpoints/"),
-            self.step
-        ))?;
+        let output = run.scratch_checkpoint(self.round, Some(self.step))?;
+        let job = run.job_at(
+            objective,
+            self.round,
+            &data,
+            self.model.clone(),
+            output,
+            &train,
+            &self.optimizer,
+        )?;
         let report = run.external_job(&job, obs)?;
-        if self.from_step {
+        // The last step's checkpoint has served its purpose (the round's starting one stays).
+        if self.last.is_some() {
             std::fs::remove_dir_all(&self.model)
                 .map_err(|e| autodidact_core::Error::io("removing", &self.model, e))?;
         }
@@ -300,7 +301,6 @@ impl StepTrainer for ExternalSteps<'_> {
             self.policy = run.plan.model.load(&job.output)?;
         }
         self.model = job.output.clone();
-        self.from_step = true;
         self.optimizer_state = Some(job.output.clone());
         self.step += 1;
         self.last = Some(job);
