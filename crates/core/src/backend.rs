@@ -7,7 +7,7 @@
 //! before it starts, and the way to build a fresh [`TrainablePolicy`] or load a saved one.
 //! Everything after that goes through the [`crate::Policy`] and [`TrainablePolicy`] traits.
 
-use crate::traits::{Tokenizer, TrainablePolicy};
+use crate::traits::{RewardModel, Tokenizer, TrainablePolicy};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -410,6 +410,19 @@ pub trait Backend: Send + Sync {
 
     /// Loads a policy saved in `dir`, without a run's config (`autodidact eval` and `sample`).
     fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>>;
+
+    /// The reward model in `dir`: a saved one (its score head included), or a policy
+    /// checkpoint's backbone under a fresh head drawn from `seed`.
+    fn reward_model(&self, dir: &Path, _seed: u64) -> Result<Box<dyn RewardModel>> {
+        Err(Error::invalid(
+            "reward model",
+            format!(
+                "{}: the `{}` backend cannot run reward models; use the native backend",
+                dir.display(),
+                self.kind().name()
+            ),
+        ))
+    }
 }
 
 /// The backend factory: the backends a binary links, found by the kind `[model]` names. The
@@ -462,5 +475,15 @@ impl Backends {
     /// [`Backend::load`] of the backend of `kind`.
     pub fn load(&self, kind: BackendKind, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
         self.get(kind)?.load(dir)
+    }
+
+    /// [`Backend::reward_model`] of the backend of `kind`.
+    pub fn reward_model(
+        &self,
+        kind: BackendKind,
+        dir: &Path,
+        seed: u64,
+    ) -> Result<Box<dyn RewardModel>> {
+        self.get(kind)?.reward_model(dir, seed)
     }
 }

@@ -25,7 +25,7 @@ pub use hf_tokenizer::HfTokenizer;
 pub use rng::Rng;
 pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{
-    check_each, FeedRow, OptimizerSettings, Policy, RowFeed, SampleWatch, Split, StreamModel, Task,
+    check_each, FeedRow, OptimizerSettings, Policy, RewardModel, RowFeed, SampleWatch, Split, StreamModel, Task,
     TokenScores, Tokenizer, TrainablePolicy, Wait,
 };
 pub use types::{

@@ -9,7 +9,7 @@ use crate::policy::to_core;
 use crate::{checkpoint, Error, NativePolicy, TransformerConfig, SAMPLE_WORKSPACE_BYTES};
 use autodidact_core::{
     Backend, BackendKind, CharTokenizer, LoraConfig, LoraModule, ModelConfig, ModelSpec,
-    ModelTokenizer, Result, Tokenizer, TrainablePolicy,
+    ModelTokenizer, Result, RewardModel, Tokenizer, TrainablePolicy,
 };
 use std::path::{Path, PathBuf};
 
@@ -156,6 +156,12 @@ impl Backend for NativeBackend {
 
     fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>> {
         Ok(Box::new(NativePolicy::load(dir).map_err(to_core)?))
+    }
+
+    fn reward_model(&self, dir: &Path, seed: u64) -> Result<Box<dyn RewardModel>> {
+        Ok(Box::new(
+            crate::NativeRewardModel::load(dir, seed).map_err(to_core)?,
+        ))
     }
 }
 

@@ -14,6 +14,11 @@
 //! - `optimizer.safetensors`, when optimizer state is saved: AdamW's moments
 //!   under `<tensor name>.exp_avg` / `.exp_avg_sq` and the step count in the metadata.
 //!
+//! A reward model (`reward.rs`) is the same directory with a score head: `score.weight`
+//! (1, hidden_size) beside the model's tensors, its moments in `optimizer.safetensors`, and a
+//! `config.json` naming `LlamaForSequenceClassification` (or Qwen2's) with one label, which
+//! `AutoModelForSequenceClassification` loads (it leaves the unused `lm_head.weight` out).
+//!
 //! A model with LoRA adapters (`lora.rs`) saves the adapters alone, in PEFT's layout:
 //! - `adapter_model.safetensors`: A and B of every adapter under PEFT's names
 //!   (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), with the digest of the
@@ -53,6 +58,8 @@ pub use autodidact_core::hf_tokenizer::TOKENIZER_FILE;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG_FILE: &str = autodidact_core::ADAPTER_CONFIG;
+/// The score head of a reward model.
+pub const SCORE_TENSOR: &str = "score.weight";
 const BASE_DIGEST_KEY: &str = "base_model_digest";
 const VERSION_KEY: &str = "autodidact_format_version";
 
@@ -61,6 +68,15 @@ const VERSION_KEY: &str = "autodidact_format_version";
 pub struct Checkpoint {
     pub model: Transformer,
     pub tokenizer: Option<ModelTokenizer>,
+    /// A reward model's score head (`score.weight`), when the checkpoint has one. (C)
+    pub score: Option<Vec<f32>>,
+}
+
+/// A score head saved with a model: its weights (C) and, optionally, their AdamW state.
+#[derive(Clone, Copy)]
+pub struct ScoreHead<'a> {
+    pub weight: &'a [f32],
+    pub optimizer: Option<&'a AdamW>,
 }
 
 fn to_bytes(values: &[f32]) -> Vec<u8> {
@@ -151,6 +167,17 @@ pub fn save(
     tokenizer: Option<&ModelTokenizer>,
     optimizer: Option<&AdamW>,
 ) -> Result<()> {
+    save_with(dir, model, tokenizer, optimizer, None)
+}
+
+/// [`save`] with a reward model's score head (see the module's notes on the layout).
+pub fn save_with(
+    dir: &Path,
+    model: &Transformer,
+    tokenizer: Option<&ModelTokenizer>,
+    optimizer: Option<&AdamW>,
+    head: Option<ScoreHead>,
+) -> Result<()> {
     if let Some(tok) = tokenizer {
         check_vocab("checkpoint", model, tok)?;
     }
@@ -171,7 +198,7 @@ pub fn save(
     }
     std::fs::create_dir(&tmp)
         .map_err(|e| autodidact_core::Error::io("creating directory", &tmp, e))?;
-    let result = write_files(&tmp, model, tokenizer, optimizer)
+    let result = write_files(&tmp, model, tokenizer, optimizer, head)
         .and_then(|()| Ok(autodidact_core::fs::replace_dir(&tmp, dir)?));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -198,15 +225,47 @@ fn write_files(
     model: &Transformer,
     tokenizer: Option<&ModelTokenizer>,
     optimizer: Option<&AdamW>,
+    head: Option<ScoreHead>,
 ) -> Result<()> {
+    let c = model.config().hidden_size;
+    if let Some(h) = &head {
+        if h.weight.len() != c {
+            return Err(Error::invalid(
+                "score head",
+                format!("{} values for a model of hidden_size {c}", h.weight.len()),
+            ));
+        }
+        if model.lora().is_some() {
+            return Err(Error::invalid(
+                "reward model",
+                "a score head on LoRA adapters cannot be saved; train the reward model without `lora`",
+            ));
+        }
+    }
+    let head_bytes = head.map(|h| to_bytes(h.weight));
     match model.lora() {
         None => {
             let bytes = to_bytes(model.params());
             let path = dir.join(MODEL_FILE);
-            let tensors = slices(&model.layout().tensors, &bytes);
+            let mut tensors = slices(&model.layout().tensors, &bytes);
+            if let Some(b) = &head_bytes {
+                tensors.push((SCORE_TENSOR.into(), vec![1, c], b));
+            }
             write_atomic(&path, &serialize(tensors, format_metadata(), &path)?)?;
             let special = tokenizer.and_then(ModelTokenizer::special_ids);
-            let config = serde_json::to_string_pretty(&model.config().to_hf_json(special))
+            let mut json = model.config().to_hf_json(special);
+            if head.is_some() {
+                let arch = if model.config().qkv_bias {
+                    "Qwen2ForSequenceClassification"
+                } else {
+                    "LlamaForSequenceClassification"
+                };
+                json["architectures"] = serde_json::json!([arch]);
+                json["num_labels"] = 1.into();
+                json["id2label"] = serde_json::json!({"0": "LABEL_0"});
+                json["label2id"] = serde_json::json!({"LABEL_0": 0});
+            }
+            let config = serde_json::to_string_pretty(&json)
                 .map_err(|e| Error::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
             write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
         }
@@ -269,6 +328,13 @@ fn write_files(
                 &m[r.clone()],
             ));
             tensors.push((format!("{}.exp_avg_sq", t.name), t.shape.clone(), &v[r]));
+        }
+        let head_moments = head
+            .and_then(|h| h.optimizer)
+            .map(|o| (to_bytes(&o.m), to_bytes(&o.v)));
+        if let Some((hm, hv)) = &head_moments {
+            tensors.push((format!("{SCORE_TENSOR}.exp_avg"), vec![1, c], hm));
+            tensors.push((format!("{SCORE_TENSOR}.exp_avg_sq"), vec![1, c], hv));
         }
         let mut meta = format_metadata();
         meta.insert("step".into(), opt.step.to_string());
@@ -452,6 +518,7 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     let files = weight_files(dir)?;
     let mut loaded = vec![false; layout.tensors.len()];
     let mut extra: Vec<String> = Vec::new();
+    let mut score: Option<Vec<f32>> = None;
     for path in &files {
         let bytes = read(path)?;
         if let Some(h) = hasher.as_deref_mut() {
@@ -468,8 +535,20 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
                     loaded[i] = true;
                 }
                 None if name.ends_with("rotary_emb.inv_freq") => {}
+                None if name == SCORE_TENSOR => {
+                    let mut head = vec![0.0; config.hidden_size];
+                    read_tensor(&st, path, name, &[1, config.hidden_size], &mut head, "")?;
+                    score = Some(head);
+                }
                 None => extra.push(name.to_string()),
             }
+        }
+    }
+    // A reward model saved by transformers has no LM head; it scores without one, so the
+    // head stays zero (such a checkpoint samples nothing useful as a policy).
+    if score.is_some() {
+        if let Some(i) = layout.tensors.iter().position(|t| t.name == "lm_head.weight") {
+            loaded[i] = true;
         }
     }
     if let Some(i) = loaded.iter().position(|&l| !l) {
@@ -522,6 +601,7 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     Ok(Checkpoint {
         model: Transformer::from_parts(config, params)?,
         tokenizer,
+        score,
     })
 }
 
@@ -562,6 +642,30 @@ pub fn load_optimizer(
             &mut opt.v[t.range()],
             "",
         )?;
+    }
+    Ok(Some(opt))
+}
+
+/// Loads the AdamW state of a score head of `len` values saved in `dir` into a fresh AdamW
+/// with `config` (the head decays as a matrix), or `None` when there is none.
+pub fn load_head_optimizer(dir: &Path, len: usize, config: &AdamWConfig) -> Result<Option<AdamW>> {
+    let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = read(&path)?;
+    let meta = check_version(&bytes, &path, true)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
+    let mut opt = config.build_for(len, true)?;
+    opt.step = meta
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    let hint = "; the optimizer state was saved without a score head: train the reward model from a fresh optimizer";
+    for (suffix, dst) in [("exp_avg", &mut opt.m), ("exp_avg_sq", &mut opt.v)] {
+        let name = format!("{SCORE_TENSOR}.{suffix}");
+        read_tensor(&st, &path, &name, &[1, len], dst, hint)?;
     }
     Ok(Some(opt))
 }
@@ -750,5 +854,9 @@ fn load_adapters(dir: &Path) -> Result<Checkpoint> {
         Some(t) => Some(t),
         None => ck.tokenizer,
     };
-    Ok(Checkpoint { model, tokenizer })
+    Ok(Checkpoint {
+        model,
+        tokenizer,
+        score: None,
+    })
 }

@@ -49,7 +49,7 @@ pub use model::{
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{Layout, TensorKind};
 pub use policy::NativePolicy;
-pub use reward::RewardModel;
+pub use reward::NativeRewardModel;
 pub use rng::Rng;
 pub use sample::{FinishReason, NoStop, Sample, SamplingConfig, StopCheck};
 

@@ -90,6 +90,11 @@ impl NativePolicy {
         &self.tokenizer
     }
 
+    /// The optimizer, once [`TrainablePolicy::reset_optimizer`] or `restore_optimizer` made one.
+    pub fn optimizer(&self) -> Option<&AdamW> {
+        self.optimizer.as_ref()
+    }
+
     /// The token that ends a training completion.
     fn stop_token(&self) -> u32 {
         self.tokenizer.stop_tokens()[0]
@@ -188,7 +193,7 @@ impl NativePolicy {
         Ok(norm)
     }
 
-    fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
+    pub(crate) fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode_prompt(&ex.prompt)?;
         let prompt_len = ids.len();
         if prompt_len == 0 {

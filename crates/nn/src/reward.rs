@@ -10,24 +10,26 @@
 //! same checkpoint loads as a policy; a fresh head is drawn N(0, initializer_range²), as
 //! transformers initializes `score`.
 
+use crate::checkpoint::{self, ScoreHead};
 use crate::optim::AdamW;
-use crate::policy::{adamw, NativePolicy};
+use crate::policy::{adamw, to_core, NativePolicy};
 use crate::rng::Rng;
-use crate::Result;
+use crate::{Error, Result};
 use autodidact_core::{Example, OptimizerSettings};
+use std::path::Path;
 
-pub struct RewardModel {
+pub struct NativeRewardModel {
     policy: NativePolicy,
     /// `score.weight`. (C)
     head: Vec<f32>,
     /// The head's accumulated gradient. (C)
     dhead: Vec<f32>,
     head_optimizer: Option<AdamW>,
-    /// Whether a forward pass is cached for [`RewardModel::backward`].
+    /// Whether a forward pass is cached for [`NativeRewardModel::backward`].
     ready: bool,
 }
 
-impl RewardModel {
+impl NativeRewardModel {
     /// A fresh head, seeded by `seed`, on `policy`'s backbone.
     pub fn new(policy: NativePolicy, seed: u64) -> Self {
         let cfg = policy.model().config();
@@ -50,6 +52,46 @@ impl RewardModel {
         }
     }
 
+    /// The reward model saved in `dir` ([`NativeRewardModel::save`], or transformers'
+    /// `LlamaForSequenceClassification` with one label), or, when `dir` holds a policy
+    /// checkpoint without a score head, its backbone under a fresh head drawn from `seed`.
+    pub fn load(dir: &Path, seed: u64) -> Result<Self> {
+        let mut ck = checkpoint::load(dir)?;
+        let head = ck.score.take();
+        let policy = NativePolicy::from_checkpoint(ck, dir)?;
+        Ok(match head {
+            Some(h) => Self::with_head(policy, h),
+            None => Self::new(policy, seed),
+        })
+    }
+
+    /// Writes the model, its score head and (after training) their optimizer state to `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        checkpoint::save_with(
+            dir,
+            self.policy.model(),
+            Some(self.policy.tokenizer()),
+            self.policy.optimizer(),
+            Some(ScoreHead {
+                weight: &self.head,
+                optimizer: self.head_optimizer.as_ref(),
+            }),
+        )
+    }
+
+    /// Continues the optimizer state saved in `dir` with `s`; false when there is none.
+    pub fn restore_optimizer(&mut self, dir: &Path, s: &OptimizerSettings) -> Result<bool> {
+        use autodidact_core::TrainablePolicy;
+        let head = checkpoint::load_head_optimizer(dir, self.head.len(), &adamw(s))?;
+        let Some(head) = head else { return Ok(false) };
+        if !self.policy.restore_optimizer(dir, s).map_err(Error::Core)? {
+            return Ok(false);
+        }
+        self.head_optimizer = Some(head);
+        self.dhead.fill(0.0);
+        Ok(true)
+    }
+
     pub fn policy(&self) -> &NativePolicy {
         &self.policy
     }
@@ -59,7 +101,7 @@ impl RewardModel {
     }
 
     /// The score of each example (prompt, completion and its stop token), cached for
-    /// [`RewardModel::backward`].
+    /// [`NativeRewardModel::backward`].
     pub fn scores(&mut self, batch: &[Example]) -> Result<Vec<f32>> {
         self.ready = false;
         let s = self.policy.forward_scores(&self.head, batch)?;
@@ -68,7 +110,7 @@ impl RewardModel {
     }
 
     /// Accumulates the gradient of `Σ_b dscores_b · score_b` for the last
-    /// [`RewardModel::scores`].
+    /// [`NativeRewardModel::scores`].
     pub fn backward(&mut self, dscores: &[f32]) -> Result<()> {
         if !self.ready {
             return Err(crate::Error::NoForwardCache);
@@ -104,18 +146,45 @@ impl RewardModel {
     }
 }
 
+impl autodidact_core::RewardModel for NativeRewardModel {
+    fn scores(&mut self, batch: &[Example]) -> autodidact_core::Result<Vec<f32>> {
+        NativeRewardModel::scores(self, batch).map_err(to_core)
+    }
+    fn backward(&mut self, dscores: &[f32]) -> autodidact_core::Result<()> {
+        NativeRewardModel::backward(self, dscores).map_err(to_core)
+    }
+    fn reset_optimizer(&mut self, s: &OptimizerSettings) -> autodidact_core::Result<()> {
+        NativeRewardModel::reset_optimizer(self, s).map_err(to_core)
+    }
+    fn step(&mut self, lr: f32, max_grad_norm: f32) -> autodidact_core::Result<f32> {
+        NativeRewardModel::step(self, lr, max_grad_norm).map_err(to_core)
+    }
+    fn save(&self, dir: &Path) -> autodidact_core::Result<()> {
+        NativeRewardModel::save(self, dir).map_err(to_core)
+    }
+    fn context_length(&self) -> usize {
+        self.policy.model().config().context_length
+    }
+    fn lengths(&self, batch: &[Example]) -> autodidact_core::Result<Vec<usize>> {
+        batch
+            .iter()
+            .map(|e| Ok(self.policy.encode(e).map_err(to_core)?.0.len()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::TransformerConfig;
     use autodidact_objectives::{bradley_terry, outcome_bce};
 
-    fn reward_model(seed: u64) -> RewardModel {
+    fn reward_model(seed: u64) -> NativeRewardModel {
         let tok = autodidact_core::CharTokenizer::new("0123456789+=").unwrap();
         let mut cfg = TransformerConfig::tiny(autodidact_core::Tokenizer::vocab_size(&tok));
         cfg.context_length = 24;
         let policy = NativePolicy::new(cfg.build(seed).unwrap(), tok).unwrap();
-        RewardModel::new(policy, seed)
+        NativeRewardModel::new(policy, seed)
     }
 
     fn sums(n: usize, seed: u64) -> Vec<(Example, Example)> {
@@ -144,7 +213,7 @@ mod tests {
             weight_decay: 0.0,
         };
         let (train, held) = (sums(256, 1), sums(64, 2));
-        let accuracy = |rm: &mut RewardModel| {
+        let accuracy = |rm: &mut NativeRewardModel| {
             let c: Vec<Example> = held.iter().map(|p| p.0.clone()).collect();
             let r: Vec<Example> = held.iter().map(|p| p.1.clone()).collect();
             let (sc, sr) = (rm.scores(&c).unwrap(), rm.scores(&r).unwrap());

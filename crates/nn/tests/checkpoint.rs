@@ -424,3 +424,84 @@ fn issue14_lora_adapters_round_trip_and_export() {
     let e = load_err(&ck);
     assert!(e.contains("use_dora"), "{e}");
 }
+
+/// Issue 18: a reward model saves in the `LlamaForSequenceClassification` layout (the score
+/// head as `score.weight`, its moments beside the model's), loads back to the same scores, and
+/// transformers' `AutoModelForSequenceClassification` reads it to the scores below, printed by
+/// `reference/check_hf_reward_load.py` (transformers 5.24.0, torch 2.15.0) on the checkpoint
+/// this test writes; to regenerate:
+///   AUTODIDACT_HF_CHECK_DIR=/tmp/hf_rm cargo test -p autodidact-nn --test checkpoint issue18
+///   python crates/nn/tests/reference/check_hf_reward_load.py /tmp/hf_rm
+#[test]
+fn issue18_transformers_reads_our_reward_model() {
+    use autodidact_core::{Example, OptimizerSettings, RewardModel};
+    use autodidact_nn::{NativePolicy, NativeRewardModel};
+    let tok = CharTokenizer::new("0123456789+=").unwrap();
+    let mut cfg = TransformerConfig::tiny(tok.vocab_size());
+    cfg.num_layers = 2;
+    cfg.tie_embeddings = false;
+    cfg.initializer_range = 0.3;
+    let policy = NativePolicy::new(cfg.build(2025).unwrap(), tok).unwrap();
+    let mut rm = NativeRewardModel::new(policy, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = match std::env::var_os("AUTODIDACT_HF_CHECK_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => dir.path().join("rm"),
+    };
+    let batch = [Example::new("12+34=", "46"), Example::new("9+9=", "18")];
+    let settings = OptimizerSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    rm.reset_optimizer(&settings).unwrap();
+    let step = |rm: &mut NativeRewardModel| {
+        rm.scores(&batch).unwrap();
+        rm.backward(&[1.0, -1.0]).unwrap();
+        rm.step(1e-2, 1.0).unwrap();
+    };
+    step(&mut rm);
+    rm.save(&ck).unwrap();
+    let scores = rm.scores(&batch).unwrap();
+    if std::env::var_os("AUTODIDACT_HF_CHECK_DIR").is_some() {
+        println!("ours: {scores:?}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
+    let err = scores
+        .iter()
+        .zip(HF_REWARD_SCORES)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-5, "max |ours − transformers| = {err:.2e}: {scores:?}");
+
+    // Loaded back, it scores the same, and its optimizer continues exactly: one more step
+    // after the load equals one more step without it.
+    let mut back = NativeRewardModel::load(&ck, 0).unwrap();
+    assert_eq!(back.scores(&batch).unwrap(), scores);
+    assert!(back.restore_optimizer(&ck, &settings).unwrap());
+    step(&mut back);
+    step(&mut rm);
+    assert_eq!(back.scores(&batch).unwrap(), rm.scores(&batch).unwrap());
+    assert_eq!(back.head(), rm.head());
+
+    // A policy checkpoint has no head: the load draws a fresh one from the seed, and the
+    // policy's optimizer state alone does not restore a reward model's.
+    let plain = dir.path().join("plain");
+    use autodidact_core::TrainablePolicy;
+    let mut p = NativePolicy::load(&ck).unwrap();
+    p.reset_optimizer(&settings).unwrap();
+    p.save(&plain).unwrap();
+    let (a, b) = (
+        NativeRewardModel::load(&plain, 1).unwrap(),
+        NativeRewardModel::load(&plain, 2).unwrap(),
+    );
+    assert_ne!(a.head(), b.head());
+    assert_eq!(a.head(), NativeRewardModel::load(&plain, 1).unwrap().head());
+    let mut a = a;
+    let e = a.restore_optimizer(&plain, &settings).unwrap_err().to_string();
+    assert!(e.contains("score.weight.exp_avg") && e.contains("without a score head"), "{e}");
+}
+
+include!("reference/hf_reward_values.rs");
