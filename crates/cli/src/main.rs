@@ -5,6 +5,7 @@ mod bench;
 mod bench_serve;
 mod progress;
 mod report;
+mod rm;
 mod run;
 mod serve;
 mod tools;
@@ -55,6 +56,10 @@ enum Command {
     /// Train a checkpoint on a dataset with the native trainer: the command form of a run's
     /// training stage, usable as its external trainer.
     Train(train::TrainArgs),
+    /// Reward models: label data with a verifier, train (ensembles too), score, and sweep
+    /// best-of-n against them for over-optimization.
+    #[command(subcommand)]
+    Rm(rm::RmCommand),
 }
 
 fn main() {
@@ -109,5 +114,6 @@ fn run() -> Result<()> {
         Command::Compare(args) => report::compare(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Train(args) => train::train(&args),
+        Command::Rm(command) => rm::rm(&command),
     }
 }

@@ -217,7 +217,7 @@ pub fn import(a: &ImportArgs) -> Result<()> {
 const SAMPLE_BATCH: u64 = 256;
 
 /// The run a checkpoint belongs to (`RUN/checkpoints/rNNNN`), with its configuration.
-fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
+pub(crate) fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
     let Some((root, _)) = run_checkpoint(checkpoint) else {
         return Ok(None);
     };
@@ -228,7 +228,7 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
     Ok(Some((root.to_path_buf(), cfg)))
 }
 
-fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
+pub(crate) fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     let mut table = toml::Table::new();
     table.insert("name".into(), toml::Value::String(name.into()));
     for s in sets {
@@ -256,7 +256,10 @@ fn run_checkpoint(checkpoint: &Path) -> Option<(PathBuf, u32)> {
 /// Loads a checkpoint through the backend factory; one inside a run directory (`run`, from
 /// [`run_of`]) is first checked against the SHA-256s its round's manifest recorded, as the run
 /// itself does before loading it, and loaded by the backend of the run's `[model]`.
-fn load(dir: &Path, run: Option<&(PathBuf, RunConfig)>) -> Result<Box<dyn TrainablePolicy>> {
+pub(crate) fn load(
+    dir: &Path,
+    run: Option<&(PathBuf, RunConfig)>,
+) -> Result<Box<dyn TrainablePolicy>> {
     let mut kind = BackendKind::default();
     if let (Some((root, cfg)), Some((_, round))) = (run, run_checkpoint(dir)) {
         let (run, info) = store::RunDir::open(root)?;

@@ -25,8 +25,8 @@ pub use hf_tokenizer::HfTokenizer;
 pub use rng::Rng;
 pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{
-    check_each, FeedRow, OptimizerSettings, Policy, RewardModel, RowFeed, SampleWatch, Split, StreamModel, Task,
-    TokenScores, Tokenizer, TrainablePolicy, Wait,
+    check_each, FeedRow, OptimizerSettings, Policy, RewardModel, RowFeed, SampleWatch, Split,
+    StreamModel, Task, TokenScores, Tokenizer, TrainablePolicy, Wait,
 };
 pub use types::{
     check_stop_strings, find_stop, plain_chat_prompt, ChatMessage, Completion, Example,

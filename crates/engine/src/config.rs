@@ -63,6 +63,12 @@ pub struct RunConfig {
     /// `[train]`: who runs the training stages (the native trainer, or an external command).
     #[serde(default, skip_serializing_if = "TrainerConfig::is_default")]
     pub train: TrainerConfig,
+    /// `[reward]`: the verifier, or a learned reward model or ensemble as the reward.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::reward::RewardConfig::is_default"
+    )]
+    pub reward: crate::reward::RewardConfig,
     /// The recipe sections of the file, and every section of the run's recipe, resolved by
     /// their families (every default filled in).
     #[serde(skip)]
@@ -498,6 +504,8 @@ pub struct RunPlan {
     pub score_rows: usize,
     /// The recipe's own judge model (`[judge.model]`), through the backend factory.
     pub judge: Option<Box<dyn ModelSpec>>,
+    /// The learned reward (`[reward] model`) that replaces the verifier's, loaded.
+    pub reward: Option<crate::reward::ProxyReward>,
 }
 
 pub(crate) fn check_train(key: &str, t: &TrainConfig) -> Result<()> {
@@ -741,6 +749,16 @@ impl RunConfig {
                 })
             })
             .transpose()?;
+        if self.reward.model.is_some() && !recipe.takes_proxy_reward() {
+            return Err(Error::config(
+                "reward.model",
+                format!(
+                    "{} builds its training data from its own judge, vote or the verifier; a reward model drives the policy-gradient recipes, raft and star",
+                    recipe.name()
+                ),
+            ));
+        }
+        let reward = self.reward.build(backends)?;
         Ok(RunPlan {
             config: self.clone(),
             recipe,
@@ -749,6 +767,7 @@ impl RunConfig {
             max_new_tokens,
             score_rows,
             judge,
+            reward,
         })
     }
 }

@@ -9,7 +9,11 @@
 //!   - `exploration_collapse`: `explore/answer_entropy < threshold` (a problem's samples
 //!     nearly all give one answer);
 //!   - `entropy_collapse`: `drift/token_entropy < threshold`;
-//!   - `kl_budget`: `drift/kl_to_seed > threshold`.
+//!   - `kl_budget`: `drift/kl_to_seed > threshold`;
+//!   - `ensemble_disagreement`: a reward-model ensemble's disagreement on the held-out samples
+//!     rose since the first round that has it, `dis_r − dis_first > threshold`
+//!     (`proxy/eval_disagreement`; needs no gold labels, so it guards runs without a
+//!     verifier: the policy is moving where the reward models were not trained).
 //! - **Early stopping** (`patience`): stop when held-out pass@1 has not beaten its best for
 //!   `patience` rounds.
 //! - **B-STaR balancing** (`balance`, recipe `star`): before sampling a round, probe each
@@ -31,6 +35,7 @@ pub enum AlarmKind {
     ExplorationCollapse,
     EntropyCollapse,
     KlBudget,
+    EnsembleDisagreement,
 }
 
 impl AlarmKind {
@@ -40,6 +45,7 @@ impl AlarmKind {
             AlarmKind::ExplorationCollapse => "exploration_collapse",
             AlarmKind::EntropyCollapse => "entropy_collapse",
             AlarmKind::KlBudget => "kl_budget",
+            AlarmKind::EnsembleDisagreement => "ensemble_disagreement",
         }
     }
 }
@@ -108,6 +114,11 @@ pub fn alarm_value(kind: AlarmKind, history: &[BTreeMap<String, f64>]) -> Option
         AlarmKind::ExplorationCollapse => now.get("explore/answer_entropy").copied(),
         AlarmKind::EntropyCollapse => now.get("drift/token_entropy").copied(),
         AlarmKind::KlBudget => now.get("drift/kl_to_seed").copied(),
+        AlarmKind::EnsembleDisagreement => {
+            const KEY: &str = "proxy/eval_disagreement";
+            let first = history.iter().find_map(|m| m.get(KEY))?;
+            Some(now.get(KEY)? - first)
+        }
     }
 }
 
@@ -118,7 +129,9 @@ pub fn check_alarms(history: &[BTreeMap<String, f64>], alarms: &[AlarmConfig]) -
         .filter_map(|a| {
             let v = alarm_value(a.kind, history)?;
             let (fires, rel) = match a.kind {
-                AlarmKind::ProxyGoldDivergence | AlarmKind::KlBudget => (v > a.threshold, ">"),
+                AlarmKind::ProxyGoldDivergence
+                | AlarmKind::KlBudget
+                | AlarmKind::EnsembleDisagreement => (v > a.threshold, ">"),
                 AlarmKind::ExplorationCollapse | AlarmKind::EntropyCollapse => {
                     (v < a.threshold, "<")
                 }
@@ -189,6 +202,29 @@ mod tests {
             threshold,
             action,
         }
+    }
+
+    #[test]
+    fn issue18_disagreement_alarm_is_the_rise_since_the_first_round_that_has_it() {
+        let h = vec![
+            line(&[("round", 0.0), ("proxy/eval_disagreement", 0.40)]),
+            line(&[("round", 1.0), ("proxy/eval_disagreement", 0.41)]),
+            line(&[("round", 2.0), ("proxy/eval_disagreement", 0.43)]),
+        ];
+        let v = alarm_value(AlarmKind::EnsembleDisagreement, &h).unwrap();
+        assert!((v - 0.03).abs() < 1e-12);
+        let alarm = |threshold| AlarmConfig {
+            kind: AlarmKind::EnsembleDisagreement,
+            threshold,
+            action: AlarmAction::Stop,
+        };
+        assert_eq!(check_alarms(&h, &[alarm(0.02)]).len(), 1);
+        assert!(check_alarms(&h[..2], &[alarm(0.02)]).is_empty());
+        // Without an ensemble there is nothing to watch.
+        assert_eq!(
+            alarm_value(AlarmKind::EnsembleDisagreement, &[line(&[("round", 1.0)])]),
+            None
+        );
     }
 
     #[test]

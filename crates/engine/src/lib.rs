@@ -23,6 +23,8 @@ pub mod pairs;
 pub mod progress;
 pub mod recipes;
 pub mod report;
+pub mod reward;
+pub mod rm;
 pub mod run;
 pub mod sampling;
 pub mod store;

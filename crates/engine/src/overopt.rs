@@ -105,9 +105,82 @@ pub fn fit(form: Form, points: &[(f64, f64)]) -> Option<Fit> {
     Some(f)
 }
 
+/// Best-of-n from a fixed pool of samples, without drawing: the expected proxy and gold
+/// reward of the sample with the highest proxy among `n` drawn without replacement from each
+/// problem's `N` samples, averaged over problems. The sample `j`-th lowest in proxy is the
+/// best of a random `n`-subset with probability `C(j, n−1) / C(N, n)` (ties go to the later
+/// sample), so every `n ≤ N` is read off one pool exactly (the unbiased estimator of Nakano
+/// et al., 2021, as the over-optimization paper uses it).
+pub fn best_of_n(proxy: &[Vec<f32>], gold: &[Vec<f32>], n: usize) -> Option<(f64, f64)> {
+    let (mut p_sum, mut g_sum, mut problems) = (0.0, 0.0, 0usize);
+    for (p, g) in proxy.iter().zip(gold) {
+        let big_n = p.len();
+        if n == 0 || n > big_n || g.len() != big_n {
+            return None;
+        }
+        let mut order: Vec<usize> = (0..big_n).collect();
+        order.sort_by(|&a, &b| p[a].total_cmp(&p[b]).then(a.cmp(&b)));
+        let ln_fact: Vec<f64> = std::iter::once(0.0)
+            .chain((1..=big_n).scan(0.0, |acc, k| {
+                *acc += (k as f64).ln();
+                Some(*acc)
+            }))
+            .collect();
+        let ln_choose = |a: usize, b: usize| ln_fact[a] - ln_fact[b] - ln_fact[a - b];
+        let total = ln_choose(big_n, n);
+        for (j, &i) in order.iter().enumerate().skip(n - 1) {
+            let w = (ln_choose(j, n - 1) - total).exp();
+            p_sum += w * p[i] as f64;
+            g_sum += w * g[i] as f64;
+        }
+        problems += 1;
+    }
+    (problems > 0).then(|| (p_sum / problems as f64, g_sum / problems as f64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The closed form against every n-subset, enumerated.
+    #[test]
+    fn issue18_best_of_n_is_the_mean_over_every_subset() {
+        let proxy = vec![
+            vec![0.3, -1.0, 2.0, 0.3, 0.7, 1.5],
+            vec![1.0, 0.0, 0.5, 0.2, 0.9, 0.1],
+        ];
+        let gold = vec![
+            vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0],
+            vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+        ];
+        for n in 1..=6 {
+            let (mut ps, mut gs, mut count) = (0.0, 0.0, 0.0);
+            for (p, g) in proxy.iter().zip(&gold) {
+                for mask in 0u32..64 {
+                    if mask.count_ones() as usize != n {
+                        continue;
+                    }
+                    // The best of the subset, ties to the later sample.
+                    let best = (0..6)
+                        .filter(|i| mask & (1 << i) != 0)
+                        .reduce(|a, b| if p[b] >= p[a] { b } else { a })
+                        .unwrap();
+                    ps += p[best] as f64;
+                    gs += g[best] as f64;
+                    count += 1.0;
+                }
+            }
+            let (bp, bg) = best_of_n(&proxy, &gold, n).unwrap();
+            assert!(
+                (bp - ps / count).abs() < 1e-9 && (bg - gs / count).abs() < 1e-9,
+                "n {n}"
+            );
+        }
+        // n = 1 is the mean sample; n beyond the pool has no estimate.
+        let (_, g1) = best_of_n(&proxy, &gold, 1).unwrap();
+        assert!((g1 - 7.0 / 12.0).abs() < 1e-12);
+        assert_eq!(best_of_n(&proxy, &gold, 7), None);
+    }
 
     #[test]
     fn issue18_best_of_n_kl_is_the_closed_form() {

@@ -78,6 +78,11 @@ pub trait Recipe: Send + Sync {
     /// controller) and the memory its stages need.
     fn check(&self, config: &RunConfig, task: &dyn Task, budget: &Budget) -> Result<()>;
 
+    /// Whether its rewards can come from a learned reward model (`[reward] model`).
+    fn takes_proxy_reward(&self) -> bool {
+        false
+    }
+
     /// Whether the controller's B-STaR balancing (`controller.balance`) can steer its sampling.
     fn balances(&self) -> bool {
         false

@@ -532,7 +532,8 @@ impl Run {
         Ok(())
     }
 
-    /// The round's `k` graded samples of every unlabeled problem.
+    /// The round's `k` graded samples of every unlabeled problem, with a learned reward's
+    /// scores as their rewards when the run has one (and its `proxy/*`, `gold/*` metrics).
     pub(crate) fn sample_pool(
         &self,
         policy: &mut dyn TrainablePolicy,
@@ -540,12 +541,12 @@ impl Run {
         k: usize,
         params: &SamplingParams,
         obs: &mut dyn Observer,
-    ) -> Result<Vec<Group>> {
+    ) -> Result<(Vec<Group>, BTreeMap<String, f64>)> {
         obs.stage_started(
             &format!("r{round} sample"),
             self.problems.unlabeled.len() as u64,
         );
-        sample_groups(
+        let mut groups = sample_groups(
             policy,
             &*self.plan.task,
             &self.problems.unlabeled,
@@ -553,7 +554,12 @@ impl Run {
             params,
             self.seed(round, "sample"),
             obs,
-        )
+        )?;
+        let proxy = match &self.plan.reward {
+            Some(r) => r.rescore(&mut groups)?,
+            None => BTreeMap::new(),
+        };
+        Ok((groups, proxy))
     }
 
     /// Fine-tunes the checkpoint of round `init` on the round's curated `train.jsonl` (SFT with

@@ -547,7 +547,11 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     // A reward model saved by transformers has no LM head; it scores without one, so the
     // head stays zero (such a checkpoint samples nothing useful as a policy).
     if score.is_some() {
-        if let Some(i) = layout.tensors.iter().position(|t| t.name == "lm_head.weight") {
+        if let Some(i) = layout
+            .tensors
+            .iter()
+            .position(|t| t.name == "lm_head.weight")
+        {
             loaded[i] = true;
         }
     }

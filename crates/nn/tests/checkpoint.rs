@@ -474,7 +474,10 @@ fn issue18_transformers_reads_our_reward_model() {
         .iter()
         .zip(HF_REWARD_SCORES)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-5, "max |ours − transformers| = {err:.2e}: {scores:?}");
+    assert!(
+        err <= 1e-5,
+        "max |ours − transformers| = {err:.2e}: {scores:?}"
+    );
 
     // Loaded back, it scores the same, and its optimizer continues exactly: one more step
     // after the load equals one more step without it.
@@ -500,8 +503,14 @@ fn issue18_transformers_reads_our_reward_model() {
     assert_ne!(a.head(), b.head());
     assert_eq!(a.head(), NativeRewardModel::load(&plain, 1).unwrap().head());
     let mut a = a;
-    let e = a.restore_optimizer(&plain, &settings).unwrap_err().to_string();
-    assert!(e.contains("score.weight.exp_avg") && e.contains("without a score head"), "{e}");
+    let e = a
+        .restore_optimizer(&plain, &settings)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("score.weight.exp_avg") && e.contains("without a score head"),
+        "{e}"
+    );
 }
 
 include!("reference/hf_reward_values.rs");

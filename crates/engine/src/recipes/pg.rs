@@ -262,6 +262,9 @@ impl Recipe for Pg {
             r.steps_per_round as u64,
         )
     }
+    fn takes_proxy_reward(&self) -> bool {
+        true
+    }
     fn columns(&self) -> &'static [Column] {
         COLUMNS
     }
@@ -286,6 +289,7 @@ impl Pg {
             seed: run.plan.config.seed,
             round,
             n_star: run.plan.config.monitor.n_star,
+            proxy: run.plan.reward.as_ref(),
         };
         obs.stage_started(
             &format!("r{round} {}", self.name),
@@ -454,6 +458,8 @@ pub struct RlContext<'a> {
     pub round: u32,
     /// n* of the balance-score monitor (`monitor.n_star`).
     pub n_star: usize,
+    /// A learned reward that replaces the verifier's score (`[reward] model`).
+    pub proxy: Option<&'a crate::reward::ProxyReward>,
 }
 
 /// The reward of one completion.
@@ -564,6 +570,8 @@ pub(crate) fn rl_round(
 /// log-probs (the old policy of the clipped surrogate).
 struct Rollout {
     groups: Vec<Group>,
+    /// A learned reward's `proxy/*` and `gold/*` metrics of the step (none without one).
+    proxy: BTreeMap<String, f64>,
     /// Per completion, in group order: the training example and its sampling log-probs.
     examples: Vec<Example>,
     old: Vec<Vec<f32>>,
@@ -580,7 +588,7 @@ impl Rollout {
         step: u32,
     ) -> Result<Self> {
         let seed = derive_seed(cx.seed, cx.round, "rollout", step as u64);
-        let groups = sample_groups(
+        let mut groups = sample_groups(
             policy,
             cx.task,
             prompts,
@@ -589,7 +597,12 @@ impl Rollout {
             seed,
             &mut crate::Silent,
         )?;
+        let proxy = match cx.proxy {
+            Some(p) => p.rescore(&mut groups)?,
+            None => BTreeMap::new(),
+        };
         let mut out = Self {
+            proxy,
             groups: Vec::new(),
             examples: Vec::new(),
             old: Vec::new(),
@@ -648,13 +661,19 @@ impl Scored {
         cfg: &RlConfig,
         cx: &RlContext,
     ) -> Result<Self> {
+        // The group's reward of each completion: the verifier's score, or a learned reward's.
+        let scores = rollout
+            .groups
+            .iter()
+            .flat_map(|g| g.rewards.iter().copied());
         let mut rewards: Vec<f32> = rollout
             .completions()
-            .map(|(_, c, v)| {
+            .zip(scores)
+            .map(|((_, c, v), score)| {
                 reward(
                     cfg,
                     v.grade,
-                    v.score,
+                    score,
                     c.tokens.len(),
                     cx.sampling.max_new_tokens,
                 )
@@ -1016,6 +1035,9 @@ impl RoundLog {
         let frac = |k: usize| k as f64 / n.max(1) as f64;
         // The rollout.
         self.add("reward", mean_std(rewards).0);
+        for (k, v) in &rollout.proxy {
+            self.add(k, *v);
+        }
         let group_std: f64 = rewards.chunks(g).map(|r| mean_std(r).1).sum::<f64>()
             / rollout.groups.len().max(1) as f64;
         self.add("reward_std", group_std);

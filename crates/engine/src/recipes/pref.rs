@@ -327,7 +327,8 @@ impl Pref {
         let mut policy = run.load_policy(parent)?;
         let task = &*run.plan.task;
         let params = run.plan.sampling(&cfg.sampling);
-        let mut groups =
+        // The plan refuses a learned reward for this family, so there is no proxy to log.
+        let (mut groups, _) =
             run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let mut metrics = BTreeMap::new();
         let scores = match (&run.plan.judge, self.kind) {

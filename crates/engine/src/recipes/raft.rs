@@ -164,6 +164,9 @@ impl Recipe for Raft {
             c.sampling.samples as u64,
         )
     }
+    fn takes_proxy_reward(&self) -> bool {
+        true
+    }
     fn columns(&self) -> &'static [Column] {
         COLUMNS
     }
@@ -176,7 +179,8 @@ impl Raft {
         let cfg = &self.cfg;
         let mut policy = run.load_policy(parent)?;
         let params = run.plan.sampling(&cfg.sampling);
-        let groups = run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
+        let (groups, proxy) =
+            run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let picks: Vec<Option<usize>> = groups.iter().map(|g| best(g, cfg.threshold)).collect();
         let examples: Vec<Example> = groups
             .iter()
@@ -194,6 +198,7 @@ impl Raft {
             .map(|(g, &pick)| (0..g.completions.len()).map(|i| pick == Some(i)).collect())
             .collect();
         let mut metrics = round_monitors(&groups, &selected, run.plan.config.monitor.n_star);
+        metrics.extend(proxy);
         let best_rewards: Vec<f64> = groups
             .iter()
             .filter_map(|g| g.rewards.iter().copied().reduce(f32::max))

@@ -144,6 +144,12 @@ impl Recipe for Star {
     }
     fn check(&self, config: &RunConfig, _task: &dyn Task, budget: &Budget) -> Result<()> {
         let ctl = &config.controller;
+        if config.reward.model.is_some() && (self.cfg.rationalize || ctl.balance) {
+            return Err(Error::config(
+                "reward.model",
+                "star with a learned reward cannot rationalize (star.rationalize) or balance (controller.balance): both judge samples by the verifier's answers; turn them off",
+            ));
+        }
         if ctl.balance {
             if ctl.temperatures.is_empty() || ctl.probe_problems == 0 {
                 return Err(Error::config(
@@ -214,6 +220,9 @@ impl Recipe for Star {
         }
         line.insert("rollout/sampled_tokens".into(), json!(c.sampled_tokens));
     }
+    fn takes_proxy_reward(&self) -> bool {
+        true
+    }
     fn columns(&self) -> &'static [Column] {
         COLUMNS
     }
@@ -239,10 +248,14 @@ pub struct Counts {
     pub sampled_tokens: usize,
 }
 
-/// The completions of `g` curation keeps: the verified-correct ones, first occurrence of
-/// each text, at most `max_per_problem` (0: all), in sampling order.
-fn kept(g: &Group, max_per_problem: usize) -> Vec<usize> {
-    let mut idx = g.distinct_correct();
+/// The completions of `g` curation keeps: the verified-correct ones, or with a learned
+/// reward's `threshold` those whose reward reaches it; first occurrence of each text, at most
+/// `max_per_problem` (0: all), in sampling order.
+fn kept(g: &Group, max_per_problem: usize, threshold: Option<f32>) -> Vec<usize> {
+    let mut idx = match threshold {
+        None => g.distinct_correct(),
+        Some(t) => g.distinct(|i| g.rewards[i] >= t),
+    };
     if max_per_problem > 0 {
         idx.truncate(max_per_problem);
     }
@@ -250,17 +263,22 @@ fn kept(g: &Group, max_per_problem: usize) -> Vec<usize> {
 }
 
 /// [`kept`] as one flag per completion of `g`.
-pub fn kept_mask(g: &Group, max_per_problem: usize) -> Vec<bool> {
+pub fn kept_mask(g: &Group, max_per_problem: usize, threshold: Option<f32>) -> Vec<bool> {
     let mut mask = vec![false; g.completions.len()];
-    for i in kept(g, max_per_problem) {
+    for i in kept(g, max_per_problem, threshold) {
         mask[i] = true;
     }
     mask
 }
 
-/// Keeps the distinct verified-correct completions of each group (at most `max_per_problem`
-/// per problem, 0 for all), in sampling order. Returns the examples and the counts.
-pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts) {
+/// Keeps the distinct verified-correct completions of each group (or, with a learned
+/// reward's `threshold`, those it scores at least that; at most `max_per_problem` per
+/// problem, 0 for all), in sampling order. Returns the examples and the counts.
+pub fn curate(
+    groups: &[Group],
+    max_per_problem: usize,
+    threshold: Option<f32>,
+) -> (Vec<Example>, Counts) {
     let mut counts = Counts::default();
     let mut examples = Vec::new();
     for g in groups {
@@ -270,7 +288,7 @@ pub fn curate(groups: &[Group], max_per_problem: usize) -> (Vec<Example>, Counts
         let distinct = g.distinct_correct().len();
         counts.distinct += distinct;
         counts.solved += (distinct > 0) as usize;
-        for i in kept(g, max_per_problem) {
+        for i in kept(g, max_per_problem, threshold) {
             examples.push(Example::new(
                 g.problem.prompt.clone(),
                 g.completions[i].text.clone(),
@@ -331,7 +349,7 @@ impl Star {
             )?;
             let selected: Vec<Vec<bool>> = groups
                 .iter()
-                .map(|g| kept_mask(g, st.max_per_problem))
+                .map(|g| kept_mask(g, st.max_per_problem, None))
                 .collect();
             let score = balance_score(&groups, &selected, run.plan.config.monitor.n_star);
             scores.push((t, score.unwrap_or(0.0)));
@@ -379,13 +397,16 @@ impl Star {
             temperature,
             ..cfg.sampling.clone()
         });
-        let groups = run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
-        let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem);
+        let (groups, proxy) =
+            run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
+        let threshold = run.plan.reward.as_ref().map(|r| r.threshold);
+        let (mut examples, mut counts) = curate(&groups, cfg.max_per_problem, threshold);
         let selected: Vec<Vec<bool>> = groups
             .iter()
-            .map(|g| kept_mask(g, cfg.max_per_problem))
+            .map(|g| kept_mask(g, cfg.max_per_problem, threshold))
             .collect();
-        let monitors = round_monitors(&groups, &selected, run.plan.config.monitor.n_star);
+        let mut monitors = round_monitors(&groups, &selected, run.plan.config.monitor.n_star);
+        monitors.extend(proxy);
         let mut hinted_groups = Vec::new();
         if cfg.rationalize {
             let unsolved: Vec<Problem> = groups
@@ -494,7 +515,7 @@ mod tests {
             group("b", &[("u", false), ("v", false)]),
             group("c", &[("w", true)]),
         ];
-        let (kept, c) = curate(&groups, 0);
+        let (kept, c) = curate(&groups, 0, None);
         assert_eq!(
             c,
             Counts {
@@ -508,7 +529,7 @@ mod tests {
             }
         );
         assert_eq!(kept[0], Example::new("a=", "x"));
-        let (kept, c) = curate(&groups, 1);
+        let (kept, c) = curate(&groups, 1, None);
         assert_eq!((kept.len(), c.distinct, c.kept), (2, 3, 2));
         let r = rationalized(&groups);
         assert_eq!(r.len(), 2);

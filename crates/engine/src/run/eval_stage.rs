@@ -76,7 +76,10 @@ impl Run {
             &settings,
             obs,
         )?;
-        let drift = self.drift(round, &mut *policy, &sampled)?;
+        let mut drift = self.drift(round, &mut *policy, &sampled)?;
+        if let Some(r) = &self.plan.reward {
+            drift.extend(r.eval_metrics(&sampled)?);
+        }
         let serving = policy.take_serving_stats();
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
