@@ -8,8 +8,8 @@ use autodidact_engine::config::apply_set;
 use autodidact_engine::eval::{problem_seed, render_prompts};
 use autodidact_engine::overopt::{best_of_n, best_of_n_kl, fit, Fit, Form};
 use autodidact_engine::rm::{
-    self, aggregate, data_from_groups, data_lines, disagreement, eval_metrics, read_data, summary,
-    Aggregation, Ensemble, RmConfig, RmData, RmLoss,
+    self, aggregate, completions_of, data_from_groups, data_lines, disagreement, eval_metrics,
+    read_data, summary, Aggregation, Ensemble, RmConfig, RmData, RmLoss,
 };
 use autodidact_engine::sampling::sample_groups;
 use autodidact_engine::Silent;
@@ -304,14 +304,7 @@ fn bon(a: &BonArgs) -> Result<()> {
     }
     let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model)?;
     let groups = sample(&a.sampling, Split::Eval)?;
-    let examples: Vec<Example> = groups
-        .iter()
-        .flat_map(|g| {
-            g.completions
-                .iter()
-                .map(|c| Example::new(g.problem.prompt.clone(), c.text.clone()))
-        })
-        .collect();
+    let examples = completions_of(&groups);
     let k = a.sampling.samples;
     let member_scores = ensemble.scores(&examples)?;
     let per_problem =

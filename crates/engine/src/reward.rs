@@ -11,9 +11,9 @@
 //! `raft.threshold`) and `star` (keeps the completions whose proxy reaches
 //! `reward.threshold`). The DPO family builds pairs from its own judge or vote and refuses it.
 
-use crate::rm::{aggregate, disagreement, Aggregation, Ensemble};
+use crate::rm::{aggregate, completions_of, disagreement, Aggregation, Ensemble};
 use crate::{Error, Result};
-use autodidact_core::{Backends, Example, Group};
+use autodidact_core::{Backends, Group};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,14 +91,7 @@ pub struct ProxyReward {
 impl ProxyReward {
     /// Each member's scores of every completion of `groups`, in group order.
     fn member_scores(&self, groups: &[Group]) -> Result<Vec<Vec<f32>>> {
-        let examples: Vec<Example> = groups
-            .iter()
-            .flat_map(|g| {
-                g.completions
-                    .iter()
-                    .map(|c| Example::new(g.problem.prompt.clone(), c.text.clone()))
-            })
-            .collect();
+        let examples = completions_of(groups);
         let mut e = self.ensemble.lock().unwrap_or_else(|p| p.into_inner());
         e.scores(&examples)
     }

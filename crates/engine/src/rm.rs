@@ -220,6 +220,18 @@ pub fn data_from_groups(groups: &[Group], loss: RmLoss) -> RmData {
     }
 }
 
+/// Every completion of `groups` as an example under its problem's prompt, in group order.
+pub fn completions_of(groups: &[Group]) -> Vec<Example> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            g.completions
+                .iter()
+                .map(|c| Example::new(g.problem.prompt.clone(), c.text.clone()))
+        })
+        .collect()
+}
+
 /// `data` as the JSONL lines [`read_data`] reads.
 pub fn data_lines(data: &RmData) -> String {
     let mut out = String::new();

@@ -609,6 +609,22 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     })
 }
 
+/// The optimizer file of `dir` (its path and bytes, version checked) and the step count its
+/// metadata records, or `None` when the checkpoint has none.
+fn optimizer_file(dir: &Path) -> Result<Option<(PathBuf, Vec<u8>, u64)>> {
+    let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = read(&path)?;
+    let meta = check_version(&bytes, &path, true)?;
+    let step = meta
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    Ok(Some((path, bytes, step)))
+}
+
 /// Loads the optimizer state saved beside `model` in `dir` into a fresh AdamW with `config`,
 /// or returns `None` when the checkpoint has no optimizer state.
 pub fn load_optimizer(
@@ -616,19 +632,13 @@ pub fn load_optimizer(
     model: &Transformer,
     config: &AdamWConfig,
 ) -> Result<Option<AdamW>> {
-    let path = dir.join(OPTIMIZER_FILE);
-    if !path.exists() {
+    let Some((path, bytes, step)) = optimizer_file(dir)? else {
         return Ok(None);
-    }
-    let bytes = read(&path)?;
-    let meta = check_version(&bytes, &path, true)?;
+    };
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
     let mut opt = config.build(model)?;
-    opt.step = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    opt.step = step;
     for t in model.trainable_tensors() {
         read_tensor(
             &st,
@@ -653,19 +663,13 @@ pub fn load_optimizer(
 /// Loads the AdamW state of a score head of `len` values saved in `dir` into a fresh AdamW
 /// with `config` (the head decays as a matrix), or `None` when there is none.
 pub fn load_head_optimizer(dir: &Path, len: usize, config: &AdamWConfig) -> Result<Option<AdamW>> {
-    let path = dir.join(OPTIMIZER_FILE);
-    if !path.exists() {
+    let Some((path, bytes, step)) = optimizer_file(dir)? else {
         return Ok(None);
-    }
-    let bytes = read(&path)?;
-    let meta = check_version(&bytes, &path, true)?;
+    };
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
     let mut opt = config.build_for(len, true)?;
-    opt.step = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    opt.step = step;
     let hint = "; the optimizer state was saved without a score head: train the reward model from a fresh optimizer";
     for (suffix, dst) in [("exp_avg", &mut opt.m), ("exp_avg_sq", &mut opt.v)] {
         let name = format!("{SCORE_TENSOR}.{suffix}");
