@@ -1,15 +1,15 @@
 //! `autodidact rm data|train|score|bon`: reward models learned from a verifier's labels, and
 //! the best-of-n over-optimization sweep against them (`autodidact_engine::rm`, `overopt`).
 
-use crate::tools::{load, run_of, task_config};
+use crate::tools::{completion_limits, load, CheckpointTask};
 use anyhow::{bail, Context, Result};
-use autodidact_core::{Example, Group, SamplingParams, Split};
+use autodidact_core::{Group, SamplingParams, Split};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::eval::{problem_seed, render_prompts};
 use autodidact_engine::overopt::{best_of_n, best_of_n_kl, fit, Fit, Form};
 use autodidact_engine::rm::{
-    self, aggregate, completions_of, data_from_groups, data_lines, disagreement, eval_metrics,
-    read_data, summary, Aggregation, Ensemble, RmConfig, RmData, RmLoss,
+    self, aggregate, check_aggregation, completions_of, data_from_groups, data_lines, disagreement,
+    eval_metrics, read_data, summary, Aggregation, Ensemble, RmConfig, RmLoss,
 };
 use autodidact_engine::sampling::sample_groups;
 use autodidact_engine::Silent;
@@ -35,15 +35,9 @@ pub enum RmCommand {
 /// Where samples come from: a checkpoint, a task, how many.
 #[derive(Args)]
 pub struct Sampling {
-    /// Checkpoint to sample from (a run's RUN/checkpoints/rNNNN takes the run's task).
-    #[arg(long)]
-    checkpoint: PathBuf,
-    /// Built-in task (see `autodidact tasks`); default: the run's.
-    #[arg(long)]
-    task: Option<String>,
-    /// Task setting: `--set digits=4` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    /// The checkpoint to sample from.
+    #[command(flatten)]
+    source: CheckpointTask,
     /// Problems to sample.
     #[arg(long, default_value_t = 200)]
     problems: usize,
@@ -135,16 +129,7 @@ pub fn rm(command: &RmCommand) -> Result<()> {
 
 /// Samples `s.samples` completions of `s.problems` problems of `split`, graded.
 fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
-    let run = run_of(&s.checkpoint)?;
-    let task_cfg = match (&run, &s.task) {
-        (Some((_, cfg)), None) if s.sets.is_empty() => cfg.task.clone(),
-        (Some((_, cfg)), name) => task_config(name.as_deref().unwrap_or(cfg.task.name()), &s.sets)?,
-        (None, Some(name)) => task_config(name, &s.sets)?,
-        (None, None) => bail!(
-            "--task is needed: {} is not inside a run directory whose task could be used",
-            s.checkpoint.display()
-        ),
-    };
+    let (run, task_cfg) = s.source.resolve()?;
     if s.problems == 0 || s.samples == 0 {
         bail!("--problems and --samples must be at least 1");
     }
@@ -152,12 +137,8 @@ fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
         bail!("--temperature must be a finite number ≥ 0");
     }
     let task = task_cfg.build()?;
-    let mut policy = load(&s.checkpoint, run.as_ref())?;
-    let (_, max_solution) = task.max_chars();
-    let max_new = run
-        .as_ref()
-        .and_then(|(_, cfg)| cfg.model.max_new_tokens)
-        .unwrap_or(max_solution + 1);
+    let mut policy = load(&s.source.checkpoint, run.as_ref())?;
+    let (max_new, stop) = completion_limits(run.as_ref(), &*task, None, &[])?;
     let mut problems = task
         .problems(split, s.problems, problem_seed(s.seed))
         .context("drawing problems (--problems)")?;
@@ -171,7 +152,7 @@ fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
     )?;
     let params = SamplingParams {
         temperature: s.temperature,
-        ..SamplingParams::greedy(max_new)
+        ..SamplingParams::greedy(max_new).with_stop(stop)
     };
     Ok(sample_groups(
         &mut *policy,
@@ -247,45 +228,28 @@ fn train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The aggregations `score` and `bon` compare: each alone for one model.
-fn aggregations(members: usize, lambda: f32) -> Vec<(&'static str, Aggregation)> {
+/// The aggregations `score` and `bon` compare, after checking `--lambda`: the mean alone
+/// for one model.
+fn aggregations(members: usize, lambda: f32) -> Result<Vec<(&'static str, Aggregation)>> {
+    let uwo = Aggregation::Uncertainty { lambda };
+    check_aggregation("--lambda", uwo)?;
     let mut v = vec![("mean", Aggregation::Mean)];
     if members > 1 {
         v.push(("worst_case", Aggregation::WorstCase));
-        v.push(("uncertainty", Aggregation::Uncertainty { lambda }));
+        v.push(("uncertainty", uwo));
     }
-    v
-}
-
-/// The sequences of `data` as [`eval_metrics`] reads their scores.
-fn sequences_of(data: &RmData) -> Vec<Example> {
-    match data {
-        RmData::Pairs(p) => p
-            .iter()
-            .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()))
-            .chain(
-                p.iter()
-                    .map(|x| Example::new(x.prompt.clone(), x.rejected.clone())),
-            )
-            .collect(),
-        RmData::Labels(l) => l
-            .iter()
-            .map(|x| Example::new(x.prompt.clone(), x.completion.clone()))
-            .collect(),
-    }
+    Ok(v)
 }
 
 fn score(a: &ScoreArgs) -> Result<()> {
-    if !a.lambda.is_finite() || a.lambda < 0.0 {
-        bail!("--lambda must be a finite number ≥ 0");
-    }
     let data = read_data(&a.data)?;
     let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model)?;
-    let scores = ensemble.scores(&sequences_of(&data))?;
+    let choices = aggregations(ensemble.len(), a.lambda)?;
+    let scores = ensemble.scores(&data.sequences(0..data.len()))?;
     for (m, s) in scores.iter().enumerate() {
         println!("member {m}: {}", summary(&eval_metrics(&data, s)));
     }
-    for (name, how) in aggregations(scores.len(), a.lambda) {
+    for (name, how) in choices {
         let agg = aggregate(&scores, how);
         println!("{name}: {}", summary(&eval_metrics(&data, &agg)));
     }
@@ -299,10 +263,15 @@ fn score(a: &ScoreArgs) -> Result<()> {
 }
 
 fn bon(a: &BonArgs) -> Result<()> {
-    if !a.lambda.is_finite() || a.lambda < 0.0 {
-        bail!("--lambda must be a finite number ≥ 0");
-    }
     let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model)?;
+    // Member 0 alone first (for an ensemble), then each aggregation of all members.
+    let mut choices: Vec<(&str, Option<Aggregation>)> = aggregations(ensemble.len(), a.lambda)?
+        .into_iter()
+        .map(|(name, how)| (name, Some(how)))
+        .collect();
+    if ensemble.len() > 1 {
+        choices.insert(0, ("member_0", None));
+    }
     let groups = sample(&a.sampling, Split::Eval)?;
     let examples = completions_of(&groups);
     let k = a.sampling.samples;
@@ -322,19 +291,14 @@ fn bon(a: &BonArgs) -> Result<()> {
         .take_while(|&n| n <= k)
         .collect();
     let mut sweeps = serde_json::Map::new();
-    let mut choices = aggregations(member_scores.len(), a.lambda);
-    if member_scores.len() > 1 {
-        choices.insert(0, ("member_0", Aggregation::Mean));
-    }
     println!(
         "{:>12} {:>5} {:>7} {:>7} {:>8}",
         "reward", "n", "√KL", "gold", "proxy"
     );
     for (name, how) in choices {
-        let flat = if name == "member_0" {
-            member_scores[0].clone()
-        } else {
-            aggregate(&member_scores, how)
+        let flat = match how {
+            Some(how) => aggregate(&member_scores, how),
+            None => member_scores[0].clone(),
         };
         let proxy = per_problem(&flat);
         let mut points = Vec::new();
@@ -365,7 +329,7 @@ fn bon(a: &BonArgs) -> Result<()> {
         sweeps.insert(name.into(), json!({"points": rows, "fit": f}));
     }
     let out = json!({
-        "checkpoint": a.sampling.checkpoint,
+        "checkpoint": a.sampling.source.checkpoint,
         "model": a.model,
         "members": member_scores.len(),
         "problems": groups.len(),

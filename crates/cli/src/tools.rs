@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use autodidact_core::memory;
-use autodidact_core::{BackendKind, SamplingParams, Split, TrainablePolicy};
+use autodidact_core::{BackendKind, SamplingParams, Split, Task, TrainablePolicy};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::config::{check_completions, EvalConfig, SamplingConfig};
 use autodidact_engine::eval::{evaluate, held_out_problems, render_prompts, EvalSettings};
@@ -14,19 +14,47 @@ use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A checkpoint and the task a command uses it on (`eval`, `rm data`, `rm bon`).
 #[derive(Args)]
-pub struct EvalArgs {
+pub struct CheckpointTask {
     /// Checkpoint directory (model.safetensors, config.json, tokenizer.json). A checkpoint
-    /// inside a run directory (RUN/checkpoints/rNNNN) is evaluated as that run evaluates it:
-    /// its task, held-out problems, eval settings and seed are the defaults.
+    /// inside a run directory (RUN/checkpoints/rNNNN) is used as that run uses it: its task
+    /// (and for `eval` its held-out problems, eval settings and seed) are the defaults.
     #[arg(long)]
-    checkpoint: PathBuf,
-    /// Built-in task to evaluate on (see `autodidact tasks`); default: the run's.
+    pub checkpoint: PathBuf,
+    /// Built-in task (see `autodidact tasks`); default: the run's.
     #[arg(long)]
-    task: Option<String>,
+    pub task: Option<String>,
     /// Task setting: `--set digits=4` (repeatable; replaces the run's task settings).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    pub sets: Vec<String>,
+}
+
+impl CheckpointTask {
+    /// The run the checkpoint belongs to, if any, and the task to use: `--task` with
+    /// `--set`, or the run's task when neither is given (`--task` alone keeps none of the
+    /// run's settings, `--set` alone applies to the run's task).
+    pub fn resolve(&self) -> Result<(Option<(PathBuf, RunConfig)>, TaskConfig)> {
+        let run = run_of(&self.checkpoint)?;
+        let task = match (&run, &self.task) {
+            (Some((_, cfg)), None) if self.sets.is_empty() => cfg.task.clone(),
+            (Some((_, cfg)), name) => {
+                task_config(name.as_deref().unwrap_or(cfg.task.name()), &self.sets)?
+            }
+            (None, Some(name)) => task_config(name, &self.sets)?,
+            (None, None) => bail!(
+                "--task is needed: {} is not inside a run directory (RUN/checkpoints/rNNNN) whose task could be used",
+                self.checkpoint.display()
+            ),
+        };
+        Ok((run, task))
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    source: CheckpointTask,
     /// Held-out problems [default: the run's eval.problems, else 200].
     #[arg(long)]
     problems: Option<usize>,
@@ -217,7 +245,7 @@ pub fn import(a: &ImportArgs) -> Result<()> {
 const SAMPLE_BATCH: u64 = 256;
 
 /// The run a checkpoint belongs to (`RUN/checkpoints/rNNNN`), with its configuration.
-pub(crate) fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
+fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
     let Some((root, _)) = run_checkpoint(checkpoint) else {
         return Ok(None);
     };
@@ -228,7 +256,7 @@ pub(crate) fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> 
     Ok(Some((root.to_path_buf(), cfg)))
 }
 
-pub(crate) fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
+fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     let mut table = toml::Table::new();
     table.insert("name".into(), toml::Value::String(name.into()));
     for s in sets {
@@ -237,6 +265,31 @@ pub(crate) fn task_config(name: &str, sets: &[String]) -> Result<TaskConfig> {
     toml::Value::Table(table)
         .try_into()
         .with_context(|| format!("task `{name}` with settings {sets:?} (see `autodidact tasks`)"))
+}
+
+/// How long a completion sampled from a checkpoint of `run` may be and where it stops:
+/// `max_new` and `stop` when given, else the run's `[model]` settings, else the task's
+/// longest solution and a stop token, and no stop string.
+pub(crate) fn completion_limits(
+    run: Option<&(PathBuf, RunConfig)>,
+    task: &dyn Task,
+    max_new: Option<usize>,
+    stop: &[String],
+) -> Result<(usize, Vec<String>)> {
+    let model = run.map(|(_, cfg)| &cfg.model);
+    let (_, max_solution) = task.max_chars();
+    let max_new = max_new
+        .or(model.and_then(|m| m.max_new_tokens))
+        .unwrap_or(max_solution + 1);
+    if max_new == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let stop = match model {
+        Some(m) if stop.is_empty() => m.stop.clone(),
+        _ => stop.to_vec(),
+    };
+    autodidact_core::check_stop_strings("--stop", &stop)?;
+    Ok((max_new, stop))
 }
 
 /// The run directory and round of a checkpoint at `RUN/checkpoints/rNNNN`, if it is one.
@@ -273,18 +326,10 @@ pub(crate) fn load(
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let run = run_of(&a.checkpoint)?;
-    let (task_cfg, defaults, run_seed) = match (&run, &a.task) {
-        (Some((_, cfg)), None) if a.sets.is_empty() => (cfg.task.clone(), cfg.eval.clone(), cfg.seed),
-        (Some((_, cfg)), _) => {
-            let name = a.task.as_deref().unwrap_or(cfg.task.name());
-            (task_config(name, &a.sets)?, cfg.eval.clone(), cfg.seed)
-        }
-        (None, Some(name)) => (task_config(name, &a.sets)?, EvalConfig::default(), 0),
-        (None, None) => bail!(
-            "--task is needed: {} is not inside a run directory (RUN/checkpoints/rNNNN) whose task could be used",
-            a.checkpoint.display()
-        ),
+    let (run, task_cfg) = a.source.resolve()?;
+    let (defaults, run_seed) = match &run {
+        Some((_, cfg)) => (cfg.eval.clone(), cfg.seed),
+        None => (EvalConfig::default(), 0),
     };
     let e = EvalConfig {
         problems: a.problems.unwrap_or(defaults.problems),
@@ -309,12 +354,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         bail!("--temperature must be a finite number ≥ 0");
     }
     let task = task_cfg.build()?;
-    let (_, max_solution) = task.max_chars();
-    let run_max_new = run.as_ref().and_then(|(_, cfg)| cfg.model.max_new_tokens);
-    let max_new = a.max_new_tokens.or(run_max_new).unwrap_or(max_solution + 1);
-    if max_new == 0 {
-        bail!("--max-new-tokens must be at least 1");
-    }
+    let (max_new, stop) = completion_limits(run.as_ref(), &*task, a.max_new_tokens, &a.stop)?;
     let available = memory::available()?;
     check_completions(
         "--problems",
@@ -325,7 +365,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         0,
         available,
     )?;
-    let mut policy = load(&a.checkpoint, run.as_ref())?;
+    let mut policy = load(&a.source.checkpoint, run.as_ref())?;
     let mut problems = held_out_problems(&*task, e.problems, seed)?;
     let ctx = policy.context_length();
     render_prompts(
@@ -335,11 +375,6 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         max_new,
         Some("--max-new-tokens"),
     )?;
-    let stop = match (&a.stop, &run) {
-        (s, Some((_, cfg))) if s.is_empty() => cfg.model.stop.clone(),
-        (s, _) => s.clone(),
-    };
-    autodidact_core::check_stop_strings("--stop", &stop)?;
     let greedy = SamplingParams::greedy(max_new).with_stop(stop);
     let settings = EvalSettings::of_run(&e, seed, greedy);
     if let Some((root, _)) = &run {

@@ -8,29 +8,13 @@
 
 mod common;
 
+use common::{autodidact, ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
-
-fn autodidact(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--threads")
-        .arg("1")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) {
-    let out = autodidact(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,22 +30,8 @@ fn base() -> &'static Path {
     &BASE
         .get_or_init(|| {
             let tmp = tempfile::tempdir().unwrap();
-            let run = tmp.path().join("base");
-            ok(&[
-                "run",
-                "-q",
-                "--out",
-                run.to_str().unwrap(),
-                "--set",
-                "star.rounds=0",
-                "--set",
-                "seed_stage.train.steps=700",
-                "--set",
-                "seed_stage.eval_every=0",
-                "--set",
-                "eval.problems=8",
-            ]);
-            (tmp, run.join("checkpoints/r0000"))
+            let base = common::base_checkpoint(tmp.path(), 700);
+            (tmp, base)
         })
         .1
 }

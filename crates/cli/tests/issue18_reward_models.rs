@@ -3,31 +3,13 @@
 //! member; `rm score` and `rm bon` read it; and runs of grpo, raft and star take their reward
 //! from it, logging the proxy beside the gold verifier, while the DPO family refuses it.
 
+mod common;
+
+use common::{autodidact, ok};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
-
-fn autodidact(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--threads")
-        .arg("1")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = autodidact(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn fails(args: &[&str]) -> String {
     let out = autodidact(args);
@@ -39,26 +21,31 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `rm train --base base --data data --out out` with `--set` of each of `sets`.
+fn rm_train<'a>(base: &'a Path, data: &'a Path, out: &'a Path, sets: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "rm",
+        "train",
+        "--base",
+        s(base),
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+    ];
+    for x in sets {
+        args.extend(["--set", x]);
+    }
+    args
+}
+
 /// A tiny model that solves some sums, and a two-member ensemble trained on its labeled
 /// samples; built once for every test of this file.
 fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let run = tmp.path().join("base");
-        ok(&[
-            "run",
-            "-q",
-            "--out",
-            s(&run),
-            "--set",
-            "star.rounds=0",
-            "--set",
-            "seed_stage.train.steps=400",
-            "--set",
-            "eval.problems=8",
-        ]);
-        let base = run.join("checkpoints/r0000");
+        let base = common::base_checkpoint(tmp.path(), 400);
         let labels = tmp.path().join("labels.jsonl");
         let said = ok(&[
             "rm",
@@ -76,26 +63,18 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         ]);
         assert!(said.starts_with("160 labels from 160 samples"), "{said}");
         let rm = tmp.path().join("rm");
-        ok(&[
-            "rm",
-            "train",
-            "--base",
-            s(&base),
-            "--data",
-            s(&labels),
-            "--out",
-            s(&rm),
-            "--set",
-            "members=2",
-            "--set",
-            "subset=0.8",
-            "--set",
-            "eval_fraction=0.25",
-            "--set",
-            "batch_size=16",
-            "--set",
-            "optimizer.warmup_steps=1",
-        ]);
+        ok(&rm_train(
+            &base,
+            &labels,
+            &rm,
+            &[
+                "members=2",
+                "subset=0.8",
+                "eval_fraction=0.25",
+                "batch_size=16",
+                "optimizer.warmup_steps=1",
+            ],
+        ));
         (tmp, base, rm)
     })
 }
@@ -134,16 +113,7 @@ fn issue18_rm_commands_label_train_score_and_sweep() {
     // Training again into the same directory is refused, and nothing there is touched.
     let before = std::fs::read(rm.join("rm.json")).unwrap();
     let labels = tmp.path().join("labels.jsonl");
-    let e = fails(&[
-        "rm",
-        "train",
-        "--base",
-        s(base),
-        "--data",
-        s(&labels),
-        "--out",
-        s(rm),
-    ]);
+    let e = fails(&rm_train(base, &labels, rm, &[]));
     assert!(e.contains("holds files"), "{e}");
     assert_eq!(std::fs::read(rm.join("rm.json")).unwrap(), before);
 
@@ -218,16 +188,7 @@ fn issue18_rm_inputs_are_checked() {
     )
     .unwrap();
     let out = tmp.path().join("never");
-    let e = fails(&[
-        "rm",
-        "train",
-        "--base",
-        s(base),
-        "--data",
-        s(&bad),
-        "--out",
-        s(&out),
-    ]);
+    let e = fails(&rm_train(base, &bad, &out, &[]));
     assert!(e.contains("line 2: pairs and labels are mixed"), "{e}");
     std::fs::write(
         &bad,
@@ -240,31 +201,10 @@ fn issue18_rm_inputs_are_checked() {
         "{e}"
     );
     let good = tmp.path().join("labels.jsonl");
-    let e = fails(&[
-        "rm",
-        "train",
-        "--base",
-        s(base),
-        "--data",
-        s(&good),
-        "--out",
-        s(&out),
-        "--set",
-        "subset=0",
-    ]);
+    let train_with = |set| fails(&rm_train(base, &good, &out, &[set]));
+    let e = train_with("subset=0");
     assert!(e.contains("subset") && e.contains("(0, 1]"), "{e}");
-    let e = fails(&[
-        "rm",
-        "train",
-        "--base",
-        s(base),
-        "--data",
-        s(&good),
-        "--out",
-        s(&out),
-        "--set",
-        "member=2",
-    ]);
+    let e = train_with("member=2");
     assert!(e.contains("member"), "{e}");
     // A policy checkpoint is not a reward model: scoring with a fresh head would mean nothing.
     let e = fails(&["rm", "score", "--model", s(base), "--data", s(&good)]);

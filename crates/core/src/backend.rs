@@ -411,9 +411,10 @@ pub trait Backend: Send + Sync {
     /// Loads a policy saved in `dir`, without a run's config (`autodidact eval` and `sample`).
     fn load(&self, dir: &Path) -> Result<Box<dyn TrainablePolicy>>;
 
-    /// The reward model in `dir`: a saved one (its score head included), or a policy
-    /// checkpoint's backbone under a fresh head drawn from `seed`.
-    fn reward_model(&self, dir: &Path, _seed: u64) -> Result<Box<dyn RewardModel>> {
+    /// The reward model saved in `dir` (its score head included). With `fresh_head`, a policy
+    /// checkpoint loads too, its backbone under a head drawn from that seed (to train one); a
+    /// checkpoint without a head is otherwise an error.
+    fn reward_model(&self, dir: &Path, _fresh_head: Option<u64>) -> Result<Box<dyn RewardModel>> {
         Err(Error::invalid(
             "reward model",
             format!(
@@ -482,8 +483,8 @@ impl Backends {
         &self,
         kind: BackendKind,
         dir: &Path,
-        seed: u64,
+        fresh_head: Option<u64>,
     ) -> Result<Box<dyn RewardModel>> {
-        self.get(kind)?.reward_model(dir, seed)
+        self.get(kind)?.reward_model(dir, fresh_head)
     }
 }

@@ -363,6 +363,31 @@ pub trait TrainablePolicy: Policy {
     fn restore_optimizer(&mut self, dir: &Path, settings: &OptimizerSettings) -> Result<bool>;
 }
 
+/// A learned reward model: a scalar score of each (prompt, completion), higher meaning better
+/// (a proxy for a verifier where there is none). It trains as a [`TrainablePolicy`] does, from
+/// the gradient of a loss in its scores (Bradley–Terry on pairs, BCE on outcome labels:
+/// `autodidact_objectives::reward`).
+pub trait RewardModel: Send {
+    /// The score of each example (prompt, completion and its stop token); the pass is kept
+    /// for [`RewardModel::backward`].
+    fn scores(&mut self, batch: &[Example]) -> Result<Vec<f32>>;
+
+    /// Accumulates the gradient of `Σ_b dscores_b · score_b` for the last
+    /// [`RewardModel::scores`].
+    fn backward(&mut self, dscores: &[f32]) -> Result<()>;
+
+    /// Starts a fresh optimizer (moments at zero) and clears accumulated gradients.
+    fn reset_optimizer(&mut self, settings: &OptimizerSettings) -> Result<()>;
+
+    /// One optimizer step at `lr`, gradients clipped to `max_grad_norm` (0: none); returns the
+    /// norm before clipping.
+    fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
+
+    /// Writes the model (and its optimizer state, when it has one) to `dir`, replacing what
+    /// is there; a load of `dir` gives the same scores.
+    fn save(&self, dir: &Path) -> Result<()>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,35 +569,4 @@ mod tests {
         grown.sort();
         assert_eq!(grown, [10, 12, 20], "the watch sees rows by id");
     }
-}
-
-/// A learned reward model: a scalar score of each (prompt, completion), higher meaning better
-/// (a proxy for a verifier where there is none). It trains as a [`TrainablePolicy`] does, from
-/// the gradient of a loss in its scores (Bradley–Terry on pairs, BCE on outcome labels:
-/// `autodidact_objectives::reward`).
-pub trait RewardModel: Send {
-    /// The score of each example (prompt, completion and its stop token); the pass is kept
-    /// for [`RewardModel::backward`].
-    fn scores(&mut self, batch: &[Example]) -> Result<Vec<f32>>;
-
-    /// Accumulates the gradient of `Σ_b dscores_b · score_b` for the last
-    /// [`RewardModel::scores`].
-    fn backward(&mut self, dscores: &[f32]) -> Result<()>;
-
-    /// Starts a fresh optimizer (moments at zero) and clears accumulated gradients.
-    fn reset_optimizer(&mut self, settings: &OptimizerSettings) -> Result<()>;
-
-    /// One optimizer step at `lr`, gradients clipped to `max_grad_norm` (0: none); returns the
-    /// norm before clipping.
-    fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
-
-    /// Writes the model (and its optimizer state, when it has one) to `dir`, replacing what
-    /// is there; a load of `dir` gives the same scores.
-    fn save(&self, dir: &Path) -> Result<()>;
-
-    /// The most tokens an example (prompt and completion) may have.
-    fn context_length(&self) -> usize;
-
-    /// Tokens of each example as the model reads it (for batching by length).
-    fn lengths(&self, batch: &[Example]) -> Result<Vec<usize>>;
 }

@@ -11,7 +11,9 @@
 //! `raft.threshold`) and `star` (keeps the completions whose proxy reaches
 //! `reward.threshold`). The DPO family builds pairs from its own judge or vote and refuses it.
 
-use crate::rm::{aggregate, completions_of, disagreement, Aggregation, Ensemble};
+use crate::rm::{
+    aggregate, check_aggregation, completions_of, disagreement, Aggregation, Ensemble,
+};
 use crate::{Error, Result};
 use autodidact_core::{Backends, Group};
 use serde::{Deserialize, Serialize};
@@ -52,14 +54,7 @@ impl RewardConfig {
 
     /// The proxy reward, loaded, when `model` names one; errors name `reward.*`.
     pub fn build(&self, backends: &Backends) -> Result<Option<ProxyReward>> {
-        if let Aggregation::Uncertainty { lambda } = self.aggregate {
-            if !(lambda.is_finite() && lambda >= 0.0) {
-                return Err(Error::config(
-                    "reward.aggregate.lambda",
-                    format!("{lambda} must be a finite number ≥ 0"),
-                ));
-            }
-        }
+        check_aggregation("reward.aggregate.lambda", self.aggregate)?;
         if !self.threshold.is_finite() {
             return Err(Error::config(
                 "reward.threshold",
@@ -72,7 +67,6 @@ impl RewardConfig {
         let ensemble = Ensemble::load(backends, path)
             .map_err(|e| Error::config("reward.model", e.to_string()))?;
         Ok(Some(ProxyReward {
-            members: ensemble.len(),
             ensemble: Mutex::new(ensemble),
             how: self.aggregate,
             threshold: self.threshold,
@@ -83,7 +77,6 @@ impl RewardConfig {
 /// A loaded proxy reward.
 pub struct ProxyReward {
     ensemble: Mutex<Ensemble>,
-    members: usize,
     how: Aggregation,
     pub threshold: f32,
 }
@@ -116,7 +109,7 @@ impl ProxyReward {
             agg.iter().map(|&s| s as f64).sum::<f64>() / n,
         );
         m.insert("gold/reward".into(), gold / n);
-        if self.members > 1 {
+        if scores.len() > 1 {
             m.insert("proxy/disagreement".into(), disagreement(&scores));
         }
         Ok(m)
@@ -135,7 +128,7 @@ impl ProxyReward {
             "proxy/eval_reward".into(),
             agg.iter().map(|&s| s as f64).sum::<f64>() / agg.len() as f64,
         );
-        if self.members > 1 {
+        if scores.len() > 1 {
             m.insert("proxy/eval_disagreement".into(), disagreement(&scores));
         }
         Ok(m)

@@ -30,11 +30,11 @@ use crate::config::OptimizerConfig;
 use crate::monitor::auroc;
 use crate::sampling::derive_seed;
 use crate::store::sha256_file;
-use crate::train::LrSchedule;
+use crate::train::{adamw_settings, LrSchedule};
 use crate::{Error, Result};
 use autodidact_core::fs::write_atomic;
 use autodidact_core::rng::fnv1a;
-use autodidact_core::{BackendKind, Backends, Example, Group, OptimizerSettings, RewardModel, Rng};
+use autodidact_core::{BackendKind, Backends, Example, Group, RewardModel, Rng};
 pub use autodidact_objectives::{aggregate, disagreement, Aggregation};
 use autodidact_objectives::{bradley_terry, calibration, outcome_bce};
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,25 @@ impl RmData {
             RmData::Labels(l) => &l[i].prompt,
         }
     }
+    /// The sequences lines `range` score: every pair's chosen completion, then every pair's
+    /// rejected one (the layout [`eval_metrics`] reads), or each labeled completion.
+    pub fn sequences(&self, range: std::ops::Range<usize>) -> Vec<Example> {
+        let ex = |prompt: &str, completion: &str| Example::new(prompt, completion);
+        match self {
+            RmData::Pairs(p) => {
+                let p = &p[range];
+                let chosen = p.iter().map(|x| ex(&x.prompt, &x.chosen));
+                chosen
+                    .chain(p.iter().map(|x| ex(&x.prompt, &x.rejected)))
+                    .collect()
+            }
+            RmData::Labels(l) => l[range]
+                .iter()
+                .map(|x| ex(&x.prompt, &x.completion))
+                .collect(),
+        }
+    }
+
     /// Lines `idx`, in that order.
     fn select(&self, idx: &[usize]) -> RmData {
         match self {
@@ -409,14 +428,15 @@ pub fn train(
         Rng::derived(seed, 1).shuffle(&mut order);
         order.truncate(((cfg.subset * order.len() as f64).ceil() as usize).max(1));
         let member_data = data.select(&order);
-        let mut rm = backends.reward_model(BackendKind::Native, base, seed)?;
+        let mut rm = backends.reward_model(BackendKind::Native, base, Some(seed))?;
         let steps = fit(&mut *rm, &member_data, cfg, seed, &mut |line| {
             let mut line = line;
             line.insert("member".into(), (m as u64).into());
             writeln!(metrics, "{}", serde_json::Value::Object(line))
                 .map_err(|e| autodidact_core::Error::io("writing", &metrics_path, e).into())
         })?;
-        let scores = score_data(&mut *rm, &eval_data, cfg.micro_batch)?;
+        let eval_seqs = eval_data.sequences(0..eval_data.len());
+        let scores = score_all(&mut *rm, &eval_seqs, cfg.micro_batch)?;
         let eval = eval_metrics(&eval_data, &scores);
         let dir = format!("{MEMBERS_DIR}/m{m:02}");
         rm.save(&out.join(&dir))?;
@@ -485,28 +505,6 @@ fn split(data: &RmData, cfg: &RmConfig) -> (Vec<usize>, Vec<usize>) {
     })
 }
 
-/// The sequences a batch of lines scores: a pair's chosen and rejected, or a labeled
-/// completion.
-fn sequences(data: &RmData, range: std::ops::Range<usize>) -> Vec<Example> {
-    match data {
-        RmData::Pairs(p) => {
-            let p = &p[range];
-            let c = p
-                .iter()
-                .map(|x| Example::new(x.prompt.clone(), x.chosen.clone()));
-            c.chain(
-                p.iter()
-                    .map(|x| Example::new(x.prompt.clone(), x.rejected.clone())),
-            )
-            .collect()
-        }
-        RmData::Labels(l) => l[range]
-            .iter()
-            .map(|x| Example::new(x.prompt.clone(), x.completion.clone()))
-            .collect(),
-    }
-}
-
 /// Lines per forward pass: half the sequences for pairs.
 fn lines_per_pass(data: &RmData, micro_batch: usize) -> usize {
     match data {
@@ -525,37 +523,31 @@ fn fit(
     log: &mut dyn FnMut(serde_json::Map<String, serde_json::Value>) -> Result<()>,
 ) -> Result<u64> {
     let o = &cfg.optimizer;
-    rm.reset_optimizer(&OptimizerSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: o.weight_decay,
-    })?;
+    rm.reset_optimizer(&adamw_settings(o.weight_decay))?;
     let n = data.len();
     let batch = cfg.batch_size.min(n);
     let steps = ((cfg.epochs * n as f64) / batch as f64).ceil().max(1.0) as u64;
     let schedule = LrSchedule::of(o, steps);
     let per_pass = lines_per_pass(data, cfg.micro_batch);
-    let mut order: Vec<usize> = Vec::new();
-    let mut epoch = 0u64;
+    let (mut order, mut at, mut epoch) = (Vec::new(), 0, 0u64);
     for step in 0..steps {
         // The step's lines: the next `batch` of a per-epoch permutation.
         let mut lines = Vec::with_capacity(batch);
         while lines.len() < batch {
-            if order.is_empty() {
+            if at == order.len() {
                 order = (0..n).collect();
                 Rng::derived(seed, 2 + epoch).shuffle(&mut order);
-                order.reverse();
-                epoch += 1;
+                (at, epoch) = (0, epoch + 1);
             }
-            lines.push(order.pop().expect("refilled above"));
+            lines.push(order[at]);
+            at += 1;
         }
         let step_data = data.select(&lines);
         let (mut loss, mut accuracy) = (0.0, 0.0);
         for start in (0..batch).step_by(per_pass) {
             let range = start..(start + per_pass).min(batch);
             let share = range.len() as f64 / batch as f64;
-            let seqs = sequences(&step_data, range.clone());
+            let seqs = step_data.sequences(range.clone());
             let s = rm.scores(&seqs)?;
             let (l, a, grad) = match &step_data {
                 RmData::Pairs(p) => {
@@ -589,32 +581,16 @@ fn fit(
     Ok(steps)
 }
 
-/// The scores of every line's sequences (a pair's chosen ones, then its rejected ones, pass
-/// by pass: see [`sequences`]), flattened as [`eval_metrics`] reads them.
-fn score_data(rm: &mut dyn RewardModel, data: &RmData, micro_batch: usize) -> Result<Vec<f32>> {
-    let per_pass = lines_per_pass(data, micro_batch);
-    let mut out = Vec::new();
-    for start in (0..data.len()).step_by(per_pass) {
-        out.extend(rm.scores(&sequences(data, start..(start + per_pass).min(data.len())))?);
-    }
-    // Pairs come back pass by pass as (chosen…, rejected…); lay them out as all chosen, then
-    // all rejected.
-    if let RmData::Pairs(_) = data {
-        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-        let mut rest = &out[..];
-        for start in (0..data.len()).step_by(per_pass) {
-            let k = per_pass.min(data.len() - start);
-            chosen.extend_from_slice(&rest[..k]);
-            rejected.extend_from_slice(&rest[k..2 * k]);
-            rest = &rest[2 * k..];
-        }
-        chosen.extend(rejected);
-        return Ok(chosen);
+/// `rm`'s scores of `examples`, `rows` sequences per pass.
+fn score_all(rm: &mut dyn RewardModel, examples: &[Example], rows: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(rows) {
+        out.extend(rm.scores(chunk)?);
     }
     Ok(out)
 }
 
-/// Held-out metrics of `scores` ([`score_data`]'s layout): loss and accuracy, and the
+/// Held-out metrics of `scores` (of [`RmData::sequences`] of every line): loss and accuracy, and the
 /// calibration of σ(score) for labels, or of σ(chosen − rejected) for pairs (each pair read
 /// in both orders, so that a preference the model is unsure of counts as such).
 pub fn eval_metrics(data: &RmData, scores: &[f32]) -> BTreeMap<String, f64> {
@@ -653,12 +629,23 @@ pub fn eval_metrics(data: &RmData, scores: &[f32]) -> BTreeMap<String, f64> {
     m
 }
 
+/// Checks an aggregation's setting: UWO's λ is finite and not negative; `key` names it.
+pub fn check_aggregation(key: &str, how: Aggregation) -> Result<()> {
+    match how {
+        Aggregation::Uncertainty { lambda } if !(lambda.is_finite() && lambda >= 0.0) => Err(
+            Error::config(key, format!("{lambda} must be a finite number ≥ 0")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Reward models loaded for scoring: one, or an ensemble's members.
 pub struct Ensemble {
     members: Vec<Box<dyn RewardModel>>,
-    /// Sequences per scoring pass.
-    rows: usize,
 }
+
+/// Sequences per scoring pass of an [`Ensemble`].
+const SCORE_ROWS: usize = 64;
 
 impl Ensemble {
     /// The reward models at `path`: a directory `rm train` wrote (every member), or one
@@ -667,9 +654,9 @@ impl Ensemble {
         let dirs = member_dirs(path)?;
         let members = dirs
             .iter()
-            .map(|d| backends.reward_model(BackendKind::Native, d, 0))
+            .map(|d| backends.reward_model(BackendKind::Native, d, None))
             .collect::<autodidact_core::Result<_>>()?;
-        Ok(Self { members, rows: 64 })
+        Ok(Self { members })
     }
 
     pub fn len(&self) -> usize {
@@ -682,16 +669,9 @@ impl Ensemble {
 
     /// Each member's score of each example: one row per member.
     pub fn scores(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
-        let rows = self.rows;
         self.members
             .iter_mut()
-            .map(|m| {
-                let mut out = Vec::with_capacity(examples.len());
-                for chunk in examples.chunks(rows) {
-                    out.extend(m.scores(chunk)?);
-                }
-                Ok(out)
-            })
+            .map(|m| score_all(&mut **m, examples, SCORE_ROWS))
             .collect()
     }
 }
@@ -723,19 +703,6 @@ pub fn member_dirs(path: &Path) -> Result<Vec<PathBuf>> {
             format!("has members but no {RM_FILE}: its training did not finish; train it again"),
         ));
     }
-    // One checkpoint: it must have a score head, not a fresh one drawn on load.
-    let config = path.join("config.json");
-    let text = std::fs::read_to_string(&config)
-        .map_err(|e| autodidact_core::Error::io("reading", &config, e))?;
-    let is_rm = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["architectures"][0].as_str().map(str::to_owned))
-        .is_some_and(|a| a.ends_with("ForSequenceClassification"));
-    if !is_rm {
-        return Err(Error::file(
-            path,
-            format!("is neither a directory `autodidact rm train` wrote (no {RM_FILE}) nor a reward-model checkpoint (its config.json names no …ForSequenceClassification architecture)"),
-        ));
-    }
+    // One checkpoint; loading it checks that it has a score head.
     Ok(vec![path.to_path_buf()])
 }

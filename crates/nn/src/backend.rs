@@ -158,9 +158,9 @@ impl Backend for NativeBackend {
         Ok(Box::new(NativePolicy::load(dir).map_err(to_core)?))
     }
 
-    fn reward_model(&self, dir: &Path, seed: u64) -> Result<Box<dyn RewardModel>> {
+    fn reward_model(&self, dir: &Path, fresh_head: Option<u64>) -> Result<Box<dyn RewardModel>> {
         Ok(Box::new(
-            crate::NativeRewardModel::load(dir, seed).map_err(to_core)?,
+            crate::NativeRewardModel::load(dir, fresh_head).map_err(to_core)?,
         ))
     }
 }

@@ -609,22 +609,6 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     })
 }
 
-/// The optimizer file of `dir` (its path and bytes, version checked) and the step count its
-/// metadata records, or `None` when the checkpoint has none.
-fn optimizer_file(dir: &Path) -> Result<Option<(PathBuf, Vec<u8>, u64)>> {
-    let path = dir.join(OPTIMIZER_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = read(&path)?;
-    let meta = check_version(&bytes, &path, true)?;
-    let step = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
-    Ok(Some((path, bytes, step)))
-}
-
 /// Loads the optimizer state saved beside `model` in `dir` into a fresh AdamW with `config`,
 /// or returns `None` when the checkpoint has no optimizer state.
 pub fn load_optimizer(
@@ -632,50 +616,52 @@ pub fn load_optimizer(
     model: &Transformer,
     config: &AdamWConfig,
 ) -> Result<Option<AdamW>> {
-    let Some((path, bytes, step)) = optimizer_file(dir)? else {
-        return Ok(None);
-    };
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
-    let mut opt = config.build(model)?;
-    opt.step = step;
-    for t in model.trainable_tensors() {
-        read_tensor(
-            &st,
-            &path,
-            &format!("{}.exp_avg", t.name),
-            &t.shape,
-            &mut opt.m[t.range()],
-            "",
-        )?;
-        read_tensor(
-            &st,
-            &path,
-            &format!("{}.exp_avg_sq", t.name),
-            &t.shape,
-            &mut opt.v[t.range()],
-            "",
-        )?;
-    }
-    Ok(Some(opt))
+    Ok(load_optimizers(dir, model, config, None)?.map(|(opt, _)| opt))
 }
 
-/// Loads the AdamW state of a score head of `len` values saved in `dir` into a fresh AdamW
-/// with `config` (the head decays as a matrix), or `None` when there is none.
-pub fn load_head_optimizer(dir: &Path, len: usize, config: &AdamWConfig) -> Result<Option<AdamW>> {
-    let Some((path, bytes, step)) = optimizer_file(dir)? else {
+/// [`load_optimizer`], and with `head` (its length) the AdamW state of a reward model's
+/// score head from the same file (the head decays as a matrix): one read for both.
+pub fn load_optimizers(
+    dir: &Path,
+    model: &Transformer,
+    config: &AdamWConfig,
+    head: Option<usize>,
+) -> Result<Option<(AdamW, Option<AdamW>)>> {
+    let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
         return Ok(None);
-    };
+    }
+    let bytes = read(&path)?;
+    let meta = check_version(&bytes, &path, true)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(&path, format!("not a safetensors file: {e}")))?;
-    let mut opt = config.build_for(len, true)?;
-    opt.step = step;
-    let hint = "; the optimizer state was saved without a score head: train the reward model from a fresh optimizer";
-    for (suffix, dst) in [("exp_avg", &mut opt.m), ("exp_avg_sq", &mut opt.v)] {
-        let name = format!("{SCORE_TENSOR}.{suffix}");
-        read_tensor(&st, &path, &name, &[1, len], dst, hint)?;
+    let step = meta
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::checkpoint(&path, "metadata has no integer `step`"))?;
+    let moments =
+        |name: &str, shape: &[usize], opt: &mut AdamW, at: std::ops::Range<usize>, hint: &str| {
+            opt.step = step;
+            for (suffix, dst) in [("exp_avg", &mut opt.m), ("exp_avg_sq", &mut opt.v)] {
+                let key = format!("{name}.{suffix}");
+                read_tensor(&st, &path, &key, shape, &mut dst[at.clone()], hint)?;
+            }
+            Ok::<_, Error>(())
+        };
+    let mut opt = config.build(model)?;
+    for t in model.trainable_tensors() {
+        moments(&t.name, &t.shape, &mut opt, t.range(), "")?;
     }
-    Ok(Some(opt))
+    let head = match head {
+        None => None,
+        Some(len) => {
+            let mut h = config.build_for(len, true)?;
+            let hint = "; the optimizer state was saved without a score head: train the reward model from a fresh optimizer";
+            moments(SCORE_TENSOR, &[1, len], &mut h, 0..len, hint)?;
+            Some(h)
+        }
+    };
+    Ok(Some((opt, head)))
 }
 
 /// The checkpoint in `dir` as the base of LoRA adapters: the model, and the [`BaseModel`]

@@ -95,6 +95,12 @@ impl NativePolicy {
         self.optimizer.as_ref()
     }
 
+    /// Continues with `opt` (loaded for this model), gradients cleared.
+    pub(crate) fn set_optimizer(&mut self, opt: AdamW) {
+        self.optimizer = Some(opt);
+        self.grads.zero();
+    }
+
     /// The token that ends a training completion.
     fn stop_token(&self) -> u32 {
         self.tokenizer.stop_tokens()[0]
@@ -193,7 +199,7 @@ impl NativePolicy {
         Ok(norm)
     }
 
-    pub(crate) fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
+    fn encode(&self, ex: &Example) -> crate::Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenizer.encode_prompt(&ex.prompt)?;
         let prompt_len = ids.len();
         if prompt_len == 0 {
@@ -680,8 +686,7 @@ impl TrainablePolicy for NativePolicy {
     ) -> autodidact_core::Result<bool> {
         match checkpoint::load_optimizer(dir, &self.model, &adamw(s)).map_err(to_core)? {
             Some(opt) => {
-                self.optimizer = Some(opt);
-                self.grads.zero();
+                self.set_optimizer(opt);
                 Ok(true)
             }
             None => Ok(false),

@@ -53,16 +53,24 @@ impl NativeRewardModel {
     }
 
     /// The reward model saved in `dir` ([`NativeRewardModel::save`], or transformers'
-    /// `LlamaForSequenceClassification` with one label), or, when `dir` holds a policy
-    /// checkpoint without a score head, its backbone under a fresh head drawn from `seed`.
-    pub fn load(dir: &Path, seed: u64) -> Result<Self> {
+    /// `LlamaForSequenceClassification` with one label). With `fresh_head`, a policy
+    /// checkpoint without a score head loads too, its backbone under a head drawn from that
+    /// seed (the start of a reward model's training); without, it is an error.
+    pub fn load(dir: &Path, fresh_head: Option<u64>) -> Result<Self> {
         let mut ck = checkpoint::load(dir)?;
         let head = ck.score.take();
         let policy = NativePolicy::from_checkpoint(ck, dir)?;
-        Ok(match head {
-            Some(h) => Self::with_head(policy, h),
-            None => Self::new(policy, seed),
-        })
+        match (head, fresh_head) {
+            (Some(h), _) => Ok(Self::with_head(policy, h)),
+            (None, Some(seed)) => Ok(Self::new(policy, seed)),
+            (None, None) => Err(Error::checkpoint(
+                dir,
+                format!(
+                    "has no score head ({}): it is a policy checkpoint, not a reward model (a …ForSequenceClassification checkpoint, or a directory `autodidact rm train` wrote)",
+                    checkpoint::SCORE_TENSOR
+                ),
+            )),
+        }
     }
 
     /// Writes the model, its score head and (after training) their optimizer state to `dir`.
@@ -81,13 +89,13 @@ impl NativeRewardModel {
 
     /// Continues the optimizer state saved in `dir` with `s`; false when there is none.
     pub fn restore_optimizer(&mut self, dir: &Path, s: &OptimizerSettings) -> Result<bool> {
-        use autodidact_core::TrainablePolicy;
-        let head = checkpoint::load_head_optimizer(dir, self.head.len(), &adamw(s))?;
-        let Some(head) = head else { return Ok(false) };
-        if !self.policy.restore_optimizer(dir, s).map_err(Error::Core)? {
+        let model = self.policy.model();
+        let loaded = checkpoint::load_optimizers(dir, model, &adamw(s), Some(self.head.len()))?;
+        let Some((backbone, head)) = loaded else {
             return Ok(false);
-        }
-        self.head_optimizer = Some(head);
+        };
+        self.policy.set_optimizer(backbone);
+        self.head_optimizer = head;
         self.dhead.fill(0.0);
         Ok(true)
     }
@@ -161,15 +169,6 @@ impl autodidact_core::RewardModel for NativeRewardModel {
     }
     fn save(&self, dir: &Path) -> autodidact_core::Result<()> {
         NativeRewardModel::save(self, dir).map_err(to_core)
-    }
-    fn context_length(&self) -> usize {
-        self.policy.model().config().context_length
-    }
-    fn lengths(&self, batch: &[Example]) -> autodidact_core::Result<Vec<usize>> {
-        batch
-            .iter()
-            .map(|e| Ok(self.policy.encode(e).map_err(to_core)?.0.len()))
-            .collect()
     }
 }
 

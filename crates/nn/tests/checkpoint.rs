@@ -434,7 +434,7 @@ fn issue14_lora_adapters_round_trip_and_export() {
 ///   python crates/nn/tests/reference/check_hf_reward_load.py /tmp/hf_rm
 #[test]
 fn issue18_transformers_reads_our_reward_model() {
-    use autodidact_core::{Example, OptimizerSettings, RewardModel};
+    use autodidact_core::{Example, OptimizerSettings};
     use autodidact_nn::{NativePolicy, NativeRewardModel};
     let tok = CharTokenizer::new("0123456789+=").unwrap();
     let mut cfg = TransformerConfig::tiny(tok.vocab_size());
@@ -481,7 +481,7 @@ fn issue18_transformers_reads_our_reward_model() {
 
     // Loaded back, it scores the same, and its optimizer continues exactly: one more step
     // after the load equals one more step without it.
-    let mut back = NativeRewardModel::load(&ck, 0).unwrap();
+    let mut back = NativeRewardModel::load(&ck, None).unwrap();
     assert_eq!(back.scores(&batch).unwrap(), scores);
     assert!(back.restore_optimizer(&ck, &settings).unwrap());
     step(&mut back);
@@ -497,11 +497,14 @@ fn issue18_transformers_reads_our_reward_model() {
     p.reset_optimizer(&settings).unwrap();
     p.save(&plain).unwrap();
     let (a, b) = (
-        NativeRewardModel::load(&plain, 1).unwrap(),
-        NativeRewardModel::load(&plain, 2).unwrap(),
+        NativeRewardModel::load(&plain, Some(1)).unwrap(),
+        NativeRewardModel::load(&plain, Some(2)).unwrap(),
     );
     assert_ne!(a.head(), b.head());
-    assert_eq!(a.head(), NativeRewardModel::load(&plain, 1).unwrap().head());
+    assert_eq!(
+        a.head(),
+        NativeRewardModel::load(&plain, Some(1)).unwrap().head()
+    );
     let mut a = a;
     let e = a
         .restore_optimizer(&plain, &settings)

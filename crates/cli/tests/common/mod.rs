@@ -10,6 +10,49 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// Runs the `autodidact` binary under test on one thread with `args`.
+pub fn autodidact(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autodidact"))
+        .arg("--threads")
+        .arg("1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// [`autodidact`], which must succeed: its standard output.
+pub fn ok(args: &[&str]) -> String {
+    let out = autodidact(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// M0 of the demo trained for `steps` seed-stage steps (no rounds) by the binary in
+/// `dir/base`: a tiny model that solves some sums. Returns its checkpoint.
+pub fn base_checkpoint(dir: &Path, steps: u32) -> std::path::PathBuf {
+    let run = dir.join("base");
+    let steps = format!("seed_stage.train.steps={steps}");
+    ok(&[
+        "run",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "star.rounds=0",
+        "--set",
+        &steps,
+        "--set",
+        "seed_stage.eval_every=0",
+        "--set",
+        "eval.problems=8",
+    ]);
+    run.join("checkpoints/r0000")
+}
+
 /// Creates a run in `out` from the demo configuration with `base` and then `extra` overrides.
 pub fn start(out: &Path, base: &[&str], extra: &[&str]) -> Run {
     let sets: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();

@@ -76,10 +76,11 @@ impl Run {
             &settings,
             obs,
         )?;
-        let mut drift = self.drift(round, &mut *policy, &sampled)?;
-        if let Some(r) = &self.plan.reward {
-            drift.extend(r.eval_metrics(&sampled)?);
-        }
+        let drift = self.drift(round, &mut *policy, &sampled)?;
+        let proxy = match &self.plan.reward {
+            Some(r) => r.eval_metrics(&sampled)?,
+            None => BTreeMap::new(),
+        };
         let serving = policy.take_serving_stats();
         obs.stage_finished(&format!(
             "r{round} eval: pass@1 {:.3}  pass@{k} {:.3}  maj@{k} {:.3}",
@@ -94,6 +95,7 @@ impl Run {
         m.eval = Some(summary(&report));
         let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
         metrics.extend(drift);
+        metrics.extend(proxy);
         metrics.extend(serving);
         metrics.insert(
             "gap/maj_minus_pass1".into(),
