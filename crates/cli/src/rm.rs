@@ -3,15 +3,18 @@
 
 use crate::tools::{completion_limits, load, CheckpointTask};
 use anyhow::{bail, Context, Result};
-use autodidact_core::{Group, SamplingParams, Split};
+use autodidact_core::{Group, Policy, SamplingParams, Split, Task};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::eval::{problem_seed, render_prompts};
-use autodidact_engine::overopt::{best_of_n, best_of_n_kl, fit, Fit, Form};
+use autodidact_engine::overopt::{best_of_n, best_of_n_kl, describe, fit, Curve, Fit, Form};
+use autodidact_engine::report::{overopt_charts, standalone_svg};
 use autodidact_engine::rm::{
-    self, aggregate, check_aggregation, completions_of, data_from_groups, data_lines, disagreement,
-    eval_metrics, read_data, summary, Aggregation, Ensemble, RmConfig, RmLoss,
+    self, aggregate, check_aggregation, completions_of, data_lines, disagreement, eval_metrics,
+    labels_from_groups, pairs_from_groups, read_data, steps_from_groups, summary, Aggregation,
+    Ensemble, RmConfig, RmData,
 };
 use autodidact_engine::sampling::sample_groups;
+use autodidact_engine::steps::{step_values, StepPattern, StepRule};
 use autodidact_engine::Silent;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -30,6 +33,10 @@ pub enum RmCommand {
     /// Best-of-n against a reward model, for n up to --samples: gold and proxy reward
     /// against √KL, with the over-optimization fit, per aggregation of the ensemble.
     Bon(BonArgs),
+    /// Fit the over-optimization forms to best-of-n sweeps (`rm bon`'s JSON) and to runs
+    /// against a reward model (held-out pass@1 against √KL to the start), and plot gold and
+    /// proxy against √KL as SVG.
+    Fit(FitArgs),
 }
 
 /// Where samples come from: a checkpoint, a task, how many.
@@ -47,7 +54,9 @@ pub struct Sampling {
     /// Sampling temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
-    /// Seed of the problems and samples.
+    /// Seed of the problems and samples. Training problems are drawn as a run with the same
+    /// seed draws them, labeled set first: seed 0 starts with the problems whose solutions
+    /// a seed-0 run's seed stage trained on, so use another for labels of unseen problems.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -58,6 +67,27 @@ pub enum Kind {
     Labels,
     /// `{"prompt", "chosen", "rejected"}`: Bradley–Terry.
     Pairs,
+    /// `{"prompt", "completions": [steps], "labels": [per step]}`: a process reward model,
+    /// each step labelled from --rollouts continuations of the prefix it ends.
+    Steps,
+}
+
+/// How a process reward model's step scores make a completion's score.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Steps {
+    /// The weakest step's score.
+    Min,
+    /// Σ log σ(step score): the log of the product of the steps' probabilities.
+    Product,
+}
+
+impl From<Steps> for StepRule {
+    fn from(s: Steps) -> Self {
+        match s {
+            Steps::Min => StepRule::Min,
+            Steps::Product => StepRule::Product,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -66,6 +96,17 @@ pub struct DataArgs {
     sampling: Sampling,
     #[arg(long, value_enum, default_value = "labels")]
     kind: Kind,
+    /// Steps: continuations sampled from each step's prefix to estimate its value.
+    #[arg(long, default_value_t = 4)]
+    rollouts: usize,
+    /// Steps: a regex after each match of which a step ends (default: the task's trace
+    /// separators, `[;#]` for the built-in tasks).
+    #[arg(long)]
+    step_pattern: Option<String>,
+    /// Steps: label each step with its estimated value (the fraction of continuations that
+    /// reach a right answer) instead of whether any does (Math-Shepherd's hard estimate).
+    #[arg(long)]
+    soft: bool,
     /// The JSONL file to write.
     #[arg(long)]
     out: PathBuf,
@@ -100,6 +141,9 @@ pub struct ScoreArgs {
     /// λ of the uncertainty-weighted aggregation (mean − λ·variance).
     #[arg(long, default_value_t = 1.0)]
     lambda: f32,
+    /// A process reward model's completion score from its steps' (labels and pairs data).
+    #[arg(long, value_enum, default_value = "min")]
+    steps: Steps,
 }
 
 #[derive(Args)]
@@ -112,10 +156,27 @@ pub struct BonArgs {
     /// λ of the uncertainty-weighted aggregation (mean − λ·variance).
     #[arg(long, default_value_t = 1.0)]
     lambda: f32,
+    /// A process reward model's completion score from its steps'.
+    #[arg(long, value_enum, default_value = "min")]
+    steps: Steps,
     /// Where to write the sweep (JSON): every n's KL, gold and proxy per aggregation, and
     /// the fits.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// A sweep `rm bon` wrote: each of its rewards is a curve, fitted as d(α − βd)
+    /// (repeatable).
+    #[arg(long)]
+    bon: Vec<PathBuf>,
+    /// A run whose reward came from a reward model: fitted as d(α − β log d) (repeatable).
+    #[arg(long)]
+    run: Vec<PathBuf>,
+    /// A directory to write `gold.svg` and `proxy.svg` to.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 pub fn rm(command: &RmCommand) -> Result<()> {
@@ -124,11 +185,20 @@ pub fn rm(command: &RmCommand) -> Result<()> {
         RmCommand::Train(a) => train(a),
         RmCommand::Score(a) => score(a),
         RmCommand::Bon(a) => bon(a),
+        RmCommand::Fit(a) => fit_curves(a),
     }
 }
 
+/// Graded samples, and what drew them.
+struct Sampled {
+    groups: Vec<Group>,
+    policy: Box<dyn Policy>,
+    task: Box<dyn Task>,
+    params: SamplingParams,
+}
+
 /// Samples `s.samples` completions of `s.problems` problems of `split`, graded.
-fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
+fn sample(s: &Sampling, split: Split) -> Result<Sampled> {
     let (run, task_cfg) = s.source.resolve()?;
     if s.problems == 0 || s.samples == 0 {
         bail!("--problems and --samples must be at least 1");
@@ -154,7 +224,7 @@ fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
         temperature: s.temperature,
         ..SamplingParams::greedy(max_new).with_stop(stop)
     };
-    Ok(sample_groups(
+    let groups = sample_groups(
         &mut *policy,
         &*task,
         &problems,
@@ -162,16 +232,54 @@ fn sample(s: &Sampling, split: Split) -> Result<Vec<Group>> {
         &params,
         s.seed,
         &mut Silent,
-    )?)
+    )?;
+    Ok(Sampled {
+        groups,
+        policy,
+        task,
+        params,
+    })
 }
 
 fn data(a: &DataArgs) -> Result<()> {
-    let groups = sample(&a.sampling, Split::Train)?;
-    let loss = match a.kind {
-        Kind::Labels => RmLoss::Outcome,
-        Kind::Pairs => RmLoss::BradleyTerry,
+    if a.rollouts == 0 {
+        bail!("--rollouts must be at least 1");
+    }
+    let Sampled {
+        groups,
+        mut policy,
+        task,
+        params,
+    } = sample(&a.sampling, Split::Train)?;
+    let data = match a.kind {
+        Kind::Labels => labels_from_groups(&groups),
+        Kind::Pairs => pairs_from_groups(&groups),
+        Kind::Steps => {
+            let src = match (&a.step_pattern, task.step_pattern()) {
+                (Some(p), _) => p.clone(),
+                (None, Some(p)) => p.to_string(),
+                (None, None) => bail!(
+                    "task {} has no step separators of its own: give --step-pattern (a regex after each match of which a step ends, such as '\\n')",
+                    task.name()
+                ),
+            };
+            let pattern = StepPattern::new("--step-pattern", &src)?;
+            let values = step_values(
+                &mut *policy,
+                &*task,
+                &groups,
+                &pattern,
+                a.rollouts,
+                &params,
+                a.sampling.seed,
+                &mut Silent,
+            )?;
+            eprintln!(
+                "steps end after each match of `{src}`: train with --set step_pattern='{src}'"
+            );
+            steps_from_groups(&groups, &values, &pattern, a.soft)
+        }
     };
-    let data = data_from_groups(&groups, loss);
     let n = groups.iter().map(|g| g.completions.len()).sum::<usize>();
     let right = groups
         .iter()
@@ -195,6 +303,7 @@ fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Labels => "labels",
         Kind::Pairs => "pairs",
+        Kind::Steps => "stepped completions",
     }
 }
 
@@ -243,9 +352,14 @@ fn aggregations(members: usize, lambda: f32) -> Result<Vec<(&'static str, Aggreg
 
 fn score(a: &ScoreArgs) -> Result<()> {
     let data = read_data(&a.data)?;
-    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model)?;
+    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model, a.steps.into())?;
     let choices = aggregations(ensemble.len(), a.lambda)?;
-    let scores = ensemble.scores(&data.sequences(0..data.len()))?;
+    let seqs = data.sequences(0..data.len());
+    // Steps data is already split: each prefix is scored as it is.
+    let scores = match data {
+        RmData::Steps(_) => ensemble.sequence_scores(&seqs)?,
+        _ => ensemble.scores(&seqs)?,
+    };
     for (m, s) in scores.iter().enumerate() {
         println!("member {m}: {}", summary(&eval_metrics(&data, s)));
     }
@@ -263,7 +377,7 @@ fn score(a: &ScoreArgs) -> Result<()> {
 }
 
 fn bon(a: &BonArgs) -> Result<()> {
-    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model)?;
+    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model, a.steps.into())?;
     // Member 0 alone first (for an ensemble), then each aggregation of all members.
     let mut choices: Vec<(&str, Option<Aggregation>)> = aggregations(ensemble.len(), a.lambda)?
         .into_iter()
@@ -272,7 +386,7 @@ fn bon(a: &BonArgs) -> Result<()> {
     if ensemble.len() > 1 {
         choices.insert(0, ("member_0", None));
     }
-    let groups = sample(&a.sampling, Split::Eval)?;
+    let groups = sample(&a.sampling, Split::Eval)?.groups;
     let examples = completions_of(&groups);
     let k = a.sampling.samples;
     let member_scores = ensemble.scores(&examples)?;
@@ -358,4 +472,72 @@ fn n_at(d: f64) -> f64 {
         }
     }
     lo
+}
+
+fn fit_curves(a: &FitArgs) -> Result<()> {
+    if a.bon.is_empty() && a.run.is_empty() {
+        bail!("nothing to fit: give --bon FILE (from rm bon) or --run DIR, or both");
+    }
+    let mut curves = Vec::new();
+    for path in &a.bon {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let sweeps = v["sweeps"].as_object().with_context(|| {
+            format!(
+                "{} has no \"sweeps\": it is not a file rm bon wrote",
+                path.display()
+            )
+        })?;
+        let stem = path
+            .file_stem()
+            .map_or("bon".into(), |s| s.to_string_lossy());
+        for (name, sweep) in sweeps {
+            let points = sweep["points"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let f = |k: &str| {
+                        p[k].as_f64().with_context(|| {
+                            format!(
+                                "{}: a point of {name} has no number \"{k}\"",
+                                path.display()
+                            )
+                        })
+                    };
+                    Ok((f("sqrt_kl")?, f("gold")?, Some(f("proxy")?)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            curves.push(Curve::new(format!("{stem} {name}"), Form::BestOfN, points));
+        }
+    }
+    for dir in &a.run {
+        let run = autodidact_engine::report::RunData::load(dir)?;
+        let curve = Curve::of_run(&run.name, &run.rounds).with_context(|| {
+            format!(
+                "{}: fewer than two rounds log eval/pass@1 and drift/kl_to_seed",
+                dir.display()
+            )
+        })?;
+        curves.push(curve);
+    }
+    println!("{:>24} {:>7} {:>7} {:>8}", "curve", "√KL", "gold", "proxy");
+    for c in &curves {
+        for p in &c.points {
+            let proxy = p.2.map_or("—".into(), |x| format!("{x:.3}"));
+            println!("{:>24} {:>7.3} {:>7.3} {proxy:>8}", c.name, p.0, p.1);
+        }
+        println!("{:>24} {}", c.name, describe(c.fit.as_ref()));
+    }
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let [gold, proxy] = overopt_charts(&curves, (560.0, 320.0));
+        for (file, svg) in [("gold.svg", gold), ("proxy.svg", proxy)] {
+            autodidact_core::fs::write_atomic(&out.join(file), standalone_svg(&svg).as_bytes())?;
+        }
+        eprintln!("wrote gold.svg and proxy.svg to {}", out.display());
+    }
+    Ok(())
 }

@@ -189,7 +189,7 @@ fn issue18_rm_inputs_are_checked() {
     .unwrap();
     let out = tmp.path().join("never");
     let e = fails(&rm_train(base, &bad, &out, &[]));
-    assert!(e.contains("line 2: pairs and labels are mixed"), "{e}");
+    assert!(e.contains("line 2: kinds of line are mixed"), "{e}");
     std::fs::write(
         &bad,
         "{\"prompt\":\"1+1=\",\"completion\":\"2\",\"label\":\"yes\"}\n",
@@ -197,7 +197,7 @@ fn issue18_rm_inputs_are_checked() {
     .unwrap();
     let e = fails(&["rm", "score", "--model", s(rm), "--data", s(&bad)]);
     assert!(
-        e.contains("line 1: \"label\" is \"yes\", not true/false or 1/0"),
+        e.contains("line 1: \"label\" holds \"yes\", not true/false or a probability"),
         "{e}"
     );
     let good = tmp.path().join("labels.jsonl");
@@ -214,7 +214,12 @@ fn issue18_rm_inputs_are_checked() {
 
 /// `recipe` from the base checkpoint for one short round, its reward from the ensemble.
 fn proxy_run(name: &str, recipe_sets: &[&str]) -> (Output, PathBuf) {
-    let (tmp, base, rm) = fixture();
+    proxy_run_with(&fixture().2, name, recipe_sets)
+}
+
+/// [`proxy_run`] with its reward from `rm`.
+fn proxy_run_with(rm: &Path, name: &str, recipe_sets: &[&str]) -> (Output, PathBuf) {
+    let (tmp, base, _) = fixture();
     let out = tmp.path().join(name);
     let model = format!("model.checkpoint={:?}", s(base));
     let reward = format!("reward.model={:?}", s(rm));
@@ -336,4 +341,124 @@ fn issue18_recipes_take_their_reward_from_the_ensemble() {
         !out.status.success() && e.contains("reward.aggregate.lambda"),
         "{e}"
     );
+}
+
+/// A process reward model: `rm data --kind steps` labels each step of a sample from
+/// continuations of its prefix, `rm train` needs the pattern the steps were split with and
+/// keeps it, `rm score` ranks completions by their steps' min and product, and a run takes
+/// its reward from the combined step scores.
+#[test]
+fn issue18_a_process_reward_model_learns_from_rollouts() {
+    let (tmp, base, orm) = fixture();
+    let steps = tmp.path().join("steps.jsonl");
+    let said = ok(&[
+        "rm",
+        "data",
+        "--checkpoint",
+        s(base),
+        "--kind",
+        "steps",
+        "--rollouts",
+        "2",
+        "--problems",
+        "40",
+        "--samples",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        s(&steps),
+    ]);
+    // The fixture's labeled samples, split into steps (an empty completion has none).
+    assert!(
+        said.contains(" stepped completions from 160 samples"),
+        "{said}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&steps)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines {
+        let (c, y) = (
+            l["completions"].as_array().unwrap(),
+            l["labels"].as_array().unwrap(),
+        );
+        assert_eq!(c.len(), y.len(), "{l}");
+        // Every step but the last ends at a separator; hard labels are booleans.
+        for step in &c[..c.len() - 1] {
+            assert!(step.as_str().unwrap().ends_with([';', '#']), "{l}");
+        }
+        assert!(y.iter().all(|y| y.is_boolean()), "{l}");
+    }
+    let prm = tmp.path().join("prm");
+    let e = fails(&rm_train(base, &steps, &prm, &[]));
+    assert!(e.contains("step_pattern") && e.contains("[;#]"), "{e}");
+    ok(&rm_train(
+        base,
+        &steps,
+        &prm,
+        &[
+            "step_pattern=\"[;#]\"",
+            "eval_fraction=0.25",
+            "batch_size=16",
+        ],
+    ));
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(prm.join("rm.json")).unwrap()).unwrap();
+    assert_eq!(info["loss"], "process");
+    assert_eq!(info["config"]["step_pattern"], "[;#]");
+    let said = ok(&["rm", "score", "--model", s(&prm), "--data", s(&steps)]);
+    assert!(
+        said.contains("outcome_auroc_min") && said.contains("outcome_auroc_product"),
+        "{said}"
+    );
+    // Outcome labels are scored per completion, from its steps.
+    let labels = tmp.path().join("labels.jsonl");
+    ok(&[
+        "rm",
+        "score",
+        "--model",
+        s(&prm),
+        "--data",
+        s(&labels),
+        "--steps",
+        "product",
+    ]);
+
+    let (out, run) = proxy_run_with(
+        &prm,
+        "star-prm",
+        &[
+            "star.rounds=1",
+            "star.problems=8",
+            "reward.threshold=-100.0",
+            "reward.steps=\"product\"",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = round_line(&run, 1);
+    // Σ log σ: every proxy reward of the product is below 0.
+    assert!(line["proxy/reward"].as_f64().unwrap() < 0.0, "{line}");
+    // The run recorded its reward model: changed under it, resuming is refused until forced.
+    let run_json = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(run_json.contains("reward_sha256"), "{run_json}");
+    let mut metrics = std::fs::read(prm.join("metrics.jsonl")).unwrap();
+    metrics.extend(b"\n");
+    std::fs::write(prm.join("metrics.jsonl"), metrics).unwrap();
+    let e = fails(&["resume", s(&run)]);
+    assert!(e.contains("reward model") && e.contains("--force"), "{e}");
+    ok(&["resume", s(&run), "--force"]);
+    // An outcome model has no steps to combine.
+    let (out, _) = proxy_run_with(
+        orm,
+        "orm-steps",
+        &["star.rounds=1", "reward.steps=\"product\""],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("reward.steps"), "{e}");
 }

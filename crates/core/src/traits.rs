@@ -51,6 +51,13 @@ pub trait Task: Send + Sync {
     fn hinted_prompt(&self, problem: &Problem) -> Option<String> {
         Some(format!("[{}]{}", problem.answer.as_ref()?, problem.prompt))
     }
+
+    /// A regular expression after each match of which a completion's step ends (the trace's
+    /// separators), for process rewards and step credit; None when the task's completions
+    /// have no step structure it knows of (a pattern must then be given).
+    fn step_pattern(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Text to token ids and back, as a policy reads and writes it.
@@ -386,6 +393,9 @@ pub trait RewardModel: Send {
     /// Writes the model (and its optimizer state, when it has one) to `dir`, replacing what
     /// is there; a load of `dir` gives the same scores.
     fn save(&self, dir: &Path) -> Result<()>;
+    /// Bytes the loaded model holds, with what a scoring pass over `rows` sequences leaves
+    /// allocated: what a run that scores with it must budget for.
+    fn memory_bytes(&self, rows: usize) -> u64;
 }
 
 #[cfg(test)]

@@ -699,7 +699,19 @@ impl RunConfig {
                 ));
             }
         }
-        let budget = Budget::new(&*model, max_new_tokens)?;
+        if self.reward.model.is_some() && !recipe.takes_proxy_reward() {
+            return Err(Error::config(
+                "reward.model",
+                format!(
+                    "{} builds its training data from its own judge, vote or the verifier; a reward model drives the policy-gradient recipes, raft and star",
+                    recipe.name()
+                ),
+            ));
+        }
+        // A reward model stays loaded for the whole run, beside the policy.
+        let reward = self.reward.build(backends)?;
+        let held = reward.as_ref().map_or(0, |r| r.memory_bytes());
+        let budget = Budget::new(&*model, max_new_tokens, held)?;
         // Scoring passes (drift on held-out samples, reference log-probs, a judge) run in
         // chunks of the recipe's rows, halved until a chunk fits (a large model's do not).
         let scoring = |rows: usize| {
@@ -749,16 +761,6 @@ impl RunConfig {
                 })
             })
             .transpose()?;
-        if self.reward.model.is_some() && !recipe.takes_proxy_reward() {
-            return Err(Error::config(
-                "reward.model",
-                format!(
-                    "{} builds its training data from its own judge, vote or the verifier; a reward model drives the policy-gradient recipes, raft and star",
-                    recipe.name()
-                ),
-            ));
-        }
-        let reward = self.reward.build(backends)?;
         Ok(RunPlan {
             config: self.clone(),
             recipe,
@@ -773,8 +775,8 @@ impl RunConfig {
 }
 
 /// The memory a run may use (see `autodidact_core::memory`), for the checks of its plan: the
-/// weights, gradients and optimizer state of the policy and a reference model, and the
-/// sampler's workspace, are always held; a check adds what one stage holds on top.
+/// weights, gradients and optimizer state of the policy and a reference model, the sampler's
+/// workspace and a reward model, are always held; a check adds what one stage holds on top.
 pub struct Budget<'a> {
     model: &'a dyn ModelSpec,
     max_new_tokens: usize,
@@ -783,12 +785,14 @@ pub struct Budget<'a> {
 }
 
 impl<'a> Budget<'a> {
-    fn new(model: &'a dyn ModelSpec, max_new_tokens: usize) -> Result<Self> {
+    /// `held`: bytes held beside the policy for the whole run (a reward model's).
+    fn new(model: &'a dyn ModelSpec, max_new_tokens: usize, held: u64) -> Result<Self> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             model,
             max_new_tokens,
-            state: 2 * model.state_bytes(threads) + model.sample_workspace_bytes(),
+            state: (2 * model.state_bytes(threads) + model.sample_workspace_bytes())
+                .saturating_add(held),
             available: memory::available()?,
         })
     }

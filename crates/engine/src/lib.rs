@@ -27,6 +27,7 @@ pub mod reward;
 pub mod rm;
 pub mod run;
 pub mod sampling;
+pub mod steps;
 pub mod store;
 #[cfg(test)]
 mod testutil;

@@ -97,7 +97,8 @@ pub fn fit(form: Form, points: &[(f64, f64)]) -> Option<Fit> {
     };
     f.peak = match form {
         _ if beta <= 0.0 => None,
-        Form::BestOfN => Some(alpha / (2.0 * beta)),
+        // α ≤ 0: the curve falls from the start, with no peak beyond it.
+        Form::BestOfN => Some(alpha / (2.0 * beta)).filter(|d| *d > 0.0),
         // d/dd [d(α − β log d)] = α − β(log d + 1) = 0.
         Form::Rl => Some((alpha / beta - 1.0).exp()).filter(|d| d.is_finite() && *d > 0.0),
     }
@@ -136,6 +137,88 @@ pub fn best_of_n(proxy: &[Vec<f32>], gold: &[Vec<f32>], n: usize) -> Option<(f64
         problems += 1;
     }
     (problems > 0).then(|| (p_sum / problems as f64, g_sum / problems as f64))
+}
+
+/// `(d, gold, proxy)`: one point of a [`Curve`].
+pub type Point = (f64, f64, Option<f64>);
+
+/// One over-optimization curve: gold and proxy reward against `d = √KL`, with the fit of
+/// the gold's rise over its first point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    pub name: String,
+    /// `(d, gold, proxy)`, the first at the initial policy; proxy is None for a run
+    /// against the verifier (a reference).
+    pub points: Vec<Point>,
+    pub fit: Option<Fit>,
+}
+
+impl Curve {
+    /// The curve of `points` (first at `d = 0`), with `form` fitted to gold minus the first
+    /// point's gold.
+    pub fn new(name: impl Into<String>, form: Form, points: Vec<Point>) -> Self {
+        let base = points.first().map_or(0.0, |p| p.1);
+        let rel: Vec<(f64, f64)> = points.iter().skip(1).map(|p| (p.0, p.1 - base)).collect();
+        Self {
+            name: name.into(),
+            fit: fit(form, &rel),
+            points,
+        }
+    }
+
+    /// A run's curve from its per-round metrics: gold is held-out pass@1 (`eval/pass@1`),
+    /// proxy its reward model's mean score of the held-out samples (`proxy/eval_reward`, absent
+    /// for a run against the verifier), and `d` the square root of `drift/kl_to_seed` (0 at
+    /// round 0, the start). Rounds without gold or KL are left out; None when fewer than two
+    /// rounds have them.
+    pub fn of_run(
+        name: impl Into<String>,
+        rounds: &[std::collections::BTreeMap<String, f64>],
+    ) -> Option<Self> {
+        let points: Vec<Point> = rounds
+            .iter()
+            .filter_map(|m| {
+                let kl = match m.get("round") {
+                    Some(&0.0) => 0.0,
+                    _ => *m.get("drift/kl_to_seed")?,
+                };
+                let proxy = m.get("proxy/eval_reward").copied();
+                Some((kl.max(0.0).sqrt(), *m.get("eval/pass@1")?, proxy))
+            })
+            .collect();
+        (points.len() >= 2 && points[0].0 == 0.0).then(|| Self::new(name, Form::Rl, points))
+    }
+
+    /// The fitted gold at `steps + 1` even points over the curve's range of `d`.
+    pub fn fitted(&self, steps: usize) -> Vec<(f64, f64)> {
+        let (Some(f), Some(first)) = (&self.fit, self.points.first()) else {
+            return Vec::new();
+        };
+        let top = self.points.iter().map(|p| p.0).fold(0.0, f64::max);
+        (0..=steps)
+            .map(|i| {
+                let d = top * i as f64 / steps.max(1) as f64;
+                (d, first.1 + f.at(d))
+            })
+            .collect()
+    }
+}
+
+/// One line on a fit: its coefficients and where gold peaks, if it does.
+pub fn describe(fit: Option<&Fit>) -> String {
+    let Some(f) = fit else {
+        return "too few points to fit".into();
+    };
+    let form = match f.form {
+        Form::BestOfN => "d(α − βd)",
+        Form::Rl => "d(α − β log d)",
+    };
+    let head = format!("{form}: α {:.4}, β {:.4} (r² {:.3})", f.alpha, f.beta, f.r2);
+    match f.peak {
+        Some((d, v)) => format!("{head}; gold peaks at √KL {d:.2}, {v:+.3} over the start"),
+        None if f.alpha <= 0.0 => format!("{head}; gold falls from the start (α ≤ 0)"),
+        None => format!("{head}; no peak in the fitted form"),
+    }
 }
 
 #[cfg(test)]
@@ -237,5 +320,67 @@ mod tests {
         // One distinct d cannot fix two coefficients.
         assert_eq!(fit(Form::BestOfN, &[(1.0, 0.3), (1.0, 0.4)]), None);
         assert_eq!(fit(Form::Rl, &[]), None);
+    }
+
+    /// A run's curve reads gold, proxy and √KL per round (round 0 at d = 0), fits the RL
+    /// form to gold's change, and recovers a curve it was drawn from.
+    #[test]
+    fn issue18_a_runs_curve_fits_gold_against_root_kl() {
+        let truth = Fit {
+            form: Form::Rl,
+            alpha: 0.3,
+            beta: 0.2,
+            r2: 1.0,
+            peak: None,
+        };
+        let rounds: Vec<std::collections::BTreeMap<String, f64>> = (0..6)
+            .map(|r| {
+                let kl = (r * r) as f64 * 0.5;
+                let mut m = std::collections::BTreeMap::from([
+                    ("round".to_string(), r as f64),
+                    ("eval/pass@1".to_string(), 0.25 + truth.at(kl.sqrt())),
+                    ("proxy/eval_reward".to_string(), -2.0 + r as f64 * 0.1),
+                ]);
+                if r > 0 {
+                    m.insert("drift/kl_to_seed".into(), kl);
+                }
+                m
+            })
+            .collect();
+        let c = Curve::of_run("run", &rounds).unwrap();
+        assert_eq!(c.points.len(), 6);
+        assert_eq!(c.points[0], (0.0, 0.25, Some(-2.0)));
+        let f = c.fit.clone().unwrap();
+        assert!(
+            (f.alpha - 0.3).abs() < 1e-9 && (f.beta - 0.2).abs() < 1e-9,
+            "{f:?}"
+        );
+        let line = describe(Some(&f));
+        assert!(line.contains("gold peaks at √KL"), "{line}");
+        // A best-of-n curve that falls from the start has no peak.
+        let falls: Vec<(f64, f64)> = [0.5, 1.0, 1.5]
+            .iter()
+            .map(|&d| (d, d * (-0.01 - 0.02 * d)))
+            .collect();
+        let f = fit(Form::BestOfN, &falls).unwrap();
+        assert!(
+            f.peak.is_none() && describe(Some(&f)).contains("falls from the start"),
+            "{f:?}"
+        );
+        let fitted = c.fitted(4);
+        assert_eq!(fitted.len(), 5);
+        assert!((fitted[4].1 - c.points[5].1).abs() < 1e-9);
+        // Without the KL monitor there is nothing to plot against.
+        let bare: Vec<_> = rounds
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k != "drift/kl_to_seed")
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            })
+            .collect();
+        assert!(Curve::of_run("bare", &bare).is_none());
+        assert!(describe(None).contains("too few"));
     }
 }

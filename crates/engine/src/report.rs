@@ -108,86 +108,173 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// A named line of (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 /// A small line chart of one metric: one series per run, x = round (or step).
-pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h, l, r, t, b) = (260.0, 150.0, 44.0, 10.0, 22.0, 24.0);
-    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-    let mut s = format!(
-        r#"<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><text x="{l}" y="14" class="ct">{t}</text>"#,
-        t = escape(title)
-    );
-    if points.is_empty() {
-        s.push_str("</svg>");
-        return s;
+pub fn svg_chart(title: &str, series: &[Series]) -> String {
+    Plot {
+        title,
+        x_label: "",
+        series,
+        curves: &[],
+        size: (260.0, 150.0),
     }
-    let fold = |f: fn(f64, f64) -> f64, init: f64, x: fn(&(f64, f64)) -> f64| {
-        points.iter().map(x).fold(init, f)
-    };
-    let (x0, x1) = (
-        fold(f64::min, f64::INFINITY, |p| p.0),
-        fold(f64::max, f64::NEG_INFINITY, |p| p.0),
-    );
-    let (mut y0, mut y1) = (
-        fold(f64::min, f64::INFINITY, |p| p.1),
-        fold(f64::max, f64::NEG_INFINITY, |p| p.1),
-    );
-    if y1 - y0 < 1e-12 {
-        y0 -= 0.5_f64.max(y0.abs() * 0.1);
-        y1 += 0.5_f64.max(y1.abs() * 0.1);
-    }
-    let px = |x: f64| l + (w - l - r) * if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 };
-    let py = |y: f64| t + (h - t - b) * (1.0 - (y - y0) / (y1 - y0));
-    let _ = write!(
-        s,
-        r#"<line x1="{l}" y1="{yb}" x2="{xr}" y2="{yb}" class="ax"/><line x1="{l}" y1="{t}" x2="{l}" y2="{yb}" class="ax"/><text x="{lx}" y="{ty}" class="tk" text-anchor="end">{top}</text><text x="{lx}" y="{yb}" class="tk" text-anchor="end">{bot}</text><text x="{l}" y="{xy}" class="tk">{xa}</text><text x="{xr}" y="{xy}" class="tk" text-anchor="end">{xb}</text>"#,
-        yb = h - b,
-        xr = w - r,
-        lx = l - 3.0,
-        ty = t + 8.0,
-        xy = h - 8.0,
-        top = fmt_num(y1),
-        bot = fmt_num(y0),
-        xa = fmt_num(x0),
-        xb = fmt_num(x1),
-    );
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let c = COLOURS[i % COLOURS.len()];
-        let path: Vec<String> = pts
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-            .collect();
+    .svg()
+}
+
+/// A line chart on shared axes: `series` drawn with a marker per point (its value on hover),
+/// `curves` (fitted lines) dashed without markers, in the colour of the series of the same
+/// index.
+pub struct Plot<'a> {
+    pub title: &'a str,
+    /// Written under the x axis.
+    pub x_label: &'a str,
+    pub series: &'a [Series],
+    pub curves: &'a [Series],
+    /// Width and height in pixels.
+    pub size: (f64, f64),
+}
+
+impl Plot<'_> {
+    pub fn svg(&self) -> String {
+        let (w, h) = self.size;
+        let (l, r, t, b) = (44.0, 10.0, 22.0, 24.0);
+        let all = self.series.iter().chain(self.curves);
+        let points: Vec<(f64, f64)> = all.flat_map(|(_, s)| s.iter().copied()).collect();
+        let mut s = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><text x="{l}" y="14" class="ct">{t}</text>"#,
+            t = escape(self.title)
+        );
+        if points.is_empty() {
+            s.push_str("</svg>");
+            return s;
+        }
+        let fold = |f: fn(f64, f64) -> f64, init: f64, x: fn(&(f64, f64)) -> f64| {
+            points.iter().map(x).fold(init, f)
+        };
+        let (x0, x1) = (
+            fold(f64::min, f64::INFINITY, |p| p.0),
+            fold(f64::max, f64::NEG_INFINITY, |p| p.0),
+        );
+        let (mut y0, mut y1) = (
+            fold(f64::min, f64::INFINITY, |p| p.1),
+            fold(f64::max, f64::NEG_INFINITY, |p| p.1),
+        );
+        if y1 - y0 < 1e-12 {
+            y0 -= 0.5_f64.max(y0.abs() * 0.1);
+            y1 += 0.5_f64.max(y1.abs() * 0.1);
+        }
+        let px = |x: f64| l + (w - l - r) * if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 };
+        let py = |y: f64| t + (h - t - b) * (1.0 - (y - y0) / (y1 - y0));
         let _ = write!(
             s,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{}"><title>{}</title></polyline>"#,
-            path.join(" "),
-            escape(name)
+            r#"<line x1="{l}" y1="{yb}" x2="{xr}" y2="{yb}" class="ax"/><line x1="{l}" y1="{t}" x2="{l}" y2="{yb}" class="ax"/><text x="{lx}" y="{ty}" class="tk" text-anchor="end">{top}</text><text x="{lx}" y="{yb}" class="tk" text-anchor="end">{bot}</text><text x="{l}" y="{xy}" class="tk">{xa}</text><text x="{xr}" y="{xy}" class="tk" text-anchor="end">{xb}</text><text x="{xm}" y="{xy}" class="tk" text-anchor="middle">{xl}</text>"#,
+            yb = h - b,
+            xr = w - r,
+            lx = l - 3.0,
+            ty = t + 8.0,
+            xy = h - 8.0,
+            xm = (l + w - r) / 2.0,
+            top = fmt_num(y1),
+            bot = fmt_num(y0),
+            xa = fmt_num(x0),
+            xb = fmt_num(x1),
+            xl = escape(self.x_label),
         );
-        for &(x, y) in pts {
+        let line = |pts: &[(f64, f64)]| -> String {
+            pts.iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (i, (name, pts)) in self.curves.iter().enumerate() {
             let _ = write!(
                 s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{c}"><title>{}: {} = {}</title></circle>"#,
-                px(x),
-                py(y),
-                escape(name),
-                fmt_num(x),
-                fmt_num(y)
-            );
-        }
-    }
-    if series.len() > 1 {
-        for (i, (name, _)) in series.iter().enumerate().take(6) {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" class="tk" text-anchor="end" style="fill:{}">{}</text>"#,
-                w - r - 2.0,
-                t + 9.0 + 10.0 * i as f64,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.2" stroke-dasharray="4 3" points="{}"><title>{}</title></polyline>"#,
                 COLOURS[i % COLOURS.len()],
+                line(pts),
                 escape(name)
             );
         }
+        for (i, (name, pts)) in self.series.iter().enumerate() {
+            let c = COLOURS[i % COLOURS.len()];
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{}"><title>{}</title></polyline>"#,
+                line(pts),
+                escape(name)
+            );
+            for &(x, y) in pts {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{c}"><title>{}: {} = {}</title></circle>"#,
+                    px(x),
+                    py(y),
+                    escape(name),
+                    fmt_num(x),
+                    fmt_num(y)
+                );
+            }
+        }
+        if self.series.len() > 1 {
+            for (i, (name, _)) in self.series.iter().enumerate().take(COLOURS.len()) {
+                let _ = write!(
+                    s,
+                    r#"<text x="{}" y="{}" class="tk" text-anchor="end" style="fill:{}">{}</text>"#,
+                    w - r - 2.0,
+                    t + 9.0 + 10.0 * i as f64,
+                    COLOURS[i % COLOURS.len()],
+                    escape(name)
+                );
+            }
+        }
+        s.push_str("</svg>");
+        s
     }
-    s.push_str("</svg>");
-    s
+}
+
+/// `svg` (a [`Plot`]) as a file of its own: the chart styles written into it.
+pub fn standalone_svg(svg: &str) -> String {
+    let style = format!("<style>{CHART_STYLE}</style>");
+    match svg.find('>') {
+        Some(i) => format!("{}{style}{}\n", &svg[..=i], &svg[i + 1..]),
+        None => svg.to_string(),
+    }
+}
+
+/// Gold and proxy against √KL for over-optimization curves ([`crate::overopt::Curve`]): the
+/// gold chart with each curve's fit dashed, and the proxy chart (a curve without proxy
+/// values keeps its colour there, with no line).
+pub fn overopt_charts(curves: &[crate::overopt::Curve], size: (f64, f64)) -> [String; 2] {
+    let pick = |f: fn(&crate::overopt::Point) -> Option<f64>| -> Vec<Series> {
+        curves
+            .iter()
+            .map(|c| {
+                let pts = c.points.iter().filter_map(|p| Some((p.0, f(p)?))).collect();
+                (c.name.clone(), pts)
+            })
+            .collect()
+    };
+    let fits: Vec<Series> = curves
+        .iter()
+        .map(|c| (format!("{} fit", c.name), c.fitted(40)))
+        .collect();
+    let gold = Plot {
+        title: "gold against √KL (dashed: fit)",
+        x_label: "√KL",
+        series: &pick(|p| Some(p.1)),
+        curves: &fits,
+        size,
+    };
+    let proxy = Plot {
+        title: "proxy against √KL",
+        x_label: "√KL",
+        series: &pick(|p| p.2),
+        curves: &[],
+        size,
+    };
+    [gold.svg(), proxy.svg()]
 }
 
 fn fmt_num(v: f64) -> String {
@@ -277,6 +364,36 @@ fn charts(runs: &[RunData]) -> String {
         out.push_str(&svg_chart("seed/eval_pass@1 by step", &series));
         out.push_str("</div>");
     }
+    out
+}
+
+/// For runs optimizing a reward model: held-out gold and proxy against √KL to the start, with
+/// the RL form `d(α − β log d)` fitted to gold (`crate::overopt`); empty for other runs.
+fn overoptimization(runs: &[RunData]) -> String {
+    let curves: Vec<_> = runs
+        .iter()
+        .filter_map(|r| crate::overopt::Curve::of_run(&r.name, &r.rounds))
+        .collect();
+    if !curves
+        .iter()
+        .any(|c| c.points.iter().any(|p| p.2.is_some()))
+    {
+        return String::new();
+    }
+    let mut out = String::from("<h2>Over-optimization</h2><p>Held-out pass@1 (gold) and the reward model's mean score of the same samples (proxy) against √KL to the start, with <code>d(α − β log d)</code> fitted to gold's change from round 0 (Gao et al., 2022).</p><div class=\"grid\">");
+    for chart in overopt_charts(&curves, (380.0, 220.0)) {
+        out.push_str(&chart);
+    }
+    out.push_str("</div><ul>");
+    for c in &curves {
+        let _ = write!(
+            out,
+            "<li>{}: {}</li>",
+            escape(&c.name),
+            escape(&crate::overopt::describe(c.fit.as_ref()))
+        );
+    }
+    out.push_str("</ul>");
     out
 }
 
@@ -433,10 +550,12 @@ fn samples(run: &RunData) -> Result<String> {
     Ok(s)
 }
 
+/// The styles of a [`Plot`]'s classes.
+const CHART_STYLE: &str = ".ct{font:600 11px system-ui,sans-serif}.tk{font:9px system-ui,sans-serif;fill:#555}.ax{stroke:#999;stroke-width:1}.chart{background:#fafafa}";
+
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px;margin:14px 0 4px}\
 .grid{display:flex;flex-wrap:wrap;gap:8px}.chart{background:#fafafa;border:1px solid #e4e4e4}\
-.ct{font-size:11px;font-weight:600}.tk{font-size:9px;fill:#555}.ax{stroke:#999;stroke-width:1}\
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 6px;font-size:12px;vertical-align:top}\
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.legend span{margin-right:14px}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
@@ -445,7 +564,7 @@ tr.correct td{background:#eaf7ea}tr.incorrect td{background:#fbeaea}tr.ungradabl
 
 fn page(title: &str, body: &str) -> String {
     format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}{CHART_STYLE}</style></head><body>{body}</body></html>\n",
         escape(title)
     )
 }
@@ -460,6 +579,7 @@ pub fn render(run: &RunData) -> Result<String> {
     b.push_str(&table_of_rounds(run));
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(std::slice::from_ref(run)));
+    b.push_str(&overoptimization(std::slice::from_ref(run)));
     b.push_str("<h2>Controller</h2>");
     b.push_str(&controller(run));
     b.push_str("<h2>Lineage</h2>");
@@ -484,6 +604,7 @@ pub fn render_compare(runs: &[RunData]) -> String {
     }
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(runs));
+    b.push_str(&overoptimization(runs));
     b.push_str("<h2>Configurations</h2>");
     for r in runs {
         let _ = write!(
@@ -657,5 +778,35 @@ mod tests {
             svg_chart("flat", &[("a".into(), vec![(0.0, 1.0), (1.0, 1.0)])]).contains("<polyline")
         );
         assert_eq!(svg_chart("none", &[]).matches("<polyline").count(), 0);
+    }
+
+    /// Over-optimization charts: the gold chart draws each curve's points and its fit
+    /// (dashed), the proxy chart only curves with proxy values; a standalone file carries
+    /// its styles.
+    #[test]
+    fn issue18_overoptimization_charts_plot_gold_with_fits_and_proxy() {
+        use crate::overopt::{Curve, Form};
+        let pts = |p: Option<f64>| {
+            vec![
+                (0.0, 0.2, p),
+                (0.5, 0.25, p.map(|x| x + 1.0)),
+                (1.0, 0.22, p.map(|x| x + 2.0)),
+            ]
+        };
+        let curves = [
+            Curve::new("proxy run", Form::Rl, pts(Some(-2.0))),
+            Curve::new("verifier run", Form::Rl, pts(None)),
+        ];
+        let [gold, proxy] = overopt_charts(&curves, (300.0, 200.0));
+        assert_eq!(gold.matches("stroke-dasharray").count(), 2, "{gold}");
+        assert_eq!(gold.matches("<circle").count(), 6);
+        assert_eq!(proxy.matches("<circle").count(), 3);
+        assert!(gold.contains("√KL"));
+        let file = standalone_svg(&gold);
+        assert!(
+            file.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"")
+                && file.contains("<style>.ct{"),
+            "{file}"
+        );
     }
 }

@@ -12,8 +12,9 @@
 //! `reward.threshold`). The DPO family builds pairs from its own judge or vote and refuses it.
 
 use crate::rm::{
-    aggregate, check_aggregation, completions_of, disagreement, Aggregation, Ensemble,
+    aggregate, check_aggregation, completions_of, digest, disagreement, Aggregation, Ensemble,
 };
+use crate::steps::StepRule;
 use crate::{Error, Result};
 use autodidact_core::{Backends, Group};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub struct RewardConfig {
     /// `star` keeps a completion whose proxy reward is at least this (a logit: 0 is an
     /// outcome model's even odds).
     pub threshold: f32,
+    /// A process reward model's completion score from its steps' scores: `"min"` (the
+    /// weakest step) or `"product"` (`Σ log σ(step score)`). Only for process models.
+    pub steps: StepRule,
 }
 
 impl Default for RewardConfig {
@@ -43,6 +47,7 @@ impl Default for RewardConfig {
             model: None,
             aggregate: Aggregation::Mean,
             threshold: 0.0,
+            steps: StepRule::Min,
         }
     }
 }
@@ -64,9 +69,17 @@ impl RewardConfig {
         let Some(path) = &self.model else {
             return Ok(None);
         };
-        let ensemble = Ensemble::load(backends, path)
+        let ensemble = Ensemble::load(backends, path, self.steps)
             .map_err(|e| Error::config("reward.model", e.to_string()))?;
+        if self.steps != StepRule::default() && !ensemble.is_process() {
+            return Err(Error::config(
+                "reward.steps",
+                format!("{} is an outcome reward model; only a process reward model (trained on steps) combines step scores", path.display()),
+            ));
+        }
+        let digest = digest(path).map_err(|e| Error::config("reward.model", e.to_string()))?;
         Ok(Some(ProxyReward {
+            digest,
             ensemble: Mutex::new(ensemble),
             how: self.aggregate,
             threshold: self.threshold,
@@ -76,12 +89,22 @@ impl RewardConfig {
 
 /// A loaded proxy reward.
 pub struct ProxyReward {
+    /// [`crate::rm::digest`] of its files when loaded.
+    pub digest: String,
     ensemble: Mutex<Ensemble>,
     how: Aggregation,
     pub threshold: f32,
 }
 
 impl ProxyReward {
+    /// Bytes its models hold while the run scores with them.
+    pub fn memory_bytes(&self) -> u64 {
+        self.ensemble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .memory_bytes()
+    }
+
     /// Each member's scores of every completion of `groups`, in group order.
     fn member_scores(&self, groups: &[Group]) -> Result<Vec<Vec<f32>>> {
         let examples = completions_of(groups);

@@ -6,8 +6,14 @@
 //! conventions, one kind per file:
 //! - **pairs** `{"prompt", "chosen", "rejected"}` (optional `"margin"`): Bradley–Terry, as
 //!   TRL's `RewardTrainer` (`objectives::bradley_terry`, with its `center_rewards_coefficient`);
-//! - **labels** `{"prompt", "completion", "label"}` (`label` true/false or 1/0): an outcome
-//!   classifier, BCE on `σ(score)` (`objectives::outcome_bce`).
+//! - **labels** `{"prompt", "completion", "label"}` (`label` true/false, or a probability in
+//!   [0, 1]): an outcome classifier, BCE on `σ(score)` (`objectives::outcome_bce`);
+//! - **steps** `{"prompt", "completions": [step, …], "labels": [label, …]}` (TRL's stepwise
+//!   supervision): a process reward model (PRM). Each prefix through step i is a sequence
+//!   labelled `labels[i]` (BCE as for labels), and a completion's score is the min or the
+//!   product of its prefixes' ([`crate::steps::StepRule`]). `rm data --kind steps` estimates
+//!   the labels from rollouts ([`crate::steps::step_values`]); the regex that splits a
+//!   completion into steps is part of the model (`step_pattern`, kept in `rm.json`).
 //!
 //! Lines whose prompt hashes below `eval_fraction` (with the seed) are held out, so both sides
 //! of a prompt's pairs fall on one side. An ensemble is `members` models trained one after
@@ -29,6 +35,7 @@
 use crate::config::OptimizerConfig;
 use crate::monitor::auroc;
 use crate::sampling::derive_seed;
+use crate::steps::{StepPattern, StepRule};
 use crate::store::sha256_file;
 use crate::train::{adamw_settings, LrSchedule};
 use crate::{Error, Result};
@@ -65,7 +72,28 @@ pub struct Pair {
 pub struct Labeled {
     pub prompt: String,
     pub completion: String,
-    pub label: bool,
+    /// 1: right, 0: wrong, or the probability of right in between.
+    pub label: f32,
+}
+
+/// One completion as steps, each labelled with the value of the prefix it ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stepped {
+    pub prompt: String,
+    /// The completion's steps, which concatenate to it.
+    pub steps: Vec<String>,
+    /// One label in [0, 1] per step; the last is the whole completion's.
+    pub labels: Vec<f32>,
+}
+
+impl Stepped {
+    /// The prefix through each step.
+    fn prefixes(&self) -> impl Iterator<Item = String> + '_ {
+        self.steps.iter().scan(String::new(), |acc, step| {
+            acc.push_str(step);
+            Some(acc.clone())
+        })
+    }
 }
 
 /// What a reward model learns from: one kind of line per file.
@@ -73,6 +101,7 @@ pub struct Labeled {
 pub enum RmData {
     Pairs(Vec<Pair>),
     Labels(Vec<Labeled>),
+    Steps(Vec<Stepped>),
 }
 
 /// The loss a reward model trains with, given by its data.
@@ -81,6 +110,8 @@ pub enum RmData {
 pub enum RmLoss {
     BradleyTerry,
     Outcome,
+    /// Outcome BCE on every step prefix: a process reward model.
+    Process,
 }
 
 impl RmData {
@@ -88,12 +119,14 @@ impl RmData {
         match self {
             RmData::Pairs(_) => RmLoss::BradleyTerry,
             RmData::Labels(_) => RmLoss::Outcome,
+            RmData::Steps(_) => RmLoss::Process,
         }
     }
     pub fn len(&self) -> usize {
         match self {
             RmData::Pairs(p) => p.len(),
             RmData::Labels(l) => l.len(),
+            RmData::Steps(l) => l.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -103,10 +136,12 @@ impl RmData {
         match self {
             RmData::Pairs(p) => &p[i].prompt,
             RmData::Labels(l) => &l[i].prompt,
+            RmData::Steps(l) => &l[i].prompt,
         }
     }
     /// The sequences lines `range` score: every pair's chosen completion, then every pair's
-    /// rejected one (the layout [`eval_metrics`] reads), or each labeled completion.
+    /// rejected one (the layout [`eval_metrics`] reads), each labeled completion, or each
+    /// stepped completion's prefixes in order.
     pub fn sequences(&self, range: std::ops::Range<usize>) -> Vec<Example> {
         let ex = |prompt: &str, completion: &str| Example::new(prompt, completion);
         match self {
@@ -121,6 +156,31 @@ impl RmData {
                 .iter()
                 .map(|x| ex(&x.prompt, &x.completion))
                 .collect(),
+            RmData::Steps(l) => l[range]
+                .iter()
+                .flat_map(|x| x.prefixes().map(|p| ex(&x.prompt, &p)))
+                .collect(),
+        }
+    }
+
+    /// What a model trains on: stepped completions as one labeled line per prefix; other
+    /// data as it is.
+    fn prefix_labels(&self) -> RmData {
+        match self {
+            RmData::Steps(l) => RmData::Labels(
+                l.iter()
+                    .flat_map(|x| {
+                        x.prefixes()
+                            .zip(&x.labels)
+                            .map(|(completion, &label)| Labeled {
+                                prompt: x.prompt.clone(),
+                                completion,
+                                label,
+                            })
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
         }
     }
 
@@ -129,6 +189,7 @@ impl RmData {
         match self {
             RmData::Pairs(p) => RmData::Pairs(idx.iter().map(|&i| p[i].clone()).collect()),
             RmData::Labels(l) => RmData::Labels(idx.iter().map(|&i| l[i].clone()).collect()),
+            RmData::Steps(l) => RmData::Steps(idx.iter().map(|&i| l[i].clone()).collect()),
         }
     }
 }
@@ -138,9 +199,8 @@ impl RmData {
 pub fn read_data(path: &Path) -> Result<RmData> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| autodidact_core::Error::io("reading", path, e))?;
-    const VALID: &str = "each line is {\"prompt\", \"chosen\", \"rejected\"} (pairs, optional \"margin\") or {\"prompt\", \"completion\", \"label\"} (labels), one kind per file";
-    let mut pairs = Vec::new();
-    let mut labels = Vec::new();
+    const VALID: &str = "each line is {\"prompt\", \"chosen\", \"rejected\"} (pairs, optional \"margin\"), {\"prompt\", \"completion\", \"label\"} (labels) or {\"prompt\", \"completions\": [steps], \"labels\": [one per step]} (steps), one kind per file; a label is true/false or a probability in [0, 1]";
+    let mut data: Option<RmData> = None;
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -155,8 +215,22 @@ pub fn read_data(path: &Path) -> Result<RmData> {
                 None => Err(bad(format!("no \"{key}\""))),
             }
         };
+        let label_of = |key: &str, x: &serde_json::Value| -> Result<f32> {
+            match x {
+                serde_json::Value::Bool(b) => Ok(*b as u8 as f32),
+                x => x
+                    .as_f64()
+                    .filter(|p| (0.0..=1.0).contains(p))
+                    .map(|p| p as f32)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "\"{key}\" holds {x}, not true/false or a probability in [0, 1]"
+                        ))
+                    }),
+            }
+        };
         let prompt = text_of("prompt")?;
-        if v.get("chosen").is_some() {
+        let one = if v.get("chosen").is_some() {
             let margin = match v.get("margin") {
                 None => 0.0,
                 Some(m) => m
@@ -165,78 +239,107 @@ pub fn read_data(path: &Path) -> Result<RmData> {
                     .ok_or_else(|| bad(format!("\"margin\" is {m}, not a finite number")))?
                     as f32,
             };
-            pairs.push(Pair {
+            RmData::Pairs(vec![Pair {
                 prompt,
                 chosen: text_of("chosen")?,
                 rejected: text_of("rejected")?,
                 margin,
-            });
+            }])
+        } else if let Some(steps) = v.get("completions") {
+            let strings = |key: &str, x: Option<&serde_json::Value>| match x {
+                Some(serde_json::Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
+                _ => Err(bad(format!("\"{key}\" is not a non-empty list"))),
+            };
+            let steps = strings("completions", Some(steps))?
+                .into_iter()
+                .map(|s| match s {
+                    serde_json::Value::String(s) => Ok(s),
+                    other => Err(bad(format!("a step is {other}, not a string"))),
+                })
+                .collect::<Result<Vec<String>>>()?;
+            let labels = strings("labels", v.get("labels"))?
+                .iter()
+                .map(|x| label_of("labels", x))
+                .collect::<Result<Vec<f32>>>()?;
+            if labels.len() != steps.len() {
+                return Err(bad(format!(
+                    "{} steps but {} labels",
+                    steps.len(),
+                    labels.len()
+                )));
+            }
+            RmData::Steps(vec![Stepped {
+                prompt,
+                steps,
+                labels,
+            }])
         } else {
             let label = match v.get("label") {
-                Some(serde_json::Value::Bool(b)) => *b,
-                Some(x) if x.as_f64() == Some(1.0) => true,
-                Some(x) if x.as_f64() == Some(0.0) => false,
-                Some(x) => return Err(bad(format!("\"label\" is {x}, not true/false or 1/0"))),
-                None => return Err(bad("neither \"chosen\" nor \"label\"".into())),
+                Some(x) => label_of("label", x)?,
+                None => {
+                    return Err(bad(
+                        "none of \"chosen\", \"label\" or \"completions\"".into()
+                    ))
+                }
             };
-            labels.push(Labeled {
+            RmData::Labels(vec![Labeled {
                 prompt,
                 completion: text_of("completion")?,
                 label,
-            });
-        }
-        if !pairs.is_empty() && !labels.is_empty() {
-            return Err(bad("pairs and labels are mixed".into()));
+            }])
+        };
+        match (&mut data, one) {
+            (None, one) => data = Some(one),
+            (Some(RmData::Pairs(a)), RmData::Pairs(b)) => a.extend(b),
+            (Some(RmData::Labels(a)), RmData::Labels(b)) => a.extend(b),
+            (Some(RmData::Steps(a)), RmData::Steps(b)) => a.extend(b),
+            (Some(_), _) => return Err(bad("kinds of line are mixed".into())),
         }
     }
-    let data = if pairs.is_empty() {
-        RmData::Labels(labels)
-    } else {
-        RmData::Pairs(pairs)
-    };
-    if data.is_empty() {
+    let Some(data) = data else {
         return Err(Error::file(path, format!("holds no lines; {VALID}")));
-    }
+    };
     Ok(data)
 }
 
-/// Labeled data from sampled groups, the verifier's verdicts as labels: every completion
-/// with its verdict (`Outcome`; an ungradable one is wrong), or per problem its distinct
-/// correct completions paired in order with its distinct wrong ones (`BradleyTerry`).
-pub fn data_from_groups(groups: &[Group], loss: RmLoss) -> RmData {
-    match loss {
-        RmLoss::Outcome => RmData::Labels(
-            groups
-                .iter()
-                .flat_map(|g| {
-                    g.completions.iter().zip(&g.verdicts).map(|(c, v)| Labeled {
+/// Every completion of `groups` with its verdict as its label (an ungradable one is wrong).
+pub fn labels_from_groups(groups: &[Group]) -> RmData {
+    RmData::Labels(
+        groups
+            .iter()
+            .flat_map(|g| {
+                g.completions.iter().zip(&g.verdicts).map(|(c, v)| Labeled {
+                    prompt: g.problem.prompt.clone(),
+                    completion: c.text.clone(),
+                    label: v.is_correct() as u8 as f32,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Per problem of `groups`, its distinct correct completions paired in order with its
+/// distinct wrong ones.
+pub fn pairs_from_groups(groups: &[Group]) -> RmData {
+    RmData::Pairs(
+        groups
+            .iter()
+            .flat_map(|g| {
+                let right = g.distinct_correct();
+                let wrong = g.distinct(|i| !g.verdicts[i].is_correct());
+                right
+                    .into_iter()
+                    .zip(wrong)
+                    .map(|(r, w)| Pair {
                         prompt: g.problem.prompt.clone(),
-                        completion: c.text.clone(),
-                        label: v.is_correct(),
+                        chosen: g.completions[r].text.clone(),
+                        rejected: g.completions[w].text.clone(),
+                        margin: 0.0,
                     })
-                })
-                .collect(),
-        ),
-        RmLoss::BradleyTerry => RmData::Pairs(
-            groups
-                .iter()
-                .flat_map(|g| {
-                    let right = g.distinct_correct();
-                    let wrong = g.distinct(|i| !g.verdicts[i].is_correct());
-                    right
-                        .into_iter()
-                        .zip(wrong)
-                        .map(|(r, w)| Pair {
-                            prompt: g.problem.prompt.clone(),
-                            chosen: g.completions[r].text.clone(),
-                            rejected: g.completions[w].text.clone(),
-                            margin: 0.0,
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-        ),
-    }
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    )
 }
 
 /// Every completion of `groups` as an example under its problem's prompt, in group order.
@@ -263,10 +366,55 @@ pub fn data_lines(data: &RmData) -> String {
             push(serde_json::json!({"prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected}))
         }),
         RmData::Labels(l) => l.iter().for_each(|x| {
-            push(serde_json::json!({"prompt": x.prompt, "completion": x.completion, "label": x.label}))
+            push(serde_json::json!({"prompt": x.prompt, "completion": x.completion, "label": label_json(x.label)}))
+        }),
+        RmData::Steps(l) => l.iter().for_each(|x| {
+            let labels: Vec<_> = x.labels.iter().map(|&y| label_json(y)).collect();
+            push(serde_json::json!({"prompt": x.prompt, "completions": x.steps, "labels": labels}))
         }),
     }
     out
+}
+
+/// A label as TRL writes it: true/false when it is 1/0, else the probability.
+fn label_json(y: f32) -> serde_json::Value {
+    match y {
+        1.0 => true.into(),
+        0.0 => false.into(),
+        p => (p as f64).into(),
+    }
+}
+
+/// Stepped data from sampled groups and their steps' values ([`crate::steps::step_values`]):
+/// each completion split by `pattern`, labelled with its values (`soft`) or with whether
+/// each value is above 0 (Math-Shepherd's hard estimate; the last, the verdict, is 0 or 1).
+pub fn steps_from_groups(
+    groups: &[Group],
+    values: &[Vec<Vec<f32>>],
+    pattern: &crate::steps::StepPattern,
+    soft: bool,
+) -> RmData {
+    RmData::Steps(
+        groups
+            .iter()
+            .zip(values)
+            .flat_map(|(g, v)| {
+                g.completions.iter().zip(v).map(|(c, v)| Stepped {
+                    prompt: g.problem.prompt.clone(),
+                    steps: pattern
+                        .split(&c.text)
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                    labels: v
+                        .iter()
+                        .map(|&y| if soft { y } else { (y > 0.0) as u8 as f32 })
+                        .collect(),
+                })
+            })
+            .filter(|x| !x.steps.is_empty())
+            .collect(),
+    )
 }
 
 /// How `rm train` trains (`--set` keys of the same names).
@@ -289,6 +437,10 @@ pub struct RmConfig {
     pub center: f32,
     pub optimizer: OptimizerConfig,
     pub seed: u64,
+    /// Steps data only: the regex after each match of which a step ends, as the data was
+    /// split (`rm data --kind steps` prints it; the built-in tasks' is `[;#]`). It is part
+    /// of the model: scoring splits completions with it.
+    pub step_pattern: Option<String>,
 }
 
 impl Default for RmConfig {
@@ -303,6 +455,7 @@ impl Default for RmConfig {
             center: 0.0,
             optimizer: OptimizerConfig::default(),
             seed: 0,
+            step_pattern: None,
         }
     }
 }
@@ -353,7 +506,44 @@ impl RmConfig {
                 format!("{} must be 0 or above", self.center),
             ));
         }
+        if let Some(p) = &self.step_pattern {
+            StepPattern::new("step_pattern", p)?;
+        }
         self.optimizer.check("rm")
+    }
+
+    /// Checks that `data` fits the settings: steps data comes with the `step_pattern` that
+    /// splits each of its completions into exactly its steps, and other data without one.
+    fn check_data(&self, data: &RmData, path: &Path) -> Result<()> {
+        let (RmData::Steps(lines), Some(src)) = (data, &self.step_pattern) else {
+            return match (data, &self.step_pattern) {
+                (RmData::Steps(_), None) => Err(Error::config(
+                    "step_pattern",
+                    format!("{} holds steps: set the regex that ends a step, as the data was split (e.g. `[;#]` for the built-in tasks; `rm data --kind steps` prints it)", path.display()),
+                )),
+                (_, Some(_)) => Err(Error::config(
+                    "step_pattern",
+                    format!("{} holds no steps (only steps data, `completions` and `labels`, takes a step pattern)", path.display()),
+                )),
+                _ => Ok(()),
+            };
+        };
+        let pattern = StepPattern::new("step_pattern", src)?;
+        for (n, x) in lines.iter().enumerate() {
+            let whole: String = x.steps.concat();
+            if pattern.split(&whole) != x.steps {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "steps line {}: step_pattern `{src}` splits its completion into {:?}, not its steps {:?}; set the pattern the data was split with",
+                        n + 1,
+                        pattern.split(&whole),
+                        x.steps
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -404,6 +594,7 @@ pub fn train(
         ));
     }
     let data = read_data(data_path)?;
+    cfg.check_data(&data, data_path)?;
     let (train_idx, eval_idx) = split(&data, cfg);
     if train_idx.is_empty() {
         return Err(Error::file(
@@ -427,7 +618,7 @@ pub fn train(
         let mut order = train_idx.clone();
         Rng::derived(seed, 1).shuffle(&mut order);
         order.truncate(((cfg.subset * order.len() as f64).ceil() as usize).max(1));
-        let member_data = data.select(&order);
+        let member_data = data.select(&order).prefix_labels();
         let mut rm = backends.reward_model(BackendKind::Native, base, Some(seed))?;
         let steps = fit(&mut *rm, &member_data, cfg, seed, &mut |line| {
             let mut line = line;
@@ -509,7 +700,7 @@ fn split(data: &RmData, cfg: &RmConfig) -> (Vec<usize>, Vec<usize>) {
 fn lines_per_pass(data: &RmData, micro_batch: usize) -> usize {
     match data {
         RmData::Pairs(_) => micro_batch / 2,
-        RmData::Labels(_) => micro_batch,
+        RmData::Labels(_) | RmData::Steps(_) => micro_batch,
     }
 }
 
@@ -557,8 +748,9 @@ fn fit(
                     let g = r.grad_chosen.iter().chain(&r.grad_rejected).copied();
                     (r.loss, r.accuracy, g.collect::<Vec<f32>>())
                 }
+                RmData::Steps(_) => unreachable!("steps train as their prefixes' labels"),
                 RmData::Labels(l) => {
-                    let y: Vec<f32> = l[range].iter().map(|x| x.label as u8 as f32).collect();
+                    let y: Vec<f32> = l[range].iter().map(|x| x.label).collect();
                     let r = outcome_bce(&s, &y);
                     (r.loss, r.accuracy, r.grad)
                 }
@@ -592,7 +784,10 @@ fn score_all(rm: &mut dyn RewardModel, examples: &[Example], rows: usize) -> Res
 
 /// Held-out metrics of `scores` (of [`RmData::sequences`] of every line): loss and accuracy, and the
 /// calibration of σ(score) for labels, or of σ(chosen − rejected) for pairs (each pair read
-/// in both orders, so that a preference the model is unsure of counts as such).
+/// in both orders, so that a preference the model is unsure of counts as such). A label of
+/// 0.5 or more counts as right for accuracy and AUROC. Steps are scored as labels, one per
+/// prefix, and also per completion: `eval/outcome_auroc_{min,product}` ranks completions by
+/// the combined score against their outcome (the last label).
 pub fn eval_metrics(data: &RmData, scores: &[f32]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if data.is_empty() {
@@ -611,12 +806,35 @@ pub fn eval_metrics(data: &RmData, scores: &[f32]) -> BTreeMap<String, f64> {
             let backward = (0..n).map(|i| (sigmoid(r[i] - c[i]), 0.0));
             forward.chain(backward).unzip()
         }
+        RmData::Steps(l) => {
+            // Per step as labels, and per completion: the combined score against the last
+            // label (the completion's outcome).
+            let mut m = eval_metrics(&data.prefix_labels(), scores);
+            let truth: Vec<bool> = l
+                .iter()
+                .map(|x| x.labels[x.labels.len() - 1] >= 0.5)
+                .collect();
+            for rule in [StepRule::Min, StepRule::Product] {
+                let mut at = 0;
+                let combined: Vec<f32> = l
+                    .iter()
+                    .map(|x| {
+                        at += x.steps.len();
+                        rule.combine(&scores[at - x.steps.len()..at])
+                    })
+                    .collect();
+                if let Some(a) = auroc(&combined, &truth) {
+                    m.insert(format!("eval/outcome_auroc_{}", rule.name()), a);
+                }
+            }
+            return m;
+        }
         RmData::Labels(l) => {
-            let y: Vec<f32> = l.iter().map(|x| x.label as u8 as f32).collect();
+            let y: Vec<f32> = l.iter().map(|x| x.label).collect();
             let bce = outcome_bce(scores, &y);
             m.insert("eval/loss".into(), bce.loss);
             m.insert("eval/accuracy".into(), bce.accuracy);
-            let truth: Vec<bool> = l.iter().map(|x| x.label).collect();
+            let truth: Vec<bool> = l.iter().map(|x| x.label >= 0.5).collect();
             if let Some(a) = auroc(scores, &truth) {
                 m.insert("eval/auroc".into(), a);
             }
@@ -642,6 +860,9 @@ pub fn check_aggregation(key: &str, how: Aggregation) -> Result<()> {
 /// Reward models loaded for scoring: one, or an ensemble's members.
 pub struct Ensemble {
     members: Vec<Box<dyn RewardModel>>,
+    /// Process reward models: how completions split into steps, and how the steps' scores
+    /// combine into a completion's.
+    steps: Option<(StepPattern, StepRule)>,
 }
 
 /// Sequences per scoring pass of an [`Ensemble`].
@@ -650,13 +871,37 @@ const SCORE_ROWS: usize = 64;
 impl Ensemble {
     /// The reward models at `path`: a directory `rm train` wrote (every member), or one
     /// checkpoint with a score head (transformers' `…ForSequenceClassification` layout).
-    pub fn load(backends: &Backends, path: &Path) -> Result<Self> {
-        let dirs = member_dirs(path)?;
+    /// Process reward models combine their steps' scores by `rule`.
+    pub fn load(backends: &Backends, path: &Path, rule: StepRule) -> Result<Self> {
+        let (dirs, pattern) = match read_info(path)? {
+            Some(info) => (
+                info.members.iter().map(|m| path.join(&m.dir)).collect(),
+                info.config.step_pattern,
+            ),
+            None => (vec![path.to_path_buf()], None),
+        };
         let members = dirs
             .iter()
             .map(|d| backends.reward_model(BackendKind::Native, d, None))
             .collect::<autodidact_core::Result<_>>()?;
-        Ok(Self { members })
+        let steps = match pattern {
+            Some(p) => Some((StepPattern::new("step_pattern", &p)?, rule)),
+            None => None,
+        };
+        Ok(Self { members, steps })
+    }
+
+    /// Bytes the members hold while a run scores with them.
+    pub fn memory_bytes(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.memory_bytes(SCORE_ROWS))
+            .sum()
+    }
+
+    /// Whether these are process reward models (they score a completion by its steps).
+    pub fn is_process(&self) -> bool {
+        self.steps.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -667,17 +912,84 @@ impl Ensemble {
         self.members.is_empty()
     }
 
-    /// Each member's score of each example: one row per member.
-    pub fn scores(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
+    /// Each member's score of each example as one sequence (a process model's of it as one
+    /// prefix): one row per member.
+    pub fn sequence_scores(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
         self.members
             .iter_mut()
             .map(|m| score_all(&mut **m, examples, SCORE_ROWS))
             .collect()
     }
+
+    /// Each member's score of each completion: one row per member. A process reward model
+    /// scores each prefix through a step and combines them.
+    pub fn scores(&mut self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
+        let Some((pattern, rule)) = &self.steps else {
+            return self.sequence_scores(examples);
+        };
+        let mut prefixes = Vec::new();
+        let mut counts = Vec::with_capacity(examples.len());
+        for e in examples {
+            let ends = pattern.ends(&e.completion);
+            counts.push(ends.len());
+            prefixes.extend(
+                ends.iter()
+                    .map(|&end| Example::new(&*e.prompt, &e.completion[..end])),
+            );
+        }
+        self.members
+            .iter_mut()
+            .map(|m| {
+                let s = score_all(&mut **m, &prefixes, SCORE_ROWS)?;
+                let mut at = 0;
+                Ok(counts
+                    .iter()
+                    .map(|&c| {
+                        at += c;
+                        rule.combine(&s[at - c..at])
+                    })
+                    .collect())
+            })
+            .collect()
+    }
 }
 
-/// The checkpoint directories of the reward models at `path`.
-pub fn member_dirs(path: &Path) -> Result<Vec<PathBuf>> {
+/// SHA-256 over every file under the reward model or ensemble at `path` (a directory, or
+/// one checkpoint directory), each named by its path relative to `path`: what a run records
+/// to notice, on resume, that its proxy reward changed under it.
+pub fn digest(path: &Path) -> Result<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| autodidact_core::Error::io("listing", dir, e))?;
+        for entry in entries {
+            let p = entry
+                .map_err(|e| autodidact_core::Error::io("listing", dir, e))?
+                .path();
+            if p.is_dir() {
+                walk(root, &p, out)?;
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, p));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(path, path, &mut files)?;
+    files.sort();
+    let mut listing = String::new();
+    for (rel, p) in &files {
+        listing.push_str(&format!("{rel}\0{}\n", sha256_file(p)?));
+    }
+    Ok(crate::store::sha256_bytes(listing.as_bytes()))
+}
+
+/// The `rm.json` at `path` (a directory `rm train` wrote), or None for one checkpoint.
+pub fn read_info(path: &Path) -> Result<Option<RmInfo>> {
     let info_path = path.join(RM_FILE);
     if info_path.exists() {
         let bytes = std::fs::read(&info_path)
@@ -695,7 +1007,7 @@ pub fn member_dirs(path: &Path) -> Result<Vec<PathBuf>> {
         }
         let info: RmInfo = serde_json::from_value(v)
             .map_err(|e| Error::file(&info_path, format!("not an rm.json: {e}")))?;
-        return Ok(info.members.iter().map(|m| path.join(&m.dir)).collect());
+        return Ok(Some(info));
     }
     if path.join(MEMBERS_DIR).exists() {
         return Err(Error::file(
@@ -703,6 +1015,113 @@ pub fn member_dirs(path: &Path) -> Result<Vec<PathBuf>> {
             format!("has members but no {RM_FILE}: its training did not finish; train it again"),
         ));
     }
-    // One checkpoint; loading it checks that it has a score head.
-    Ok(vec![path.to_path_buf()])
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<RmData> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, text).unwrap();
+        read_data(&path)
+    }
+
+    /// Steps lines read and write back (TRL's stepwise format, soft labels as numbers), and
+    /// train as one labeled line per prefix.
+    #[test]
+    fn issue18_steps_data_round_trips_and_trains_on_prefixes() {
+        let text =
+            "{\"prompt\":\"1+2=\",\"completions\":[\"1+2=3;\",\"#3\"],\"labels\":[0.5,true]}\n";
+        let data = read(text).unwrap();
+        assert_eq!(data.loss(), RmLoss::Process);
+        let RmData::Steps(l) = &data else { panic!() };
+        assert_eq!(l[0].labels, [0.5, 1.0]);
+        assert_eq!(read(&data_lines(&data)).unwrap(), data);
+        let seqs = data.sequences(0..1);
+        assert_eq!(seqs[0].completion, "1+2=3;");
+        assert_eq!(seqs[1].completion, "1+2=3;#3");
+        let RmData::Labels(p) = data.prefix_labels() else {
+            panic!()
+        };
+        assert_eq!(p.iter().map(|x| x.label).collect::<Vec<_>>(), [0.5, 1.0]);
+
+        for (line, want) in [
+            (
+                "{\"prompt\":\"a\",\"completions\":[\"x\"],\"labels\":[]}",
+                "\"labels\" is not a non-empty list",
+            ),
+            (
+                "{\"prompt\":\"a\",\"completions\":[\"x\",\"y\"],\"labels\":[1]}",
+                "2 steps but 1 labels",
+            ),
+            (
+                "{\"prompt\":\"a\",\"completions\":[1],\"labels\":[1]}",
+                "a step is 1, not a string",
+            ),
+            (
+                "{\"prompt\":\"a\",\"completions\":[\"x\"],\"labels\":[1.5]}",
+                "not true/false or a probability",
+            ),
+        ] {
+            let e = read(line).unwrap_err().to_string();
+            assert!(e.contains("line 1") && e.contains(want), "{e}");
+        }
+    }
+
+    /// Steps data needs the pattern it was split with, and only steps data takes one.
+    #[test]
+    fn issue18_step_pattern_must_split_the_data_as_it_was_split() {
+        let path = Path::new("d.jsonl");
+        let data =
+            read("{\"prompt\":\"p\",\"completions\":[\"1;\",\"2#\",\"3\"],\"labels\":[1,0,0]}\n")
+                .unwrap();
+        let with = |p: Option<&str>| RmConfig {
+            step_pattern: p.map(String::from),
+            ..RmConfig::default()
+        };
+        assert!(with(Some("[;#]")).check_data(&data, path).is_ok());
+        let e = with(None).check_data(&data, path).unwrap_err().to_string();
+        assert!(
+            e.contains("step_pattern") && e.contains("holds steps"),
+            "{e}"
+        );
+        let e = with(Some(";"))
+            .check_data(&data, path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("steps line 1") && e.contains("[\"1;\", \"2#3\"]"),
+            "{e}"
+        );
+        let labels = read("{\"prompt\":\"p\",\"completion\":\"3\",\"label\":1}\n").unwrap();
+        let e = with(Some(";"))
+            .check_data(&labels, path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no steps"), "{e}");
+        assert!(with(Some("a*")).check().is_err());
+    }
+
+    /// A process model's held-out metrics: per prefix as labels, and per completion the AUROC
+    /// of the min and the product of its step scores against its last label.
+    #[test]
+    fn issue18_process_eval_ranks_completions_by_combined_step_scores() {
+        let line = |labels: [u8; 2]| Stepped {
+            prompt: "p".into(),
+            steps: vec!["a;".into(), "b".into()],
+            labels: labels.iter().map(|&y| y as f32).collect(),
+        };
+        let data = RmData::Steps(vec![line([1, 1]), line([1, 0]), line([0, 0])]);
+        // Min ranks the first completion above both others; product too.
+        let scores = [3.0, 2.0, 3.0, -1.0, -2.0, 4.0];
+        let m = eval_metrics(&data, &scores);
+        assert_eq!(m["eval/outcome_auroc_min"], 1.0);
+        assert_eq!(m["eval/outcome_auroc_product"], 1.0);
+        // Per prefix: labels 1 1 1 0 0 0 against those scores.
+        assert!((m["eval/auroc"] - 6.0 / 9.0).abs() < 1e-9, "{m:?}");
+        assert!(m.contains_key("eval/ece"));
+    }
 }

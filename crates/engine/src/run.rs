@@ -184,6 +184,7 @@ impl Run {
             status: RunStatus::Running,
             config_sha256: Some(sha256_bytes(toml.as_bytes())),
             problems_sha256: Some(problems.sha256()),
+            reward_sha256: plan.reward.as_ref().map(|r| r.digest.clone()),
             accepted: BTreeMap::new(),
         };
         let (dir, lock) = RunDir::create(out, &toml, &info)?;
@@ -310,6 +311,39 @@ impl Run {
                 dir.write_json(RUN_FILE, &info)?;
             }
             Some(_) => {}
+        }
+        let reward_sha = plan.reward.as_ref().map(|r| r.digest.clone());
+        if info.reward_sha256.is_none() && reward_sha.is_some() {
+            // A run started before reward models were hashed (its config, checked above,
+            // already named the model) records its own now.
+            info.reward_sha256 = reward_sha.clone();
+            dir.write_json(RUN_FILE, &info)?;
+        }
+        if reward_sha != info.reward_sha256 {
+            let model = plan
+                .config
+                .reward
+                .model
+                .as_ref()
+                .map(|p| p.display().to_string());
+            let what = model.as_deref().unwrap_or("(none)");
+            if !force {
+                return Err(Error::integrity(
+                    dir.path(RUN_FILE),
+                    format!(
+                        "the reward model reward.model = {what} differs from the one the run started with (retrained or edited?); restore it, or pass --force to continue with it as it is now"
+                    ),
+                ));
+            }
+            obs.note(&format!(
+                "--force: continuing with the reward model {what} as it is now"
+            ));
+            info.accepted.insert(
+                "reward".into(),
+                reward_sha.clone().unwrap_or_else(|| "none".into()),
+            );
+            info.reward_sha256 = reward_sha;
+            dir.write_json(RUN_FILE, &info)?;
         }
         Ok(Self {
             dir,

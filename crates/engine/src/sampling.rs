@@ -3,7 +3,7 @@
 use crate::progress::Observer;
 use crate::Result;
 use autodidact_core::rng::fnv1a;
-use autodidact_core::{Group, Policy, Problem, Rng, SamplingParams, Task};
+use autodidact_core::{Completion, Group, Policy, Problem, Rng, SamplingParams, Task, Verdict};
 
 /// Rows per call to the policy (progress is reported between calls).
 const CHUNK_ROWS: usize = 512;
@@ -59,8 +59,16 @@ pub fn sample_prompts(
     seed: u64,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Group>> {
-    let rows: Vec<(usize, u64)> = (0..problems.len())
-        .flat_map(|i| (0..k as u64).map(move |j| (i, j)))
+    let rows: Vec<Row> = (0..problems.len())
+        .flat_map(|i| {
+            (0..k as u64).map(move |j| Row {
+                problem: i,
+                prompt: prompts[i].clone(),
+                prefix: String::new(),
+                seed: Rng::derived(seed ^ fnv1a(problems[i].id.as_bytes()), j).next_u64(),
+                max_new_tokens: params.max_new_tokens,
+            })
+        })
         .collect();
     let mut groups: Vec<Group> = problems
         .iter()
@@ -71,28 +79,74 @@ pub fn sample_prompts(
             rewards: Vec::with_capacity(k),
         })
         .collect();
-    let mut tokens = 0u64;
-    for chunk in rows.chunks(CHUNK_ROWS) {
-        let chunk_prompts: Vec<String> = chunk.iter().map(|&(i, _)| prompts[i].clone()).collect();
-        let seeds: Vec<u64> = chunk
-            .iter()
-            .map(|&(i, j)| Rng::derived(seed ^ fnv1a(problems[i].id.as_bytes()), j).next_u64())
-            .collect();
-        let completions = policy.sample(&chunk_prompts, &seeds, params)?;
-        let items: Vec<(&Problem, &str)> = chunk
-            .iter()
-            .zip(&completions)
-            .map(|(&(i, _), c)| (&problems[i], c.text.as_str()))
-            .collect();
-        let verdicts = task.verify_batch(&items)?;
-        for ((&(i, _), c), v) in chunk.iter().zip(completions).zip(verdicts) {
-            tokens += c.tokens.len() as u64;
-            let g = &mut groups[i];
-            g.rewards.push(v.score);
-            g.verdicts.push(v);
-            g.completions.push(c);
-        }
-        obs.stage_progress((chunk.last().map_or(0, |r| r.0) + 1) as u64, tokens);
+    for (row, (c, v)) in rows.iter().zip(sample_rows(
+        policy, task, problems, &rows, params, k as u64, obs,
+    )?) {
+        let g = &mut groups[row.problem];
+        g.rewards.push(v.score);
+        g.verdicts.push(v);
+        g.completions.push(c);
     }
     Ok(groups)
+}
+
+/// One completion to sample: of `problems[problem]`, from `prompt`, continuing `prefix` (the
+/// verifier judges `prefix` + the completion), with its own seed and token budget.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub problem: usize,
+    pub prompt: String,
+    pub prefix: String,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+}
+
+/// Samples and grades `rows` (sampling settings `params`, but each row's own token budget),
+/// in row order; rows of equal budget share the policy's calls. Progress counts rows done
+/// in units of `rows_per_unit` (a problem's k samples, say).
+pub fn sample_rows(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    problems: &[Problem],
+    rows: &[Row],
+    params: &SamplingParams,
+    rows_per_unit: u64,
+    obs: &mut dyn Observer,
+) -> Result<Vec<(Completion, Verdict)>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&r| std::cmp::Reverse(rows[r].max_new_tokens));
+    let mut out: Vec<Option<(Completion, Verdict)>> = vec![None; rows.len()];
+    let (mut tokens, mut done) = (0u64, 0u64);
+    for budget in order.chunk_by(|&a, &b| rows[a].max_new_tokens == rows[b].max_new_tokens) {
+        let params = SamplingParams {
+            max_new_tokens: rows[budget[0]].max_new_tokens,
+            ..params.clone()
+        };
+        for chunk in budget.chunks(CHUNK_ROWS) {
+            let prompts: Vec<String> = chunk.iter().map(|&r| rows[r].prompt.clone()).collect();
+            let seeds: Vec<u64> = chunk.iter().map(|&r| rows[r].seed).collect();
+            let completions = policy.sample(&prompts, &seeds, &params)?;
+            let texts: Vec<String> = chunk
+                .iter()
+                .zip(&completions)
+                .map(|(&r, c)| format!("{}{}", rows[r].prefix, c.text))
+                .collect();
+            let items: Vec<(&Problem, &str)> = chunk
+                .iter()
+                .zip(&texts)
+                .map(|(&r, t)| (&problems[rows[r].problem], t.as_str()))
+                .collect();
+            let verdicts = task.verify_batch(&items)?;
+            for ((&r, c), v) in chunk.iter().zip(completions).zip(verdicts) {
+                tokens += c.tokens.len() as u64;
+                out[r] = Some((c, v));
+            }
+            done += chunk.len() as u64;
+            obs.stage_progress(done / rows_per_unit.max(1), tokens);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|x| x.expect("every row sampled"))
+        .collect())
 }

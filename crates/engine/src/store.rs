@@ -66,6 +66,10 @@ pub struct RunInfo {
     /// file edited after the run started is refused on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problems_sha256: Option<String>,
+    /// [`crate::rm::digest`] of the `[reward]` model: a reward model changed after the run
+    /// started is refused on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_sha256: Option<String>,
     /// Files that differed from what the run recorded and were accepted by `resume --force`,
     /// with the SHA-256 accepted (a file that still has it is not reported again).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -721,6 +725,7 @@ mod tests {
             status: RunStatus::Running,
             config_sha256: None,
             problems_sha256: None,
+            reward_sha256: None,
             accepted: BTreeMap::new(),
         }
     }

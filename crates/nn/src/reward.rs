@@ -170,6 +170,12 @@ impl autodidact_core::RewardModel for NativeRewardModel {
     fn save(&self, dir: &Path) -> autodidact_core::Result<()> {
         NativeRewardModel::save(self, dir).map_err(to_core)
     }
+    fn memory_bytes(&self, rows: usize) -> u64 {
+        // Weights and gradient buffers, the head's two, and a pass's activations.
+        let cfg = self.policy.model().config();
+        8 * (cfg.num_params() + self.head.len()) as u64
+            + cfg.train_activation_bytes(rows, cfg.context_length)
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,10 @@ impl Task for Addition {
     fn alphabet(&self) -> String {
         "0123456789+=;#[]".into()
     }
+    fn step_pattern(&self) -> Option<&str> {
+        Some(crate::TRACE_STEPS)
+    }
+
     fn max_chars(&self) -> (usize, usize) {
         let n = self.digits;
         // prompt `a+b=`, hinted `[sum]a+b=`; solution: n columns of 8 chars, n − 1 `;`, `#`, n + 1 digits.

@@ -129,6 +129,10 @@ impl Task for Countdown {
     fn alphabet(&self) -> String {
         "0123456789+-*/()=,:;#[]".into()
     }
+    fn step_pattern(&self) -> Option<&str> {
+        Some(crate::TRACE_STEPS)
+    }
+
     fn max_chars(&self) -> (usize, usize) {
         let c = &self.cfg;
         let (n, dn, dt) = (

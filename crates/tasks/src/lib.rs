@@ -112,6 +112,10 @@ impl TaskConfig {
     }
 }
 
+/// Where a step of the built-in traces (`a;b;c#answer`) ends: after each `;` and the `#`
+/// that precedes the answer.
+pub const TRACE_STEPS: &str = "[;#]";
+
 /// Share of problem keys held out for evaluation, in thousandths.
 pub const EVAL_PERMILLE: u64 = 200;
 

@@ -71,6 +71,10 @@ impl Task for Multiplication {
     fn alphabet(&self) -> String {
         "0123456789*=;#[]".into()
     }
+    fn step_pattern(&self) -> Option<&str> {
+        Some(crate::TRACE_STEPS)
+    }
+
     fn max_chars(&self) -> (usize, usize) {
         let (d, m) = (self.digits, self.multiplier_digits);
         // prompt `a*b=`, hinted `[p]a*b=`; solution: m partials `a*x=y` of ≤ 2d + 2m + 2 chars,

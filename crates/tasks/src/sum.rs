@@ -94,6 +94,10 @@ impl Task for Sum {
     fn alphabet(&self) -> String {
         "0123456789+=;#[]".into()
     }
+    fn step_pattern(&self) -> Option<&str> {
+        Some(crate::TRACE_STEPS)
+    }
+
     fn max_chars(&self) -> (usize, usize) {
         let (t, d) = (self.terms, self.digits);
         // A partial sum of up to 6 terms has at most d + 1 digits.

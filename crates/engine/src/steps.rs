@@ -1,0 +1,341 @@
+//! Steps of a completion, and their values estimated from rollouts (Math-Shepherd): the
+//! process labels of a process reward model, and the step credit of later recipes.
+//!
+//! A step ends after each match of a [`StepPattern`] (a task's trace separators,
+//! `Task::step_pattern`, or a user's regex); text after the last match is the last step.
+//! The value of the prefix through step i is the fraction of `k` continuations sampled from
+//! it that the verifier accepts (the prefix and the continuation judged together); the value
+//! of the whole completion is its own verdict, with no rollouts.
+//!
+//! How this differs from Math-Shepherd: its hard estimate (a step is good when any
+//! continuation reaches the answer) is what a process label here is (`value > 0`), and its
+//! soft estimate is the value itself; continuations are sampled from the same policy that
+//! wrote the completion, at the caller's temperature, with the completion's own token budget
+//! less the prefix's tokens.
+
+use crate::progress::Observer;
+use crate::sampling::{derive_seed, sample_rows, Row};
+use crate::{Error, Result};
+use autodidact_core::rng::fnv1a;
+use autodidact_core::{Group, Policy, SamplingParams, Task};
+use serde::{Deserialize, Serialize};
+
+/// A regular expression after each match of which a step ends.
+#[derive(Clone, Debug)]
+pub struct StepPattern {
+    re: regex::Regex,
+}
+
+impl StepPattern {
+    /// The pattern `src`; `key` names the setting it came from in an error. A pattern that
+    /// matches the empty string would end a step everywhere, so it is refused.
+    pub fn new(key: &str, src: &str) -> Result<Self> {
+        let re = regex::Regex::new(src)
+            .map_err(|e| Error::config(key, format!("`{src}` is not a regular expression: {e}")))?;
+        if re.is_match("") {
+            return Err(Error::config(
+                key,
+                format!("`{src}` matches the empty string; a step separator must match some text (e.g. `[;#]` or `\\n`)"),
+            ));
+        }
+        Ok(Self { re })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.re.as_str()
+    }
+
+    /// The byte offset where each step of `text` ends (the last is `text.len()` when text
+    /// follows the last separator); empty for empty text.
+    pub fn ends(&self, text: &str) -> Vec<usize> {
+        let mut ends: Vec<usize> = self.re.find_iter(text).map(|m| m.end()).collect();
+        if ends.last().copied().unwrap_or(0) < text.len() {
+            ends.push(text.len());
+        }
+        ends
+    }
+
+    /// The steps of `text`, which concatenate back to it.
+    pub fn split<'a>(&self, text: &'a str) -> Vec<&'a str> {
+        let mut start = 0;
+        self.ends(text)
+            .into_iter()
+            .map(|end| {
+                let s = &text[start..end];
+                start = end;
+                s
+            })
+            .collect()
+    }
+}
+
+/// How a process reward model's step scores make a sequence's score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepRule {
+    /// The weakest step's score (a chain is as good as its worst step).
+    #[default]
+    Min,
+    /// `Σ log σ(score)`: the log of the product of the steps' probabilities of being right.
+    Product,
+}
+
+impl StepRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepRule::Min => "min",
+            StepRule::Product => "product",
+        }
+    }
+
+    /// The sequence score of step scores (logits); 0 steps score 0.
+    pub fn combine(self, scores: &[f32]) -> f32 {
+        match self {
+            StepRule::Min if scores.is_empty() => 0.0,
+            StepRule::Min => scores.iter().copied().fold(f32::INFINITY, f32::min),
+            // log σ(x) = −softplus(−x), written to stay finite for large |x|.
+            StepRule::Product => scores
+                .iter()
+                .map(|&x| x.min(0.0) - (-x.abs()).exp().ln_1p())
+                .sum(),
+        }
+    }
+}
+
+/// The estimated value of each step of each completion of `groups` (`[group][completion]
+/// [step]`), from `k` continuations of every proper prefix (see the module's notes). Rollout
+/// j of step i of completion c is seeded by `(seed, problem id, c, i, j)`.
+#[allow(clippy::too_many_arguments)]
+pub fn step_values(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    groups: &[Group],
+    pattern: &StepPattern,
+    k: usize,
+    params: &SamplingParams,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let problems: Vec<_> = groups.iter().map(|g| g.problem.clone()).collect();
+    let mut rows = Vec::new();
+    // (group, completion, step) of each block of k rows.
+    let mut owners = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let id = fnv1a(g.problem.id.as_bytes());
+        for (ci, c) in g.completions.iter().enumerate() {
+            let ends = pattern.ends(&c.text);
+            for (si, &end) in ends.iter().enumerate().take(ends.len().saturating_sub(1)) {
+                let prefix = &c.text[..end];
+                let used = policy.tokenizer().encode(prefix)?.len();
+                let item = ((ci as u64) << 20) ^ si as u64;
+                for j in 0..k as u64 {
+                    rows.push(Row {
+                        problem: gi,
+                        prompt: format!("{}{prefix}", g.problem.prompt),
+                        prefix: prefix.to_string(),
+                        seed: derive_seed(seed ^ id, 0, "step-rollout", (item << 16) ^ j),
+                        max_new_tokens: params.max_new_tokens.saturating_sub(used).max(1),
+                    });
+                }
+                owners.push((gi, ci, si));
+            }
+        }
+    }
+    let mut values: Vec<Vec<Vec<f32>>> = groups
+        .iter()
+        .map(|g| {
+            g.completions
+                .iter()
+                .zip(&g.verdicts)
+                .map(|(c, v)| {
+                    let mut steps = vec![0.0; pattern.ends(&c.text).len()];
+                    if let Some(last) = steps.last_mut() {
+                        *last = v.is_correct() as u8 as f32;
+                    }
+                    steps
+                })
+                .collect()
+        })
+        .collect();
+    if k == 0 || rows.is_empty() {
+        return Ok(values);
+    }
+    let graded = sample_rows(policy, task, &problems, &rows, params, k as u64, obs)?;
+    for ((gi, ci, si), block) in owners.into_iter().zip(graded.chunks(k)) {
+        let right = block.iter().filter(|(_, v)| v.is_correct()).count();
+        values[gi][ci][si] = right as f32 / k as f32;
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::group;
+    use autodidact_core::{
+        Completion, Example, FinishReason, Problem, Rng, Split, Tokenizer, Verdict,
+    };
+
+    #[test]
+    fn issue18_steps_end_after_each_separator_and_concatenate_back() {
+        let p = StepPattern::new("step_pattern", autodidact_tasks::TRACE_STEPS).unwrap();
+        assert_eq!(
+            p.split("7+4+0=11;2+2+1=05#511"),
+            ["7+4+0=11;", "2+2+1=05#", "511"]
+        );
+        assert_eq!(p.split("12;3#"), ["12;", "3#"]);
+        assert_eq!(p.split("no separator"), ["no separator"]);
+        assert!(p.split("").is_empty());
+        assert_eq!(p.ends("a;b"), [2, 3]);
+        let e = StepPattern::new("step_pattern", "x*")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("step_pattern") && e.contains("empty string"),
+            "{e}"
+        );
+        let e = StepPattern::new("step_pattern", "(")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular expression"), "{e}");
+    }
+
+    #[test]
+    fn issue18_min_and_product_of_step_scores() {
+        assert_eq!(StepRule::Min.combine(&[2.0, -1.0, 3.0]), -1.0);
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let want = (sig(2.0) * sig(-1.0) * sig(3.0)).ln();
+        assert!((StepRule::Product.combine(&[2.0, -1.0, 3.0]) - want).abs() < 1e-6);
+        // Finite where σ underflows.
+        assert!((StepRule::Product.combine(&[-200.0]) + 200.0).abs() < 1e-3);
+        assert_eq!(StepRule::Product.combine(&[]), 0.0);
+    }
+
+    /// Continues a prompt holding s separators `;` with `#ok` with probability 2^−s and
+    /// `#no` otherwise: the value of a prefix with s separators is exactly 2^−s.
+    struct Coin;
+
+    impl autodidact_core::Policy for Coin {
+        fn sample(
+            &mut self,
+            prompts: &[String],
+            seeds: &[u64],
+            _: &SamplingParams,
+        ) -> autodidact_core::Result<Vec<Completion>> {
+            Ok(prompts
+                .iter()
+                .zip(seeds)
+                .map(|(p, &s)| {
+                    let q = 0.5f64.powi(p.matches(';').count() as i32);
+                    let u = Rng::derived(s, 0).uniform_f64();
+                    let text = if u < q { "#ok" } else { "#no" }.to_string();
+                    Completion {
+                        tokens: vec![0; text.len()],
+                        text,
+                        logprobs: vec![],
+                        finish: FinishReason::Stop,
+                        top_logprobs: vec![],
+                    }
+                })
+                .collect())
+        }
+        fn logprobs(&mut self, _: &[Example]) -> autodidact_core::Result<Vec<Vec<f32>>> {
+            unreachable!()
+        }
+        fn next_token_logprobs(
+            &mut self,
+            _: &[String],
+            _: &[u32],
+        ) -> autodidact_core::Result<Vec<Vec<f32>>> {
+            unreachable!()
+        }
+        fn context_length(&self) -> usize {
+            64
+        }
+        fn tokenizer(&self) -> &dyn Tokenizer {
+            static TOK: std::sync::OnceLock<autodidact_core::CharTokenizer> =
+                std::sync::OnceLock::new();
+            TOK.get_or_init(|| autodidact_core::CharTokenizer::new("ab;#okn?=").unwrap())
+        }
+    }
+
+    /// Accepts a completion that ends `#ok`.
+    struct EndsOk;
+
+    impl Task for EndsOk {
+        fn name(&self) -> &str {
+            "ends-ok"
+        }
+        fn alphabet(&self) -> String {
+            "ab;#okn".into()
+        }
+        fn max_chars(&self) -> (usize, usize) {
+            (4, 16)
+        }
+        fn problems(&self, _: Split, _: usize, _: u64) -> autodidact_core::Result<Vec<Problem>> {
+            unreachable!()
+        }
+        fn verify(&self, _: &Problem, completion: &str) -> Verdict {
+            match completion.ends_with("#ok") {
+                true => Verdict::correct("ok".into()),
+                false => Verdict::incorrect("no".into()),
+            }
+        }
+    }
+
+    /// Each estimate is a binomial fraction of k rollouts around the closed-form value: over
+    /// many completions its mean is within 3 standard errors of it, and its variance is the
+    /// binomial one. The whole completion's value is its verdict, and the same seed gives the
+    /// same values.
+    #[test]
+    fn issue18_step_values_estimate_the_closed_form_value_of_each_prefix() {
+        let n = 200;
+        let items: Vec<(&str, Option<&str>, bool)> = (0..n)
+            .map(|i| match i % 2 {
+                0 => ("a;b;#ok", Some("ok"), true),
+                _ => ("a;b;#no", Some("no"), false),
+            })
+            .collect();
+        let groups = [group("p", &items)];
+        let pattern = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
+        let (k, params) = (8, SamplingParams::greedy(8));
+        let values = |seed| {
+            step_values(
+                &mut Coin,
+                &EndsOk,
+                &groups,
+                &pattern,
+                k,
+                &params,
+                seed,
+                &mut crate::Silent,
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let v = values(3);
+        // Steps `a;`, `b;`, `#` and `ok`/`no`.
+        assert!(v.iter().all(|s| s.len() == 4));
+        for (step, q) in [(0, 0.5), (1, 0.25), (2, 0.25)] {
+            let est: Vec<f64> = v.iter().map(|s| s[step] as f64).collect();
+            let mean = est.iter().sum::<f64>() / n as f64;
+            let var = est.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let se = (q * (1.0 - q) / (n * k) as f64).sqrt();
+            println!("step {step}: estimate {mean:.4} (closed form {q}), variance {var:.4} (binomial {:.4})", q * (1.0 - q) / k as f64);
+            assert!((mean - q).abs() < 3.0 * se, "step {step}: {mean} vs {q}");
+            assert!(
+                (var / (q * (1.0 - q) / k as f64) - 1.0).abs() < 0.35,
+                "step {step}: variance {var}"
+            );
+        }
+        for (i, s) in v.iter().enumerate() {
+            assert_eq!(
+                s[3],
+                (i % 2 == 0) as u8 as f32,
+                "the last step is the verdict"
+            );
+        }
+        assert_eq!(values(3), v);
+        assert_ne!(values(4), v);
+    }
+}
