@@ -72,6 +72,19 @@ pub enum Kind {
     Steps,
 }
 
+/// The reward models at `path`; `steps` (default min) is for process models only.
+fn load_ensemble(path: &std::path::Path, steps: Option<Steps>) -> Result<Ensemble> {
+    let rule = steps.map_or(StepRule::Min, StepRule::from);
+    let e = Ensemble::load(&crate::backends::linked(), path, rule)?;
+    if steps.is_some() && !e.is_process() {
+        bail!(
+            "--steps: {} is an outcome reward model; only a process reward model (trained on steps) combines step scores",
+            path.display()
+        );
+    }
+    Ok(e)
+}
+
 /// How a process reward model's step scores make a completion's score.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Steps {
@@ -141,9 +154,10 @@ pub struct ScoreArgs {
     /// λ of the uncertainty-weighted aggregation (mean − λ·variance).
     #[arg(long, default_value_t = 1.0)]
     lambda: f32,
-    /// A process reward model's completion score from its steps' (labels and pairs data).
-    #[arg(long, value_enum, default_value = "min")]
-    steps: Steps,
+    /// A process reward model's completion score from its steps' (labels and pairs data;
+    /// default min).
+    #[arg(long, value_enum)]
+    steps: Option<Steps>,
 }
 
 #[derive(Args)]
@@ -156,9 +170,9 @@ pub struct BonArgs {
     /// λ of the uncertainty-weighted aggregation (mean − λ·variance).
     #[arg(long, default_value_t = 1.0)]
     lambda: f32,
-    /// A process reward model's completion score from its steps'.
-    #[arg(long, value_enum, default_value = "min")]
-    steps: Steps,
+    /// A process reward model's completion score from its steps' (default min).
+    #[arg(long, value_enum)]
+    steps: Option<Steps>,
     /// Where to write the sweep (JSON): every n's KL, gold and proxy per aggregation, and
     /// the fits.
     #[arg(long)]
@@ -352,7 +366,7 @@ fn aggregations(members: usize, lambda: f32) -> Result<Vec<(&'static str, Aggreg
 
 fn score(a: &ScoreArgs) -> Result<()> {
     let data = read_data(&a.data)?;
-    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model, a.steps.into())?;
+    let mut ensemble = load_ensemble(&a.model, a.steps)?;
     let choices = aggregations(ensemble.len(), a.lambda)?;
     let seqs = data.sequences(0..data.len());
     // Steps data is already split: each prefix is scored as it is.
@@ -377,7 +391,7 @@ fn score(a: &ScoreArgs) -> Result<()> {
 }
 
 fn bon(a: &BonArgs) -> Result<()> {
-    let mut ensemble = Ensemble::load(&crate::backends::linked(), &a.model, a.steps.into())?;
+    let mut ensemble = load_ensemble(&a.model, a.steps)?;
     // Member 0 alone first (for an ensemble), then each aggregation of all members.
     let mut choices: Vec<(&str, Option<Aggregation>)> = aggregations(ensemble.len(), a.lambda)?
         .into_iter()

@@ -1,7 +1,8 @@
 //! Issue 18: reward models end to end. `rm data` labels a checkpoint's samples with the
 //! verifier; `rm train` trains an ensemble into a directory transformers can read member by
-//! member; `rm score` and `rm bon` read it; and runs of grpo, raft and star take their reward
-//! from it, logging the proxy beside the gold verifier, while the DPO family refuses it.
+//! member; `rm score` and `rm bon` read it; and runs of grpo, raft, star and dpo-verified take
+//! their reward from it, logging the proxy beside the gold verifier, while the recipes that
+//! pair by votes, demonstrations or a judge refuse it.
 
 mod common;
 
@@ -39,6 +40,26 @@ fn rm_train<'a>(base: &'a Path, data: &'a Path, out: &'a Path, sets: &[&'a str])
     args
 }
 
+/// `rm data` of 4 samples of 40 problems (seed 1) of `base` into `out`, with `extra` flags.
+fn rm_data(base: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "rm",
+        "data",
+        "--checkpoint",
+        s(base),
+        "--problems",
+        "40",
+        "--samples",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        s(out),
+    ];
+    args.extend(extra);
+    ok(&args)
+}
+
 /// A tiny model that solves some sums, and a two-member ensemble trained on its labeled
 /// samples; built once for every test of this file.
 fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
@@ -47,20 +68,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let base = common::base_checkpoint(tmp.path(), 400);
         let labels = tmp.path().join("labels.jsonl");
-        let said = ok(&[
-            "rm",
-            "data",
-            "--checkpoint",
-            s(&base),
-            "--problems",
-            "40",
-            "--samples",
-            "4",
-            "--seed",
-            "1",
-            "--out",
-            s(&labels),
-        ]);
+        let said = rm_data(&base, &labels, &[]);
         assert!(said.starts_with("160 labels from 160 samples"), "{said}");
         let rm = tmp.path().join("rm");
         ok(&rm_train(
@@ -286,6 +294,15 @@ fn issue18_recipes_take_their_reward_from_the_ensemble() {
                 "reward.threshold=-100.0",
             ][..],
         ),
+        (
+            "dpo",
+            &[
+                "recipe=\"dpo-verified\"",
+                "pref.rounds=1",
+                "pref.problems=8",
+                "pref.train.steps=2",
+            ][..],
+        ),
     ] {
         let (out, run) = proxy_run(name, sets);
         assert!(
@@ -323,7 +340,7 @@ fn issue18_recipes_take_their_reward_from_the_ensemble() {
             assert!(kept.lines().count() > 0, "{name}");
         }
     }
-    let (out, _) = proxy_run("dpo", &["recipe=\"dpo-verified\"", "pref.rounds=1"]);
+    let (out, _) = proxy_run("scpo", &["recipe=\"scpo\"", "pref.rounds=1"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && e.contains("config key `reward.model`"),
@@ -351,24 +368,7 @@ fn issue18_recipes_take_their_reward_from_the_ensemble() {
 fn issue18_a_process_reward_model_learns_from_rollouts() {
     let (tmp, base, orm) = fixture();
     let steps = tmp.path().join("steps.jsonl");
-    let said = ok(&[
-        "rm",
-        "data",
-        "--checkpoint",
-        s(base),
-        "--kind",
-        "steps",
-        "--rollouts",
-        "2",
-        "--problems",
-        "40",
-        "--samples",
-        "4",
-        "--seed",
-        "1",
-        "--out",
-        s(&steps),
-    ]);
+    let said = rm_data(base, &steps, &["--kind", "steps", "--rollouts", "2"]);
     // The fixture's labeled samples, split into steps (an empty completion has none).
     assert!(
         said.contains(" stepped completions from 160 samples"),
@@ -454,6 +454,20 @@ fn issue18_a_process_reward_model_learns_from_rollouts() {
     assert!(e.contains("reward model") && e.contains("--force"), "{e}");
     ok(&["resume", s(&run), "--force"]);
     // An outcome model has no steps to combine.
+    let e = fails(&[
+        "rm",
+        "score",
+        "--model",
+        s(orm),
+        "--data",
+        s(&labels),
+        "--steps",
+        "min",
+    ]);
+    assert!(
+        e.contains("--steps") && e.contains("outcome reward model"),
+        "{e}"
+    );
     let (out, _) = proxy_run_with(
         orm,
         "orm-steps",

@@ -703,7 +703,7 @@ impl RunConfig {
             return Err(Error::config(
                 "reward.model",
                 format!(
-                    "{} builds its training data from its own judge, vote or the verifier; a reward model drives the policy-gradient recipes, raft and star",
+                    "{} builds its training data from its own judge, votes or gold demonstrations; a reward model drives the policy-gradient recipes, raft, star and dpo-verified",
                     recipe.name()
                 ),
             ));

@@ -143,7 +143,7 @@ impl Plot<'_> {
         let all = self.series.iter().chain(self.curves);
         let points: Vec<(f64, f64)> = all.flat_map(|(_, s)| s.iter().copied()).collect();
         let mut s = format!(
-            r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><text x="{l}" y="14" class="ct">{t}</text>"#,
+            r#"<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><text x="{l}" y="14" class="ct">{t}</text>"#,
             t = escape(self.title)
         );
         if points.is_empty() {
@@ -234,12 +234,14 @@ impl Plot<'_> {
     }
 }
 
-/// `svg` (a [`Plot`]) as a file of its own: the chart styles written into it.
+/// `svg` (a [`Plot`]) as a file of its own: its namespace (which a page's inline SVG does
+/// without) and the chart styles written into it.
 pub fn standalone_svg(svg: &str) -> String {
     let style = format!("<style>{CHART_STYLE}</style>");
+    let svg = svg.replacen("<svg ", "<svg xmlns=\"http://www.w3.org/2000/svg\" ", 1);
     match svg.find('>') {
         Some(i) => format!("{}{style}{}\n", &svg[..=i], &svg[i + 1..]),
-        None => svg.to_string(),
+        None => svg,
     }
 }
 

@@ -8,8 +8,10 @@
 //!
 //! Recipes that take their reward from it: the policy-gradient family (the proxy replaces
 //! the verifier's score in the reward), `raft` (the best of n by proxy, kept when it reaches
-//! `raft.threshold`) and `star` (keeps the completions whose proxy reaches
-//! `reward.threshold`). The DPO family builds pairs from its own judge or vote and refuses it.
+//! `raft.threshold`), `star` (keeps the completions whose proxy reaches `reward.threshold`)
+//! and `dpo-verified` (pairs the best and the worst distinct completion by proxy). `scpo`,
+//! `spin` and `self-rewarding` build pairs from votes, gold demonstrations or a judge and
+//! refuse it.
 
 use crate::rm::{
     aggregate, check_aggregation, completions_of, digest, disagreement, Aggregation, Ensemble,

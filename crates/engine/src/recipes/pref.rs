@@ -310,6 +310,11 @@ impl Recipe for Pref {
     fn columns(&self) -> &'static [Column] {
         COLUMNS
     }
+    /// `dpo-verified` ranks its pairs by a reward model in place of the verifier; the others
+    /// pair by votes, a gold demonstration or a judge.
+    fn takes_proxy_reward(&self) -> bool {
+        self.kind == Kind::Verified
+    }
 }
 
 impl Pref {
@@ -327,10 +332,14 @@ impl Pref {
         let mut policy = run.load_policy(parent)?;
         let task = &*run.plan.task;
         let params = run.plan.sampling(&cfg.sampling);
-        // The plan refuses a learned reward for this family, so there is no proxy to log.
-        let (mut groups, _) =
+        // With `[reward] model` (dpo-verified only), every sample's reward is the proxy's.
+        let (mut groups, mut metrics) =
             run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
-        let mut metrics = BTreeMap::new();
+        let proxy_rewards: Option<Vec<Vec<f32>>> = run
+            .plan
+            .reward
+            .as_ref()
+            .map(|_| groups.iter().map(|g| g.rewards.clone()).collect());
         let scores = match (&run.plan.judge, self.kind) {
             (Some(spec), Kind::SelfRewarding) => {
                 let mut judge = spec.init(0)?;
@@ -343,7 +352,7 @@ impl Pref {
             (None, Kind::SelfRewarding) => {
                 Some(self.self_judge(run, &mut *policy, round, &groups, &mut metrics, obs)?)
             }
-            _ => None,
+            _ => proxy_rewards,
         };
         let (pairs, counts, proxy) = build_pairs(self.kind, cfg, &groups, scores.as_deref());
         if let Some(proxy) = &proxy {
@@ -571,12 +580,14 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
 
 /// Pairs of a round for `recipe`, with the proxy reward of every sample (`None` where the
 /// recipe has no proxy: `dpo-verified` uses the gold verifier, `spin` no reward).
-/// `judge_scores` are the self-judge's scores (`self-rewarding` only).
+/// `scores` are the self-judge's (`self-rewarding`) or, for `dpo-verified` with `[reward]
+/// model`, the reward model's: its pairs are then the best against the worst distinct
+/// completion by that score (any difference; `judge_margin` is a judge's probability).
 pub fn build_pairs(
     kind: Kind,
     cfg: &PrefConfig,
     groups: &[Group],
-    judge_scores: Option<&[Vec<f32>]>,
+    scores: Option<&[Vec<f32>]>,
 ) -> (Vec<Pair>, PairCounts, Option<Vec<Vec<f32>>>) {
     let n = cfg.pairs_per_problem;
     match kind {
@@ -586,7 +597,7 @@ pub fn build_pairs(
             (p, c, Some(shares))
         }
         Kind::SelfRewarding => {
-            let scores = judge_scores.expect("self-rewarding judges its samples");
+            let scores = scores.expect("self-rewarding judges its samples");
             let (p, c) = judged_pairs(groups, scores, n, cfg.judge_margin);
             (p, c, Some(scores.to_vec()))
         }
@@ -594,10 +605,16 @@ pub fn build_pairs(
             let (p, c) = spin_pairs(groups, n);
             (p, c, None)
         }
-        Kind::Verified => {
-            let (p, c) = verified_pairs(groups, n);
-            (p, c, None)
-        }
+        Kind::Verified => match scores {
+            Some(proxy) => {
+                let (p, c) = judged_pairs(groups, proxy, n, 0.0);
+                (p, c, Some(proxy.to_vec()))
+            }
+            None => {
+                let (p, c) = verified_pairs(groups, n);
+                (p, c, None)
+            }
+        },
     }
 }
 
