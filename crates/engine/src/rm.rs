@@ -930,7 +930,12 @@ impl Ensemble {
         let mut prefixes = Vec::new();
         let mut counts = Vec::with_capacity(examples.len());
         for e in examples {
-            let ends = pattern.ends(&e.completion);
+            // An empty completion is one empty step, scored as the model scores it (an
+            // empty min would be a free 0, above most completions' scores).
+            let mut ends = pattern.ends(&e.completion);
+            if ends.is_empty() {
+                ends.push(0);
+            }
             counts.push(ends.len());
             prefixes.extend(
                 ends.iter()
@@ -1123,5 +1128,61 @@ mod tests {
         // Per prefix: labels 1 1 1 0 0 0 against those scores.
         assert!((m["eval/auroc"] - 6.0 / 9.0).abs() < 1e-9, "{m:?}");
         assert!(m.contains_key("eval/ece"));
+    }
+
+    /// Scores a sequence by its completion's length minus 2.
+    struct Length;
+
+    impl RewardModel for Length {
+        fn scores(&mut self, batch: &[Example]) -> autodidact_core::Result<Vec<f32>> {
+            Ok(batch
+                .iter()
+                .map(|e| e.completion.len() as f32 - 2.0)
+                .collect())
+        }
+        fn backward(&mut self, _: &[f32]) -> autodidact_core::Result<()> {
+            unreachable!()
+        }
+        fn reset_optimizer(
+            &mut self,
+            _: &autodidact_core::OptimizerSettings,
+        ) -> autodidact_core::Result<()> {
+            unreachable!()
+        }
+        fn step(&mut self, _: f32, _: f32) -> autodidact_core::Result<f32> {
+            unreachable!()
+        }
+        fn save(&self, _: &Path) -> autodidact_core::Result<()> {
+            unreachable!()
+        }
+        fn memory_bytes(&self, _: usize) -> u64 {
+            0
+        }
+    }
+
+    /// A process ensemble scores each prefix through a step and combines them; an empty
+    /// completion is one empty step, scored by the model rather than given a free 0.
+    #[test]
+    fn issue18_a_process_ensemble_combines_prefix_scores_and_scores_empty_completions() {
+        let pattern = StepPattern::new("step_pattern", "[;#]").unwrap();
+        let examples = [Example::new("p", "ab;c#12"), Example::new("p", "")];
+        for (rule, want) in [
+            (StepRule::Min, vec![1.0, -2.0]),
+            (
+                StepRule::Product,
+                vec![
+                    StepRule::Product.combine(&[1.0, 3.0, 5.0]),
+                    StepRule::Product.combine(&[-2.0]),
+                ],
+            ),
+        ] {
+            let mut e = Ensemble {
+                members: vec![Box::new(Length)],
+                steps: Some((pattern.clone(), rule)),
+            };
+            assert_eq!(e.scores(&examples).unwrap(), [want]);
+            // As sequences, each example is one prefix.
+            assert_eq!(e.sequence_scores(&examples).unwrap(), [vec![5.0, -2.0]]);
+        }
     }
 }
