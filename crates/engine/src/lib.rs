@@ -29,6 +29,7 @@ pub mod run;
 pub mod sampling;
 pub mod steps;
 pub mod store;
+pub mod tensorboard;
 #[cfg(test)]
 mod testutil;
 pub mod train;

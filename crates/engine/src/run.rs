@@ -370,7 +370,9 @@ impl Run {
             self.dir.set_status(&mut self.info, status)?;
         }
         // The run is complete and journaled whatever happens here; `autodidact report`
-        // rewrites the page.
+        // rewrites the page. The event file is rewritten too (a run from before it existed
+        // gets one on `resume`).
+        crate::tensorboard::write_events(&self.dir)?;
         crate::report::write_report(self.dir.root())?;
         self.table()
     }
@@ -442,6 +444,7 @@ impl Run {
                 manifest_sha256: self.dir.current_manifest_sha256(stage.round())?,
             })?;
             self.dir.commit_manifest(stage.round())?;
+            crate::tensorboard::write_events(&self.dir)?;
         }
         Ok(status)
     }
