@@ -78,11 +78,27 @@ pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Prints the per-round table and, unless `quiet`, the monitors' summary and the run's files.
+/// Prints the per-round table with what its columns are and the run directory; unless
+/// `quiet`, also the monitors by round and the run's files.
 fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
-    let k = run.plan().config.eval.k;
-    println!("{}", table(rows, run.columns(), k));
+    let e = &run.plan().config.eval;
+    println!("{}", table(rows, run.columns(), e.k));
+    let extra: Vec<&str> = used_columns(rows, run.columns())
+        .iter()
+        .map(|(_, c)| c.header)
+        .collect();
+    println!(
+        "held-out: greedy pass@1, and pass@{k} / maj@{k} of {k} samples, on {} held-out problems{}",
+        e.problems,
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; {}: the round's own training samples", extra.join(", "))
+        },
+        k = e.k
+    );
     if quiet {
+        println!("run directory: {}", run.dir().root().display());
         return;
     }
     if let Ok(data) = autodidact_engine::report::RunData::load(run.dir().root()) {
@@ -96,6 +112,7 @@ fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
     println!("  config.toml     the resolved configuration");
     println!("  metrics.jsonl   one line per round (and the seed-only curve)");
     println!("  journal.jsonl   completed stages with their durations");
+    println!("  tensorboard/    every metric as TensorBoard events (tensorboard --logdir runs/)");
     println!("  rounds/rNNNN/   samples.jsonl, train.jsonl, eval.json, manifest.json");
     println!("  checkpoints/    each round's model (or LoRA adapters) and tokenizer, loadable by transformers (peft)");
 }
@@ -107,12 +124,8 @@ fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
 /// accuracy). A column no round has a value for is left out.
 pub fn table(rows: &[RoundRow], columns: &[Column], k: usize) -> String {
     let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v));
-    let used: Vec<(usize, &Column)> = columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| rows.iter().any(|r| r.extra[*i].is_some()))
-        .collect();
-    let mut s = format!("| round | pass@1 | pass@{k} | maj@{k} |");
+    let used = used_columns(rows, columns);
+    let mut s = format!("| round | held-out pass@1 | held-out pass@{k} | held-out maj@{k} |");
     for (_, c) in &used {
         s += &format!(" {} |", c.header);
     }
@@ -131,6 +144,15 @@ pub fn table(rows: &[RoundRow], columns: &[Column], k: usize) -> String {
         s += "\n";
     }
     s.trim_end().to_string()
+}
+
+/// The recipe's columns some round has a value for, with their index.
+fn used_columns<'a>(rows: &[RoundRow], columns: &'a [Column]) -> Vec<(usize, &'a Column)> {
+    columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| rows.iter().any(|r| r.extra[*i].is_some()))
+        .collect()
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
@@ -190,7 +212,7 @@ mod tests {
         let rows = [row(0, &[None, None]), row(1, &[Some("10"), Some("12")])];
         assert_eq!(
             table(&rows, &star, 8),
-            "| round | pass@1 | pass@8 | maj@8 | kept | distinct correct |\n\
+            "| round | held-out pass@1 | held-out pass@8 | held-out maj@8 | kept | distinct correct |\n\
              |---:|---:|---:|---:|---:|---:|\n\
              | 0 | 25.0% | 50.0% | 12.5% | – | – |\n\
              | 1 | 25.0% | 50.0% | 12.5% | 10 | 12 |"
@@ -204,7 +226,7 @@ mod tests {
         let rows = [row(1, &[Some("7"), Some("50.0%"), None])];
         assert_eq!(
             table(&rows, &pref, 4),
-            "| round | pass@1 | pass@4 | maj@4 | pairs | chosen correct |\n\
+            "| round | held-out pass@1 | held-out pass@4 | held-out maj@4 | pairs | chosen correct |\n\
              |---:|---:|---:|---:|---:|---:|\n\
              | 1 | 25.0% | 50.0% | 12.5% | 7 | 50.0% |"
         );

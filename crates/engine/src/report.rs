@@ -279,6 +279,27 @@ pub fn overopt_charts(curves: &[crate::overopt::Curve], size: (f64, f64)) -> [St
     [gold.svg(), proxy.svg()]
 }
 
+/// How a monitor's value reads in the terminal summary.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// A fraction, as a percentage.
+    Percent,
+    /// A difference of fractions, in percentage points.
+    Points,
+    /// As it is.
+    Plain,
+}
+
+impl Unit {
+    fn show(self, v: f64) -> String {
+        match self {
+            Unit::Percent => format!("{:.1}%", 100.0 * v),
+            Unit::Points => format!("{:+.1} pt", 100.0 * v),
+            Unit::Plain => fmt_num(v),
+        }
+    }
+}
+
 fn fmt_num(v: f64) -> String {
     if v.abs() >= 1e6 {
         format!("{:.2}M", v / 1e6)
@@ -640,78 +661,101 @@ fn table_of_rounds(run: &RunData) -> String {
     s
 }
 
-/// The plain-text summary printed at the end of a run: each monitor family's key readings,
-/// first round → last round (families the run did not log are left out).
+/// The plain-text summary printed at the end of a run: the key monitors as a table with one
+/// row per round (the rounds of the run's table), each header with its unit; monitors that
+/// never change (a verifier's filter precision of 100%) on one line instead; and what the
+/// controller did.
 pub fn text_summary(run: &RunData) -> Vec<String> {
-    const LINES: [(&str, &[(&str, &str)]); 5] = [
+    let mut out = monitor_table(&run.rounds);
+    controller_line(run, &mut out);
+    out
+}
+
+/// The monitors of `rounds` as a table, one row per round, headers with units; monitors
+/// that never change on one line after it.
+fn monitor_table(rounds: &[BTreeMap<String, f64>]) -> Vec<String> {
+    // (header with its unit, key, how a value reads).
+    const COLUMNS: [(&str, &str, Unit); 12] = [
+        ("sample pass@1", "explore/pass@1", Unit::Percent),
         (
-            "exploration",
-            &[
-                ("pass@1", "explore/pass@1"),
-                ("answer entropy", "explore/answer_entropy"),
-                ("distinct correct traces", "explore/distinct_correct_traces"),
-            ],
+            "answer entropy (nats)",
+            "explore/answer_entropy",
+            Unit::Plain,
         ),
         (
-            "exploitation",
-            &[
-                ("precision", "exploit/precision"),
-                ("recall", "exploit/recall"),
-                ("AUROC", "exploit/auroc"),
-                ("balance", "exploit/balance_score"),
-            ],
+            "distinct correct traces per problem",
+            "explore/distinct_correct_traces",
+            Unit::Plain,
+        ),
+        ("filter precision", "exploit/precision", Unit::Percent),
+        ("filter recall", "exploit/recall", Unit::Percent),
+        ("best-of-n gap", "gap/best_of_n", Unit::Points),
+        (
+            "held-out maj@k − pass@1",
+            "gap/maj_minus_pass1",
+            Unit::Points,
         ),
         (
-            "gap",
-            &[
-                ("best-of-n", "gap/best_of_n"),
-                ("maj@k − pass@1", "gap/maj_minus_pass1"),
-            ],
+            "KL to M0 (nats/completion)",
+            "drift/kl_to_seed",
+            Unit::Plain,
         ),
         (
-            "drift",
-            &[
-                ("KL to M0", "drift/kl_to_seed"),
-                ("token entropy", "drift/token_entropy"),
-                ("length", "drift/mean_length"),
-            ],
+            "token entropy (nats/token)",
+            "drift/token_entropy",
+            Unit::Plain,
         ),
-        (
-            "proxy vs gold",
-            &[
-                ("proxy reward", "proxy/reward"),
-                ("gold reward", "gold/reward"),
-                ("judge accuracy", "judge/accuracy"),
-            ],
-        ),
+        ("length (tokens)", "drift/mean_length", Unit::Plain),
+        ("proxy reward", "proxy/reward", Unit::Plain),
+        ("gold reward", "gold/reward", Unit::Plain),
     ];
-    let rounds: Vec<&BTreeMap<String, f64>> = run
-        .rounds
-        .iter()
-        .filter(|m| m.get("round").is_some_and(|&r| r > 0.0))
-        .collect();
-    let (Some(first), Some(last)) = (rounds.first(), rounds.last()) else {
-        return Vec::new();
-    };
-    let mut out = vec![format!(
-        "monitors, round {} → {}:",
-        fmt_num(first["round"]),
-        fmt_num(last["round"])
-    )];
-    for (family, items) in LINES {
-        let parts: Vec<String> = items
-            .iter()
-            .filter_map(|(label, key)| {
-                let a = first.get(*key)?;
-                let b = last.get(*key)?;
-                Some(format!("{label} {} → {}", fmt_num(*a), fmt_num(*b)))
-            })
-            .collect();
-        if !parts.is_empty() {
-            out.push(format!("  {family:<13} {}", parts.join("   ")));
+    // Columns some round has, split into those that change and those that never do.
+    let mut moving = Vec::new();
+    let mut constant = Vec::new();
+    for (header, key, unit) in COLUMNS {
+        let values: Vec<f64> = rounds.iter().filter_map(|m| m.get(key).copied()).collect();
+        match values.first() {
+            None => {}
+            Some(&v) if values.iter().all(|&x| x == v) => constant.push((header, unit.show(v))),
+            Some(_) => moving.push((header, key, unit)),
         }
     }
-    // What the controller did: alarms by kind with their rounds, stops and rollbacks.
+    // `@k` in a header is the run's own k.
+    let k = rounds
+        .iter()
+        .find_map(|m| m.get("eval/k"))
+        .map_or("k".into(), |&k| fmt_num(k));
+    let header = |h: &str| h.replace("@k", &format!("@{k}"));
+    let mut out = Vec::new();
+    if !moving.is_empty() {
+        out.push("monitors by round, from the round's training samples except the held-out columns and drift (KL, entropy, length: held-out samples); definitions in docs/monitors.md:".into());
+        let mut head = String::from("| round |");
+        for (h, _, _) in &moving {
+            head += &format!(" {} |", header(h));
+        }
+        out.push(head);
+        out.push(format!("|---:|{}", "---:|".repeat(moving.len())));
+        for m in rounds {
+            let mut line = format!("| {} |", m.get("round").map_or("?".into(), |&r| fmt_num(r)));
+            for (_, key, unit) in &moving {
+                line += &format!(" {} |", m.get(*key).map_or("–".into(), |&v| unit.show(v)));
+            }
+            out.push(line);
+        }
+    }
+    if !constant.is_empty() {
+        let items: Vec<String> = constant
+            .iter()
+            .map(|(h, v)| format!("{} {v}", header(h)))
+            .collect();
+        out.push(format!("constant in every round: {}", items.join(", ")));
+    }
+    out
+}
+
+/// What the controller did, on one line: alarms by kind with their rounds, stops and
+/// rollbacks.
+fn controller_line(run: &RunData, out: &mut Vec<String>) {
     let mut fired: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut acts = Vec::new();
     for m in &run.manifests {
@@ -742,9 +786,8 @@ pub fn text_summary(run: &RunData) -> Vec<String> {
             parts.push(format!("alarms: {}", alarms.join("; ")));
         }
         parts.extend(acts);
-        out.push(format!("  {:<13} {}", "controller", parts.join("; ")));
+        out.push(format!("controller: {}", parts.join("; ")));
     }
-    out
 }
 
 /// Writes `report.html` into the run directory `root`; returns its path.
@@ -780,6 +823,49 @@ mod tests {
             svg_chart("flat", &[("a".into(), vec![(0.0, 1.0), (1.0, 1.0)])]).contains("<polyline")
         );
         assert_eq!(svg_chart("none", &[]).matches("<polyline").count(), 0);
+    }
+
+    /// The monitors table has a row per round (round 0's missing monitors as –), units in
+    /// its headers and the run's k; monitors that never change fold into one line.
+    #[test]
+    fn issue19_monitor_table_aligns_rounds_and_folds_constant_series() {
+        let round = |r: f64, extra: &[(&str, f64)]| {
+            let mut m = BTreeMap::from([
+                ("round".to_string(), r),
+                ("eval/k".to_string(), 8.0),
+                ("drift/mean_length".to_string(), 30.0 + r),
+            ]);
+            m.extend(extra.iter().map(|(k, v)| (k.to_string(), *v)));
+            m
+        };
+        let rounds = [
+            round(0.0, &[("gap/maj_minus_pass1", 0.01)]),
+            round(
+                1.0,
+                &[
+                    ("explore/pass@1", 0.25),
+                    ("exploit/precision", 1.0),
+                    ("gap/maj_minus_pass1", -0.02),
+                ],
+            ),
+            round(
+                2.0,
+                &[
+                    ("explore/pass@1", 0.5),
+                    ("exploit/precision", 1.0),
+                    ("gap/maj_minus_pass1", 0.0),
+                ],
+            ),
+        ];
+        let t = monitor_table(&rounds);
+        assert_eq!(
+            t[1],
+            "| round | sample pass@1 | held-out maj@8 − pass@1 | length (tokens) |"
+        );
+        assert_eq!(t[3], "| 0 | – | +1.0 pt | 30 |");
+        assert_eq!(t[5], "| 2 | 50.0% | +0.0 pt | 32 |");
+        assert_eq!(t[6], "constant in every round: filter precision 100.0%");
+        assert!(monitor_table(&[]).is_empty());
     }
 
     /// Over-optimization charts: the gold chart draws each curve's points and its fit
