@@ -47,7 +47,7 @@ fn a_stop_alarm_ends_the_run_and_it_stays_stopped() {
     // The end-of-run summary and the report say what the controller did.
     let data = autodidact_engine::report::RunData::load(&out).unwrap();
     let summary = autodidact_engine::report::text_summary(&data).join("\n");
-    assert!(summary.starts_with("monitors, by round"), "{summary}");
+    assert!(summary.starts_with("monitors by round"), "{summary}");
     // Rows for the rounds of the run's table, 0 and 1, with units in the headers.
     assert!(
         summary.contains("\n| 0 |") && summary.contains("\n| 1 |"),

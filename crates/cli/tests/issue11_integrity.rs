@@ -449,13 +449,19 @@ fn issue11_resource_guards_refuse_or_chunk_naming_the_setting() {
     assert!(peak < 512 * 1024, "sample -n grew to {peak} KiB");
 }
 
+/// `--quiet` prints the table, the line saying what its columns are, and the run directory
+/// (issue 19), nothing on stderr.
 #[test]
 fn issue11_quiet_prints_only_the_table() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = ok(&strs(&run_args(&tmp.path().join("q"), &[])));
+    let dir = tmp.path().join("q");
+    let out = ok(&strs(&run_args(&dir, &[])));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.lines().all(|l| l.starts_with('|')), "{stdout}");
-    assert_eq!(stdout.lines().count(), 2 + 2);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2 + 2 + 2, "{stdout}");
+    assert!(lines[..4].iter().all(|l| l.starts_with('|')), "{stdout}");
+    assert!(lines[4].starts_with("held-out: greedy pass@1"), "{stdout}");
+    assert_eq!(lines[5], format!("run directory: {}", dir.display()));
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
 }
 

@@ -716,7 +716,10 @@ fn monitor_table(rounds: &[BTreeMap<String, f64>]) -> Vec<String> {
         let values: Vec<f64> = rounds.iter().filter_map(|m| m.get(key).copied()).collect();
         match values.first() {
             None => {}
-            Some(&v) if values.iter().all(|&x| x == v) => constant.push((header, unit.show(v))),
+            // Constant: the same in at least two rounds and never different.
+            Some(&v) if values.len() > 1 && values.iter().all(|&x| x == v) => {
+                constant.push((header, unit.show(v)))
+            }
             Some(_) => moving.push((header, key, unit)),
         }
     }
