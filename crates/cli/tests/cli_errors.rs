@@ -225,6 +225,14 @@ fn report_and_compare_write_self_contained_pages() {
         !page.contains("<script") && !page.contains("http"),
         "self-contained"
     );
+    // Issue 19: a headline with what ran and what it gained, and the held-out curves on one
+    // chart.
+    assert!(
+        page.contains("<p class=\"head\"><b>star</b> on <b>addition</b>"),
+        "headline"
+    );
+    assert!(page.contains("held-out pass@1 <b>"), "headline gain");
+    assert!(page.contains("aria-label=\"held-out accuracy (%) by round\""));
     std::fs::remove_file(a.join("report.html")).unwrap();
     let out = succeeds(&["report", a.to_str().unwrap()]);
     assert!(out.trim_end().ends_with("report.html"), "{out}");

@@ -119,6 +119,8 @@ pub fn svg_chart(title: &str, series: &[Series]) -> String {
         series,
         curves: &[],
         size: (260.0, 150.0),
+        y_range: None,
+        legend_right: false,
     }
     .svg()
 }
@@ -134,12 +136,28 @@ pub struct Plot<'a> {
     pub curves: &'a [Series],
     /// Width and height in pixels.
     pub size: (f64, f64),
+    /// A fixed y range, drawn with gridlines at its quarters (None: the data's range, labelled
+    /// at its ends).
+    pub y_range: Option<(f64, f64)>,
+    /// The legend in a margin right of the plot (else inside its top right corner).
+    pub legend_right: bool,
 }
 
 impl Plot<'_> {
     pub fn svg(&self) -> String {
         let (w, h) = self.size;
-        let (l, r, t, b) = (44.0, 10.0, 22.0, 24.0);
+        let widest = self
+            .series
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0);
+        let r = if self.legend_right && self.series.len() > 1 {
+            16.0 + 5.5 * widest as f64
+        } else {
+            10.0
+        };
+        let (l, t, b) = (44.0, 22.0, 24.0);
         let all = self.series.iter().chain(self.curves);
         let points: Vec<(f64, f64)> = all.flat_map(|(_, s)| s.iter().copied()).collect();
         let mut s = format!(
@@ -161,6 +179,9 @@ impl Plot<'_> {
             fold(f64::min, f64::INFINITY, |p| p.1),
             fold(f64::max, f64::NEG_INFINITY, |p| p.1),
         );
+        if let Some((lo, hi)) = self.y_range {
+            (y0, y1) = (lo.min(y0), hi.max(y1));
+        }
         if y1 - y0 < 1e-12 {
             y0 -= 0.5_f64.max(y0.abs() * 0.1);
             y1 += 0.5_f64.max(y1.abs() * 0.1);
@@ -182,6 +203,20 @@ impl Plot<'_> {
             xb = fmt_num(x1),
             xl = escape(self.x_label),
         );
+        if self.y_range.is_some() {
+            for i in 1..4 {
+                let y = y0 + (y1 - y0) * i as f64 / 4.0;
+                let _ = write!(
+                    s,
+                    r##"<line x1="{l}" y1="{py:.1}" x2="{xr}" y2="{py:.1}" stroke="#e4e4e4"/><text x="{lx}" y="{ty:.1}" class="tk" text-anchor="end">{v}</text>"##,
+                    py = py(y),
+                    xr = w - r,
+                    lx = l - 3.0,
+                    ty = py(y) + 3.0,
+                    v = fmt_num(y)
+                );
+            }
+        }
         let line = |pts: &[(f64, f64)]| -> String {
             pts.iter()
                 .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
@@ -218,12 +253,16 @@ impl Plot<'_> {
             }
         }
         if self.series.len() > 1 {
+            let (x, anchor) = if self.legend_right {
+                (w - r + 8.0, "start")
+            } else {
+                (w - r - 2.0, "end")
+            };
             for (i, (name, _)) in self.series.iter().enumerate().take(COLOURS.len()) {
                 let _ = write!(
                     s,
-                    r#"<text x="{}" y="{}" class="tk" text-anchor="end" style="fill:{}">{}</text>"#,
-                    w - r - 2.0,
-                    t + 9.0 + 10.0 * i as f64,
+                    r#"<text x="{x}" y="{}" class="tk" text-anchor="{anchor}" style="fill:{}">{}</text>"#,
+                    t + 9.0 + 11.0 * i as f64,
                     COLOURS[i % COLOURS.len()],
                     escape(name)
                 );
@@ -268,6 +307,8 @@ pub fn overopt_charts(curves: &[crate::overopt::Curve], size: (f64, f64)) -> [St
         series: &pick(|p| Some(p.1)),
         curves: &fits,
         size,
+        y_range: None,
+        legend_right: true,
     };
     let proxy = Plot {
         title: "proxy against √KL",
@@ -275,6 +316,8 @@ pub fn overopt_charts(curves: &[crate::overopt::Curve], size: (f64, f64)) -> [St
         series: &pick(|p| p.2),
         curves: &[],
         size,
+        y_range: None,
+        legend_right: true,
     };
     [gold.svg(), proxy.svg()]
 }
@@ -319,6 +362,25 @@ fn family(key: &str) -> &str {
     match key.split_once('/') {
         Some((f, _)) => f,
         None => "rl",
+    }
+}
+
+/// What a family of metrics measures, in one line (the report's caption of its charts).
+fn family_caption(f: &str) -> &'static str {
+    match f {
+        "eval" => "held-out evaluation of the round's model",
+        "explore" => "how widely the round's samples explore (before curation)",
+        "exploit" => "how well the curation rule picks right samples, against the verifier",
+        "gap" => "what sampling more, or voting, adds over one greedy answer",
+        "drift" => "how far the policy has moved from M0, on held-out samples",
+        "proxy" => "the reward the loop optimizes when it is not the verifier",
+        "gold" => "the verifier's view of the same samples",
+        "pairs" => "the preference pairs a round built, against the verifier",
+        "vote" => "the self-consistency vote, against the verifier",
+        "judge" => "the judge's scores, against the verifier",
+        "rl" | "pg" | "rewards" => "the policy-gradient update's statistics",
+        "train" => "the round's training stage",
+        _ => "",
     }
 }
 
@@ -367,16 +429,82 @@ fn charts(runs: &[RunData]) -> String {
         out.push_str(&svg_chart("proxy/reward and gold/reward", &both));
         out.push_str("</div>");
     }
+    // Series that never change (a verifier's precision of 1, no alarms) go to one table.
+    let mut constant = Vec::new();
     for ((_, name), keys) in &families {
-        let _ = write!(out, "<h3>{}</h3><div class=\"grid\">", escape(name));
-        for k in keys {
-            let per_run: Vec<(String, Vec<(f64, f64)>)> = runs
+        let moving: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .flat_map(|r| series(r, k))
+                    .map(|p| p.1)
+                    .collect();
+                let fixed = v.len() > 1 && v.iter().all(|&x| x == v[0]);
+                if fixed {
+                    constant.push((k.to_string(), v[0]));
+                }
+                !fixed
+            })
+            .collect();
+        if moving.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "<h3>{}</h3><p class=\"cap\">{} (definitions: docs/monitors.md)</p><div class=\"grid\">",
+            escape(name),
+            escape(family_caption(name))
+        );
+        // One chart for the family when its series share a scale (all fractions in [0, 1]),
+        // else one per metric.
+        let fractions = moving.iter().all(|k| {
+            runs.iter()
+                .flat_map(|r| series(r, k))
+                .all(|p| (0.0..=1.0).contains(&p.1))
+        });
+        if fractions && moving.len() > 1 && runs.len() == 1 {
+            let all: Vec<Series> = moving
                 .iter()
-                .map(|r| (r.name.clone(), series(r, k)))
+                .map(|k| (k.to_string(), series(&runs[0], k)))
                 .collect();
-            out.push_str(&svg_chart(k, &per_run));
+            out.push_str(
+                &Plot {
+                    title: &format!("{name} (fractions)"),
+                    x_label: "round",
+                    series: &all,
+                    curves: &[],
+                    size: (460.0, 200.0),
+                    y_range: Some((0.0, 1.0)),
+                    legend_right: true,
+                }
+                .svg(),
+            );
+        } else {
+            for k in &moving {
+                let per_run: Vec<Series> = runs
+                    .iter()
+                    .map(|r| (r.name.clone(), series(r, k)))
+                    .collect();
+                out.push_str(&svg_chart(k, &per_run));
+            }
         }
         out.push_str("</div>");
+    }
+    if !constant.is_empty() {
+        out.push_str(
+            "<h3>constant in every round</h3><table><tr><th>metric</th><th>value</th></tr>",
+        );
+        for (k, v) in &constant {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                escape(k),
+                fmt_num(*v)
+            );
+        }
+        out.push_str("</table>");
     }
     if runs.iter().any(|r| !r.seed_curve.is_empty()) {
         out.push_str("<h3>seed stage</h3><div class=\"grid\">");
@@ -583,7 +711,8 @@ table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.legend span{margin-right:14px}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
 tr.correct td{background:#eaf7ea}tr.incorrect td{background:#fbeaea}tr.ungradable td{background:#f3f3f3}\
-.prob{margin:8px 0}td.alarm{color:#b00}summary{cursor:pointer;font-weight:600;margin:6px 0}";
+.prob{margin:8px 0}td.alarm{color:#b00}summary{cursor:pointer;font-weight:600;margin:6px 0}\
+p.head{font-size:16px}p.cap{color:#555;margin:2px 0 6px}";
 
 fn page(title: &str, body: &str) -> String {
     format!(
@@ -592,13 +721,114 @@ fn page(title: &str, body: &str) -> String {
     )
 }
 
+/// The first lines of a run's report: what ran, what it gained, how long it took, and what
+/// the controller did.
+fn headline(run: &RunData) -> String {
+    let cfg: toml::Value =
+        toml::from_str(&run.config).unwrap_or(toml::Value::Table(Default::default()));
+    let get = |path: &[&str]| -> Option<String> {
+        let mut v = &cfg;
+        for p in path {
+            v = v.get(p)?;
+        }
+        Some(match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let model = get(&["model", "checkpoint"])
+        .or_else(|| get(&["model", "openai", "model"]))
+        .or_else(|| get(&["model", "preset"]).map(|p| format!("the {p} preset, from scratch")))
+        .unwrap_or_else(|| "?".into());
+    let pass = |m: &BTreeMap<String, f64>| m.get("eval/pass@1").map(|v| 100.0 * v);
+    let first = run.rounds.first().and_then(pass);
+    let last = run
+        .rounds
+        .last()
+        .and_then(|m| Some((m.get("round").copied()?, pass(m)?)));
+    let best = run
+        .rounds
+        .iter()
+        .filter_map(|m| Some((m.get("round").copied()?, pass(m)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0)));
+    let seconds: f64 = run.stages.iter().map(|s| s.2).sum();
+    let mut h = format!(
+        "<h1>autodidact run {}</h1><p class=\"head\"><b>{}</b> on <b>{}</b> with <b>{}</b>",
+        escape(&run.name),
+        escape(&run.recipe()),
+        escape(&get(&["task", "name"]).unwrap_or_else(|| "?".into())),
+        escape(&model),
+    );
+    if let (Some(f), Some((r, l))) = (first, last) {
+        let _ = write!(
+            h,
+            ": held-out pass@1 <b>{f:.1}% → {l:.1}%</b> (M0 → round {}, {:+.1} points)",
+            fmt_num(r),
+            l - f
+        );
+        if let Some((br, bv)) = best.filter(|b| b.0 != r) {
+            let _ = write!(h, "; best {bv:.1}% at round {}", fmt_num(br));
+        }
+    }
+    let _ = write!(h, "; {:.0} s of stages.</p>", seconds);
+    let mut line = Vec::new();
+    controller_line(run, &mut line);
+    let _ = write!(
+        h,
+        "<p>{}</p>",
+        escape(
+            line.first()
+                .map_or("controller: no alarm fired, nothing changed.", |l| l)
+        )
+    );
+    h
+}
+
+/// Held-out pass@1, pass@k and maj@k (%) by round on shared axes: one run's three, or each
+/// run's pass@1 and pass@k.
+fn main_chart(runs: &[RunData]) -> String {
+    let pct = |r: &RunData, k: &str| -> Vec<(f64, f64)> {
+        r.rounds
+            .iter()
+            .filter_map(|m| Some((*m.get("round")?, 100.0 * *m.get(k)?)))
+            .collect()
+    };
+    let kk = runs
+        .iter()
+        .find_map(|r| r.rounds.iter().find_map(|m| m.get("eval/k")))
+        .map_or("k".into(), |&k| fmt_num(k));
+    let series: Vec<Series> = match runs {
+        [one] => vec![
+            ("pass@1 (greedy)".into(), pct(one, "eval/pass@1")),
+            (format!("pass@{kk}"), pct(one, "eval/pass@k")),
+            (format!("maj@{kk}"), pct(one, "eval/maj@k")),
+        ],
+        many => many
+            .iter()
+            .flat_map(|r| {
+                [
+                    (format!("{} pass@1", r.name), pct(r, "eval/pass@1")),
+                    (format!("{} pass@{kk}", r.name), pct(r, "eval/pass@k")),
+                ]
+            })
+            .collect(),
+    };
+    Plot {
+        title: "held-out accuracy (%) by round",
+        x_label: "round",
+        series: &series,
+        curves: &[],
+        size: (640.0, 280.0),
+        y_range: Some((0.0, 100.0)),
+        legend_right: true,
+    }
+    .svg()
+}
+
 /// The report of one run.
 pub fn render(run: &RunData) -> Result<String> {
-    let mut b = format!(
-        "<h1>autodidact run {} ({})</h1>",
-        escape(&run.name),
-        escape(&run.recipe())
-    );
+    let mut b = headline(run);
+    b.push_str(&main_chart(std::slice::from_ref(run)));
     b.push_str(&table_of_rounds(run));
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(std::slice::from_ref(run)));
@@ -621,6 +851,7 @@ pub fn render(run: &RunData) -> Result<String> {
 pub fn render_compare(runs: &[RunData]) -> String {
     let mut b = String::from("<h1>autodidact: comparison</h1>");
     b.push_str(&legend(runs));
+    b.push_str(&main_chart(runs));
     for r in runs {
         let _ = write!(b, "<h3>{}</h3>", escape(&r.name));
         b.push_str(&table_of_rounds(r));
