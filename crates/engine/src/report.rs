@@ -380,6 +380,8 @@ fn family_caption(f: &str) -> &'static str {
         "judge" => "the judge's scores, against the verifier",
         "rl" | "pg" | "rewards" => "the policy-gradient update's statistics",
         "train" => "the round's training stage",
+        "rollout" => "what the round sampled",
+        "controller" => "the controller's alarms",
         _ => "",
     }
 }
