@@ -247,6 +247,8 @@ fn report_and_compare_write_self_contained_pages() {
     ]);
     let page = std::fs::read_to_string(&cmp).unwrap();
     assert_eq!(page.matches("class=\"legend\"").count(), 1);
+    // The two runs share one configuration, and the page says so above the charts.
+    assert!(page.contains("<h2>What differs</h2><p>The runs' configurations are the same.</p>"));
     // Bad input names what is wrong.
     let err = fails(&["report", tmp.path().to_str().unwrap()]);
     assert!(err.contains("not an autodidact run"), "{err}");

@@ -187,6 +187,9 @@ impl Plot<'_> {
             y1 += 0.5_f64.max(y1.abs() * 0.1);
         }
         let px = |x: f64| l + (w - l - r) * if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 };
+        // Every integer between the ends is labelled when x counts rounds (a few dozen at
+        // most); the axis's name then gives way to them.
+        let ticks = points.iter().all(|p| p.0.fract() == 0.0) && (2.0..=30.0).contains(&(x1 - x0));
         let py = |y: f64| t + (h - t - b) * (1.0 - (y - y0) / (y1 - y0));
         let _ = write!(
             s,
@@ -201,8 +204,22 @@ impl Plot<'_> {
             bot = fmt_num(y0),
             xa = fmt_num(x0),
             xb = fmt_num(x1),
-            xl = escape(self.x_label),
+            xl = if ticks {
+                String::new()
+            } else {
+                escape(self.x_label)
+            },
         );
+        if ticks {
+            for x in (x0 as i64 + 1)..(x1 as i64) {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{}" class="tk" text-anchor="middle">{x}</text>"#,
+                    px(x as f64),
+                    h - 8.0
+                );
+            }
+        }
         if self.y_range.is_some() {
             for i in 1..4 {
                 let y = y0 + (y1 - y0) * i as f64 / 4.0;
@@ -850,9 +867,82 @@ pub fn render(run: &RunData) -> Result<String> {
 }
 
 /// One page overlaying several runs.
+/// The configuration keys whose values differ between `runs` (name, `config.toml`), one row
+/// per key with each run's value ("–" where a run does not set it).
+fn config_differences(runs: &[(&str, &str)]) -> String {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            toml::Value::String(s) => {
+                out.insert(prefix.to_string(), s.clone());
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let flat: Vec<BTreeMap<String, String>> = runs
+        .iter()
+        .map(|(_, config)| {
+            let mut m = BTreeMap::new();
+            if let Ok(v) = toml::from_str::<toml::Value>(config) {
+                flatten("", &v, &mut m);
+            }
+            m
+        })
+        .collect();
+    let keys: BTreeSet<&String> = flat.iter().flat_map(|m| m.keys()).collect();
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| {
+            flat.iter()
+                .map(|m| m.get(*k))
+                .collect::<BTreeSet<_>>()
+                .len()
+                > 1
+        })
+        .collect();
+    if differing.is_empty() {
+        return "<p>The runs' configurations are the same.</p>".into();
+    }
+    let mut s = String::from("<table><tr><th>setting</th>");
+    for (name, _) in runs {
+        let _ = write!(s, "<th>{}</th>", escape(name));
+    }
+    s.push_str("</tr>");
+    for k in differing {
+        let _ = write!(s, "<tr><td>{}</td>", escape(k));
+        for m in &flat {
+            let _ = write!(
+                s,
+                "<td>{}</td>",
+                escape(m.get(k).map_or("–", String::as_str))
+            );
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+    s
+}
+
 pub fn render_compare(runs: &[RunData]) -> String {
     let mut b = String::from("<h1>autodidact: comparison</h1>");
     b.push_str(&legend(runs));
+    b.push_str("<h2>What differs</h2>");
+    let configs: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.name.as_str(), r.config.as_str()))
+        .collect();
+    b.push_str(&config_differences(&configs));
     b.push_str(&main_chart(runs));
     for r in runs {
         let _ = write!(b, "<h3>{}</h3>", escape(&r.name));
@@ -1059,6 +1149,24 @@ mod tests {
             svg_chart("flat", &[("a".into(), vec![(0.0, 1.0), (1.0, 1.0)])]).contains("<polyline")
         );
         assert_eq!(svg_chart("none", &[]).matches("<polyline").count(), 0);
+    }
+
+    /// `compare` lists the settings that differ, with each run's value.
+    #[test]
+    fn issue19_compare_lists_the_settings_that_differ() {
+        let a = "recipe = \"star\"\nseed = 0\n[task]\nname = \"addition\"\n";
+        let b = "recipe = \"grpo\"\nseed = 0\n[task]\nname = \"addition\"\n[rl]\nrounds = 3\n";
+        let t = config_differences(&[("a", a), ("b", b)]);
+        assert!(
+            t.contains("<tr><td>recipe</td><td>star</td><td>grpo</td></tr>"),
+            "{t}"
+        );
+        assert!(
+            t.contains("<tr><td>rl.rounds</td><td>–</td><td>3</td></tr>"),
+            "{t}"
+        );
+        assert!(!t.contains("seed") && !t.contains("task.name"), "{t}");
+        assert!(config_differences(&[("a", a), ("a2", a)]).contains("are the same"));
     }
 
     /// The monitors table has a row per round (round 0's missing monitors as –), units in
