@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use autodidact_core::{Group, Policy, SamplingParams, Split, Task};
 use autodidact_engine::config::apply_set;
 use autodidact_engine::eval::{problem_seed, render_prompts};
-use autodidact_engine::overopt::{best_of_n, best_of_n_kl, describe, fit, Curve, Fit, Form};
+use autodidact_engine::overopt::{best_of_n, best_of_n_kl, describe, Curve, Fit, Form};
 use autodidact_engine::report::{overopt_charts, standalone_svg};
 use autodidact_engine::rm::{
     self, aggregate, check_aggregation, completions_of, data_lines, disagreement, eval_metrics,
@@ -430,18 +430,16 @@ fn bon(a: &BonArgs) -> Result<()> {
         };
         let proxy = per_problem(&flat);
         let mut points = Vec::new();
-        let (mut rows, mut base) = (Vec::new(), 0.0);
+        let mut rows = Vec::new();
         for &n in &ns {
             let (p, g) = best_of_n(&proxy, &gold, n).context("best-of-n over the samples")?;
             let d = best_of_n_kl(n as u32).sqrt();
-            if n == 1 {
-                base = g;
-            }
             println!("{name:>12} {n:>5} {d:>7.3} {g:>7.3} {p:>8.3}");
-            points.push((d, g - base));
+            points.push((d, g, Some(p)));
             rows.push(json!({"n": n, "kl": d * d, "sqrt_kl": d, "gold": g, "proxy": p}));
         }
-        let f: Option<Fit> = fit(Form::BestOfN, &points[1..]);
+        // Gold relative to n = 1, fitted on n ≥ 2.
+        let f: Option<Fit> = Curve::new(name, Form::BestOfN, points).fit;
         if let Some(f) = &f {
             match f.peak {
                 Some((d, v)) => println!(

@@ -339,6 +339,20 @@ pub fn overopt_charts(curves: &[crate::overopt::Curve], size: (f64, f64)) -> [St
     [gold.svg(), proxy.svg()]
 }
 
+/// The value of a series that never changes: seen at least twice, always the same.
+fn constant_value(values: &[f64]) -> Option<f64> {
+    let first = *values.first()?;
+    (values.len() > 1 && values.iter().all(|&x| x == first)).then_some(first)
+}
+
+/// The runs' eval k (`eval/k`), for headers that name it; "k" when no round logs it.
+fn eval_k<'a>(rounds: impl IntoIterator<Item = &'a BTreeMap<String, f64>>) -> String {
+    rounds
+        .into_iter()
+        .find_map(|m| m.get("eval/k"))
+        .map_or("k".into(), |&k| fmt_num(k))
+}
+
 /// How a monitor's value reads in the terminal summary.
 #[derive(Clone, Copy)]
 enum Unit {
@@ -460,11 +474,11 @@ fn charts(runs: &[RunData]) -> String {
                     .flat_map(|r| series(r, k))
                     .map(|p| p.1)
                     .collect();
-                let fixed = v.len() > 1 && v.iter().all(|&x| x == v[0]);
-                if fixed {
-                    constant.push((k.to_string(), v[0]));
+                let fixed = constant_value(&v);
+                if let Some(c) = fixed {
+                    constant.push((k.to_string(), c));
                 }
-                !fixed
+                fixed.is_none()
             })
             .collect();
         if moving.is_empty() {
@@ -790,14 +804,13 @@ fn headline(run: &RunData) -> String {
         }
     }
     let _ = write!(h, "; {:.0} s of stages.</p>", seconds);
-    let mut line = Vec::new();
-    controller_line(run, &mut line);
+    let line = controller_line(run);
     let _ = write!(
         h,
         "<p>{}</p>",
         escape(
-            line.first()
-                .map_or("controller: no alarm fired, nothing changed.", |l| l)
+            line.as_deref()
+                .unwrap_or("controller: no alarm fired, nothing changed.")
         )
     );
     h
@@ -812,10 +825,7 @@ fn main_chart(runs: &[RunData]) -> String {
             .filter_map(|m| Some((*m.get("round")?, 100.0 * *m.get(k)?)))
             .collect()
     };
-    let kk = runs
-        .iter()
-        .find_map(|r| r.rounds.iter().find_map(|m| m.get("eval/k")))
-        .map_or("k".into(), |&k| fmt_num(k));
+    let kk = eval_k(runs.iter().flat_map(|r| &r.rounds));
     let series: Vec<Series> = match runs {
         [one] => vec![
             ("pass@1 (greedy)".into(), pct(one, "eval/pass@1")),
@@ -866,7 +876,6 @@ pub fn render(run: &RunData) -> Result<String> {
     Ok(page(&format!("autodidact — {}", run.name), &b))
 }
 
-/// One page overlaying several runs.
 /// The configuration keys whose values differ between `runs` (name, `config.toml`), one row
 /// per key with each run's value ("–" where a run does not set it).
 fn config_differences(runs: &[(&str, &str)]) -> String {
@@ -934,6 +943,7 @@ fn config_differences(runs: &[(&str, &str)]) -> String {
     s
 }
 
+/// One page overlaying several runs.
 pub fn render_compare(runs: &[RunData]) -> String {
     let mut b = String::from("<h1>autodidact: comparison</h1>");
     b.push_str(&legend(runs));
@@ -990,7 +1000,7 @@ fn table_of_rounds(run: &RunData) -> String {
 /// controller did.
 pub fn text_summary(run: &RunData) -> Vec<String> {
     let mut out = monitor_table(&run.rounds);
-    controller_line(run, &mut out);
+    out.extend(controller_line(run));
     out
 }
 
@@ -1037,20 +1047,14 @@ fn monitor_table(rounds: &[BTreeMap<String, f64>]) -> Vec<String> {
     let mut constant = Vec::new();
     for (header, key, unit) in COLUMNS {
         let values: Vec<f64> = rounds.iter().filter_map(|m| m.get(key).copied()).collect();
-        match values.first() {
+        match constant_value(&values) {
+            Some(v) => constant.push((header, unit.show(v))),
+            None if !values.is_empty() => moving.push((header, key, unit)),
             None => {}
-            // Constant: the same in at least two rounds and never different.
-            Some(&v) if values.len() > 1 && values.iter().all(|&x| x == v) => {
-                constant.push((header, unit.show(v)))
-            }
-            Some(_) => moving.push((header, key, unit)),
         }
     }
     // `@k` in a header is the run's own k.
-    let k = rounds
-        .iter()
-        .find_map(|m| m.get("eval/k"))
-        .map_or("k".into(), |&k| fmt_num(k));
+    let k = eval_k(rounds);
     let header = |h: &str| h.replace("@k", &format!("@{k}"));
     let mut out = Vec::new();
     if !moving.is_empty() {
@@ -1081,7 +1085,7 @@ fn monitor_table(rounds: &[BTreeMap<String, f64>]) -> Vec<String> {
 
 /// What the controller did, on one line: alarms by kind with their rounds, stops and
 /// rollbacks.
-fn controller_line(run: &RunData, out: &mut Vec<String>) {
+fn controller_line(run: &RunData) -> Option<String> {
     let mut fired: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut acts = Vec::new();
     for m in &run.manifests {
@@ -1106,14 +1110,12 @@ fn controller_line(run: &RunData, out: &mut Vec<String>) {
         .iter()
         .map(|(k, rounds)| format!("{k} (rounds {})", rounds.join(", ")))
         .collect();
-    if !alarms.is_empty() || !acts.is_empty() {
-        let mut parts = Vec::new();
-        if !alarms.is_empty() {
-            parts.push(format!("alarms: {}", alarms.join("; ")));
-        }
-        parts.extend(acts);
-        out.push(format!("controller: {}", parts.join("; ")));
+    let mut parts = Vec::new();
+    if !alarms.is_empty() {
+        parts.push(format!("alarms: {}", alarms.join("; ")));
     }
+    parts.extend(acts);
+    (!parts.is_empty()).then(|| format!("controller: {}", parts.join("; ")))
 }
 
 /// Writes `report.html` into the run directory `root`; returns its path.

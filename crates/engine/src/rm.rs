@@ -245,19 +245,19 @@ pub fn read_data(path: &Path) -> Result<RmData> {
                 rejected: text_of("rejected")?,
                 margin,
             }])
-        } else if let Some(steps) = v.get("completions") {
-            let strings = |key: &str, x: Option<&serde_json::Value>| match x {
-                Some(serde_json::Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
+        } else if v.get("completions").is_some() {
+            let strings = |key: &str| match v.get(key) {
+                Some(serde_json::Value::Array(a)) if !a.is_empty() => Ok(a.as_slice()),
                 _ => Err(bad(format!("\"{key}\" is not a non-empty list"))),
             };
-            let steps = strings("completions", Some(steps))?
-                .into_iter()
+            let steps = strings("completions")?
+                .iter()
                 .map(|s| match s {
-                    serde_json::Value::String(s) => Ok(s),
+                    serde_json::Value::String(s) => Ok(s.clone()),
                     other => Err(bad(format!("a step is {other}, not a string"))),
                 })
                 .collect::<Result<Vec<String>>>()?;
-            let labels = strings("labels", v.get("labels"))?
+            let labels = strings("labels")?
                 .iter()
                 .map(|x| label_of("labels", x))
                 .collect::<Result<Vec<f32>>>()?;
@@ -611,6 +611,7 @@ pub fn train(
     let mut metrics = std::fs::File::create(&metrics_path)
         .map_err(|e| autodidact_core::Error::io("creating", &metrics_path, e))?;
     let eval_data = data.select(&eval_idx);
+    let eval_seqs = eval_data.sequences(0..eval_data.len());
     let mut members = Vec::new();
     let mut eval_scores: Vec<Vec<f32>> = Vec::new();
     for m in 0..cfg.members {
@@ -626,7 +627,6 @@ pub fn train(
             writeln!(metrics, "{}", serde_json::Value::Object(line))
                 .map_err(|e| autodidact_core::Error::io("writing", &metrics_path, e).into())
         })?;
-        let eval_seqs = eval_data.sequences(0..eval_data.len());
         let scores = score_all(&mut *rm, &eval_seqs, cfg.micro_batch)?;
         let eval = eval_metrics(&eval_data, &scores);
         let dir = format!("{MEMBERS_DIR}/m{m:02}");
@@ -815,14 +815,7 @@ pub fn eval_metrics(data: &RmData, scores: &[f32]) -> BTreeMap<String, f64> {
                 .map(|x| x.labels[x.labels.len() - 1] >= 0.5)
                 .collect();
             for rule in [StepRule::Min, StepRule::Product] {
-                let mut at = 0;
-                let combined: Vec<f32> = l
-                    .iter()
-                    .map(|x| {
-                        at += x.steps.len();
-                        rule.combine(&scores[at - x.steps.len()..at])
-                    })
-                    .collect();
+                let combined = rule.combine_each(scores, l.iter().map(|x| x.steps.len()));
                 if let Some(a) = auroc(&combined, &truth) {
                     m.insert(format!("eval/outcome_auroc_{}", rule.name()), a);
                 }
@@ -946,14 +939,7 @@ impl Ensemble {
             .iter_mut()
             .map(|m| {
                 let s = score_all(&mut **m, &prefixes, SCORE_ROWS)?;
-                let mut at = 0;
-                Ok(counts
-                    .iter()
-                    .map(|&c| {
-                        at += c;
-                        rule.combine(&s[at - c..at])
-                    })
-                    .collect())
+                Ok(rule.combine_each(&s, counts.iter().copied()))
             })
             .collect()
     }

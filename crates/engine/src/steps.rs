@@ -100,6 +100,19 @@ impl StepRule {
                 .sum(),
         }
     }
+
+    /// The sequence score of each run of consecutive step scores: `scores` holds
+    /// `counts[0]` steps of the first sequence, then `counts[1]` of the next, and so on.
+    pub fn combine_each(self, scores: &[f32], counts: impl IntoIterator<Item = usize>) -> Vec<f32> {
+        let mut at = 0;
+        counts
+            .into_iter()
+            .map(|c| {
+                at += c;
+                self.combine(&scores[at - c..at])
+            })
+            .collect()
+    }
 }
 
 /// The estimated value of each step of each completion of `groups` (`[group][completion]
@@ -120,10 +133,18 @@ pub fn step_values(
     let mut rows = Vec::new();
     // (group, completion, step) of each block of k rows.
     let mut owners = Vec::new();
+    // Every step 0 until its rollouts say otherwise; the last is the verdict.
+    let mut values: Vec<Vec<Vec<f32>>> = Vec::with_capacity(groups.len());
     for (gi, g) in groups.iter().enumerate() {
         let id = fnv1a(g.problem.id.as_bytes());
-        for (ci, c) in g.completions.iter().enumerate() {
+        let mut group_values = Vec::with_capacity(g.completions.len());
+        for (ci, (c, verdict)) in g.completions.iter().zip(&g.verdicts).enumerate() {
             let ends = pattern.ends(&c.text);
+            let mut steps = vec![0.0; ends.len()];
+            if let Some(last) = steps.last_mut() {
+                *last = verdict.is_correct() as u8 as f32;
+            }
+            group_values.push(steps);
             for (si, &end) in ends.iter().enumerate().take(ends.len().saturating_sub(1)) {
                 let prefix = &c.text[..end];
                 let used = policy.tokenizer().encode(prefix)?.len();
@@ -140,23 +161,8 @@ pub fn step_values(
                 owners.push((gi, ci, si));
             }
         }
+        values.push(group_values);
     }
-    let mut values: Vec<Vec<Vec<f32>>> = groups
-        .iter()
-        .map(|g| {
-            g.completions
-                .iter()
-                .zip(&g.verdicts)
-                .map(|(c, v)| {
-                    let mut steps = vec![0.0; pattern.ends(&c.text).len()];
-                    if let Some(last) = steps.last_mut() {
-                        *last = v.is_correct() as u8 as f32;
-                    }
-                    steps
-                })
-                .collect()
-        })
-        .collect();
     if k == 0 || rows.is_empty() {
         return Ok(values);
     }
