@@ -246,9 +246,19 @@ fn report_and_compare_write_self_contained_pages() {
         cmp.to_str().unwrap(),
     ]);
     let page = std::fs::read_to_string(&cmp).unwrap();
-    assert_eq!(page.matches("class=\"legend\"").count(), 1);
-    // The two runs share one configuration, and the page says so above the charts.
-    assert!(page.contains("<h2>What differs</h2><p>The runs' configurations are the same.</p>"));
+    // Issue 19: the page opens with the runs ranked, a table of what each gained and spent,
+    // and, beside the curves, what differs: the two runs share one configuration.
+    assert!(
+        page.contains("<h1>autodidact: 2 runs compared</h1>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(" ends highest: held-out pass@1 <b>"),
+        "{page}"
+    );
+    assert!(page.contains("<th>seconds after M0</th><th>sampled tokens</th>"));
+    assert!(page.contains("<h3>What differs</h3><p>The runs' configurations are the same.</p>"));
+    assert!(page.contains("<h3>Monitors in the last round</h3>"));
     // Bad input names what is wrong.
     let err = fails(&["report", tmp.path().to_str().unwrap()]);
     assert!(err.contains("not an autodidact run"), "{err}");

@@ -64,6 +64,12 @@ fn a_stop_alarm_ends_the_run_and_it_stays_stopped() {
     );
     let page = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(page.contains("<h2>Controller</h2>") && page.contains("stop: alarm kl_budget"));
+    // Issue 19: the headline's timeline marks round 1 red (stopped), with why on hover.
+    assert!(page.contains("<svg class=\"timeline\""), "timeline");
+    assert!(
+        page.contains("<title>round 1: alarm kl_budget") && page.contains("fill=\"#D55E00\""),
+        "the stop is on the timeline"
+    );
 }
 
 #[test]

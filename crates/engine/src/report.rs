@@ -3,6 +3,8 @@
 //! rounds, and a sample browser. No script, no network, no external file: it opens from disk
 //! in any browser and survives being mailed around.
 
+mod browse;
+
 use crate::run::Manifest;
 use crate::store::{RunDir, CONFIG_FILE};
 use crate::Result;
@@ -13,9 +15,6 @@ use std::path::Path;
 
 /// The file a run's report is written to.
 pub const REPORT_FILE: &str = "report.html";
-/// Problems per round shown in the sample browser, and completions per problem.
-const BROWSE_PROBLEMS: usize = 12;
-const BROWSE_COMPLETIONS: usize = 8;
 /// Series colours (colour-blind-safe, Okabe–Ito).
 const COLOURS: [&str; 8] = [
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
@@ -581,21 +580,6 @@ fn overoptimization(runs: &[RunData]) -> String {
     out
 }
 
-fn legend(runs: &[RunData]) -> String {
-    let mut s = String::from("<p class=\"legend\">");
-    for (i, r) in runs.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<span><i style="background:{}"></i>{} ({})</span>"#,
-            COLOURS[i % COLOURS.len()],
-            escape(&r.name),
-            escape(&r.recipe())
-        );
-    }
-    s.push_str("</p>");
-    s
-}
-
 /// The per-round lineage: which checkpoint sampled, which one training started from, what
 /// the round kept, and how long its stages took.
 fn lineage(run: &RunData) -> String {
@@ -679,59 +663,127 @@ fn controller(run: &RunData) -> String {
     )
 }
 
-/// A browser of the first problems of each round's `samples.jsonl`.
-fn samples(run: &RunData) -> Result<String> {
-    let mut s = String::new();
-    for m in run.manifests.iter().filter(|m| m.round > 0) {
-        let rel = format!("{}/samples.jsonl", RunDir::round_dir(m.round));
-        if !run.dir.path(&rel).exists() {
-            continue;
-        }
-        let rows: Vec<Value> = run.dir.read_jsonl(&rel)?;
-        let mut order: Vec<&str> = Vec::new();
-        let mut by: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-        for row in &rows {
-            let id = row["problem_id"].as_str().unwrap_or("?");
-            if !by.contains_key(id) {
-                if order.len() == BROWSE_PROBLEMS {
-                    continue;
-                }
-                order.push(id);
-            }
-            by.entry(id).or_default().push(row);
-        }
+/// What the controller did in one round, for the timeline: (fill, short label, details),
+/// the strongest event first (stop, rollback, alarm, temperature), or `None` when nothing.
+fn round_event(d: &crate::controller::Decision) -> Option<(&'static str, String, String)> {
+    let mut details: Vec<String> = d
+        .alarms
+        .iter()
+        .map(|a| format!("alarm {}: {} ({:?})", a.kind.name(), a.message, a.action))
+        .collect();
+    if let Some(t) = d.temperature {
+        details.push(format!("sampled at temperature {t}"));
+    }
+    if let Some(p) = d.next_parent {
+        details.push(format!("the next round starts from round {p}"));
+    }
+    if let Some(s) = &d.stop {
+        details.push(format!("stop: {s}"));
+    }
+    let (fill, label) = if d.stop.is_some() {
+        ("#D55E00", "stop".to_string())
+    } else if let Some(p) = d.next_parent {
+        ("#CC79A7", format!("↶ r{p}"))
+    } else if !d.alarms.is_empty() {
+        (
+            "#E69F00",
+            format!(
+                "{} alarm{}",
+                d.alarms.len(),
+                if d.alarms.len() == 1 { "" } else { "s" }
+            ),
+        )
+    } else if let Some(t) = d.temperature {
+        ("#cfe3f3", format!("T {t}"))
+    } else {
+        return None;
+    };
+    Some((fill, label, details.join("; ")))
+}
+
+/// One run's row of the timeline: its name, and each round with the controller's decision.
+type StripRow<'a> = (&'a str, Vec<(u32, Option<&'a crate::controller::Decision>)>);
+
+/// The controller's timeline of `runs`: [`strip`] of each run's rounds and decisions.
+fn timeline(runs: &[RunData]) -> String {
+    let rows: Vec<StripRow> = runs
+        .iter()
+        .map(|r| {
+            let mut rounds: BTreeSet<u32> = r.manifests.iter().map(|m| m.round).collect();
+            rounds.extend(
+                r.rounds
+                    .iter()
+                    .filter_map(|m| m.get("round"))
+                    .map(|&x| x as u32),
+            );
+            let cells = rounds
+                .into_iter()
+                .map(|round| {
+                    let d = r.manifests.iter().find(|m| m.round == round);
+                    (round, d.and_then(|m| m.controller.as_ref()))
+                })
+                .collect();
+            (r.name.as_str(), cells)
+        })
+        .collect();
+    if rows
+        .iter()
+        .all(|(_, cells)| cells.iter().all(|c| c.1.and_then(round_event).is_none()))
+    {
+        return String::new();
+    }
+    format!("<div>{}</div>", strip(&rows))
+}
+
+/// The controller's timeline: one strip per run, one cell per round, coloured by what the
+/// controller did after it (grey: nothing; blue: chose a temperature; amber: an alarm
+/// warned; pink: rolled back; red: stopped), with the details on hover.
+fn strip(rows: &[StripRow]) -> String {
+    let label_w = if rows.len() > 1 { 150.0 } else { 70.0 };
+    let (cell, row_h) = (52.0, 26.0);
+    let n = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let w = label_w + cell * n.max(9) as f64 + 4.0;
+    let h = row_h * rows.len() as f64 + 16.0;
+    let mut s = format!(
+        "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><title>what the controller did after each round</title>"
+    );
+    for (j, (name, cells)) in rows.iter().enumerate() {
+        let y = row_h * j as f64;
+        let name = if rows.len() > 1 { name } else { "controller" };
         let _ = write!(
             s,
-            "<details><summary>round {} — {} samples (first {} problems)</summary>",
-            m.round,
-            rows.len(),
-            order.len()
+            "<text class=\"tk\" x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>",
+            label_w - 6.0,
+            y + 16.0,
+            escape(name)
         );
-        for id in order {
-            let items = &by[id];
-            let prompt = items[0]["prompt"].as_str().unwrap_or("");
+        for (i, (round, decision)) in cells.iter().enumerate() {
+            let x = label_w + cell * i as f64;
+            let (fill, label, details) = decision
+                .and_then(round_event)
+                .unwrap_or_else(|| ("#eeeeee", String::new(), "nothing changed".to_string()));
             let _ = write!(
                 s,
-                "<div class=\"prob\"><b>{}</b> <code>{}</code><table>",
-                escape(id),
-                escape(prompt)
+                "<g><title>round {round}: {}</title><rect x=\"{x:.0}\" y=\"{:.0}\" width=\"{:.0}\" height=\"{:.0}\" fill=\"{fill}\" stroke=\"#fff\"/><text class=\"tk\" x=\"{:.0}\" y=\"{:.0}\">r{round}</text><text class=\"tk\" x=\"{:.0}\" y=\"{:.0}\" font-weight=\"600\">{}</text></g>",
+                escape(&details),
+                y + 2.0,
+                cell - 2.0,
+                row_h - 4.0,
+                x + 3.0,
+                y + 11.0,
+                x + 3.0,
+                y + 21.0,
+                escape(&label)
             );
-            for row in items.iter().take(BROWSE_COMPLETIONS) {
-                let grade = row["grade"].as_str().unwrap_or("?");
-                let num = |k: &str| row.get(k).and_then(Value::as_f64).map(fmt_num);
-                let _ = write!(
-                    s,
-                    "<tr class=\"{grade}\"><td><code>{}</code></td><td>{grade}</td><td>reward {}</td><td>{}</td></tr>",
-                    escape(row["completion"].as_str().unwrap_or("")),
-                    num("reward").unwrap_or_else(|| "–".into()),
-                    num("advantage").map_or(String::new(), |a| format!("advantage {a}")),
-                );
-            }
-            s.push_str("</table></div>");
         }
-        s.push_str("</details>");
     }
-    Ok(s)
+    let _ = write!(
+        s,
+        "<text class=\"tk\" x=\"{:.0}\" y=\"{:.0}\">grey: nothing · blue: temperature chosen · amber: alarm warned · pink: rolled back · red: stopped (hover a round for details)</text></svg>",
+        label_w,
+        h - 3.0
+    );
+    s
 }
 
 /// The styles of a [`Plot`]'s classes.
@@ -739,7 +791,7 @@ const CHART_STYLE: &str = ".ct{font:600 11px system-ui,sans-serif}.tk{font:9px s
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px;margin:14px 0 4px}\
-.grid{display:flex;flex-wrap:wrap;gap:8px}.chart{background:#fafafa;border:1px solid #e4e4e4}\
+.grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}.chart{background:#fafafa;border:1px solid #e4e4e4}\
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 6px;font-size:12px;vertical-align:top}\
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.legend span{margin-right:14px}\
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}\
@@ -749,8 +801,9 @@ p.head{font-size:16px}p.cap{color:#555;margin:2px 0 6px}";
 
 fn page(title: &str, body: &str) -> String {
     format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}{CHART_STYLE}</style></head><body>{body}</body></html>\n",
-        escape(title)
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}{CHART_STYLE}{}</style></head><body>{body}</body></html>\n",
+        escape(title),
+        browse::style()
     )
 }
 
@@ -807,11 +860,12 @@ fn headline(run: &RunData) -> String {
     let line = controller_line(run);
     let _ = write!(
         h,
-        "<p>{}</p>",
+        "<p>{}</p>{}",
         escape(
             line.as_deref()
                 .unwrap_or("controller: no alarm fired, nothing changed.")
-        )
+        ),
+        timeline(std::slice::from_ref(run))
     );
     h
 }
@@ -826,28 +880,34 @@ fn main_chart(runs: &[RunData]) -> String {
             .collect()
     };
     let kk = eval_k(runs.iter().flat_map(|r| &r.rounds));
-    let series: Vec<Series> = match runs {
-        [one] => vec![
-            ("pass@1 (greedy)".into(), pct(one, "eval/pass@1")),
-            (format!("pass@{kk}"), pct(one, "eval/pass@k")),
-            (format!("maj@{kk}"), pct(one, "eval/maj@k")),
-        ],
-        many => many
-            .iter()
-            .flat_map(|r| {
-                [
-                    (format!("{} pass@1", r.name), pct(r, "eval/pass@1")),
-                    (format!("{} pass@{kk}", r.name), pct(r, "eval/pass@k")),
-                ]
-            })
-            .collect(),
+    // Several runs: each run's pass@1 solid and its pass@k dashed, in the run's colour.
+    let (series, curves, title): (Vec<Series>, Vec<Series>, String) = match runs {
+        [one] => (
+            vec![
+                ("pass@1 (greedy)".into(), pct(one, "eval/pass@1")),
+                (format!("pass@{kk}"), pct(one, "eval/pass@k")),
+                (format!("maj@{kk}"), pct(one, "eval/maj@k")),
+            ],
+            Vec::new(),
+            "held-out accuracy (%) by round".into(),
+        ),
+        many => (
+            many.iter()
+                .map(|r| (r.name.clone(), pct(r, "eval/pass@1")))
+                .collect(),
+            many.iter()
+                .map(|r| (format!("{} pass@{kk}", r.name), pct(r, "eval/pass@k")))
+                .collect(),
+            format!("held-out pass@1 (%, solid) and pass@{kk} (dashed) by round"),
+        ),
     };
     Plot {
-        title: "held-out accuracy (%) by round",
+        title: &title,
         x_label: "round",
         series: &series,
-        curves: &[],
-        size: (640.0, 280.0),
+        curves: &curves,
+        // Narrower beside compare's table of differences.
+        size: (if runs.len() > 1 { 560.0 } else { 640.0 }, 280.0),
         y_range: Some((0.0, 100.0)),
         legend_right: true,
     }
@@ -857,8 +917,12 @@ fn main_chart(runs: &[RunData]) -> String {
 /// The report of one run.
 pub fn render(run: &RunData) -> Result<String> {
     let mut b = headline(run);
-    b.push_str(&main_chart(std::slice::from_ref(run)));
-    b.push_str(&table_of_rounds(run));
+    let _ = write!(
+        b,
+        "<div class=\"grid\">{}{}</div>",
+        main_chart(std::slice::from_ref(run)),
+        table_of_rounds(run)
+    );
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(std::slice::from_ref(run)));
     b.push_str(&overoptimization(std::slice::from_ref(run)));
@@ -867,7 +931,11 @@ pub fn render(run: &RunData) -> Result<String> {
     b.push_str("<h2>Lineage</h2>");
     b.push_str(&lineage(run));
     b.push_str("<h2>Samples</h2>");
-    b.push_str(&samples(run)?);
+    b.push_str(&browse::samples(
+        &run.dir,
+        run.manifests.iter().map(|m| m.round).filter(|&r| r > 0),
+        browse::task_steps(&run.config).as_ref(),
+    )?);
     let _ = write!(
         b,
         "<h2>Configuration</h2><pre>{}</pre>",
@@ -894,6 +962,11 @@ fn config_differences(runs: &[(&str, &str)]) -> String {
             toml::Value::String(s) => {
                 out.insert(prefix.to_string(), s.clone());
             }
+            // Settings held as f32 read back as their shortest f32 form (0.1, not
+            // 0.10000000149011612).
+            toml::Value::Float(f) if (*f as f32) as f64 == *f => {
+                out.insert(prefix.to_string(), (*f as f32).to_string());
+            }
             other => {
                 out.insert(prefix.to_string(), other.to_string());
             }
@@ -910,7 +983,7 @@ fn config_differences(runs: &[(&str, &str)]) -> String {
         })
         .collect();
     let keys: BTreeSet<&String> = flat.iter().flat_map(|m| m.keys()).collect();
-    let differing: Vec<&String> = keys
+    let mut differing: Vec<&String> = keys
         .into_iter()
         .filter(|k| {
             flat.iter()
@@ -923,12 +996,44 @@ fn config_differences(runs: &[(&str, &str)]) -> String {
     if differing.is_empty() {
         return "<p>The runs' configurations are the same.</p>".into();
     }
+    differing.sort_by_key(|k| k.as_str() != "recipe");
+    // A section only one run has (its recipe's settings) is one row, its size in that run's
+    // column; the settings themselves are in the run's configuration.
+    let section = |k: &str| k.split('.').next().unwrap_or(k).to_string();
+    let owners = |sec: &str| -> Vec<usize> {
+        (0..flat.len())
+            .filter(|&i| flat[i].keys().any(|k| k.contains('.') && section(k) == sec))
+            .collect()
+    };
     let mut s = String::from("<table><tr><th>setting</th>");
     for (name, _) in runs {
         let _ = write!(s, "<th>{}</th>", escape(name));
     }
     s.push_str("</tr>");
+    let mut folded = BTreeSet::new();
     for k in differing {
+        let sec = section(k);
+        if k.contains('.') {
+            if let [only] = owners(&sec)[..] {
+                if folded.insert(sec.clone()) {
+                    let n = flat[only].keys().filter(|k| section(k) == sec).count();
+                    let _ = write!(s, "<tr><td>[{}]</td>", escape(&sec));
+                    for i in 0..flat.len() {
+                        if i == only {
+                            let _ = write!(
+                                s,
+                                "<td>its own section ({n} setting{})</td>",
+                                if n == 1 { "" } else { "s" }
+                            );
+                        } else {
+                            s.push_str("<td>–</td>");
+                        }
+                    }
+                    s.push_str("</tr>");
+                }
+                continue;
+            }
+        }
         let _ = write!(s, "<tr><td>{}</td>", escape(k));
         for m in &flat {
             let _ = write!(
@@ -943,21 +1048,222 @@ fn config_differences(runs: &[(&str, &str)]) -> String {
     s
 }
 
+/// When `a` first reached `b`'s final held-out pass@1, and what it had spent by then
+/// against what `b` spent in all: "star reached grpo's final 78.5% at round 3, after 20 s
+/// and 756k sampled tokens (grpo: 202 s, 6.45M)".
+fn overtakes(a: &RunData, b: &RunData) -> Option<String> {
+    let target = *b.rounds.last()?.get("eval/pass@1")?;
+    let round = a
+        .rounds
+        .iter()
+        .filter(|m| m.get("round").is_some_and(|&r| r > 0.0))
+        .find(|m| m.get("eval/pass@1").is_some_and(|&p| p >= target))?
+        .get("round")
+        .copied()? as u32;
+    // Seconds and sampled tokens of rounds 1..=upto (every round when None).
+    let spent = |r: &RunData, upto: Option<u32>| -> (f64, Option<f64>) {
+        let within = |x: u32| x > 0 && upto.is_none_or(|u| x <= u);
+        let secs = r.stages.iter().filter(|s| within(s.1)).map(|s| s.2).sum();
+        let tokens: Vec<f64> = r
+            .rounds
+            .iter()
+            .filter(|m| m.get("round").is_some_and(|&x| within(x as u32)))
+            .filter_map(|m| m.get("rollout/sampled_tokens").copied())
+            .collect();
+        (secs, (!tokens.is_empty()).then(|| tokens.iter().sum()))
+    };
+    let (sa, ta) = spent(a, Some(round));
+    let (sb, tb) = spent(b, None);
+    let cost = |s: f64, t: Option<f64>, with: &str| match t {
+        Some(t) => format!("{s:.0} s{with}{} sampled tokens", fmt_num(t)),
+        None => format!("{s:.0} s"),
+    };
+    Some(format!(
+        "{} reached {}'s final {:.1}% at round {round}, after {} ({}: {}).",
+        a.name,
+        b.name,
+        100.0 * target,
+        cost(sa, ta, " and "),
+        b.name,
+        cost(sb, tb, ", "),
+    ))
+}
+
+/// The first lines of a comparison: the runs ranked by their final held-out pass@1, and a
+/// table of what each gained, spent and did.
+fn compare_headline(runs: &[RunData]) -> String {
+    struct Summary<'a> {
+        run: &'a RunData,
+        colour: &'static str,
+        first: Option<f64>,
+        last: Option<(f64, f64)>,
+        best: Option<(f64, f64)>,
+    }
+    let pass = |m: &BTreeMap<String, f64>| Some((*m.get("round")?, 100.0 * m.get("eval/pass@1")?));
+    let mut ranked: Vec<Summary> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Summary {
+            run: r,
+            colour: COLOURS[i % COLOURS.len()],
+            first: r.rounds.first().and_then(pass).map(|p| p.1),
+            last: r.rounds.last().and_then(pass),
+            best: r
+                .rounds
+                .iter()
+                .filter_map(pass)
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0))),
+        })
+        .collect();
+    let key = |s: &Summary| s.last.map_or(f64::NEG_INFINITY, |l| l.1);
+    ranked.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    let mut h = format!("<h1>autodidact: {} runs compared</h1>", runs.len());
+    if let [top, rest @ ..] = &ranked[..] {
+        if let Some((r, v)) = top.last {
+            let others: Vec<String> = rest
+                .iter()
+                .filter_map(|s| Some(format!("{} {:.1}%", escape(&s.run.name), s.last?.1)))
+                .collect();
+            h.push_str("<p class=\"head\">");
+            let m0: BTreeSet<String> = ranked
+                .iter()
+                .filter_map(|s| s.first.map(|f| format!("{f:.1}")))
+                .collect();
+            if let (1, Some(f)) = (m0.len(), m0.first()) {
+                let _ = write!(h, "Every run starts from M0 at {f}%. ");
+            }
+            let _ = write!(
+                h,
+                "<b>{}</b>{} ends highest: held-out pass@1 <b>{v:.1}%</b> after round {}",
+                escape(&top.run.name),
+                if top.run.name == top.run.recipe() {
+                    String::new()
+                } else {
+                    format!(" ({})", escape(&top.run.recipe()))
+                },
+                fmt_num(r),
+            );
+            if !others.is_empty() {
+                let _ = write!(h, ", against {}", others.join(", "));
+            }
+            h.push('.');
+            for o in rest {
+                if let Some(line) = overtakes(top.run, o.run) {
+                    let _ = write!(h, " {}", escape(&line));
+                }
+            }
+            h.push_str("</p>");
+        }
+    }
+    // Per run: the sum over rounds of `key` (rounds ≥ 1), and its last round's value.
+    let total = |r: &RunData, key: &str| -> Option<f64> {
+        let v: Vec<f64> = r
+            .rounds
+            .iter()
+            .filter_map(|m| m.get(key).copied())
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
+    let last = |r: &RunData, key: &str| r.rounds.iter().rev().find_map(|m| m.get(key).copied());
+    h.push_str("<table><tr><th>run</th><th>recipe</th><th>held-out pass@1, M0 → final</th><th>best</th><th>seconds after M0</th><th>sampled tokens</th><th>trained tokens</th><th>KL to M0, last round (nats/completion)</th><th>controller</th></tr>");
+    for s in &ranked {
+        let r = s.run;
+        let after_m0: f64 = r.stages.iter().filter(|x| x.1 > 0).map(|x| x.2).sum();
+        let change = match (s.first, s.last) {
+            (Some(f), Some((_, l))) => format!("{f:.1}% → <b>{l:.1}%</b> ({:+.1} pt)", l - f),
+            _ => "–".into(),
+        };
+        let best = s.best.map_or("–".into(), |(br, bv)| {
+            format!("{bv:.1}% (round {})", fmt_num(br))
+        });
+        let opt = |v: Option<f64>| v.map_or("–".into(), fmt_num);
+        let alarms: usize = r
+            .manifests
+            .iter()
+            .filter_map(|m| m.controller.as_ref())
+            .map(|d| d.alarms.len())
+            .sum();
+        let stopped = r
+            .manifests
+            .iter()
+            .filter_map(|m| Some((m.round, m.controller.as_ref()?.stop.as_ref()?)))
+            .next_back()
+            .map_or(String::new(), |(round, _)| {
+                format!("; stopped after round {round}")
+            });
+        let _ = write!(
+            h,
+            "<tr><td><i style=\"display:inline-block;width:10px;height:10px;background:{}\"></i> {}</td><td>{}</td><td>{change}</td><td>{best}</td><td>{after_m0:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{alarms} alarm{}{stopped}</td></tr>",
+            s.colour,
+            escape(&r.name),
+            escape(&r.recipe()),
+            opt(total(r, "rollout/sampled_tokens")),
+            opt(total(r, "train/tokens")),
+            opt(last(r, "drift/kl_to_seed")),
+            if alarms == 1 { "" } else { "s" },
+        );
+    }
+    h.push_str("</table>");
+    h
+}
+
+/// The key monitors that two or more of `runs` logged, each run's value in its last round
+/// that has it, one row per monitor.
+fn monitors_side_by_side(runs: &[RunData]) -> String {
+    let last = |r: &RunData, key: &str| r.rounds.iter().rev().find_map(|m| m.get(key).copied());
+    let k = eval_k(runs.iter().flat_map(|r| &r.rounds));
+    let mut rows = String::new();
+    for (header, key, unit) in KEY_MONITORS {
+        let values: Vec<Option<f64>> = runs.iter().map(|r| last(r, key)).collect();
+        if values.iter().flatten().count() < 2 {
+            continue;
+        }
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td>",
+            escape(&header.replace("@k", &format!("@{k}")))
+        );
+        for v in values {
+            let _ = write!(rows, "<td>{}</td>", v.map_or("–".into(), |v| unit.show(v)));
+        }
+        rows.push_str("</tr>");
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("<h3>Monitors in the last round</h3><p class=\"cap\">From each run's last round: the round's training samples, except drift (held-out samples). Definitions in docs/monitors.md.</p><table><tr><th>monitor</th>");
+    for r in runs {
+        let _ = write!(s, "<th>{}</th>", escape(&r.name));
+    }
+    let _ = write!(s, "</tr>{rows}</table>");
+    s
+}
+
 /// One page overlaying several runs.
 pub fn render_compare(runs: &[RunData]) -> String {
-    let mut b = String::from("<h1>autodidact: comparison</h1>");
-    b.push_str(&legend(runs));
-    b.push_str("<h2>What differs</h2>");
+    let mut b = compare_headline(runs);
     let configs: Vec<(&str, &str)> = runs
         .iter()
         .map(|r| (r.name.as_str(), r.config.as_str()))
         .collect();
-    b.push_str(&config_differences(&configs));
-    b.push_str(&main_chart(runs));
+    let _ = write!(
+        b,
+        "<div class=\"grid\">{}<div><h3>What differs</h3>{}</div></div>",
+        main_chart(runs),
+        config_differences(&configs)
+    );
+    b.push_str(&timeline(runs));
+    b.push_str(&monitors_side_by_side(runs));
+    b.push_str("<div class=\"grid\">");
     for r in runs {
-        let _ = write!(b, "<h3>{}</h3>", escape(&r.name));
-        b.push_str(&table_of_rounds(r));
+        let _ = write!(
+            b,
+            "<div><h3>{}</h3>{}</div>",
+            escape(&r.name),
+            table_of_rounds(r)
+        );
     }
+    b.push_str("</div>");
     b.push_str("<h2>Curves by round</h2>");
     b.push_str(&charts(runs));
     b.push_str(&overoptimization(runs));
@@ -974,8 +1280,10 @@ pub fn render_compare(runs: &[RunData]) -> String {
 }
 
 fn table_of_rounds(run: &RunData) -> String {
-    let mut s =
-        String::from("<table><tr><th>round</th><th>pass@1</th><th>pass@k</th><th>maj@k</th></tr>");
+    let k = eval_k(&run.rounds);
+    let mut s = format!(
+        "<table><tr><th>round</th><th>held-out pass@1</th><th>pass@{k}</th><th>maj@{k}</th></tr>"
+    );
     for m in &run.rounds {
         let pct = |k: &str| {
             m.get(k)
@@ -994,6 +1302,43 @@ fn table_of_rounds(run: &RunData) -> String {
     s
 }
 
+/// The monitors the terminal and `compare` show: (header with its unit, key, how a value
+/// reads).
+const KEY_MONITORS: [(&str, &str, Unit); 12] = [
+    ("sample pass@1", "explore/pass@1", Unit::Percent),
+    (
+        "answer entropy (nats)",
+        "explore/answer_entropy",
+        Unit::Plain,
+    ),
+    (
+        "distinct correct traces per problem",
+        "explore/distinct_correct_traces",
+        Unit::Plain,
+    ),
+    ("filter precision", "exploit/precision", Unit::Percent),
+    ("filter recall", "exploit/recall", Unit::Percent),
+    ("best-of-n gap", "gap/best_of_n", Unit::Points),
+    (
+        "held-out maj@k − pass@1",
+        "gap/maj_minus_pass1",
+        Unit::Points,
+    ),
+    (
+        "KL to M0 (nats/completion)",
+        "drift/kl_to_seed",
+        Unit::Plain,
+    ),
+    (
+        "token entropy (nats/token)",
+        "drift/token_entropy",
+        Unit::Plain,
+    ),
+    ("length (tokens)", "drift/mean_length", Unit::Plain),
+    ("proxy reward", "proxy/reward", Unit::Plain),
+    ("gold reward", "gold/reward", Unit::Plain),
+];
+
 /// The plain-text summary printed at the end of a run: the key monitors as a table with one
 /// row per round (the rounds of the run's table), each header with its unit; monitors that
 /// never change (a verifier's filter precision of 100%) on one line instead; and what the
@@ -1007,45 +1352,10 @@ pub fn text_summary(run: &RunData) -> Vec<String> {
 /// The monitors of `rounds` as a table, one row per round, headers with units; monitors
 /// that never change on one line after it.
 fn monitor_table(rounds: &[BTreeMap<String, f64>]) -> Vec<String> {
-    // (header with its unit, key, how a value reads).
-    const COLUMNS: [(&str, &str, Unit); 12] = [
-        ("sample pass@1", "explore/pass@1", Unit::Percent),
-        (
-            "answer entropy (nats)",
-            "explore/answer_entropy",
-            Unit::Plain,
-        ),
-        (
-            "distinct correct traces per problem",
-            "explore/distinct_correct_traces",
-            Unit::Plain,
-        ),
-        ("filter precision", "exploit/precision", Unit::Percent),
-        ("filter recall", "exploit/recall", Unit::Percent),
-        ("best-of-n gap", "gap/best_of_n", Unit::Points),
-        (
-            "held-out maj@k − pass@1",
-            "gap/maj_minus_pass1",
-            Unit::Points,
-        ),
-        (
-            "KL to M0 (nats/completion)",
-            "drift/kl_to_seed",
-            Unit::Plain,
-        ),
-        (
-            "token entropy (nats/token)",
-            "drift/token_entropy",
-            Unit::Plain,
-        ),
-        ("length (tokens)", "drift/mean_length", Unit::Plain),
-        ("proxy reward", "proxy/reward", Unit::Plain),
-        ("gold reward", "gold/reward", Unit::Plain),
-    ];
     // Columns some round has, split into those that change and those that never do.
     let mut moving = Vec::new();
     let mut constant = Vec::new();
-    for (header, key, unit) in COLUMNS {
+    for (header, key, unit) in KEY_MONITORS {
         let values: Vec<f64> = rounds.iter().filter_map(|m| m.get(key).copied()).collect();
         match constant_value(&values) {
             Some(v) => constant.push((header, unit.show(v))),
@@ -1156,15 +1466,35 @@ mod tests {
     /// `compare` lists the settings that differ, with each run's value.
     #[test]
     fn issue19_compare_lists_the_settings_that_differ() {
-        let a = "recipe = \"star\"\nseed = 0\n[task]\nname = \"addition\"\n";
+        let a = "recipe = \"star\"\nseed = 0\n[task]\nname = \"addition\"\n[star]\nrounds = 5\nlr = 0.10000000149011612\n";
         let b = "recipe = \"grpo\"\nseed = 0\n[task]\nname = \"addition\"\n[rl]\nrounds = 3\n";
-        let t = config_differences(&[("a", a), ("b", b)]);
+        let c = "recipe = \"rloo\"\nseed = 0\n[task]\nname = \"addition\"\n[rl]\nrounds = 4\n";
+        let t = config_differences(&[("a", a), ("b", b), ("c", c)]);
         assert!(
-            t.contains("<tr><td>recipe</td><td>star</td><td>grpo</td></tr>"),
+            t.contains("<tr><td>recipe</td><td>star</td><td>grpo</td><td>rloo</td></tr>"),
             "{t}"
         );
         assert!(
-            t.contains("<tr><td>rl.rounds</td><td>–</td><td>3</td></tr>"),
+            t.contains("<tr><td>rl.rounds</td><td>–</td><td>3</td><td>4</td></tr>"),
+            "{t}"
+        );
+        // A section only one run has is one row; its floats read as the f32 they were.
+        assert!(
+            t.contains(
+                "<tr><td>[star]</td><td>its own section (2 settings)</td><td>–</td><td>–</td></tr>"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("star.rounds"), "{t}");
+        let t = config_differences(&[("a", a), ("a2", &a.replace("rounds = 5", "rounds = 6"))]);
+        assert!(
+            !t.contains("<tr><td>star.lr</td>")
+                && t.contains("<tr><td>star.rounds</td><td>5</td><td>6</td></tr>"),
+            "{t}"
+        );
+        let t = config_differences(&[("a", a), ("a2", &a.replace("0.10000000149011612", "0.2"))]);
+        assert!(
+            t.contains("<tr><td>star.lr</td><td>0.1</td><td>0.2</td></tr>"),
             "{t}"
         );
         assert!(!t.contains("seed") && !t.contains("task.name"), "{t}");
@@ -1242,5 +1572,116 @@ mod tests {
                 && file.contains("<style>.ct{"),
             "{file}"
         );
+    }
+    /// The controller's timeline colours each round by its strongest event and carries the
+    /// details on hover; a round without a decision is grey.
+    #[test]
+    fn issue19_timeline_marks_each_round_by_what_the_controller_did() {
+        use crate::controller::{AlarmAction, AlarmKind, Decision, Fired};
+        let warn = Decision {
+            alarms: vec![Fired {
+                kind: AlarmKind::EntropyCollapse,
+                value: 0.01,
+                threshold: 0.02,
+                action: AlarmAction::Warn,
+                message: "token entropy 0.010 < 0.02".into(),
+            }],
+            ..Default::default()
+        };
+        let temp = Decision {
+            temperature: Some(0.7),
+            ..Default::default()
+        };
+        let stop = Decision {
+            stop: Some("patience: no gain in 3 rounds".into()),
+            ..warn.clone()
+        };
+        let back = Decision {
+            next_parent: Some(1),
+            ..Default::default()
+        };
+        let rows = [(
+            "run",
+            vec![
+                (0, None),
+                (1, Some(&temp)),
+                (2, Some(&warn)),
+                (3, Some(&back)),
+                (4, Some(&stop)),
+            ],
+        )];
+        let svg = strip(&rows);
+        for (fill, label) in [
+            ("#eeeeee", ""),
+            ("#cfe3f3", "T 0.7"),
+            ("#E69F00", "1 alarm"),
+            ("#CC79A7", "↶ r1"),
+            ("#D55E00", "stop"),
+        ] {
+            assert!(
+                svg.contains(&format!("fill=\"{fill}\""))
+                    && svg.contains(&format!("\">{label}</text></g>")),
+                "{fill} {label}: {svg}"
+            );
+        }
+        assert!(svg.contains("<title>round 4: alarm entropy_collapse: token entropy 0.010 &lt; 0.02 (Warn); stop: patience: no gain in 3 rounds</title>"), "{svg}");
+        assert!(svg.contains("<title>round 0: nothing changed</title>"));
+        assert_eq!(svg.matches("<rect").count(), 5);
+    }
+    /// A run with held-out pass@1 `pass` by round (from 0), `tokens` sampled and 10 s per
+    /// round after M0.
+    fn fake_run(parent: &Path, name: &str, recipe: &str, pass: &[f64], tokens: f64) -> RunData {
+        let rounds = pass
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| {
+                let mut m = BTreeMap::from([
+                    ("round".to_string(), r as f64),
+                    ("eval/pass@1".to_string(), p),
+                ]);
+                if r > 0 {
+                    m.insert("rollout/sampled_tokens".into(), tokens);
+                }
+                m
+            })
+            .collect();
+        RunData {
+            name: name.into(),
+            config: format!("recipe = \"{recipe}\"\n"),
+            rounds,
+            seed_curve: Vec::new(),
+            manifests: vec![Manifest {
+                recipe: recipe.into(),
+                ..Default::default()
+            }],
+            stages: (0..pass.len() as u32)
+                .map(|r| ("s".to_string(), r, 10.0))
+                .collect(),
+            dir: crate::testutil::run_dir(parent, name),
+        }
+    }
+
+    /// `compare` ranks runs by final held-out pass@1 and says when the winner reached each
+    /// other run's final level, with what it had spent by then against what that run spent.
+    #[test]
+    fn issue19_compare_names_the_winner_and_when_it_passed_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slow = fake_run(tmp.path(), "slow", "grpo", &[0.25, 0.4, 0.5, 0.6], 1000.0);
+        let fast = fake_run(tmp.path(), "fast", "star", &[0.25, 0.55, 0.8], 100.0);
+        let h = compare_headline(&[slow, fast]);
+        assert!(
+            h.contains("Every run starts from M0 at 25.0%. <b>fast</b> (star) ends highest: held-out pass@1 <b>80.0%</b> after round 2, against slow 60.0%. fast reached slow&#39;s final 60.0% at round 2, after 20 s and 200 sampled tokens (slow: 30 s, 3000 sampled tokens)."),
+            "{h}"
+        );
+        // The winner's row comes first, in its own colour (the second run's).
+        let first_row = h.find("<tr><td><i").unwrap();
+        assert!(h[first_row..].starts_with(&format!("<tr><td><i style=\"display:inline-block;width:10px;height:10px;background:{}\"></i> fast</td><td>star</td><td>25.0% → <b>80.0%</b> (+55.0 pt)</td><td>80.0% (round 2)</td><td>20</td><td>200</td>", COLOURS[1])), "{h}");
+        // A run that never reaches the other's level overtakes nothing.
+        let a = fake_run(tmp.path(), "a", "star", &[0.25, 0.3], 1.0);
+        let b = fake_run(tmp.path(), "b", "star", &[0.25, 0.5], 1.0);
+        assert!(overtakes(&a, &b).is_none());
+        assert!(overtakes(&b, &a)
+            .unwrap()
+            .starts_with("b reached a's final 30.0% at round 1"));
     }
 }

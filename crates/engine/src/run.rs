@@ -137,6 +137,10 @@ pub(crate) struct SampleRecord<'a> {
     finish: autodidact_core::FinishReason,
     /// Sampled from the hinted prompt (rationalization).
     hinted: bool,
+    /// The problem's reference completion, when the task has one (the report marks where
+    /// a sample departs from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
 }
 
 /// The problems of a run, drawn from the task by the run seed.
@@ -901,6 +905,7 @@ pub(crate) fn records(groups: &[Group], hinted: bool) -> impl Iterator<Item = Sa
                 reward: r,
                 finish: c.finish,
                 hinted,
+                reference: g.problem.solution.as_deref(),
             })
     })
 }

@@ -717,17 +717,7 @@ mod tests {
     use super::*;
 
     fn info() -> RunInfo {
-        RunInfo {
-            format_version: RUN_FORMAT_VERSION,
-            autodidact_version: "test".into(),
-            seed: 1,
-            threads: 1,
-            status: RunStatus::Running,
-            config_sha256: None,
-            problems_sha256: None,
-            reward_sha256: None,
-            accepted: BTreeMap::new(),
-        }
+        crate::testutil::run_info()
     }
 
     #[test]

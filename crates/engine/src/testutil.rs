@@ -116,3 +116,27 @@ impl autodidact_core::ModelSpec for MockSpec {
         Err(no_weights(dir))
     }
 }
+
+/// What a test run directory records about its run.
+pub fn run_info() -> crate::store::RunInfo {
+    use crate::store::{RunInfo, RunStatus, RUN_FORMAT_VERSION};
+    RunInfo {
+        format_version: RUN_FORMAT_VERSION,
+        autodidact_version: "test".into(),
+        seed: 1,
+        threads: 1,
+        status: RunStatus::Running,
+        config_sha256: None,
+        problems_sha256: None,
+        reward_sha256: None,
+        accepted: Default::default(),
+    }
+}
+
+/// A fresh run directory `name` under `parent` with an empty configuration (its lock
+/// released).
+pub fn run_dir(parent: &std::path::Path, name: &str) -> crate::store::RunDir {
+    crate::store::RunDir::create(&parent.join(name), "", &run_info())
+        .unwrap()
+        .0
+}

@@ -438,6 +438,9 @@ pub struct RolloutRecord {
     /// "old" policy of the clipped update).
     pub completion_tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
+    /// The problem's reference completion, when the task has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// What an RL round produced.
@@ -1096,6 +1099,7 @@ impl RoundLog {
                 dropped: scored.dropped[i],
                 completion_tokens: c.tokens.clone(),
                 logprobs: c.logprobs.clone(),
+                reference: gr.problem.solution.clone(),
             });
         }
         for j in 0..rollout.groups.len() {
