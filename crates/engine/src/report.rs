@@ -742,7 +742,8 @@ fn strip(rows: &[StripRow]) -> String {
     let label_w = if rows.len() > 1 { 150.0 } else { 70.0 };
     let (cell, row_h) = (52.0, 26.0);
     let n = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
-    let w = label_w + cell * n.max(9) as f64 + 4.0;
+    // Wide enough for the key under the cells (about 570 px of 9 px text).
+    let w = (label_w + cell * n as f64 + 4.0).max(label_w + 580.0);
     let h = row_h * rows.len() as f64 + 16.0;
     let mut s = format!(
         "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><title>what the controller did after each round</title>"
