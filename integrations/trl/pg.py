@@ -12,7 +12,8 @@ minibatches over `num_iterations` passes), the surrogate's settings and where th
 sits in the run's learning-rate schedule; `reference` names the checkpoint of the KL term,
 `optimizer_state` the checkpoint whose AdamW state the steps continue.
 
-Per completion token, with ratio = exp(log p − old log p) and A the advantage:
+Per completion token, with ratio = exp(log p − old log p) and A the advantage (the
+completion's, or the token's own when the line has `token_advantages`):
     loss_t = −min(ratio·A, clip(ratio, 1 − ε_low, 1 + ε_high)·A) + β·k(log p − ref log p)
 aggregated over each optimizer step's completions as `token` (TRL's `dapo`), `sequence`
 (`grpo`) or `constant` (`dr_grpo`); minus `entropy_coef` × the mean token entropy; plus
@@ -138,7 +139,16 @@ def train(job):
 
     lo, hi = 1 - s["epsilon_low"], 1 + s["epsilon_high"]
     old = [torch.tensor(l["old_logprobs"], dtype=torch.float32, device=acc.device) for l in lines]
-    adv = [float(l["advantage"]) for l in lines]
+    # Step-level credit gives an advantage per completion token (`token_advantages`).
+    def advantage(i, l):
+        t = l.get("token_advantages")
+        if t is None:
+            return float(l["advantage"])
+        if len(t) != len(l["completion_ids"]):
+            sys.exit(f"{job['data']}: line {i + 1}: {len(t)} token_advantages for {len(l['completion_ids'])} completion_ids")
+        return torch.tensor(t, dtype=torch.float32, device=acc.device)
+
+    adv = [advantage(i, l) for i, l in enumerate(lines)]
     first = [u for u in plan["updates"] if u["pass"] == 0]
     sums = dict.fromkeys(["loss", "sft_loss", "grad_norm", "tokens", "clipped_low", "clipped_high", "kl", "entropy"], 0.0)
     micro = plan["micro_batch_size"]

@@ -282,3 +282,66 @@ fn a_short_raft_run_keeps_one_correct_completion_per_problem() {
     let line = dir.metrics().unwrap().last().unwrap().clone();
     assert_eq!(line["raft/kept"].as_f64().unwrap() as usize, kept.len());
 }
+
+/// Issue 20: step-level credit through the recipe seam. Every rollout line of a round carries
+/// an advantage per token; within a step the tokens share one, and the steps' advantages add
+/// up to the completion's outcome advantage (its reward less the group's mean), because
+/// they are differences of consecutive step values. The round logs what it continued.
+#[test]
+fn issue20_a_short_step_pg_run_trains_on_per_token_advantages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("step");
+    let mut run = small_run(
+        &root,
+        &[
+            "recipe=step-pg",
+            "step.rounds=1",
+            "step.problems=32",
+            "step.sampling.samples=3",
+            "step.rollouts=2",
+            "step.epochs=1",
+            "step.batch_size=16",
+        ],
+    );
+    let rows = run.execute(&mut Silent).unwrap();
+    assert_eq!(rows.len(), 2);
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(headers, ["trained", "prefixes continued"]);
+    let dir = RunDir::open(&root).unwrap().0;
+    let rd = RunDir::round_dir(1);
+    let samples: Vec<serde_json::Value> = dir.read_jsonl(&format!("{rd}/samples.jsonl")).unwrap();
+    assert_eq!(samples.len(), 32 * 3);
+    let lines: Vec<serde_json::Value> = dir.read_jsonl(&format!("{rd}/train.jsonl")).unwrap();
+    assert!(!lines.is_empty(), "some completion carries credit");
+    for l in &lines {
+        let ids = l["completion_ids"].as_array().unwrap();
+        let adv: Vec<f64> = l["token_advantages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_f64().unwrap())
+            .collect();
+        assert_eq!(adv.len(), ids.len());
+        assert!(adv.iter().any(|&a| a != 0.0));
+        // The tiny model's tokens are characters (then the stop token); a step ends after
+        // each `;` or `#`.
+        let text = l["completion"].as_str().unwrap();
+        let mut per_step = Vec::new();
+        let mut start = true;
+        for (i, ch) in text.chars().enumerate() {
+            if start {
+                per_step.push(adv[i]);
+            }
+            assert!((adv[i] - per_step.last().unwrap()).abs() < 1e-6, "{l}");
+            start = ch == ';' || ch == '#';
+        }
+        let sum: f64 = per_step.iter().sum();
+        assert!((sum - l["advantage"].as_f64().unwrap()).abs() < 1e-5, "{l}");
+    }
+    let line = dir.metrics().unwrap().last().unwrap().clone();
+    assert_eq!(line["step/trained"].as_f64().unwrap() as usize, lines.len());
+    assert!(line["step/prefixes"].as_f64().unwrap() > 0.0);
+    let hit = line["step/cache_hit_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hit), "{hit}");
+    assert!(common::manifest(&root, 1).train.is_some());
+}

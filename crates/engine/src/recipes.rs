@@ -21,6 +21,7 @@ pub mod pg;
 pub mod pref;
 pub mod raft;
 pub mod star;
+pub mod step;
 
 /// Every recipe family the engine knows (one line per family).
 pub const FAMILIES: &[&dyn Family] = &[
@@ -28,6 +29,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &pg::PolicyGradient,
     &pref::Preference,
     &raft::BestOfN,
+    &step::StepCredit,
 ];
 
 /// A recipe family: the recipes it runs and the config sections it owns.

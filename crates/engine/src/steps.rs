@@ -19,6 +19,7 @@ use crate::{Error, Result};
 use autodidact_core::rng::fnv1a;
 use autodidact_core::{Group, Policy, SamplingParams, Task};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// A regular expression after each match of which a step ends.
 #[derive(Clone, Debug)]
@@ -117,7 +118,9 @@ impl StepRule {
 
 /// The estimated value of each step of each completion of `groups` (`[group][completion]
 /// [step]`), from `k` continuations of every proper prefix (see the module's notes). Rollout
-/// j of step i of completion c is seeded by `(seed, problem id, c, i, j)`.
+/// j of step i of completion c is seeded by `(seed, problem id, c, i, j)`: every completion
+/// gets estimates of its own, even where prefixes repeat (the labels of a process reward
+/// model stay independent).
 #[allow(clippy::too_many_arguments)]
 pub fn step_values(
     policy: &mut dyn Policy,
@@ -129,10 +132,102 @@ pub fn step_values(
     seed: u64,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Vec<Vec<f32>>>> {
+    estimate(policy, task, groups, pattern, k, params, seed, None, obs)
+}
+
+/// [`step_values`] with continuations shared through `cache`: a prefix of a problem is
+/// continued once (its rollouts seeded by `(seed, problem id, prefix, j)`), however many
+/// completions share it, in this call or an earlier one with the same cache. Identical
+/// prefixes then carry identical estimates. A cache belongs to one policy: start a new one
+/// when the policy changes.
+#[allow(clippy::too_many_arguments)]
+pub fn shared_step_values(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    groups: &[Group],
+    pattern: &StepPattern,
+    k: usize,
+    params: &SamplingParams,
+    seed: u64,
+    cache: &mut PrefixCache,
+    obs: &mut dyn Observer,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    estimate(
+        policy,
+        task,
+        groups,
+        pattern,
+        k,
+        params,
+        seed,
+        Some(cache),
+        obs,
+    )
+}
+
+/// Continuations already sampled: per (problem id, prefix), how many of its rollouts the
+/// verifier accepted, of how many.
+#[derive(Debug, Default)]
+pub struct PrefixCache {
+    seen: HashMap<(String, String), (u32, u32)>,
+    /// Prefix estimates asked for, and how many were answered from the cache.
+    pub asked: u64,
+    pub hits: u64,
+}
+
+impl PrefixCache {
+    /// The binomial variance `v(1 − v)/k` of each estimate in the cache, averaged: how noisy
+    /// the step values are.
+    pub fn mean_variance(&self) -> f64 {
+        if self.seen.is_empty() {
+            return 0.0;
+        }
+        let sum: f64 = self
+            .seen
+            .values()
+            .map(|&(right, k)| {
+                let v = right as f64 / k.max(1) as f64;
+                v * (1.0 - v) / k.max(1) as f64
+            })
+            .sum();
+        sum / self.seen.len() as f64
+    }
+
+    /// Prefixes continued (each cost k rollouts).
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// Where a prefix's value comes from: rollouts queued in this call (the index of its block
+/// of k rows), or the cache.
+enum Source {
+    Rows(usize),
+    Cached(f32),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn estimate(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    groups: &[Group],
+    pattern: &StepPattern,
+    k: usize,
+    params: &SamplingParams,
+    seed: u64,
+    mut cache: Option<&mut PrefixCache>,
+    obs: &mut dyn Observer,
+) -> Result<Vec<Vec<Vec<f32>>>> {
     let problems: Vec<_> = groups.iter().map(|g| g.problem.clone()).collect();
     let mut rows = Vec::new();
-    // (group, completion, step) of each block of k rows.
+    // (group, completion, step) of each estimate, and where it comes from.
     let mut owners = Vec::new();
+    // With a cache: the block of each (problem, prefix) queued in this call.
+    let mut queued: HashMap<(String, String), usize> = HashMap::new();
     // Every step 0 until its rollouts say otherwise; the last is the verdict.
     let mut values: Vec<Vec<Vec<f32>>> = Vec::with_capacity(groups.len());
     for (gi, g) in groups.iter().enumerate() {
@@ -147,8 +242,28 @@ pub fn step_values(
             group_values.push(steps);
             for (si, &end) in ends.iter().enumerate().take(ends.len().saturating_sub(1)) {
                 let prefix = &c.text[..end];
+                let item = match cache.as_deref_mut() {
+                    None => ((ci as u64) << 20) ^ si as u64,
+                    Some(cache) => {
+                        let key = (g.problem.id.clone(), prefix.to_string());
+                        cache.asked += 1;
+                        if let Some(&(right, n)) = cache.seen.get(&key) {
+                            cache.hits += 1;
+                            owners.push(((gi, ci, si), Source::Cached(right as f32 / n as f32)));
+                            continue;
+                        }
+                        if let Some(&block) = queued.get(&key) {
+                            cache.hits += 1;
+                            owners.push(((gi, ci, si), Source::Rows(block)));
+                            continue;
+                        }
+                        queued.insert(key, rows.len() / k.max(1));
+                        // Seeded by the prefix, not by who wrote it.
+                        fnv1a(prefix.as_bytes()) >> 20
+                    }
+                };
                 let used = policy.tokenizer().encode(prefix)?.len();
-                let item = ((ci as u64) << 20) ^ si as u64;
+                owners.push(((gi, ci, si), Source::Rows(rows.len() / k.max(1))));
                 for j in 0..k as u64 {
                     rows.push(Row {
                         problem: gi,
@@ -158,20 +273,85 @@ pub fn step_values(
                         max_new_tokens: params.max_new_tokens.saturating_sub(used).max(1),
                     });
                 }
-                owners.push((gi, ci, si));
             }
         }
         values.push(group_values);
     }
-    if k == 0 || rows.is_empty() {
+    if k == 0 {
         return Ok(values);
     }
-    let graded = sample_rows(policy, task, &problems, &rows, params, k as u64, obs)?;
-    for ((gi, ci, si), block) in owners.into_iter().zip(graded.chunks(k)) {
-        let right = block.iter().filter(|(_, v)| v.is_correct()).count();
-        values[gi][ci][si] = right as f32 / k as f32;
+    let graded = if rows.is_empty() {
+        Vec::new()
+    } else {
+        sample_rows(policy, task, &problems, &rows, params, k as u64, obs)?
+    };
+    let blocks: Vec<u32> = graded
+        .chunks(k)
+        .map(|b| b.iter().filter(|(_, v)| v.is_correct()).count() as u32)
+        .collect();
+    if let Some(cache) = cache {
+        for ((id, prefix), block) in queued {
+            cache.seen.insert((id, prefix), (blocks[block], k as u32));
+        }
+    }
+    for ((gi, ci, si), source) in owners {
+        values[gi][ci][si] = match source {
+            Source::Rows(b) => blocks[b] as f32 / k as f32,
+            Source::Cached(v) => v,
+        };
     }
     Ok(values)
+}
+
+/// Each step's advantage: the change in value it made, `A_i = V_i − V_{i−1}`, with `v0` the
+/// value before the first step (the problem's expected outcome; the group's mean reward is
+/// its estimate). The advantages add up to `V_last − v0`, the outcome's advantage.
+pub fn step_advantages(v0: f32, values: &[f32]) -> Vec<f32> {
+    let mut before = v0;
+    values
+        .iter()
+        .map(|&v| {
+            let a = v - before;
+            before = v;
+            a
+        })
+        .collect()
+}
+
+/// The step each token of a completion belongs to, from the steps' byte ends (`ends`, as
+/// [`StepPattern::ends`] gives them for `text`): a token belongs to the step in which its
+/// text ends. `decoded(i)` is the text of the first `i` tokens; a token that adds no text of
+/// `text` (a stop token) belongs to the last step, as does everything of an empty text.
+pub fn token_steps(
+    tokens: usize,
+    text: &str,
+    ends: &[usize],
+    mut decoded: impl FnMut(usize) -> Result<String>,
+) -> Result<Vec<usize>> {
+    let last = ends.len().saturating_sub(1);
+    let mut out = Vec::with_capacity(tokens);
+    // Bytes of `text` covered so far: monotone, and never past the text (a tokenizer may
+    // decode a partial character or a special token as something else).
+    let mut covered = 0;
+    for i in 1..=tokens {
+        let prefix = decoded(i)?;
+        let mut common = prefix
+            .bytes()
+            .zip(text.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        while !text.is_char_boundary(common) {
+            common -= 1;
+        }
+        covered = covered.max(common);
+        let step = if covered == 0 {
+            0
+        } else {
+            ends.iter().position(|&e| e >= covered).unwrap_or(last)
+        };
+        out.push(step.min(last));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -343,5 +523,101 @@ mod tests {
         }
         assert_eq!(values(3), v);
         assert_ne!(values(4), v);
+    }
+    /// Issue 20: with a cache, a prefix is continued once however many completions share it
+    /// (here 200 completions share 3 prefixes), the estimate is the closed form's within 3
+    /// standard errors, and a second call with the same cache samples nothing and answers
+    /// the same.
+    #[test]
+    fn issue20_shared_step_values_continue_each_prefix_once() {
+        let items: Vec<(&str, Option<&str>, bool)> = (0..200)
+            .map(|i| match i % 2 {
+                0 => ("a;b;#ok", Some("ok"), true),
+                _ => ("a;b;#no", Some("no"), false),
+            })
+            .collect();
+        let groups = [group("p", &items)];
+        let pattern = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
+        let (k, params) = (400, SamplingParams::greedy(8));
+        let mut cache = PrefixCache::default();
+        let run = |cache: &mut PrefixCache| {
+            shared_step_values(
+                &mut Coin,
+                &EndsOk,
+                &groups,
+                &pattern,
+                k,
+                &params,
+                5,
+                cache,
+                &mut crate::Silent,
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let v = run(&mut cache);
+        assert_eq!(cache.len(), 3, "`a;`, `a;b;` and `a;b;#`");
+        assert_eq!((cache.asked, cache.hits), (600, 597));
+        assert!(
+            v.iter().all(|s| s[..3] == v[0][..3]),
+            "one estimate per prefix"
+        );
+        for (step, q) in [(0, 0.5f64), (1, 0.25), (2, 0.25)] {
+            let se = (q * (1.0 - q) / k as f64).sqrt();
+            assert!(
+                (v[0][step] as f64 - q).abs() < 3.0 * se,
+                "step {step}: {}",
+                v[0][step]
+            );
+        }
+        let want: f64 = [0.5f64, 0.25, 0.25]
+            .iter()
+            .map(|q| q * (1.0 - q) / k as f64)
+            .sum::<f64>()
+            / 3.0;
+        assert!((cache.mean_variance() / want - 1.0).abs() < 0.1);
+        assert_eq!(run(&mut cache), v);
+        assert_eq!((cache.asked, cache.hits, cache.len()), (1200, 1197, 3));
+    }
+
+    #[test]
+    fn issue20_step_advantages_are_value_differences_that_add_up_to_the_outcome() {
+        let a = step_advantages(0.5, &[0.75, 0.25, 0.0]);
+        assert_eq!(a, [0.25, -0.5, -0.25]);
+        assert_eq!(a.iter().sum::<f32>(), 0.0 - 0.5);
+        assert!(step_advantages(0.3, &[]).is_empty());
+    }
+
+    /// A token belongs to the step its text ends in: with one character per token, the
+    /// separator closes its step; with a token spanning a separator, the later step; a
+    /// stop token (decoding to something not in the text) the last step.
+    #[test]
+    fn issue20_tokens_map_to_the_step_their_text_ends_in() {
+        let text = "a;b;#ok";
+        let p = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
+        let ends = p.ends(text);
+        assert_eq!(ends, [2, 4, 5, 7]);
+        let chars: Vec<String> = text
+            .chars()
+            .map(String::from)
+            .chain(["</s>".into()])
+            .collect();
+        let decoded = |pieces: &[String]| {
+            let pieces = pieces.to_vec();
+            move |i: usize| Ok(pieces[..i].concat())
+        };
+        assert_eq!(
+            token_steps(8, text, &ends, decoded(&chars)).unwrap(),
+            [0, 0, 1, 1, 2, 3, 3, 3]
+        );
+        let merged: Vec<String> = ["a", ";b", ";#", "ok"].map(String::from).to_vec();
+        assert_eq!(
+            token_steps(4, text, &ends, decoded(&merged)).unwrap(),
+            [0, 1, 2, 3]
+        );
+        // A first token that decodes to nothing of the text belongs to the first step.
+        let odd: Vec<String> = ["<s>", "a;"].map(String::from).to_vec();
+        assert_eq!(token_steps(2, "a;", &[2], decoded(&odd)).unwrap(), [0, 0]);
+        assert_eq!(token_steps(1, "", &[], |_| Ok(String::new())).unwrap(), [0]);
     }
 }

@@ -233,6 +233,10 @@ pub struct RolloutLine {
     pub advantage: f32,
     pub completion_ids: Vec<u32>,
     pub old_logprobs: Vec<f32>,
+    /// With step-level credit, the advantage of each completion token (the step it belongs
+    /// to), read instead of `advantage`. Every line of a dataset has it or none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_advantages: Option<Vec<f32>>,
 }
 
 impl Objective {
@@ -374,7 +378,33 @@ pub fn run_native(
                         i + 1
                     )));
                 }
+                if let Some(t) = &l.token_advantages {
+                    if t.len() != l.completion_ids.len() || t.iter().any(|x| !x.is_finite()) {
+                        return Err(bad(format!(
+                            "line {}: has {} token_advantages for {} completion_ids; give one finite number per token",
+                            i + 1,
+                            t.len(),
+                            l.completion_ids.len()
+                        )));
+                    }
+                }
             }
+            let per_token = lines
+                .iter()
+                .filter(|l| l.token_advantages.is_some())
+                .count();
+            if per_token != 0 && per_token != lines.len() {
+                return Err(bad(format!(
+                    "{per_token} of {} lines have token_advantages; give them on every line or on none",
+                    lines.len()
+                )));
+            }
+            let token_advantages: Option<Vec<Vec<f32>>> = (per_token != 0).then(|| {
+                lines
+                    .iter()
+                    .map(|l| l.token_advantages.clone().unwrap_or_default())
+                    .collect()
+            });
             let examples: Vec<Example> = lines
                 .iter()
                 .map(|l| Example {
@@ -409,6 +439,7 @@ pub fn run_native(
                 old: &old,
                 rewards: &rewards,
                 advantages: &advantages,
+                token_advantages: token_advantages.as_deref(),
                 refs: refs.as_deref(),
             };
             let updated = fit_pg(&mut up, &batch, plan)?;

@@ -20,8 +20,8 @@ pub mod sft;
 pub use advantages::{advantages, AdvantageEstimator, Advantages, RewardScaling};
 pub use dpo::{dpo, DpoInputs, DpoLoss, DpoOutput, DpoSettings, DpoStats};
 pub use pg::{
-    fold_kl, kl_penalized_rewards, policy_gradient, sequence_kl, KlEstimator, LossAggregation,
-    PgInputs, PgOutput, PgSettings, PgStats,
+    fold_kl, kl_penalized_rewards, policy_gradient, sequence_kl, Advantage, KlEstimator,
+    LossAggregation, PgInputs, PgOutput, PgSettings, PgStats,
 };
 pub use reward::{
     aggregate, bradley_terry, calibration, disagreement, outcome_bce, Aggregation, Calibration,

@@ -5,6 +5,9 @@
 //!
 //! `L_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·k_t`
 //!
+//! (with step-level credit, `A_i` becomes `A_{i,t}`, the advantage of the step token t
+//! belongs to; [`Advantage::PerToken`])
+//!
 //! where `k_t` is a per-token estimate of KL(π‖π_ref) from d = log p − log p_ref:
 //! `k1 = d`, `k2 = d²/2`, `k3 = exp(−d) + d − 1` (Schulman's estimators; TRL uses k3).
 //! The per-token losses are aggregated ([`LossAggregation`]) over the whole optimizer batch,
@@ -64,6 +67,26 @@ pub struct PgSettings {
     pub entropy_coef: f32,
 }
 
+/// The advantage of each completion token.
+#[derive(Clone, Copy, Debug)]
+pub enum Advantage<'a> {
+    /// One per sequence, shared by all of its tokens (GRPO, RLOO, REINFORCE).
+    PerSequence(&'a [f32]),
+    /// One per token: step-level credit, where each step's tokens carry that step's
+    /// advantage.
+    PerToken(&'a [Vec<f32>]),
+}
+
+impl Advantage<'_> {
+    /// The advantage of token `t` of sequence `i`.
+    pub fn at(&self, i: usize, t: usize) -> f32 {
+        match self {
+            Advantage::PerSequence(a) => a[i],
+            Advantage::PerToken(a) => a[i][t],
+        }
+    }
+}
+
 /// One micro-batch: rows are sequences, entries completion tokens.
 pub struct PgInputs<'a> {
     pub logprobs: &'a [Vec<f32>],
@@ -73,8 +96,8 @@ pub struct PgInputs<'a> {
     pub ref_logprobs: Option<&'a [Vec<f32>]>,
     /// Entropies of the policy's next-token distributions (needed when `entropy_coef > 0`).
     pub entropies: Option<&'a [Vec<f32>]>,
-    /// One advantage per sequence.
-    pub advantages: &'a [f32],
+    /// The advantages, per sequence or per token (rows and lengths as `logprobs`).
+    pub advantages: Advantage<'a>,
 }
 
 /// Sums over the micro-batch's tokens (they add across micro-batches; divide by `tokens`).
@@ -126,9 +149,9 @@ pub fn policy_gradient(s: &PgSettings, x: &PgInputs, batch: BatchShape) -> PgOut
                 1.0 / (batch.sequences.max(1) as f64 * batch.max_len.max(1) as f64)
             }
         };
-        let a = x.advantages[i] as f64;
         let mut w = Vec::with_capacity(lp.len());
         for (t, &l) in lp.iter().enumerate() {
+            let a = x.advantages.at(i, t) as f64;
             let ratio = (l as f64 - x.old_logprobs[i][t] as f64).exp();
             let unclipped = ratio * a;
             let clipped = ratio.clamp(lo, hi) * a;
@@ -266,7 +289,7 @@ mod tests {
                         old_logprobs: &old,
                         ref_logprobs: Some(&rf),
                         entropies: Some(h),
-                        advantages: &adv,
+                        advantages: Advantage::PerSequence(&adv),
                     };
                     policy_gradient(&s, &x, shape)
                 };
@@ -306,7 +329,7 @@ mod tests {
             old_logprobs: &old[r.clone()],
             ref_logprobs: Some(&rf[r.clone()]),
             entropies: Some(&h[r.clone()]),
-            advantages: &adv[r],
+            advantages: Advantage::PerSequence(&adv[r]),
         };
         let whole = policy_gradient(&s, &x(0..3), shape);
         let a = policy_gradient(&s, &x(0..1), shape);
@@ -324,7 +347,7 @@ mod tests {
             old_logprobs: &lp,
             ref_logprobs: None,
             entropies: None,
-            advantages: &adv,
+            advantages: Advantage::PerSequence(&adv),
         };
         let out = policy_gradient(&plain, &on, shape);
         for (i, row) in out.weights.iter().enumerate() {
@@ -333,6 +356,63 @@ mod tests {
             }
         }
         assert_eq!(out.stats.clipped_low + out.stats.clipped_high, 0);
+    }
+
+    /// Issue 20: with an advantage per token (step-level credit), each token's weight is
+    /// still minus the loss's derivative by its log-prob, under every aggregation and with
+    /// clipping binding on some tokens; and a per-token advantage that repeats each
+    /// sequence's gives exactly the per-sequence result.
+    #[test]
+    fn issue20_per_token_advantages_are_minus_the_gradient_by_finite_differences() {
+        let (lp, old, rf, h, adv) = data();
+        // Steps of one sequence with different signs: credit where the trace went right,
+        // blame where it went wrong.
+        let tok = vec![vec![0.9, -0.6, 0.0], vec![-0.8], vec![0.25, 0.55]];
+        let shape = BatchShape::of(&lp);
+        for agg in [
+            LossAggregation::Token,
+            LossAggregation::Sequence,
+            LossAggregation::Constant,
+        ] {
+            let s = settings(agg, KlEstimator::K3);
+            let run = |lp: &[Vec<f32>], a: Advantage| {
+                let x = PgInputs {
+                    logprobs: lp,
+                    old_logprobs: &old,
+                    ref_logprobs: Some(&rf),
+                    entropies: Some(&h),
+                    advantages: a,
+                };
+                policy_gradient(&s, &x, shape)
+            };
+            let out = run(&lp, Advantage::PerToken(&tok));
+            assert!(
+                out.stats.clipped_low + out.stats.clipped_high > 0,
+                "some ratio clips"
+            );
+            let eps = 1e-3f32;
+            for i in 0..lp.len() {
+                for t in 0..lp[i].len() {
+                    let (mut up, mut down) = (lp.clone(), lp.clone());
+                    up[i][t] += eps;
+                    down[i][t] -= eps;
+                    let g = (run(&up, Advantage::PerToken(&tok)).loss
+                        - run(&down, Advantage::PerToken(&tok)).loss)
+                        / (2.0 * eps as f64);
+                    let w = out.weights[i][t] as f64;
+                    assert!((-g - w).abs() < 1e-4, "{agg:?} ({i},{t}): {} vs {w}", -g);
+                }
+            }
+            let repeated: Vec<Vec<f32>> = lp
+                .iter()
+                .zip(&adv)
+                .map(|(row, &a)| vec![a; row.len()])
+                .collect();
+            assert_eq!(
+                run(&lp, Advantage::PerToken(&repeated)),
+                run(&lp, Advantage::PerSequence(&adv))
+            );
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! TRL's formulas and TRL's `nanstd` in PyTorch and takes gradients by autograd).
 
 use autodidact_objectives::{
-    advantages, policy_gradient, AdvantageEstimator, BatchShape, KlEstimator, LossAggregation,
-    PgInputs, PgSettings, RewardScaling,
+    advantages, policy_gradient, Advantage, AdvantageEstimator, BatchShape, KlEstimator,
+    LossAggregation, PgInputs, PgSettings, RewardScaling,
 };
 use serde_json::Value;
 
@@ -78,7 +78,7 @@ fn clipped_surrogate_with_kl_and_entropy_matches_trl() {
             old_logprobs: &old,
             ref_logprobs: Some(&refp),
             entropies: Some(&ent),
-            advantages: &adv,
+            advantages: Advantage::PerSequence(&adv),
         };
         let out = policy_gradient(&s, &inputs, shape);
         close(

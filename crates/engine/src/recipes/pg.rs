@@ -29,9 +29,9 @@ use autodidact_core::{
     Completion, Example, FinishReason, Grade, Group, Policy, Problem, SamplingParams, Task, Verdict,
 };
 use autodidact_objectives::{
-    advantages, fold_kl, policy_gradient, sequence_kl, sft, AdvantageEstimator, Advantages,
-    BatchShape, KlEstimator, LossAggregation, PgInputs, PgSettings, PgStats, RewardScaling,
-    SftNormalization,
+    advantages, fold_kl, policy_gradient, sequence_kl, sft, Advantage, AdvantageEstimator,
+    Advantages, BatchShape, KlEstimator, LossAggregation, PgInputs, PgSettings, PgStats,
+    RewardScaling, SftNormalization,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -560,6 +560,7 @@ pub(crate) fn rl_round(
             old: &rollout.old,
             rewards: &scored.rewards,
             advantages: &scored.adv.values,
+            token_advantages: None,
             refs: scored.refs.as_deref(),
         };
         let updated = trainer.update(&pg_batch, &plan, obs)?;
@@ -848,9 +849,16 @@ impl PgPlan {
             minibatches: minibatches.max(1),
             ..RlConfig::default()
         };
+        Self::offline(&cfg, n, max_new_tokens, seed)
+    }
+
+    /// `cfg.num_iterations` passes over a dataset of `n` completions, each in
+    /// `cfg.minibatches` optimizer steps over a fresh shuffle seeded by `seed`, with `cfg`'s
+    /// surrogate; its learning-rate schedule spans just these updates.
+    pub(crate) fn offline(cfg: &RlConfig, n: usize, max_new_tokens: usize, seed: u64) -> Self {
         let all: Vec<usize> = (0..n).collect();
         let seed = |what: &str, it: u32| derive_seed(seed, 0, what, it as u64);
-        let mut plan = Self::passes(&cfg, &all, &[], max_new_tokens, &seed);
+        let mut plan = Self::passes(cfg, &all, &[], max_new_tokens, &seed);
         plan.schedule_total = plan.updates.len() as u64;
         plan
     }
@@ -935,6 +943,9 @@ pub(crate) struct PgBatch<'a> {
     pub old: &'a [Vec<f32>],
     pub rewards: &'a [f32],
     pub advantages: &'a [f32],
+    /// Per completion token, when the credit is per step: the advantage of the step each
+    /// token belongs to (the updates then read these instead of `advantages`).
+    pub token_advantages: Option<&'a [Vec<f32>]>,
     pub refs: Option<&'a [Vec<f32>]>,
 }
 
@@ -977,6 +988,7 @@ pub(crate) fn fit_pg(up: &mut Updater, batch: &PgBatch, plan: &PgPlan) -> Result
         let old_k = rows(&u.rows, batch.old);
         let ref_k = batch.refs.map(|r| rows(&u.rows, r));
         let adv_k: Vec<f32> = u.rows.iter().map(|&i| batch.advantages[i]).collect();
+        let tok_k = batch.token_advantages.map(|t| rows(&u.rows, t));
         let mut shape = BatchShape::of(&old_k);
         shape.max_len = plan.max_new_tokens;
         for start in (0..ex.len()).step_by(plan.micro_batch_size) {
@@ -989,7 +1001,10 @@ pub(crate) fn fit_pg(up: &mut Updater, batch: &PgBatch, plan: &PgPlan) -> Result
                         old_logprobs: &old_k[r.clone()],
                         ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
                         entropies: sc.entropies.as_deref(),
-                        advantages: &adv_k[r],
+                        advantages: match &tok_k {
+                            Some(t) => Advantage::PerToken(&t[r]),
+                            None => Advantage::PerSequence(&adv_k[r]),
+                        },
                     },
                     shape,
                 );

@@ -262,6 +262,7 @@ impl StepTrainer for ExternalSteps<'_> {
                     advantage: batch.advantages[i],
                     completion_ids: e.completion_tokens.clone().unwrap_or_default(),
                     old_logprobs: batch.old[i].clone(),
+                    token_advantages: batch.token_advantages.map(|t| t[i].clone()),
                 }
             })
             .collect();

@@ -1,0 +1,556 @@
+//! Step-level credit (`step-pg`): a policy gradient whose advantage changes along the trace,
+//! step by step, using positive and negative samples alike.
+//!
+//! Each round samples `samples` completions of every unlabeled problem, as expert iteration
+//! does. Then, for every completion, it estimates the value of each of its step prefixes:
+//! the fraction of `rollouts` continuations from that prefix that the verifier accepts
+//! (Math-Shepherd). The value before the first step is the group's mean outcome, and the
+//! value of the whole completion is its verdict. A step's advantage is the change in value it
+//! made, `A_i = V_i − V_{i−1}`. Every token of the step carries that advantage, and a
+//! clipped surrogate trains on the round's rollouts in `epochs` passes of
+//! `batch_size`-completion steps, with the sampling log-probs as the old policy. Steps that
+//! keep the value where it was carry no weight. A wrong step in a trace that was right until
+//! then is pushed down, and the steps before it are pushed up.
+//!
+//! How this differs from the papers:
+//! - Setlur et al. (2024), "RL on incorrect synthetic data", weigh per-step advantages
+//!   estimated the same way, but train them with a per-step DPO objective on a pretrained
+//!   model. Here the advantage weights a clipped policy gradient (the engine's `pg`
+//!   objective), on a model trained from scratch in the seed stage.
+//! - Math-Shepherd continues prefixes with a separate completer. Here the continuations
+//!   come from the policy that wrote the samples, at the round's temperature. A prefix
+//!   repeated across samples of a problem is continued once (`steps::PrefixCache`), which is
+//!   where most of the cost goes.
+//! - `credit = "outcome"` gives every token the whole completion's advantage
+//!   (`V_last − V_0`, REINFORCE with the group mean as baseline) with everything else
+//!   unchanged: the ablation that isolates step credit.
+//! - Completions whose every token has advantage 0 (a group all right whose prefixes all
+//!   kept value 1) are left out of the update; `step/trained` counts the rest.
+
+use super::pg::{PgPlan, RlConfig};
+use super::{resolve, section, Column, Family, Format, Recipe, Sections};
+use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig};
+use crate::monitor::round_monitors;
+use crate::progress::Observer;
+use crate::run::{records, Run, SampleRecord};
+use crate::steps::{shared_step_values, step_advantages, token_steps, PrefixCache, StepPattern};
+use crate::store::RunDir;
+use crate::trainer::{Objective, RolloutLine};
+use crate::{Error, Result};
+use autodidact_core::{Group, Task, Tokenizer};
+use autodidact_objectives::LossAggregation;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where a token's advantage comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credit {
+    /// The change in value its step made.
+    #[default]
+    Step,
+    /// The whole completion's: its outcome less the group's mean (the ablation).
+    Outcome,
+}
+
+/// Step-level credit (`[step]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StepConfig {
+    /// Rounds after the seed stage.
+    pub rounds: u32,
+    /// Unlabeled training problems sampled every round.
+    pub problems: usize,
+    /// How each round samples: `samples` completions per problem. The step continuations
+    /// use the same temperature.
+    pub sampling: SamplingConfig,
+    /// Continuations per step prefix (k of the value estimate; its variance is v(1 − v)/k).
+    pub rollouts: usize,
+    /// A regular expression after each match of which a step ends (default: the task's
+    /// trace separators, `[;#]` for the built-in tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_pattern: Option<String>,
+    pub credit: Credit,
+    pub restart_from: Checkpoint,
+    /// Passes over a round's rollouts.
+    pub epochs: u32,
+    /// Completions per optimizer step.
+    pub batch_size: usize,
+    /// Completions per forward/backward pass (memory only).
+    pub micro_batch_size: usize,
+    /// Clip range of the ratio to the sampling policy.
+    pub epsilon_low: f32,
+    pub epsilon_high: f32,
+    pub loss_aggregation: LossAggregation,
+    pub optimizer: OptimizerConfig,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 3,
+            problems: 1000,
+            sampling: SamplingConfig {
+                samples: 4,
+                ..SamplingConfig::default()
+            },
+            rollouts: 4,
+            step_pattern: None,
+            credit: Credit::Step,
+            restart_from: Checkpoint::Previous,
+            epochs: 4,
+            batch_size: 32,
+            micro_batch_size: 32,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            loss_aggregation: LossAggregation::Token,
+            optimizer: OptimizerConfig::default(),
+        }
+    }
+}
+
+/// The step-credit family: recipe `step-pg`, section `[step]`.
+pub struct StepCredit;
+
+impl Family for StepCredit {
+    fn recipes(&self) -> &'static [&'static str] {
+        &["step-pg"]
+    }
+    fn sections(&self) -> &'static [&'static str] {
+        &["step"]
+    }
+    fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
+        resolve::<StepConfig>(name, value)
+    }
+    fn build(&self, _recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
+        let cfg: StepConfig = section(sections, "step")?;
+        let at_least_one = |key: &str, v: usize| {
+            if v == 0 {
+                Err(Error::config(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("step.problems", cfg.problems)?;
+        at_least_one("step.sampling.samples", cfg.sampling.samples)?;
+        at_least_one("step.rollouts", cfg.rollouts)?;
+        at_least_one("step.epochs", cfg.epochs as usize)?;
+        at_least_one("step.batch_size", cfg.batch_size)?;
+        at_least_one("step.micro_batch_size", cfg.micro_batch_size)?;
+        for (key, e) in [
+            ("step.epsilon_low", cfg.epsilon_low),
+            ("step.epsilon_high", cfg.epsilon_high),
+        ] {
+            if !(0.0..1.0).contains(&e) {
+                return Err(Error::config(
+                    key,
+                    format!("{e} is not a clip range; use a number in [0, 1), e.g. 0.2"),
+                ));
+            }
+        }
+        if let Some(p) = &cfg.step_pattern {
+            StepPattern::new("step.step_pattern", p)?;
+        }
+        cfg.sampling.check("step")?;
+        cfg.optimizer.check("step")?;
+        Ok(Arc::new(StepPg { cfg }))
+    }
+}
+
+/// Step-level credit with its settings.
+pub struct StepPg {
+    cfg: StepConfig,
+}
+
+const COLUMNS: &[Column] = &[
+    Column {
+        header: "trained",
+        key: "step/trained",
+        format: Format::Count,
+    },
+    Column {
+        header: "prefixes continued",
+        key: "step/prefixes",
+        format: Format::Count,
+    },
+];
+
+impl Recipe for StepPg {
+    fn name(&self) -> &'static str {
+        "step-pg"
+    }
+    fn rounds(&self) -> u32 {
+        self.cfg.rounds
+    }
+    fn pool(&self) -> (usize, String) {
+        (self.cfg.problems, "step.problems".into())
+    }
+    fn round_stages(&self) -> &'static [&'static str] {
+        &["sample", "train"]
+    }
+    fn run_stage(
+        &self,
+        stage: &str,
+        round: u32,
+        run: &mut Run,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        match stage {
+            "sample" => self.sample_stage(run, round, obs),
+            _ => self.train_stage(run, round, obs),
+        }
+    }
+    fn check(&self, _config: &RunConfig, task: &dyn Task, budget: &Budget) -> Result<()> {
+        self.pattern(task)?;
+        let c = &self.cfg;
+        budget.batch("step.micro_batch_size", c.micro_batch_size)?;
+        budget.held(
+            "step.problems",
+            c.problems,
+            "step.sampling.samples",
+            c.sampling.samples as u64,
+        )
+    }
+    fn columns(&self) -> &'static [Column] {
+        COLUMNS
+    }
+}
+
+impl StepPg {
+    /// The steps' pattern: the setting's, or the task's.
+    fn pattern(&self, task: &dyn Task) -> Result<StepPattern> {
+        match (&self.cfg.step_pattern, task.step_pattern()) {
+            (Some(p), _) => StepPattern::new("step.step_pattern", p),
+            (None, Some(p)) => StepPattern::new("step.step_pattern", p),
+            (None, None) => Err(Error::config(
+                "step.step_pattern",
+                format!(
+                    "task `{}` does not say where its steps end; set a regular expression that ends each step (e.g. `\\n`)",
+                    task.name()
+                ),
+            )),
+        }
+    }
+
+    /// Samples the pool, estimates every step's value, and writes the round's rollouts with
+    /// an advantage per token (`train.jsonl`) beside its samples.
+    fn sample_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.cfg;
+        let parent = run.parent(round)?;
+        let mut policy = run.load_policy(parent)?;
+        let params = run.plan.sampling(&cfg.sampling);
+        let (groups, proxy) =
+            run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
+        let task = &*run.plan.task;
+        let pattern = self.pattern(task)?;
+        let mut cache = PrefixCache::default();
+        let prefixes: u64 = groups
+            .iter()
+            .flat_map(|g| &g.completions)
+            .map(|c| pattern.ends(&c.text).len().saturating_sub(1) as u64)
+            .sum();
+        obs.stage_started(&format!("r{round} step values"), prefixes);
+        let values = shared_step_values(
+            &mut *policy,
+            task,
+            &groups,
+            &pattern,
+            cfg.rollouts,
+            &params,
+            run.seed(round, "steps"),
+            &mut cache,
+            obs,
+        )?;
+        let credit = credit(&groups, &values, &pattern, cfg.credit, policy.tokenizer())?;
+        let lines: Vec<&RolloutLine> = credit
+            .lines
+            .iter()
+            .filter(|l| l.trained)
+            .map(|l| &l.line)
+            .collect();
+        let mut metrics = round_monitors(&groups, &credit.selected, run.plan.config.monitor.n_star);
+        metrics.extend(proxy);
+        let sampled_tokens: usize = groups
+            .iter()
+            .flat_map(|g| &g.completions)
+            .map(|c| c.tokens.len())
+            .sum();
+        metrics.extend([
+            ("rollout/sampled_tokens".to_string(), sampled_tokens as f64),
+            ("step/trained".into(), lines.len() as f64),
+            ("step/prefixes".into(), cache.len() as f64),
+            (
+                "step/cache_hit_rate".into(),
+                cache.hits as f64 / cache.asked.max(1) as f64,
+            ),
+            ("step/value_variance".into(), cache.mean_variance()),
+        ]);
+        metrics.extend(credit.metrics);
+        let rd = RunDir::round_dir(round);
+        let samples: Vec<SampleRecord> = records(&groups, false).collect();
+        run.dir
+            .write_jsonl(&format!("{rd}/samples.jsonl"), &samples)?;
+        run.dir.write_jsonl(&format!("{rd}/train.jsonl"), &lines)?;
+        obs.stage_finished(&format!(
+            "r{round} step values: {} prefixes continued ({:.0}% of asks answered from the cache), {} of {} completions carry credit",
+            cache.len(),
+            100.0 * cache.hits as f64 / cache.asked.max(1) as f64,
+            lines.len(),
+            credit.lines.len()
+        ));
+        let mut m = run.manifest(round)?;
+        m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
+        m.settings = Some(json!({"step": cfg}));
+        m.counts = Some(
+            json!({"trained": lines.len(), "prefixes": cache.len(), "sampled": credit.lines.len()}),
+        );
+        m.metrics = Some(metrics);
+        run.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
+        run.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
+        run.write_manifest(&m)
+    }
+
+    /// The clipped surrogate with per-token advantages on the round's rollouts, from M0 or
+    /// the previous round's model, with a fresh optimizer.
+    fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = &self.cfg;
+        let init = cfg.restart_from.round(run.parent(round)?);
+        let data = format!("{}/train.jsonl", RunDir::round_dir(round));
+        let n = crate::trainer::count_lines(&run.dir.path(&data))?;
+        let rl = RlConfig {
+            num_iterations: cfg.epochs,
+            minibatches: n.div_ceil(cfg.batch_size).max(1) as u32,
+            micro_batch_size: cfg.micro_batch_size,
+            epsilon_low: cfg.epsilon_low,
+            epsilon_high: cfg.epsilon_high,
+            loss_aggregation: cfg.loss_aggregation,
+            ..RlConfig::default()
+        };
+        let plan = PgPlan::offline(
+            &rl,
+            n,
+            run.plan.max_new_tokens,
+            run.seed(round, "step-minibatches"),
+        );
+        let train = TrainConfig {
+            steps: Some(plan.updates.len() as u64),
+            batch_size: cfg.batch_size,
+            ..TrainConfig::default()
+        };
+        let mut m = run.manifest(round)?;
+        m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
+        let job = run.job(
+            Objective::Pg {
+                plan,
+                reference: None,
+                optimizer_state: None,
+            },
+            round,
+            &data,
+            &RunDir::checkpoint_dir(init),
+            &train,
+            &cfg.optimizer,
+        )?;
+        let report = run.train(
+            &job,
+            crate::run::Start::Round(init),
+            &mut m,
+            obs,
+            &mut |_, _, _| Ok(()),
+        )?;
+        m.train = Some(report.stats);
+        let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
+        metrics.extend(report.metrics);
+        run.write_manifest(&m)
+    }
+}
+
+/// A completion's rollout line, and whether any of its tokens carries an advantage.
+struct Credited {
+    line: RolloutLine,
+    trained: bool,
+}
+
+/// What [`credit`] makes of a round.
+struct RoundCredit {
+    lines: Vec<Credited>,
+    /// Per group, per completion: a positive outcome advantage (the round's monitors).
+    selected: Vec<Vec<bool>>,
+    metrics: BTreeMap<String, f64>,
+}
+
+/// The rollout line of every completion of `groups`, with the advantage of each of its
+/// tokens from its steps' `values` (`[group][completion][step]`).
+fn credit(
+    groups: &[Group],
+    values: &[Vec<Vec<f32>>],
+    pattern: &StepPattern,
+    credit: Credit,
+    tokenizer: &dyn Tokenizer,
+) -> Result<RoundCredit> {
+    let mut out = RoundCredit {
+        lines: Vec::new(),
+        selected: Vec::new(),
+        metrics: BTreeMap::new(),
+    };
+    let (mut negative, mut positive, mut tokens) = (0usize, 0usize, 0usize);
+    let mut first_pits = Vec::new();
+    for (g, vals) in groups.iter().zip(values) {
+        let outcomes: Vec<f32> = g
+            .verdicts
+            .iter()
+            .map(|v| v.is_correct() as u8 as f32)
+            .collect();
+        let v0 = outcomes.iter().sum::<f32>() / outcomes.len().max(1) as f32;
+        let mut selected = Vec::with_capacity(outcomes.len());
+        for ((c, v), &outcome) in g.completions.iter().zip(vals).zip(&outcomes) {
+            let outcome_adv = outcome - v0;
+            selected.push(outcome_adv > 0.0);
+            let ends = pattern.ends(&c.text);
+            let per_token: Vec<f32> = match credit {
+                Credit::Outcome => vec![outcome_adv; c.tokens.len()],
+                Credit::Step if ends.is_empty() => vec![outcome_adv; c.tokens.len()],
+                Credit::Step => {
+                    let adv = step_advantages(v0, v);
+                    // The first pit: the first step whose value falls to 0.
+                    if let Some(p) = v.iter().position(|&x| x == 0.0) {
+                        first_pits.push(p as f64 / v.len() as f64);
+                    }
+                    token_steps(c.tokens.len(), &c.text, &ends, |i| {
+                        Ok(tokenizer.decode(&c.tokens[..i])?)
+                    })?
+                    .into_iter()
+                    .map(|s| adv[s])
+                    .collect()
+                }
+            };
+            // A served model's reply without token ids cannot be trained on.
+            let aligned = c.logprobs.len() == c.tokens.len() && !c.tokens.is_empty();
+            let trained = aligned && per_token.iter().any(|&a| a != 0.0);
+            if trained {
+                tokens += per_token.len();
+                negative += per_token.iter().filter(|&&a| a < 0.0).count();
+                positive += per_token.iter().filter(|&&a| a > 0.0).count();
+            }
+            out.lines.push(Credited {
+                line: RolloutLine {
+                    prompt: g.problem.prompt.clone(),
+                    completion: c.text.clone(),
+                    reward: outcome,
+                    advantage: outcome_adv,
+                    completion_ids: c.tokens.clone(),
+                    old_logprobs: c.logprobs.clone(),
+                    token_advantages: Some(per_token),
+                },
+                trained,
+            });
+        }
+        out.selected.push(selected);
+    }
+    let frac = |n: usize| n as f64 / tokens.max(1) as f64;
+    out.metrics
+        .insert("step/negative_tokens".into(), frac(negative));
+    out.metrics
+        .insert("step/positive_tokens".into(), frac(positive));
+    if !first_pits.is_empty() {
+        out.metrics.insert(
+            "step/first_pit_position".into(),
+            first_pits.iter().sum::<f64>() / first_pits.len() as f64,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::group;
+    use autodidact_objectives::{
+        policy_gradient, Advantage, BatchShape, KlEstimator, PgInputs, PgSettings,
+    };
+
+    /// The mapping from step values to token weights, end to end: each token carries its
+    /// step's value change, and the surrogate's weights are minus the derivative of its loss
+    /// by each token's log-prob (finite differences).
+    #[test]
+    fn issue20_step_values_become_token_weights_that_are_minus_the_gradient() {
+        let tok = autodidact_core::CharTokenizer::new("ab;#okn").unwrap();
+        let mut groups = vec![group(
+            "p",
+            &[
+                ("a;b;#ok", Some("ok"), true),
+                ("a;a;#no", Some("no"), false),
+            ],
+        )];
+        for c in &mut groups[0].completions {
+            c.tokens = tok.encode(&c.text).unwrap();
+            c.logprobs = (0..c.tokens.len())
+                .map(|i| -0.1 - 0.05 * i as f32)
+                .collect();
+        }
+        let pattern = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
+        // V before = 0.5 (one of two right); values of `a;`, `a;b;`, `a;b;#`, whole.
+        let values = vec![vec![vec![0.75, 1.0, 1.0, 1.0], vec![0.75, 0.0, 0.0, 0.0]]];
+        let c = credit(&groups, &values, &pattern, Credit::Step, &tok).unwrap();
+        let right = c.lines[0].line.token_advantages.clone().unwrap();
+        let wrong = c.lines[1].line.token_advantages.clone().unwrap();
+        assert_eq!(right, [0.25, 0.25, 0.25, 0.25, 0.0, 0.0, 0.0]);
+        // `a;` helped (+0.25); the second step `a;` is the first pit (−0.75).
+        assert_eq!(wrong, [0.25, 0.25, -0.75, -0.75, 0.0, 0.0, 0.0]);
+        assert_eq!(c.metrics["step/first_pit_position"], 0.25);
+        let outcome = credit(&groups, &values, &pattern, Credit::Outcome, &tok).unwrap();
+        assert_eq!(
+            outcome.lines[1].line.token_advantages.clone().unwrap(),
+            [-0.5; 7]
+        );
+        // The surrogate over these token advantages: weights = −∂loss/∂log p.
+        let old: Vec<Vec<f32>> = c
+            .lines
+            .iter()
+            .map(|l| l.line.old_logprobs.clone())
+            .collect();
+        let lp: Vec<Vec<f32>> = old
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(t, x)| x + 0.3 * (t as f32 - 3.0) / 3.0)
+                    .collect()
+            })
+            .collect();
+        let adv = vec![right, wrong];
+        let s = PgSettings {
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            aggregation: LossAggregation::Token,
+            beta: 0.0,
+            kl_estimator: KlEstimator::K3,
+            entropy_coef: 0.0,
+        };
+        let loss = |lp: &[Vec<f32>]| {
+            let x = PgInputs {
+                logprobs: lp,
+                old_logprobs: &old,
+                ref_logprobs: None,
+                entropies: None,
+                advantages: Advantage::PerToken(&adv),
+            };
+            policy_gradient(&s, &x, BatchShape::of(&old))
+        };
+        let out = loss(&lp);
+        let eps = 1e-3f32;
+        for i in 0..2 {
+            for t in 0..7 {
+                let (mut up, mut down) = (lp.clone(), lp.clone());
+                up[i][t] += eps;
+                down[i][t] -= eps;
+                let g = (loss(&up).loss - loss(&down).loss) / (2.0 * eps as f64);
+                assert!((-g - out.weights[i][t] as f64).abs() < 1e-5, "({i},{t})");
+            }
+        }
+        // A step that kept its value (`#`, `ok`) weighs nothing.
+        assert_eq!(out.weights[0][4..], [0.0, 0.0, 0.0]);
+    }
+}
