@@ -24,6 +24,11 @@
 //! - `credit = "outcome"` gives every token the whole completion's advantage
 //!   (`V_last − V_0`, REINFORCE with the group mean as baseline) with everything else
 //!   unchanged: the ablation that isolates step credit.
+//! - `baseline = "none"` measures from `V_0 = 0` instead of the group's mean. Then a right
+//!   trace's steps share a credit of 1 and a wrong trace's add up to 0: credit for the steps
+//!   before its first pit, blame at the pit. With `credit = "outcome"` this is training on
+//!   the positives alone (every token of a right completion weighted 1, a wrong one 0), the
+//!   positive-only comparison of Setlur et al. in the same harness.
 //! - Completions whose every token has advantage 0 (a group all right whose prefixes all
 //!   kept value 1) are left out of the update; `step/trained` counts the rest.
 
@@ -55,6 +60,19 @@ pub enum Credit {
     Outcome,
 }
 
+/// The value before the first step, from which the first step's advantage is measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The group's mean outcome (an estimate of the problem's value): advantages are
+    /// centred, and a group that is all right or all wrong adds up to zero.
+    #[default]
+    GroupMean,
+    /// 0: a right completion's steps share a credit of 1, a wrong one's add up to 0 (credit
+    /// for the steps before its first pit, blame at the pit).
+    None,
+}
+
 /// Step-level credit (`[step]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,6 +91,7 @@ pub struct StepConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_pattern: Option<String>,
     pub credit: Credit,
+    pub baseline: Baseline,
     pub restart_from: Checkpoint,
     /// Passes over a round's rollouts.
     pub epochs: u32,
@@ -99,6 +118,7 @@ impl Default for StepConfig {
             rollouts: 4,
             step_pattern: None,
             credit: Credit::Step,
+            baseline: Baseline::GroupMean,
             restart_from: Checkpoint::Previous,
             epochs: 4,
             batch_size: 32,
@@ -263,7 +283,13 @@ impl StepPg {
             &mut cache,
             obs,
         )?;
-        let credit = credit(&groups, &values, &pattern, cfg.credit, policy.tokenizer())?;
+        let credit = credit(
+            &groups,
+            &values,
+            &pattern,
+            (cfg.credit, cfg.baseline),
+            policy.tokenizer(),
+        )?;
         let lines: Vec<&RolloutLine> = credit
             .lines
             .iter()
@@ -387,7 +413,7 @@ fn credit(
     groups: &[Group],
     values: &[Vec<Vec<f32>>],
     pattern: &StepPattern,
-    credit: Credit,
+    (credit, baseline): (Credit, Baseline),
     tokenizer: &dyn Tokenizer,
 ) -> Result<RoundCredit> {
     let mut out = RoundCredit {
@@ -403,7 +429,10 @@ fn credit(
             .iter()
             .map(|v| v.is_correct() as u8 as f32)
             .collect();
-        let v0 = outcomes.iter().sum::<f32>() / outcomes.len().max(1) as f32;
+        let v0 = match baseline {
+            Baseline::GroupMean => outcomes.iter().sum::<f32>() / outcomes.len().max(1) as f32,
+            Baseline::None => 0.0,
+        };
         let mut selected = Vec::with_capacity(outcomes.len());
         for ((c, v), &outcome) in g.completions.iter().zip(vals).zip(&outcomes) {
             let outcome_adv = outcome - v0;
@@ -493,17 +522,65 @@ mod tests {
         let pattern = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
         // V before = 0.5 (one of two right); values of `a;`, `a;b;`, `a;b;#`, whole.
         let values = vec![vec![vec![0.75, 1.0, 1.0, 1.0], vec![0.75, 0.0, 0.0, 0.0]]];
-        let c = credit(&groups, &values, &pattern, Credit::Step, &tok).unwrap();
+        let c = credit(
+            &groups,
+            &values,
+            &pattern,
+            (Credit::Step, Baseline::GroupMean),
+            &tok,
+        )
+        .unwrap();
         let right = c.lines[0].line.token_advantages.clone().unwrap();
         let wrong = c.lines[1].line.token_advantages.clone().unwrap();
         assert_eq!(right, [0.25, 0.25, 0.25, 0.25, 0.0, 0.0, 0.0]);
         // `a;` helped (+0.25); the second step `a;` is the first pit (−0.75).
         assert_eq!(wrong, [0.25, 0.25, -0.75, -0.75, 0.0, 0.0, 0.0]);
         assert_eq!(c.metrics["step/first_pit_position"], 0.25);
-        let outcome = credit(&groups, &values, &pattern, Credit::Outcome, &tok).unwrap();
+        let outcome = credit(
+            &groups,
+            &values,
+            &pattern,
+            (Credit::Outcome, Baseline::GroupMean),
+            &tok,
+        )
+        .unwrap();
         assert_eq!(
             outcome.lines[1].line.token_advantages.clone().unwrap(),
             [-0.5; 7]
+        );
+        // Without a baseline, the right trace's steps share 1 and the wrong one's add to 0:
+        // credit for its first step, blame at its pit.
+        let none = credit(
+            &groups,
+            &values,
+            &pattern,
+            (Credit::Step, Baseline::None),
+            &tok,
+        )
+        .unwrap();
+        assert_eq!(
+            none.lines[0].line.token_advantages.clone().unwrap(),
+            [0.75, 0.75, 0.25, 0.25, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            none.lines[1].line.token_advantages.clone().unwrap(),
+            [0.75, 0.75, -0.75, -0.75, 0.0, 0.0, 0.0]
+        );
+        let positives = credit(
+            &groups,
+            &values,
+            &pattern,
+            (Credit::Outcome, Baseline::None),
+            &tok,
+        )
+        .unwrap();
+        assert_eq!(
+            positives.lines[0].line.token_advantages.clone().unwrap(),
+            [1.0; 7]
+        );
+        assert!(
+            !positives.lines[1].trained,
+            "a wrong completion carries nothing"
         );
         // The surrogate over these token advantages: weights = −∂loss/∂log p.
         let old: Vec<Vec<f32>> = c
