@@ -272,6 +272,23 @@ mod tests {
         }
     }
 
+    /// `−∂loss/∂x` of every entry of `x`, by central differences.
+    fn minus_gradient(x: &[Vec<f32>], loss: impl Fn(&[Vec<f32>]) -> f64) -> Vec<Vec<f64>> {
+        let eps = 1e-3f32;
+        (0..x.len())
+            .map(|i| {
+                (0..x[i].len())
+                    .map(|t| {
+                        let (mut up, mut down) = (x.to_vec(), x.to_vec());
+                        up[i][t] += eps;
+                        down[i][t] -= eps;
+                        -(loss(&up) - loss(&down)) / (2.0 * eps as f64)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn weights_are_minus_the_gradient_by_finite_differences() {
         let (lp, old, rf, h, adv) = data();
@@ -294,25 +311,18 @@ mod tests {
                     policy_gradient(&s, &x, shape)
                 };
                 let out = run(&lp, &h);
-                let eps = 1e-3f32;
+                let by_lp = minus_gradient(&lp, |lp| run(lp, &h).loss);
+                let by_h = minus_gradient(&h, |h| run(&lp, h).loss);
                 for i in 0..lp.len() {
                     for t in 0..lp[i].len() {
-                        let (mut up, mut down) = (lp.clone(), lp.clone());
-                        up[i][t] += eps;
-                        down[i][t] -= eps;
-                        let g = (run(&up, &h).loss - run(&down, &h).loss) / (2.0 * eps as f64);
                         let w = out.weights[i][t] as f64;
                         assert!(
-                            (-g - w).abs() < 1e-4,
+                            (by_lp[i][t] - w).abs() < 1e-4,
                             "{agg:?} {est:?} ({i},{t}): {} vs {w}",
-                            -g
+                            by_lp[i][t]
                         );
-                        let (mut up, mut down) = (h.clone(), h.clone());
-                        up[i][t] += eps;
-                        down[i][t] -= eps;
-                        let g = (run(&lp, &up).loss - run(&lp, &down).loss) / (2.0 * eps as f64);
                         let c = out.entropy_coefs.as_ref().unwrap()[i][t] as f64;
-                        assert!((-g - c).abs() < 1e-5, "entropy ({i},{t})");
+                        assert!((by_h[i][t] - c).abs() < 1e-5, "entropy ({i},{t})");
                     }
                 }
             }
@@ -390,17 +400,10 @@ mod tests {
                 out.stats.clipped_low + out.stats.clipped_high > 0,
                 "some ratio clips"
             );
-            let eps = 1e-3f32;
-            for i in 0..lp.len() {
-                for t in 0..lp[i].len() {
-                    let (mut up, mut down) = (lp.clone(), lp.clone());
-                    up[i][t] += eps;
-                    down[i][t] -= eps;
-                    let g = (run(&up, Advantage::PerToken(&tok)).loss
-                        - run(&down, Advantage::PerToken(&tok)).loss)
-                        / (2.0 * eps as f64);
-                    let w = out.weights[i][t] as f64;
-                    assert!((-g - w).abs() < 1e-4, "{agg:?} ({i},{t}): {} vs {w}", -g);
+            let g = minus_gradient(&lp, |lp| run(lp, Advantage::PerToken(&tok)).loss);
+            for (i, (g, w)) in g.iter().zip(&out.weights).enumerate() {
+                for (t, (g, &w)) in g.iter().zip(w).enumerate() {
+                    assert!((g - w as f64).abs() < 1e-4, "{agg:?} ({i},{t}): {g} vs {w}");
                 }
             }
             let repeated: Vec<Vec<f32>> = lp
