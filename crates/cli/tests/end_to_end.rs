@@ -34,6 +34,18 @@ const SMALL_GRPO: &[&str] = &[
     "rl.minibatches=2",
 ];
 
+/// A short step-pg run on top of [`SMALL`]: 1 round over 32 problems × 3 samples, 2
+/// continuations per step prefix.
+const SMALL_STEP: &[&str] = &[
+    "recipe=step-pg",
+    "step.rounds=1",
+    "step.problems=32",
+    "step.sampling.samples=3",
+    "step.rollouts=2",
+    "step.epochs=1",
+    "step.batch_size=16",
+];
+
 fn small_grpo_run(out: &Path, extra: &[&str]) -> Run {
     let sets: Vec<&str> = SMALL_GRPO.iter().chain(extra).copied().collect();
     small_run(out, &sets)
@@ -291,18 +303,7 @@ fn a_short_raft_run_keeps_one_correct_completion_per_problem() {
 fn issue20_a_short_step_pg_run_trains_on_per_token_advantages() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("step");
-    let mut run = small_run(
-        &root,
-        &[
-            "recipe=step-pg",
-            "step.rounds=1",
-            "step.problems=32",
-            "step.sampling.samples=3",
-            "step.rollouts=2",
-            "step.epochs=1",
-            "step.batch_size=16",
-        ],
-    );
+    let mut run = small_run(&root, SMALL_STEP);
     let rows = run.execute(&mut Silent).unwrap();
     assert_eq!(rows.len(), 2);
     let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
@@ -344,4 +345,27 @@ fn issue20_a_short_step_pg_run_trains_on_per_token_advantages() {
     let hit = line["step/cache_hit_rate"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&hit), "{hit}");
     assert!(common::manifest(&root, 1).train.is_some());
+}
+
+/// Issue 20: a step-pg run killed between its sample and train stages resumes to the same
+/// training set, model and numbers as one that ran straight through.
+#[test]
+fn issue20_a_step_pg_run_resumed_after_its_sample_stage_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    small_run(&a, SMALL_STEP).execute(&mut Silent).unwrap();
+    // The journal ends after round 1's sample stage (seed, sample).
+    small_run(&b, SMALL_STEP)
+        .execute_until(2, &mut Silent)
+        .unwrap();
+    common::resume(&b).execute(&mut Silent).unwrap();
+    common::assert_same_files(
+        &a,
+        &b,
+        &[
+            "metrics.jsonl",
+            "rounds/r0001/train.jsonl",
+            "checkpoints/r0001/model.safetensors",
+        ],
+    );
 }

@@ -138,6 +138,10 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
     let small = [
         "star.problems=60",
         "pref.problems=60",
+        "step.problems=24",
+        "step.sampling.samples=2",
+        "step.rollouts=2",
+        "step.epochs=1",
         "eval.problems=12",
         "seed_stage.eval_every=0",
     ];
@@ -165,6 +169,13 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
             "dpo-verified-addition.toml",
             true,
             ["seed_stage.train.steps=0", "pref.rounds=1"],
+            none,
+        ),
+        (
+            "step",
+            "step-pg-addition.toml",
+            true,
+            ["seed_stage.train.steps=0", "step.rounds=1"],
             none,
         ),
         (
@@ -203,13 +214,35 @@ fn issue16_runs_trained_by_autodidact_train_match_native_runs() {
             assert!(!stats.contains("\"steps\": 0"), "{name}: {stats}");
         }
         // `export`: the round's data in TRL's and OpenRLHF's keys, line for line.
-        let (kind, trl_keys, orlhf_keys) = match name {
+        let (kind, trl_keys, orlhf_keys): (&str, &[&str], &[&str]) = match name {
             "dpo" => (
                 "preference",
-                ["chosen", "prompt", "rejected"],
-                ["chosen", "prompt", "rejected"],
+                &["chosen", "prompt", "rejected"],
+                &["chosen", "prompt", "rejected"],
             ),
-            _ => ("sft", ["completion", "prompt", ""], ["input", "output", ""]),
+            // Issue 20: step-pg's training set is rollouts with an advantage per token.
+            "step" => (
+                "rollouts",
+                &[
+                    "advantage",
+                    "completion",
+                    "completion_ids",
+                    "old_logprobs",
+                    "prompt",
+                    "reward",
+                    "token_advantages",
+                ],
+                &[
+                    "advantage",
+                    "completion_ids",
+                    "input",
+                    "old_logprobs",
+                    "output",
+                    "reward",
+                    "token_advantages",
+                ],
+            ),
+            _ => ("sft", &["completion", "prompt"], &["input", "output"]),
         };
         let train = read(&ext.join(format!("rounds/r{round:04}/train.jsonl")));
         for (format, keys) in [("trl", trl_keys), ("openrlhf", orlhf_keys)] {

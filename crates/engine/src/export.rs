@@ -9,7 +9,7 @@
 //! | --- | --- | --- | --- |
 //! | `sft` | the seed stage's and `star`'s/`raft`'s `train.jsonl` | `prompt`, `completion` | `input`, `output` |
 //! | `preference` | the DPO family's `train.jsonl` | `prompt`, `chosen`, `rejected` | `prompt`, `chosen`, `rejected` |
-//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out) | `prompt`, `completion`, `reward`, `advantage`, `completion_ids`, `old_logprobs` | `input`, `output`, and the same four |
+//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out), or `step-pg`'s `train.jsonl` | `prompt`, `completion`, `reward`, `advantage`, `completion_ids`, `old_logprobs` (and `token_advantages` from `step-pg`) | `input`, `output`, and the same |
 //!
 //! OpenRLHF reads these with `--input_key input --output_key output` (SFT) and
 //! `--prompt_key prompt --chosen_key chosen --rejected_key rejected` (DPO and reward models).
@@ -61,7 +61,12 @@ pub fn export(root: &Path, format: Format, out: &Path) -> Result<Exported> {
         };
         dir.check_recorded(round, &rel, &info.accepted)?;
         let lines: Vec<Value> = dir.read_jsonl(&rel)?;
-        let kind = if rel.ends_with("samples.jsonl") {
+        // `step-pg` writes its training set as rollout lines already (with token advantages).
+        let kind = if rel.ends_with("samples.jsonl")
+            || lines
+                .first()
+                .is_some_and(|v| v.get("old_logprobs").is_some())
+        {
             "rollouts"
         } else if lines.first().is_some_and(|v| v.get("chosen").is_some()) {
             "preference"
@@ -131,8 +136,16 @@ fn convert(v: &Value, kind: &str, format: Format, path: &Path) -> Result<Value> 
         ],
     };
     let mut out = Map::new();
+    // A rollout line (`step-pg`'s `train.jsonl`) names its tokens as the output does, and
+    // may carry an advantage per token.
+    let line = v.get("completion_ids").is_some();
     for (from, to) in keys {
-        let value = v.get(*from).ok_or_else(|| {
+        let from = match *from {
+            "completion_tokens" if line => "completion_ids",
+            "logprobs" if line => "old_logprobs",
+            f => f,
+        };
+        let value = v.get(from).ok_or_else(|| {
             Error::file(
                 path,
                 format!(
@@ -142,6 +155,9 @@ fn convert(v: &Value, kind: &str, format: Format, path: &Path) -> Result<Value> 
             )
         })?;
         out.insert(to.to_string(), value.clone());
+    }
+    if let (true, Some(t)) = (kind == "rollouts", v.get("token_advantages")) {
+        out.insert("token_advantages".into(), t.clone());
     }
     Ok(Value::Object(out))
 }
@@ -174,6 +190,14 @@ mod tests {
             convert(&rollout, "rollouts", Format::OpenRlhf, p).unwrap(),
             json!({"input": "1+1=", "output": "2", "reward": 1.0, "advantage": 0.5,
                 "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2]})
+        );
+        // Issue 20: step-pg's rollout lines keep their advantage per token.
+        let line = json!({"prompt": "1+1=", "completion": "2", "reward": 1.0, "advantage": 0.5,
+            "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2], "token_advantages": [0.25, 0.25]});
+        assert_eq!(
+            convert(&line, "rollouts", Format::OpenRlhf, p).unwrap(),
+            json!({"input": "1+1=", "output": "2", "reward": 1.0, "advantage": 0.5,
+                "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2], "token_advantages": [0.25, 0.25]})
         );
         let pair = json!({"problem_id": "a", "prompt": "q", "chosen": "c", "rejected": "r", "weight": 1.0});
         assert_eq!(
