@@ -266,12 +266,19 @@ impl StepPg {
         let task = &*run.plan.task;
         let pattern = self.pattern(task)?;
         let mut cache = PrefixCache::default();
-        let prefixes: u64 = groups
+        // Progress counts the distinct prefixes: each is continued once.
+        let prefixes: std::collections::HashSet<(&str, &str)> = groups
             .iter()
-            .flat_map(|g| &g.completions)
-            .map(|c| pattern.ends(&c.text).len().saturating_sub(1) as u64)
-            .sum();
-        obs.stage_started(&format!("r{round} step values"), prefixes);
+            .flat_map(|g| g.completions.iter().map(move |c| (g, c)))
+            .flat_map(|(g, c)| {
+                let ends = pattern.ends(&c.text);
+                let proper = ends.len().saturating_sub(1);
+                ends.into_iter()
+                    .take(proper)
+                    .map(move |e| (g.problem.id.as_str(), &c.text[..e]))
+            })
+            .collect();
+        obs.stage_started(&format!("r{round} step values"), prefixes.len() as u64);
         let values = shared_step_values(
             &mut *policy,
             task,
