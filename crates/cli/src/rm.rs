@@ -269,15 +269,9 @@ fn data(a: &DataArgs) -> Result<()> {
         Kind::Labels => labels_from_groups(&groups),
         Kind::Pairs => pairs_from_groups(&groups),
         Kind::Steps => {
-            let src = match (&a.step_pattern, task.step_pattern()) {
-                (Some(p), _) => p.clone(),
-                (None, Some(p)) => p.to_string(),
-                (None, None) => bail!(
-                    "task {} has no step separators of its own: give --step-pattern (a regex after each match of which a step ends, such as '\\n')",
-                    task.name()
-                ),
-            };
-            let pattern = StepPattern::new("--step-pattern", &src)?;
+            let pattern =
+                StepPattern::for_task("--step-pattern", a.step_pattern.as_deref(), &*task)?;
+            let src = pattern.as_str();
             let values = step_values(
                 &mut *policy,
                 &*task,

@@ -89,6 +89,53 @@ impl RunData {
             .first()
             .map_or_else(|| "?".into(), |m| m.recipe.clone())
     }
+
+    /// Held-out pass@1 (%) of M0, of the last round and of the best round (the earliest of
+    /// ties), the last two with their round.
+    fn held_out(&self) -> HeldOut {
+        let pass =
+            |m: &BTreeMap<String, f64>| Some((*m.get("round")?, 100.0 * m.get("eval/pass@1")?));
+        HeldOut {
+            first: self.rounds.first().and_then(pass).map(|p| p.1),
+            last: self.rounds.last().and_then(pass),
+            best: self
+                .rounds
+                .iter()
+                .filter_map(pass)
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0))),
+        }
+    }
+
+    /// Seconds of the stages of rounds 1..=`upto` (every round after M0 when `None`), and
+    /// the tokens they sampled when the rounds logged them.
+    fn spent(&self, upto: Option<u32>) -> (f64, Option<f64>) {
+        let within = |x: u32| x > 0 && upto.is_none_or(|u| x <= u);
+        let secs = self
+            .stages
+            .iter()
+            .filter(|s| within(s.1))
+            .map(|s| s.2)
+            .sum();
+        let tokens: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|m| m.get("round").is_some_and(|&x| within(x as u32)))
+            .filter_map(|m| m.get("rollout/sampled_tokens").copied())
+            .collect();
+        (secs, (!tokens.is_empty()).then(|| tokens.iter().sum()))
+    }
+
+    /// `key`'s value in the last round that logged it.
+    fn last_value(&self, key: &str) -> Option<f64> {
+        self.rounds.iter().rev().find_map(|m| m.get(key).copied())
+    }
+}
+
+/// What [`RunData::held_out`] reads.
+struct HeldOut {
+    first: Option<f64>,
+    last: Option<(f64, f64)>,
+    best: Option<(f64, f64)>,
 }
 
 /// Escapes text for HTML.
@@ -827,17 +874,7 @@ fn headline(run: &RunData) -> String {
         .or_else(|| get(&["model", "openai", "model"]))
         .or_else(|| get(&["model", "preset"]).map(|p| format!("the {p} preset, from scratch")))
         .unwrap_or_else(|| "?".into());
-    let pass = |m: &BTreeMap<String, f64>| m.get("eval/pass@1").map(|v| 100.0 * v);
-    let first = run.rounds.first().and_then(pass);
-    let last = run
-        .rounds
-        .last()
-        .and_then(|m| Some((m.get("round").copied()?, pass(m)?)));
-    let best = run
-        .rounds
-        .iter()
-        .filter_map(|m| Some((m.get("round").copied()?, pass(m)?)))
-        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0)));
+    let HeldOut { first, last, best } = run.held_out();
     let seconds: f64 = run.stages.iter().map(|s| s.2).sum();
     let mut h = format!(
         "<h1>autodidact run {}</h1><p class=\"head\"><b>{}</b> on <b>{}</b> with <b>{}</b>",
@@ -1061,20 +1098,8 @@ fn overtakes(a: &RunData, b: &RunData) -> Option<String> {
         .find(|m| m.get("eval/pass@1").is_some_and(|&p| p >= target))?
         .get("round")
         .copied()? as u32;
-    // Seconds and sampled tokens of rounds 1..=upto (every round when None).
-    let spent = |r: &RunData, upto: Option<u32>| -> (f64, Option<f64>) {
-        let within = |x: u32| x > 0 && upto.is_none_or(|u| x <= u);
-        let secs = r.stages.iter().filter(|s| within(s.1)).map(|s| s.2).sum();
-        let tokens: Vec<f64> = r
-            .rounds
-            .iter()
-            .filter(|m| m.get("round").is_some_and(|&x| within(x as u32)))
-            .filter_map(|m| m.get("rollout/sampled_tokens").copied())
-            .collect();
-        (secs, (!tokens.is_empty()).then(|| tokens.iter().sum()))
-    };
-    let (sa, ta) = spent(a, Some(round));
-    let (sb, tb) = spent(b, None);
+    let (sa, ta) = a.spent(Some(round));
+    let (sb, tb) = b.spent(None);
     let cost = |s: f64, t: Option<f64>, with: &str| match t {
         Some(t) => format!("{s:.0} s{with}{} sampled tokens", fmt_num(t)),
         None => format!("{s:.0} s"),
@@ -1096,39 +1121,36 @@ fn compare_headline(runs: &[RunData]) -> String {
     struct Summary<'a> {
         run: &'a RunData,
         colour: &'static str,
-        first: Option<f64>,
-        last: Option<(f64, f64)>,
-        best: Option<(f64, f64)>,
+        held_out: HeldOut,
     }
-    let pass = |m: &BTreeMap<String, f64>| Some((*m.get("round")?, 100.0 * m.get("eval/pass@1")?));
     let mut ranked: Vec<Summary> = runs
         .iter()
         .enumerate()
         .map(|(i, r)| Summary {
             run: r,
             colour: COLOURS[i % COLOURS.len()],
-            first: r.rounds.first().and_then(pass).map(|p| p.1),
-            last: r.rounds.last().and_then(pass),
-            best: r
-                .rounds
-                .iter()
-                .filter_map(pass)
-                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0))),
+            held_out: r.held_out(),
         })
         .collect();
-    let key = |s: &Summary| s.last.map_or(f64::NEG_INFINITY, |l| l.1);
+    let key = |s: &Summary| s.held_out.last.map_or(f64::NEG_INFINITY, |l| l.1);
     ranked.sort_by(|a, b| key(b).total_cmp(&key(a)));
     let mut h = format!("<h1>autodidact: {} runs compared</h1>", runs.len());
     if let [top, rest @ ..] = &ranked[..] {
-        if let Some((r, v)) = top.last {
+        if let Some((r, v)) = top.held_out.last {
             let others: Vec<String> = rest
                 .iter()
-                .filter_map(|s| Some(format!("{} {:.1}%", escape(&s.run.name), s.last?.1)))
+                .filter_map(|s| {
+                    Some(format!(
+                        "{} {:.1}%",
+                        escape(&s.run.name),
+                        s.held_out.last?.1
+                    ))
+                })
                 .collect();
             h.push_str("<p class=\"head\">");
             let m0: BTreeSet<String> = ranked
                 .iter()
-                .filter_map(|s| s.first.map(|f| format!("{f:.1}")))
+                .filter_map(|s| s.held_out.first.map(|f| format!("{f:.1}")))
                 .collect();
             if let (1, Some(f)) = (m0.len(), m0.first()) {
                 let _ = write!(h, "Every run starts from M0 at {f}%. ");
@@ -1165,16 +1187,15 @@ fn compare_headline(runs: &[RunData]) -> String {
             .collect();
         (!v.is_empty()).then(|| v.iter().sum())
     };
-    let last = |r: &RunData, key: &str| r.rounds.iter().rev().find_map(|m| m.get(key).copied());
     h.push_str("<table><tr><th>run</th><th>recipe</th><th>held-out pass@1, M0 → final</th><th>best</th><th>seconds after M0</th><th>sampled tokens</th><th>trained tokens</th><th>KL to M0, last round (nats/completion)</th><th>controller</th></tr>");
     for s in &ranked {
         let r = s.run;
-        let after_m0: f64 = r.stages.iter().filter(|x| x.1 > 0).map(|x| x.2).sum();
-        let change = match (s.first, s.last) {
+        let (after_m0, _) = r.spent(None);
+        let change = match (s.held_out.first, s.held_out.last) {
             (Some(f), Some((_, l))) => format!("{f:.1}% → <b>{l:.1}%</b> ({:+.1} pt)", l - f),
             _ => "–".into(),
         };
-        let best = s.best.map_or("–".into(), |(br, bv)| {
+        let best = s.held_out.best.map_or("–".into(), |(br, bv)| {
             format!("{bv:.1}% (round {})", fmt_num(br))
         });
         let opt = |v: Option<f64>| v.map_or("–".into(), fmt_num);
@@ -1200,7 +1221,7 @@ fn compare_headline(runs: &[RunData]) -> String {
             escape(&r.recipe()),
             opt(total(r, "rollout/sampled_tokens")),
             opt(total(r, "train/tokens")),
-            opt(last(r, "drift/kl_to_seed")),
+            opt(r.last_value("drift/kl_to_seed")),
             if alarms == 1 { "" } else { "s" },
         );
     }
@@ -1211,11 +1232,10 @@ fn compare_headline(runs: &[RunData]) -> String {
 /// The key monitors that two or more of `runs` logged, each run's value in its last round
 /// that has it, one row per monitor.
 fn monitors_side_by_side(runs: &[RunData]) -> String {
-    let last = |r: &RunData, key: &str| r.rounds.iter().rev().find_map(|m| m.get(key).copied());
     let k = eval_k(runs.iter().flat_map(|r| &r.rounds));
     let mut rows = String::new();
     for (header, key, unit) in KEY_MONITORS {
-        let values: Vec<Option<f64>> = runs.iter().map(|r| last(r, key)).collect();
+        let values: Vec<Option<f64>> = runs.iter().map(|r| r.last_value(key)).collect();
         if values.iter().flatten().count() < 2 {
             continue;
         }

@@ -18,6 +18,15 @@ pub fn derive_seed(seed: u64, round: u32, stage: &str, item: u64) -> u64 {
     rng.next_u64()
 }
 
+/// Tokens sampled in `groups` (a round's `rollout/sampled_tokens`).
+pub fn sampled_tokens(groups: &[Group]) -> usize {
+    groups
+        .iter()
+        .flat_map(|g| &g.completions)
+        .map(|c| c.tokens.len())
+        .sum()
+}
+
 /// Samples `k` completions for each problem and grades them with the task's verifier; the
 /// reward of a completion is its verdict's score. Completion j of a problem is seeded by
 /// `(seed, problem id, j)`, so it does not depend on which other problems are sampled.

@@ -42,6 +42,21 @@ impl StepPattern {
         Ok(Self { re })
     }
 
+    /// The pattern `setting` names, else `task`'s own (`Task::step_pattern`); `key` names the
+    /// setting in an error, as when the task has no separators and nothing is set.
+    pub fn for_task(key: &str, setting: Option<&str>, task: &dyn Task) -> Result<Self> {
+        match setting.or(task.step_pattern()) {
+            Some(p) => Self::new(key, p),
+            None => Err(Error::config(
+                key,
+                format!(
+                    "task `{}` has no step separators of its own; give a regular expression after each match of which a step ends (e.g. `\\n`)",
+                    task.name()
+                ),
+            )),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         self.re.as_str()
     }
@@ -139,7 +154,7 @@ pub fn step_values(
 /// continued once (its rollouts seeded by `(seed, problem id, prefix, j)`), however many
 /// completions share it, in this call or an earlier one with the same cache. Identical
 /// prefixes then carry identical estimates. A cache belongs to one policy: start a new one
-/// when the policy changes.
+/// when the policy changes. `obs` sees a stage `stage` counting the prefixes to continue.
 #[allow(clippy::too_many_arguments)]
 pub fn shared_step_values(
     policy: &mut dyn Policy,
@@ -149,7 +164,7 @@ pub fn shared_step_values(
     k: usize,
     params: &SamplingParams,
     seed: u64,
-    cache: &mut PrefixCache,
+    (cache, stage): (&mut PrefixCache, &str),
     obs: &mut dyn Observer,
 ) -> Result<Vec<Vec<Vec<f32>>>> {
     estimate(
@@ -160,7 +175,7 @@ pub fn shared_step_values(
         k,
         params,
         seed,
-        Some(cache),
+        Some((cache, stage)),
         obs,
     )
 }
@@ -193,6 +208,11 @@ impl PrefixCache {
         sum / self.seen.len() as f64
     }
 
+    /// Share of the estimates asked for that an earlier identical prefix answered.
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / self.asked.max(1) as f64
+    }
+
     /// Prefixes continued (each cost k rollouts).
     pub fn len(&self) -> usize {
         self.seen.len()
@@ -219,9 +239,10 @@ fn estimate(
     k: usize,
     params: &SamplingParams,
     seed: u64,
-    mut cache: Option<&mut PrefixCache>,
+    shared: Option<(&mut PrefixCache, &str)>,
     obs: &mut dyn Observer,
 ) -> Result<Vec<Vec<Vec<f32>>>> {
+    let (mut cache, stage) = shared.unzip();
     let problems: Vec<_> = groups.iter().map(|g| g.problem.clone()).collect();
     let mut rows = Vec::new();
     // (group, completion, step) of each estimate, and where it comes from.
@@ -279,6 +300,9 @@ fn estimate(
     }
     if k == 0 {
         return Ok(values);
+    }
+    if let Some(stage) = stage {
+        obs.stage_started(stage, (rows.len() / k) as u64);
     }
     let graded = if rows.is_empty() {
         Vec::new()
@@ -549,7 +573,7 @@ mod tests {
                 k,
                 &params,
                 5,
-                cache,
+                (cache, "steps"),
                 &mut crate::Silent,
             )
             .unwrap()

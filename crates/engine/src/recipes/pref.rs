@@ -26,7 +26,7 @@ use crate::pairs::{
 };
 use crate::progress::{Observer, Silent};
 use crate::run::{records, Run, Start};
-use crate::sampling::sample_groups;
+use crate::sampling::{sample_groups, sampled_tokens};
 use crate::store::RunDir;
 use crate::train::{steps_for, Order, TrainStats, Updater};
 use crate::trainer::Objective;
@@ -378,12 +378,10 @@ impl Pref {
         if let (Kind::Scpo, Some(shares)) = (self.kind, &proxy) {
             metrics.extend(vote_metrics(&groups, shares));
         }
-        let sampled_tokens: usize = groups
-            .iter()
-            .flat_map(|g| &g.completions)
-            .map(|x| x.tokens.len())
-            .sum();
-        metrics.insert("rollout/sampled_tokens".into(), sampled_tokens as f64);
+        metrics.insert(
+            "rollout/sampled_tokens".into(),
+            sampled_tokens(&groups) as f64,
+        );
         let rd = RunDir::round_dir(round);
         // Judge examples for this round: the current model's samples of the labeled problems
         // and fresh corruptions of their solutions, labeled by the verifier, balanced.

@@ -19,6 +19,7 @@ use crate::config::{
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::run::{records, Run};
+use crate::sampling::sampled_tokens;
 use crate::store::RunDir;
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Task};
@@ -209,12 +210,10 @@ impl Raft {
             "raft/mean_best_reward".into(),
             best_rewards.iter().sum::<f64>() / best_rewards.len().max(1) as f64,
         );
-        let tokens: usize = groups
-            .iter()
-            .flat_map(|g| &g.completions)
-            .map(|c| c.tokens.len())
-            .sum();
-        metrics.insert("rollout/sampled_tokens".into(), tokens as f64);
+        metrics.insert(
+            "rollout/sampled_tokens".into(),
+            sampled_tokens(&groups) as f64,
+        );
         let rd = RunDir::round_dir(round);
         run.dir.write_jsonl(
             &format!("{rd}/samples.jsonl"),

@@ -38,6 +38,7 @@ use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConf
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::run::{records, Run, SampleRecord};
+use crate::sampling::sampled_tokens;
 use crate::steps::{shared_step_values, step_advantages, token_steps, PrefixCache, StepPattern};
 use crate::store::RunDir;
 use crate::trainer::{Objective, RolloutLine};
@@ -241,17 +242,7 @@ impl Recipe for StepPg {
 impl StepPg {
     /// The steps' pattern: the setting's, or the task's.
     fn pattern(&self, task: &dyn Task) -> Result<StepPattern> {
-        match (&self.cfg.step_pattern, task.step_pattern()) {
-            (Some(p), _) => StepPattern::new("step.step_pattern", p),
-            (None, Some(p)) => StepPattern::new("step.step_pattern", p),
-            (None, None) => Err(Error::config(
-                "step.step_pattern",
-                format!(
-                    "task `{}` does not say where its steps end; set a regular expression that ends each step (e.g. `\\n`)",
-                    task.name()
-                ),
-            )),
-        }
+        StepPattern::for_task("step.step_pattern", self.cfg.step_pattern.as_deref(), task)
     }
 
     /// Samples the pool, estimates every step's value, and writes the round's rollouts with
@@ -266,19 +257,6 @@ impl StepPg {
         let task = &*run.plan.task;
         let pattern = self.pattern(task)?;
         let mut cache = PrefixCache::default();
-        // Progress counts the distinct prefixes: each is continued once.
-        let prefixes: std::collections::HashSet<(&str, &str)> = groups
-            .iter()
-            .flat_map(|g| g.completions.iter().map(move |c| (g, c)))
-            .flat_map(|(g, c)| {
-                let ends = pattern.ends(&c.text);
-                let proper = ends.len().saturating_sub(1);
-                ends.into_iter()
-                    .take(proper)
-                    .map(move |e| (g.problem.id.as_str(), &c.text[..e]))
-            })
-            .collect();
-        obs.stage_started(&format!("r{round} step values"), prefixes.len() as u64);
         let values = shared_step_values(
             &mut *policy,
             task,
@@ -287,7 +265,7 @@ impl StepPg {
             cfg.rollouts,
             &params,
             run.seed(round, "steps"),
-            &mut cache,
+            (&mut cache, &format!("r{round} step values")),
             obs,
         )?;
         let credit = credit(
@@ -305,19 +283,14 @@ impl StepPg {
             .collect();
         let mut metrics = round_monitors(&groups, &credit.selected, run.plan.config.monitor.n_star);
         metrics.extend(proxy);
-        let sampled_tokens: usize = groups
-            .iter()
-            .flat_map(|g| &g.completions)
-            .map(|c| c.tokens.len())
-            .sum();
         metrics.extend([
-            ("rollout/sampled_tokens".to_string(), sampled_tokens as f64),
+            (
+                "rollout/sampled_tokens".to_string(),
+                sampled_tokens(&groups) as f64,
+            ),
             ("step/trained".into(), lines.len() as f64),
             ("step/prefixes".into(), cache.len() as f64),
-            (
-                "step/cache_hit_rate".into(),
-                cache.hits as f64 / cache.asked.max(1) as f64,
-            ),
+            ("step/cache_hit_rate".into(), cache.hit_rate()),
             ("step/value_variance".into(), cache.mean_variance()),
         ]);
         metrics.extend(credit.metrics);
@@ -329,7 +302,7 @@ impl StepPg {
         obs.stage_finished(&format!(
             "r{round} step values: {} prefixes continued ({:.0}% of asks answered from the cache), {} of {} completions carry credit",
             cache.len(),
-            100.0 * cache.hits as f64 / cache.asked.max(1) as f64,
+            100.0 * cache.hit_rate(),
             lines.len(),
             credit.lines.len()
         ));
