@@ -15,6 +15,7 @@ sits in the run's learning-rate schedule; `reference` names the checkpoint of th
 Per completion token, with ratio = exp(log p − old log p) and A the advantage (the
 completion's, or the token's own when the line has `token_advantages`):
     loss_t = −min(ratio·A, clip(ratio, 1 − ε_low, 1 + ε_high)·A) + β·k(log p − ref log p)
+(β is the line's `kl_coef` when the lines have one, else the surrogate's `beta`)
 aggregated over each optimizer step's completions as `token` (TRL's `dapo`), `sequence`
 (`grpo`) or `constant` (`dr_grpo`); minus `entropy_coef` × the mean token entropy; plus
 `sft_coef` × the token-mean NLL of the step's `anchors` (verifier-correct completions).
@@ -34,6 +35,7 @@ fresh AdamW per step): train with DDP, or natively, when that matters.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -108,10 +110,17 @@ def train(job):
     score = Scorer(tok, lines, acc.device)
     model.to(acc.device)
 
+    # A line's own KL coefficient (`kl_coef`, on every line or on none) replaces `beta`.
+    with_coef = sum("kl_coef" in l for l in lines)
+    if with_coef not in (0, len(lines)):
+        sys.exit(f"{job['data']}: {with_coef} of {len(lines)} lines have a kl_coef; give it on every line or on none")
+    betas = [float(l["kl_coef"]) if with_coef else float(s["beta"]) for l in lines]
+    if any(not (b >= 0 and math.isfinite(b)) for b in betas):
+        sys.exit(f"{job['data']}: a kl_coef must be a finite number >= 0")
     refs = None
-    if s["beta"] > 0:
+    if any(b > 0 for b in betas):
         if not job.get("reference"):
-            sys.exit("the job's loss has a KL term (plan.surrogate.beta > 0) but names no reference checkpoint")
+            sys.exit("the job's loss has a KL term (plan.surrogate.beta > 0, or a line's kl_coef > 0) but names no reference checkpoint")
         ref = model if job["reference"] == job["model"] else AutoModelForCausalLM.from_pretrained(job["reference"], dtype=model.dtype).to(acc.device)
         ref.eval()
         with torch.no_grad():
@@ -175,9 +184,9 @@ def train(job):
                 ratio = torch.exp(lp - old[i])
                 a = adv[i]
                 per_token = -torch.min(ratio * a, torch.clamp(ratio, lo, hi) * a)
-                if s["beta"] > 0:
+                if betas[i] > 0:
                     k_t = kl(lp - refs[i], s["kl_estimator"])
-                    per_token = per_token + s["beta"] * k_t
+                    per_token = per_token + betas[i] * k_t
                     if counted:
                         sums["kl"] += k_t.sum().item()
                 if s["aggregation"] == "token":

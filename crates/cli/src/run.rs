@@ -83,18 +83,25 @@ pub fn resume(args: &ResumeArgs, threads: usize) -> Result<()> {
 fn finish(run: &Run, rows: &[RoundRow], quiet: bool) {
     let e = &run.plan().config.eval;
     println!("{}", table(rows, run.columns(), e.k));
-    let extra: Vec<&str> = used_columns(rows, run.columns())
-        .iter()
-        .map(|(_, c)| c.header)
-        .collect();
+    // A recipe's columns measure the held-out problems (`eval/…`, greedy) or the round's
+    // own training samples.
+    let (held, own): (Vec<&Column>, Vec<&Column>) = used_columns(rows, run.columns())
+        .into_iter()
+        .map(|(_, c)| c)
+        .partition(|c| c.key.starts_with("eval/"));
+    let mut note = String::new();
+    for (cols, what) in [
+        (held, "the held-out problems, greedy"),
+        (own, "the round's own training samples"),
+    ] {
+        if !cols.is_empty() {
+            let names: Vec<&str> = cols.iter().map(|c| c.header).collect();
+            note.push_str(&format!("; {}: {what}", names.join(", ")));
+        }
+    }
     println!(
-        "held-out: greedy pass@1, and pass@{k} / maj@{k} of {k} samples, on {} held-out problems{}",
+        "held-out: greedy pass@1, and pass@{k} / maj@{k} of {k} samples, on {} held-out problems{note}",
         e.problems,
-        if extra.is_empty() {
-            String::new()
-        } else {
-            format!("; {}: the round's own training samples", extra.join(", "))
-        },
         k = e.k
     );
     if quiet {

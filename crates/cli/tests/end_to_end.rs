@@ -46,6 +46,18 @@ const SMALL_STEP: &[&str] = &[
     "step.batch_size=16",
 ];
 
+/// A short score run on top of [`SMALL`]: a stage I round and a stage II round over 24
+/// problems × 2 episodes.
+const SMALL_SCORE: &[&str] = &[
+    "recipe=score",
+    "correct.rounds=2",
+    "correct.problems=24",
+    "correct.sampling.samples=2",
+    "correct.score.epochs=1",
+    "correct.score.batch_size=16",
+    "correct.score.micro_batch_size=16",
+];
+
 fn small_grpo_run(out: &Path, extra: &[&str]) -> Run {
     let sets: Vec<&str> = SMALL_GRPO.iter().chain(extra).copied().collect();
     small_run(out, &sets)
@@ -365,6 +377,138 @@ fn issue20_a_step_pg_run_resumed_after_its_sample_stage_matches() {
         &[
             "metrics.jsonl",
             "rounds/r0001/train.jsonl",
+            "checkpoints/r0001/model.safetensors",
+        ],
+    );
+}
+
+/// Issue 20: a short score run trains both attempts of its episodes (first attempts under the
+/// problem's prompt, second attempts under the prompt, the first attempt and the review
+/// marker), in stage I then stage II, and every round's evaluation measures the held-out
+/// episodes: the greedy first attempt is the evaluation's greedy completion, so
+/// accuracy@t1 is pass@1, and Δ(t1, t2) = Δ(i→c) − Δ(c→i).
+#[test]
+fn issue20_a_short_score_run_trains_both_attempts_and_measures_the_deltas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("score");
+    let mut run = small_run(&root, SMALL_SCORE);
+    let rows = run.execute(&mut Silent).unwrap();
+    assert_eq!(rows.len(), 3);
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(headers, ["acc@t2", "Δ(t1,t2)", "i→c", "c→i", "changed"]);
+    let dir = RunDir::open(&root).unwrap().0;
+    let lines = dir.metrics().unwrap();
+    let rounds: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("round").is_some()).collect();
+    assert_eq!(rounds.len(), 3);
+    for (r, line) in rounds.iter().enumerate() {
+        let f = |k: &str| {
+            line[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("round {r}: {k} in {line}"))
+        };
+        assert_eq!(f("eval/accuracy@t1"), f("eval/pass@1"), "round {r}");
+        assert!((f("eval/delta") - (f("eval/delta_i_to_c") - f("eval/delta_c_to_i"))).abs() < 1e-9);
+        assert!((0.0..=1.0).contains(&f("eval/changed")));
+        assert!((0.0..=1.0).contains(&f("eval_sampled/accuracy@t2")));
+        let rd = RunDir::round_dir(r as u32);
+        let episodes: Vec<serde_json::Value> = dir
+            .read_jsonl(&format!("{rd}/eval-episodes.jsonl"))
+            .unwrap();
+        let eval: serde_json::Value = dir.read_json(&format!("{rd}/eval.json")).unwrap();
+        assert_eq!(episodes.len(), 16);
+        for (e, d) in episodes.iter().zip(eval["details"].as_array().unwrap()) {
+            assert_eq!(e["first"], d["greedy"]);
+        }
+    }
+    for (r, stage) in [(1u32, 1.0), (2, 2.0)] {
+        assert_eq!(rounds[r as usize]["score/stage"].as_f64(), Some(stage));
+        let rd = RunDir::round_dir(r);
+        let train: Vec<serde_json::Value> = dir.read_jsonl(&format!("{rd}/train.jsonl")).unwrap();
+        let episodes: Vec<serde_json::Value> =
+            dir.read_jsonl(&format!("{rd}/episodes.jsonl")).unwrap();
+        assert_eq!(episodes.len(), 24 * 2);
+        assert!(!train.is_empty());
+        let seconds = train
+            .iter()
+            .filter(|l| l["prompt"].as_str().unwrap().ends_with('↺'))
+            .count();
+        assert!(seconds > 0, "round {r} trains second attempts");
+        for l in &train {
+            // A line trains its advantage, its KL term or both; stage I holds first attempts
+            // to M0 harder (0.1) than second attempts (0.01).
+            let coef = l["kl_coef"].as_f64().unwrap();
+            let second = l["prompt"].as_str().unwrap().ends_with('↺');
+            let want = if r == 1 && !second { 0.1 } else { 0.01 };
+            assert!((coef - want).abs() < 1e-6, "round {r}: {l}");
+            assert!(l["advantage"].as_f64().unwrap() != 0.0 || coef > 0.0);
+            assert_eq!(
+                l["completion_ids"].as_array().unwrap().len(),
+                l["old_logprobs"].as_array().unwrap().len()
+            );
+        }
+        assert!(common::manifest(&root, r).train.is_some());
+    }
+}
+
+/// Issue 20: correction-sft trains the second attempt on M0's wrong first attempts, each
+/// followed by a correct sample of the same problem; resumed after its sample stage, it ends
+/// as a run straight through does.
+#[test]
+fn issue20_correction_sft_pairs_wrong_attempts_with_right_ones_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // M0 trained long enough to solve some problems and miss others.
+    let sets = [
+        "seed_stage.train.steps=400",
+        "recipe=correction-sft",
+        "correct.rounds=1",
+        "correct.problems=48",
+        "correct.sampling.samples=4",
+        "correct.sft.train.epochs=1.0",
+    ];
+    small_run(&a, &sets).execute(&mut Silent).unwrap();
+    let dir = RunDir::open(&a).unwrap().0;
+    let samples: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/samples.jsonl").unwrap();
+    let train: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/train.jsonl").unwrap();
+    assert!(!train.is_empty(), "M0 solves some problems and misses some");
+    let grade = |prompt: &str, text: &str| {
+        samples
+            .iter()
+            .find(|s| s["prompt"] == prompt && s["completion"] == text)
+            .map(|s| s["grade"].as_str().unwrap().to_string())
+    };
+    for e in &train {
+        let (prompt, fix) = (
+            e["prompt"].as_str().unwrap(),
+            e["completion"].as_str().unwrap(),
+        );
+        let body = prompt
+            .strip_suffix('↺')
+            .expect("a second prompt ends in the marker");
+        let eq = body.find('=').unwrap();
+        let (problem, wrong) = body.split_at(eq + 1);
+        let first = grade(problem, wrong);
+        assert!(
+            matches!(first.as_deref(), Some("incorrect" | "ungradable")),
+            "{prompt}: {first:?}"
+        );
+        assert_eq!(grade(problem, fix).as_deref(), Some("correct"), "{fix}");
+    }
+    let line = dir.metrics().unwrap().last().unwrap().clone();
+    assert_eq!(
+        line["correct/examples"].as_f64().unwrap() as usize,
+        train.len()
+    );
+    small_run(&b, &sets).execute_until(2, &mut Silent).unwrap();
+    common::resume(&b).execute(&mut Silent).unwrap();
+    common::assert_same_files(
+        &a,
+        &b,
+        &[
+            "metrics.jsonl",
+            "rounds/r0001/train.jsonl",
+            "rounds/r0001/eval-episodes.jsonl",
             "checkpoints/r0001/model.safetensors",
         ],
     );

@@ -680,4 +680,51 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         "{err}"
     );
     assert!(!d.join("never").exists());
+    // Issue 20: a line's own KL coefficient must be a number ≥ 0, on every line or on none,
+    // and a KL term needs a reference checkpoint.
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .take(2)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with = |coefs: &[Option<f64>]| -> String {
+        lines
+            .iter()
+            .zip(coefs)
+            .map(|(l, c)| {
+                let mut l = l.clone();
+                if let Some(c) = c {
+                    l["kl_coef"] = serde_json::json!(c);
+                }
+                format!("{l}\n")
+            })
+            .collect()
+    };
+    for (coefs, want) in [
+        (vec![Some(0.1), None], "1 of 2 lines have a kl_coef"),
+        (
+            vec![Some(-0.1), Some(0.0)],
+            "line 1: kl_coef -0.1 must be a finite number ≥ 0",
+        ),
+        (vec![Some(0.1), Some(0.0)], "names no reference checkpoint"),
+    ] {
+        std::fs::write(&bad, with(&coefs)).unwrap();
+        let out = autodidact(&[
+            "train",
+            "--objective",
+            "pg",
+            "--data",
+            bad.to_str().unwrap(),
+            "--model",
+            base().to_str().unwrap(),
+            "--out",
+            d.join("never").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{coefs:?}: {err}"
+        );
+        assert!(!d.join("never").exists());
+    }
 }

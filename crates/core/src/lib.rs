@@ -26,7 +26,7 @@ pub use rng::Rng;
 pub use tokenizer::{CharTokenizer, ModelTokenizer, UNKNOWN_CHAR};
 pub use traits::{
     check_each, FeedRow, OptimizerSettings, Policy, RewardModel, RowFeed, SampleWatch, Split,
-    StreamModel, Task, TokenScores, Tokenizer, TrainablePolicy, Wait,
+    StreamModel, Task, TokenScores, Tokenizer, TrainablePolicy, Wait, REVIEW_INSTRUCTION,
 };
 pub use types::{
     check_stop_strings, find_stop, plain_chat_prompt, ChatMessage, Completion, Example,

@@ -58,7 +58,18 @@ pub trait Task: Send + Sync {
     fn step_pattern(&self) -> Option<&str> {
         None
     }
+
+    /// What a chat model is asked after its first attempt in a two-attempt episode (the
+    /// self-correction recipes): to check its solution and answer again, in the form this
+    /// task's verifier reads. A model trained from scratch is asked by a marker instead
+    /// (`autodidact_engine::episode`).
+    fn review_instruction(&self) -> String {
+        REVIEW_INSTRUCTION.to_string()
+    }
 }
+
+/// [`Task::review_instruction`] of a task that says nothing more about its answers.
+pub const REVIEW_INSTRUCTION: &str = "Check your solution above step by step. If you find a mistake, correct it; if it is right, keep it. Then write the complete solution again, ending with the final answer in the same form as before.";
 
 /// Text to token ids and back, as a policy reads and writes it.
 pub trait Tokenizer {

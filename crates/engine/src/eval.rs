@@ -186,14 +186,22 @@ pub fn evaluate(
     Ok(evaluate_with_samples(policy, task, problems, s, obs)?.0)
 }
 
-/// [`evaluate`], also returning the sampled groups (for the drift monitors).
+/// The graded completions an evaluation drew: one greedy per problem, and
+/// `sampling.samples` sampled.
+pub struct EvalSamples {
+    pub greedy: Vec<Group>,
+    pub sampled: Vec<Group>,
+}
+
+/// [`evaluate`], also returning the completions it graded (for the drift monitors and a
+/// recipe's own measures).
 pub fn evaluate_with_samples(
     policy: &mut dyn Policy,
     task: &dyn Task,
     problems: &[Problem],
     s: &EvalSettings,
     obs: &mut dyn Observer,
-) -> Result<(EvalReport, Vec<Group>)> {
+) -> Result<(EvalReport, EvalSamples)> {
     let greedy = greedy_groups(policy, task, problems, &s.greedy, obs)?;
     let params = s.sampling.params(s.greedy.clone());
     // The sampled pass continues the stage's progress where the greedy pass ended.
@@ -244,7 +252,7 @@ pub fn evaluate_with_samples(
         mean_sample_accuracy: acc / n,
         details,
     };
-    Ok((report, sampled))
+    Ok((report, EvalSamples { greedy, sampled }))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! | --- | --- | --- | --- |
 //! | `sft` | the seed stage's and `star`'s/`raft`'s `train.jsonl` | `prompt`, `completion` | `input`, `output` |
 //! | `preference` | the DPO family's `train.jsonl` | `prompt`, `chosen`, `rejected` | `prompt`, `chosen`, `rejected` |
-//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out), or `step-pg`'s `train.jsonl` | `prompt`, `completion`, `reward`, `advantage`, `completion_ids`, `old_logprobs` (and `token_advantages` from `step-pg`) | `input`, `output`, and the same |
+//! | `rollouts` | a policy-gradient round's `samples.jsonl` (dropped groups left out), or `step-pg`'s and `score`'s `train.jsonl` | `prompt`, `completion`, `reward`, `advantage`, `completion_ids`, `old_logprobs` (and `token_advantages` from `step-pg`, `kl_coef` from `score`) | `input`, `output`, and the same |
 //!
 //! OpenRLHF reads these with `--input_key input --output_key output` (SFT) and
 //! `--prompt_key prompt --chosen_key chosen --rejected_key rejected` (DPO and reward models).
@@ -61,7 +61,7 @@ pub fn export(root: &Path, format: Format, out: &Path) -> Result<Exported> {
         };
         dir.check_recorded(round, &rel, &info.accepted)?;
         let lines: Vec<Value> = dir.read_jsonl(&rel)?;
-        // `step-pg` writes its training set as rollout lines already (with token advantages).
+        // `step-pg` and `score` write their training sets as rollout lines already.
         let kind = if rel.ends_with("samples.jsonl")
             || lines
                 .first()
@@ -136,8 +136,8 @@ fn convert(v: &Value, kind: &str, format: Format, path: &Path) -> Result<Value> 
         ],
     };
     let mut out = Map::new();
-    // A rollout line (`step-pg`'s `train.jsonl`) names its tokens as the output does, and
-    // may carry an advantage per token.
+    // A rollout line (`step-pg`'s or `score`'s `train.jsonl`) names its tokens as the output
+    // does, and may carry an advantage per token or its own KL coefficient.
     let line = v.get("completion_ids").is_some();
     for (from, to) in keys {
         let from = match *from {
@@ -156,8 +156,12 @@ fn convert(v: &Value, kind: &str, format: Format, path: &Path) -> Result<Value> 
         })?;
         out.insert(to.to_string(), value.clone());
     }
-    if let (true, Some(t)) = (kind == "rollouts", v.get("token_advantages")) {
-        out.insert("token_advantages".into(), t.clone());
+    if kind == "rollouts" {
+        for key in ["token_advantages", "kl_coef"] {
+            if let Some(t) = v.get(key) {
+                out.insert(key.into(), t.clone());
+            }
+        }
     }
     Ok(Value::Object(out))
 }
@@ -198,6 +202,13 @@ mod tests {
             convert(&line, "rollouts", Format::OpenRlhf, p).unwrap(),
             json!({"input": "1+1=", "output": "2", "reward": 1.0, "advantage": 0.5,
                 "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2], "token_advantages": [0.25, 0.25]})
+        );
+        // score's keep each attempt's KL coefficient.
+        let line = json!({"prompt": "1+1=", "completion": "2", "reward": 1.0, "advantage": 0.0,
+            "completion_ids": [5, 2], "old_logprobs": [-0.1, -0.2], "kl_coef": 0.1});
+        assert_eq!(
+            convert(&line, "rollouts", Format::Trl, p).unwrap()["kl_coef"],
+            json!(0.1)
         );
         let pair = json!({"problem_id": "a", "prompt": "q", "chosen": "c", "rejected": "r", "weight": 1.0});
         assert_eq!(

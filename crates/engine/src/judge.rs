@@ -172,21 +172,34 @@ pub fn seed_judge_examples(
     seed: u64,
 ) -> Result<Vec<Example>> {
     let format = JudgeFormat::of(tok);
-    let mut out = Vec::new();
-    for (i, p) in labeled.iter().enumerate() {
+    gold_and_slips(labeled, negatives, seed)
+        .map(|(p, _, text)| {
+            let ok = task.verify(p, &text).is_correct();
+            format.example(tok, p, &text, ok)
+        })
+        .collect()
+}
+
+/// For each labeled problem with a worked solution: (the problem, its solution, the solution
+/// itself), then `negatives` × (…, a copy with one digit changed, [`corrupt`]), the copies
+/// of problem i seeded by `(seed, i)`. The seed examples of the self-judge and of the
+/// self-correction review are built from these.
+pub fn gold_and_slips(
+    labeled: &[Problem],
+    negatives: usize,
+    seed: u64,
+) -> impl Iterator<Item = (&Problem, &str, String)> {
+    labeled.iter().enumerate().flat_map(move |(i, p)| {
         let Some(gold) = p.solution.as_deref() else {
-            continue;
+            return Vec::new();
         };
-        out.push(format.example(tok, p, gold, task.verify(p, gold).is_correct())?);
         let mut rng = Rng::derived(seed, i as u64);
-        for _ in 0..negatives {
-            if let Some(bad) = corrupt(gold, &mut rng) {
-                let ok = task.verify(p, &bad).is_correct();
-                out.push(format.example(tok, p, &bad, ok)?);
-            }
-        }
-    }
-    Ok(out)
+        let slips = (0..negatives).filter_map(|_| corrupt(gold, &mut rng));
+        std::iter::once(gold.to_string())
+            .chain(slips)
+            .map(|t| (p, gold, t))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// A round's judge examples: the current model's distinct samples of the labeled problems
@@ -271,6 +284,7 @@ impl JudgeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::ChatTok;
 
     #[test]
     fn corruption_changes_exactly_one_digit() {
@@ -321,42 +335,6 @@ mod tests {
         assert!(ex
             .iter()
             .all(|e| e.prompt.starts_with('?') && e.prompt.ends_with('>')));
-    }
-
-    /// A tokenizer with a chat template: one token per word of its vocabulary.
-    struct ChatTok;
-    impl Tokenizer for ChatTok {
-        fn encode(&self, text: &str) -> autodidact_core::Result<Vec<u32>> {
-            Ok(text
-                .split_whitespace()
-                .flat_map(|w| match w {
-                    "Yes" => vec![1],
-                    "No" => vec![2],
-                    _ => w.bytes().map(|b| 3 + b as u32).collect(),
-                })
-                .collect())
-        }
-        fn decode(&self, _: &[u32]) -> autodidact_core::Result<String> {
-            unreachable!()
-        }
-        fn vocab_size(&self) -> usize {
-            259
-        }
-        fn stop_tokens(&self) -> Vec<u32> {
-            vec![0]
-        }
-        fn has_chat_template(&self) -> bool {
-            true
-        }
-        fn chat_prompt(
-            &self,
-            m: &[autodidact_core::ChatMessage],
-        ) -> autodidact_core::Result<String> {
-            Ok(format!(
-                "<{}>{}</{}><assistant>",
-                m[0].role, m[0].content, m[0].role
-            ))
-        }
     }
 
     /// Issue 14: a model with a chat template is asked in it, about the task's question (not

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod episode;
 pub mod error;
 pub mod eval;
 pub mod export;

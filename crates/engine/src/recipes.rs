@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub mod correct;
 pub mod pg;
 pub mod pref;
 pub mod raft;
@@ -30,6 +31,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &pref::Preference,
     &raft::BestOfN,
     &step::StepCredit,
+    &correct::SelfCorrection,
 ];
 
 /// A recipe family: the recipes it runs and the config sections it owns.
@@ -95,8 +97,9 @@ pub trait Recipe: Send + Sync {
         ""
     }
 
-    /// Tokens its sequences can add beyond `<bos> prompt solution <eos>`.
-    fn extra_tokens(&self) -> usize {
+    /// Tokens its sequences can add beyond `<bos> prompt solution <eos>`, when a completion
+    /// has up to `max_new_tokens`.
+    fn extra_tokens(&self, _max_new_tokens: usize) -> usize {
         0
     }
 
@@ -119,6 +122,21 @@ pub trait Recipe: Send + Sync {
     /// Rows of its fixed-size scoring passes (memory checks).
     fn scoring_rows(&self) -> usize {
         256
+    }
+
+    /// Measures of its own on the round's held-out evaluation, written into the round's
+    /// manifest (its metrics and the files it hashes): `held_out` holds the evaluation's
+    /// graded completions of the held-out problems, and `policy` is the round's model.
+    fn evaluate(
+        &self,
+        _run: &Run,
+        _round: u32,
+        _policy: &mut dyn autodidact_core::TrainablePolicy,
+        _held_out: &crate::eval::EvalSamples,
+        _manifest: &mut Manifest,
+        _obs: &mut dyn Observer,
+    ) -> Result<()> {
+        Ok(())
     }
 
     /// Adds what the round's manifest holds of this recipe to the round's metrics line.

@@ -140,3 +140,38 @@ pub fn run_dir(parent: &std::path::Path, name: &str) -> crate::store::RunDir {
         .unwrap()
         .0
 }
+
+/// A tokenizer with a chat template (`<role>content</role>` per turn, then `<assistant>`):
+/// one token per word of its vocabulary.
+pub struct ChatTok;
+impl autodidact_core::Tokenizer for ChatTok {
+    fn encode(&self, text: &str) -> autodidact_core::Result<Vec<u32>> {
+        Ok(text
+            .split_whitespace()
+            .flat_map(|w| match w {
+                "Yes" => vec![1],
+                "No" => vec![2],
+                _ => w.bytes().map(|b| 3 + b as u32).collect(),
+            })
+            .collect())
+    }
+    fn decode(&self, _: &[u32]) -> autodidact_core::Result<String> {
+        unreachable!()
+    }
+    fn vocab_size(&self) -> usize {
+        259
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        vec![0]
+    }
+    fn has_chat_template(&self) -> bool {
+        true
+    }
+    fn chat_prompt(&self, m: &[autodidact_core::ChatMessage]) -> autodidact_core::Result<String> {
+        let turns: String = m
+            .iter()
+            .map(|m| format!("<{}>{}</{}>", m.role, m.content, m.role))
+            .collect();
+        Ok(format!("{turns}<assistant>"))
+    }
+}

@@ -237,6 +237,11 @@ pub struct RolloutLine {
     /// to), read instead of `advantage`. Every line of a dataset has it or none does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_advantages: Option<Vec<f32>>,
+    /// The KL term's coefficient for this completion, in place of the plan's `beta` (SCoRe's
+    /// stage I holds first attempts to the reference harder than second attempts). Every
+    /// line of a dataset has it or none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_coef: Option<f32>,
 }
 
 impl Objective {
@@ -378,6 +383,14 @@ pub fn run_native(
                         i + 1
                     )));
                 }
+                if let Some(c) = l.kl_coef {
+                    if !(c.is_finite() && c >= 0.0) {
+                        return Err(bad(format!(
+                            "line {}: kl_coef {c} must be a finite number ≥ 0",
+                            i + 1
+                        )));
+                    }
+                }
                 if let Some(t) = &l.token_advantages {
                     if t.len() != l.completion_ids.len() || t.iter().any(|x| !x.is_finite()) {
                         return Err(bad(format!(
@@ -399,6 +412,23 @@ pub fn run_native(
                     lines.len()
                 )));
             }
+            let with_coef = lines.iter().filter(|l| l.kl_coef.is_some()).count();
+            if with_coef != 0 && with_coef != lines.len() {
+                return Err(bad(format!(
+                    "{with_coef} of {} lines have a kl_coef; give it on every line or on none",
+                    lines.len()
+                )));
+            }
+            let kl_coefs: Option<Vec<f32>> = (with_coef != 0).then(|| {
+                lines
+                    .iter()
+                    .map(|l| l.kl_coef.unwrap_or_default())
+                    .collect()
+            });
+            let kl_term = match &kl_coefs {
+                Some(c) => c.iter().any(|&c| c > 0.0),
+                None => plan.surrogate.beta > 0.0,
+            };
             let token_advantages: Option<Vec<Vec<f32>>> = (per_token != 0).then(|| {
                 lines
                     .iter()
@@ -416,12 +446,12 @@ pub fn run_native(
             let old: Vec<Vec<f32>> = lines.iter().map(|l| l.old_logprobs.clone()).collect();
             let advantages: Vec<f32> = lines.iter().map(|l| l.advantage).collect();
             let rewards: Vec<f32> = lines.iter().map(|l| l.reward).collect();
-            let refs = match (plan.surrogate.beta > 0.0, reference) {
+            let refs = match (kl_term, reference) {
                 (false, _) => None,
                 (true, None) => {
                     return Err(Error::config(
                         "reference",
-                        "the job's loss has a KL term (plan.surrogate.beta > 0) but names no reference checkpoint",
+                        "the job's loss has a KL term (plan.surrogate.beta > 0, or a line's kl_coef > 0) but names no reference checkpoint",
                     ))
                 }
                 (true, Some(r)) if r == &job.model => Some(policy.logprobs(&examples)?),
@@ -440,6 +470,7 @@ pub fn run_native(
                 rewards: &rewards,
                 advantages: &advantages,
                 token_advantages: token_advantages.as_deref(),
+                kl_coefs: kl_coefs.as_deref(),
                 refs: refs.as_deref(),
             };
             let updated = fit_pg(&mut up, &batch, plan)?;

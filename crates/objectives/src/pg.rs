@@ -98,6 +98,10 @@ pub struct PgInputs<'a> {
     pub entropies: Option<&'a [Vec<f32>]>,
     /// The advantages, per sequence or per token (rows and lengths as `logprobs`).
     pub advantages: Advantage<'a>,
+    /// Per sequence, the KL term's coefficient in place of `beta` (attempts held to the
+    /// reference by different amounts, as SCoRe's stage I does); reference log-probs are
+    /// needed when any is above 0.
+    pub kl_coefs: Option<&'a [f32]>,
 }
 
 /// Sums over the micro-batch's tokens (they add across micro-batches; divide by `tokens`).
@@ -149,6 +153,7 @@ pub fn policy_gradient(s: &PgSettings, x: &PgInputs, batch: BatchShape) -> PgOut
                 1.0 / (batch.sequences.max(1) as f64 * batch.max_len.max(1) as f64)
             }
         };
+        let beta = x.kl_coefs.map_or(beta, |c| c[i] as f64);
         let mut w = Vec::with_capacity(lp.len());
         for (t, &l) in lp.iter().enumerate() {
             let a = x.advantages.at(i, t) as f64;
@@ -166,7 +171,7 @@ pub fn policy_gradient(s: &PgSettings, x: &PgInputs, batch: BatchShape) -> PgOut
             let mut token_loss = -surrogate;
             let mut grad = -slope;
             if beta != 0.0 {
-                let r = x.ref_logprobs.expect("beta > 0 needs reference log-probs")[i][t] as f64;
+                let r = x.ref_logprobs.expect("a KL term needs reference log-probs")[i][t] as f64;
                 let (k, dk) = s.kl_estimator.value_and_slope(l as f64 - r);
                 stats.kl += k;
                 token_loss += beta * k;
@@ -307,6 +312,7 @@ mod tests {
                         ref_logprobs: Some(&rf),
                         entropies: Some(h),
                         advantages: Advantage::PerSequence(&adv),
+                        kl_coefs: None,
                     };
                     policy_gradient(&s, &x, shape)
                 };
@@ -340,6 +346,7 @@ mod tests {
             ref_logprobs: Some(&rf[r.clone()]),
             entropies: Some(&h[r.clone()]),
             advantages: Advantage::PerSequence(&adv[r]),
+            kl_coefs: None,
         };
         let whole = policy_gradient(&s, &x(0..3), shape);
         let a = policy_gradient(&s, &x(0..1), shape);
@@ -358,6 +365,7 @@ mod tests {
             ref_logprobs: None,
             entropies: None,
             advantages: Advantage::PerSequence(&adv),
+            kl_coefs: None,
         };
         let out = policy_gradient(&plain, &on, shape);
         for (i, row) in out.weights.iter().enumerate() {
@@ -366,6 +374,55 @@ mod tests {
             }
         }
         assert_eq!(out.stats.clipped_low + out.stats.clipped_high, 0);
+    }
+
+    /// Issue 20: with a KL coefficient per sequence (SCoRe's stage I holds the first attempt
+    /// to the reference harder than the second), the weights are still minus the loss's
+    /// derivative; a coefficient of 0 leaves a sequence with its surrogate alone, and equal
+    /// coefficients give exactly the shared `beta`'s result.
+    #[test]
+    fn issue20_per_sequence_kl_coefficients_are_minus_the_gradient_by_finite_differences() {
+        let (lp, old, rf, h, adv) = data();
+        let shape = BatchShape::of(&lp);
+        for est in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
+            let s = settings(LossAggregation::Sequence, est);
+            let run = |lp: &[Vec<f32>], coefs: Option<&[f32]>| {
+                let x = PgInputs {
+                    logprobs: lp,
+                    old_logprobs: &old,
+                    ref_logprobs: Some(&rf),
+                    entropies: Some(&h),
+                    advantages: Advantage::PerSequence(&adv),
+                    kl_coefs: coefs,
+                };
+                policy_gradient(&s, &x, shape)
+            };
+            let coefs = [1.5f32, 0.0, 0.05];
+            let out = run(&lp, Some(&coefs));
+            let g = minus_gradient(&lp, |lp| run(lp, Some(&coefs)).loss);
+            for (i, (g, w)) in g.iter().zip(&out.weights).enumerate() {
+                for (t, (g, &w)) in g.iter().zip(w).enumerate() {
+                    assert!((g - w as f64).abs() < 1e-4, "{est:?} ({i},{t}): {g} vs {w}");
+                }
+            }
+            let without = PgSettings { beta: 0.0, ..s };
+            let alone = policy_gradient(
+                &without,
+                &PgInputs {
+                    logprobs: &lp,
+                    old_logprobs: &old,
+                    ref_logprobs: None,
+                    entropies: Some(&h),
+                    advantages: Advantage::PerSequence(&adv),
+                    kl_coefs: None,
+                },
+                shape,
+            );
+            assert_eq!(out.weights[1], alone.weights[1]);
+            assert_ne!(out.weights[0], alone.weights[0]);
+            let shared = [s.beta; 3];
+            assert_eq!(run(&lp, Some(&shared)), run(&lp, None));
+        }
     }
 
     /// Issue 20: with an advantage per token (step-level credit), each token's weight is
@@ -392,6 +449,7 @@ mod tests {
                     ref_logprobs: Some(&rf),
                     entropies: Some(&h),
                     advantages: a,
+                    kl_coefs: None,
                 };
                 policy_gradient(&s, &x, shape)
             };

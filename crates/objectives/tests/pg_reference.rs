@@ -79,6 +79,7 @@ fn clipped_surrogate_with_kl_and_entropy_matches_trl() {
             ref_logprobs: Some(&refp),
             entropies: Some(&ent),
             advantages: Advantage::PerSequence(&adv),
+            kl_coefs: None,
         };
         let out = policy_gradient(&s, &inputs, shape);
         close(

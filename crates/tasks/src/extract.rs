@@ -46,6 +46,22 @@ impl ExtractRule {
         ]
     }
 
+    /// How a completion gives its answer so that this rule finds it, as an instruction (a
+    /// two-attempt episode's review asks for it); `None` when the rule says nothing a model
+    /// could be told (the last number, a regular expression).
+    pub fn answer_form(&self) -> Option<&'static str> {
+        match self {
+            ExtractRule::Boxed => Some("Put the final answer in \\boxed{}."),
+            ExtractRule::Gsm8k => Some("Write the final answer on its own line after `####`."),
+            ExtractRule::AnswerIs => Some("End with \"The answer is\" and the final answer."),
+            ExtractRule::Marker => Some("Write the final answer after a `#`."),
+            ExtractRule::CodeBlock => {
+                Some("Give the whole corrected program in one fenced code block.")
+            }
+            ExtractRule::LastNumber | ExtractRule::Regex(_) => None,
+        }
+    }
+
     /// What the rule looks for, for the reason an answer was not found.
     fn looks_for(&self) -> String {
         match self {
@@ -67,6 +83,15 @@ pub struct Extractor {
 }
 
 impl Extractor {
+    /// The answer form of its rule ([`ExtractRule::answer_form`]) when it has one rule; with
+    /// several, any of their forms is read and none is asked for.
+    pub fn answer_form(&self) -> Option<&'static str> {
+        match &self.rules[..] {
+            [(rule, _)] => rule.answer_form(),
+            _ => None,
+        }
+    }
+
     /// Checks and compiles `rules`; `key` names the setting in errors (`task.extract`).
     pub fn new(rules: &[ExtractRule], key: &str) -> Result<Self> {
         if rules.is_empty() {

@@ -376,6 +376,14 @@ impl Task for Jsonl {
         self.max_chars
     }
 
+    /// The generic review, with the answer form the first extraction rule reads.
+    fn review_instruction(&self) -> String {
+        match self.extractor.answer_form() {
+            Some(form) => format!("{} {form}", autodidact_core::REVIEW_INSTRUCTION),
+            None => autodidact_core::REVIEW_INSTRUCTION.to_string(),
+        }
+    }
+
     /// `count` problems of `split` in an order fixed by `seed`: those with a worked solution
     /// first (the seed stage learns from the first ones), each group shuffled.
     fn problems(&self, split: Split, count: usize, seed: u64) -> Result<Vec<Problem>> {

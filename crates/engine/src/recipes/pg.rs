@@ -561,6 +561,7 @@ pub(crate) fn rl_round(
             rewards: &scored.rewards,
             advantages: &scored.adv.values,
             token_advantages: None,
+            kl_coefs: None,
             refs: scored.refs.as_deref(),
         };
         let updated = trainer.update(&pg_batch, &plan, obs)?;
@@ -946,6 +947,8 @@ pub(crate) struct PgBatch<'a> {
     /// Per completion token, when the credit is per step: the advantage of the step each
     /// token belongs to (the updates then read these instead of `advantages`).
     pub token_advantages: Option<&'a [Vec<f32>]>,
+    /// Per completion, the KL term's coefficient in place of the surrogate's `beta`.
+    pub kl_coefs: Option<&'a [f32]>,
     pub refs: Option<&'a [Vec<f32>]>,
 }
 
@@ -989,6 +992,9 @@ pub(crate) fn fit_pg(up: &mut Updater, batch: &PgBatch, plan: &PgPlan) -> Result
         let ref_k = batch.refs.map(|r| rows(&u.rows, r));
         let adv_k: Vec<f32> = u.rows.iter().map(|&i| batch.advantages[i]).collect();
         let tok_k = batch.token_advantages.map(|t| rows(&u.rows, t));
+        let kl_k: Option<Vec<f32>> = batch
+            .kl_coefs
+            .map(|c| u.rows.iter().map(|&i| c[i]).collect());
         let mut shape = BatchShape::of(&old_k);
         shape.max_len = plan.max_new_tokens;
         for start in (0..ex.len()).step_by(plan.micro_batch_size) {
@@ -1002,9 +1008,10 @@ pub(crate) fn fit_pg(up: &mut Updater, batch: &PgBatch, plan: &PgPlan) -> Result
                         ref_logprobs: ref_k.as_ref().map(|v| &v[r.clone()]),
                         entropies: sc.entropies.as_deref(),
                         advantages: match &tok_k {
-                            Some(t) => Advantage::PerToken(&t[r]),
-                            None => Advantage::PerSequence(&adv_k[r]),
+                            Some(t) => Advantage::PerToken(&t[r.clone()]),
+                            None => Advantage::PerSequence(&adv_k[r.clone()]),
                         },
+                        kl_coefs: kl_k.as_ref().map(|c| &c[r]),
                     },
                     shape,
                 );
@@ -1148,6 +1155,89 @@ impl RoundLog {
             metrics,
         }
     }
+}
+
+/// How a round's rollouts (its `train.jsonl`, each line with its advantages) train: the
+/// clipped surrogate in `epochs` passes of `batch_size`-sequence optimizer steps, with the
+/// sampling log-probs as the old policy (the recipes that score a whole round's samples
+/// before they train: `step-pg`, `score`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct OfflineUpdate {
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub epsilon_low: f32,
+    pub epsilon_high: f32,
+    pub loss_aggregation: LossAggregation,
+    /// The estimator of the KL terms (of lines with a `kl_coef`).
+    pub kl_estimator: KlEstimator,
+}
+
+/// Trains the checkpoint of round `init` on the round's `train.jsonl` rollouts as `update`
+/// says, with a fresh optimizer, natively or through the external trainer, and saves the
+/// round's checkpoint; the KL terms of lines with a `kl_coef` are measured against the
+/// checkpoint of round `reference`, and `shuffle` names the seed of its minibatch order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn offline_pg_stage(
+    run: &mut Run,
+    round: u32,
+    init: u32,
+    reference: Option<u32>,
+    update: &OfflineUpdate,
+    optimizer: &OptimizerConfig,
+    shuffle: &str,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    let data = format!("{}/train.jsonl", RunDir::round_dir(round));
+    let n = crate::trainer::count_lines(&run.dir.path(&data))?;
+    let rl = RlConfig {
+        num_iterations: update.epochs,
+        minibatches: n.div_ceil(update.batch_size).max(1) as u32,
+        micro_batch_size: update.micro_batch_size,
+        epsilon_low: update.epsilon_low,
+        epsilon_high: update.epsilon_high,
+        loss_aggregation: update.loss_aggregation,
+        kl_estimator: update.kl_estimator,
+        ..RlConfig::default()
+    };
+    let plan = PgPlan::offline(&rl, n, run.plan.max_new_tokens, run.seed(round, shuffle));
+    let train = crate::config::TrainConfig {
+        steps: Some(plan.updates.len() as u64),
+        batch_size: update.batch_size,
+        ..crate::config::TrainConfig::default()
+    };
+    let reference = match reference {
+        Some(r) => {
+            run.check_checkpoint(r)?;
+            Some(run.weights_dir(&RunDir::checkpoint_dir(r))?)
+        }
+        None => None,
+    };
+    let mut m = run.manifest(round)?;
+    m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
+    let job = run.job(
+        crate::trainer::Objective::Pg {
+            plan,
+            reference,
+            optimizer_state: None,
+        },
+        round,
+        &data,
+        &RunDir::checkpoint_dir(init),
+        &train,
+        optimizer,
+    )?;
+    let report = run.train(
+        &job,
+        crate::run::Start::Round(init),
+        &mut m,
+        obs,
+        &mut |_, _, _| Ok(()),
+    )?;
+    m.train = Some(report.stats);
+    let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
+    metrics.extend(report.metrics);
+    run.write_manifest(&m)
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl Recipe for Pref {
             ""
         }
     }
-    fn extra_tokens(&self) -> usize {
+    fn extra_tokens(&self, _max_new_tokens: usize) -> usize {
         if self.self_judges() {
             EXTRA_TOKENS
         } else {

@@ -32,16 +32,16 @@
 //! - Completions whose every token has advantage 0 (a group all right whose prefixes all
 //!   kept value 1) are left out of the update; `step/trained` counts the rest.
 
-use super::pg::{PgPlan, RlConfig};
+use super::pg::{offline_pg_stage, OfflineUpdate};
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
-use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig};
+use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig};
 use crate::monitor::round_monitors;
 use crate::progress::Observer;
 use crate::run::{records, Run, SampleRecord};
 use crate::sampling::sampled_tokens;
 use crate::steps::{shared_step_values, step_advantages, token_steps, PrefixCache, StepPattern};
 use crate::store::RunDir;
-use crate::trainer::{Objective, RolloutLine};
+use crate::trainer::RolloutLine;
 use crate::{Error, Result};
 use autodidact_core::{Group, Task, Tokenizer};
 use autodidact_objectives::LossAggregation;
@@ -321,55 +321,27 @@ impl StepPg {
     /// The clipped surrogate with per-token advantages on the round's rollouts, from M0 or
     /// the previous round's model, with a fresh optimizer.
     fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
-        let cfg = &self.cfg;
-        let init = cfg.restart_from.round(run.parent(round)?);
-        let data = format!("{}/train.jsonl", RunDir::round_dir(round));
-        let n = crate::trainer::count_lines(&run.dir.path(&data))?;
-        let rl = RlConfig {
-            num_iterations: cfg.epochs,
-            minibatches: n.div_ceil(cfg.batch_size).max(1) as u32,
-            micro_batch_size: cfg.micro_batch_size,
-            epsilon_low: cfg.epsilon_low,
-            epsilon_high: cfg.epsilon_high,
-            loss_aggregation: cfg.loss_aggregation,
-            ..RlConfig::default()
+        let c = &self.cfg;
+        let update = OfflineUpdate {
+            epochs: c.epochs,
+            batch_size: c.batch_size,
+            micro_batch_size: c.micro_batch_size,
+            epsilon_low: c.epsilon_low,
+            epsilon_high: c.epsilon_high,
+            loss_aggregation: c.loss_aggregation,
+            kl_estimator: autodidact_objectives::KlEstimator::K3,
         };
-        let plan = PgPlan::offline(
-            &rl,
-            n,
-            run.plan.max_new_tokens,
-            run.seed(round, "step-minibatches"),
-        );
-        let train = TrainConfig {
-            steps: Some(plan.updates.len() as u64),
-            batch_size: cfg.batch_size,
-            ..TrainConfig::default()
-        };
-        let mut m = run.manifest(round)?;
-        m.init_checkpoint = Some(RunDir::checkpoint_dir(init));
-        let job = run.job(
-            Objective::Pg {
-                plan,
-                reference: None,
-                optimizer_state: None,
-            },
+        let init = c.restart_from.round(run.parent(round)?);
+        offline_pg_stage(
+            run,
             round,
-            &data,
-            &RunDir::checkpoint_dir(init),
-            &train,
-            &cfg.optimizer,
-        )?;
-        let report = run.train(
-            &job,
-            crate::run::Start::Round(init),
-            &mut m,
+            init,
+            None,
+            &update,
+            &c.optimizer,
+            "step-minibatches",
             obs,
-            &mut |_, _, _| Ok(()),
-        )?;
-        m.train = Some(report.stats);
-        let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
-        metrics.extend(report.metrics);
-        run.write_manifest(&m)
+        )
     }
 }
 
@@ -452,6 +424,7 @@ fn credit(
                     completion_ids: c.tokens.clone(),
                     old_logprobs: c.logprobs.clone(),
                     token_advantages: Some(per_token),
+                    kl_coef: None,
                 },
                 trained,
             });
@@ -593,6 +566,7 @@ mod tests {
                 ref_logprobs: None,
                 entropies: None,
                 advantages: Advantage::PerToken(&adv),
+                kl_coefs: None,
             };
             policy_gradient(&s, &x, BatchShape::of(&old))
         };

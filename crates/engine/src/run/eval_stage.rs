@@ -76,9 +76,9 @@ impl Run {
             &settings,
             obs,
         )?;
-        let drift = self.drift(round, &mut *policy, &sampled)?;
+        let drift = self.drift(round, &mut *policy, &sampled.sampled)?;
         let proxy = match &self.plan.reward {
-            Some(r) => r.eval_metrics(&sampled)?,
+            Some(r) => r.eval_metrics(&sampled.sampled)?,
             None => BTreeMap::new(),
         };
         let serving = policy.take_serving_stats();
@@ -93,6 +93,8 @@ impl Run {
         self.dir.write_json(&rel, &report)?;
         let mut m = self.manifest(round)?;
         m.eval = Some(summary(&report));
+        let recipe = self.plan.recipe.clone();
+        recipe.evaluate(self, round, &mut *policy, &sampled, &mut m, obs)?;
         let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
         metrics.extend(drift);
         metrics.extend(proxy);

@@ -263,6 +263,7 @@ impl StepTrainer for ExternalSteps<'_> {
                     completion_ids: e.completion_tokens.clone().unwrap_or_default(),
                     old_logprobs: batch.old[i].clone(),
                     token_advantages: batch.token_advantages.map(|t| t[i].clone()),
+                    kl_coef: batch.kl_coefs.map(|c| c[i]),
                 }
             })
             .collect();

@@ -1,0 +1,433 @@
+//! Two-attempt episodes: the model answers a problem, is shown its own answer with a request
+//! to review it, and answers again (the setting of SCoRe and S²R). The self-correction recipes
+//! ([`crate::recipes::correct`]) sample, score and train on them; every round of those runs
+//! also measures them on the held-out problems ([`review_held_out`]).
+//!
+//! The review comes in one of two formats ([`EpisodeFormat`]), chosen by the policy's
+//! tokenizer as the judge's is:
+//! - a model trained from scratch reads `<prompt><first attempt>↺` and writes its second
+//!   attempt; `↺` joins its vocabulary, and the seed stage teaches the format
+//!   ([`seed_episode_examples`]): after `↺` comes the problem's solution, whether the first
+//!   attempt was the solution or a copy of it with one digit changed;
+//! - a model with a chat template reads the conversation so far (the problem, its first
+//!   attempt as the assistant's turn) and a user turn with the task's review instruction
+//!   ([`autodidact_core::Task::review_instruction`]): a request it can follow before any
+//!   training.
+//!
+//! Each attempt is a sequence of its own: the first is sampled from the problem's prompt and
+//! ends with the stop token as any completion does; the second is sampled from the second
+//! prompt, which holds the first attempt's text. Training rows follow the same split.
+
+use crate::judge::gold_and_slips;
+use crate::progress::Observer;
+use crate::sampling::{sample_rows, Row};
+use crate::Result;
+use autodidact_core::rng::fnv1a;
+use autodidact_core::{
+    ChatMessage, Example, Group, Policy, Problem, Rng, SamplingParams, Task, Tokenizer, Verdict,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The native review marker, added to the vocabulary of self-correction runs.
+pub const REVIEW_CHARS: &str = "↺";
+/// Tokens the native second prompt adds after the first attempt (the marker).
+pub const REVIEW_TOKENS: usize = 1;
+/// The round file of the held-out episodes of a self-correction run.
+pub const EVAL_EPISODES_FILE: &str = "eval-episodes.jsonl";
+
+/// How the second attempt is asked for, chosen by the policy's tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpisodeFormat {
+    /// `<prompt><first attempt>↺`.
+    Native,
+    /// The conversation with the first attempt as the assistant's turn, then the task's
+    /// review instruction as the user's.
+    Chat,
+}
+
+impl EpisodeFormat {
+    /// The chat format when the tokenizer has a chat template, else the native one.
+    pub fn of(tok: &dyn Tokenizer) -> Self {
+        if tok.has_chat_template() {
+            Self::Chat
+        } else {
+            Self::Native
+        }
+    }
+
+    /// The prompt of the second attempt at `problem` after the first attempt `first`.
+    pub fn second_prompt(
+        self,
+        tok: &dyn Tokenizer,
+        task: &dyn Task,
+        problem: &Problem,
+        first: &str,
+    ) -> Result<String> {
+        Ok(match self {
+            Self::Native => format!("{}{first}{REVIEW_CHARS}", problem.prompt),
+            Self::Chat => {
+                // The task's conversation, or its raw prompt as the user's turn.
+                let mut messages = problem.messages.clone().unwrap_or_else(|| {
+                    vec![ChatMessage {
+                        role: "user".into(),
+                        content: problem.prompt.clone(),
+                    }]
+                });
+                messages.push(ChatMessage {
+                    role: "assistant".into(),
+                    content: first.to_string(),
+                });
+                messages.push(ChatMessage {
+                    role: "user".into(),
+                    content: task.review_instruction(),
+                });
+                tok.chat_prompt(&messages)?
+            }
+        })
+    }
+}
+
+/// Seed-stage episodes: for each labeled problem with a worked solution, the solution after
+/// itself and after `negatives` copies of it with one digit changed ([`gold_and_slips`]), so that
+/// M0 learns what follows the review: the solution, whatever the first attempt was.
+pub fn seed_episode_examples(
+    task: &dyn Task,
+    tok: &dyn Tokenizer,
+    labeled: &[Problem],
+    negatives: usize,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    let format = EpisodeFormat::of(tok);
+    gold_and_slips(labeled, negatives, seed)
+        .map(|(p, gold, first)| {
+            Ok(Example::new(
+                format.second_prompt(tok, task, p, &first)?,
+                gold,
+            ))
+        })
+        .collect()
+}
+
+/// The second attempts after every first attempt of `firsts`: `groups[g].completions[j]`
+/// follows `firsts[g].completions[j]` and was sampled from `prompts[g][j]`. The second attempt
+/// after first attempt j of a problem is seeded by `(seed, problem id, j)`.
+pub struct SecondAttempts {
+    pub prompts: Vec<Vec<String>>,
+    pub groups: Vec<Group>,
+}
+
+/// Samples one second attempt after each first attempt of `firsts` and grades it.
+pub fn second_attempts(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    firsts: &[Group],
+    params: &SamplingParams,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<SecondAttempts> {
+    let format = EpisodeFormat::of(policy.tokenizer());
+    let problems: Vec<Problem> = firsts.iter().map(|g| g.problem.clone()).collect();
+    let mut prompts = Vec::with_capacity(firsts.len());
+    let mut rows = Vec::new();
+    for (i, g) in firsts.iter().enumerate() {
+        let mut own = Vec::with_capacity(g.completions.len());
+        for (j, c) in g.completions.iter().enumerate() {
+            let prompt = format.second_prompt(policy.tokenizer(), task, &g.problem, &c.text)?;
+            rows.push(Row {
+                problem: i,
+                prompt: prompt.clone(),
+                prefix: String::new(),
+                seed: Rng::derived(seed ^ fnv1a(g.problem.id.as_bytes()), j as u64).next_u64(),
+                max_new_tokens: params.max_new_tokens,
+            });
+            own.push(prompt);
+        }
+        prompts.push(own);
+    }
+    let mut groups: Vec<Group> = firsts
+        .iter()
+        .map(|g| Group {
+            problem: g.problem.clone(),
+            completions: Vec::with_capacity(g.completions.len()),
+            verdicts: Vec::with_capacity(g.completions.len()),
+            rewards: Vec::with_capacity(g.completions.len()),
+        })
+        .collect();
+    let per_unit = firsts.first().map_or(1, |g| g.completions.len().max(1)) as u64;
+    for (row, (c, v)) in rows.iter().zip(sample_rows(
+        policy, task, &problems, &rows, params, per_unit, obs,
+    )?) {
+        let g = &mut groups[row.problem];
+        g.rewards.push(v.score);
+        g.verdicts.push(v);
+        g.completions.push(c);
+    }
+    Ok(SecondAttempts { prompts, groups })
+}
+
+/// What a set of episodes shows (SCoRe's measures): accuracy at each attempt, its change,
+/// and the share of episodes that go from incorrect to correct and back. Shares are of all
+/// episodes, so `delta = i_to_c − c_to_i`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Deltas {
+    pub episodes: usize,
+    /// Share of first attempts that are correct.
+    pub t1: f64,
+    /// Share of second attempts that are correct.
+    pub t2: f64,
+    /// Share of episodes whose first attempt is wrong and second right.
+    pub i_to_c: f64,
+    /// Share of episodes whose first attempt is right and second wrong.
+    pub c_to_i: f64,
+    /// Share of episodes whose second attempt's answer differs from the first's (an answer
+    /// found against none counts as a change; none after none does not).
+    pub changed: f64,
+}
+
+impl Deltas {
+    /// The measures of the episodes `(first verdict, second verdict)`.
+    pub fn of<'a>(pairs: impl IntoIterator<Item = (&'a Verdict, &'a Verdict)>) -> Self {
+        let (mut n, mut c1, mut c2, mut up, mut down, mut changed) = (0usize, 0, 0, 0, 0, 0);
+        for (a, b) in pairs {
+            let (x, y) = (a.is_correct(), b.is_correct());
+            n += 1;
+            c1 += x as usize;
+            c2 += y as usize;
+            up += (!x && y) as usize;
+            down += (x && !y) as usize;
+            changed += (a.answer != b.answer) as usize;
+        }
+        let share = |k: usize| k as f64 / n.max(1) as f64;
+        Self {
+            episodes: n,
+            t1: share(c1),
+            t2: share(c2),
+            i_to_c: share(up),
+            c_to_i: share(down),
+            changed: share(changed),
+        }
+    }
+
+    /// The measures of `firsts` and the second attempts after them.
+    pub fn of_groups(firsts: &[Group], seconds: &[Group]) -> Self {
+        Self::of(
+            firsts
+                .iter()
+                .zip(seconds)
+                .flat_map(|(a, b)| a.verdicts.iter().zip(&b.verdicts)),
+        )
+    }
+
+    /// Accuracy at the second attempt less at the first: Δ(t1, t2).
+    pub fn delta(&self) -> f64 {
+        self.t2 - self.t1
+    }
+
+    /// The measures as metrics under `prefix` (`eval/`, `correct/`).
+    pub fn metrics(&self, prefix: &str) -> BTreeMap<String, f64> {
+        [
+            ("accuracy@t1", self.t1),
+            ("accuracy@t2", self.t2),
+            ("delta", self.delta()),
+            ("delta_i_to_c", self.i_to_c),
+            ("delta_c_to_i", self.c_to_i),
+            ("changed", self.changed),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
+    }
+
+    /// One line for the terminal.
+    pub fn line(&self) -> String {
+        format!(
+            "accuracy@t1 {:.3} → @t2 {:.3} (Δ {:+.3}: i→c {:.3}, c→i {:.3}; {:.0}% of answers changed)",
+            self.t1,
+            self.t2,
+            self.delta(),
+            self.i_to_c,
+            self.c_to_i,
+            100.0 * self.changed
+        )
+    }
+}
+
+/// One episode as a round file records it.
+#[derive(Serialize)]
+pub struct EpisodeRecord<'a> {
+    pub problem_id: &'a str,
+    pub prompt: &'a str,
+    pub first: &'a str,
+    pub first_grade: autodidact_core::Grade,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_answer: Option<&'a str>,
+    pub second: &'a str,
+    pub second_grade: autodidact_core::Grade,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_answer: Option<&'a str>,
+}
+
+/// The episodes of `firsts` and `seconds`, as records.
+pub fn episode_records<'a>(
+    firsts: &'a [Group],
+    seconds: &'a [Group],
+) -> impl Iterator<Item = EpisodeRecord<'a>> {
+    firsts.iter().zip(seconds).flat_map(|(a, b)| {
+        a.completions
+            .iter()
+            .zip(&a.verdicts)
+            .zip(b.completions.iter().zip(&b.verdicts))
+            .map(move |((c1, v1), (c2, v2))| EpisodeRecord {
+                problem_id: &a.problem.id,
+                prompt: &a.problem.prompt,
+                first: &c1.text,
+                first_grade: v1.grade,
+                first_answer: v1.answer.as_deref(),
+                second: &c2.text,
+                second_grade: v2.grade,
+                second_answer: v2.answer.as_deref(),
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{group, ChatTok};
+    use autodidact_core::{CharTokenizer, Grade};
+    use autodidact_tasks::TaskConfig;
+
+    /// Episode formatting for each built-in task: the native second prompt of every problem
+    /// after its worked solution encodes in the run's vocabulary (the task's alphabet and
+    /// the marker) and, with the second attempt, fits the context the plan asks for.
+    #[test]
+    fn issue20_native_episodes_of_every_task_encode_and_fit() {
+        for cfg in TaskConfig::catalog() {
+            let task = cfg.build().unwrap();
+            let tok = CharTokenizer::new(&format!("{}{REVIEW_CHARS}", task.alphabet())).unwrap();
+            assert_eq!(EpisodeFormat::of(&tok), EpisodeFormat::Native);
+            let (max_prompt, max_solution) = task.max_chars();
+            let max_new = max_solution + 1;
+            for p in task.problems(autodidact_core::Split::Train, 50, 3).unwrap() {
+                let gold = p.solution.clone().unwrap();
+                let second = EpisodeFormat::Native
+                    .second_prompt(&tok, &*task, &p, &gold)
+                    .unwrap();
+                assert_eq!(second, format!("{}{gold}↺", p.prompt), "{}", task.name());
+                let ids = tok.encode(&second).unwrap();
+                // <bos>, the second prompt and a second attempt of up to max_new tokens.
+                assert!(
+                    1 + ids.len() + max_new <= 1 + max_prompt + max_new + REVIEW_TOKENS + max_new,
+                    "{}: {} tokens",
+                    task.name(),
+                    ids.len()
+                );
+                assert_eq!(ids.last(), tok.encode(REVIEW_CHARS).unwrap().last());
+            }
+        }
+    }
+
+    /// A chat model reads its first attempt as its own turn, then the task's review
+    /// instruction; a task file with one extraction rule asks for its answer form.
+    #[test]
+    fn issue20_chat_episodes_quote_the_first_attempt_and_ask_for_the_answer_form() {
+        let tok = ChatTok;
+        assert_eq!(EpisodeFormat::of(&tok), EpisodeFormat::Chat);
+        let dir = tempfile::tempdir().unwrap();
+        let (file, held_out) = (dir.path().join("t.jsonl"), dir.path().join("e.jsonl"));
+        let line = |id: &str| {
+            format!("{{\"id\": \"{id}\", \"messages\": [{{\"role\": \"user\", \"content\": \"2+2?\"}}], \"answer\": \"4\"}}\n")
+        };
+        std::fs::write(&file, line("a")).unwrap();
+        std::fs::write(&held_out, line("b")).unwrap();
+        let task = autodidact_tasks::JsonlConfig {
+            eval: Some(held_out),
+            extract: vec![autodidact_tasks::extract::ExtractRule::Gsm8k],
+            ..autodidact_tasks::JsonlConfig::new(&file)
+        }
+        .build()
+        .unwrap();
+        let p = &task.problems(autodidact_core::Split::Train, 1, 0).unwrap()[0];
+        let second = EpisodeFormat::Chat
+            .second_prompt(&tok, &task, p, "2+2=5\n#### 5")
+            .unwrap();
+        assert_eq!(
+            second,
+            format!(
+                "<user>2+2?</user><assistant>2+2=5\n#### 5</assistant><user>{} Write the final answer on its own line after `####`.</user><assistant>",
+                autodidact_core::REVIEW_INSTRUCTION
+            )
+        );
+        // A built-in task asks in the generic words.
+        let addition = autodidact_tasks::AdditionConfig::default().build().unwrap();
+        assert_eq!(
+            addition.review_instruction(),
+            autodidact_core::REVIEW_INSTRUCTION
+        );
+    }
+
+    /// The seed stage's episodes: the solution follows the review after the solution itself
+    /// and after each corrupted copy.
+    #[test]
+    fn issue20_seed_episodes_end_in_the_solution() {
+        let task = autodidact_tasks::AdditionConfig::default().build().unwrap();
+        let tok = CharTokenizer::new(&format!("{}{REVIEW_CHARS}", task.alphabet())).unwrap();
+        let labeled = task.problems(autodidact_core::Split::Train, 5, 1).unwrap();
+        let ex = seed_episode_examples(&task, &tok, &labeled, 2, 9).unwrap();
+        assert_eq!(ex.len(), 15);
+        for (chunk, p) in ex.chunks(3).zip(&labeled) {
+            let gold = p.solution.as_deref().unwrap();
+            assert_eq!(chunk[0].prompt, format!("{}{gold}↺", p.prompt));
+            for e in chunk {
+                assert_eq!(e.completion, gold);
+                let first = &e.prompt[p.prompt.len()..e.prompt.len() - "↺".len()];
+                let differ = first
+                    .chars()
+                    .zip(gold.chars())
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(differ <= 1 && first.len() == gold.len());
+            }
+            assert_ne!(chunk[1].prompt, chunk[0].prompt);
+        }
+    }
+
+    /// The measures in closed form: Δ = i→c − c→i, and a change is a change of answer.
+    #[test]
+    fn issue20_deltas_in_closed_form() {
+        let firsts = [group(
+            "p",
+            &[
+                ("a", Some("1"), true),
+                ("b", Some("2"), false),
+                ("c", Some("2"), false),
+                ("d", None, false),
+                ("e", Some("1"), true),
+            ],
+        )];
+        let seconds = [group(
+            "p",
+            &[
+                ("a", Some("1"), true),  // c → c, same answer
+                ("f", Some("1"), true),  // i → c
+                ("g", Some("3"), false), // i → i, changed
+                ("h", None, false),      // none after none: unchanged
+                ("i", Some("2"), false), // c → i
+            ],
+        )];
+        let d = Deltas::of_groups(&firsts, &seconds);
+        assert_eq!(d.episodes, 5);
+        assert_eq!((d.t1, d.t2), (0.4, 0.4));
+        assert_eq!((d.i_to_c, d.c_to_i), (0.2, 0.2));
+        assert_eq!(d.changed, 0.6);
+        assert!((d.delta() - (d.i_to_c - d.c_to_i)).abs() < 1e-12);
+        let m = d.metrics("eval/");
+        assert_eq!(m["eval/delta_i_to_c"], 0.2);
+        assert_eq!(m.len(), 6);
+        let records: Vec<_> = episode_records(&firsts, &seconds).collect();
+        assert_eq!(records[1].first_grade, Grade::Incorrect);
+        assert_eq!(records[1].second_grade, Grade::Correct);
+        assert_eq!(records[3].second_answer, None);
+    }
+}
