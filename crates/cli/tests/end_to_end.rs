@@ -513,3 +513,61 @@ fn issue20_correction_sft_pairs_wrong_attempts_with_right_ones_and_resumes() {
         ],
     );
 }
+
+/// Issue 20: first-pit pairs extend the prompt by the steps of a sampled wrong completion
+/// before its first pit, and reject that completion's own remainder.
+#[test]
+fn issue20_a_short_first_pit_run_pairs_at_the_pit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pit");
+    let sets: Vec<&str> = SMALL_STEP
+        .iter()
+        .copied()
+        .chain([
+            "seed_stage.train.steps=400",
+            "recipe=first-pit",
+            "step.problems=48",
+            "step.sampling.samples=4",
+        ])
+        .collect();
+    let mut run = small_run(&root, &sets);
+    run.execute(&mut Silent).unwrap();
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(headers, ["pairs", "prefixes continued"]);
+    let dir = RunDir::open(&root).unwrap().0;
+    let samples: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/samples.jsonl").unwrap();
+    let pairs: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/train.jsonl").unwrap();
+    assert!(
+        !pairs.is_empty(),
+        "some wrong sample has a pit with a right way on"
+    );
+    for p in &pairs {
+        let (prompt, rejected) = (
+            p["prompt"].as_str().unwrap(),
+            p["rejected"].as_str().unwrap(),
+        );
+        let source = samples
+            .iter()
+            .find(|s| {
+                s["grade"] != "correct"
+                    && format!(
+                        "{}{}",
+                        s["prompt"].as_str().unwrap(),
+                        s["completion"].as_str().unwrap()
+                    ) == format!("{prompt}{rejected}")
+            })
+            .unwrap_or_else(|| panic!("no wrong sample is {prompt}{rejected}"));
+        let prefix = &prompt[source["prompt"].as_str().unwrap().len()..];
+        assert!(
+            prefix.is_empty() || prefix.ends_with([';', '#']),
+            "{prefix}"
+        );
+        assert_ne!(p["chosen"], p["rejected"]);
+    }
+    let line = dir.metrics().unwrap().last().unwrap().clone();
+    assert_eq!(line["step/pairs"].as_f64().unwrap() as usize, pairs.len());
+    assert!(
+        line["rewards/accuracies"].as_f64().is_some(),
+        "the pairs trained with DPO"
+    );
+}

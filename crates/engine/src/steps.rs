@@ -185,6 +185,9 @@ pub fn shared_step_values(
 #[derive(Debug, Default)]
 pub struct PrefixCache {
     seen: HashMap<(String, String), (u32, u32)>,
+    /// Per (problem id, prefix), the first of its continuations the verifier accepted (the
+    /// text after the prefix): the chosen side of a first-pit pair.
+    right: HashMap<(String, String), String>,
     /// Prefix estimates asked for, and how many were answered from the cache.
     pub asked: u64,
     pub hits: u64,
@@ -211,6 +214,24 @@ impl PrefixCache {
     /// Share of the estimates asked for that an earlier identical prefix answered.
     pub fn hit_rate(&self) -> f64 {
         self.hits as f64 / self.asked.max(1) as f64
+    }
+
+    /// A continuation of `prefix` of problem `problem_id` that the verifier accepted (its
+    /// text after the prefix), when one of its rollouts was.
+    pub fn right_continuation(&self, problem_id: &str, prefix: &str) -> Option<&str> {
+        self.right
+            .get(&(problem_id.to_string(), prefix.to_string()))
+            .map(String::as_str)
+    }
+
+    /// Records `continuation` as a right continuation of `prefix` (tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn with_right(mut self, problem_id: &str, prefix: &str, continuation: &str) -> Self {
+        self.right.insert(
+            (problem_id.to_string(), prefix.to_string()),
+            continuation.to_string(),
+        );
+        self
     }
 
     /// Prefixes continued (each cost k rollouts).
@@ -315,6 +336,12 @@ fn estimate(
         .collect();
     if let Some(cache) = cache {
         for ((id, prefix), block) in queued {
+            let rollouts = &graded[block * k..(block + 1) * k];
+            if let Some((c, _)) = rollouts.iter().find(|(_, v)| v.is_correct()) {
+                cache
+                    .right
+                    .insert((id.clone(), prefix.clone()), c.text.clone());
+            }
             cache.seen.insert((id, prefix), (blocks[block], k as u32));
         }
     }
@@ -600,6 +627,17 @@ mod tests {
             .sum::<f64>()
             / 3.0;
         assert!((cache.mean_variance() / want - 1.0).abs() < 0.1);
+        // Each prefix keeps a continuation the verifier accepted (a first-pit pair's chosen
+        // side).
+        for prefix in ["a;", "a;b;", "a;b;#"] {
+            let c = cache
+                .right_continuation("p", prefix)
+                .expect("a right rollout");
+            assert!(EndsOk
+                .verify(&groups[0].problem, &format!("{prefix}{c}"))
+                .is_correct());
+        }
+        assert_eq!(cache.right_continuation("p", "b;"), None);
         assert_eq!(run(&mut cache), v);
         assert_eq!((cache.asked, cache.hits, cache.len()), (1200, 1197, 3));
     }

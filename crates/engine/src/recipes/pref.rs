@@ -434,52 +434,23 @@ impl Pref {
 
     /// DPO-family training on the round's pairs, from the previous round's model.
     fn pref_train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
-        let parent = run.parent(round)?;
         let cfg = &self.cfg;
-        let rd = RunDir::round_dir(round);
-        let judge_rel = format!("{rd}/judge.jsonl");
-        let ref_round = cfg.reference.round(parent);
-        let reference = RunDir::checkpoint_dir(ref_round);
-        run.check_checkpoint(ref_round)?;
-        let objective = Objective::Dpo {
+        let loss = DpoRound {
             loss: cfg.loss,
             beta: cfg.beta,
             label_smoothing: cfg.label_smoothing,
             sft_coef: cfg.sft_coef,
-            reference: run.absolute(&reference)?,
-            score_rows: run.plan.score_rows,
-            judge: match run.dir.path(&judge_rel).exists() {
-                true => Some(run.absolute(&judge_rel)?),
-                false => None,
-            },
-            judge_coef: self.judge.coef,
+            reference: cfg.reference,
         };
-        let job = run.job(
-            objective,
+        dpo_stage(
+            run,
             round,
-            &format!("{rd}/train.jsonl"),
-            &RunDir::checkpoint_dir(parent),
+            &loss,
+            self.judge.coef,
             &cfg.train,
             &cfg.optimizer,
-        )?;
-        let mut m = run.manifest(round)?;
-        let mut metrics = m.metrics.take().unwrap_or_default();
-        m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
-        let report = run.train(&job, Start::Round(parent), &mut m, obs, &mut |_, _, _| {
-            Ok(())
-        })?;
-        if let Some(acc) = report.metrics.get("rewards/accuracies") {
-            obs.note(&format!("r{round}: reward accuracy {acc:.2}"));
-        }
-        metrics.extend(report.metrics);
-        m.settings
-            .get_or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("settings are an object")
-            .insert("reference_checkpoint".into(), json!(reference));
-        m.metrics = Some(metrics);
-        m.train = Some(report.stats);
-        run.write_manifest(&m)
+            obs,
+        )
     }
 
     /// The self-judge's score of every sample (one row per group), with its agreement with
@@ -559,21 +530,108 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
     p.sampling.check("pref")?;
     check_fraction("pref.min_vote_share", p.min_vote_share)?;
     check_fraction("pref.judge_margin", p.judge_margin)?;
-    if !(p.beta.is_finite() && p.beta > 0.0) {
-        return Err(Error::config(
-            "pref.beta",
-            format!("{} must be a finite number > 0", p.beta),
-        ));
+    DpoRound {
+        loss: p.loss,
+        beta: p.beta,
+        label_smoothing: p.label_smoothing,
+        sft_coef: p.sft_coef,
+        reference: p.reference,
     }
-    if !(0.0..0.5).contains(&p.label_smoothing) {
-        return Err(Error::config(
-            "pref.label_smoothing",
-            format!("{} must be in [0, 0.5)", p.label_smoothing),
-        ));
-    }
-    non_negative("pref.sft_coef", p.sft_coef, " (0: no NLL term)")?;
-    check_train("pref.train", &p.train)?;
+    .check("pref", &p.train)?;
     p.optimizer.check("pref")
+}
+
+/// A round's DPO-family loss, as a recipe's section sets it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DpoRound {
+    pub loss: DpoLoss,
+    pub beta: f32,
+    pub label_smoothing: f32,
+    pub sft_coef: f32,
+    pub reference: Checkpoint,
+}
+
+impl DpoRound {
+    /// Checks the settings of section `section` (`pref`, `step.dpo`) with its `train`.
+    pub(crate) fn check(&self, section: &str, train: &TrainConfig) -> Result<()> {
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(Error::config(
+                format!("{section}.beta"),
+                format!("{} must be a finite number > 0", self.beta),
+            ));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(Error::config(
+                format!("{section}.label_smoothing"),
+                format!("{} must be in [0, 0.5)", self.label_smoothing),
+            ));
+        }
+        non_negative(
+            format!("{section}.sft_coef"),
+            self.sft_coef,
+            " (0: no NLL term)",
+        )?;
+        check_train(&format!("{section}.train"), train)
+    }
+}
+
+/// DPO-family training on the round's pairs (`train.jsonl`) from the previous round's model,
+/// against the reference `loss` names; with the self-judge's examples of the round
+/// (`judge.jsonl`, weighted `judge_coef`) when it wrote them.
+pub(crate) fn dpo_stage(
+    run: &mut Run,
+    round: u32,
+    loss: &DpoRound,
+    judge_coef: f32,
+    train: &TrainConfig,
+    optimizer: &OptimizerConfig,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    let parent = run.parent(round)?;
+    let rd = RunDir::round_dir(round);
+    let judge_rel = format!("{rd}/judge.jsonl");
+    let ref_round = loss.reference.round(parent);
+    let reference = RunDir::checkpoint_dir(ref_round);
+    run.check_checkpoint(ref_round)?;
+    let objective = Objective::Dpo {
+        loss: loss.loss,
+        beta: loss.beta,
+        label_smoothing: loss.label_smoothing,
+        sft_coef: loss.sft_coef,
+        reference: run.absolute(&reference)?,
+        score_rows: run.plan.score_rows,
+        judge: match run.dir.path(&judge_rel).exists() {
+            true => Some(run.absolute(&judge_rel)?),
+            false => None,
+        },
+        judge_coef,
+    };
+    let job = run.job(
+        objective,
+        round,
+        &format!("{rd}/train.jsonl"),
+        &RunDir::checkpoint_dir(parent),
+        train,
+        optimizer,
+    )?;
+    let mut m = run.manifest(round)?;
+    let mut metrics = m.metrics.take().unwrap_or_default();
+    m.init_checkpoint = Some(RunDir::checkpoint_dir(parent));
+    let report = run.train(&job, Start::Round(parent), &mut m, obs, &mut |_, _, _| {
+        Ok(())
+    })?;
+    if let Some(acc) = report.metrics.get("rewards/accuracies") {
+        obs.note(&format!("r{round}: reward accuracy {acc:.2}"));
+    }
+    metrics.extend(report.metrics);
+    m.settings
+        .get_or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("settings are an object")
+        .insert("reference_checkpoint".into(), json!(reference));
+    m.metrics = Some(metrics);
+    m.train = Some(report.stats);
+    run.write_manifest(&m)
 }
 
 /// Pairs of a round for `recipe`, with the proxy reward of every sample (`None` where the

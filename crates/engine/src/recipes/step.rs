@@ -31,11 +31,24 @@
 //!   positive-only comparison of Setlur et al. in the same harness.
 //! - Completions whose every token has advantage 0 (a group all right whose prefixes all
 //!   kept value 1) are left out of the update; `step/trained` counts the rest.
+//!
+//! `first-pit` (Self-Explore, Hwang et al. 2024) spends the same step values on preference
+//! pairs instead. A wrong completion's first pit is its first step whose value is 0: no
+//! continuation from the prefix that ends with it reached a right answer. The prefix before
+//! the pit still had value, so one of its continuations was right. That continuation is
+//! chosen over the completion's own remainder, with the prompt extended by the prefix, and
+//! the pairs train with the DPO family (`[step.dpo]`). Where the paper samples fresh
+//! continuations from the prefix before the pit, the chosen side here is one of the rollouts
+//! that estimated its value (kept by the `PrefixCache`). A pit at the first step has no
+//! prefix: the chosen side is then a right sample of the same problem, a `dpo-verified`
+//! pair.
 
 use super::pg::{offline_pg_stage, OfflineUpdate};
+use super::pref::{dpo_stage, DpoRound};
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
-use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig};
+use crate::config::{Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig};
 use crate::monitor::round_monitors;
+use crate::pairs::Pair;
 use crate::progress::Observer;
 use crate::run::{records, Run, SampleRecord};
 use crate::sampling::sampled_tokens;
@@ -44,7 +57,7 @@ use crate::store::RunDir;
 use crate::trainer::RolloutLine;
 use crate::{Error, Result};
 use autodidact_core::{Group, Task, Tokenizer};
-use autodidact_objectives::LossAggregation;
+use autodidact_objectives::{DpoLoss, LossAggregation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -105,6 +118,57 @@ pub struct StepConfig {
     pub epsilon_high: f32,
     pub loss_aggregation: LossAggregation,
     pub optimizer: OptimizerConfig,
+    /// `first-pit`'s pairs and their training.
+    pub dpo: FirstPitConfig,
+}
+
+/// `first-pit`'s pairs and their DPO-family training (`[step.dpo]`); the optimizer is
+/// `[step.optimizer]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirstPitConfig {
+    /// Pairs from one problem at most, one per distinct wrong completion (0: all).
+    pub pairs_per_problem: usize,
+    pub loss: DpoLoss,
+    /// β of the DPO-family loss.
+    pub beta: f32,
+    /// ε of `sigmoid` (cDPO) and `robust`.
+    pub label_smoothing: f32,
+    /// Weight of an NLL term on the chosen continuations (0: the pairwise loss alone).
+    pub sft_coef: f32,
+    /// The reference model: M0 or the previous round's.
+    pub reference: Checkpoint,
+    /// Steps and batches; `batch_size` counts pairs.
+    pub train: TrainConfig,
+}
+
+impl Default for FirstPitConfig {
+    fn default() -> Self {
+        Self {
+            pairs_per_problem: 0,
+            loss: DpoLoss::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            sft_coef: 0.0,
+            reference: Checkpoint::Previous,
+            train: TrainConfig {
+                epochs: Some(2.0),
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+impl FirstPitConfig {
+    fn loss(&self) -> DpoRound {
+        DpoRound {
+            loss: self.loss,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            sft_coef: self.sft_coef,
+            reference: self.reference,
+        }
+    }
 }
 
 impl Default for StepConfig {
@@ -128,16 +192,26 @@ impl Default for StepConfig {
             epsilon_high: 0.2,
             loss_aggregation: LossAggregation::Token,
             optimizer: OptimizerConfig::default(),
+            dpo: FirstPitConfig::default(),
         }
     }
 }
 
-/// The step-credit family: recipe `step-pg`, section `[step]`.
+/// The step-credit family: recipes `step-pg` and `first-pit`, section `[step]`.
 pub struct StepCredit;
+
+/// What a round does with its step values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `step-pg`: per-token advantages for a policy gradient.
+    Pg,
+    /// `first-pit`: preference pairs at each wrong completion's first pit.
+    FirstPit,
+}
 
 impl Family for StepCredit {
     fn recipes(&self) -> &'static [&'static str] {
-        &["step-pg"]
+        &["step-pg", "first-pit"]
     }
     fn sections(&self) -> &'static [&'static str] {
         &["step"]
@@ -145,8 +219,13 @@ impl Family for StepCredit {
     fn resolve(&self, name: &str, value: toml::Value) -> Result<toml::Value> {
         resolve::<StepConfig>(name, value)
     }
-    fn build(&self, _recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
+    fn build(&self, recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
         let cfg: StepConfig = section(sections, "step")?;
+        let kind = if recipe == "first-pit" {
+            Kind::FirstPit
+        } else {
+            Kind::Pg
+        };
         let at_least_one = |key: &str, v: usize| {
             if v == 0 {
                 Err(Error::config(key, "must be at least 1"))
@@ -176,12 +255,16 @@ impl Family for StepCredit {
         }
         cfg.sampling.check("step")?;
         cfg.optimizer.check("step")?;
-        Ok(Arc::new(StepPg { cfg }))
+        if kind == Kind::FirstPit {
+            cfg.dpo.loss().check("step.dpo", &cfg.dpo.train)?;
+        }
+        Ok(Arc::new(StepPg { kind, cfg }))
     }
 }
 
 /// Step-level credit with its settings.
 pub struct StepPg {
+    kind: Kind,
     cfg: StepConfig,
 }
 
@@ -198,9 +281,25 @@ const COLUMNS: &[Column] = &[
     },
 ];
 
+const PIT_COLUMNS: &[Column] = &[
+    Column {
+        header: "pairs",
+        key: "step/pairs",
+        format: Format::Count,
+    },
+    Column {
+        header: "prefixes continued",
+        key: "step/prefixes",
+        format: Format::Count,
+    },
+];
+
 impl Recipe for StepPg {
     fn name(&self) -> &'static str {
-        "step-pg"
+        match self.kind {
+            Kind::Pg => "step-pg",
+            Kind::FirstPit => "first-pit",
+        }
     }
     fn rounds(&self) -> u32 {
         self.cfg.rounds
@@ -226,7 +325,12 @@ impl Recipe for StepPg {
     fn check(&self, _config: &RunConfig, task: &dyn Task, budget: &Budget) -> Result<()> {
         self.pattern(task)?;
         let c = &self.cfg;
-        budget.batch("step.micro_batch_size", c.micro_batch_size)?;
+        match self.kind {
+            Kind::Pg => budget.batch("step.micro_batch_size", c.micro_batch_size)?,
+            Kind::FirstPit => {
+                budget.batch("step.dpo.train.batch_size", 2 * c.dpo.train.batch_size)?
+            }
+        }
         budget.held(
             "step.problems",
             c.problems,
@@ -235,7 +339,10 @@ impl Recipe for StepPg {
         )
     }
     fn columns(&self) -> &'static [Column] {
-        COLUMNS
+        match self.kind {
+            Kind::Pg => COLUMNS,
+            Kind::FirstPit => PIT_COLUMNS,
+        }
     }
 }
 
@@ -268,53 +375,87 @@ impl StepPg {
             (&mut cache, &format!("r{round} step values")),
             obs,
         )?;
-        let credit = credit(
-            &groups,
-            &values,
-            &pattern,
-            (cfg.credit, cfg.baseline),
-            policy.tokenizer(),
-        )?;
-        let lines: Vec<&RolloutLine> = credit
-            .lines
-            .iter()
-            .filter(|l| l.trained)
-            .map(|l| &l.line)
-            .collect();
-        let mut metrics = round_monitors(&groups, &credit.selected, run.plan.config.monitor.n_star);
-        metrics.extend(proxy);
-        metrics.extend([
+        let mut metrics = BTreeMap::from([
             (
                 "rollout/sampled_tokens".to_string(),
                 sampled_tokens(&groups) as f64,
             ),
-            ("step/trained".into(), lines.len() as f64),
             ("step/prefixes".into(), cache.len() as f64),
             ("step/cache_hit_rate".into(), cache.hit_rate()),
             ("step/value_variance".into(), cache.mean_variance()),
         ]);
-        metrics.extend(credit.metrics);
+        metrics.extend(proxy);
         let rd = RunDir::round_dir(round);
+        let train = format!("{rd}/train.jsonl");
+        let (selected, counts, summary) = match self.kind {
+            Kind::Pg => {
+                let credit = credit(
+                    &groups,
+                    &values,
+                    &pattern,
+                    (cfg.credit, cfg.baseline),
+                    policy.tokenizer(),
+                )?;
+                let lines: Vec<&RolloutLine> = credit
+                    .lines
+                    .iter()
+                    .filter(|l| l.trained)
+                    .map(|l| &l.line)
+                    .collect();
+                metrics.insert("step/trained".into(), lines.len() as f64);
+                metrics.extend(credit.metrics);
+                run.dir.write_jsonl(&train, &lines)?;
+                (
+                    credit.selected,
+                    json!({"trained": lines.len(), "prefixes": cache.len(), "sampled": credit.lines.len()}),
+                    format!(
+                        "{} of {} completions carry credit",
+                        lines.len(),
+                        credit.lines.len()
+                    ),
+                )
+            }
+            Kind::FirstPit => {
+                let pits = first_pit_pairs(
+                    &groups,
+                    &values,
+                    &pattern,
+                    &cache,
+                    cfg.dpo.pairs_per_problem,
+                );
+                metrics.extend(pits.metrics);
+                run.dir.write_jsonl(&train, &pits.pairs)?;
+                let selected = groups
+                    .iter()
+                    .map(|g| g.verdicts.iter().map(|v| v.is_correct()).collect())
+                    .collect();
+                (
+                    selected,
+                    json!({"pairs": pits.pairs.len(), "prefixes": cache.len()}),
+                    format!("{} first-pit pairs", pits.pairs.len()),
+                )
+            }
+        };
+        metrics.extend(round_monitors(
+            &groups,
+            &selected,
+            run.plan.config.monitor.n_star,
+        ));
         let samples: Vec<SampleRecord> = records(&groups, false).collect();
         run.dir
             .write_jsonl(&format!("{rd}/samples.jsonl"), &samples)?;
-        run.dir.write_jsonl(&format!("{rd}/train.jsonl"), &lines)?;
         obs.stage_finished(&format!(
-            "r{round} step values: {} prefixes continued ({:.0}% of asks answered from the cache), {} of {} completions carry credit",
+            "r{round} step values: {} prefixes continued ({:.0}% of asks answered from the cache), {summary}",
             cache.len(),
             100.0 * cache.hit_rate(),
-            lines.len(),
-            credit.lines.len()
         ));
         let mut m = run.manifest(round)?;
         m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
         m.settings = Some(json!({"step": cfg}));
-        m.counts = Some(
-            json!({"trained": lines.len(), "prefixes": cache.len(), "sampled": credit.lines.len()}),
-        );
+        m.counts = Some(counts);
         m.metrics = Some(metrics);
         run.hash_into(&mut m, &format!("{rd}/samples.jsonl"))?;
-        run.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
+        run.hash_into(&mut m, &train)?;
         run.write_manifest(&m)
     }
 
@@ -322,6 +463,17 @@ impl StepPg {
     /// the previous round's model, with a fresh optimizer.
     fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let c = &self.cfg;
+        if self.kind == Kind::FirstPit {
+            return dpo_stage(
+                run,
+                round,
+                &c.dpo.loss(),
+                0.0,
+                &c.dpo.train,
+                &c.optimizer,
+                obs,
+            );
+        }
         let update = OfflineUpdate {
             epochs: c.epochs,
             batch_size: c.batch_size,
@@ -443,6 +595,91 @@ fn credit(
         );
     }
     Ok(out)
+}
+
+/// What [`first_pit_pairs`] makes of a round.
+struct FirstPits {
+    pairs: Vec<Pair>,
+    metrics: BTreeMap<String, f64>,
+}
+
+/// A pair at the first pit of each distinct wrong completion of `groups` (at most
+/// `per_problem` per problem, 0: all), from its steps' `values` (`[group][completion][step]`,
+/// the last the verdict): the prompt extended by the steps before the pit, a right
+/// continuation of that prefix from `cache` chosen over the completion's own remainder. A pit
+/// at the first step pairs a right sample of the problem against the whole completion.
+fn first_pit_pairs(
+    groups: &[Group],
+    values: &[Vec<Vec<f32>>],
+    pattern: &StepPattern,
+    cache: &PrefixCache,
+    per_problem: usize,
+) -> FirstPits {
+    let (mut pairs, mut positions) = (Vec::new(), Vec::new());
+    let (mut wrong, mut at_start, mut unpaired) = (0usize, 0usize, 0usize);
+    for (g, vals) in groups.iter().zip(values) {
+        let right = g.distinct_correct();
+        let mut made = 0;
+        for (n, &i) in g
+            .distinct(|i| !g.verdicts[i].is_correct())
+            .iter()
+            .enumerate()
+        {
+            if per_problem > 0 && made == per_problem {
+                break;
+            }
+            wrong += 1;
+            let text = &g.completions[i].text;
+            let ends = pattern.ends(text);
+            // A wrong completion's last value is its verdict, 0: it always has a pit.
+            let Some(pit) = vals[i].iter().position(|&v| v == 0.0) else {
+                unpaired += 1;
+                continue;
+            };
+            positions.push(pit as f64 / vals[i].len() as f64);
+            let (prefix, chosen) = if pit == 0 {
+                at_start += 1;
+                let chosen = right
+                    .get(n % right.len().max(1))
+                    .map(|&r| g.completions[r].text.as_str());
+                ("", chosen)
+            } else {
+                let prefix = &text[..ends[pit - 1]];
+                (prefix, cache.right_continuation(&g.problem.id, prefix))
+            };
+            let rejected = &text[prefix.len()..];
+            match chosen {
+                Some(chosen) if chosen != rejected => {
+                    pairs.push(Pair {
+                        problem_id: g.problem.id.clone(),
+                        prompt: format!("{}{prefix}", g.problem.prompt),
+                        chosen: chosen.to_string(),
+                        rejected: rejected.to_string(),
+                        weight: 1.0,
+                        chosen_reward: 1.0,
+                        rejected_reward: 0.0,
+                        chosen_correct: true,
+                        rejected_correct: false,
+                    });
+                    made += 1;
+                }
+                _ => unpaired += 1,
+            }
+        }
+    }
+    let mut metrics = BTreeMap::from([
+        ("step/pairs".to_string(), pairs.len() as f64),
+        ("step/wrong".to_string(), wrong as f64),
+        ("step/pit_at_start".to_string(), at_start as f64),
+        ("step/unpaired".to_string(), unpaired as f64),
+    ]);
+    if !positions.is_empty() {
+        metrics.insert(
+            "step/first_pit_position".into(),
+            positions.iter().sum::<f64>() / positions.len() as f64,
+        );
+    }
+    FirstPits { pairs, metrics }
 }
 
 #[cfg(test)]
@@ -583,5 +820,60 @@ mod tests {
         }
         // A step that kept its value (`#`, `ok`) weighs nothing.
         assert_eq!(out.weights[0][4..], [0.0, 0.0, 0.0]);
+    }
+
+    /// Issue 20: first-pit pairs. The prompt is extended by the steps before the first step
+    /// of value 0, a right continuation of that prefix is chosen over the completion's own
+    /// remainder; a pit at the first step falls back to a right sample of the problem; a
+    /// prefix with no right continuation on record gives no pair.
+    #[test]
+    fn issue20_first_pit_pairs_choose_a_right_continuation_at_the_pit() {
+        let groups = vec![group(
+            "p",
+            &[
+                ("a;b;#ok", Some("ok"), true),
+                ("a;c;#no", Some("no"), false),
+                ("d;e;#no", Some("no"), false),
+                ("a;c;#no", Some("no"), false),
+                ("a;f;#xx", Some("xx"), false),
+            ],
+        )];
+        let pattern = StepPattern::new("p", autodidact_tasks::TRACE_STEPS).unwrap();
+        // Values of each step prefix, the last the verdict.
+        let values = vec![vec![
+            vec![0.75, 1.0, 1.0, 1.0],
+            vec![0.75, 0.0, 0.0, 0.0],
+            vec![0.0, 0.0, 0.0, 0.0],
+            vec![0.75, 0.0, 0.0, 0.0],
+            vec![0.5, 0.25, 0.0, 0.0],
+        ]];
+        let cache = PrefixCache::default().with_right("p", "a;", "b;#ok");
+        let pits = first_pit_pairs(&groups, &values, &pattern, &cache, 0);
+        let got: Vec<(&str, &str, &str)> = pits
+            .pairs
+            .iter()
+            .map(|p| (p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // The pit is `c;`: from `a;` the recorded right continuation.
+                ("p=a;", "b;#ok", "c;#no"),
+                // The pit is the first step: a right sample of the problem.
+                ("p=", "a;b;#ok", "d;e;#no"),
+            ]
+        );
+        // `a;c;#no` twice is one distinct completion; `a;f;#xx` pits at `#` after `a;f;`,
+        // which has no right continuation on record.
+        assert_eq!(pits.metrics["step/wrong"], 3.0);
+        assert_eq!(pits.metrics["step/unpaired"], 1.0);
+        assert_eq!(pits.metrics["step/pit_at_start"], 1.0);
+        assert!((pits.metrics["step/first_pit_position"] - (0.25 + 0.0 + 0.5) / 3.0).abs() < 1e-9);
+        assert!(pits
+            .pairs
+            .iter()
+            .all(|p| p.chosen_correct && !p.rejected_correct));
+        let one = first_pit_pairs(&groups, &values, &pattern, &cache, 1);
+        assert_eq!(one.pairs.len(), 1);
     }
 }
