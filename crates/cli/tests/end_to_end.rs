@@ -571,3 +571,41 @@ fn issue20_a_short_first_pit_run_pairs_at_the_pit() {
         "the pairs trained with DPO"
     );
 }
+
+/// Issue 20: a short tree search samples `expansions × rollouts` traces of every problem,
+/// each a whole trace from the prompt, and trains on the distinct right ones.
+#[test]
+fn issue20_a_short_tree_search_trains_on_the_right_traces_it_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    let sets = [
+        "seed_stage.train.steps=400",
+        "recipe=tree-search",
+        "tree.rounds=1",
+        "tree.problems=64",
+        "tree.expansions=3",
+        "tree.rollouts=2",
+        "tree.train.epochs=1.0",
+    ];
+    let mut run = small_run(&root, &sets);
+    run.execute(&mut Silent).unwrap();
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(headers, ["solved", "kept"]);
+    let dir = RunDir::open(&root).unwrap().0;
+    let samples: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/samples.jsonl").unwrap();
+    assert_eq!(samples.len(), 64 * 3 * 2);
+    let train: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/train.jsonl").unwrap();
+    assert!(!train.is_empty());
+    for e in &train {
+        assert!(
+            samples.iter().any(|s| s["prompt"] == e["prompt"]
+                && s["completion"] == e["completion"]
+                && s["grade"] == "correct"),
+            "{e}"
+        );
+    }
+    let line = dir.metrics().unwrap().last().unwrap().clone();
+    assert_eq!(line["tree/kept"].as_f64().unwrap() as usize, train.len());
+    assert_eq!(line["tree/expansions"].as_f64(), Some(3.0));
+    assert!(common::manifest(&root, 1).train.is_some());
+}

@@ -1,7 +1,7 @@
 //! Held-out evaluation: greedy pass@1, sampled pass@k (unbiased estimator) and maj@k.
 
 use crate::config::{EvalConfig, SamplingConfig};
-use crate::progress::Observer;
+use crate::progress::{Observer, Offset};
 use crate::sampling::{derive_seed, sample_groups};
 use crate::Result;
 use autodidact_core::{Group, Policy, Problem, SamplingParams, Split, Task, Tokenizer};
@@ -37,29 +37,6 @@ pub fn majority<'a>(answers: impl IntoIterator<Item = Option<&'a str>>) -> Optio
         .into_values()
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, first)| first)
-}
-
-/// Reports progress shifted by what earlier passes of the same stage did.
-struct Offset<'a> {
-    inner: &'a mut dyn Observer,
-    done: u64,
-    tokens: u64,
-}
-
-impl Observer for Offset<'_> {
-    fn stage_started(&mut self, stage: &str, total: u64) {
-        self.inner.stage_started(stage, total)
-    }
-    fn stage_progress(&mut self, done: u64, tokens: u64) {
-        self.inner
-            .stage_progress(self.done + done, self.tokens + tokens)
-    }
-    fn stage_finished(&mut self, summary: &str) {
-        self.inner.stage_finished(summary)
-    }
-    fn note(&mut self, line: &str) {
-        self.inner.note(line)
-    }
 }
 
 /// Per-problem outcome of an evaluation.

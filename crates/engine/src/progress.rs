@@ -22,3 +22,27 @@ impl Observer for Silent {
     fn stage_finished(&mut self, _: &str) {}
     fn note(&mut self, _: &str) {}
 }
+
+/// An observer that continues a stage's progress from where an earlier pass left it:
+/// `done` units and `tokens` tokens are added to what it is told.
+pub struct Offset<'a> {
+    pub inner: &'a mut dyn Observer,
+    pub done: u64,
+    pub tokens: u64,
+}
+
+impl Observer for Offset<'_> {
+    fn stage_started(&mut self, stage: &str, total: u64) {
+        self.inner.stage_started(stage, total)
+    }
+    fn stage_progress(&mut self, done: u64, tokens: u64) {
+        self.inner
+            .stage_progress(self.done + done, self.tokens + tokens)
+    }
+    fn stage_finished(&mut self, summary: &str) {
+        self.inner.stage_finished(summary)
+    }
+    fn note(&mut self, line: &str) {
+        self.inner.note(line)
+    }
+}

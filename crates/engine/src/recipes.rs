@@ -23,6 +23,7 @@ pub mod pref;
 pub mod raft;
 pub mod star;
 pub mod step;
+pub mod tree;
 
 /// Every recipe family the engine knows (one line per family).
 pub const FAMILIES: &[&dyn Family] = &[
@@ -32,6 +33,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &raft::BestOfN,
     &step::StepCredit,
     &correct::SelfCorrection,
+    &tree::TreeSearch,
 ];
 
 /// A recipe family: the recipes it runs and the config sections it owns.
