@@ -454,8 +454,16 @@ pub fn run_native(
                         "the job's loss has a KL term (plan.surrogate.beta > 0, or a line's kl_coef > 0) but names no reference checkpoint",
                     ))
                 }
-                (true, Some(r)) if r == &job.model => Some(policy.logprobs(&examples)?),
-                (true, Some(r)) => Some(load(r)?.logprobs(&examples)?),
+                // Scored a micro-batch at a time: all lines at once would hold every
+                // position's logits together.
+                (true, Some(r)) if r == &job.model => {
+                    Some(chunked_logprobs(policy, &examples, plan.micro_batch_size)?)
+                }
+                (true, Some(r)) => Some(chunked_logprobs(
+                    &mut *load(r)?,
+                    &examples,
+                    plan.micro_batch_size,
+                )?),
             };
             let mut up = Updater::start(
                 policy,
@@ -494,6 +502,19 @@ pub fn pg_objective(data: &Path, minibatches: u32, seed: u64) -> Result<Objectiv
         reference: None,
         optimizer_state: None,
     })
+}
+
+/// `policy`'s log-probs of `examples`, `rows` examples per call.
+fn chunked_logprobs(
+    policy: &mut dyn TrainablePolicy,
+    examples: &[Example],
+    rows: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(rows.max(1)) {
+        out.extend(policy.logprobs(chunk)?);
+    }
+    Ok(out)
 }
 
 /// Loads a checkpoint directory as the run's model.

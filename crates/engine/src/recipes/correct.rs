@@ -39,6 +39,7 @@
 //!   them), so M0's corrections are learned on synthetic slips, not on its own errors.
 
 use super::pg::{offline_pg_stage, OfflineUpdate};
+use super::star::capped;
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
     check_train, non_negative, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig,
@@ -646,14 +647,6 @@ fn score_lines(
         ("score/bonus".to_string(), bonus / n.max(1) as f64),
     ]);
     (lines, m)
-}
-
-/// `v` cut to `max` (0: all of it).
-fn capped(mut v: Vec<usize>, max: usize) -> Vec<usize> {
-    if max > 0 {
-        v.truncate(max);
-    }
-    v
 }
 
 /// Pair-SFT's correction traces: each distinct wrong first attempt of a problem (at most

@@ -252,14 +252,19 @@ pub struct Counts {
 /// reward's `threshold` those whose reward reaches it; first occurrence of each text, at most
 /// `max_per_problem` (0: all), in sampling order.
 fn kept(g: &Group, max_per_problem: usize, threshold: Option<f32>) -> Vec<usize> {
-    let mut idx = match threshold {
+    let idx = match threshold {
         None => g.distinct_correct(),
         Some(t) => g.distinct(|i| g.rewards[i] >= t),
     };
-    if max_per_problem > 0 {
-        idx.truncate(max_per_problem);
+    capped(idx, max_per_problem)
+}
+
+/// `v` cut to its first `max` (0: all of it): a per-problem cap.
+pub(crate) fn capped(mut v: Vec<usize>, max: usize) -> Vec<usize> {
+    if max > 0 {
+        v.truncate(max);
     }
-    idx
+    v
 }
 
 /// [`kept`] as one flag per completion of `g`.

@@ -21,6 +21,7 @@
 //! continuations alone (no value model), the selection is greedy best-first, and only the
 //! policy trains, on the distinct right traces (SFT).
 
+use super::star::{curate, kept_mask};
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
     check_train, Budget, Checkpoint, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig,
@@ -33,7 +34,7 @@ use crate::steps::StepPattern;
 use crate::store::RunDir;
 use crate::{Error, Result};
 use autodidact_core::rng::fnv1a;
-use autodidact_core::{Completion, Example, Group, Policy, Problem, SamplingParams, Task};
+use autodidact_core::{Completion, Group, Policy, Problem, SamplingParams, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -205,20 +206,13 @@ impl Tree {
             seed: run.seed(round, "tree"),
         };
         let found = search.run(&mut *policy, task, &problems, obs)?;
-        let mut examples = Vec::new();
-        let mut selected = Vec::with_capacity(found.groups.len());
-        for g in &found.groups {
-            let kept = capped(g.distinct_correct(), cfg.max_per_problem);
-            let mut mask = vec![false; g.completions.len()];
-            for &i in &kept {
-                mask[i] = true;
-                examples.push(Example::new(
-                    g.problem.prompt.clone(),
-                    g.completions[i].text.clone(),
-                ));
-            }
-            selected.push(mask);
-        }
+        // The distinct right traces, kept as star keeps its samples.
+        let (examples, _) = curate(&found.groups, cfg.max_per_problem, None);
+        let selected: Vec<Vec<bool>> = found
+            .groups
+            .iter()
+            .map(|g| kept_mask(g, cfg.max_per_problem, None))
+            .collect();
         let solved = found
             .groups
             .iter()
@@ -256,14 +250,6 @@ impl Tree {
         run.hash_into(&mut m, &format!("{rd}/train.jsonl"))?;
         run.write_manifest(&m)
     }
-}
-
-/// `v` cut to `max` (0: all of it).
-fn capped(mut v: Vec<usize>, max: usize) -> Vec<usize> {
-    if max > 0 {
-        v.truncate(max);
-    }
-    v
 }
 
 /// A node of a problem's tree: a prefix of whole steps, with the continuations through it.
