@@ -20,11 +20,10 @@
 
 use crate::judge::gold_and_slips;
 use crate::progress::Observer;
-use crate::sampling::{sample_rows, Row};
+use crate::sampling::{add_graded, empty_groups, sample_rows, sample_seed, Row};
 use crate::Result;
-use autodidact_core::rng::fnv1a;
 use autodidact_core::{
-    ChatMessage, Example, Group, Policy, Problem, Rng, SamplingParams, Task, Tokenizer, Verdict,
+    ChatMessage, Example, Group, Policy, Problem, SamplingParams, Task, Tokenizer, Verdict,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -138,31 +137,17 @@ pub fn second_attempts(
                 problem: i,
                 prompt: prompt.clone(),
                 prefix: String::new(),
-                seed: Rng::derived(seed ^ fnv1a(g.problem.id.as_bytes()), j as u64).next_u64(),
+                seed: sample_seed(seed, &g.problem, j as u64),
                 max_new_tokens: params.max_new_tokens,
             });
             own.push(prompt);
         }
         prompts.push(own);
     }
-    let mut groups: Vec<Group> = firsts
-        .iter()
-        .map(|g| Group {
-            problem: g.problem.clone(),
-            completions: Vec::with_capacity(g.completions.len()),
-            verdicts: Vec::with_capacity(g.completions.len()),
-            rewards: Vec::with_capacity(g.completions.len()),
-        })
-        .collect();
     let per_unit = firsts.first().map_or(1, |g| g.completions.len().max(1)) as u64;
-    for (row, (c, v)) in rows.iter().zip(sample_rows(
-        policy, task, &problems, &rows, params, per_unit, obs,
-    )?) {
-        let g = &mut groups[row.problem];
-        g.rewards.push(v.score);
-        g.verdicts.push(v);
-        g.completions.push(c);
-    }
+    let graded = sample_rows(policy, task, &problems, &rows, params, per_unit, obs)?;
+    let mut groups = empty_groups(&problems);
+    add_graded(&mut groups, &rows, graded);
     Ok(SecondAttempts { prompts, groups })
 }
 

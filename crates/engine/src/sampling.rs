@@ -74,29 +74,49 @@ pub fn sample_prompts(
                 problem: i,
                 prompt: prompts[i].clone(),
                 prefix: String::new(),
-                seed: Rng::derived(seed ^ fnv1a(problems[i].id.as_bytes()), j).next_u64(),
+                seed: sample_seed(seed, &problems[i], j),
                 max_new_tokens: params.max_new_tokens,
             })
         })
         .collect();
-    let mut groups: Vec<Group> = problems
+    let graded = sample_rows(policy, task, problems, &rows, params, k as u64, obs)?;
+    let mut groups = empty_groups(problems);
+    add_graded(&mut groups, &rows, graded);
+    Ok(groups)
+}
+
+/// The seed of sample `j` of `problem` in a call seeded by `seed`: it does not depend on
+/// which other problems are sampled.
+pub fn sample_seed(seed: u64, problem: &Problem, j: u64) -> u64 {
+    Rng::derived(seed ^ fnv1a(problem.id.as_bytes()), j).next_u64()
+}
+
+/// One group per problem, with no completion yet.
+pub fn empty_groups(problems: &[Problem]) -> Vec<Group> {
+    problems
         .iter()
         .map(|p| Group {
             problem: p.clone(),
-            completions: Vec::with_capacity(k),
-            verdicts: Vec::with_capacity(k),
-            rewards: Vec::with_capacity(k),
+            completions: Vec::new(),
+            verdicts: Vec::new(),
+            rewards: Vec::new(),
         })
-        .collect();
-    for (row, (c, v)) in rows.iter().zip(sample_rows(
-        policy, task, problems, &rows, params, k as u64, obs,
-    )?) {
+        .collect()
+}
+
+/// Adds each of `rows`' graded completions ([`sample_rows`]' output) to its problem's group,
+/// in row order: its reward is its verdict's score, and a row that continued a prefix adds
+/// the whole trace (the prefix, then the completion's text).
+pub fn add_graded(groups: &mut [Group], rows: &[Row], graded: Vec<(Completion, Verdict)>) {
+    for (row, (mut c, v)) in rows.iter().zip(graded) {
+        if !row.prefix.is_empty() {
+            c.text = format!("{}{}", row.prefix, c.text);
+        }
         let g = &mut groups[row.problem];
         g.rewards.push(v.score);
         g.verdicts.push(v);
         g.completions.push(c);
     }
-    Ok(groups)
 }
 
 /// One completion to sample: of `problems[problem]`, from `prompt`, continuing `prefix` (the

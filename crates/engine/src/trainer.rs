@@ -504,8 +504,9 @@ pub fn pg_objective(data: &Path, minibatches: u32, seed: u64) -> Result<Objectiv
     })
 }
 
-/// `policy`'s log-probs of `examples`, `rows` examples per call.
-fn chunked_logprobs(
+/// `policy`'s log-probs of `examples`, `rows` examples per call (one call would hold every
+/// position's logits of them all at once).
+pub(crate) fn chunked_logprobs(
     policy: &mut dyn TrainablePolicy,
     examples: &[Example],
     rows: usize,

@@ -51,7 +51,7 @@ use crate::episode::{
 };
 use crate::eval::EvalSamples;
 use crate::monitor::round_monitors;
-use crate::progress::Observer;
+use crate::progress::{Observer, Offset};
 use crate::run::{records, Manifest, Run, SampleRecord};
 use crate::sampling::sampled_tokens;
 use crate::store::RunDir;
@@ -401,7 +401,20 @@ impl Recipe for Correction {
             obs,
         )?;
         let eval_sampling = run.plan.sampling(&run.plan.config.eval.sampling);
-        let sampled = second_attempts(policy, task, &held_out.sampled, &eval_sampling, seed, obs)?;
+        // The sampled pass continues the stage's progress where the greedy pass ended.
+        let mut rest = Offset {
+            inner: &mut *obs,
+            done: held_out.greedy.len() as u64,
+            tokens: sampled_tokens(&greedy.groups) as u64,
+        };
+        let sampled = second_attempts(
+            policy,
+            task,
+            &held_out.sampled,
+            &eval_sampling,
+            seed,
+            &mut rest,
+        )?;
         let g = Deltas::of_groups(&held_out.greedy, &greedy.groups);
         let s = Deltas::of_groups(&held_out.sampled, &sampled.groups);
         obs.stage_finished(&format!("r{round} review (greedy): {}", g.line()));
@@ -450,11 +463,9 @@ impl Correction {
                 run.seed(round, "review"),
                 obs,
             )?;
-            obs.stage_finished(&format!(
-                "r{round} second attempts: {}",
-                Deltas::of_groups(&firsts, &s.groups).line()
-            ));
-            Some(s)
+            let deltas = Deltas::of_groups(&firsts, &s.groups);
+            obs.stage_finished(&format!("r{round} second attempts: {}", deltas.line()));
+            Some((s, deltas))
         } else {
             None
         };
@@ -465,10 +476,11 @@ impl Correction {
         let mut metrics = round_monitors(&firsts, &selected, run.plan.config.monitor.n_star);
         metrics.extend(proxy);
         let mut tokens = sampled_tokens(&firsts);
-        if let Some(s) = &seconds {
+        if let Some((s, deltas)) = &seconds {
             tokens += sampled_tokens(&s.groups);
-            metrics.extend(Deltas::of_groups(&firsts, &s.groups).metrics("correct/"));
+            metrics.extend(deltas.metrics("correct/"));
         }
+        let seconds = seconds.map(|(s, _)| s);
         metrics.insert("rollout/sampled_tokens".into(), tokens as f64);
         let rd = RunDir::round_dir(round);
         let train = format!("{rd}/train.jsonl");
@@ -521,7 +533,8 @@ impl Correction {
 
     fn train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let c = &self.cfg;
-        let init = c.restart_from.round(run.parent(round)?);
+        let parent = run.parent(round)?;
+        let init = c.restart_from.round(parent);
         match self.kind {
             Kind::Sft => run.sft_stage(round, init, &c.sft.train, &c.optimizer, obs),
             Kind::Score => {
@@ -537,7 +550,6 @@ impl Correction {
                 };
                 // The KL terms' coefficients travel on the lines; any above 0 needs the
                 // reference's log-probs.
-                let parent = run.parent(round)?;
                 let reference =
                     (s.beta > 0.0 || s.stage_one_beta > 0.0).then(|| s.reference.round(parent));
                 offline_pg_stage(

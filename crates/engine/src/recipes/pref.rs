@@ -101,6 +101,19 @@ impl Default for PrefConfig {
     }
 }
 
+impl PrefConfig {
+    /// Its DPO-family loss.
+    fn dpo(&self) -> DpoRound {
+        DpoRound {
+            loss: self.loss,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            sft_coef: self.sft_coef,
+            reference: self.reference,
+        }
+    }
+}
+
 /// The self-judge (`[judge]`, recipe `self-rewarding`): the policy reads
 /// `?<prompt><completion>>` and its probability of `Y` against `N` is the score.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -435,17 +448,10 @@ impl Pref {
     /// DPO-family training on the round's pairs, from the previous round's model.
     fn pref_train_stage(&self, run: &mut Run, round: u32, obs: &mut dyn Observer) -> Result<()> {
         let cfg = &self.cfg;
-        let loss = DpoRound {
-            loss: cfg.loss,
-            beta: cfg.beta,
-            label_smoothing: cfg.label_smoothing,
-            sft_coef: cfg.sft_coef,
-            reference: cfg.reference,
-        };
         dpo_stage(
             run,
             round,
-            &loss,
+            &cfg.dpo(),
             self.judge.coef,
             &cfg.train,
             &cfg.optimizer,
@@ -530,14 +536,7 @@ fn check_pref(kind: Kind, p: &PrefConfig) -> Result<()> {
     p.sampling.check("pref")?;
     check_fraction("pref.min_vote_share", p.min_vote_share)?;
     check_fraction("pref.judge_margin", p.judge_margin)?;
-    DpoRound {
-        loss: p.loss,
-        beta: p.beta,
-        label_smoothing: p.label_smoothing,
-        sft_coef: p.sft_coef,
-        reference: p.reference,
-    }
-    .check("pref", &p.train)?;
+    p.dpo().check("pref", &p.train)?;
     p.optimizer.check("pref")
 }
 

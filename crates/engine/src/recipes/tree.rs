@@ -29,12 +29,12 @@ use crate::config::{
 use crate::monitor::round_monitors;
 use crate::progress::{Observer, Offset};
 use crate::run::{records, Run, SampleRecord};
-use crate::sampling::{derive_seed, sample_rows, sampled_tokens, Row};
+use crate::sampling::{add_graded, derive_seed, empty_groups, sample_rows, Row};
 use crate::steps::StepPattern;
 use crate::store::RunDir;
 use crate::{Error, Result};
 use autodidact_core::rng::fnv1a;
-use autodidact_core::{Completion, Group, Policy, Problem, SamplingParams, Task};
+use autodidact_core::{Group, Policy, Problem, SamplingParams, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -207,17 +207,13 @@ impl Tree {
         };
         let found = search.run(&mut *policy, task, &problems, obs)?;
         // The distinct right traces, kept as star keeps its samples.
-        let (examples, _) = curate(&found.groups, cfg.max_per_problem, None);
+        let (examples, counts) = curate(&found.groups, cfg.max_per_problem, None);
         let selected: Vec<Vec<bool>> = found
             .groups
             .iter()
             .map(|g| kept_mask(g, cfg.max_per_problem, None))
             .collect();
-        let solved = found
-            .groups
-            .iter()
-            .filter(|g| g.verdicts.iter().any(|v| v.is_correct()))
-            .count();
+        let solved = counts.solved;
         let mut metrics = round_monitors(&found.groups, &selected, run.plan.config.monitor.n_star);
         metrics.extend(found.metrics());
         metrics.extend([
@@ -225,7 +221,7 @@ impl Tree {
             ("tree/kept".to_string(), examples.len() as f64),
             (
                 "rollout/sampled_tokens".to_string(),
-                sampled_tokens(&found.groups) as f64,
+                counts.sampled_tokens as f64,
             ),
         ]);
         let rd = RunDir::round_dir(round);
@@ -399,15 +395,7 @@ impl Search<'_> {
         obs: &mut dyn Observer,
     ) -> Result<Found> {
         let mut trees: Vec<ProblemTree> = problems.iter().map(|_| ProblemTree::new()).collect();
-        let mut groups: Vec<Group> = problems
-            .iter()
-            .map(|p| Group {
-                problem: p.clone(),
-                completions: Vec::new(),
-                verdicts: Vec::new(),
-                rewards: Vec::new(),
-            })
-            .collect();
+        let mut groups = empty_groups(problems);
         let (mut done, mut tokens) = (0u64, 0u64);
         for e in 0..self.expansions {
             let mut rows = Vec::new();
@@ -460,24 +448,12 @@ impl Search<'_> {
                 .iter()
                 .map(|(c, _)| c.tokens.len() as u64)
                 .sum::<u64>();
-            for (block, node) in rows
-                .chunks(self.rollouts)
-                .zip(graded.chunks(self.rollouts))
-                .zip(&at)
-            {
-                let (rows, graded) = block;
-                for (row, (c, v)) in rows.iter().zip(graded) {
-                    let right = v.is_correct();
-                    trees[row.problem].record(*node, &c.text, right, self.pattern);
-                    let g = &mut groups[row.problem];
-                    g.rewards.push(v.score);
-                    g.verdicts.push(v.clone());
-                    g.completions.push(Completion {
-                        text: format!("{}{}", row.prefix, c.text),
-                        ..c.clone()
-                    });
-                }
+            // Row r continued the node expanded by its problem in this step.
+            for (r, (row, (c, v))) in rows.iter().zip(&graded).enumerate() {
+                let node = at[r / self.rollouts];
+                trees[row.problem].record(node, &c.text, v.is_correct(), self.pattern);
             }
+            add_graded(&mut groups, &rows, graded);
         }
         Ok(Found { groups, trees })
     }

@@ -45,11 +45,8 @@ impl Run {
         );
         m.insert("drift/token_entropy".into(), entropy / tokens.max(1) as f64);
         let mut kl_to = |key: &str, r: u32| -> Result<()> {
-            let mut reference = self.load_policy(r)?;
-            let mut theirs = Vec::with_capacity(examples.len());
-            for chunk in examples.chunks(rows) {
-                theirs.extend(reference.logprobs(chunk)?);
-            }
+            let theirs =
+                crate::trainer::chunked_logprobs(&mut *self.load_policy(r)?, &examples, rows)?;
             m.insert(key.into(), mean_kl(&own, &theirs));
             Ok(())
         };
