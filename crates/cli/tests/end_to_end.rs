@@ -512,6 +512,141 @@ fn issue20_correction_sft_pairs_wrong_attempts_with_right_ones_and_resumes() {
             "checkpoints/r0001/model.safetensors",
         ],
     );
+    // Its M0 knows the review marker, not s2r's verification: starting s2r from it fails
+    // before any work, naming the checkpoint.
+    let sets: Vec<String> = SMALL
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "recipe=s2r".into(),
+            format!("model.checkpoint={}", a.join("checkpoints/r0000").display()),
+            "seed_stage.train.steps=0".into(),
+        ])
+        .collect();
+    let err = autodidact_engine::RunConfig::parse(autodidact_engine::DEMO_CONFIG, "demo", &sets)
+        .unwrap()
+        .plan(&common::backends())
+        .err()
+        .expect("a checkpoint without the verification's characters");
+    let text = err.to_string();
+    assert!(
+        text.contains("model.checkpoint") && text.contains("¿"),
+        "{text}"
+    );
+}
+
+/// Issue 20: s2r verifies before it corrects. Round 1 initializes the behaviour on M0's own
+/// first attempts (each verified as the verifier grades it, each wrong one corrected with a
+/// right sample); round 2 trains every action with process rewards. Every round's held-out
+/// episodes hold a second attempt exactly where the verification said `N`.
+#[test]
+fn issue20_a_short_s2r_run_verifies_then_corrects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s2r");
+    let mut run = small_run(
+        &root,
+        &[
+            // M0 right on some of its samples and wrong on others.
+            "seed_stage.labeled=200",
+            "seed_stage.eval_every=100",
+            "seed_stage.train.steps=400",
+            "recipe=s2r",
+            "model.context_length=72",
+            "correct.rounds=2",
+            "correct.problems=40",
+            "correct.sampling.samples=4",
+            "correct.s2r.init_rounds=1",
+            "correct.s2r.reward=process",
+            "correct.sft.train.epochs=1.0",
+            "correct.score.epochs=1",
+            "correct.score.batch_size=16",
+            "correct.score.micro_batch_size=16",
+        ],
+    );
+    let rows = run.execute(&mut Silent).unwrap();
+    assert_eq!(rows.len(), 3);
+    let headers: Vec<&str> = run.columns().iter().map(|c| c.header).collect();
+    assert_eq!(
+        headers,
+        ["acc@t2", "Δ(t1,t2)", "verify acc", "flagged", "changed"]
+    );
+    let dir = RunDir::open(&root).unwrap().0;
+    let lines = dir.metrics().unwrap();
+    let rounds: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("round").is_some()).collect();
+    for (r, line) in rounds.iter().enumerate() {
+        let f = |k: &str| line[k].as_f64().unwrap_or_else(|| panic!("round {r}: {k}"));
+        assert_eq!(f("eval/accuracy@t1"), f("eval/pass@1"), "round {r}");
+        assert!((0.0..=1.0).contains(&f("eval/verify_accuracy")));
+        assert!((0.0..=1.0).contains(&f("eval_sampled/verify_flagged")));
+        let episodes: Vec<serde_json::Value> = dir
+            .read_jsonl(&format!(
+                "{}/eval-episodes.jsonl",
+                RunDir::round_dir(r as u32)
+            ))
+            .unwrap();
+        assert_eq!(episodes.len(), 16);
+        let flagged = episodes
+            .iter()
+            .filter(|e| e["says_right"] == serde_json::json!(false))
+            .count();
+        for e in &episodes {
+            assert_eq!(
+                e.get("second").is_some(),
+                e["says_right"] == serde_json::json!(false),
+                "{e}"
+            );
+        }
+        assert!((f("eval/verify_flagged") - flagged as f64 / 16.0).abs() < 1e-9);
+    }
+    // Round 1: behaviour initialization from M0's graded samples.
+    let samples: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/samples.jsonl").unwrap();
+    let grade = |prompt: &str, text: &str| {
+        samples
+            .iter()
+            .find(|s| s["prompt"] == prompt && s["completion"] == text)
+            .map(|s| s["grade"] == "correct")
+    };
+    let init: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0001/train.jsonl").unwrap();
+    let (mut checks, mut fixes) = (0, 0);
+    for e in &init {
+        let (prompt, completion) = (
+            e["prompt"].as_str().unwrap(),
+            e["completion"].as_str().unwrap(),
+        );
+        let eq = prompt.find('=').unwrap() + 1;
+        if let Some(body) = prompt.strip_suffix('¿') {
+            let right = grade(&body[..eq], &body[eq..]).expect("a sampled first attempt");
+            assert_eq!(completion, if right { "Y" } else { "N" });
+            checks += 1;
+        } else {
+            let body = prompt.strip_suffix("¿N↺").expect("a correction after N");
+            assert_eq!(grade(&body[..eq], &body[eq..]), Some(false));
+            assert_eq!(grade(&body[..eq], completion), Some(true));
+            fixes += 1;
+        }
+    }
+    assert!(
+        checks > 0 && fixes > 0,
+        "{checks} checks, {fixes} corrections"
+    );
+    // Round 2: every action a rollout line, at the KL coefficient β.
+    let train: Vec<serde_json::Value> = dir.read_jsonl("rounds/r0002/train.jsonl").unwrap();
+    assert!(train
+        .iter()
+        .any(|l| l["prompt"].as_str().unwrap().ends_with('¿')));
+    for l in &train {
+        assert!((l["kl_coef"].as_f64().unwrap() - 0.01).abs() < 1e-6);
+        if l["prompt"].as_str().unwrap().ends_with('¿') {
+            let reward = l["reward"].as_f64().unwrap();
+            assert!(reward == 0.0 || reward == 1.0, "{l}");
+        }
+    }
+    assert_eq!(
+        rounds[2]["s2r/trained"].as_f64().unwrap() as usize,
+        train.len()
+    );
+    assert!(common::manifest(&root, 2).train.is_some());
 }
 
 /// Issue 20: first-pit pairs extend the prompt by the steps of a sampled wrong completion

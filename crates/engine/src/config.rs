@@ -603,6 +603,21 @@ impl RunConfig {
         let model = backends
             .plan(&self.model, &alphabet)
             .map_err(core_to_config)?;
+        // A checkpoint without a chat template reads the recipe's format in its own
+        // vocabulary, which its seed stage built: one trained for another recipe may lack it.
+        let format = recipe.extra_alphabet();
+        if self.model.pretrained() && !model.tokenizer().has_chat_template() {
+            if let Err(e) = model.tokenizer().encode(format) {
+                return Err(Error::config(
+                    "model.checkpoint",
+                    format!(
+                        "{}'s format uses the characters {format:?}, and this checkpoint's vocabulary cannot encode them ({e}); start from a checkpoint whose seed stage ran with recipe = \"{}\", or train M0 in this run",
+                        recipe.name(),
+                        recipe.name()
+                    ),
+                ));
+            }
+        }
         let (max_prompt, max_solution) = task.max_chars();
         autodidact_core::check_stop_strings("model.stop", &self.model.stop)
             .map_err(core_to_config)?;

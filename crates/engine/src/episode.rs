@@ -18,12 +18,13 @@
 //! ends with the stop token as any completion does; the second is sampled from the second
 //! prompt, which holds the first attempt's text. Training rows follow the same split.
 
-use crate::judge::gold_and_slips;
-use crate::progress::Observer;
-use crate::sampling::{add_graded, empty_groups, sample_rows, sample_seed, Row};
+use crate::judge::{gold_and_slips, JudgeFormat};
+use crate::progress::{Observer, Offset};
+use crate::sampling::{add_graded, empty_groups, sample_rows, sample_rows_with, sample_seed, Row};
 use crate::Result;
 use autodidact_core::{
-    ChatMessage, Example, Group, Policy, Problem, SamplingParams, Task, Tokenizer, Verdict,
+    ChatMessage, Completion, Example, Group, Policy, Problem, SamplingParams, Task, Tokenizer,
+    Verdict,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -32,6 +33,18 @@ use std::collections::BTreeMap;
 pub const REVIEW_CHARS: &str = "↺";
 /// Tokens the native second prompt adds after the first attempt (the marker).
 pub const REVIEW_TOKENS: usize = 1;
+/// The native verification marker of `s2r` episodes: the model answers `Y` or `N` after it.
+pub const VERIFY_MARK: &str = "¿";
+/// The characters `s2r` adds to a native vocabulary: the markers and the verdicts.
+pub const VERIFY_CHARS: &str = "¿YN↺";
+/// Tokens a verification may take (a native one is a verdict and the stop token; a chat
+/// reply is read by its first word).
+pub const VERIFY_MAX_TOKENS: usize = 8;
+/// Tokens a native second prompt of `s2r` adds after the first attempt: `¿`, `N` and `↺`.
+pub const VERIFY_TOKENS: usize = 3;
+/// What `s2r` asks a chat model after its first attempt.
+pub const VERIFY_INSTRUCTION: &str =
+    "Check your solution above. Is its final answer correct? Answer Yes or No.";
 /// The round file of the held-out episodes of a self-correction run.
 pub const EVAL_EPISODES_FILE: &str = "eval-episodes.jsonl";
 
@@ -65,26 +78,105 @@ impl EpisodeFormat {
     ) -> Result<String> {
         Ok(match self {
             Self::Native => format!("{}{first}{REVIEW_CHARS}", problem.prompt),
+            Self::Chat => tok.chat_prompt(&conversation(
+                problem,
+                &[(first, &task.review_instruction())],
+            ))?,
+        })
+    }
+
+    /// The prompt of `s2r`'s verification of the first attempt `first`: `<prompt><first>¿`,
+    /// or the conversation with the first attempt and the request [`VERIFY_INSTRUCTION`].
+    pub fn verify_prompt(
+        self,
+        tok: &dyn Tokenizer,
+        problem: &Problem,
+        first: &str,
+    ) -> Result<String> {
+        Ok(match self {
+            Self::Native => format!("{}{first}{VERIFY_MARK}", problem.prompt),
             Self::Chat => {
-                // The task's conversation, or its raw prompt as the user's turn.
-                let mut messages = problem.messages.clone().unwrap_or_else(|| {
-                    vec![ChatMessage {
-                        role: "user".into(),
-                        content: problem.prompt.clone(),
-                    }]
-                });
-                messages.push(ChatMessage {
-                    role: "assistant".into(),
-                    content: first.to_string(),
-                });
-                messages.push(ChatMessage {
-                    role: "user".into(),
-                    content: task.review_instruction(),
-                });
-                tok.chat_prompt(&messages)?
+                tok.chat_prompt(&conversation(problem, &[(first, VERIFY_INSTRUCTION)]))?
             }
         })
     }
+
+    /// The verification that says the first attempt is right (`true`) or wrong: the judge's
+    /// verdicts (`Y`/`N` natively, `Yes`/`No` in chat).
+    pub fn verdict(self, right: bool) -> &'static str {
+        self.judge().verdict(right)
+    }
+
+    /// What a sampled verification says: the first attempt is right (`Some(true)`), wrong,
+    /// or neither (`None`: a native verification other than exactly `Y` or `N`; a chat reply
+    /// whose first word is neither yes nor no, in any case).
+    pub fn read_verdict(self, text: &str) -> Option<bool> {
+        let word = match self {
+            Self::Native => text,
+            Self::Chat => text
+                .split(|c: char| !c.is_alphanumeric())
+                .find(|w| !w.is_empty())
+                .unwrap_or(""),
+        };
+        [true, false]
+            .into_iter()
+            .find(|&right| word.eq_ignore_ascii_case(self.verdict(right)))
+    }
+
+    /// The prompt of the second attempt after the first attempt `first` and the verification
+    /// `check` that found it wrong: `<prompt><first>¿<check>↺`, or the conversation with the
+    /// verification as the assistant's turn and the task's review instruction after it.
+    pub fn corrected_prompt(
+        self,
+        tok: &dyn Tokenizer,
+        task: &dyn Task,
+        problem: &Problem,
+        first: &str,
+        check: &str,
+    ) -> Result<String> {
+        Ok(match self {
+            Self::Native => format!(
+                "{}{first}{VERIFY_MARK}{check}{REVIEW_CHARS}",
+                problem.prompt
+            ),
+            Self::Chat => tok.chat_prompt(&conversation(
+                problem,
+                &[
+                    (first, VERIFY_INSTRUCTION),
+                    (check.trim(), &task.review_instruction()),
+                ],
+            ))?,
+        })
+    }
+
+    fn judge(self) -> JudgeFormat {
+        match self {
+            Self::Native => JudgeFormat::Native,
+            Self::Chat => JudgeFormat::Chat,
+        }
+    }
+}
+
+/// The task's conversation for `problem` (its raw prompt as the user's turn when it has
+/// none), then each (assistant reply, user turn) of `turns`.
+fn conversation(problem: &Problem, turns: &[(&str, &str)]) -> Vec<ChatMessage> {
+    let mut messages = problem.messages.clone().unwrap_or_else(|| {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: problem.prompt.clone(),
+        }]
+    });
+    for (reply, ask) in turns {
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: reply.to_string(),
+        });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: ask.to_string(),
+        });
+    }
+    messages
 }
 
 /// Seed-stage episodes: for each labeled problem with a worked solution, the solution after
@@ -106,6 +198,36 @@ pub fn seed_episode_examples(
             ))
         })
         .collect()
+}
+
+/// Seed-stage `s2r` episodes: for each labeled problem with a worked solution, the
+/// verification of the solution and of `negatives` copies with one digit changed
+/// ([`gold_and_slips`], each verdict from the task's verifier), and after each copy called
+/// wrong, the solution as the second attempt.
+pub fn seed_verified_examples(
+    task: &dyn Task,
+    tok: &dyn Tokenizer,
+    labeled: &[Problem],
+    negatives: usize,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    let format = EpisodeFormat::of(tok);
+    let mut out = Vec::new();
+    for (p, gold, first) in gold_and_slips(labeled, negatives, seed) {
+        let right = task.verify(p, &first).is_correct();
+        out.push(Example::new(
+            format.verify_prompt(tok, p, &first)?,
+            format.verdict(right).to_string(),
+        ));
+        if !right {
+            let check = format.verdict(false);
+            out.push(Example::new(
+                format.corrected_prompt(tok, task, p, &first, check)?,
+                gold.to_string(),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The second attempts after every first attempt of `firsts`: `groups[g].completions[j]`
@@ -149,6 +271,251 @@ pub fn second_attempts(
     let mut groups = empty_groups(&problems);
     add_graded(&mut groups, &rows, graded);
     Ok(SecondAttempts { prompts, groups })
+}
+
+/// `s2r`'s episodes after the first attempts `firsts`: each first attempt's verification and,
+/// where it says the attempt is wrong, a second attempt. `checks[g][j]` and `seconds[g][j]`
+/// follow `firsts[g].completions[j]`.
+pub struct Verified {
+    pub checks: Vec<Vec<Check>>,
+    pub seconds: Vec<Vec<Option<Attempt>>>,
+}
+
+/// A sampled verification: its prompt, its completion and what it says of the first attempt
+/// ([`EpisodeFormat::read_verdict`]).
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub prompt: String,
+    pub completion: Completion,
+    pub says_right: Option<bool>,
+}
+
+/// A graded attempt sampled from `prompt`.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub prompt: String,
+    pub completion: Completion,
+    pub verdict: Verdict,
+}
+
+impl Verified {
+    /// The verdict of episode (g, j)'s final answer: the second attempt's where the
+    /// verification asked for one, else the first's.
+    pub fn final_verdict<'a>(&'a self, firsts: &'a [Group], g: usize, j: usize) -> &'a Verdict {
+        self.seconds[g][j]
+            .as_ref()
+            .map_or(&firsts[g].verdicts[j], |a| &a.verdict)
+    }
+
+    /// SCoRe's measures with the final answer as the second attempt: accuracy@t2 is the
+    /// accuracy after verification and correction.
+    pub fn deltas(&self, firsts: &[Group]) -> Deltas {
+        Deltas::of(firsts.iter().enumerate().flat_map(|(g, a)| {
+            a.verdicts
+                .iter()
+                .enumerate()
+                .map(move |(j, v)| (v, self.final_verdict(firsts, g, j)))
+        }))
+    }
+
+    /// How well the verifications judged the first attempts.
+    pub fn stats(&self, firsts: &[Group]) -> VerifyStats {
+        let (mut n, mut wrong, mut flagged, mut caught, mut false_alarms, mut unread, mut agree) =
+            (0usize, 0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+        for (a, checks) in firsts.iter().zip(&self.checks) {
+            for (v, c) in a.verdicts.iter().zip(checks) {
+                let right = v.is_correct();
+                n += 1;
+                wrong += !right as usize;
+                match c.says_right {
+                    None => unread += 1,
+                    Some(says) => {
+                        agree += (says == right) as usize;
+                        flagged += !says as usize;
+                        caught += (!says && !right) as usize;
+                        false_alarms += (!says && right) as usize;
+                    }
+                }
+            }
+        }
+        let share = |k: usize, of: usize| k as f64 / of.max(1) as f64;
+        VerifyStats {
+            accuracy: share(agree, n),
+            flagged: share(flagged, n),
+            error_recall: share(caught, wrong),
+            false_alarm: share(false_alarms, n - wrong),
+            unread: share(unread, n),
+        }
+    }
+
+    /// The episodes as records, in `firsts`' order.
+    pub fn records<'a>(&'a self, firsts: &'a [Group]) -> impl Iterator<Item = VerifiedRecord<'a>> {
+        firsts.iter().enumerate().flat_map(move |(g, a)| {
+            (0..a.completions.len()).map(move |j| {
+                let (c, v) = (&a.completions[j], &a.verdicts[j]);
+                let check = &self.checks[g][j];
+                let second = self.seconds[g][j].as_ref();
+                VerifiedRecord {
+                    problem_id: &a.problem.id,
+                    prompt: &a.problem.prompt,
+                    first: &c.text,
+                    first_grade: v.grade,
+                    first_answer: v.answer.as_deref(),
+                    check: &check.completion.text,
+                    says_right: check.says_right,
+                    second: second.map(|s| s.completion.text.as_str()),
+                    second_grade: second.map(|s| s.verdict.grade),
+                    second_answer: second.and_then(|s| s.verdict.answer.as_deref()),
+                }
+            })
+        })
+    }
+}
+
+/// How well a set of verifications judged their first attempts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VerifyStats {
+    /// Share of verifications that say what the verifier says (unreadable ones count as wrong).
+    pub accuracy: f64,
+    /// Share of first attempts the verification calls wrong.
+    pub flagged: f64,
+    /// Share of the wrong first attempts called wrong.
+    pub error_recall: f64,
+    /// Share of the right first attempts called wrong.
+    pub false_alarm: f64,
+    /// Share of verifications that say neither.
+    pub unread: f64,
+}
+
+impl VerifyStats {
+    /// The measures as metrics under `prefix` (`eval/verify_accuracy`, …).
+    pub fn metrics(&self, prefix: &str) -> BTreeMap<String, f64> {
+        [
+            ("verify_accuracy", self.accuracy),
+            ("verify_flagged", self.flagged),
+            ("verify_error_recall", self.error_recall),
+            ("verify_false_alarm", self.false_alarm),
+            ("verify_unread", self.unread),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
+    }
+
+    /// One line for the terminal.
+    pub fn line(&self) -> String {
+        format!(
+            "verification accuracy {:.3} (calls {:.0}% wrong: {:.0}% of the wrong, {:.0}% of the right; {:.0}% unreadable)",
+            self.accuracy,
+            100.0 * self.flagged,
+            100.0 * self.error_recall,
+            100.0 * self.false_alarm,
+            100.0 * self.unread
+        )
+    }
+}
+
+/// One `s2r` episode as a round file records it.
+#[derive(Serialize)]
+pub struct VerifiedRecord<'a> {
+    pub problem_id: &'a str,
+    pub prompt: &'a str,
+    pub first: &'a str,
+    pub first_grade: autodidact_core::Grade,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_answer: Option<&'a str>,
+    pub check: &'a str,
+    pub says_right: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_grade: Option<autodidact_core::Grade>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_answer: Option<&'a str>,
+}
+
+/// Samples a verification of each first attempt of `firsts` (at most [`VERIFY_MAX_TOKENS`])
+/// and, after each that calls its attempt wrong, a second attempt, graded by the task. Check
+/// j of a problem is seeded by `(seed, problem id, 2j)`, the second attempt after it by
+/// `(…, 2j + 1)`. Progress counts the checks, then the second attempts after them.
+pub fn verified_episodes(
+    policy: &mut dyn Policy,
+    task: &dyn Task,
+    firsts: &[Group],
+    params: &SamplingParams,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<Verified> {
+    let format = EpisodeFormat::of(policy.tokenizer());
+    let problems: Vec<Problem> = firsts.iter().map(|g| g.problem.clone()).collect();
+    let mut rows = Vec::new();
+    for (i, g) in firsts.iter().enumerate() {
+        for (j, c) in g.completions.iter().enumerate() {
+            rows.push(Row {
+                problem: i,
+                prompt: format.verify_prompt(policy.tokenizer(), &g.problem, &c.text)?,
+                prefix: String::new(),
+                seed: sample_seed(seed, &g.problem, 2 * j as u64),
+                max_new_tokens: params.max_new_tokens.min(VERIFY_MAX_TOKENS),
+            });
+        }
+    }
+    let read = sample_rows_with(policy, &rows, params, 1, obs, |_, texts| {
+        Ok(texts.iter().map(|t| format.read_verdict(t)).collect())
+    })?;
+    let mut checks: Vec<Vec<Check>> = firsts.iter().map(|_| Vec::new()).collect();
+    for (row, (completion, says_right)) in rows.into_iter().zip(read) {
+        checks[row.problem].push(Check {
+            prompt: row.prompt,
+            completion,
+            says_right,
+        });
+    }
+    let mut rows = Vec::new();
+    let mut at = Vec::new();
+    for (i, g) in firsts.iter().enumerate() {
+        for (j, check) in checks[i].iter().enumerate() {
+            if check.says_right == Some(false) {
+                rows.push(Row {
+                    problem: i,
+                    prompt: format.corrected_prompt(
+                        policy.tokenizer(),
+                        task,
+                        &g.problem,
+                        &g.completions[j].text,
+                        &check.completion.text,
+                    )?,
+                    prefix: String::new(),
+                    seed: sample_seed(seed, &g.problem, 2 * j as u64 + 1),
+                    max_new_tokens: params.max_new_tokens,
+                });
+                at.push(j);
+            }
+        }
+    }
+    let n_checks = checks.iter().map(Vec::len).sum::<usize>() as u64;
+    let mut rest = Offset {
+        inner: &mut *obs,
+        done: n_checks,
+        tokens: checks
+            .iter()
+            .flatten()
+            .map(|c| c.completion.tokens.len() as u64)
+            .sum(),
+    };
+    let graded = sample_rows(policy, task, &problems, &rows, params, 1, &mut rest)?;
+    let mut seconds: Vec<Vec<Option<Attempt>>> = firsts
+        .iter()
+        .map(|g| vec![None; g.completions.len()])
+        .collect();
+    for ((row, j), (completion, verdict)) in rows.into_iter().zip(at).zip(graded) {
+        seconds[row.problem][j] = Some(Attempt {
+            prompt: row.prompt,
+            completion,
+            verdict,
+        });
+    }
+    Ok(Verified { checks, seconds })
 }
 
 /// What a set of episodes shows (SCoRe's measures): accuracy at each attempt, its change,
@@ -376,6 +743,113 @@ mod tests {
             }
             assert_ne!(chunk[1].prompt, chunk[0].prompt);
         }
+    }
+
+    /// `s2r`'s episode formatting for each built-in task: the verification after the first
+    /// attempt and the second attempt after a `N` encode in the run's vocabulary (the task's
+    /// alphabet and `s2r`'s characters) and fit the extra tokens the recipe declares.
+    #[test]
+    fn issue20_verified_episodes_of_every_task_encode_and_fit() {
+        for cfg in TaskConfig::catalog() {
+            let task = cfg.build().unwrap();
+            let tok = CharTokenizer::new(&format!("{}{VERIFY_CHARS}", task.alphabet())).unwrap();
+            let format = EpisodeFormat::of(&tok);
+            for p in task.problems(autodidact_core::Split::Train, 20, 3).unwrap() {
+                let gold = p.solution.clone().unwrap();
+                let check = format.verify_prompt(&tok, &p, &gold).unwrap();
+                assert_eq!(check, format!("{}{gold}¿", p.prompt), "{}", task.name());
+                let second = format
+                    .corrected_prompt(&tok, &*task, &p, &gold, format.verdict(false))
+                    .unwrap();
+                assert_eq!(second, format!("{}{gold}¿N↺", p.prompt));
+                let ids = tok.encode(&second).unwrap();
+                let prompt = tok.encode(&p.prompt).unwrap().len();
+                // The first attempt's tokens, the marker, the verdict and the review marker:
+                // the max_new_tokens + VERIFY_TOKENS the recipe declares.
+                assert_eq!(ids.len() - prompt, gold.chars().count() + VERIFY_TOKENS);
+                assert_eq!(format.read_verdict("N"), Some(false));
+            }
+        }
+    }
+
+    /// The verification's prompts and how a reply is read, in both formats.
+    #[test]
+    fn issue20_verification_prompts_and_verdicts() {
+        let native = EpisodeFormat::Native;
+        for (text, says) in [
+            ("Y", Some(true)),
+            ("N", Some(false)),
+            (" N", None),
+            ("YN", None),
+            ("", None),
+            ("5", None),
+        ] {
+            assert_eq!(native.read_verdict(text), says, "{text:?}");
+        }
+        let chat = EpisodeFormat::Chat;
+        for (text, says) in [
+            ("Yes", Some(true)),
+            ("yes, it is correct.", Some(true)),
+            ("**No**. The sum is 42.", Some(false)),
+            ("NO", Some(false)),
+            ("Not quite", None),
+            ("The answer is correct", None),
+            ("", None),
+        ] {
+            assert_eq!(chat.read_verdict(text), says, "{text:?}");
+        }
+        let tok = ChatTok;
+        let task = autodidact_tasks::AdditionConfig::default().build().unwrap();
+        let p = &task.problems(autodidact_core::Split::Train, 1, 0).unwrap()[0];
+        let q = &p.prompt;
+        assert_eq!(
+            chat.verify_prompt(&tok, p, "x=5").unwrap(),
+            format!("<user>{q}</user><assistant>x=5</assistant><user>{VERIFY_INSTRUCTION}</user><assistant>")
+        );
+        assert_eq!(
+            chat.corrected_prompt(&tok, &task, p, "x=5", " No.\n").unwrap(),
+            format!(
+                "<user>{q}</user><assistant>x=5</assistant><user>{VERIFY_INSTRUCTION}</user><assistant>No.</assistant><user>{}</user><assistant>",
+                autodidact_core::REVIEW_INSTRUCTION
+            )
+        );
+        assert_eq!((chat.verdict(true), chat.verdict(false)), ("Yes", "No"));
+    }
+
+    /// `s2r`'s seed episodes: the solution verified right; each slip verified wrong and
+    /// followed by the solution.
+    #[test]
+    fn issue20_seed_verified_episodes() {
+        let task = autodidact_tasks::AdditionConfig::default().build().unwrap();
+        let tok = CharTokenizer::new(&format!("{}{VERIFY_CHARS}", task.alphabet())).unwrap();
+        let labeled = task.problems(autodidact_core::Split::Train, 4, 1).unwrap();
+        let ex = seed_verified_examples(&task, &tok, &labeled, 2, 9).unwrap();
+        let (mut n, mut wrong) = (0, 0);
+        for p in &labeled {
+            let gold = p.solution.as_deref().unwrap();
+            assert_eq!(ex[n].prompt, format!("{}{gold}¿", p.prompt));
+            assert_eq!(ex[n].completion, "Y");
+            n += 1;
+            for _ in 0..2 {
+                // A slip the verifier still accepts (a digit of the trace, not of the
+                // answer) is verified right and not corrected; the others are verified
+                // wrong, and the solution follows the verdict.
+                let first = &ex[n].prompt[p.prompt.len()..ex[n].prompt.len() - "¿".len()];
+                assert_ne!(first, gold);
+                if task.verify(p, first).is_correct() {
+                    assert_eq!(ex[n].completion, "Y");
+                    n += 1;
+                    continue;
+                }
+                assert_eq!(ex[n].completion, "N");
+                assert_eq!(ex[n + 1].prompt, format!("{}{first}¿N↺", p.prompt));
+                assert_eq!(ex[n + 1].completion, gold);
+                n += 2;
+                wrong += 1;
+            }
+        }
+        assert!(wrong > 0, "no slip rejected");
+        assert_eq!(n, ex.len());
     }
 
     /// The measures in closed form: Δ = i→c − c→i, and a change is a change of answer.

@@ -21,6 +21,7 @@ pub mod correct;
 pub mod pg;
 pub mod pref;
 pub mod raft;
+pub mod s2r;
 pub mod star;
 pub mod step;
 pub mod tree;

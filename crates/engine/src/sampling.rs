@@ -142,9 +142,30 @@ pub fn sample_rows(
     rows_per_unit: u64,
     obs: &mut dyn Observer,
 ) -> Result<Vec<(Completion, Verdict)>> {
+    sample_rows_with(policy, rows, params, rows_per_unit, obs, |chunk, texts| {
+        let items: Vec<(&Problem, &str)> = chunk
+            .iter()
+            .zip(texts)
+            .map(|(&r, t)| (&problems[rows[r].problem], t.as_str()))
+            .collect();
+        Ok(task.verify_batch(&items)?)
+    })
+}
+
+/// [`sample_rows`] with each policy call's completions read by `read(rows, texts)` instead
+/// of the task's verifier (`texts[i]`: row `rows[i]`'s prefix and completion), one value per
+/// row: the self-verification verdicts of `s2r`, which no verifier grades.
+pub fn sample_rows_with<V>(
+    policy: &mut dyn Policy,
+    rows: &[Row],
+    params: &SamplingParams,
+    rows_per_unit: u64,
+    obs: &mut dyn Observer,
+    mut read: impl FnMut(&[usize], &[String]) -> Result<Vec<V>>,
+) -> Result<Vec<(Completion, V)>> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&r| std::cmp::Reverse(rows[r].max_new_tokens));
-    let mut out: Vec<Option<(Completion, Verdict)>> = vec![None; rows.len()];
+    let mut out: Vec<Option<(Completion, V)>> = (0..rows.len()).map(|_| None).collect();
     let (mut tokens, mut done) = (0u64, 0u64);
     for budget in order.chunk_by(|&a, &b| rows[a].max_new_tokens == rows[b].max_new_tokens) {
         let params = SamplingParams {
@@ -160,13 +181,8 @@ pub fn sample_rows(
                 .zip(&completions)
                 .map(|(&r, c)| format!("{}{}", rows[r].prefix, c.text))
                 .collect();
-            let items: Vec<(&Problem, &str)> = chunk
-                .iter()
-                .zip(&texts)
-                .map(|(&r, t)| (&problems[rows[r].problem], t.as_str()))
-                .collect();
-            let verdicts = task.verify_batch(&items)?;
-            for ((&r, c), v) in chunk.iter().zip(completions).zip(verdicts) {
+            let values = read(chunk, &texts)?;
+            for ((&r, c), v) in chunk.iter().zip(completions).zip(values) {
                 tokens += c.tokens.len() as u64;
                 out[r] = Some((c, v));
             }

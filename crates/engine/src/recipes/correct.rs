@@ -1,5 +1,6 @@
 //! Self-correction: `score` (SCoRe, Kumar et al. 2024) and `correction-sft`, the supervised
-//! baseline SCoRe compares against, on two-attempt episodes ([`crate::episode`]).
+//! baseline SCoRe compares against, on two-attempt episodes ([`crate::episode`]); and `s2r`,
+//! whose episodes verify the first attempt before they correct it ([`super::s2r`]).
 //!
 //! Every round samples `samples` first attempts of each unlabeled problem from the round's
 //! parent and, where the recipe needs them, one second attempt after each (the problem, the
@@ -27,8 +28,10 @@
 //! - SCoRe trains Gemini models with on-policy REINFORCE. Here each round samples a batch of
 //!   episodes from the round's parent and takes `epochs` passes of clipped policy-gradient
 //!   steps over them (the engine's `pg` objective, as `step-pg` does): on-policy per round.
-//! - The KL penalty is folded into each attempt's reward, `r − β·KL(attempt)`, the whole
-//!   attempt's KL to the reference estimated from its sampled tokens (`kl_estimator`).
+//! - The KL penalty is a term of the loss on each attempt's tokens, with a coefficient per
+//!   attempt (the rollout line's `kl_coef`) and the estimator `kl_estimator` (k2 by default),
+//!   not a term of the reward: a penalty in the reward is measured against the round's parent
+//!   at sampling time, and is zero in the first round, where the parent is the reference.
 //! - The bonus credits the second attempt only. With the return of the whole episode on the
 //!   first attempt's tokens, `α > 1` would reward a wrong first attempt (its return is
 //!   `(1 − α)·r₁ + (1 + α)·r₂`); the paper's objective assigns the bonus to the second
@@ -39,6 +42,7 @@
 //!   them), so M0's corrections are learned on synthetic slips, not on its own errors.
 
 use super::pg::{offline_pg_stage, OfflineUpdate};
+use super::s2r::{init_examples, s2r_lines, S2rSettings};
 use super::star::capped;
 use super::{resolve, section, Column, Family, Format, Recipe, Sections};
 use crate::config::{
@@ -46,8 +50,9 @@ use crate::config::{
     TrainConfig,
 };
 use crate::episode::{
-    episode_records, second_attempts, seed_episode_examples, Deltas, EpisodeFormat,
-    EVAL_EPISODES_FILE, REVIEW_CHARS, REVIEW_TOKENS,
+    episode_records, second_attempts, seed_episode_examples, seed_verified_examples,
+    verified_episodes, Deltas, EpisodeFormat, SecondAttempts, Verified, EVAL_EPISODES_FILE,
+    REVIEW_CHARS, REVIEW_TOKENS, VERIFY_CHARS, VERIFY_TOKENS,
 };
 use crate::eval::EvalSamples;
 use crate::monitor::round_monitors;
@@ -57,7 +62,7 @@ use crate::sampling::sampled_tokens;
 use crate::store::RunDir;
 use crate::trainer::RolloutLine;
 use crate::{Error, Result};
-use autodidact_core::{Example, Group, Task, TrainablePolicy};
+use autodidact_core::{Completion, Example, Group, Policy, SamplingParams, Task, TrainablePolicy};
 use autodidact_objectives::{KlEstimator, LossAggregation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -177,6 +182,7 @@ pub struct CorrectConfig {
     pub optimizer: OptimizerConfig,
     pub sft: SftSettings,
     pub score: ScoreSettings,
+    pub s2r: S2rSettings,
 }
 
 impl Default for CorrectConfig {
@@ -193,22 +199,25 @@ impl Default for CorrectConfig {
             optimizer: OptimizerConfig::default(),
             sft: SftSettings::default(),
             score: ScoreSettings::default(),
+            s2r: S2rSettings::default(),
         }
     }
 }
 
-/// The self-correction family: recipes `score` and `correction-sft`, section `[correct]`.
+/// The self-correction family: recipes `score`, `correction-sft` and `s2r`, section
+/// `[correct]`.
 pub struct SelfCorrection;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Score,
     Sft,
+    S2r,
 }
 
 impl Family for SelfCorrection {
     fn recipes(&self) -> &'static [&'static str] {
-        &["score", "correction-sft"]
+        &["score", "correction-sft", "s2r"]
     }
     fn sections(&self) -> &'static [&'static str] {
         &["correct"]
@@ -218,10 +227,10 @@ impl Family for SelfCorrection {
     }
     fn build(&self, recipe: &str, sections: &Sections) -> Result<Arc<dyn Recipe>> {
         let cfg: CorrectConfig = section(sections, "correct")?;
-        let kind = if recipe == "score" {
-            Kind::Score
-        } else {
-            Kind::Sft
+        let kind = match recipe {
+            "score" => Kind::Score,
+            "s2r" => Kind::S2r,
+            _ => Kind::Sft,
         };
         let at_least = |key: &str, v: usize, min: usize, why: &str| {
             if v < min {
@@ -237,33 +246,22 @@ impl Family for SelfCorrection {
         at_least("correct.sampling.samples", cfg.sampling.samples, 1, "")?;
         cfg.sampling.check("correct")?;
         cfg.optimizer.check("correct")?;
+        let grouped = |recipe: &str| {
+            at_least(
+                "correct.sampling.samples",
+                cfg.sampling.samples,
+                2,
+                &format!(" for {recipe}: an action's advantage is measured from the mean over its problem's episodes"),
+            )
+        };
         match kind {
             Kind::Sft => check_train("correct.sft.train", &cfg.sft.train)?,
             Kind::Score => {
+                grouped("score")?;
+                check_update(&cfg.score)?;
                 let s = &cfg.score;
-                at_least(
-                    "correct.sampling.samples",
-                    cfg.sampling.samples,
-                    2,
-                    " for score: an attempt's advantage is measured from the mean over its problem's episodes",
-                )?;
-                at_least("correct.score.epochs", s.epochs as usize, 1, "")?;
-                at_least("correct.score.batch_size", s.batch_size, 1, "")?;
-                at_least("correct.score.micro_batch_size", s.micro_batch_size, 1, "")?;
                 non_negative("correct.score.alpha", s.alpha, "")?;
-                non_negative("correct.score.beta", s.beta, "")?;
                 non_negative("correct.score.stage_one_beta", s.stage_one_beta, "")?;
-                for (key, e) in [
-                    ("correct.score.epsilon_low", s.epsilon_low),
-                    ("correct.score.epsilon_high", s.epsilon_high),
-                ] {
-                    if !(0.0..1.0).contains(&e) {
-                        return Err(Error::config(
-                            key,
-                            format!("{e} is not a clip range; use a number in [0, 1), e.g. 0.2"),
-                        ));
-                    }
-                }
                 if s.stage_one_rounds > cfg.rounds {
                     return Err(Error::config(
                         "correct.score.stage_one_rounds",
@@ -274,8 +272,65 @@ impl Family for SelfCorrection {
                     ));
                 }
             }
+            Kind::S2r => {
+                grouped("s2r")?;
+                check_update(&cfg.score)?;
+                if cfg.s2r.init_rounds > 0 {
+                    check_train("correct.sft.train", &cfg.sft.train)?;
+                }
+                if cfg.s2r.init_rounds > cfg.rounds {
+                    return Err(Error::config(
+                        "correct.s2r.init_rounds",
+                        format!(
+                            "{} is more than correct.rounds = {}; give at most {} (equal: initialization only)",
+                            cfg.s2r.init_rounds, cfg.rounds, cfg.rounds
+                        ),
+                    ));
+                }
+            }
         }
         Ok(Arc::new(Correction { kind, cfg }))
+    }
+}
+
+/// The checks of `[correct.score]`'s policy-gradient update (score's and s2r's).
+fn check_update(s: &ScoreSettings) -> Result<()> {
+    for (key, v) in [
+        ("correct.score.epochs", s.epochs as usize),
+        ("correct.score.batch_size", s.batch_size),
+        ("correct.score.micro_batch_size", s.micro_batch_size),
+    ] {
+        if v == 0 {
+            return Err(Error::config(key, "is 0; it must be at least 1"));
+        }
+    }
+    non_negative("correct.score.beta", s.beta, "")?;
+    for (key, e) in [
+        ("correct.score.epsilon_low", s.epsilon_low),
+        ("correct.score.epsilon_high", s.epsilon_high),
+    ] {
+        if !(0.0..1.0).contains(&e) {
+            return Err(Error::config(
+                key,
+                format!("{e} is not a clip range; use a number in [0, 1), e.g. 0.2"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ScoreSettings {
+    /// The offline policy-gradient update these settings describe.
+    fn update(&self) -> OfflineUpdate {
+        OfflineUpdate {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            epsilon_low: self.epsilon_low,
+            epsilon_high: self.epsilon_high,
+            loss_aggregation: self.loss_aggregation,
+            kl_estimator: self.kl_estimator,
+        }
     }
 }
 
@@ -313,11 +368,29 @@ const COLUMNS: &[Column] = &[
     },
 ];
 
+/// `s2r`'s table: the final answer's accuracy and how well the verification judged.
+const S2R_COLUMNS: &[Column] = &[
+    COLUMNS[0],
+    COLUMNS[1],
+    Column {
+        header: "verify acc",
+        key: "eval/verify_accuracy",
+        format: Format::Percent,
+    },
+    Column {
+        header: "flagged",
+        key: "eval/verify_flagged",
+        format: Format::Percent,
+    },
+    COLUMNS[4],
+];
+
 impl Recipe for Correction {
     fn name(&self) -> &'static str {
         match self.kind {
             Kind::Score => "score",
             Kind::Sft => "correction-sft",
+            Kind::S2r => "s2r",
         }
     }
     fn rounds(&self) -> u32 {
@@ -348,24 +421,43 @@ impl Recipe for Correction {
                 budget.batch("correct.score.micro_batch_size", c.score.micro_batch_size)?
             }
             Kind::Sft => budget.batch("correct.sft.train.batch_size", c.sft.train.batch_size)?,
+            Kind::S2r => {
+                budget.batch("correct.score.micro_batch_size", c.score.micro_batch_size)?;
+                if c.s2r.init_rounds > 0 {
+                    budget.batch("correct.sft.train.batch_size", c.sft.train.batch_size)?;
+                }
+            }
         }
-        // First and second attempts are held together.
+        // An episode's attempts (and verification) are held together.
+        let actions = if self.kind == Kind::S2r { 3 } else { 2 };
         budget.held(
             "correct.problems",
             c.problems,
             "correct.sampling.samples",
-            2 * c.sampling.samples as u64,
+            actions * c.sampling.samples as u64,
         )
     }
     fn extra_alphabet(&self) -> &'static str {
-        REVIEW_CHARS
+        match self.kind {
+            Kind::S2r => VERIFY_CHARS,
+            _ => REVIEW_CHARS,
+        }
     }
-    /// A second attempt's prompt holds the first attempt and the marker.
+    /// A second attempt's prompt holds the first attempt and the marker (and, in `s2r`, the
+    /// verification's marker and verdict). In chat, the instructions and a verification of
+    /// up to [`crate::episode::VERIFY_MAX_TOKENS`] tokens are not counted.
     fn extra_tokens(&self, max_new_tokens: usize) -> usize {
-        max_new_tokens + REVIEW_TOKENS
+        match self.kind {
+            Kind::S2r => max_new_tokens + VERIFY_TOKENS,
+            _ => max_new_tokens + REVIEW_TOKENS,
+        }
     }
     fn seed_examples(&self, run: &Run) -> Result<Vec<Example>> {
-        seed_episode_examples(
+        let seed_examples = match self.kind {
+            Kind::S2r => seed_verified_examples,
+            _ => seed_episode_examples,
+        };
+        seed_examples(
             &*run.plan.task,
             run.plan.model.tokenizer(),
             &run.problems.labeled,
@@ -374,7 +466,11 @@ impl Recipe for Correction {
         )
     }
     fn seed_examples_per_labeled(&self) -> usize {
-        2 + self.cfg.seed_negatives
+        match self.kind {
+            // The demonstration, the solution's verification, each slip's and its correction.
+            Kind::S2r => 2 + 2 * self.cfg.seed_negatives,
+            _ => 2 + self.cfg.seed_negatives,
+        }
     }
     /// The held-out episodes: a second attempt after each greedy first attempt (greedy) and
     /// after each sampled one (at the evaluation's sampling settings).
@@ -388,11 +484,11 @@ impl Recipe for Correction {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         let task = &*run.plan.task;
-        let n = held_out.greedy.len() + held_out.sampled.len();
-        obs.stage_started(&format!("r{round} review"), n as u64);
+        let n = self.units(&held_out.greedy) + self.units(&held_out.sampled);
+        obs.stage_started(&format!("r{round} review"), n);
         // The same seed every round: rounds are compared on the same draws.
         let seed = run.seed(0, "eval-review");
-        let greedy = second_attempts(
+        let greedy = self.episodes(
             policy,
             task,
             &held_out.greedy,
@@ -404,10 +500,10 @@ impl Recipe for Correction {
         // The sampled pass continues the stage's progress where the greedy pass ended.
         let mut rest = Offset {
             inner: &mut *obs,
-            done: held_out.greedy.len() as u64,
-            tokens: sampled_tokens(&greedy.groups) as u64,
+            done: self.units(&held_out.greedy),
+            tokens: greedy.tokens() as u64,
         };
-        let sampled = second_attempts(
+        let sampled = self.episodes(
             policy,
             task,
             &held_out.sampled,
@@ -415,19 +511,126 @@ impl Recipe for Correction {
             seed,
             &mut rest,
         )?;
-        let g = Deltas::of_groups(&held_out.greedy, &greedy.groups);
-        let s = Deltas::of_groups(&held_out.sampled, &sampled.groups);
-        obs.stage_finished(&format!("r{round} review (greedy): {}", g.line()));
+        obs.stage_finished(&format!(
+            "r{round} review (greedy): {}",
+            greedy.line(&held_out.greedy)
+        ));
         let metrics = m.metrics.get_or_insert_with(BTreeMap::new);
-        metrics.extend(g.metrics("eval/"));
-        metrics.extend(s.metrics("eval_sampled/"));
+        metrics.extend(greedy.metrics(&held_out.greedy, "eval/"));
+        metrics.extend(sampled.metrics(&held_out.sampled, "eval_sampled/"));
         let rel = format!("{}/{EVAL_EPISODES_FILE}", RunDir::round_dir(round));
-        let records: Vec<_> = episode_records(&held_out.greedy, &greedy.groups).collect();
-        run.dir.write_jsonl(&rel, &records)?;
+        greedy.write(run, &rel, &held_out.greedy)?;
         run.hash_into(m, &rel)
     }
     fn columns(&self) -> &'static [Column] {
-        COLUMNS
+        match self.kind {
+            Kind::S2r => S2R_COLUMNS,
+            _ => COLUMNS,
+        }
+    }
+}
+
+/// A round's episodes after its first attempts: reviewed (`score`, `correction-sft`) or
+/// verified first (`s2r`).
+enum Episodes {
+    Reviewed(SecondAttempts),
+    Verified(Verified),
+}
+
+impl Episodes {
+    /// SCoRe's measures, with the episode's final answer as the second attempt.
+    fn deltas(&self, firsts: &[Group]) -> Deltas {
+        match self {
+            Self::Reviewed(s) => Deltas::of_groups(firsts, &s.groups),
+            Self::Verified(v) => v.deltas(firsts),
+        }
+    }
+
+    /// The measures under `prefix`, with the verifications' for verified episodes.
+    fn metrics(&self, firsts: &[Group], prefix: &str) -> BTreeMap<String, f64> {
+        let mut m = self.deltas(firsts).metrics(prefix);
+        if let Self::Verified(v) = self {
+            m.extend(v.stats(firsts).metrics(prefix));
+        }
+        m
+    }
+
+    fn line(&self, firsts: &[Group]) -> String {
+        match self {
+            Self::Reviewed(_) => self.deltas(firsts).line(),
+            Self::Verified(v) => {
+                format!("{}; {}", self.deltas(firsts).line(), v.stats(firsts).line())
+            }
+        }
+    }
+
+    /// Tokens sampled after the first attempts.
+    fn tokens(&self) -> usize {
+        match self {
+            Self::Reviewed(s) => sampled_tokens(&s.groups),
+            Self::Verified(v) => v
+                .checks
+                .iter()
+                .flatten()
+                .map(|c| c.completion.tokens.len())
+                .chain(
+                    v.seconds
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .map(|a| a.completion.tokens.len()),
+                )
+                .sum(),
+        }
+    }
+
+    /// Writes the episodes to the run file `rel`.
+    fn write(&self, run: &Run, rel: &str, firsts: &[Group]) -> Result<()> {
+        match self {
+            Self::Reviewed(s) => {
+                let records: Vec<_> = episode_records(firsts, &s.groups).collect();
+                run.dir.write_jsonl(rel, &records)
+            }
+            Self::Verified(v) => {
+                let records: Vec<_> = v.records(firsts).collect();
+                run.dir.write_jsonl(rel, &records)
+            }
+        }
+    }
+}
+
+impl Correction {
+    /// Samples the episodes after `firsts`: a second attempt after each, or (`s2r`) a
+    /// verification of each and a second attempt after those it calls wrong.
+    fn episodes(
+        &self,
+        policy: &mut dyn Policy,
+        task: &dyn Task,
+        firsts: &[Group],
+        params: &SamplingParams,
+        seed: u64,
+        obs: &mut dyn Observer,
+    ) -> Result<Episodes> {
+        Ok(match self.kind {
+            Kind::S2r => {
+                Episodes::Verified(verified_episodes(policy, task, firsts, params, seed, obs)?)
+            }
+            _ => Episodes::Reviewed(second_attempts(policy, task, firsts, params, seed, obs)?),
+        })
+    }
+
+    /// Progress units of [`Self::episodes`] after `firsts`: problems, or (`s2r`) first
+    /// attempts twice, each checked and perhaps corrected.
+    fn units(&self, firsts: &[Group]) -> u64 {
+        match self.kind {
+            Kind::S2r => {
+                2 * firsts
+                    .iter()
+                    .map(|g| g.completions.len() as u64)
+                    .sum::<u64>()
+            }
+            _ => firsts.len() as u64,
+        }
     }
 }
 
@@ -452,10 +655,10 @@ impl Correction {
         let (firsts, proxy) =
             run.sample_pool(&mut *policy, round, cfg.sampling.samples, &params, obs)?;
         let task = &*run.plan.task;
-        let needs_seconds = !(self.kind == Kind::Sft && cfg.sft.source == Corrections::Pairs);
-        let seconds = if needs_seconds {
-            obs.stage_started(&format!("r{round} second attempts"), firsts.len() as u64);
-            let s = second_attempts(
+        let needs_episodes = !(self.kind == Kind::Sft && cfg.sft.source == Corrections::Pairs);
+        let episodes = if needs_episodes {
+            obs.stage_started(&format!("r{round} second attempts"), self.units(&firsts));
+            let e = self.episodes(
                 &mut *policy,
                 task,
                 &firsts,
@@ -463,9 +666,8 @@ impl Correction {
                 run.seed(round, "review"),
                 obs,
             )?;
-            let deltas = Deltas::of_groups(&firsts, &s.groups);
-            obs.stage_finished(&format!("r{round} second attempts: {}", deltas.line()));
-            Some((s, deltas))
+            obs.stage_finished(&format!("r{round} second attempts: {}", e.line(&firsts)));
+            Some(e)
         } else {
             None
         };
@@ -476,16 +678,17 @@ impl Correction {
         let mut metrics = round_monitors(&firsts, &selected, run.plan.config.monitor.n_star);
         metrics.extend(proxy);
         let mut tokens = sampled_tokens(&firsts);
-        if let Some((s, deltas)) = &seconds {
-            tokens += sampled_tokens(&s.groups);
-            metrics.extend(deltas.metrics("correct/"));
+        if let Some(e) = &episodes {
+            tokens += e.tokens();
+            metrics.extend(e.metrics(&firsts, "correct/"));
         }
-        let seconds = seconds.map(|(s, _)| s);
         metrics.insert("rollout/sampled_tokens".into(), tokens as f64);
         let rd = RunDir::round_dir(round);
         let train = format!("{rd}/train.jsonl");
-        let counts = match (self.kind, &seconds) {
-            (Kind::Score, Some(s)) => {
+        let format = EpisodeFormat::of(policy.tokenizer());
+        let tok = policy.tokenizer();
+        let counts = match (self.kind, &episodes) {
+            (Kind::Score, Some(Episodes::Reviewed(s))) => {
                 let stage = if round <= cfg.score.stage_one_rounds {
                     Stage::One
                 } else {
@@ -496,12 +699,29 @@ impl Correction {
                 run.dir.write_jsonl(&train, &lines)?;
                 json!({"trained": lines.len(), "stage": stage as u8 + 1})
             }
+            (Kind::S2r, Some(Episodes::Verified(v))) if round > cfg.s2r.init_rounds => {
+                let (lines, m) = s2r_lines(&firsts, v, cfg.s2r.reward, cfg.score.beta);
+                metrics.extend(m);
+                run.dir.write_jsonl(&train, &lines)?;
+                json!({"trained": lines.len(), "stage": "rl"})
+            }
+            (Kind::S2r, _) => {
+                let examples = init_examples(
+                    &firsts,
+                    &cfg.sft,
+                    |p, first| format.verify_prompt(tok, p, first),
+                    |right| format.verdict(right),
+                    |p, first| format.corrected_prompt(tok, task, p, first, format.verdict(false)),
+                )?;
+                metrics.insert("correct/examples".into(), examples.len() as f64);
+                run.dir.write_jsonl(&train, &examples)?;
+                json!({"examples": examples.len(), "stage": "init"})
+            }
             _ => {
-                let format = EpisodeFormat::of(policy.tokenizer());
-                let mut examples = match &seconds {
-                    Some(s) => own_corrections(&firsts, s, &cfg.sft),
-                    None => pair_corrections(&firsts, &cfg.sft, |p, first| {
-                        format.second_prompt(policy.tokenizer(), task, p, first)
+                let mut examples = match &episodes {
+                    Some(Episodes::Reviewed(s)) => own_corrections(&firsts, s, &cfg.sft),
+                    _ => pair_corrections(&firsts, &cfg.sft, |p, first| {
+                        format.second_prompt(tok, task, p, first)
                     })?,
                 };
                 if cfg.sft.first_attempts {
@@ -516,10 +736,9 @@ impl Correction {
         run.dir
             .write_jsonl(&format!("{rd}/samples.jsonl"), &samples)?;
         let mut m = run.manifest(round)?;
-        if let Some(s) = &seconds {
+        if let Some(e) = &episodes {
             let rel = format!("{rd}/episodes.jsonl");
-            let eps: Vec<_> = episode_records(&firsts, &s.groups).collect();
-            run.dir.write_jsonl(&rel, &eps)?;
+            e.write(run, &rel, &firsts)?;
             run.hash_into(&mut m, &rel)?;
         }
         m.parent_checkpoint = Some(RunDir::checkpoint_dir(parent));
@@ -535,34 +754,28 @@ impl Correction {
         let c = &self.cfg;
         let parent = run.parent(round)?;
         let init = c.restart_from.round(parent);
+        let pg = |run: &mut Run, reference: bool, obs: &mut dyn Observer| {
+            // The KL terms' coefficients travel on the lines; any above 0 needs the
+            // reference's log-probs.
+            let reference = reference.then(|| c.score.reference.round(parent));
+            offline_pg_stage(
+                run,
+                round,
+                init,
+                reference,
+                &c.score.update(),
+                &c.optimizer,
+                "score-minibatches",
+                obs,
+            )
+        };
         match self.kind {
             Kind::Sft => run.sft_stage(round, init, &c.sft.train, &c.optimizer, obs),
-            Kind::Score => {
-                let s = &c.score;
-                let update = OfflineUpdate {
-                    epochs: s.epochs,
-                    batch_size: s.batch_size,
-                    micro_batch_size: s.micro_batch_size,
-                    epsilon_low: s.epsilon_low,
-                    epsilon_high: s.epsilon_high,
-                    loss_aggregation: s.loss_aggregation,
-                    kl_estimator: s.kl_estimator,
-                };
-                // The KL terms' coefficients travel on the lines; any above 0 needs the
-                // reference's log-probs.
-                let reference =
-                    (s.beta > 0.0 || s.stage_one_beta > 0.0).then(|| s.reference.round(parent));
-                offline_pg_stage(
-                    run,
-                    round,
-                    init,
-                    reference,
-                    &update,
-                    &c.optimizer,
-                    "score-minibatches",
-                    obs,
-                )
+            Kind::S2r if round <= c.s2r.init_rounds => {
+                run.sft_stage(round, init, &c.sft.train, &c.optimizer, obs)
             }
+            Kind::S2r => pg(run, c.score.beta > 0.0, obs),
+            Kind::Score => pg(run, c.score.beta > 0.0 || c.score.stage_one_beta > 0.0, obs),
         }
     }
 }
@@ -586,8 +799,31 @@ fn kl_coefs(stage: Stage, s: &ScoreSettings) -> (f32, f32) {
     }
 }
 
+/// A rollout line of `completion` sampled from `prompt`, or none when it would train nothing
+/// (no advantage and no KL term) or has no token ids to train (a served model's).
+pub(super) fn rollout_line(
+    prompt: &str,
+    completion: &Completion,
+    reward: f32,
+    advantage: f32,
+    kl_coef: f32,
+) -> Option<RolloutLine> {
+    let aligned =
+        completion.logprobs.len() == completion.tokens.len() && !completion.tokens.is_empty();
+    (aligned && (advantage != 0.0 || kl_coef > 0.0)).then(|| RolloutLine {
+        prompt: prompt.to_string(),
+        completion: completion.text.clone(),
+        reward,
+        advantage,
+        completion_ids: completion.tokens.clone(),
+        old_logprobs: completion.logprobs.clone(),
+        token_advantages: None,
+        kl_coef: Some(kl_coef),
+    })
+}
+
 /// `xs` less their mean.
-fn centred(xs: &[f32]) -> Vec<f32> {
+pub(super) fn centred(xs: &[f32]) -> Vec<f32> {
     let mean = xs.iter().sum::<f32>() / xs.len().max(1) as f32;
     xs.iter().map(|x| x - mean).collect()
 }
@@ -634,19 +870,7 @@ fn score_lines(
                     coefs.1,
                 ),
             ] {
-                let aligned = c.logprobs.len() == c.tokens.len() && !c.tokens.is_empty();
-                if aligned && (adv != 0.0 || coef > 0.0) {
-                    lines.push(RolloutLine {
-                        prompt: prompt.clone(),
-                        completion: c.text.clone(),
-                        reward: v.score,
-                        advantage: adv,
-                        completion_ids: c.tokens.clone(),
-                        old_logprobs: c.logprobs.clone(),
-                        token_advantages: None,
-                        kl_coef: Some(coef),
-                    });
-                }
+                lines.extend(rollout_line(prompt, c, v.score, adv, coef));
             }
         }
     }
@@ -665,7 +889,7 @@ fn score_lines(
 /// `max_per_problem`, 0: all), followed by one of the problem's distinct correct samples in
 /// turn; with `keep_right`, also each distinct correct sample followed by itself. Problems
 /// without a correct sample give none.
-fn pair_corrections(
+pub(super) fn pair_corrections(
     firsts: &[Group],
     s: &SftSettings,
     second_prompt: impl Fn(&autodidact_core::Problem, &str) -> Result<String>,
