@@ -629,7 +629,8 @@ impl RunConfig {
         // <bos> prompt solution <eos>, of which the model reads all but the last token; a
         // recipe's own sequences (a judge's) add their markers. A pretrained model's prompts
         // are counted in tokens once they are drawn and rendered ([`crate::run`]).
-        let needed = max_prompt + max_new_tokens + recipe.extra_tokens(max_new_tokens);
+        let extra = recipe.extra_tokens(max_new_tokens, model.tokenizer(), &*task)?;
+        let needed = max_prompt + max_new_tokens + extra;
         if !self.model.pretrained() && model.context_length() < needed {
             return Err(Error::config(
                 "model.context_length",

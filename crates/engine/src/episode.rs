@@ -149,12 +149,58 @@ impl EpisodeFormat {
         })
     }
 
+    /// Tokens a second prompt adds to the problem's prompt, with a first attempt of up to
+    /// `max_new_tokens`: the marker natively; in chat, the turns' scaffolding and the review
+    /// instruction. With `verified` (`s2r`), also the verification: `¿N` natively; in chat,
+    /// its request and a reply of up to [`VERIFY_MAX_TOKENS`].
+    pub fn added_tokens(
+        self,
+        tok: &dyn Tokenizer,
+        task: &dyn Task,
+        max_new_tokens: usize,
+        verified: bool,
+    ) -> Result<usize> {
+        Ok(match (self, verified) {
+            (Self::Native, false) => max_new_tokens + REVIEW_TOKENS,
+            (Self::Native, true) => max_new_tokens + VERIFY_TOKENS,
+            (Self::Chat, false) => max_new_tokens + turn_tokens(tok, &task.review_instruction())?,
+            (Self::Chat, true) => {
+                max_new_tokens
+                    + turn_tokens(tok, VERIFY_INSTRUCTION)?
+                    + VERIFY_MAX_TOKENS
+                    + turn_tokens(tok, &task.review_instruction())?
+            }
+        })
+    }
+
     fn judge(self) -> JudgeFormat {
         match self {
             Self::Native => JudgeFormat::Native,
             Self::Chat => JudgeFormat::Chat,
         }
     }
+}
+
+/// Tokens the chat template adds to a conversation when an (empty) assistant reply and the
+/// user turn `ask` follow it: the reply's scaffolding, the turn and its own.
+fn turn_tokens(tok: &dyn Tokenizer, ask: &str) -> Result<usize> {
+    let question = ChatMessage {
+        role: "user".into(),
+        content: "?".into(),
+    };
+    let before = tok.encode(&tok.chat_prompt(std::slice::from_ref(&question))?)?;
+    let after = tok.encode(&tok.chat_prompt(&[
+        question,
+        ChatMessage {
+            role: "assistant".into(),
+            content: String::new(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: ask.into(),
+        },
+    ])?)?;
+    Ok(after.len().saturating_sub(before.len()))
 }
 
 /// The task's conversation for `problem` (its raw prompt as the user's turn when it has
@@ -352,15 +398,10 @@ impl Verified {
     pub fn records<'a>(&'a self, firsts: &'a [Group]) -> impl Iterator<Item = VerifiedRecord<'a>> {
         firsts.iter().enumerate().flat_map(move |(g, a)| {
             (0..a.completions.len()).map(move |j| {
-                let (c, v) = (&a.completions[j], &a.verdicts[j]);
                 let check = &self.checks[g][j];
                 let second = self.seconds[g][j].as_ref();
                 VerifiedRecord {
-                    problem_id: &a.problem.id,
-                    prompt: &a.problem.prompt,
-                    first: &c.text,
-                    first_grade: v.grade,
-                    first_answer: v.answer.as_deref(),
+                    first: FirstRecord::of(a, j),
                     check: &check.completion.text,
                     says_right: check.says_right,
                     second: second.map(|s| s.completion.text.as_str()),
@@ -418,12 +459,8 @@ impl VerifyStats {
 /// One `s2r` episode as a round file records it.
 #[derive(Serialize)]
 pub struct VerifiedRecord<'a> {
-    pub problem_id: &'a str,
-    pub prompt: &'a str,
-    pub first: &'a str,
-    pub first_grade: autodidact_core::Grade,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_answer: Option<&'a str>,
+    #[serde(flatten)]
+    pub first: FirstRecord<'a>,
     pub check: &'a str,
     pub says_right: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -605,15 +642,36 @@ impl Deltas {
     }
 }
 
-/// One episode as a round file records it.
+/// An episode's problem and first attempt, as its round file records them.
 #[derive(Serialize)]
-pub struct EpisodeRecord<'a> {
+pub struct FirstRecord<'a> {
     pub problem_id: &'a str,
     pub prompt: &'a str,
     pub first: &'a str,
     pub first_grade: autodidact_core::Grade,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_answer: Option<&'a str>,
+}
+
+impl<'a> FirstRecord<'a> {
+    /// First attempt `j` of group `g`.
+    fn of(g: &'a Group, j: usize) -> Self {
+        let v = &g.verdicts[j];
+        Self {
+            problem_id: &g.problem.id,
+            prompt: &g.problem.prompt,
+            first: &g.completions[j].text,
+            first_grade: v.grade,
+            first_answer: v.answer.as_deref(),
+        }
+    }
+}
+
+/// One episode as a round file records it.
+#[derive(Serialize)]
+pub struct EpisodeRecord<'a> {
+    #[serde(flatten)]
+    pub first: FirstRecord<'a>,
     pub second: &'a str,
     pub second_grade: autodidact_core::Grade,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -626,20 +684,12 @@ pub fn episode_records<'a>(
     seconds: &'a [Group],
 ) -> impl Iterator<Item = EpisodeRecord<'a>> {
     firsts.iter().zip(seconds).flat_map(|(a, b)| {
-        a.completions
-            .iter()
-            .zip(&a.verdicts)
-            .zip(b.completions.iter().zip(&b.verdicts))
-            .map(move |((c1, v1), (c2, v2))| EpisodeRecord {
-                problem_id: &a.problem.id,
-                prompt: &a.problem.prompt,
-                first: &c1.text,
-                first_grade: v1.grade,
-                first_answer: v1.answer.as_deref(),
-                second: &c2.text,
-                second_grade: v2.grade,
-                second_answer: v2.answer.as_deref(),
-            })
+        (0..a.completions.len()).map(move |j| EpisodeRecord {
+            first: FirstRecord::of(a, j),
+            second: &b.completions[j].text,
+            second_grade: b.verdicts[j].grade,
+            second_answer: b.verdicts[j].answer.as_deref(),
+        })
     })
 }
 
@@ -814,6 +864,34 @@ mod tests {
             )
         );
         assert_eq!((chat.verdict(true), chat.verdict(false)), ("Yes", "No"));
+        // The context a second prompt needs beyond the problem's prompt: the first attempt,
+        // the scaffolding and the instructions, and in s2r a reply of up to
+        // VERIFY_MAX_TOKENS.
+        let count = |t: &str| tok.encode(t).unwrap().len();
+        let first = "x=5 so the answer is 5";
+        let n = count(first);
+        let base = count(
+            &tok.chat_prompt(&[ChatMessage {
+                role: "user".into(),
+                content: q.clone(),
+            }])
+            .unwrap(),
+        );
+        let reviewed = count(&chat.second_prompt(&tok, &task, p, first).unwrap());
+        assert_eq!(
+            reviewed - base,
+            chat.added_tokens(&tok, &task, n, false).unwrap()
+        );
+        let no = "No, 2+3 is 5 and not 6";
+        let verified = count(&chat.corrected_prompt(&tok, &task, p, first, no).unwrap());
+        assert_eq!(
+            verified - base,
+            chat.added_tokens(&tok, &task, n, true).unwrap() - VERIFY_MAX_TOKENS + count(no)
+        );
+        assert_eq!(
+            native.added_tokens(&tok, &task, 7, true).unwrap(),
+            7 + VERIFY_TOKENS
+        );
     }
 
     /// `s2r`'s seed episodes: the solution verified right; each slip verified wrong and
@@ -885,7 +963,7 @@ mod tests {
         assert_eq!(m["eval/delta_i_to_c"], 0.2);
         assert_eq!(m.len(), 6);
         let records: Vec<_> = episode_records(&firsts, &seconds).collect();
-        assert_eq!(records[1].first_grade, Grade::Incorrect);
+        assert_eq!(records[1].first.first_grade, Grade::Incorrect);
         assert_eq!(records[1].second_grade, Grade::Correct);
         assert_eq!(records[3].second_answer, None);
     }

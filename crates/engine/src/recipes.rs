@@ -101,9 +101,14 @@ pub trait Recipe: Send + Sync {
     }
 
     /// Tokens its sequences can add beyond `<bos> prompt solution <eos>`, when a completion
-    /// has up to `max_new_tokens`.
-    fn extra_tokens(&self, _max_new_tokens: usize) -> usize {
-        0
+    /// has up to `max_new_tokens`, for the policy's tokenizer `tok` on `task`.
+    fn extra_tokens(
+        &self,
+        _max_new_tokens: usize,
+        _tok: &dyn autodidact_core::Tokenizer,
+        _task: &dyn Task,
+    ) -> Result<usize> {
+        Ok(0)
     }
 
     /// A model of its own besides the policy (a judge), which the plan builds through the

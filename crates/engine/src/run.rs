@@ -965,7 +965,10 @@ fn render_prompts(plan: &RunPlan, problems: &mut Problems) -> Result<()> {
         all,
         plan.model.tokenizer(),
         plan.model.context_length(),
-        plan.max_new_tokens + plan.recipe.extra_tokens(plan.max_new_tokens),
+        plan.max_new_tokens
+            + plan
+                .recipe
+                .extra_tokens(plan.max_new_tokens, plan.model.tokenizer(), &*plan.task)?,
         plan.config
             .model
             .pretrained()

@@ -52,7 +52,7 @@ use crate::config::{
 use crate::episode::{
     episode_records, second_attempts, seed_episode_examples, seed_verified_examples,
     verified_episodes, Deltas, EpisodeFormat, SecondAttempts, Verified, EVAL_EPISODES_FILE,
-    REVIEW_CHARS, REVIEW_TOKENS, VERIFY_CHARS, VERIFY_TOKENS,
+    REVIEW_CHARS, VERIFY_CHARS,
 };
 use crate::eval::EvalSamples;
 use crate::monitor::round_monitors;
@@ -176,11 +176,14 @@ pub struct CorrectConfig {
     /// the same settings.
     pub sampling: SamplingConfig,
     /// Seed stage: corrupted first attempts per labeled problem, each followed by the
-    /// solution (a model trained from scratch learns the review format from them).
+    /// solution (`s2r`: each verified as the verifier grades it, and the solution after
+    /// those it rejects); a model trained from scratch learns the format from them.
     pub seed_negatives: usize,
     pub restart_from: Checkpoint,
     pub optimizer: OptimizerConfig,
+    /// `correction-sft`'s traces and training; also `s2r`'s initialization rounds.
     pub sft: SftSettings,
+    /// `score`'s rewards and policy-gradient update; `s2r` trains with the update.
     pub score: ScoreSettings,
     pub s2r: S2rSettings,
 }
@@ -443,14 +446,15 @@ impl Recipe for Correction {
             _ => REVIEW_CHARS,
         }
     }
-    /// A second attempt's prompt holds the first attempt and the marker (and, in `s2r`, the
-    /// verification's marker and verdict). In chat, the instructions and a verification of
-    /// up to [`crate::episode::VERIFY_MAX_TOKENS`] tokens are not counted.
-    fn extra_tokens(&self, max_new_tokens: usize) -> usize {
-        match self.kind {
-            Kind::S2r => max_new_tokens + VERIFY_TOKENS,
-            _ => max_new_tokens + REVIEW_TOKENS,
-        }
+    /// A second attempt's prompt holds the first attempt and the review (and, in `s2r`, the
+    /// verification before it): [`EpisodeFormat::added_tokens`].
+    fn extra_tokens(
+        &self,
+        max_new_tokens: usize,
+        tok: &dyn autodidact_core::Tokenizer,
+        task: &dyn Task,
+    ) -> Result<usize> {
+        EpisodeFormat::of(tok).added_tokens(tok, task, max_new_tokens, self.kind == Kind::S2r)
     }
     fn seed_examples(&self, run: &Run) -> Result<Vec<Example>> {
         let seed_examples = match self.kind {

@@ -280,12 +280,13 @@ impl Recipe for Pref {
             ""
         }
     }
-    fn extra_tokens(&self, _max_new_tokens: usize) -> usize {
-        if self.self_judges() {
-            EXTRA_TOKENS
-        } else {
-            0
-        }
+    fn extra_tokens(
+        &self,
+        _max_new_tokens: usize,
+        _tok: &dyn autodidact_core::Tokenizer,
+        _task: &dyn Task,
+    ) -> Result<usize> {
+        Ok(if self.self_judges() { EXTRA_TOKENS } else { 0 })
     }
     fn judge_model(&self) -> Option<&autodidact_core::ModelConfig> {
         self.judge
