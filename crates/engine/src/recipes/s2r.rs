@@ -7,7 +7,8 @@
 //!
 //! Training, per round:
 //! - the first `init_rounds` rounds are S²R's behaviour initialization: supervised
-//!   fine-tuning (`[correct.sft]`'s `train` and caps) on verifications written from the
+//!   fine-tuning (`[correct.sft]`'s `train` and `max_per_problem`; its `source`,
+//!   `keep_right` and `first_attempts` do not apply) on verifications written from the
 //!   verifier's grades of the round's own first attempts (each distinct first attempt
 //!   followed by the verdict it deserves) and, after each distinct wrong one and the verdict
 //!   `N`, a right sample of the same problem as the correction ([`init_examples`]);
