@@ -86,6 +86,33 @@ impl JudgeFormat {
         })
     }
 
+    /// Tokens a judge sequence adds to `<prompt><completion>`: natively `?`, `>` and the
+    /// verdict; in chat, the request's scaffolding around the question and the completion,
+    /// and the one-token verdict. (The chat request quotes the task's user turn alone, so a
+    /// system prompt in the task's template makes this an over-count, the safe side.)
+    pub fn added_tokens(self, tok: &dyn Tokenizer) -> Result<usize> {
+        match self {
+            Self::Native => Ok(EXTRA_TOKENS),
+            Self::Chat => {
+                let question = "?";
+                let asked = tok.encode(&tok.chat_prompt(&[autodidact_core::ChatMessage {
+                    role: "user".into(),
+                    content: question.into(),
+                }])?)?;
+                let problem = Problem {
+                    id: String::new(),
+                    prompt: question.into(),
+                    answer: None,
+                    solution: None,
+                    meta: None,
+                    messages: None,
+                };
+                let judged = tok.encode(&self.prompt(tok, &problem, "")?)?;
+                Ok(judged.len().saturating_sub(asked.len()) + 1)
+            }
+        }
+    }
+
     /// A judge training example: the verdict for `completion` of `problem`.
     pub fn example(
         self,
@@ -373,6 +400,17 @@ mod tests {
             .contains("Problem:\nWhat is 2+2?\n\nProposed solution:\n2+2 = 5\n\n"));
         assert!(ex.prompt.ends_with("Answer Yes or No.</user><assistant>"));
         assert_eq!(format.verdict_ids(&tok).unwrap(), [1, 2]);
+        // The judge sequence fits in the task's prompt, the completion and the added tokens.
+        let len = |s: &str| tok.encode(s).unwrap().len();
+        let added = format.added_tokens(&tok).unwrap();
+        let budget = len(&problem.prompt) + len(" 2+2 = 5 \n") + added;
+        let judged = len(&ex.prompt) + len(&ex.completion);
+        assert!(judged <= budget, "{judged} > {budget}");
+        assert!(judged + 3 > budget, "{judged} is far below {budget}");
+        assert_eq!(
+            JudgeFormat::Native.added_tokens(&tok).unwrap(),
+            EXTRA_TOKENS
+        );
         // A tokenizer that splits a verdict is refused, naming it.
         let char_tok = autodidact_core::CharTokenizer::new("YesNo").unwrap();
         let err = JudgeFormat::Chat

@@ -34,7 +34,7 @@ use crate::store::read_jsonl;
 use crate::train::{fit_sft, TrainStats, Updater};
 use crate::{Error, Result};
 use autodidact_core::{
-    BackendKind, Backends, Example, ModelTokenizer, TrainablePolicy, ADAPTER_CONFIG,
+    BackendKind, Backends, Example, ModelTokenizer, Policy, TrainablePolicy, ADAPTER_CONFIG,
 };
 use autodidact_objectives::DpoLoss;
 use serde::{Deserialize, Serialize};
@@ -506,8 +506,8 @@ pub fn pg_objective(data: &Path, minibatches: u32, seed: u64) -> Result<Objectiv
 
 /// `policy`'s log-probs of `examples`, `rows` examples per call (one call would hold every
 /// position's logits of them all at once).
-pub(crate) fn chunked_logprobs(
-    policy: &mut dyn TrainablePolicy,
+pub(crate) fn chunked_logprobs<P: Policy + ?Sized>(
+    policy: &mut P,
     examples: &[Example],
     rows: usize,
 ) -> Result<Vec<Vec<f32>>> {

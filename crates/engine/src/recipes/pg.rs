@@ -685,7 +685,11 @@ impl Scored {
             })
             .collect();
         let refs = match reference {
-            Some(r) if cfg.beta > 0.0 => Some(r.logprobs(&rollout.examples)?),
+            Some(r) if cfg.beta > 0.0 => Some(crate::trainer::chunked_logprobs(
+                r,
+                &rollout.examples,
+                cfg.micro_batch_size,
+            )?),
             _ => None,
         };
         // KL of each sampled completion to the reference, for the reward (kl_mode = reward) and

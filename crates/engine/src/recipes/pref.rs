@@ -17,7 +17,7 @@ use crate::config::{
     SamplingConfig, TrainConfig,
 };
 use crate::judge::{
-    judge_scores, round_judge_examples, seed_judge_examples, JudgeStats, EXTRA_TOKENS, JUDGE_CHARS,
+    judge_scores, round_judge_examples, seed_judge_examples, JudgeFormat, JudgeStats, JUDGE_CHARS,
 };
 use crate::monitor::round_monitors;
 use crate::pairs::{
@@ -283,10 +283,14 @@ impl Recipe for Pref {
     fn extra_tokens(
         &self,
         _max_new_tokens: usize,
-        _tok: &dyn autodidact_core::Tokenizer,
+        tok: &dyn autodidact_core::Tokenizer,
         _task: &dyn Task,
     ) -> Result<usize> {
-        Ok(if self.self_judges() { EXTRA_TOKENS } else { 0 })
+        if self.self_judges() {
+            JudgeFormat::of(tok).added_tokens(tok)
+        } else {
+            Ok(0)
+        }
     }
     fn judge_model(&self) -> Option<&autodidact_core::ModelConfig> {
         self.judge
