@@ -18,7 +18,7 @@
 //! ends with the stop token as any completion does; the second is sampled from the second
 //! prompt, which holds the first attempt's text. Training rows follow the same split.
 
-use crate::judge::{gold_and_slips, JudgeFormat};
+use crate::judge::{gold_and_slips, user_turn, user_turn_tokens, JudgeFormat};
 use crate::progress::{Observer, Offset};
 use crate::sampling::{add_graded, empty_groups, sample_rows, sample_rows_with, sample_seed, Row};
 use crate::Result;
@@ -184,43 +184,30 @@ impl EpisodeFormat {
 /// Tokens the chat template adds to a conversation when an (empty) assistant reply and the
 /// user turn `ask` follow it: the reply's scaffolding, the turn and its own.
 fn turn_tokens(tok: &dyn Tokenizer, ask: &str) -> Result<usize> {
-    let question = ChatMessage {
-        role: "user".into(),
-        content: "?".into(),
-    };
-    let before = tok.encode(&tok.chat_prompt(std::slice::from_ref(&question))?)?;
     let after = tok.encode(&tok.chat_prompt(&[
-        question,
+        user_turn("?"),
         ChatMessage {
             role: "assistant".into(),
             content: String::new(),
         },
-        ChatMessage {
-            role: "user".into(),
-            content: ask.into(),
-        },
+        user_turn(ask),
     ])?)?;
-    Ok(after.len().saturating_sub(before.len()))
+    Ok(after.len().saturating_sub(user_turn_tokens(tok, "?")?))
 }
 
 /// The task's conversation for `problem` (its raw prompt as the user's turn when it has
 /// none), then each (assistant reply, user turn) of `turns`.
 fn conversation(problem: &Problem, turns: &[(&str, &str)]) -> Vec<ChatMessage> {
-    let mut messages = problem.messages.clone().unwrap_or_else(|| {
-        vec![ChatMessage {
-            role: "user".into(),
-            content: problem.prompt.clone(),
-        }]
-    });
+    let mut messages = problem
+        .messages
+        .clone()
+        .unwrap_or_else(|| vec![user_turn(&problem.prompt)]);
     for (reply, ask) in turns {
         messages.push(ChatMessage {
             role: "assistant".into(),
             content: reply.to_string(),
         });
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: ask.to_string(),
-        });
+        messages.push(user_turn(ask));
     }
     messages
 }
@@ -364,6 +351,18 @@ impl Verified {
         }))
     }
 
+    /// Tokens sampled after the first attempts: the verifications' and the second attempts'.
+    pub fn tokens(&self) -> u64 {
+        check_tokens(&self.checks)
+            + self
+                .seconds
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|a| a.completion.tokens.len() as u64)
+                .sum::<u64>()
+    }
+
     /// How well the verifications judged the first attempts.
     pub fn stats(&self, firsts: &[Group]) -> VerifyStats {
         let (mut n, mut wrong, mut flagged, mut caught, mut false_alarms, mut unread, mut agree) =
@@ -413,6 +412,15 @@ impl Verified {
     }
 }
 
+/// Tokens sampled in `checks`.
+fn check_tokens(checks: &[Vec<Check>]) -> u64 {
+    checks
+        .iter()
+        .flatten()
+        .map(|c| c.completion.tokens.len() as u64)
+        .sum()
+}
+
 /// How well a set of verifications judged their first attempts.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct VerifyStats {
@@ -431,16 +439,16 @@ pub struct VerifyStats {
 impl VerifyStats {
     /// The measures as metrics under `prefix` (`eval/verify_accuracy`, …).
     pub fn metrics(&self, prefix: &str) -> BTreeMap<String, f64> {
-        [
-            ("verify_accuracy", self.accuracy),
-            ("verify_flagged", self.flagged),
-            ("verify_error_recall", self.error_recall),
-            ("verify_false_alarm", self.false_alarm),
-            ("verify_unread", self.unread),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}{k}"), v))
-        .collect()
+        prefixed(
+            prefix,
+            [
+                ("verify_accuracy", self.accuracy),
+                ("verify_flagged", self.flagged),
+                ("verify_error_recall", self.error_recall),
+                ("verify_false_alarm", self.false_alarm),
+                ("verify_unread", self.unread),
+            ],
+        )
     }
 
     /// One line for the terminal.
@@ -530,15 +538,10 @@ pub fn verified_episodes(
             }
         }
     }
-    let n_checks = checks.iter().map(Vec::len).sum::<usize>() as u64;
     let mut rest = Offset {
         inner: &mut *obs,
-        done: n_checks,
-        tokens: checks
-            .iter()
-            .flatten()
-            .map(|c| c.completion.tokens.len() as u64)
-            .sum(),
+        done: checks.iter().map(Vec::len).sum::<usize>() as u64,
+        tokens: check_tokens(&checks),
     };
     let graded = sample_rows(policy, task, &problems, &rows, params, 1, &mut rest)?;
     let mut seconds: Vec<Vec<Option<Attempt>>> = firsts
@@ -615,17 +618,17 @@ impl Deltas {
 
     /// The measures as metrics under `prefix` (`eval/`, `correct/`).
     pub fn metrics(&self, prefix: &str) -> BTreeMap<String, f64> {
-        [
-            ("accuracy@t1", self.t1),
-            ("accuracy@t2", self.t2),
-            ("delta", self.delta()),
-            ("delta_i_to_c", self.i_to_c),
-            ("delta_c_to_i", self.c_to_i),
-            ("changed", self.changed),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}{k}"), v))
-        .collect()
+        prefixed(
+            prefix,
+            [
+                ("accuracy@t1", self.t1),
+                ("accuracy@t2", self.t2),
+                ("delta", self.delta()),
+                ("delta_i_to_c", self.i_to_c),
+                ("delta_c_to_i", self.c_to_i),
+                ("changed", self.changed),
+            ],
+        )
     }
 
     /// One line for the terminal.
@@ -640,6 +643,14 @@ impl Deltas {
             100.0 * self.changed
         )
     }
+}
+
+/// Named measures as metrics under `prefix`.
+fn prefixed<const N: usize>(prefix: &str, measures: [(&str, f64); N]) -> BTreeMap<String, f64> {
+    measures
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
 }
 
 /// An episode's problem and first attempt, as its round file records them.

@@ -19,7 +19,7 @@
 //! policy makes now).
 
 use crate::{Error, Result};
-use autodidact_core::{Example, Group, Policy, Problem, Rng, Task, Tokenizer};
+use autodidact_core::{ChatMessage, Example, Group, Policy, Problem, Rng, Task, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -74,14 +74,7 @@ impl JudgeFormat {
                     .as_ref()
                     .and_then(|m| m.iter().rev().find(|m| m.role == "user"))
                     .map_or(problem.prompt.as_str(), |m| m.content.as_str());
-                let content = format!(
-                    "Here is a problem and a proposed solution.\n\nProblem:\n{question}\n\nProposed solution:\n{}\n\nIs the final answer of the proposed solution correct? Answer Yes or No.",
-                    completion.trim()
-                );
-                tok.chat_prompt(&[autodidact_core::ChatMessage {
-                    role: "user".into(),
-                    content,
-                }])?
+                tok.chat_prompt(&[user_turn(&chat_request(question, completion))])?
             }
         })
     }
@@ -94,21 +87,8 @@ impl JudgeFormat {
         match self {
             Self::Native => Ok(EXTRA_TOKENS),
             Self::Chat => {
-                let question = "?";
-                let asked = tok.encode(&tok.chat_prompt(&[autodidact_core::ChatMessage {
-                    role: "user".into(),
-                    content: question.into(),
-                }])?)?;
-                let problem = Problem {
-                    id: String::new(),
-                    prompt: question.into(),
-                    answer: None,
-                    solution: None,
-                    meta: None,
-                    messages: None,
-                };
-                let judged = tok.encode(&self.prompt(tok, &problem, "")?)?;
-                Ok(judged.len().saturating_sub(asked.len()) + 1)
+                let judged = user_turn_tokens(tok, &chat_request("?", ""))?;
+                Ok(judged.saturating_sub(user_turn_tokens(tok, "?")?) + 1)
             }
         }
     }
@@ -143,6 +123,27 @@ impl JudgeFormat {
         };
         Ok([id(self.verdict(true))?, id(self.verdict(false))?])
     }
+}
+
+/// What the chat judge asks about `completion` of `question`.
+fn chat_request(question: &str, completion: &str) -> String {
+    format!(
+        "Here is a problem and a proposed solution.\n\nProblem:\n{question}\n\nProposed solution:\n{}\n\nIs the final answer of the proposed solution correct? Answer Yes or No.",
+        completion.trim()
+    )
+}
+
+/// A user turn saying `content`.
+pub(crate) fn user_turn(content: &str) -> ChatMessage {
+    ChatMessage {
+        role: "user".into(),
+        content: content.into(),
+    }
+}
+
+/// Tokens of the chat prompt whose one turn is the user's `content`.
+pub(crate) fn user_turn_tokens(tok: &dyn Tokenizer, content: &str) -> Result<usize> {
+    Ok(tok.encode(&tok.chat_prompt(&[user_turn(content)])?)?.len())
 }
 
 /// The judge's scores p(yes)/(p(yes)+p(no)) of each (problem, completion), read from the

@@ -572,19 +572,7 @@ impl Episodes {
     fn tokens(&self) -> usize {
         match self {
             Self::Reviewed(s) => sampled_tokens(&s.groups),
-            Self::Verified(v) => v
-                .checks
-                .iter()
-                .flatten()
-                .map(|c| c.completion.tokens.len())
-                .chain(
-                    v.seconds
-                        .iter()
-                        .flatten()
-                        .flatten()
-                        .map(|a| a.completion.tokens.len()),
-                )
-                .sum(),
+            Self::Verified(v) => v.tokens() as usize,
         }
     }
 
@@ -710,13 +698,7 @@ impl Correction {
                 json!({"trained": lines.len(), "stage": "rl"})
             }
             (Kind::S2r, _) => {
-                let examples = init_examples(
-                    &firsts,
-                    &cfg.sft,
-                    |p, first| format.verify_prompt(tok, p, first),
-                    |right| format.verdict(right),
-                    |p, first| format.corrected_prompt(tok, task, p, first, format.verdict(false)),
-                )?;
+                let examples = init_examples(&firsts, &cfg.sft, format, tok, task)?;
                 metrics.insert("correct/examples".into(), examples.len() as f64);
                 run.dir.write_jsonl(&train, &examples)?;
                 json!({"examples": examples.len(), "stage": "init"})

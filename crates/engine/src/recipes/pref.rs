@@ -29,7 +29,7 @@ use crate::run::{records, Run, Start};
 use crate::sampling::{sample_groups, sampled_tokens};
 use crate::store::RunDir;
 use crate::train::{steps_for, Order, TrainStats, Updater};
-use crate::trainer::Objective;
+use crate::trainer::{chunked_logprobs, Objective};
 use crate::{Error, Result};
 use autodidact_core::{Example, Group, Policy, Task, TrainablePolicy};
 use autodidact_objectives::{
@@ -699,16 +699,14 @@ pub fn reference_logps(
     rows: usize,
 ) -> Result<Vec<(f32, f32)>> {
     let (c, r) = pair_examples(pairs);
-    let mut out = Vec::with_capacity(pairs.len());
     let rows = rows.clamp(1, 256);
-    for (cc, rr) in c.chunks(rows).zip(r.chunks(rows)) {
-        let lc = reference.logprobs(cc)?;
-        let lr = reference.logprobs(rr)?;
-        for (a, b) in lc.iter().zip(&lr) {
-            out.push((a.iter().sum(), b.iter().sum()));
-        }
-    }
-    Ok(out)
+    let lc = chunked_logprobs(reference, &c, rows)?;
+    let lr = chunked_logprobs(reference, &r, rows)?;
+    Ok(lc
+        .iter()
+        .zip(&lr)
+        .map(|(a, b)| (a.iter().sum(), b.iter().sum()))
+        .collect())
 }
 
 /// What a DPO fit did: the usual training stats and the mean TRL metrics over its steps.

@@ -32,10 +32,10 @@
 //!   the verification earns 0 under `process`.
 
 use super::correct::{centred, pair_corrections, rollout_line, SftSettings};
-use crate::episode::Verified;
+use crate::episode::{EpisodeFormat, Verified};
 use crate::trainer::RolloutLine;
 use crate::Result;
-use autodidact_core::{Example, Group, Problem};
+use autodidact_core::{Example, Group, Task, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -132,9 +132,9 @@ pub(super) fn s2r_lines(
 pub(super) fn init_examples(
     firsts: &[Group],
     s: &SftSettings,
-    verify_prompt: impl Fn(&Problem, &str) -> Result<String>,
-    verdict: impl Fn(bool) -> &'static str,
-    corrected_prompt: impl Fn(&Problem, &str) -> Result<String>,
+    format: EpisodeFormat,
+    tok: &dyn Tokenizer,
+    task: &dyn Task,
 ) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     for g in firsts {
@@ -145,8 +145,8 @@ pub(super) fn init_examples(
             );
             for i in kept {
                 out.push(Example::new(
-                    verify_prompt(&g.problem, &g.completions[i].text)?,
-                    verdict(right).to_string(),
+                    format.verify_prompt(tok, &g.problem, &g.completions[i].text)?,
+                    format.verdict(right).to_string(),
                 ));
             }
         }
@@ -155,7 +155,10 @@ pub(super) fn init_examples(
         keep_right: false,
         ..s.clone()
     };
-    out.extend(pair_corrections(firsts, &corrections, corrected_prompt)?);
+    let check = format.verdict(false);
+    out.extend(pair_corrections(firsts, &corrections, |p, first| {
+        format.corrected_prompt(tok, task, p, first, check)
+    })?);
     Ok(out)
 }
 
@@ -306,13 +309,14 @@ mod tests {
                 ("w2", None, false),
             ],
         );
-        let verdict = |right: bool| if right { "Y" } else { "N" };
+        let task = autodidact_tasks::AdditionConfig::default().build().unwrap();
+        let tok = autodidact_core::CharTokenizer::new("p=wr12¿YN↺").unwrap();
         let ex = init_examples(
             std::slice::from_ref(&g),
             &SftSettings::default(),
-            |p, f| Ok(format!("{}{f}¿", p.prompt)),
-            verdict,
-            |p, f| Ok(format!("{}{f}¿N↺", p.prompt)),
+            EpisodeFormat::of(&tok),
+            &tok,
+            &task,
         )
         .unwrap();
         let got: Vec<(&str, &str)> = ex
