@@ -57,6 +57,15 @@ pub struct BenchArgs {
     /// the pool over both (--steps rounds of --batch rows, --new-tokens each, default 64).
     #[arg(long, requires = "checkpoint", conflicts_with = "lora_rank")]
     serve: bool,
+    /// Measure `autodidact serve` under abuse instead (with --checkpoint): a well-behaved
+    /// client's latency alone and while --batch slowloris connections, oversized bodies,
+    /// malformed JSON, guard violations and slow bodies hit the server (--steps requests each
+    /// time); the connections it held and its peak memory.
+    #[arg(long, requires = "checkpoint", conflicts_with_all = ["lora_rank", "serve"])]
+    serve_abuse: bool,
+    /// With --serve-abuse: the server's --max-connections.
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_CONNECTIONS, requires = "serve_abuse")]
+    max_connections: usize,
 }
 
 #[derive(Serialize)]
@@ -85,6 +94,9 @@ struct Report {
 pub fn run(args: &BenchArgs, threads: usize) -> Result<()> {
     if args.batch == 0 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1");
+    }
+    if let (true, Some(dir)) = (args.serve_abuse, &args.checkpoint) {
+        return crate::bench_abuse::run(dir, args.batch, args.steps, args.max_connections);
     }
     if let (true, Some(dir)) = (args.serve, &args.checkpoint) {
         let new = args.new_tokens.unwrap_or(64);

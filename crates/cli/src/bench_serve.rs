@@ -28,9 +28,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 /// An `autodidact serve` child, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -42,10 +42,21 @@ impl Drop for Server {
 
 /// Starts `autodidact serve` on `dir` with `threads` threads, held to `cpus` if given.
 fn spawn(dir: &Path, threads: usize, cpus: Option<&[usize]>) -> Result<Server> {
+    spawn_with(dir, threads, cpus, &[])
+}
+
+/// [`spawn`] with `extra` arguments to `serve`.
+pub(crate) fn spawn_with(
+    dir: &Path,
+    threads: usize,
+    cpus: Option<&[usize]>,
+    extra: &[&str],
+) -> Result<Server> {
     let exe = std::env::current_exe().context("locating the autodidact binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(["--threads", &threads.to_string(), "serve", "--port", "0"])
         .args(["--model-name", "bench", "--max-batch-rows", "512"])
+        .args(extra)
         .arg("--checkpoint")
         .arg(dir)
         .stdout(Stdio::piped());

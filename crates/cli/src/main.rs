@@ -2,6 +2,7 @@
 
 mod backends;
 mod bench;
+mod bench_abuse;
 mod bench_serve;
 mod progress;
 mod report;
@@ -73,13 +74,25 @@ fn main() {
     if let Err(e) = run() {
         // The whole chain on one line: what failed, then why; a value a user typed is not
         // echoed whole however long it is.
-        let chain: Vec<String> = e
-            .chain()
-            .map(|c| autodidact_core::error::clip(&c.to_string(), 600))
-            .collect();
-        eprintln!("error: {}", chain.join(": "));
+        eprintln!("error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error's chain on one line: what failed, then why. A cause that the message before it
+/// already ends with (an I/O error shown inside "writing FILE: ...") is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !parts.last().is_some_and(|p| p.ends_with(&cause)) {
+            parts.push(cause);
+        }
+    }
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|p| autodidact_core::error::clip(p, 600))
+        .collect();
+    parts.join(": ")
 }
 
 fn run() -> Result<()> {
@@ -115,5 +128,22 @@ fn run() -> Result<()> {
         Command::Serve(args) => serve::serve(&args),
         Command::Train(args) => train::train(&args),
         Command::Rm(command) => rm::rm(&command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn issue17_an_io_cause_shown_in_its_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = anyhow::Error::new(autodidact_core::Error::io("writing", "/run/x", io));
+        let line = error_line(&e);
+        assert_eq!(line.matches("No space left on device").count(), 1, "{line}");
+        assert!(line.starts_with("writing /run/x: No space left"), "{line}");
+        // A context whose cause says something new keeps both.
+        let e = anyhow::anyhow!("disk").context("saving round 3");
+        assert_eq!(error_line(&e), "saving round 3: disk");
     }
 }

@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Most client connections held open at once; further ones get 503 and are closed.
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers, and again its body, before its
+    /// connection is closed.
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_READ_TIMEOUT_S)]
+    read_timeout_s: u64,
 }
 
 pub fn serve(a: &ServeArgs) -> Result<()> {
@@ -56,6 +63,8 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
         cfg.model_name = name.clone();
     }
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.max_connections = a.max_connections;
+    cfg.read_timeout = Duration::from_secs(a.read_timeout_s);
     cfg.batch.max_rows = a.max_batch_rows;
     cfg.batch.max_queued = a.max_queued;
     cfg.batch.window = Duration::from_millis(a.batch_window_ms);

@@ -91,9 +91,7 @@ impl HfTokenizer {
             })
         };
         let tok_text = read(TOKENIZER_FILE, true)?.expect("required");
-        let inner: tokenizers::Tokenizer = tok_text
-            .parse()
-            .map_err(|e| tok_err(format!("file {}", dir.join(TOKENIZER_FILE).display()), e))?;
+        let inner = crate::tokenizer::parse_tokenizer(&tok_text, &dir.join(TOKENIZER_FILE))?;
         let cfg_text = read(TOKENIZER_CONFIG_FILE, true)?.expect("required");
         let cfg = json(TOKENIZER_CONFIG_FILE, &cfg_text)?;
         let gen_text = read(GENERATION_CONFIG_FILE, false)?;

@@ -54,6 +54,27 @@ fn tok_err(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Parses the text of a `tokenizer.json` (from `path`, for messages). The `tokenizers` crate
+/// panics on some malformed files instead of returning an error (0.22 `expect`s a well-formed
+/// `decoder`, found by fuzzing): such a panic is caught and reported as the file's error.
+pub(crate) fn parse_tokenizer(text: &str, path: &Path) -> Result<Tokenizer> {
+    let context = || format!("file {}", path.display());
+    match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
+        Ok(parsed) => parsed.map_err(|e| tok_err(context(), e)),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(tok_err(
+                context(),
+                format!("is malformed (the tokenizers library could not read it: {why})"),
+            ))
+        }
+    }
+}
+
 impl CharTokenizer {
     /// Builds a tokenizer whose alphabet is the characters of `alphabet`, in order.
     pub fn new(alphabet: &str) -> Result<Self> {
@@ -98,9 +119,7 @@ impl CharTokenizer {
     /// single-character vocabulary with `<pad>`, `<bos>` and `<eos>`).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        let inner: Tokenizer = text
-            .parse()
-            .map_err(|e| tok_err(format!("file {}", path.display()), e))?;
+        let inner = parse_tokenizer(&text, path)?;
         Self::from_tokenizer(inner, &format!("file {}", path.display()))
     }
 
@@ -345,6 +364,26 @@ impl crate::traits::Tokenizer for ModelTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue17_a_malformed_decoder_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        CharTokenizer::new("0123456789+=")
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // What the fuzzer found: a stray character in the decoder's type.
+        let bad = text.replacen("\"type\": \"Fuse\"", "\"type\": \\u0000\"Fuse\"", 1);
+        assert_ne!(bad, text);
+        std::fs::write(&path, bad).unwrap();
+        let e = CharTokenizer::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.json") && e.contains("malformed"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn round_trips_through_tokenizer_json() {

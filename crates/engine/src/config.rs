@@ -298,6 +298,9 @@ impl Default for EvalConfig {
     }
 }
 
+/// The most tokens a completion may be asked for: a model's whole context at its largest.
+const MAX_TOKENS: usize = 1 << 24;
+
 impl RunConfig {
     /// Parses TOML `text` (from `origin`, for messages) and applies `key=value` overrides; the
     /// recipe sections are resolved by the families that own them.
@@ -623,6 +626,14 @@ impl RunConfig {
             .map_err(core_to_config)?;
         let max_new_tokens = match self.model.max_new_tokens {
             Some(0) => return Err(Error::config("model.max_new_tokens", "must be at least 1")),
+            // No model reads more (the context is at most 2^24 tokens); the sums of lengths
+            // below stay far from overflowing.
+            Some(n) if n > MAX_TOKENS => {
+                return Err(Error::config(
+                    "model.max_new_tokens",
+                    format!("{n} is more than any context holds; give at most {MAX_TOKENS}"),
+                ))
+            }
             Some(n) => n,
             None => max_solution + 1,
         };

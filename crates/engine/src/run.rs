@@ -276,8 +276,14 @@ impl Run {
                 .insert("seed".into(), plan.config.seed.to_string());
             info.seed = plan.config.seed;
         }
+        // A run from before format 3 has no line_sha256 in its journal: now that its files
+        // are verified against the journal, write the journal again with them.
+        let unchecked_journal = info.format_version < 3 && !journal.is_empty();
+        if unchecked_journal {
+            dir.rewrite_journal(&journal)?;
+        }
         // A format-1 run recorded no config hash: record it now, so later resumes check it.
-        let upgrade = info.config_sha256.as_deref() != Some(&config_sha);
+        let upgrade = info.config_sha256.as_deref() != Some(&config_sha) || unchecked_journal;
         if upgrade || !found.is_empty() {
             info.config_sha256 = Some(config_sha);
             info.format_version = RUN_FORMAT_VERSION;

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 /// Version of the run-directory layout; a newer one is refused with a hint. Format 2 added
 /// the lock, the config hash in `run.json`, the hashes in journal lines and pending manifests;
-/// a format-1 run resumes with the checks its files allow.
-pub const RUN_FORMAT_VERSION: u32 = 2;
+/// format 3 each journal line's own SHA-256 (an older run gets them when it resumes). A
+/// format-1 run resumes with the checks its files allow.
+pub const RUN_FORMAT_VERSION: u32 = 3;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const RUN_FILE: &str = "run.json";
@@ -50,8 +51,10 @@ pub enum RunStatus {
     Stopped,
 }
 
-/// `run.json`.
+/// `run.json`. Unknown keys are refused: a key whose name was damaged would otherwise read
+/// as a hash never recorded, and the check it carries would be skipped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunInfo {
     pub format_version: u32,
     pub autodidact_version: String,
@@ -76,8 +79,12 @@ pub struct RunInfo {
     pub accepted: BTreeMap<String, String>,
 }
 
-/// One completed stage (a line of `journal.jsonl`).
+/// One completed stage (a line of `journal.jsonl`). Each line written ends with
+/// `"line_sha256"`, the SHA-256 of the line's bytes before it (closed with `}`): the journal
+/// is what every other file is checked against, so it is checked itself, and a byte changed
+/// in it is named as the journal's, not blamed on the file whose hash it holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JournalEntry {
     pub stage: String,
     pub round: u32,
@@ -179,6 +186,32 @@ fn append_synced(path: &Path, line: &str) -> Result<()> {
     f.write_all(line.as_bytes())
         .map_err(io("appending to", path))?;
     f.sync_all().map_err(io("syncing", path))
+}
+
+/// A journal line for `entry`: its JSON, then its own SHA-256 as `line_sha256`.
+fn journal_line(entry: &JournalEntry) -> String {
+    let body = serde_json::to_string(entry).expect("journal entries serialize");
+    format!(
+        "{}{LINE_CHECK}{}\"}}\n",
+        &body[..body.len() - 1],
+        sha256_bytes(body.as_bytes())
+    )
+}
+
+/// What comes before a journal line's own SHA-256.
+const LINE_CHECK: &str = ",\"line_sha256\":\"";
+
+/// The entry of a journal line that ends with its `line_sha256` (the line's bytes before it,
+/// closed with `}`): `Ok` when the hash matches, `Err` when not; `None` for a line without
+/// one.
+fn checked_body(line: &str) -> Option<std::result::Result<String, ()>> {
+    let at = line.rfind(LINE_CHECK)?;
+    let stated = line[at + LINE_CHECK.len()..].strip_suffix("\"}");
+    let body = format!("{}}}", &line[..at]);
+    Some(match stated {
+        Some(h) if h == sha256_bytes(body.as_bytes()) => Ok(body),
+        _ => Err(()),
+    })
 }
 
 /// SHA-256 of a file, hex.
@@ -618,21 +651,47 @@ impl RunDir {
         if complete < text.len() {
             truncate(&path, complete as u64)?;
         }
-        text[..complete]
-            .lines()
+        let lines: Vec<&str> = text[..complete].lines().collect();
+        // Runs from before the check (format 2 and older) have it on no line; once one line
+        // has it, every line must.
+        let checked = lines.iter().any(|l| l.contains(LINE_CHECK));
+        lines
+            .iter()
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| {
-                    Error::file(&path, format!("line {} is not a journal entry: {e}", i + 1))
+                let n = i + 1;
+                let body = match checked_body(l) {
+                    Some(Ok(body)) => body,
+                    Some(Err(())) => {
+                        return Err(Error::integrity(
+                            &path,
+                            format!("line {n} was changed after it was written (its line_sha256 does not match it)"),
+                        ))
+                    }
+                    None if checked => {
+                        return Err(Error::integrity(
+                            &path,
+                            format!("line {n} has no line_sha256, as every line of this journal must"),
+                        ))
+                    }
+                    None => l.to_string(),
+                };
+                serde_json::from_str(&body).map_err(|e| {
+                    Error::file(&path, format!("line {n} is not a journal entry: {e}"))
                 })
             })
             .collect()
     }
 
     pub fn append_journal(&self, entry: &JournalEntry) -> Result<()> {
-        let mut line = serde_json::to_string(entry).expect("journal entries serialize");
-        line.push('\n');
-        append_synced(&self.path(JOURNAL_FILE), &line)
+        append_synced(&self.path(JOURNAL_FILE), &journal_line(entry))
+    }
+
+    /// Writes the journal anew (atomically) with `entries`, each with its line_sha256: how a
+    /// run from before format 3 gets the check once its files have been verified.
+    pub fn rewrite_journal(&self, entries: &[JournalEntry]) -> Result<()> {
+        let text: String = entries.iter().map(journal_line).collect();
+        write_atomic(&self.path(JOURNAL_FILE), text.as_bytes()).map_err(Error::from)
     }
 
     pub fn append_metrics(&self, value: &serde_json::Value) -> Result<()> {
@@ -759,6 +818,68 @@ mod tests {
         assert_eq!(dir.journal().unwrap(), vec![e.clone()]);
         dir.append_journal(&e).unwrap();
         assert_eq!(dir.journal().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn issue17_a_byte_changed_in_the_journal_is_named_as_the_journals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "", &info()).unwrap();
+        let e = JournalEntry {
+            stage: "seed".into(),
+            round: 0,
+            seconds: 1.5,
+            metrics_bytes: 71,
+            metrics_sha256: Some("ab".repeat(32)),
+            manifest_sha256: Some("cd".repeat(32)),
+        };
+        dir.append_journal(&e).unwrap();
+        dir.append_journal(&e).unwrap();
+        assert_eq!(dir.journal().unwrap(), vec![e.clone(), e.clone()]);
+        let path = dir.path(JOURNAL_FILE);
+        let good = std::fs::read(&path).unwrap();
+        // Every single-byte change of the first line (but its newline) is refused, naming the
+        // journal and the line; none reads as a different entry.
+        let first = good.iter().position(|&b| b == b'\n').unwrap();
+        for at in 0..first {
+            for flip in [0x01u8, 0x20] {
+                let mut bad = good.clone();
+                bad[at] ^= flip;
+                std::fs::write(&path, &bad).unwrap();
+                match dir.journal() {
+                    Ok(entries) => assert_eq!(entries, vec![e.clone(), e.clone()], "byte {at}"),
+                    Err(err) => {
+                        let msg = err.to_string();
+                        assert!(
+                            msg.contains("journal.jsonl") && msg.contains("line 1"),
+                            "{msg}"
+                        );
+                    }
+                }
+            }
+        }
+        // A journal from before format 3 reads without the check, and gets it when rewritten.
+        let old = serde_json::to_string(&e).unwrap() + "\n";
+        std::fs::write(&path, old.repeat(2)).unwrap();
+        let entries = dir.journal().unwrap();
+        assert_eq!(entries, vec![e.clone(), e.clone()]);
+        dir.rewrite_journal(&entries).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn issue17_a_damaged_key_in_run_json_is_refused_not_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut i = info();
+        i.problems_sha256 = Some("ab".repeat(32));
+        drop(RunDir::create(&tmp.path().join("r"), "", &i).unwrap());
+        let path = tmp.path().join("r").join(RUN_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("problems_sha256", "prnblems_sha256")).unwrap();
+        let err = RunDir::open(&tmp.path().join("r")).unwrap_err().to_string();
+        assert!(
+            err.contains("run.json") && err.contains("prnblems_sha256"),
+            "{err}"
+        );
     }
 
     #[test]

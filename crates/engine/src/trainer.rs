@@ -135,8 +135,11 @@ impl TrainerConfig {
                         "names neither {output} nor {config}: the trainer would not know where to write the checkpoint",
                     ));
                 }
-                if self.timeout_s == 0 {
-                    return Err(Error::config("train.timeout_s", "must be at least 1"));
+                if !(1..=604_800).contains(&self.timeout_s) {
+                    return Err(Error::config(
+                        "train.timeout_s",
+                        format!("{} must be in 1..=604800 (a week)", self.timeout_s),
+                    ));
                 }
             }
         }

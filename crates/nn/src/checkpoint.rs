@@ -514,8 +514,29 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
     }
     let config = load_config(dir)?;
     let layout = crate::params::Layout::new(&config);
-    let mut params = vec![0.0f32; layout.total];
     let files = weight_files(dir)?;
+    // The weights are allocated before they are read: a config.json that describes more
+    // parameters than its weight files can hold (2 bytes each at least; a reward model may
+    // lack the LM head) is refused first, so it cannot ask for the memory.
+    let on_disk: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let head = if config.tie_embeddings {
+        0
+    } else {
+        config.vocab_size as u64 * config.hidden_size as u64
+    };
+    if (layout.total as u64).saturating_sub(head) > on_disk / 2 {
+        return Err(Error::checkpoint(
+            dir.join(CONFIG_FILE),
+            format!(
+                "describes a model of {} parameters, but its weight files hold {on_disk} bytes: they cannot be this model's weights",
+                layout.total
+            ),
+        ));
+    }
+    let mut params = vec![0.0f32; layout.total];
     let mut loaded = vec![false; layout.tensors.len()];
     let mut extra: Vec<String> = Vec::new();
     let mut score: Option<Vec<f32>> = None;

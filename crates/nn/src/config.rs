@@ -131,12 +131,22 @@ impl TransformerConfig {
                 return Err(Error::config(field, 0, "must be at least 1"));
             }
         }
-        if self.vocab_size > u32::MAX as usize {
-            return Err(Error::config(
-                "vocab_size",
-                self.vocab_size,
-                "must fit in u32",
-            ));
+        // Upper bounds far above any published model (Llama-3.1-405B: 16384 wide, 53248 in
+        // its MLP, 126 layers, 128256 tokens, 131072 positions), so that sizes derived from a
+        // config (parameters, buffers, the rotary table) cannot overflow or ask for exabytes.
+        let most = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("num_layers", self.num_layers, 1 << 12),
+            ("num_heads", self.num_heads, 1 << 12),
+            ("num_kv_heads", self.num_kv_heads, 1 << 12),
+            ("intermediate_size", self.intermediate_size, 1 << 19),
+            ("context_length", self.context_length, 1 << 24),
+        ];
+        for (field, v, max) in most {
+            if v > max {
+                return Err(Error::config(field, v, format!("must be at most {max}")));
+            }
         }
         if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(Error::config(
@@ -162,6 +172,18 @@ impl TransformerConfig {
                 format!(
                     "must divide num_heads ({}): each key/value head serves a whole group of query heads",
                     self.num_heads
+                ),
+            ));
+        }
+        // The rotary table holds context_length × head_dim / 2 angles (cos and sin).
+        let angles = self.context_length as u64 * self.head_dim() as u64 / 2;
+        if angles > 1 << 28 {
+            return Err(Error::config(
+                "context_length",
+                self.context_length,
+                format!(
+                    "with head dimension {} needs a rotary table of {angles} angles, more than 2^28 (8 GiB is not a config anyone means)",
+                    self.head_dim()
                 ),
             ));
         }

@@ -374,17 +374,21 @@ impl Gguf {
                         ),
                     )
                 })?;
+            // Checked: the dimensions come from the file, and a product near 2^64 must be
+            // refused here rather than wrap into a small size.
+            let size = (n / per_block as u64).checked_mul(t.kind.block().1 as u64);
             let end = data_start
                 .checked_add(t.offset)
-                .and_then(|s| s.checked_add(n / per_block as u64 * t.kind.block().1 as u64));
+                .zip(size)
+                .and_then(|(s, size)| s.checked_add(size));
             if end.is_none_or(|e| e > bytes.len() as u64) {
+                let size = size.map_or("more than 2^64".into(), |s| s.to_string());
                 return Err(Error::checkpoint(
                     path,
                     format!(
-                        "tensor `{}`'s data (offset {}, {} bytes) runs past the end of the file ({} bytes); is it truncated?",
+                        "tensor `{}`'s data (offset {}, {size} bytes) runs past the end of the file ({} bytes); is it truncated?",
                         t.name,
                         t.offset,
-                        t.num_bytes(),
                         bytes.len()
                     ),
                 ));

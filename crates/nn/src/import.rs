@@ -264,6 +264,18 @@ fn gguf_name(name: &str) -> String {
 /// Every tensor of the model, dequantized into the flat layout.
 fn weights_of(g: &Gguf, arch: &str, cfg: &TransformerConfig) -> Result<Vec<f32>> {
     let layout = Layout::new(cfg);
+    // The layout is allocated before any tensor is looked up: a header that describes a model
+    // larger than the tensors the file lists is refused first.
+    let listed: u64 = g.tensors.iter().map(|t| t.num_values()).sum();
+    if layout.total as u64 > listed {
+        return Err(Error::checkpoint(
+            &g.path,
+            format!(
+                "its metadata describes a model of {} parameters, but its tensors hold {listed} values",
+                layout.total
+            ),
+        ));
+    }
     let mut params = vec![0.0f32; layout.total];
     let mut used = vec![false; g.tensors.len()];
     for t in &layout.tensors {

@@ -31,7 +31,7 @@ pub mod pool;
 pub mod sync;
 
 pub use client::{FailureKind, Stats};
-pub use policy::{RemotePolicy, RemoteSpec, REMOTE_FILE};
+pub use policy::{fuzz_reply, RemotePolicy, RemoteSpec, REMOTE_FILE};
 
 use autodidact_core::{Backend, BackendKind, ModelConfig, ModelSpec, Result, TrainablePolicy};
 use std::path::Path;

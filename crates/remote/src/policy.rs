@@ -433,7 +433,7 @@ impl RemotePolicy {
                     let (body, seed, n) = request(k);
                     let reply = self
                         .client
-                        .post(route, &body, seed, |v| self.parse(v, n))
+                        .post(route, &body, seed, |v| parse_reply(v, self.cfg.api, n))
                         .map_err(Error::from);
                     if reply.is_err() {
                         failed.store(true, Ordering::SeqCst);
@@ -448,8 +448,9 @@ impl RemotePolicy {
         for cell in results {
             match cell.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 Some(Ok(p)) => {
-                    usage.0 += p.prompt_tokens;
-                    usage.1 += p.completion_tokens;
+                    // Counts a server reports: a wrong one saturates, it does not panic.
+                    usage.0 = p.prompt_tokens.saturating_add(usage.0);
+                    usage.1 = p.completion_tokens.saturating_add(usage.1);
                     out.push(p);
                 }
                 Some(Err(e)) => {
@@ -459,8 +460,8 @@ impl RemotePolicy {
             }
         }
         let mut st = self.client.stats.lock().unwrap_or_else(|e| e.into_inner());
-        st.prompt_tokens += usage.0;
-        st.completion_tokens += usage.1;
+        st.prompt_tokens = st.prompt_tokens.saturating_add(usage.0);
+        st.completion_tokens = st.completion_tokens.saturating_add(usage.1);
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
@@ -538,113 +539,123 @@ impl RemotePolicy {
         }
         b
     }
+}
 
-    /// The `n` completions of one reply, in choice order.
-    fn parse(&self, v: serde_json::Value, n: usize) -> std::result::Result<Parsed, String> {
-        let choices = v
-            .get("choices")
-            .and_then(|c| c.as_array())
-            .ok_or("the reply has no choices")?;
-        if choices.len() != n {
-            return Err(format!(
-                "the reply has {} choices for n = {n}",
-                choices.len()
-            ));
-        }
-        let mut out: Vec<Option<Choice>> = vec![None; n];
-        for c in choices {
-            let index = c
-                .get("index")
-                .and_then(|i| i.as_u64())
-                .map(|i| i as usize)
-                .filter(|&i| i < n)
-                .ok_or_else(|| format!("a choice has no index below {n}"))?;
-            let text = match self.cfg.api {
-                OpenAiApi::Completions => c.get("text").and_then(|t| t.as_str()),
-                OpenAiApi::Chat => c.pointer("/message/content").and_then(|t| t.as_str()),
-            }
-            .ok_or_else(|| format!("choice {index} has no text"))?;
-            let finish = match c.get("finish_reason").and_then(|f| f.as_str()) {
-                Some("length") => FinishReason::Length,
-                Some(_) => FinishReason::Stop,
-                None => return Err(format!("choice {index} has no finish_reason")),
-            };
-            let logprobs: Vec<f32> = match self.cfg.api {
-                OpenAiApi::Completions => c
-                    .pointer("/logprobs/token_logprobs")
-                    .and_then(|l| l.as_array())
-                    .map(|l| {
-                        l.iter()
-                            .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
-                            .collect()
-                    }),
-                OpenAiApi::Chat => c
-                    .pointer("/logprobs/content")
-                    .and_then(|l| l.as_array())
-                    .map(|l| {
-                        l.iter()
-                            .map(|x| {
-                                x.get("logprob")
-                                    .and_then(|p| p.as_f64())
-                                    .unwrap_or(f64::NAN) as f32
-                            })
-                            .collect()
-                    }),
-            }
-            .unwrap_or_default();
-            let token_ids = sampled_ids(c, self.cfg.api, logprobs.len());
-            let first_top: Vec<(String, f32)> = match self.cfg.api {
-                // {"token text": log-prob, …} per position.
-                OpenAiApi::Completions => c
-                    .pointer("/logprobs/top_logprobs/0")
-                    .and_then(|t| t.as_object())
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
-                            .collect()
-                    }),
-                // [{"token", "logprob"}, …] per position.
-                OpenAiApi::Chat => c
-                    .pointer("/logprobs/content/0/top_logprobs")
-                    .and_then(|t| t.as_array())
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|a| {
-                                Some((
-                                    a.get("token")?.as_str()?.to_string(),
-                                    a.get("logprob")?.as_f64()? as f32,
-                                ))
-                            })
-                            .collect()
-                    }),
-            }
-            .unwrap_or_default();
-            let choice = Choice {
-                text: text.to_string(),
-                logprobs,
-                token_ids,
-                finish,
-                first_top,
-            };
-            if out[index].replace(choice).is_some() {
-                return Err(format!("choice {index} comes twice"));
-            }
-        }
-        let usage = |k: &str| {
-            v.pointer(&format!("/usage/{k}"))
-                .and_then(|x| x.as_u64())
-                .unwrap_or(0)
-        };
-        Ok(Parsed {
-            choices: out
-                .into_iter()
-                .map(|c| c.expect("every index seen once"))
-                .collect(),
-            prompt_tokens: usage("prompt_tokens"),
-            completion_tokens: usage("completion_tokens"),
-        })
+/// The `n` completions of one reply of `api`, in choice order. Everything a server sends is
+/// checked here: a reply that breaks the API's shape is an error naming what is wrong, never a
+/// panic or a NaN passed on.
+pub(crate) fn parse_reply(
+    v: serde_json::Value,
+    api: OpenAiApi,
+    n: usize,
+) -> std::result::Result<Parsed, String> {
+    let choices = v
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .ok_or("the reply has no choices")?;
+    if choices.len() != n {
+        return Err(format!(
+            "the reply has {} choices for n = {n}",
+            choices.len()
+        ));
     }
+    let mut out: Vec<Option<Choice>> = vec![None; n];
+    for c in choices {
+        let index = c
+            .get("index")
+            .and_then(|i| i.as_u64())
+            .map(|i| i as usize)
+            .filter(|&i| i < n)
+            .ok_or_else(|| format!("a choice has no index below {n}"))?;
+        let text = match api {
+            OpenAiApi::Completions => c.get("text").and_then(|t| t.as_str()),
+            OpenAiApi::Chat => c.pointer("/message/content").and_then(|t| t.as_str()),
+        }
+        .ok_or_else(|| format!("choice {index} has no text"))?;
+        let finish = match c.get("finish_reason").and_then(|f| f.as_str()) {
+            Some("length") => FinishReason::Length,
+            Some(_) => FinishReason::Stop,
+            None => return Err(format!("choice {index} has no finish_reason")),
+        };
+        let logprobs: Vec<serde_json::Value> = match api {
+            OpenAiApi::Completions => c
+                .pointer("/logprobs/token_logprobs")
+                .and_then(|l| l.as_array())
+                .cloned(),
+            OpenAiApi::Chat => c
+                .pointer("/logprobs/content")
+                .and_then(|l| l.as_array())
+                .map(|l| {
+                    l.iter()
+                        .map(|x| x.get("logprob").cloned().unwrap_or_default())
+                        .collect()
+                }),
+        }
+        .unwrap_or_default();
+        let logprobs = logprobs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x.as_f64().map(|x| x as f32) {
+                Some(x) if x.is_finite() => Ok(x),
+                _ => Err(format!(
+                    "choice {index}'s log-prob at position {i} is {x}, not a finite number"
+                )),
+            })
+            .collect::<std::result::Result<Vec<f32>, String>>()?;
+        let token_ids = sampled_ids(c, api, logprobs.len());
+        let first_top: Vec<(String, f32)> = match api {
+            // {"token text": log-prob, …} per position.
+            OpenAiApi::Completions => c
+                .pointer("/logprobs/top_logprobs/0")
+                .and_then(|t| t.as_object())
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
+                        .collect()
+                }),
+            // [{"token", "logprob"}, …] per position.
+            OpenAiApi::Chat => c
+                .pointer("/logprobs/content/0/top_logprobs")
+                .and_then(|t| t.as_array())
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|a| {
+                            Some((
+                                a.get("token")?.as_str()?.to_string(),
+                                a.get("logprob")?.as_f64()? as f32,
+                            ))
+                        })
+                        .collect()
+                }),
+        }
+        .unwrap_or_default();
+        let choice = Choice {
+            text: text.to_string(),
+            logprobs,
+            token_ids,
+            finish,
+            first_top,
+        };
+        if out[index].replace(choice).is_some() {
+            return Err(format!("choice {index} comes twice"));
+        }
+    }
+    let usage = |k: &str| {
+        v.pointer(&format!("/usage/{k}"))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0)
+    };
+    Ok(Parsed {
+        choices: out
+            .into_iter()
+            .map(|c| c.expect("every index seen once"))
+            .collect(),
+        prompt_tokens: usage("prompt_tokens"),
+        completion_tokens: usage("completion_tokens"),
+    })
+}
 
+impl RemotePolicy {
     /// A completion of `text`: its tokens are the ids the server sampled when it gave them,
     /// else the text encoded again (then with the stop token after a stop), which can differ
     /// from what was sampled (a special token's text is dropped; a tokenizer has other
@@ -657,7 +668,16 @@ impl RemotePolicy {
         finish: FinishReason,
     ) -> Result<Completion> {
         let tokens = match token_ids {
-            Some(ids) => ids,
+            Some(ids) => {
+                let vocab = self.tokenizer.inner.vocab_size();
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(invalid(
+                        "model.openai",
+                        format!("the server sampled token id {bad}, outside the tokenizer's vocabulary of {vocab}: is it serving the model whose tokenizer the run loaded?"),
+                    ));
+                }
+                ids
+            }
             None => {
                 let mut tokens = self.tokenizer.inner.encode(&text).map_err(|e| {
                     invalid(
@@ -684,8 +704,16 @@ impl RemotePolicy {
 /// Alternatives a judge reads at its one generated position.
 const TOP_ALTERNATIVES: usize = 20;
 
+/// Parses a server's reply body as the openai backend does (for the fuzz targets): the error
+/// it would report, if any.
+#[doc(hidden)]
+pub fn fuzz_reply(body: &[u8], api: OpenAiApi, n: usize) -> std::result::Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    parse_reply(v, api, n).map(|_| ())
+}
+
 /// One reply's completions.
-struct Parsed {
+pub(crate) struct Parsed {
     choices: Vec<Choice>,
     prompt_tokens: u64,
     completion_tokens: u64,

@@ -74,6 +74,31 @@ impl ApiError {
         }
     }
 
+    /// A 408: the client took longer than the server's read timeout to send its request.
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "the request body did not arrive within this server's read timeout of {} s",
+                limit.as_secs_f64()
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+    }
+
+    /// A 503 for a connection beyond the server's limit.
+    pub fn too_many_connections(limit: usize) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("the server holds its limit of {limit} connections; retry later"),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn overloaded(queued: usize) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub model_name: String,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    /// Time a client has to send a request body.
+    pub read_timeout: std::time::Duration,
     pub started: u64,
     pub next_id: AtomicU64,
 }
@@ -40,8 +42,47 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/health", get(|| async { "ok" }))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Reads the whole request body before any handler runs, within the size limit and the read
+/// timeout: a client that sends its body slowly, or more than the limit, is answered (408 or
+/// 413) instead of holding a handler.
+async fn read_body(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    let (parts, body) = req.into_parts();
+    let limited = Limited::new(body, s.max_body_bytes);
+    let bytes = match tokio::time::timeout(s.read_timeout, limited.collect()).await {
+        Err(_) => return ApiError::timeout(s.read_timeout).into_response(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return ApiError::too_large(s.max_body_bytes).into_response()
+        }
+        Ok(Err(e)) => {
+            return ApiError::invalid(None, format!("could not read the body: {e}")).into_response()
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// Answers a connection beyond the server's limit with a 503 and closes it, without reading
+/// its request.
+pub async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::too_many_connections(limit).body().to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let reply = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reply).await;
 }
 
 fn now() -> u64 {

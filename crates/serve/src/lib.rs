@@ -35,6 +35,10 @@ pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 256;
 /// Default of [`BatchConfig::max_queued`].
 pub const DEFAULT_MAX_QUEUED: usize = 4096;
+/// Default of [`ServeConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`ServeConfig::read_timeout`], in seconds.
+pub const DEFAULT_READ_TIMEOUT_S: u64 = 10;
 
 /// Settings of [`serve`].
 #[derive(Clone, Debug)]
@@ -51,6 +55,12 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Most connections held open at once; a client beyond it gets a 503 and the connection
+    /// closed, so a flood of idle or slow connections cannot grow the server without bound.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and again its body: a slow client
+    /// (slowloris) is cut off after it instead of holding its connection forever.
+    pub read_timeout: Duration,
     pub batch: BatchConfig,
 }
 
@@ -64,6 +74,8 @@ impl ServeConfig {
             port: 8000,
             api_key: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_S),
             batch: BatchConfig {
                 window: Duration::from_millis(DEFAULT_BATCH_WINDOW_MS),
                 max_rows: DEFAULT_MAX_BATCH_ROWS,
@@ -82,6 +94,18 @@ pub fn serve(cfg: ServeConfig, loader: Loader) -> Result<(), ServeError> {
             cfg.batch.max_rows, cfg.batch.max_queued
         )));
     }
+    if cfg.max_connections == 0 {
+        return Err(ServeError::Config(
+            "max connections must be at least 1".into(),
+        ));
+    }
+    if cfg.read_timeout.is_zero() || cfg.read_timeout > Duration::from_secs(3600) {
+        return Err(ServeError::Config(format!(
+            "the read timeout of {:?} must be more than 0 and at most an hour",
+            cfg.read_timeout
+        )));
+    }
+    let max_connections = open_files_for(cfg.max_connections)?;
     let batcher = batcher::Batcher::start(loader, cfg.checkpoint.clone(), cfg.batch.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -101,6 +125,7 @@ pub fn serve(cfg: ServeConfig, loader: Loader) -> Result<(), ServeError> {
             model_name: cfg.model_name.clone(),
             api_key: cfg.api_key.clone(),
             max_body_bytes: cfg.max_body_bytes,
+            read_timeout: cfg.read_timeout,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -113,11 +138,107 @@ pub fn serve(cfg: ServeConfig, loader: Loader) -> Result<(), ServeError> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        accept_loop(
+            listener,
+            http::router(state),
+            max_connections,
+            cfg.read_timeout,
+        )
+        .await;
         Ok(())
     })
+}
+
+/// Serves each accepted connection on its own task with hyper's HTTP/1, until Ctrl-C or
+/// SIGTERM; then lets the open requests finish (for up to a minute).
+///
+/// axum's own `serve` is not used: it gives no way to set a header-read timeout (hyper's
+/// needs a timer) or to cap the connections held open.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    max_connections: usize,
+    read_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(shutdown());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors or a connection reset before it was accepted:
+                // back off briefly instead of spinning, and keep serving.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(http::refuse_connection(stream, max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+    }
+}
+
+/// Raises this process's limit on open files so that `wanted` connections fit beside the
+/// server's own files; returns the connections that fit (fewer, with a note, when the hard
+/// limit is lower).
+fn open_files_for(wanted: usize) -> Result<usize, ServeError> {
+    // Files the server keeps besides connections: the listener, checkpoints, standard streams.
+    const SPARE: u64 = 64;
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Ok(wanted);
+            }
+            let need = wanted as u64 + SPARE;
+            if lim.rlim_cur < need {
+                lim.rlim_cur = need.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            }
+        }
+        let fits = (lim.rlim_cur.saturating_sub(SPARE) as usize).min(wanted);
+        if fits == 0 {
+            return Err(ServeError::Config(format!(
+                "this process may open only {} files: raise `ulimit -n`",
+                lim.rlim_cur
+            )));
+        }
+        if fits < wanted {
+            eprintln!(
+                "note: serving at most {fits} connections at once (the open-file limit is {}; raise `ulimit -n` for {wanted})",
+                lim.rlim_cur
+            );
+        }
+        Ok(fits)
+    }
+    #[cfg(not(unix))]
+    Ok(wanted)
 }
 
 async fn shutdown() {

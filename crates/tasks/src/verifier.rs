@@ -99,10 +99,13 @@ impl VerifierConfig {
                 format!("{} must be in 1..=256", self.workers),
             ));
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0) {
             return Err(Error::invalid(
                 key("timeout_s"),
-                format!("{} must be a positive number of seconds", self.timeout_s),
+                format!(
+                    "{} must be a positive number of seconds, at most 86400 (a day)",
+                    self.timeout_s
+                ),
             ));
         }
         if !(1..=100_000).contains(&self.max_inflight) {
@@ -532,6 +535,13 @@ fn write_requests(stdin: ChildStdin, lines: Receiver<Vec<u8>>) {
             return;
         }
     }
+}
+
+/// Reads one reply line as the pool does (for the fuzz targets): its verdict, or why the line
+/// is refused.
+#[doc(hidden)]
+pub fn fuzz_reply(text: &str) -> std::result::Result<Verdict, String> {
+    verdict_of(parse_reply(text)?)
 }
 
 fn parse_reply(text: &str) -> std::result::Result<Reply, String> {

@@ -113,6 +113,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its base URL, up to `/v1`.
     pub fn url(&self) -> String {
         format!("http://{}/v1", self.addr)

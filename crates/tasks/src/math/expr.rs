@@ -139,11 +139,26 @@ const SYMBOL_COMMANDS: &[&str] = &[
 
 /// Parses `text` as one expression; `None` when it is not one (a word, a list, an equation,
 /// unbalanced brackets, an unknown command).
+/// Answers are short: a longer text is not read as an expression (a left-deep chain such as
+/// `1+1+…` makes a tree as deep as it is long, which evaluating and dropping recurse through).
+const MAX_CHARS: usize = 2048;
+
+/// Brackets, signs and commands nested deeper than this are not an answer anyone writes; the
+/// limit keeps the parser's recursion far from the end of a worker thread's stack.
+const MAX_DEPTH: usize = 64;
+
 pub(crate) fn parse(text: &str) -> Option<Expr> {
+    if text.len() > MAX_CHARS * 4 {
+        return None;
+    }
     let mut p = Parser {
         s: text.chars().collect(),
         i: 0,
+        depth: 0,
     };
+    if p.s.len() > MAX_CHARS {
+        return None;
+    }
     let e = p.expr()?;
     p.skip_ws();
     (p.i == p.s.len()).then_some(e)
@@ -152,9 +167,22 @@ pub(crate) fn parse(text: &str) -> Option<Expr> {
 struct Parser {
     s: Vec<char>,
     i: usize,
+    /// How many of `expr`, `unary` and `atom` are on the stack.
+    depth: usize,
 }
 
 impl Parser {
+    /// `f`, one level deeper; `None` past [`MAX_DEPTH`].
+    fn nested(&mut self, f: impl FnOnce(&mut Self) -> Option<Expr>) -> Option<Expr> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        let e = f(self);
+        self.depth -= 1;
+        e
+    }
+
     fn skip_ws(&mut self) {
         while self.i < self.s.len() && self.s[self.i].is_whitespace() {
             self.i += 1;
@@ -188,6 +216,10 @@ impl Parser {
     }
 
     fn expr(&mut self) -> Option<Expr> {
+        self.nested(Self::sum)
+    }
+
+    fn sum(&mut self) -> Option<Expr> {
         let mut e = self.term()?;
         loop {
             if self.eat('+') {
@@ -239,6 +271,10 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Option<Expr> {
+        self.nested(Self::signed)
+    }
+
+    fn signed(&mut self) -> Option<Expr> {
         if self.eat('-') {
             return Some(Expr::Neg(Box::new(self.unary()?)));
         }
@@ -285,6 +321,10 @@ impl Parser {
     }
 
     fn atom(&mut self) -> Option<Expr> {
+        self.nested(Self::single)
+    }
+
+    fn single(&mut self) -> Option<Expr> {
         match self.peek()? {
             '(' => {
                 self.i += 1;
@@ -469,6 +509,30 @@ mod tests {
         assert!(Q::int(i128::MAX).add(Q::int(1)).is_none());
         assert_eq!(isqrt(1_000_003 * 1_000_003), Some(1_000_003));
         assert_eq!(isqrt(8), None);
+    }
+
+    #[test]
+    fn issue17_deep_nesting_is_refused_not_a_stack_overflow() {
+        // Run on a thread with a worker-sized stack, as verification runs.
+        let deep = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let mut answers = Vec::new();
+                for open in ["(", "{", "-", "\\sqrt", "2^{"] {
+                    let text = format!("{}1", open.repeat(100_000));
+                    answers.push(parse(&text).is_none());
+                }
+                let chain = "1+".repeat(1_000) + "1";
+                answers.push(parse(&chain).is_some());
+                answers.push(parse(&"1+".repeat(5_000)).is_none());
+                answers
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(deep, vec![true; 7]);
+        // Nesting an answer might hold still parses.
+        assert!(parse(&format!("{}1{}", "(".repeat(20), ")".repeat(20))).is_some());
     }
 
     #[test]
