@@ -181,15 +181,32 @@ fn served_context(cfg: &OpenAiConfig) -> Result<usize> {
     let mut tried = Vec::new();
     for base in &cfg.base_urls {
         let url = format!("{}/models", base.trim_end_matches('/'));
-        let reply = admin
-            .call("GET", &url, None)
-            .and_then(|(status, t)| match status {
-                200 => serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()),
-                s => Err(format!(
-                    "GET {url}: {s} {}",
-                    autodidact_core::error::clip(&t, 200)
-                )),
-            });
+        // Retried as sampling requests are (a lost connection, a 5xx or 429, a cut-off
+        // body), so that one bad reply does not stop a run before it starts.
+        let mut backoff = cfg.backoff_secs;
+        let mut attempt = 1;
+        let reply = loop {
+            let (reply, transient) = match admin.call("GET", &url, None) {
+                Ok((200, t)) => match serde_json::from_str::<serde_json::Value>(&t) {
+                    Ok(v) => (Ok(v), false),
+                    Err(e) => (Err(format!("GET {url}: not JSON: {e}")), true),
+                },
+                Ok((s, t)) => (
+                    Err(format!(
+                        "GET {url}: {s} {}",
+                        autodidact_core::error::clip(&t, 200)
+                    )),
+                    matches!(s, 408 | 409 | 429 | 500..=599),
+                ),
+                Err(e) => (Err(e), true),
+            };
+            if reply.is_ok() || !transient || attempt >= cfg.max_attempts {
+                break reply;
+            }
+            std::thread::sleep(Duration::from_secs_f64(backoff));
+            backoff = (backoff * 2.0).min(cfg.max_backoff_secs);
+            attempt += 1;
+        };
         match reply {
             Ok(v) => {
                 let entry = v.get("data").and_then(|d| d.as_array()).and_then(|d| {
