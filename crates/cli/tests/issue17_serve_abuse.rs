@@ -142,4 +142,21 @@ fn issue17_serve_survives_abuse_and_answers_well_behaved_clients() {
     // The tiny model's server stays small through all of it.
     let rss = peak_rss_kib(server.pid());
     assert!(rss < 512 * 1024, "the server's peak memory is {rss} KiB");
+
+    // With an API key, a client without it is refused before its body is read: at once,
+    // not after the read timeout.
+    let keyed = serve_with(
+        &ckpt,
+        &["--api-key-env", "ABUSE_KEY", "--read-timeout-s", "30"],
+        &[("ABUSE_KEY", "secret")],
+    );
+    let mut c = TcpStream::connect(keyed.addr).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{")
+        .unwrap();
+    let start = Instant::now();
+    let mut head = [0u8; 12];
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(&head[9..12], b"401", "{}", String::from_utf8_lossy(&head));
+    assert!(start.elapsed() < Duration::from_secs(10));
 }

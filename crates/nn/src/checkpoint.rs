@@ -528,10 +528,17 @@ fn load_full_hashed(dir: &Path, mut hasher: Option<&mut sha2::Sha256>) -> Result
         config.vocab_size as u64 * config.hidden_size as u64
     };
     if (layout.total as u64).saturating_sub(head) > on_disk / 2 {
+        let (path, what) = match files.as_slice() {
+            [one] => (one.clone(), format!("holds {on_disk} bytes")),
+            _ => (
+                dir.to_path_buf(),
+                format!("has {} weight files of {on_disk} bytes in all", files.len()),
+            ),
+        };
         return Err(Error::checkpoint(
-            dir.join(CONFIG_FILE),
+            path,
             format!(
-                "describes a model of {} parameters, but its weight files hold {on_disk} bytes: they cannot be this model's weights",
+                "{what}, too few for the {} parameters config.json describes (2 bytes each at least): is it cut short, or another model's?",
                 layout.total
             ),
         ));

@@ -39,10 +39,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(sampling::<ChatRequest>))
         .route("/get_model_info", get(model_info))
         .route("/update_weights_from_disk", post(update_weights))
+        // The key is checked before the body is read (the later layer runs first), so a
+        // client without it cannot make the server buffer a body.
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/health", get(|| async { "ok" }))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
-        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
