@@ -96,22 +96,6 @@ fn server_state(pid: u32) -> (Option<usize>, Option<u64>) {
     (fds, hwm)
 }
 
-/// Raises this process's open-file limit to its hard limit (the abusers hold many sockets).
-fn raise_open_files() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
 /// Counts of what the abusers were answered, by status.
 #[derive(Default)]
 struct Answers {
@@ -200,7 +184,8 @@ pub fn run(dir: &Path, connections: usize, requests: usize, max_connections: usi
     if connections == 0 || requests == 0 {
         bail!("--batch (slowloris connections) and --steps (requests) must be at least 1");
     }
-    let limit = raise_open_files();
+    // The abusers hold many sockets: as many open files as the hard limit allows.
+    let limit = autodidact_serve::raise_open_files(u64::MAX).unwrap_or(0);
     if (connections as u64) + 256 > limit {
         bail!(
             "--batch {connections} connections need more open files than this process may have ({limit}): raise `ulimit -n`"

@@ -204,6 +204,26 @@ async fn accept_loop(
 fn open_files_for(wanted: usize) -> Result<usize, ServeError> {
     // Files the server keeps besides connections: the listener, checkpoints, standard streams.
     const SPARE: u64 = 64;
+    let Some(limit) = raise_open_files(wanted as u64 + SPARE) else {
+        return Ok(wanted);
+    };
+    let fits = (limit.saturating_sub(SPARE) as usize).min(wanted);
+    if fits == 0 {
+        return Err(ServeError::Config(format!(
+            "this process may open only {limit} files: raise `ulimit -n`"
+        )));
+    }
+    if fits < wanted {
+        eprintln!(
+            "note: serving at most {fits} connections at once (the open-file limit is {limit}; raise `ulimit -n` for {wanted})"
+        );
+    }
+    Ok(fits)
+}
+
+/// Raises this process's soft limit on open files towards `wanted` (at most its hard limit);
+/// returns the limit now in force, or `None` where it cannot be read.
+pub fn raise_open_files(wanted: u64) -> Option<u64> {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {
@@ -213,32 +233,21 @@ fn open_files_for(wanted: usize) -> Result<usize, ServeError> {
         // SAFETY: getrlimit and setrlimit only read and write the struct passed.
         unsafe {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return Ok(wanted);
+                return None;
             }
-            let need = wanted as u64 + SPARE;
-            if lim.rlim_cur < need {
-                lim.rlim_cur = need.min(lim.rlim_max);
+            if lim.rlim_cur < wanted {
+                lim.rlim_cur = wanted.min(lim.rlim_max);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
                 libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
             }
         }
-        let fits = (lim.rlim_cur.saturating_sub(SPARE) as usize).min(wanted);
-        if fits == 0 {
-            return Err(ServeError::Config(format!(
-                "this process may open only {} files: raise `ulimit -n`",
-                lim.rlim_cur
-            )));
-        }
-        if fits < wanted {
-            eprintln!(
-                "note: serving at most {fits} connections at once (the open-file limit is {}; raise `ulimit -n` for {wanted})",
-                lim.rlim_cur
-            );
-        }
-        Ok(fits)
+        Some(lim.rlim_cur)
     }
     #[cfg(not(unix))]
-    Ok(wanted)
+    {
+        let _ = wanted;
+        None
+    }
 }
 
 async fn shutdown() {
