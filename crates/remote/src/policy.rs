@@ -594,17 +594,19 @@ pub(crate) fn parse_reply(
             Some(_) => FinishReason::Stop,
             None => return Err(format!("choice {index} has no finish_reason")),
         };
-        let logprobs: Vec<serde_json::Value> = match api {
+        // Borrowed from the reply, not copied: each is read once, below.
+        const NULL: serde_json::Value = serde_json::Value::Null;
+        let logprobs: Vec<&serde_json::Value> = match api {
             OpenAiApi::Completions => c
                 .pointer("/logprobs/token_logprobs")
                 .and_then(|l| l.as_array())
-                .cloned(),
+                .map(|l| l.iter().collect()),
             OpenAiApi::Chat => c
                 .pointer("/logprobs/content")
                 .and_then(|l| l.as_array())
                 .map(|l| {
                     l.iter()
-                        .map(|x| x.get("logprob").cloned().unwrap_or_default())
+                        .map(|x| x.get("logprob").unwrap_or(&NULL))
                         .collect()
                 }),
         }
