@@ -6,7 +6,10 @@
 //!   and never finishing them (the server's read timeout closes them; they reconnect);
 //! - a slow body: headers whole, then the body trickling in (answered 408);
 //! - bodies over the size limit (413), malformed JSON (400), and `n` / `max_tokens` beyond the
-//!   guards (400), each in a loop.
+//!   guards (400), each in a loop;
+//! - [`HOGS`] connections each sending a body of the largest size but its last byte, then
+//!   stalling: 512 MiB offered at once, which the server's budget of buffered bytes (256 MiB
+//!   by default) turns away with 503s, the rest cut off by the read timeout (408).
 //!
 //! It reports the connections the server held (its open descriptors), its peak resident
 //! memory, whether it stayed up, what each abuser was answered, and the well-behaved
@@ -28,6 +31,29 @@ const PAUSE: Duration = Duration::from_millis(100);
 
 /// The well-behaved client's request: a short completion.
 const GOOD: &str = r#"{"model":"bench","prompt":"1","max_tokens":8,"temperature":0}"#;
+
+/// Connections sending all but the last byte of a largest-size body at once.
+const HOGS: usize = 128;
+
+/// One body hog: the largest body but its last byte, then a wait for the answer; its status
+/// (0 when the connection failed).
+fn hog(addr: SocketAddr) -> u16 {
+    let size = autodidact_serve::DEFAULT_MAX_BODY_BYTES;
+    let attempt = || -> std::io::Result<u16> {
+        let mut c = TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            c,
+            "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {size}\r\n\r\n"
+        )?;
+        // Refused mid-body, the server closes the connection: the answer may still be read.
+        let _ = c.write_all(&vec![b' '; size - 1]);
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0))
+    };
+    attempt().unwrap_or(0)
+}
 
 fn addr_of(s: &Server) -> Result<SocketAddr> {
     let host = s.url.trim_start_matches("http://").trim_end_matches("/v1");
@@ -222,6 +248,14 @@ pub fn run(dir: &Path, connections: usize, requests: usize, max_connections: usi
             }
         }));
     }
+    for _ in 0..HOGS {
+        let (stop, answers) = (stop.clone(), answers.clone());
+        abusers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                answers.add(hog(addr));
+            }
+        }));
+    }
     {
         // A body promised and trickled in: the read timeout answers it.
         let (stop, answers) = (stop.clone(), answers.clone());
@@ -293,7 +327,7 @@ pub fn run(dir: &Path, connections: usize, requests: usize, max_connections: usi
         loris.refused,
     );
     println!(
-        "  other abusers (oversized bodies, malformed JSON, guards, slow bodies) were answered: {}",
+        "  other abusers (oversized bodies, malformed JSON, guards, slow bodies, {HOGS} body hogs) were answered: {}",
         answers.show()
     );
     println!(

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Most bytes of request bodies held at once, all clients together; a request whose body
+    /// would go over it gets 503.
+    #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_BUFFERED_BYTES)]
+    max_buffered_bytes: usize,
     /// Most client connections held open at once; further ones get 503 and are closed.
     #[arg(long, default_value_t = autodidact_serve::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -63,6 +67,7 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
         cfg.model_name = name.clone();
     }
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.max_buffered_bytes = a.max_buffered_bytes;
     cfg.max_connections = a.max_connections;
     cfg.read_timeout = Duration::from_secs(a.read_timeout_s);
     cfg.batch.max_rows = a.max_batch_rows;

@@ -6,14 +6,13 @@
 
 mod common;
 
+use common::served::{eval_json, proxy, remote_config, tiny, Fault, FAULTY};
 use common::{http, json_of, serve, serve_with};
 use serde_json::json;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
@@ -26,58 +25,6 @@ fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A tiny model trained for a few hundred steps, and its run (the native reference).
-fn tiny(dir: &Path) -> PathBuf {
-    let out = dir.join("native");
-    run_ok(&[
-        "--threads",
-        "1",
-        "run",
-        "-q",
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        "star.rounds=0",
-        "--set",
-        "seed_stage.train.steps=400",
-        "--set",
-        "eval.problems=24",
-    ]);
-    out
-}
-
-fn remote_config(dir: &Path, name: &str, port: u16, tokenizer: &Path, extra: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"recipe = "star"
-seed = 0
-[task]
-name = "addition"
-[model]
-backend = "openai"
-[model.openai]
-base_urls = ["http://127.0.0.1:{port}/v1"]
-model = "tiny"
-tokenizer = "{}"
-{extra}
-[seed_stage.train]
-steps = 0
-[star]
-rounds = 0
-[eval]
-problems = 24
-"#,
-        tokenizer.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn eval_json(run: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(run.join("rounds/r0000/eval.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 fn metrics(run: &Path) -> serde_json::Value {
@@ -163,19 +110,8 @@ fn issue15_a_served_policy_evaluates_as_the_native_one() {
     assert!(!tmp.path().join("never").exists());
 }
 
-/// What the proxy does to request `k`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Fault {
-    Pass,
-    Status500,
-    /// 429 with `Retry-After` seconds.
-    RateLimited(u32),
-    /// The reply with half its body, then the connection closes.
-    Truncated,
-    /// Never answers (the client times out).
-    Hang,
-}
-
+/// The fault the proxy injects into request `k` in the issue-15 test: a fixed mix of each
+/// kind, with one hang and one 429 asking for a second's wait.
 fn schedule(k: usize) -> Fault {
     match k {
         7 => Fault::Hang,
@@ -188,137 +124,6 @@ fn schedule(k: usize) -> Fault {
         },
     }
 }
-
-/// What the proxy does to request `k`.
-type Schedule = Arc<dyn Fn(usize) -> Fault + Send + Sync>;
-
-/// An HTTP proxy in front of `upstream` that injects `fault(k)` into its k-th request and
-/// stops listening (the server "dies") after `die_after` requests.
-struct Proxy {
-    handle: Option<std::thread::JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-    pub seen: Arc<AtomicUsize>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn proxy(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    fault: impl Fn(usize) -> Fault + Send + Sync + 'static,
-    die_after: Option<usize>,
-) -> Proxy {
-    let fault: Schedule = Arc::new(fault);
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let (st, sn) = (stop.clone(), seen.clone());
-    let handle = std::thread::spawn(move || {
-        while !st.load(Ordering::SeqCst) {
-            if die_after.is_some_and(|d| sn.load(Ordering::SeqCst) >= d) {
-                return; // drops the listener: connections are refused from now on
-            }
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    let k = sn.fetch_add(1, Ordering::SeqCst);
-                    let f = fault(k);
-                    std::thread::spawn(move || handle(conn, upstream, f));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-    Proxy {
-        handle: Some(handle),
-        stop,
-        seen,
-    }
-}
-
-/// Reads one request (head and body by Content-Length).
-fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).ok()?;
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).ok()?;
-    Some((head, body))
-}
-
-fn reply(conn: &mut TcpStream, status: &str, extra: &str, body: &str) {
-    let _ = write!(
-        conn,
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
-        body.len()
-    );
-}
-
-fn handle(mut conn: TcpStream, upstream: SocketAddr, fault: Fault) {
-    let Some((head, body)) = read_request(&mut conn) else {
-        return;
-    };
-    let error = r#"{"error":{"message":"injected fault","type":"server_error"}}"#;
-    match fault {
-        Fault::Status500 => return reply(&mut conn, "500 Internal Server Error", "", error),
-        Fault::RateLimited(s) => {
-            return reply(
-                &mut conn,
-                "429 Too Many Requests",
-                &format!("retry-after: {s}\r\n"),
-                error,
-            )
-        }
-        Fault::Hang => {
-            std::thread::sleep(Duration::from_secs(4));
-            return;
-        }
-        Fault::Pass | Fault::Truncated => {}
-    }
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or("GET"), words.next().unwrap_or("/"));
-    let mut up = TcpStream::connect(upstream).unwrap();
-    write!(
-        up,
-        "{method} {path} HTTP/1.1\r\nhost: {upstream}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    up.write_all(&body).unwrap();
-    let mut answer = Vec::new();
-    up.read_to_end(&mut answer).unwrap();
-    if fault == Fault::Truncated {
-        let at = answer
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(0);
-        let keep = at + 4 + (answer.len() - at - 4) / 2;
-        answer.truncate(keep);
-    }
-    let _ = conn.write_all(&answer);
-}
-
-const FAULTY: &str = "max_concurrency = 4\ntimeout_secs = 1.5\nmax_attempts = 20\nbackoff_secs = 0.01\nmax_backoff_secs = 0.05\neject_after = 1000\n";
 
 #[test]
 fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed() {
@@ -644,105 +449,4 @@ fn issue15_a_served_judge_scores_a_native_policys_samples() {
     assert!(r1["judge/accuracy"].as_f64().is_some(), "{r1}");
     // The policy does not learn the judge format: no judge examples are written.
     assert!(!out.join("rounds/r0001/judge.jsonl").exists());
-}
-
-/// Issue 17: faults from the server at random moments of real runs. Each run draws, from a
-/// seed it prints, which requests fail and how (500, 429 with and without `Retry-After`,
-/// truncated bodies, hangs) and whether the server dies at a random request. Every run either
-/// completes with the native evaluation, or stops with one clear line and `resume` against a
-/// healthy server completes it with the native evaluation: never a different result.
-/// `AUTODIDACT_FAULT_RUNS` sets how many runs (2 by default; more by hand).
-#[test]
-fn issue17_random_server_faults_never_change_an_evaluation() {
-    let runs: u64 = std::env::var("AUTODIDACT_FAULT_RUNS").map_or(2, |v| v.parse().unwrap());
-    let seed: u64 = std::env::var("AUTODIDACT_FAULT_SEED").map_or_else(
-        |_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        },
-        |v| v.parse().unwrap(),
-    );
-    eprintln!("AUTODIDACT_FAULT_SEED={seed}");
-    let tmp = tempfile::tempdir().unwrap();
-    let native = tiny(tmp.path());
-    let ck = native.join("checkpoints/r0000");
-    let server = serve(&ck);
-    // The first requests are the planner's GET /models: a cut-off reply and a 500 there are
-    // retried as sampling requests are (they once stopped the run before it started).
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cfg = remote_config(tmp.path(), "models-faults", port, &ck, FAULTY);
-    let first = |k: usize| match k {
-        0 => Fault::Truncated,
-        1 => Fault::Status500,
-        _ => Fault::Pass,
-    };
-    let p = proxy(listener, server.addr, first, None);
-    let dir = tmp.path().join("models-faults");
-    run_ok(&[
-        "--threads",
-        "1",
-        "run",
-        "-q",
-        cfg.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    drop(p);
-    assert_eq!(eval_json(&dir), eval_json(&native));
-    let (mut completed, mut resumed) = (0, 0);
-    for n in 0..runs {
-        let mut rng = autodidact_core::Rng::derived(seed, n);
-        // A fault on about a quarter of the requests; a hang on about one in 60.
-        let rate = 0.1 + 0.2 * rng.uniform_f64();
-        let run_seed = rng.next_u64();
-        let schedule = move |k: usize| {
-            let mut r = autodidact_core::Rng::derived(run_seed, k as u64);
-            if r.uniform_f64() >= rate {
-                return Fault::Pass;
-            }
-            match r.below(60) {
-                0 => Fault::Hang,
-                1..=15 => Fault::Status500,
-                16..=25 => Fault::RateLimited(0),
-                26..=28 => Fault::RateLimited(1),
-                _ => Fault::Truncated,
-            }
-        };
-        let die_after = (rng.below(2) == 0).then(|| 10 + rng.below(60) as usize);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cfg = remote_config(tmp.path(), &format!("random{n}"), port, &ck, FAULTY);
-        let dir = tmp.path().join(format!("random{n}"));
-        let p = proxy(listener, server.addr, schedule, die_after);
-        let out = Command::new(BIN)
-            .args([
-                "--threads",
-                "1",
-                "run",
-                "-q",
-                cfg.to_str().unwrap(),
-                "--out",
-            ])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        drop(p);
-        let what = format!("run {n} (rate {rate:.2}, dies after {die_after:?})");
-        if out.status.success() {
-            completed += 1;
-        } else {
-            let err = String::from_utf8(out.stderr).unwrap();
-            assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
-            assert!(err.contains("autodidact resume"), "{what}: {err}");
-            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            let _healthy = proxy(listener, server.addr, |_| Fault::Pass, None);
-            run_ok(&["--threads", "1", "resume", "-q", dir.to_str().unwrap()]);
-            resumed += 1;
-        }
-        assert_eq!(eval_json(&dir), eval_json(&native), "{what}");
-    }
-    eprintln!("{runs} runs: {completed} completed through the faults, {resumed} stopped cleanly and resumed");
 }

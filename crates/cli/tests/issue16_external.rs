@@ -728,3 +728,30 @@ fn issue16_policy_gradient_trains_step_by_step_through_the_external_hook() {
         assert!(!d.join("never").exists());
     }
 }
+
+/// Regression (issue 17's torture): a served policy trained by DPO through the external hook.
+/// Its reference is round 0, whose checkpoint holds only the servers' record; the job named
+/// that directory as the reference model, and the trainer failed to read its `config.json`.
+/// The reference is the served weights, and the run ends with the native run's weights.
+#[test]
+fn issue17_a_served_policy_trained_by_dpo_finds_its_reference_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sets = [
+        "pref.problems=32",
+        "pref.sampling.samples=4",
+        "eval.problems=8",
+        "seed_stage.train.steps=0",
+        "pref.rounds=1",
+    ];
+    let server = common::serve(base());
+    let cfg = served_config(d, "served", "dpo-verified-addition.toml", &server, base());
+    let run_dir = run_ok(d, "served", &cfg, &sets);
+    let native_cfg = config(d, "native", "dpo-verified-addition.toml", true, "");
+    let native = run_ok(d, "native", &native_cfg, &sets);
+    let w = |run: &Path| std::fs::read(run.join("checkpoints/r0001/model.safetensors")).unwrap();
+    assert!(
+        w(&run_dir) == w(&native),
+        "the served run's DPO weights differ from the native run's"
+    );
+}

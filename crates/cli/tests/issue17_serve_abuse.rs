@@ -1,7 +1,8 @@
 //! Issue 17: `autodidact serve` under abuse stays up, keeps answering well-behaved clients
 //! and answers every abuser with an OpenAI-shaped error or a closed connection: oversized
 //! bodies, malformed JSON, `n` and `max_tokens` beyond the guards, slow bodies, slowloris
-//! headers, and more connections than its limit. (The measurement at scale, thousands of
+//! headers, more connections than its limit, and more bytes of bodies at once than its
+//! budget. (The measurement at scale, thousands of
 //! connections, is `autodidact bench --serve-abuse`; see docs/reliability.md.)
 
 mod common;
@@ -159,4 +160,74 @@ fn issue17_serve_survives_abuse_and_answers_well_behaved_clients() {
     c.read_exact(&mut head).unwrap();
     assert_eq!(&head[9..12], b"401", "{}", String::from_utf8_lossy(&head));
     assert!(start.elapsed() < Duration::from_secs(10));
+
+    // The bodies held at once are bounded, all clients together: three slow bodies of
+    // 100,000 bytes take a 300,000-byte budget when their length arrives, so a request with a
+    // 70,000-byte body gets a 503, while a small one (64 KiB or less, exempt) is answered;
+    // once the slow ones go, the large one is answered too.
+    let tight = serve_with(
+        &ckpt,
+        &[
+            "--max-body-bytes",
+            "200000",
+            "--max-buffered-bytes",
+            "300000",
+            "--read-timeout-s",
+            "30",
+        ],
+        &[],
+    );
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(tight.addr).unwrap();
+            let head =
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{";
+            c.write_all(head.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let large = format!("{GOOD}{}", " ".repeat(70_000 - GOOD.len()));
+    let (status, body) = http(tight.addr, "POST", "/v1/completions", None, &large);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("limit of 300000 bytes of request bodies"),
+        "{body}"
+    );
+    let (status, body) = http(tight.addr, "POST", "/v1/completions", None, GOOD);
+    assert_eq!(status, 200, "{body}");
+    // A chunked body (no length declared) pays as its buffer grows past 64 KiB.
+    let mut c = TcpStream::connect(tight.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{large}\r\n0\r\n\r\n",
+        large.len()
+    )
+    .unwrap();
+    let answer = closed_by_server(&mut c, Duration::from_secs(10)).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (status, _) = http(tight.addr, "POST", "/v1/completions", None, &large);
+        if status == 200 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "the budget was not given back");
+    // A budget smaller than the largest body is refused before the server starts.
+    let out = common::autodidact(&[
+        "serve",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--max-buffered-bytes",
+        "1000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--max-buffered-bytes 1000 must be at least --max-body-bytes (4194304)"),
+        "{err}"
+    );
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
 
 /// Settings every run shares: a 2-digit addition task and a small evaluation.
@@ -63,13 +65,28 @@ const BASE: &[&str] = &["seed_stage.labeled=96", "seed_stage.train.steps=500"];
 /// A tortured run's seed stage: a few steps from its family's M0.
 const SEED: &[&str] = &["seed_stage.labeled=48", "seed_stage.train.steps=20"];
 
-/// One recipe, shrunk to two rounds of a few problems (each run takes 1 to 2 s on 2 threads).
+/// Where an arm's policy samples and trains.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    /// In process.
+    Native,
+    /// In process, trained by `autodidact train` as the external trainer
+    /// (`[train] backend = "external"`).
+    External,
+    /// Served by an `autodidact serve` child (`model.backend = "openai"`) that is pointed at
+    /// each new checkpoint, trained by `autodidact train`: the practitioner's loop.
+    Served,
+}
+
+/// One recipe on one backend, shrunk to two rounds of a few problems (each run takes 1 to 3 s
+/// on 2 threads).
 struct Arm {
     name: &'static str,
     /// The example configuration it starts from, relative to the repository root.
     config: &'static str,
     /// Its index in [`FAMILIES`].
     family: usize,
+    backend: Backend,
     sets: &'static [&'static str],
 }
 
@@ -78,6 +95,7 @@ const ARMS: &[Arm] = &[
         name: "star",
         config: "examples/star-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &[
             "star.rounds=2",
             "star.problems=256",
@@ -88,12 +106,14 @@ const ARMS: &[Arm] = &[
         name: "grpo",
         config: "examples/grpo-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &["rl.rounds=2", "rl.steps_per_round=3", "rl.problems=128"],
     },
     Arm {
         name: "dpo-verified",
         config: "examples/dpo-verified-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &[
             "pref.rounds=2",
             "pref.problems=128",
@@ -104,6 +124,7 @@ const ARMS: &[Arm] = &[
         name: "self-rewarding",
         config: "examples/self-rewarding-addition.toml",
         family: 1,
+        backend: Backend::Native,
         sets: &[
             "pref.rounds=2",
             "pref.problems=64",
@@ -114,37 +135,75 @@ const ARMS: &[Arm] = &[
         name: "s2r",
         config: "examples/s2r-addition.toml",
         family: 2,
+        backend: Backend::Native,
         sets: &["correct.rounds=2", "correct.problems=64"],
     },
     Arm {
         name: "score",
         config: "examples/score-addition.toml",
         family: 3,
+        backend: Backend::Native,
         sets: &["correct.rounds=2", "correct.problems=64"],
     },
     Arm {
         name: "step-pg",
         config: "examples/step-pg-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &["step.rounds=2", "step.problems=32", "step.rollouts=2"],
     },
     Arm {
         name: "first-pit",
         config: "examples/first-pit-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &["step.rounds=2", "step.problems=32", "step.rollouts=2"],
     },
     Arm {
         name: "tree-search",
         config: "examples/tree-search-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &["tree.rounds=2", "tree.problems=32"],
     },
     Arm {
         name: "raft",
         config: "examples/raft-addition.toml",
         family: 0,
+        backend: Backend::Native,
         sets: &["raft.rounds=2", "raft.problems=128"],
+    },
+    Arm {
+        name: "star-external",
+        config: "examples/star-addition.toml",
+        family: 0,
+        backend: Backend::External,
+        sets: &["star.rounds=2", "star.problems=128"],
+    },
+    Arm {
+        name: "grpo-external",
+        config: "examples/grpo-addition.toml",
+        family: 0,
+        backend: Backend::External,
+        sets: &["rl.rounds=2", "rl.steps_per_round=2", "rl.problems=64"],
+    },
+    Arm {
+        name: "dpo-served",
+        config: "examples/dpo-verified-addition.toml",
+        family: 0,
+        backend: Backend::Served,
+        sets: &[
+            "pref.rounds=2",
+            "pref.problems=64",
+            "pref.sampling.samples=4",
+        ],
+    },
+    Arm {
+        name: "grpo-served",
+        config: "examples/grpo-addition.toml",
+        family: 0,
+        backend: Backend::Served,
+        sets: &["rl.rounds=2", "rl.steps_per_round=2", "rl.problems=64"],
     },
 ];
 
@@ -198,9 +257,9 @@ fn args(config: &str, out: &Path, sets: &[&[&str]]) -> Vec<String> {
     a
 }
 
-/// Trains the M0 of each family in `needed` under `tmp`; returns the `--set` of each one's
-/// checkpoint, by family.
-fn bases(tmp: &Path, needed: &[usize]) -> BTreeMap<usize, String> {
+/// Trains the M0 of each family in `needed` under `tmp`; returns each one's checkpoint, by
+/// family.
+fn bases(tmp: &Path, needed: &[usize]) -> BTreeMap<usize, PathBuf> {
     FAMILIES
         .iter()
         .enumerate()
@@ -215,11 +274,7 @@ fn bases(tmp: &Path, needed: &[usize]) -> BTreeMap<usize, String> {
                 f.config,
                 start.elapsed().as_secs_f64()
             );
-            let set = format!(
-                "model.checkpoint={}",
-                dir.join("checkpoints/r0000").display()
-            );
-            (i, set)
+            (i, dir.join("checkpoints/r0000"))
         })
         .collect()
 }
@@ -265,29 +320,26 @@ fn copy_dir(from: &Path, to: &Path) {
 /// What a finished run must hold, file by file, in a form two runs of the same config share:
 /// the journal without its timings (and the line hashes that cover them), the report without the run's directory name, the event
 /// file by its length (its wall times start at the run's start). The lock file is left out.
-fn outcome(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+///
+/// A served run's metrics also hold the servers' latencies, wall times too: with `served`,
+/// they are left out of the metrics and manifests, and so are the journal's hashes of those.
+fn outcome(dir: &Path, served: bool) -> BTreeMap<String, Vec<u8>> {
+    let mut timings = vec!["seconds", "line_sha256"];
+    if served {
+        timings.extend(["metrics_bytes", "metrics_sha256", "manifest_sha256"]);
+    }
     files(dir)
         .into_iter()
         .filter(|f| f != "run.lock")
         .map(|f| {
             let bytes = std::fs::read(dir.join(&f)).unwrap();
             let (key, value) = if f == "journal.jsonl" {
-                let lines: Vec<String> = String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
-                        Ok(mut v) => {
-                            // The timing, and the line's own hash, which covers it (`resume`
-                            // checks that hash).
-                            if let Some(o) = v.as_object_mut() {
-                                o.remove("seconds");
-                                o.remove("line_sha256");
-                            }
-                            v.to_string()
-                        }
-                        Err(_) => format!("not JSON: {l}"),
-                    })
-                    .collect();
-                (f, lines.join("\n").into_bytes())
+                // The timing, and the line's own hash, which covers it (`resume` checks that
+                // hash).
+                (f, without_keys(&bytes, |k| timings.contains(&k)))
+            } else if served && (f == "metrics.jsonl" || f.ends_with("manifest.json")) {
+                let latency = |k: &str| k.starts_with("serving/latency_");
+                (f, without_keys(&bytes, latency))
             } else if f == "report.html" {
                 // It shows each stage's seconds: what matters is that it is the report of the
                 // run as it now is.
@@ -315,6 +367,39 @@ fn outcome(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The JSON (or JSON lines) `bytes` without the keys `drop` names, at any depth.
+fn without_keys(bytes: &[u8], drop: impl Fn(&str) -> bool + Copy) -> Vec<u8> {
+    fn strip(v: &mut serde_json::Value, drop: impl Fn(&str) -> bool + Copy) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.retain(|k, _| !drop(k));
+                o.values_mut().for_each(|x| strip(x, drop));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| strip(x, drop)),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(mut v) => {
+                strip(&mut v, drop);
+                v.to_string()
+            }
+            Err(_) => format!("not JSON: {l}"),
+        })
+        .collect();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        // A whole-file JSON document (a manifest), pretty-printed over many lines.
+        Ok(mut v) if lines.len() > 1 => {
+            strip(&mut v, drop);
+            v.to_string().into_bytes()
+        }
+        _ => lines.join("\n").into_bytes(),
+    }
+}
+
 /// How `got` differs from the reference outcome `want`, if it does.
 fn difference(want: &BTreeMap<String, Vec<u8>>, got: &BTreeMap<String, Vec<u8>>) -> Option<String> {
     let mut problems = Vec::new();
@@ -333,42 +418,97 @@ fn difference(want: &BTreeMap<String, Vec<u8>>, got: &BTreeMap<String, Vec<u8>>)
 
 /// An uninterrupted run of an arm from its family's M0: its outcome, wall time and size on
 /// disk.
+///
+/// Every run of an arm, the reference included, runs in the same directory ([`Reference::at`],
+/// moved or removed once it is judged), so that files naming their run's directory (an
+/// external trainer's job and log) compare byte for byte.
 struct Reference {
     arm: &'static Arm,
-    /// The `--set` of `model.checkpoint` to its family's M0.
-    base: String,
+    /// The `--set`s that point the arm at its family's M0 and its backend.
+    sets: Vec<String>,
+    /// Where the arm's runs run.
+    at: PathBuf,
+    /// The finished reference run (moved from `at`).
     dir: PathBuf,
     outcome: BTreeMap<String, Vec<u8>>,
     seconds: f64,
     bytes: u64,
+    /// A served arm's server, which every run of the arm points at each new checkpoint.
+    _server: Option<common::Server>,
+}
+
+/// The external trainer's command: the binary under test's `train`.
+fn trainer_sets() -> Vec<String> {
+    vec![
+        "train.backend=external".into(),
+        format!(
+            "train.command=[{BIN:?}, \"--threads\", \"{{threads}}\", \"train\", \"--config\", \"{{config}}\"]"
+        ),
+    ]
 }
 
 impl Reference {
-    fn new(arm: &'static Arm, base: String, tmp: &Path) -> Reference {
+    fn new(arm: &'static Arm, base: &Path, tmp: &Path) -> Reference {
+        let mut server = None;
+        let sets = match arm.backend {
+            Backend::Native => vec![format!("model.checkpoint={}", base.display())],
+            Backend::External => {
+                let mut s = trainer_sets();
+                s.push(format!("model.checkpoint={}", base.display()));
+                s
+            }
+            Backend::Served => {
+                // One completion per decode batch: what a completion's log-probs come to
+                // depends on what else the server batches with it (in the last float bits,
+                // as with any batching server), and a policy-gradient round trains on them.
+                let s = common::serve_with(base, &["--max-batch-rows", "1"], &[]);
+                let mut sets = trainer_sets();
+                sets.extend([
+                    "model.backend=openai".into(),
+                    format!("model.openai.base_urls=[{:?}]", s.url()),
+                    "model.openai.model=tiny".into(),
+                    format!("model.openai.tokenizer={:?}", base.display().to_string()),
+                    format!("model.openai.weights={:?}", base.display().to_string()),
+                    "model.openai.reload=update_weights_from_disk".into(),
+                    // The served weights are M0 as they are.
+                    "seed_stage.train.steps=0".into(),
+                ]);
+                server = Some(s);
+                sets
+            }
+        };
         let mut r = Reference {
             arm,
-            base,
+            sets,
+            at: tmp.join("at").join(arm.name).join("run"),
             dir: tmp.join(format!("reference-{}", arm.name)),
             outcome: BTreeMap::new(),
             seconds: 0.0,
             bytes: 0,
+            _server: server,
         };
         let start = Instant::now();
-        let out = finish(&r.run_args(&r.dir));
+        let out = finish(&r.run_args(&r.at));
         assert!(out.status.success(), "{}: {}", arm.name, stderr(&out));
         r.seconds = start.elapsed().as_secs_f64();
-        r.bytes = files(&r.dir)
+        r.bytes = files(&r.at)
             .iter()
-            .map(|f| std::fs::metadata(r.dir.join(f)).unwrap().len())
+            .map(|f| std::fs::metadata(r.at.join(f)).unwrap().len())
             .sum();
-        r.outcome = outcome(&r.dir);
+        r.outcome = outcome(&r.at, arm.backend == Backend::Served);
+        std::fs::rename(&r.at, &r.dir).unwrap();
         r
+    }
+
+    /// The outcome of a run of this arm in `dir`.
+    fn outcome_of(&self, dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        outcome(dir, self.arm.backend == Backend::Served)
     }
 
     /// The command line of a run of this arm into `out`.
     fn run_args(&self, out: &Path) -> Vec<String> {
-        let base = [self.base.as_str()];
-        args(self.arm.config, out, &[SMALL, SEED, &base, self.arm.sets])
+        let mine: Vec<&str> = self.sets.iter().map(String::as_str).collect();
+        args(self.arm.config, out, &[SMALL, SEED, &mine, self.arm.sets])
     }
 }
 
@@ -417,16 +557,18 @@ fn kill_after(mut child: Child, delay: Duration) -> Option<Output> {
 }
 
 /// Kills one run of `arm` at up to `kills` random moments, then resumes it to the end.
-/// Snapshots of the run directory as a kill left it are added to `snapshots`.
+/// Snapshots of the run directory as a kill left it are added to `snapshots`, named after
+/// `label`.
 fn killed_run(
     reference: &Reference,
-    dir: &Path,
+    label: &Path,
     kills: usize,
     rng: &mut Rng,
     snapshots: &mut Vec<(usize, PathBuf)>,
     index: usize,
     tally: &mut Tally,
 ) {
+    let dir = &reference.at;
     let mut args = reference.run_args(dir);
     let mut landed = 0;
     let end = loop {
@@ -441,7 +583,7 @@ fn killed_run(
                 landed += 1;
                 tally.injected += 1;
                 if dir.join("run.json").exists() && rng.below(4) == 0 {
-                    let snap = dir.with_extension(format!("snap{landed}"));
+                    let snap = label.with_extension(format!("snap{landed}"));
                     copy_dir(dir, &snap);
                     snapshots.push((index, snap));
                 }
@@ -458,18 +600,19 @@ fn killed_run(
     if !end.status.success() {
         tally.failures.push(format!(
             "{}: after {landed} kills the run stopped: {}",
-            dir.display(),
+            label.display(),
             stderr(&end).trim()
         ));
-        return;
+    } else {
+        match difference(&reference.outcome, &reference.outcome_of(dir)) {
+            None => tally.identical += 1,
+            Some(d) => tally.failures.push(format!(
+                "{}: after {landed} kills the run ended silently different: {d}",
+                label.display()
+            )),
+        }
     }
-    match difference(&reference.outcome, &outcome(dir)) {
-        None => tally.identical += 1,
-        Some(d) => tally.failures.push(format!(
-            "{}: after {landed} kills the run ended silently different: {d}",
-            dir.display()
-        )),
-    }
+    std::fs::rename(dir, label).unwrap();
 }
 
 /// Flips one random byte of one random file of `snapshot` (a finished run or one a kill left),
@@ -478,10 +621,11 @@ fn killed_run(
 fn corrupted_run(
     snapshot: &Path,
     reference: &Reference,
-    dir: &Path,
+    label: &Path,
     rng: &mut Rng,
     tally: &mut Tally,
 ) {
+    let dir = &reference.at;
     copy_dir(snapshot, dir);
     let candidates: Vec<String> = files(dir)
         .into_iter()
@@ -497,13 +641,28 @@ fn corrupted_run(
     tally.injected += 1;
     let what = format!(
         "{}: byte {at} of {file} ({old:#04x} → {:#04x})",
-        dir.display(),
+        label.display(),
         bytes[at]
     );
     let journal = std::fs::read(dir.join("journal.jsonl")).ok();
     let out = finish(&resume_args(dir));
+    judge_corrupted(reference, dir, file, &what, journal, &out, tally);
+    std::fs::rename(dir, label).unwrap();
+}
+
+/// Whether the resume (`out`) of a run whose `file` was corrupted ended identical to the
+/// reference or refused naming the file, leaving the journal as it was.
+fn judge_corrupted(
+    reference: &Reference,
+    dir: &Path,
+    file: &str,
+    what: &str,
+    journal: Option<Vec<u8>>,
+    out: &Output,
+    tally: &mut Tally,
+) {
     if out.status.success() {
-        match difference(&reference.outcome, &outcome(dir)) {
+        match difference(&reference.outcome, &reference.outcome_of(dir)) {
             None => tally.identical += 1,
             Some(d) => tally.failures.push(format!(
                 "{what}: resume succeeded but the run is silently different: {d}"
@@ -511,7 +670,7 @@ fn corrupted_run(
         }
         return;
     }
-    let e = stderr(&out);
+    let e = stderr(out);
     let name = Path::new(file).file_name().unwrap().to_string_lossy();
     if !e.contains(&*name) {
         tally.failures.push(format!(
@@ -561,12 +720,12 @@ impl Drop for Tmpfs {
 /// Runs `arm` on a file system with room for a random part of its files; once the disk is
 /// full the run must stop with a message saying so, and after room is made, `resume` must end
 /// identical to the reference.
-fn disk_full_run(reference: &Reference, mount: &Path, rng: &mut Rng, tally: &mut Tally) -> bool {
+fn disk_full_run(reference: &Reference, rng: &mut Rng, tally: &mut Tally) -> bool {
     let size = 4096 + (rng.unit() * reference.bytes as f64) as u64;
-    let Some(fs) = Tmpfs::mount(mount, size) else {
+    let dir = reference.at.clone();
+    let Some(fs) = Tmpfs::mount(dir.parent().unwrap(), size) else {
         return false;
     };
-    let dir = mount.join(format!("full-{}", reference.arm.name));
     let out = finish(&reference.run_args(&dir));
     let what = format!("{} on {size} bytes", reference.arm.name);
     if out.status.success() {
@@ -597,7 +756,7 @@ fn disk_full_run(reference: &Reference, mount: &Path, rng: &mut Rng, tally: &mut
         ));
         return true;
     }
-    match difference(&reference.outcome, &outcome(&dir)) {
+    match difference(&reference.outcome, &reference.outcome_of(&dir)) {
         None => tally.identical += 1,
         Some(d) => tally.failures.push(format!(
             "{what}: after the disk was freed the run ended silently different: {d}"
@@ -646,7 +805,12 @@ fn issue17_torture_kills_corruptions_and_full_disks_never_end_silently_different
     };
     eprintln!("torture: AUTODIDACT_TORTURE_SEED={seed}");
     let mut rng = Rng(autodidact_core::Rng::new(seed));
-    let tmp = tempfile::tempdir().unwrap();
+    let mut tmp = tempfile::tempdir().unwrap();
+    // To look at the runs a failure names afterwards.
+    if std::env::var_os("AUTODIDACT_TORTURE_KEEP").is_some() {
+        tmp.disable_cleanup(true);
+        eprintln!("torture: keeping {}", tmp.path().display());
+    }
     let arms = chosen_arms(&mut rng);
     let names: Vec<&str> = arms.iter().map(|a| a.name).collect();
     eprintln!("torture: arms {}", names.join(", "));
@@ -654,7 +818,7 @@ fn issue17_torture_kills_corruptions_and_full_disks_never_end_silently_different
     let bases = bases(tmp.path(), &families);
     let references: Vec<Reference> = arms
         .iter()
-        .map(|a| Reference::new(a, bases[&a.family].clone(), tmp.path()))
+        .map(|a| Reference::new(a, &bases[&a.family], tmp.path()))
         .collect();
     for r in &references {
         eprintln!(
@@ -669,11 +833,11 @@ fn issue17_torture_kills_corruptions_and_full_disks_never_end_silently_different
     let mut n = 0;
     while tally.injected < kills {
         let a = n % arms.len();
-        let dir = tmp.path().join(format!("kill{n}-{}", arms[a].name));
+        let label = tmp.path().join(format!("kill{n}-{}", arms[a].name));
         let each = (kills - tally.injected).min(1 + rng.below(4));
         killed_run(
             &references[a],
-            &dir,
+            &label,
             each,
             &mut rng,
             &mut snapshots,
@@ -694,18 +858,17 @@ fn issue17_torture_kills_corruptions_and_full_disks_never_end_silently_different
         } else {
             snapshots[rng.below(snapshots.len())].clone()
         };
-        let dir = tmp.path().join(format!("corrupt{n}-{}", arms[a].name));
-        corrupted_run(&snapshot, &references[a], &dir, &mut rng, &mut tally);
+        let label = tmp.path().join(format!("corrupt{n}-{}", arms[a].name));
+        corrupted_run(&snapshot, &references[a], &label, &mut rng, &mut tally);
     }
     tally.print("corruptions");
     failures.append(&mut tally.failures);
 
     // Full disks.
     let mut tally = Tally::default();
-    for n in 0..disk_full {
+    for _ in 0..disk_full {
         let a = rng.below(arms.len());
-        let mount = tmp.path().join(format!("disk{n}"));
-        if !disk_full_run(&references[a], &mount, &mut rng, &mut tally) {
+        if !disk_full_run(&references[a], &mut rng, &mut tally) {
             eprintln!(
                 "torture: cannot mount a tmpfs here (needs root): the disk-full part is skipped"
             );

@@ -428,6 +428,10 @@ impl RunDir {
     /// manifest: a pending manifest whose hash the last journal line records is committed;
     /// any other was written by a stage that did not complete (it will be replayed) and is
     /// removed. Returns how many were removed.
+    ///
+    /// A pending manifest that must be the last stage's (the round's committed manifest is
+    /// still the one before it) but has another hash has changed since it was written: that
+    /// is refused, naming it, and it is left in place.
     pub fn settle_pending(&self, journal: &[JournalEntry]) -> Result<usize> {
         let mut removed = 0;
         let rounds = self.path("rounds");
@@ -446,12 +450,37 @@ impl RunDir {
             });
             if let Some(last) = journaled {
                 self.commit_manifest(last.round)?;
+            } else if let Some(last) = self.uncommitted(journal, &dir) {
+                return Err(Error::integrity(
+                    &pending,
+                    format!(
+                        "is the manifest of stage {} of round {}, which the run stopped while putting in place, but its SHA-256 is not the one the journal records for it: it has changed since; restore the run directory from a copy",
+                        last.stage, last.round
+                    ),
+                ));
             } else {
                 std::fs::remove_file(&pending).map_err(io("removing", &pending))?;
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// The last journal line, if it is of the round in `dir` and that round's committed
+    /// manifest is still the one before it (the one the round's previous line records, or
+    /// none): its manifest was never put in place, so a pending manifest must be it.
+    fn uncommitted<'j>(&self, journal: &'j [JournalEntry], dir: &Path) -> Option<&'j JournalEntry> {
+        let last = journal.last()?;
+        if !dir.ends_with(Self::round_dir(last.round)) || last.manifest_sha256.is_none() {
+            return None;
+        }
+        let before = journal[..journal.len() - 1]
+            .iter()
+            .rev()
+            .find(|e| e.round == last.round)
+            .and_then(|e| e.manifest_sha256.clone());
+        let committed = sha256_file(&dir.join(MANIFEST_FILE)).ok();
+        (committed == before && committed != last.manifest_sha256).then_some(last)
     }
 
     /// Checks every file a completed stage recorded against what the run recorded of it: the
@@ -948,6 +977,37 @@ mod tests {
             .verify(&info(), &dir.journal().unwrap())
             .unwrap()
             .is_empty());
+    }
+
+    /// Found by the torture: a byte changed in the pending manifest of a stage the journal
+    /// records as complete (killed before the rename) made `settle_pending` remove it as a
+    /// stage's that never completed; `resume` then blamed the missing `manifest.json`.
+    #[test]
+    fn issue17_a_changed_pending_manifest_of_a_journaled_stage_is_named_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _lock) = RunDir::create(&tmp.path().join("r"), "", &info()).unwrap();
+        for later in [false, true] {
+            if later {
+                // A round whose earlier stage was committed: its manifest is the one before.
+                dir.write_manifest(1, &serde_json::json!({"v": 1})).unwrap();
+                dir.append_journal(&stage(1, &dir)).unwrap();
+                dir.commit_manifest(1).unwrap();
+            }
+            let round = if later { 1 } else { 0 };
+            dir.write_manifest(round, &serde_json::json!({"v": 2}))
+                .unwrap();
+            dir.append_journal(&stage(round, &dir)).unwrap();
+            let pending = dir.path(&RunDir::pending_manifest_rel(round));
+            let mut bytes = std::fs::read(&pending).unwrap();
+            bytes[3] ^= 0x20;
+            std::fs::write(&pending, &bytes).unwrap();
+            let e = dir.settle_pending(&dir.journal().unwrap()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("manifest.pending.json"), "{text}");
+            assert!(text.contains("has changed since"), "{text}");
+            assert!(pending.exists(), "the evidence was removed");
+            std::fs::remove_file(&pending).unwrap();
+        }
     }
 
     #[test]

@@ -600,6 +600,7 @@ pub fn run_external(
         .stderr(Stdio::from(err));
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    die_with_parent(&mut cmd);
     let fail = |message: String| failure(job.round, message, log);
     let mut child = cmd
         .spawn()
@@ -633,6 +634,34 @@ pub fn failure(round: u32, message: String, log: &Path) -> Error {
         log: log.to_path_buf(),
         tail: tail(log, 20),
     }
+}
+
+/// Makes the trainer die with this process (on Linux): a run killed with SIGKILL must not
+/// leave its trainer running, holding an accelerator and writing into the round that
+/// `resume` trains again. (A trainer that starts workers of its own should stop them when
+/// it dies; its process group is stopped only on a timeout.)
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+        // and exec. The signal is tied to the thread that spawns, which waits for the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the signal was armed.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the run that started it has ended"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// Stops the child and every process of its group.

@@ -99,6 +99,19 @@ impl ApiError {
         }
     }
 
+    /// A 503: the bodies of requests being read or answered fill the server's budget.
+    pub fn bodies_over_budget(limit: usize) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "the server holds its limit of {limit} bytes of request bodies; retry later"
+            ),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn overloaded(queued: usize) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

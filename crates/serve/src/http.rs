@@ -25,6 +25,11 @@ pub struct AppState {
     pub model_name: String,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies that may still be buffered, all requests together (a permit
+    /// per byte, held until the request is answered).
+    pub buffered: Arc<tokio::sync::Semaphore>,
+    /// The permits `buffered` started with.
+    pub max_buffered_bytes: usize,
     /// Time a client has to send a request body.
     pub read_timeout: std::time::Duration,
     pub started: u64,
@@ -49,25 +54,94 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Reads the whole request body before any handler runs, within the size limit and the read
-/// timeout: a client that sends its body slowly, or more than the limit, is answered (408 or
-/// 413) instead of holding a handler.
+/// Reads the whole request body before any handler runs, within the size limit, the read
+/// timeout and the server's budget of buffered bytes: a client that sends its body slowly,
+/// more than the limit, or while other requests' bodies fill the budget, is answered (408,
+/// 413 or 503) instead of holding a handler or growing the server.
 async fn read_body(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    use http_body_util::{BodyExt, LengthLimitError, Limited};
     let (parts, body) = req.into_parts();
-    let limited = Limited::new(body, s.max_body_bytes);
-    let bytes = match tokio::time::timeout(s.read_timeout, limited.collect()).await {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let read = buffer_body(&s, declared, body);
+    let (bytes, _held) = match tokio::time::timeout(s.read_timeout, read).await {
         Err(_) => return ApiError::timeout(s.read_timeout).into_response(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return ApiError::too_large(s.max_body_bytes).into_response()
-        }
-        Ok(Err(e)) => {
-            return ApiError::invalid(None, format!("could not read the body: {e}")).into_response()
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => return e.into_response(),
+        Ok(Ok(read)) => read,
     };
+    // The budget's permits are held until the request is answered.
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// Bodies up to this size (a prompt of some thousands of tokens) are read without the shared
+/// budget, so that large bodies filling it do not turn ordinary requests away; at most
+/// `max_connections` of them are read at once.
+pub const UNBUDGETED_BODY_BYTES: usize = 64 << 10;
+
+/// The body, its buffer's bytes taken from the server's budget before they are allocated
+/// (all at once when the client declared its length, else as the buffer grows); with the
+/// permits that hold them.
+async fn buffer_body(
+    s: &AppState,
+    declared: Option<u64>,
+    mut body: axum::body::Body,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
+    use http_body_util::BodyExt;
+    let limit = s.max_body_bytes;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // Takes `n` more bytes from the budget (at most max_body_bytes, which fits a u32: checked
+    // when the server starts).
+    let mut take = |n: usize| -> Result<(), ApiError> {
+        let permit = s
+            .buffered
+            .clone()
+            .try_acquire_many_owned(n as u32)
+            .map_err(|_| ApiError::bodies_over_budget(s.max_buffered_bytes))?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        Ok(())
+    };
+    let mut bytes: Vec<u8> = Vec::new();
+    // Bytes of `bytes`' capacity paid for from the budget (or exempt).
+    let mut paid = 0;
+    if let Some(n) = declared {
+        if n > limit as u64 {
+            return Err(ApiError::too_large(limit));
+        }
+        let n = n as usize;
+        if n > UNBUDGETED_BODY_BYTES {
+            take(n)?;
+        }
+        bytes.reserve_exact(n);
+        paid = n;
+    }
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(None, format!("could not read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let need = bytes.len() + data.len();
+        if need > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        if need > paid {
+            // Grown by doubling, so that a body of many small frames is copied a few times.
+            let floor = UNBUDGETED_BODY_BYTES.min(limit);
+            let grown = need.max(2 * paid).max(floor).min(limit);
+            if grown > UNBUDGETED_BODY_BYTES {
+                take(grown - paid.max(UNBUDGETED_BODY_BYTES))?;
+            }
+            bytes.reserve_exact(grown - bytes.len());
+            paid = grown;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok((Bytes::from(bytes), held))
 }
 
 /// Answers a connection beyond the server's limit with a 503 and closes it, without reading

@@ -35,6 +35,10 @@ pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 256;
 /// Default of [`BatchConfig::max_queued`].
 pub const DEFAULT_MAX_QUEUED: usize = 4096;
+/// Most permits a tokio semaphore holds: the largest [`ServeConfig::max_buffered_bytes`].
+const MAX_PERMITS: usize = tokio::sync::Semaphore::MAX_PERMITS;
+/// Default of [`ServeConfig::max_buffered_bytes`].
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 /// Default of [`ServeConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default of [`ServeConfig::read_timeout`], in seconds.
@@ -55,6 +59,11 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Most bytes of request bodies over 64 KiB held at once, all clients together: a
+    /// request whose body would go over it gets a 503, so that many clients sending large
+    /// bodies at once cannot grow the server past it (without it the bound is
+    /// `max_connections` × `max_body_bytes`).
+    pub max_buffered_bytes: usize,
     /// Most connections held open at once; a client beyond it gets a 503 and the connection
     /// closed, so a flood of idle or slow connections cannot grow the server without bound.
     pub max_connections: usize,
@@ -74,6 +83,7 @@ impl ServeConfig {
             port: 8000,
             api_key: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_S),
             batch: BatchConfig {
@@ -105,6 +115,19 @@ pub fn serve(cfg: ServeConfig, loader: Loader) -> Result<(), ServeError> {
             cfg.read_timeout
         )));
     }
+    if cfg.max_body_bytes == 0 || cfg.max_body_bytes > u32::MAX as usize {
+        return Err(ServeError::Config(format!(
+            "--max-body-bytes {} must be at least 1 and at most {} (4 GiB)",
+            cfg.max_body_bytes,
+            u32::MAX
+        )));
+    }
+    if cfg.max_buffered_bytes < cfg.max_body_bytes || cfg.max_buffered_bytes > MAX_PERMITS {
+        return Err(ServeError::Config(format!(
+            "--max-buffered-bytes {} must be at least --max-body-bytes ({}) and at most {MAX_PERMITS}",
+            cfg.max_buffered_bytes, cfg.max_body_bytes
+        )));
+    }
     let max_connections = open_files_for(cfg.max_connections)?;
     let batcher = batcher::Batcher::start(loader, cfg.checkpoint.clone(), cfg.batch.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,6 +148,8 @@ pub fn serve(cfg: ServeConfig, loader: Loader) -> Result<(), ServeError> {
             model_name: cfg.model_name.clone(),
             api_key: cfg.api_key.clone(),
             max_body_bytes: cfg.max_body_bytes,
+            buffered: Arc::new(tokio::sync::Semaphore::new(cfg.max_buffered_bytes)),
+            max_buffered_bytes: cfg.max_buffered_bytes,
             read_timeout: cfg.read_timeout,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

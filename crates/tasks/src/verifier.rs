@@ -520,7 +520,10 @@ fn exit_status(child: &mut Child) -> String {
 
 /// Writes request lines to a worker's stdin, flushing whenever no more are waiting; ends
 /// when the pool drops the worker or the worker stops reading.
+/// Writes a worker's requests to its stdin until the pool drops the worker or the worker
+/// stops reading.
 fn write_requests(stdin: ChildStdin, lines: Receiver<Vec<u8>>) {
+    block_sigpipe();
     let mut out = std::io::BufWriter::new(stdin);
     while let Ok(line) = lines.recv() {
         if out.write_all(&line).is_err() {
@@ -534,6 +537,22 @@ fn write_requests(stdin: ChildStdin, lines: Receiver<Vec<u8>>) {
         if out.flush().is_err() {
             return;
         }
+    }
+}
+
+/// Blocks SIGPIPE on the calling thread, so that a write to a worker that stopped reading
+/// fails with EPIPE (the pool then sees the worker's exit, or its silence) instead of killing
+/// the process. A program may give SIGPIPE its default action (the `autodidact` binary does,
+/// so that its output piped into `head` ends quietly), and the kernel sends it to the thread
+/// that wrote; blocked there, it stays pending on this thread and goes with it.
+fn block_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: builds a signal set on the stack and changes this thread's mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

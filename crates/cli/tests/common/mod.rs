@@ -2,6 +2,8 @@
 //! with the native backend, and `autodidact serve` children with a bare HTTP client.
 #![allow(dead_code)]
 
+pub mod served;
+
 use autodidact_engine::run::Manifest;
 use autodidact_engine::store::RunDir;
 use autodidact_engine::{Run, RunConfig, DEMO_CONFIG};

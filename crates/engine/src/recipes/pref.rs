@@ -602,7 +602,9 @@ pub(crate) fn dpo_stage(
         beta: loss.beta,
         label_smoothing: loss.label_smoothing,
         sft_coef: loss.sft_coef,
-        reference: run.absolute(&reference)?,
+        // A served model's round-0 checkpoint holds its servers' record: its weights are
+        // the served ones.
+        reference: run.weights_dir(&reference)?,
         score_rows: run.plan.score_rows,
         judge: match run.dir.path(&judge_rel).exists() {
             true => Some(run.absolute(&judge_rel)?),
