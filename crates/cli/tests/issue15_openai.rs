@@ -164,18 +164,13 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     let dies = tmp.path().join("dies");
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let p = proxy(listener, server.addr, |_| Fault::Pass, Some(60));
-    let out = Command::new(BIN)
-        .args([
-            "--threads",
-            "1",
-            "run",
-            "-q",
-            cfg.to_str().unwrap(),
-            "--out",
-        ])
-        .arg(&dies)
-        .output()
-        .unwrap();
+    let out = common::autodidact(&[
+        "run",
+        "-q",
+        cfg.to_str().unwrap(),
+        "--out",
+        dies.to_str().unwrap(),
+    ]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success(), "the run should stop");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

@@ -562,18 +562,13 @@ fn issue17_random_server_faults_never_change_an_evaluation() {
         let cfg = remote_config(tmp.path(), &format!("random{n}"), port, &ck, FAULTY);
         let dir = tmp.path().join(format!("random{n}"));
         let p = proxy(listener, server.addr, schedule, die_after);
-        let out = Command::new(BIN)
-            .args([
-                "--threads",
-                "1",
-                "run",
-                "-q",
-                cfg.to_str().unwrap(),
-                "--out",
-            ])
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let out = common::autodidact(&[
+            "run",
+            "-q",
+            cfg.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
         drop(p);
         let what = format!("run {n} (rate {rate:.2}, dies after {die_after:?})");
         if out.status.success() {
