@@ -35,10 +35,10 @@ const GOOD: &str = r#"{"model":"bench","prompt":"1","max_tokens":8,"temperature"
 /// Connections sending all but the last byte of a largest-size body at once.
 const HOGS: usize = 128;
 
-/// One body hog: the largest body but its last byte, then a wait for the answer; its status
-/// (0 when the connection failed).
-fn hog(addr: SocketAddr) -> u16 {
-    let size = autodidact_serve::DEFAULT_MAX_BODY_BYTES;
+/// One body hog: `body`, the largest body but its last byte, then a wait for the answer; its
+/// status (0 when the connection failed).
+fn hog(addr: SocketAddr, body: &[u8]) -> u16 {
+    let size = body.len() + 1;
     let attempt = || -> std::io::Result<u16> {
         let mut c = TcpStream::connect(addr)?;
         c.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -47,7 +47,7 @@ fn hog(addr: SocketAddr) -> u16 {
             "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {size}\r\n\r\n"
         )?;
         // Refused mid-body, the server closes the connection: the answer may still be read.
-        let _ = c.write_all(&vec![b' '; size - 1]);
+        let _ = c.write_all(body);
         let mut head = [0u8; 12];
         c.read_exact(&mut head)?;
         Ok(String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0))
@@ -248,11 +248,12 @@ pub fn run(dir: &Path, connections: usize, requests: usize, max_connections: usi
             }
         }));
     }
+    let hog_body: Arc<[u8]> = vec![b' '; autodidact_serve::DEFAULT_MAX_BODY_BYTES - 1].into();
     for _ in 0..HOGS {
-        let (stop, answers) = (stop.clone(), answers.clone());
+        let (stop, answers, body) = (stop.clone(), answers.clone(), hog_body.clone());
         abusers.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                answers.add(hog(addr));
+                answers.add(hog(addr, &body));
             }
         }));
     }

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::served::{eval_json, proxy, remote_config, tiny, Fault, FAULTY};
+use common::served::{
+    eval_json, proxy, remote_config, run_config, run_config_ok, tiny, Fault, FAULTY,
+};
 use common::{http, json_of, serve, serve_with};
 use serde_json::json;
 use std::net::TcpListener;
@@ -16,16 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn metrics(run: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -43,15 +35,7 @@ fn issue15_a_served_policy_evaluates_as_the_native_one() {
     let server = serve(&ck);
     let cfg = remote_config(tmp.path(), "remote", server.addr.port(), &ck, "");
     let remote = tmp.path().join("remote");
-    run_ok(&[
-        "--threads",
-        "1",
-        "run",
-        "-q",
-        cfg.to_str().unwrap(),
-        "--out",
-        remote.to_str().unwrap(),
-    ]);
+    run_config_ok(&cfg, &remote);
     // Greedy pass@1 and the seeded samples of pass@k and maj@k, problem by problem.
     assert_eq!(eval_json(&remote), eval_json(&native));
     let m = metrics(&remote);
@@ -81,7 +65,7 @@ fn issue15_a_served_policy_evaluates_as_the_native_one() {
         }
     }
     // The run's round-0 record of the served model loads for `autodidact eval`.
-    let out = run_ok(&[
+    let out = common::ok(&[
         "eval",
         "--checkpoint",
         remote.join("checkpoints/r0000").to_str().unwrap(),
@@ -139,15 +123,7 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     let faulty = tmp.path().join("faulty");
     {
         let _p = proxy(listener, server.addr, schedule, None);
-        run_ok(&[
-            "--threads",
-            "1",
-            "run",
-            "-q",
-            cfg.to_str().unwrap(),
-            "--out",
-            faulty.to_str().unwrap(),
-        ]);
+        run_config_ok(&cfg, &faulty);
     }
     assert_eq!(eval_json(&faulty), eval_json(&native));
     let m = metrics(&faulty);
@@ -164,13 +140,7 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     let dies = tmp.path().join("dies");
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let p = proxy(listener, server.addr, |_| Fault::Pass, Some(60));
-    let out = common::autodidact(&[
-        "run",
-        "-q",
-        cfg.to_str().unwrap(),
-        "--out",
-        dies.to_str().unwrap(),
-    ]);
+    let out = run_config(&cfg, &dies);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success(), "the run should stop");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -180,7 +150,7 @@ fn issue15_faults_between_the_engine_and_serve_are_retried_recorded_and_resumed(
     drop(p);
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let _p = proxy(listener, server.addr, |_| Fault::Pass, None);
-    run_ok(&["--threads", "1", "resume", "-q", dies.to_str().unwrap()]);
+    common::ok(&["resume", "-q", dies.to_str().unwrap()]);
     assert_eq!(eval_json(&dies), eval_json(&native));
 }
 
@@ -388,12 +358,7 @@ fn issue15_a_served_judge_scores_a_native_policys_samples() {
         "eval.problems=16",
     ];
     let run = |out: &Path, extra: &[String]| {
-        let mut args = vec![
-            "--threads".to_string(),
-            "1".into(),
-            "run".into(),
-            "-q".into(),
-        ];
+        let mut args = vec!["run".to_string(), "-q".into()];
         args.push(example.into());
         args.extend(["--out".to_string(), out.display().to_string()]);
         for s in small
@@ -404,7 +369,7 @@ fn issue15_a_served_judge_scores_a_native_policys_samples() {
             args.extend(["--set".to_string(), s]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_ok(&args)
+        common::ok(&args)
     };
     // The judge: a model that learned the verdict format in its seed stage.
     let judge = tmp.path().join("judge");

@@ -25,7 +25,9 @@
 
 mod common;
 
-use common::served::{eval_json, proxy, remote_config, tiny, Fault, FAULTY};
+use common::served::{
+    eval_json, proxy, remote_config, run_config, run_config_ok, tiny, Fault, FAULTY,
+};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -89,26 +91,21 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every file under `dir/sub`, relative to `dir`, with its bytes (sorted).
+/// The file `dir/sub`, or every file under the directory `dir/sub`, relative to `dir`, with
+/// its bytes (sorted).
 fn files_under(dir: &Path, sub: &str) -> Vec<(String, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.join(sub)];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                found.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
+    let path = dir.join(sub);
+    if path.is_file() {
+        return vec![(sub.to_string(), std::fs::read(&path).unwrap())];
     }
-    found.sort();
-    found
+    common::files(&path)
+        .into_iter()
+        .map(|f| {
+            let rel = Path::new(sub).join(&f).display().to_string();
+            let bytes = std::fs::read(dir.join(&rel)).unwrap();
+            (rel, bytes)
+        })
+        .collect()
 }
 
 /// How run `got` differs from run `want` in `files` (paths or directories), if it does.
@@ -528,13 +525,7 @@ fn issue17_random_server_faults_never_change_an_evaluation() {
     };
     let p = proxy(listener, server.addr, first, None);
     let dir = tmp.path().join("models-faults");
-    common::ok(&[
-        "run",
-        "-q",
-        cfg.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    run_config_ok(&cfg, &dir);
     drop(p);
     assert_eq!(eval_json(&dir), eval_json(&native));
     let (mut completed, mut resumed) = (0, 0);
@@ -562,13 +553,7 @@ fn issue17_random_server_faults_never_change_an_evaluation() {
         let cfg = remote_config(tmp.path(), &format!("random{n}"), port, &ck, FAULTY);
         let dir = tmp.path().join(format!("random{n}"));
         let p = proxy(listener, server.addr, schedule, die_after);
-        let out = common::autodidact(&[
-            "run",
-            "-q",
-            cfg.to_str().unwrap(),
-            "--out",
-            dir.to_str().unwrap(),
-        ]);
+        let out = run_config(&cfg, &dir);
         drop(p);
         let what = format!("run {n} (rate {rate:.2}, dies after {die_after:?})");
         if out.status.success() {

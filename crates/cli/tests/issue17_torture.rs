@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::files;
+
 const BIN: &str = env!("CARGO_BIN_EXE_autodidact");
 
 /// Settings every run shares: a 2-digit addition task and a small evaluation.
@@ -289,24 +291,6 @@ fn finish(args: &[String]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Every file under `dir`, relative, sorted.
-fn files(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -56,6 +56,28 @@ problems = 24
     path
 }
 
+/// `autodidact run -q CONFIG --out OUT` on one thread.
+pub fn run_config(config: &Path, out: &Path) -> std::process::Output {
+    super::autodidact(&[
+        "run",
+        "-q",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// [`run_config`], which must succeed.
+pub fn run_config_ok(config: &Path, out: &Path) {
+    let o = run_config(config, out);
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        config.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Round 0's evaluation, problem by problem.
 pub fn eval_json(run: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run.join("rounds/r0000/eval.json")).unwrap();
